@@ -1,0 +1,28 @@
+# fhir-msc: the two commands of the README.
+#   make demo   set up and run the whole job on the embedded store (no server)
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: demo test fixtures clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/fhir-msc demo
+
+test: $(BIN)/.installed
+	@$(BIN)/pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
+	exit $$rc
+
+fixtures: $(BIN)/.installed
+	$(BIN)/python fixtures/generate.py
+
+clean:
+	rm -rf $(VENV) fhir-msc-demo .pytest_cache

@@ -1,0 +1,97 @@
+"""Transaction Bundles: export a store for upload anywhere, and read bundles back.
+
+Each entry is a conditional update on the resource's first business identifier
+(``PUT Observation?identifier=system|value``), so uploading the same bundle twice
+creates nothing new. References between entries use ``urn:uuid:`` full URLs, which a
+server resolves to the ids it assigns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from .errors import InputError
+
+Resource = dict[str, Any]
+
+
+def conditional_url(resource: Resource) -> str:
+    """``Type?identifier=system|value`` for the resource's first identifier."""
+    identifier = resource["identifier"][0]
+    token = quote(f"{identifier['system']}|{identifier['value']}", safe=":/")
+    return f"{resource['resourceType']}?identifier={token}"
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def rewrite_references(node: Any, rewrite: Any) -> Any:
+    """Copy of ``node`` with every ``reference`` string passed through ``rewrite``."""
+    if isinstance(node, dict):
+        return {k: (rewrite(v) if k == "reference" and isinstance(v, str) else rewrite_references(v, rewrite))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [rewrite_references(item, rewrite) for item in node]
+    return node
+
+
+def _to_urn(reference: str) -> str:
+    resource_type, _, rid = reference.partition("/")
+    return f"urn:uuid:{rid}" if rid and _is_uuid(rid) and "/" not in rid else reference
+
+
+def transaction_entry(resource: Resource) -> Resource:
+    """A transaction entry: conditional PUT with ``urn:uuid`` references."""
+    body = rewrite_references({k: v for k, v in resource.items() if k != "id"}, _to_urn)
+    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": body,
+            "request": {"method": "PUT", "url": conditional_url(resource)}}
+
+
+def write_bundle(resources: Iterable[Resource], path: Path) -> dict[str, int]:
+    """Stream resources into one transaction Bundle JSON file; returns entries per type."""
+    counts: Counter[str] = Counter()
+    with open(path, "wb") as out:
+        out.write(b'{"resourceType":"Bundle","type":"transaction","entry":[\n')
+        for resource in resources:
+            out.write((b",\n" if counts else b"") + orjson.dumps(transaction_entry(resource)))
+            counts[resource["resourceType"]] += 1
+        out.write(b"\n]}\n")
+    return dict(counts)
+
+
+def read_bundle(path: Path) -> Iterator[Resource]:
+    """Resources of a Bundle file, with ``urn:uuid`` references turned back into ``Type/id``."""
+    try:
+        bundle = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path}: bundle not found") from None
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise InputError(f"{path}: not a FHIR Bundle (resourceType is {bundle.get('resourceType') if isinstance(bundle, dict) else None!r})")
+    entries = bundle.get("entry", [])
+    local = {}
+    for entry in entries:
+        resource = entry.get("resource", {})
+        full_url = entry.get("fullUrl", "")
+        if full_url.startswith("urn:uuid:"):
+            local[full_url] = f"{resource.get('resourceType')}/{full_url[len('urn:uuid:'):]}"
+    for entry in entries:
+        resource = rewrite_references(entry.get("resource", {}), lambda ref: local.get(ref, ref))
+        full_url = entry.get("fullUrl", "")
+        if "id" not in resource and full_url.startswith("urn:uuid:"):
+            resource = {"resourceType": resource["resourceType"], "id": full_url[len("urn:uuid:"):],
+                        **{k: v for k, v in resource.items() if k != "resourceType"}}
+        yield resource

@@ -1,0 +1,215 @@
+"""The ``fhir-msc`` command line: parse, call fhir_msc.jobs, print.
+
+Exit codes (see fhir_msc.errors.ExitCode): 0 success, 1 internal error, 2 bad usage,
+3 some input rows rejected, 4 input unusable, 5 FHIR validation failed, 6 a round trip
+or verification did not reproduce its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from . import jobs
+from .errors import ExitCode, FhirMscError
+from .study import DEFAULT_STUDY, Study, load_study
+from .versions import VERSIONS, get_version
+
+MAX_SHOWN = 20
+
+
+class _Cli(click.Group):
+    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FhirMscError as exc:
+            click.echo(f"fhir-msc: error: {exc}", err=True)
+            ctx.exit(int(exc.exit_code))
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(_to_jsonable(value), indent=2))
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Any]:
+    """A tqdm counter on stderr when interactive; a no-op otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar = tqdm(desc=label, unit=" rec", file=sys.stderr, leave=False)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+_study_option = click.option(
+    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STUDY,
+    envvar="FHIR_MSC_STUDY", show_default=True, metavar="YAML",
+    help="Study definition YAML file, also read from FHIR_MSC_STUDY.")
+_version_option = click.option(
+    "--fhir-version", type=click.Choice(VERSIONS, case_sensitive=False), default="R4", show_default=True,
+    help="FHIR version to write or validate against.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fhir-msc")
+def main() -> None:
+    """Map clinical-trial tables to FHIR and back, validate them, and run the demo.
+
+    Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
+    embedded store, validates it, round-trips it and prints a summary.
+    """
+
+
+@main.command("map")
+@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write into this NDJSON store directory; existing resources are updated by id.")
+@click.option("--bundle", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write one transaction Bundle JSON file instead.")
+@click.option("--rejects", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Where rejected rows go (default: STORE/rejects or BUNDLE.rejects).")
+@_version_option
+@_study_option
+@_json_option
+def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: Path | None,
+                fhir_version: str, study_path: Path, as_json: bool) -> None:
+    """Map the trial tables in SOURCE (dm.csv, ex.csv, findings) to FHIR.
+
+    Bad rows are reported (file, row, column, value, what to do) and copied to the
+    rejects directory with a REJECT_REASON column; the rest are mapped. Fix the rejects
+    files and replay them: `fhir-msc map STORE/rejects --store STORE`. Exit code 3 means
+    some rows were rejected.
+    """
+    study = load_study(study_path)
+    with _progress("mapping", not as_json) as tick:
+        result = jobs.map_tables(study, source, store=store, bundle=bundle, version=get_version(fhir_version),
+                                 rejects=rejects, progress=tick)
+    if as_json:
+        _print_json(result)
+    else:
+        _echo_map(result, store or bundle)
+    if result.rejections:
+        sys.exit(ExitCode.REJECTED)
+
+
+def _echo_map(result: Any, target: Path) -> None:
+    for rejection in result.rejections[:MAX_SHOWN]:
+        click.echo(f"rejected: {rejection}", err=True)
+    if len(result.rejections) > MAX_SHOWN:
+        click.echo(f"rejected: … and {len(result.rejections) - MAX_SHOWN} more (all in the rejects files)", err=True)
+    counts = ", ".join(f"{t} {n}" for t, n in result.counts.items())
+    click.echo(f"mapped {result.total} resources into {target}: {counts or 'nothing'}")
+    if result.rejects_files:
+        folder = result.rejects_files[0].parent
+        click.echo(f"{len(result.rejections)} row(s) rejected; fix them in {folder}/ and replay with:\n"
+                   f"  fhir-msc map {folder} --store {target}")
+
+
+@main.command("unmap")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="Directory for the trial tables (created if missing).")
+@_study_option
+@_json_option
+def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> None:
+    """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables."""
+    result = jobs.unmap(load_study(study_path), source, out)
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"wrote {out}: " + ", ".join(f"{name} {rows} rows" for name, rows in result.rows.items()))
+    for line in result.skipped[:MAX_SHOWN]:
+        click.echo(f"skipped: {line}", err=True)
+
+
+@main.command("validate")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@_version_option
+@_json_option
+def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
+    """Validate every resource in SOURCE (store directory or bundle file) with fhir.resources.
+
+    Exit code 5 means at least one resource is invalid.
+    """
+    with _progress("validating", not as_json) as tick:
+        report = jobs.validate(source, get_version(fhir_version), tick)
+    if as_json:
+        _print_json(report)
+    else:
+        _echo_validation(report)
+    if not report.ok:
+        sys.exit(ExitCode.INVALID)
+
+
+def _echo_validation(report: Any) -> None:
+    total = sum(report.checked.values())
+    for line in report.errors:
+        click.echo(f"invalid: {line}", err=True)
+    status = "all valid" if report.ok else f"{report.error_count} problem(s)"
+    click.echo(f"FHIR {report.version}: {total} resources checked, {status}")
+
+
+@main.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("fhir-msc-demo"),
+              show_default=True, metavar="DIR", help="Where the store, bundle and round-trip files go.")
+@_study_option
+@_json_option
+def demo_command(workdir: Path, study_path: Path, as_json: bool) -> None:
+    """Run the whole job on the synthetic cohort: map, validate (R4 and R5), round-trip, export."""
+    study: Study = load_study(study_path)
+    with _progress("demo", not as_json) as tick:
+        result = jobs.demo(study, workdir.resolve(), progress=tick)
+    if as_json:
+        _print_json(result)
+    else:
+        _echo_demo(result)
+    if not all(r.ok for r in result.validation.values()):
+        sys.exit(ExitCode.INVALID)
+    if not result.roundtrip.lossless:
+        sys.exit(ExitCode.MISMATCH)
+
+
+def _echo_demo(result: jobs.DemoResult) -> None:
+    click.echo(f"store: {result.store}")
+    click.echo(f"bundle: {result.bundle}")
+    note = " (synthetic data, tagged HTEST)" if result.mapped.synthetic else ""
+    click.echo(f"mapped {result.mapped.total} resources{note}:")
+    for resource_type, count in result.mapped.counts.items():
+        click.echo(f"  {resource_type:<26}{count:>6}")
+    click.echo("infusions: " + ", ".join(f"{t} {n}" for t, n in result.infusions.items()))
+    click.echo("subjects by arm: " + ", ".join(f"{arm} {n}" for arm, n in result.subjects_by_arm.items()))
+    for version, report in result.validation.items():
+        click.echo(f"validation {version}: {sum(report.checked.values())} resources, "
+                   + ("all valid" if report.ok else f"{report.error_count} problem(s)"))
+    if result.roundtrip.lossless:
+        click.echo("round trip: lossless (tables → FHIR → tables and FHIR → tables → FHIR are equal)")
+    else:
+        click.echo("round trip: LOSSY")
+        for line in result.roundtrip.differences:
+            click.echo(f"  {line}")

@@ -1,0 +1,277 @@
+"""Trial tables → FHIR resources.
+
+Every resource gets a deterministic id (a UUID5 of its business identifier), so mapping
+the same tables twice gives identical resources, and a business identifier a server
+can match on for conditional updates.
+
+Resource model (R4 names; see versions.py for R5):
+  ResearchStudy      the study, its arms, the enrollment Group
+  Group              every enrolled Patient
+  Patient            pseudonymous: subject id, gender, birth year (year of RFSTDTC − AGE), country
+  ResearchSubject    subject ↔ study, assigned/actual arm, status, period (RFSTDTC–RFENDTC)
+  MedicationAdministration  one per infusion (EX row): product, dose, route, date
+  Encounter          one per subject × visit, spanning that visit's finding dates
+  Observation        one per finding row, linked to Patient, Encounter and ResearchStudy
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .study import Outcome, Study
+from .tables import (Dataset, DoseRecord, FindingRecord, RejectLog, Rejection, RowError, SubjectRecord,
+                     parse_dose, parse_finding, parse_subject, read_dataset, read_rows)
+from .versions import FhirVersion
+
+UCUM = "http://unitsofmeasure.org"
+CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+PHASE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-phase"
+STUDY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
+SYNTHETIC_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST",
+                 "display": "test health data"}
+
+Resource = dict[str, Any]
+
+
+def resource_id(resource_type: str, system: str, value: str) -> str:
+    """The deterministic logical id (a UUID, unique across types) of the resource with this identifier."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{resource_type}|{system}|{value}"))
+
+
+@dataclass(frozen=True)
+class FhirBuilder:
+    """Builds the resources of one study in one FHIR version."""
+
+    study: Study
+    version: FhirVersion
+    synthetic: bool = False
+
+    # --- references and identifiers ---------------------------------------------------
+
+    def _identified(self, resource_type: str, kind: str, value: str) -> Resource:
+        system = self.study.system(kind)
+        resource: Resource = {"resourceType": resource_type, "id": resource_id(resource_type, system, value)}
+        if self.synthetic:
+            resource["meta"] = {"tag": [SYNTHETIC_TAG]}
+        resource["identifier"] = [{"system": system, "value": value}]
+        return resource
+
+    def ref(self, resource_type: str, kind: str, value: str) -> str:
+        return f"{resource_type}/{resource_id(resource_type, self.study.system(kind), value)}"
+
+    @property
+    def study_ref(self) -> str:
+        return self.ref("ResearchStudy", "study", self.study.study.identifier.value)
+
+    def _study_extension(self) -> list[dict[str, Any]]:
+        return [{"url": STUDY_EXTENSION, "valueReference": {"reference": self.study_ref}}]
+
+    def _study_code(self, code: str, display: str) -> dict[str, str]:
+        return {"system": self.study.study.codesystem, "code": code, "display": display}
+
+    # --- resources --------------------------------------------------------------------
+
+    def research_study(self) -> Resource:
+        info = self.study.study
+        resource = self._identified("ResearchStudy", "study", info.identifier.value)
+        resource["identifier"].append(info.identifier.model_dump())
+        resource["title"] = " ".join(info.title.split())
+        resource.update(self.version.study_status(info.status))
+        if info.phase:
+            resource["phase"] = {"coding": [{"system": PHASE_SYSTEM, "code": info.phase}]}
+        resource["condition"] = [{"coding": [c.as_fhir()]} for c in info.condition]
+        resource["relatedArtifact"] = [{"type": "citation", "citation": text} for text in info.citations]
+        resource["description"] = " ".join(info.description.split())
+        resource.update(self.version.study_enrollment(self.ref("Group", "group", info.identifier.value)))
+        resource["period"] = info.period.model_dump(exclude_none=True)
+        resource.update(self.version.study_arms([arm.model_dump() for arm in self.study.arms]))
+        return resource
+
+    def enrollment_group(self, subjects: list[str]) -> Resource:
+        value = self.study.study.identifier.value
+        resource = self._identified("Group", "group", value)
+        resource.update({"type": "person", **self.version.group_elements(),
+                         "name": f"Participants of {value}", "quantity": len(subjects),
+                         "member": [{"entity": {"reference": self.ref("Patient", "subject", s)}} for s in subjects]})
+        return resource
+
+    def patient(self, record: SubjectRecord) -> Resource:
+        resource = self._identified("Patient", "subject", record.subject)
+        resource["gender"] = self.study.terms.sex[record.sex]
+        resource["birthDate"] = f"{int(record.start[:4]) - record.age:04d}"
+        if record.country:
+            resource["address"] = [{"country": record.country}]
+        return resource
+
+    def research_subject(self, record: SubjectRecord) -> Resource:
+        resource = self._identified("ResearchSubject", "subject", record.subject)
+        period = {"start": record.start, **({"end": record.end} if record.end else {})}
+        assigned, actual = self.study.arm_by_code[record.arm_code], self.study.arm_by_code[record.actual_arm_code]
+        resource.update(self.version.subject_elements(
+            state=self.study.study.subject_status, patient_reference=self.ref("Patient", "subject", record.subject),
+            assigned=(assigned.code, assigned.name), actual=(actual.code, actual.name), period=period))
+        resource["study"] = {"reference": self.study_ref}
+        return resource
+
+    def administration(self, record: DoseRecord) -> Resource:
+        key, intervention = self.study.intervention_by_treatment[record.treatment]
+        resource = self._identified("MedicationAdministration", "administration", f"{record.subject}/{record.date}")
+        resource["extension"] = self._study_extension()
+        resource["status"] = "completed"
+        medication = {"coding": [self._study_code(record.treatment, intervention.display)]}
+        resource.update(self.version.administration_elements(medication, record.date))
+        resource["subject"] = {"reference": self.ref("Patient", "subject", record.subject)}
+        unit = self.study.terms.dose_unit[record.dose_unit]
+        resource["dosage"] = {"route": {"coding": [self.study.terms.route[record.route].as_fhir()]},
+                              "dose": {"value": record.dose, "unit": unit, "system": UCUM, "code": unit}}
+        return resource
+
+    def encounter(self, subject: str, visitnum: int, first: str, last: str) -> Resource:
+        visit = self.study.visit_by_num[visitnum]
+        resource = self._identified("Encounter", "visit", f"{subject}/{visit.code}")
+        resource["extension"] = self._study_extension()
+        resource.update(self.version.encounter_elements({"start": first, "end": last}))
+        resource["type"] = [{"coding": [self._study_code(visit.code, visit.name)]}]
+        resource["subject"] = {"reference": self.ref("Patient", "subject", subject)}
+        return resource
+
+    def observation(self, record: FindingRecord) -> Resource:
+        outcome = self.study.outcome_by_code[record.testcd]
+        visit = self.study.visit_by_num[record.visitnum]
+        resource = self._identified("Observation", "observation", f"{record.subject}/{visit.code}/{record.testcd}")
+        resource["extension"] = self._study_extension()
+        resource["status"] = "final"
+        resource["category"] = [{"coding": [{"system": CATEGORY_SYSTEM, "code": outcome.category}]}]
+        resource["code"] = {"coding": [*(c.as_fhir() for c in outcome.standard),
+                                       self._study_code(outcome.code, outcome.display)],
+                            "text": record.test}
+        resource["subject"] = {"reference": self.ref("Patient", "subject", record.subject)}
+        resource["encounter"] = {"reference": self.ref("Encounter", "visit", f"{record.subject}/{visit.code}")}
+        resource["effectiveDateTime"] = record.date
+        resource.update(_value(outcome, record))
+        return resource
+
+
+def _value(outcome: Outcome, record: FindingRecord) -> Resource:
+    if outcome.type == "coded":
+        return {"valueCodeableConcept": {"coding": [outcome.answers[record.result].as_fhir()], "text": record.result}}
+    return {"valueQuantity": {"value": float(record.result), "unit": record.unit, "system": UCUM, "code": record.unit}}
+
+
+# --- the mapping job ---------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class MapResult:
+    """What a mapping run produced and rejected."""
+
+    counts: dict[str, int]
+    rejections: list[Rejection]
+    rejects_files: list[Path]
+    synthetic: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: RejectLog,
+               known_subjects: dict[str, SubjectRecord] | None = None,
+               progress: Callable[[int], None] | None = None) -> Iterator[Resource]:
+    """Yield the FHIR resources for the tables in ``source``; bad rows go to ``log``.
+
+    ``known_subjects`` are subjects already mapped (e.g. read from the target store), so
+    a rejects file holding only findings can be replayed on its own.
+    """
+    dataset: Dataset = read_dataset(source)
+    build = FhirBuilder(study, version, dataset.synthetic)
+    subjects = dict(known_subjects or {})
+    new_subjects = list(_read_subjects(study, source / study.tables.dm.file, log, subjects))
+    tick = progress or (lambda n: None)
+    if new_subjects:
+        yield build.research_study()
+        yield build.enrollment_group(list(subjects))
+        for record in new_subjects:
+            yield build.patient(record)
+            yield build.research_subject(record)
+        tick(len(new_subjects))
+    for record in _read_doses(study, source / study.tables.ex.file, log, subjects):
+        yield build.administration(record)
+        tick(1)
+    visits: dict[tuple[str, int], tuple[str, str]] = {}
+    for record in _read_findings(study, source, log, subjects):
+        key = (record.subject, record.visitnum)
+        first, last = visits.get(key, (record.date, record.date))
+        visits[key] = (min(first, record.date), max(last, record.date))
+        yield build.observation(record)
+        tick(1)
+    for (subject, visitnum), (first, last) in visits.items():
+        yield build.encounter(subject, visitnum, first, last)
+
+
+def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[SubjectRecord]:
+    if not path.exists() and subjects:
+        return  # replaying findings against subjects already in the store
+    columns = list(study.tables.dm.columns.values())
+    required = [c for key, c in study.tables.dm.columns.items() if key not in ("end", "country")]
+    for number, row, header, raw in read_rows(path, required, log):
+        record = _parse(log, path, number, header, raw, lambda: parse_subject(study, {c: row.get(c, "") for c in columns}))
+        if record is None:
+            continue
+        if record.subject in subjects:
+            log.reject(Rejection(file=str(path), row=number, column=study.tables.dm.columns["subject"], value=record.subject,
+                                 problem="duplicate subject: each USUBJID appears once in DM; remove or renumber this row"),
+                       header, raw)
+            continue
+        subjects[record.subject] = record
+        yield record
+
+
+def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[DoseRecord]:
+    if not path.exists() and subjects:
+        return
+    required = list(study.tables.ex.columns.values())
+    seen: set[tuple[str, str]] = set()
+    for number, row, header, raw in read_rows(path, required, log):
+        record = _parse(log, path, number, header, raw, lambda: parse_dose(study, subjects, row))
+        if record is None:
+            continue
+        if (record.subject, record.date) in seen:
+            log.reject(Rejection(file=str(path), row=number, column=study.tables.ex.columns["date"], value=record.date,
+                                 problem="duplicate infusion: this subject already has one on this date"), header, raw)
+            continue
+        seen.add((record.subject, record.date))
+        yield record
+
+
+def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[FindingRecord]:
+    suffixes = study.tables.findings.suffixes
+    for domain, name in study.tables.findings.files.items():
+        path = source / name
+        if not path.exists():
+            continue  # a domain with no data this time is normal (e.g. a replayed rejects folder)
+        required = [*study.tables.findings.columns.values(), *(domain + s for k, s in suffixes.items() if k != "test")]
+        seen: set[tuple[str, int, str]] = set()
+        for number, row, header, raw in read_rows(path, required, log):
+            full = {**row, domain + suffixes["test"]: row.get(domain + suffixes["test"], "")}
+            record = _parse(log, path, number, header, raw, lambda: parse_finding(study, domain, subjects, full))
+            if record is None:
+                continue
+            key = (record.subject, record.visitnum, record.testcd)
+            if key in seen:
+                log.reject(Rejection(file=str(path), row=number, column=domain + suffixes["testcd"], value=record.testcd,
+                                     problem="duplicate finding: this subject already has this test at this visit"), header, raw)
+                continue
+            seen.add(key)
+            yield record
+
+
+def _parse(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], parse: Callable[[], Any]) -> Any:
+    try:
+        return parse()
+    except RowError as err:
+        log.reject(Rejection(file=str(path), row=number, column=err.column, value=err.value, problem=err.problem), header, raw)
+        return None

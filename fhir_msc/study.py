@@ -1,0 +1,241 @@
+"""The study definition: one YAML file in mappings/ describes a whole study.
+
+It is validated on load (pydantic), so a typo in the mapping is reported with its path
+(``outcomes.3.unit``) before any data is touched.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .errors import StudyDefinitionError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STUDY = REPO_ROOT / "mappings" / "msc-covid19.yaml"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Coding(_Model):
+    system: str
+    code: str
+    display: str | None = None
+
+    def as_fhir(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class Identifier(_Model):
+    system: str
+    value: str
+
+
+class Period(_Model):
+    start: str
+    end: str | None = None
+
+
+class StudyInfo(_Model):
+    key: str
+    identifier: Identifier
+    title: str
+    description: str
+    status: str
+    phase: str | None = None
+    period: Period
+    condition: list[Coding] = []
+    citations: list[str] = []
+    codesystem: str
+    identifier_base: str
+    subject_status: str
+
+
+class Arm(_Model):
+    code: str
+    name: str
+    type: str
+    description: str
+    intervention: str
+
+
+class Dose(_Model):
+    value: float
+    unit: str
+
+
+class Intervention(_Model):
+    treatment: str
+    display: str
+    dose: Dose
+    route: str
+    days: list[int]
+
+
+class Terms(_Model):
+    sex: dict[str, str]
+    route: dict[str, Coding]
+    dose_unit: dict[str, str]
+
+
+class Visit(_Model):
+    code: str
+    name: str
+    visitnum: int
+    day: int
+    window: tuple[int, int]
+
+
+class Outcome(_Model):
+    code: str
+    domain: str
+    display: str
+    category: str
+    type: Literal["quantity", "coded"]
+    unit: str | None = None
+    unit_aliases: dict[str, float] = {}
+    range: tuple[float, float] | None = None
+    answers: dict[str, Coding] = {}
+    standard: list[Coding] = []
+    visits: list[str]
+
+    @model_validator(mode="after")
+    def _type_fields(self) -> Outcome:
+        if self.type == "quantity" and not self.unit:
+            raise ValueError(f"outcome {self.code}: a quantity needs a unit (UCUM)")
+        if self.type == "coded" and not self.answers:
+            raise ValueError(f"outcome {self.code}: a coded outcome needs answers")
+        return self
+
+
+class SubjectTable(_Model):
+    file: str
+    columns: dict[str, str]
+
+
+class FindingsTables(_Model):
+    files: dict[str, str]
+    columns: dict[str, str]
+    suffixes: dict[str, str]
+
+
+class Tables(_Model):
+    dm: SubjectTable
+    ex: SubjectTable
+    findings: FindingsTables
+
+
+_DM_FIELDS = {"study", "subject", "age", "sex", "country", "arm_code", "arm",
+              "actual_arm_code", "actual_arm", "start", "end"}
+_EX_FIELDS = {"study", "subject", "treatment", "dose", "dose_unit", "route", "date"}
+_FINDING_FIELDS = {"study", "subject", "visitnum", "visit"}
+_FINDING_SUFFIXES = {"testcd", "test", "result", "unit", "date"}
+
+
+class Study(_Model):
+    """A validated study definition; attribute names follow the YAML keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    study: StudyInfo
+    arms: list[Arm]
+    interventions: dict[str, Intervention]
+    terms: Terms
+    visits: list[Visit]
+    outcomes: list[Outcome]
+    tables: Tables
+    anchors: dict | None = None  # holds YAML anchors only
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Study:
+        problems = []
+        visit_codes = {v.code for v in self.visits}
+        for arm in self.arms:
+            if arm.intervention not in self.interventions:
+                problems.append(f"arm {arm.code}: unknown intervention {arm.intervention!r}")
+        for key, intervention in self.interventions.items():
+            if intervention.route not in self.terms.route:
+                problems.append(f"intervention {key}: route {intervention.route!r} not in terms.route")
+            if intervention.dose.unit not in self.terms.dose_unit:
+                problems.append(f"intervention {key}: dose unit {intervention.dose.unit!r} not in terms.dose_unit")
+        for outcome in self.outcomes:
+            if outcome.domain not in self.tables.findings.files:
+                problems.append(f"outcome {outcome.code}: domain {outcome.domain} has no file in tables.findings.files")
+            for visit in outcome.visits:
+                if visit not in visit_codes:
+                    problems.append(f"outcome {outcome.code}: unknown visit {visit!r}")
+        for name, fields, given in (
+            ("tables.dm.columns", _DM_FIELDS, self.tables.dm.columns),
+            ("tables.ex.columns", _EX_FIELDS, self.tables.ex.columns),
+            ("tables.findings.columns", _FINDING_FIELDS, self.tables.findings.columns),
+            ("tables.findings.suffixes", _FINDING_SUFFIXES, self.tables.findings.suffixes),
+        ):
+            if missing := fields - set(given):
+                problems.append(f"{name}: missing {', '.join(sorted(missing))}")
+        for label, codes in (("arm", [a.code for a in self.arms]), ("visit", [v.code for v in self.visits]),
+                             ("outcome", [o.code for o in self.outcomes])):
+            if len(codes) != len(set(codes)):
+                problems.append(f"duplicate {label} codes")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # --- look-ups used by the mappers -------------------------------------------------
+
+    @cached_property
+    def arm_by_code(self) -> dict[str, Arm]:
+        return {arm.code: arm for arm in self.arms}
+
+    @cached_property
+    def arm_by_name(self) -> dict[str, Arm]:
+        return {arm.name: arm for arm in self.arms}
+
+    @cached_property
+    def visit_by_code(self) -> dict[str, Visit]:
+        return {visit.code: visit for visit in self.visits}
+
+    @cached_property
+    def visit_by_num(self) -> dict[int, Visit]:
+        return {visit.visitnum: visit for visit in self.visits}
+
+    @cached_property
+    def outcome_by_code(self) -> dict[str, Outcome]:
+        return {outcome.code: outcome for outcome in self.outcomes}
+
+    @cached_property
+    def intervention_by_treatment(self) -> dict[str, tuple[str, Intervention]]:
+        return {i.treatment: (key, i) for key, i in self.interventions.items()}
+
+    def outcomes_in(self, domain: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.domain == domain]
+
+    def system(self, kind: str) -> str:
+        """The identifier system for business identifiers of one kind (subject, visit…)."""
+        return f"{self.study.identifier_base}/{kind}"
+
+
+def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
+    """Read and validate a study definition YAML file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudyDefinitionError(f"{path}: study definition not found; pass --study PATH to a mappings/*.yaml file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StudyDefinitionError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StudyDefinitionError(f"{path}: expected a mapping of study, arms, visits, outcomes, tables")
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid study definition ({exc.error_count()} problem(s)):"]
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise StudyDefinitionError("\n".join(lines)) from None

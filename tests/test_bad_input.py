@@ -1,0 +1,106 @@
+"""Bad input: one clear line per problem, good rows still mapped, rejects kept for replay.
+
+Each case in tests/data/bad/<case>/ holds small trial tables with one defect and a
+case.yaml saying where the defect is.
+"""
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fhir_msc import Store
+from fhir_msc.cli import main
+from fhir_msc.errors import ExitCode
+
+BAD = Path(__file__).parent / "data" / "bad"
+CASES = sorted(p.name for p in BAD.iterdir() if p.name != "good")
+
+
+def run_map(source: Path, store: Path, *extra: str):
+    return CliRunner().invoke(main, ["map", str(source), "--store", str(store), *extra])
+
+
+def good_counts(tmp_path: Path) -> dict[str, int]:
+    result = run_map(BAD / "good", tmp_path / "good-store")
+    assert result.exit_code == 0, result.output
+    return Store(tmp_path / "good-store").counts()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_row_is_named_and_rejected(case, tmp_path):
+    spec = yaml.safe_load((BAD / case / "case.yaml").read_text())
+    result = run_map(BAD / case, tmp_path / "store")
+    assert result.exit_code == ExitCode.REJECTED, result.output
+    assert "Traceback" not in result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("rejected:") and spec["file"] in l and spec["problem"] in l)
+    assert f"row {spec['row']}" in line
+    if "column" in spec:
+        assert f"column {spec['column']}" in line
+    if "value" in spec:
+        assert repr(spec["value"]) in line
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "lost" in yaml.safe_load((BAD / c / "case.yaml").read_text())])
+def test_valid_rows_are_still_mapped(case, tmp_path):
+    """Only the defective row's resources (a whole file's, for file-level defects) are missing."""
+    spec = yaml.safe_load((BAD / case / "case.yaml").read_text())
+    expected = good_counts(tmp_path)
+    run_map(BAD / case, tmp_path / "store")
+    counts = Store(tmp_path / "store").counts()
+    assert sum(expected.values()) - sum(counts.values()) == spec["lost"]
+
+
+def test_rejected_subject_takes_its_rows_with_it(tmp_path):
+    result = run_map(BAD / "unknown-arm", tmp_path / "store")
+    assert "unknown subject" in result.output
+    assert Store(tmp_path / "store").counts()["Patient"] == 2
+
+
+def test_rejected_row_is_kept_verbatim_with_its_reason(tmp_path):
+    run_map(BAD / "non-numeric", tmp_path / "store")
+    with open(tmp_path / "store" / "rejects" / "qs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    assert rows[0]["QSORRES"] == "sixty"
+    assert "not a number" in rows[0]["REJECT_REASON"]
+
+
+def test_bad_bytes_are_kept_in_the_rejects_file(tmp_path):
+    run_map(BAD / "bad-encoding", tmp_path / "store")
+    assert b"r\xf4le physique" in (tmp_path / "store" / "rejects" / "qs.csv").read_bytes()
+
+
+def test_fixed_rejects_replay_into_the_same_store(tmp_path):
+    store = tmp_path / "store"
+    run_map(BAD / "non-numeric", store)
+    before = Store(store).counts()["Observation"]
+    rejects = store / "rejects" / "qs.csv"
+    rejects.write_text(rejects.read_text().replace(",sixty,", ",60,"))
+    result = run_map(store / "rejects", store)
+    assert result.exit_code == 0, result.output
+    assert Store(store).counts()["Observation"] == before + 1
+    assert not (store / "rejects").exists()
+
+
+def test_convertible_unit_is_converted(tmp_path, study):
+    source = tmp_path / "tables"
+    shutil.copytree(BAD / "good", source)
+    re_csv = source / "re.csv"
+    lines = re_csv.read_text().splitlines()
+    fields = lines[1].split(",")
+    assert fields[2] == "FVC" and fields[5] == "L"
+    fields[4], fields[5] = str(round(float(fields[4]) * 1000)), "mL"
+    re_csv.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
+    assert run_map(source, tmp_path / "store").exit_code == 0
+    fvc = [o for o in Store(tmp_path / "store").read("Observation") if o["code"]["text"] == "Forced vital capacity"]
+    assert {o["valueQuantity"]["code"] for o in fvc} == {"L"}
+
+
+def test_missing_source_is_a_one_line_error(tmp_path):
+    result = run_map(tmp_path / "nowhere", tmp_path / "store")
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert result.output.startswith("fhir-msc: error:") and "Traceback" not in result.output

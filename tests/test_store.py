@@ -1,0 +1,62 @@
+"""The embedded NDJSON store and transaction bundles."""
+
+import orjson
+import pytest
+
+from fhir_msc import InputError, Store
+from fhir_msc.bundle import conditional_url, read_bundle, transaction_entry, write_bundle
+
+
+def patient(pid: str, gender: str = "male") -> dict:
+    return {"resourceType": "Patient", "id": pid, "gender": gender,
+            "identifier": [{"system": "https://example.org/sid", "value": pid}]}
+
+
+def test_store_writes_one_ndjson_file_per_type(tmp_path):
+    store = Store(tmp_path)
+    store.write([patient("a"), {"resourceType": "Group", "id": "g", "type": "person"}])
+    assert sorted(p.name for p in tmp_path.glob("*.ndjson")) == ["Group.ndjson", "Patient.ndjson"]
+    assert orjson.loads((tmp_path / "Patient.ndjson").read_bytes().splitlines()[0])["id"] == "a"
+
+
+def test_store_write_upserts_by_id(tmp_path):
+    store = Store(tmp_path)
+    store.write([patient("a"), patient("b")])
+    store.write([patient("b", "female"), patient("c")])
+    assert {p["id"]: p["gender"] for p in store.read("Patient")} == {"a": "male", "b": "female", "c": "male"}
+
+
+def test_store_refuses_the_same_id_twice_in_one_write(tmp_path):
+    with pytest.raises(InputError, match="produced twice"):
+        Store(tmp_path).write([patient("a"), patient("a")])
+
+
+def test_corrupt_line_names_file_and_line(tmp_path):
+    (tmp_path / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "a"}\n{oops\n')
+    with pytest.raises(InputError, match=r"Patient.ndjson, line 2"):
+        list(Store(tmp_path).read("Patient"))
+
+
+def test_transaction_entry_is_a_conditional_update_with_urn_references():
+    observation = {"resourceType": "Observation", "id": "0d1c6c2e-6d53-5e8a-8d0a-1f0c6c1f2b3a",
+                   "identifier": [{"system": "https://example.org/obs", "value": "S1/M36/CEA"}],
+                   "subject": {"reference": "Patient/7b0c1b5e-3f7d-5b8e-9f55-6c0e8b9d1a2c"}}
+    entry = transaction_entry(observation)
+    assert entry["request"] == {"method": "PUT", "url": "Observation?identifier=https://example.org/obs%7CS1/M36/CEA"}
+    assert entry["fullUrl"] == "urn:uuid:0d1c6c2e-6d53-5e8a-8d0a-1f0c6c1f2b3a"
+    assert entry["resource"]["subject"]["reference"] == "urn:uuid:7b0c1b5e-3f7d-5b8e-9f55-6c0e8b9d1a2c"
+    assert conditional_url(observation).startswith("Observation?identifier=")
+
+
+def test_bundle_reads_back_what_was_written(tmp_path):
+    pid = "7b0c1b5e-3f7d-5b8e-9f55-6c0e8b9d1a2c"
+    resources = [patient(pid), {"resourceType": "Observation", "id": "0d1c6c2e-6d53-5e8a-8d0a-1f0c6c1f2b3a",
+                                "identifier": [{"system": "s", "value": "v"}], "subject": {"reference": f"Patient/{pid}"}}]
+    assert write_bundle(resources, tmp_path / "b.json") == {"Patient": 1, "Observation": 1}
+    assert list(read_bundle(tmp_path / "b.json")) == resources
+
+
+def test_non_bundle_file_is_refused(tmp_path):
+    (tmp_path / "x.json").write_text('{"resourceType": "Patient"}')
+    with pytest.raises(InputError, match="not a FHIR Bundle"):
+        list(read_bundle(tmp_path / "x.json"))
