@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import jobs
 from .errors import ExitCode, FhirMscError
+from .report import FORMATS, comparison_table, forest_plot, render, verification_table
 from .study import DEFAULT_STUDY, Study, load_study
 from .versions import VERSIONS, get_version
 
@@ -181,7 +182,11 @@ def _echo_validation(report: Any) -> None:
 @_study_option
 @_json_option
 def demo_command(workdir: Path, study_path: Path, as_json: bool) -> None:
-    """Run the whole job on the synthetic cohort: map, validate (R4 and R5), round-trip, export."""
+    """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, export, analyze, verify.
+
+    Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
+    under --workdir and prints where.
+    """
     study: Study = load_study(study_path)
     with _progress("demo", not as_json) as tick:
         result = jobs.demo(study, workdir.resolve(), progress=tick)
@@ -191,7 +196,56 @@ def demo_command(workdir: Path, study_path: Path, as_json: bool) -> None:
         _echo_demo(result)
     if not all(r.ok for r in result.validation.values()):
         sys.exit(ExitCode.INVALID)
-    if not result.roundtrip.lossless:
+    if not result.roundtrip.lossless or result.reproduced < len(result.verification):
+        sys.exit(ExitCode.MISMATCH)
+
+
+_source_option = click.option(
+    "--store", "source", type=click.Path(exists=True, path_type=Path), required=True, metavar="PATH",
+    help="Embedded store directory or Bundle JSON file to analyse.")
+
+
+@main.command("analyze")
+@_source_option
+@click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable.")
+@click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format of the between-arm table.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
+              help="Also write a forest plot of the effects to this PNG file.")
+@_study_option
+def analyze_command(source: Path, visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str,
+                    plot: Path | None, study_path: Path) -> None:
+    """Compare the arms for every outcome and visit in the FHIR data at --store.
+
+    Each row gives n and a summary per arm, the effect the study definition plans for the
+    outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
+    its 95% CI, p, and the method that computed it.
+    """
+    study = load_study(study_path)
+    comparisons = jobs.analyze(study, source, list(visits) or None, list(outcomes) or None)
+    click.echo(render(comparison_table(comparisons), fmt))
+    if plot:
+        forest_plot(comparisons, plot, study.study.identifier.value)
+        click.echo(f"forest plot: {plot}", err=True)
+
+
+@main.command("verify")
+@_source_option
+@_study_option
+@_json_option
+def verify_command(source: Path, study_path: Path, as_json: bool) -> None:
+    """Recompute every published result of the study definition from the FHIR data at --store.
+
+    Compares at the paper's precision and exits 6 if any result does not match.
+    """
+    checks = jobs.verify(load_study(study_path), source)
+    table = verification_table(checks)
+    click.echo(render(table, "json") if as_json else render(table, "table"))
+    matched = sum(c.matches for c in checks)
+    if not as_json:
+        click.echo(f"reproduced {matched}/{len(checks)} published results")
+    if matched < len(checks):
         sys.exit(ExitCode.MISMATCH)
 
 
@@ -213,3 +267,6 @@ def _echo_demo(result: jobs.DemoResult) -> None:
         click.echo("round trip: LOSSY")
         for line in result.roundtrip.differences:
             click.echo(f"  {line}")
+    click.echo(render(verification_table(result.verification), "table"))
+    click.echo(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import analysis
+from .analysis import Comparison, Verification
 from .bundle import write_bundle
+from .report import write_report
 from .errors import InputError
 from .mapping import MapResult, tables_to_fhir
 from .roundtrip import RoundTripResult, check_roundtrip
@@ -79,6 +82,17 @@ def validate(source: Path, version: FhirVersion, progress: Progress = None) -> V
     return validate_resources(open_resources(source).read_all(), version, progress)
 
 
+def analyze(study: Study, source: Path, visits: list[str] | None = None,
+            outcomes: list[str] | None = None) -> list[Comparison]:
+    """Between-arm comparisons for the FHIR data in a store directory or bundle file."""
+    return analysis.analyze(study, analysis.analysis_frame(study, open_resources(source)), visits, outcomes)
+
+
+def verify(study: Study, source: Path) -> list[Verification]:
+    """Recompute the study's published results from a store directory or bundle file."""
+    return analysis.verify(study, analysis.analysis_frame(study, open_resources(source)))
+
+
 @dataclass(frozen=True, kw_only=True)
 class DemoResult:
     """Everything the demo did, for the summary."""
@@ -91,10 +105,16 @@ class DemoResult:
     infusions: dict[str, int]
     validation: dict[str, ValidationReport]
     roundtrip: RoundTripResult
+    verification: list[Verification]
+    report: dict[str, Path]
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.verification)
 
 
 def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = None) -> DemoResult:
-    """Map the synthetic cohort into a store, validate it in R4 and R5, round-trip it, export a bundle."""
+    """Map the synthetic cohort, validate it (R4, R5), round-trip it, export a bundle, analyze and verify it."""
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "store"
     Store(store).clear()
@@ -113,6 +133,11 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     by_arm = Counter(subject_arm_names(rs, arm_names)[0] for rs in Store(store).read("ResearchSubject"))
     infusions = Counter(administration_medication(a)["coding"][0]["code"]
                         for a in Store(store).read("MedicationAdministration"))
+    frame = analysis.analysis_frame(study, Store(store))
+    checks = analysis.verify(study, frame)
+    report = write_report(workdir / "report", analysis.analyze(study, frame), checks,
+                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
+                          else f"{study.study.identifier.value}: between-arm comparisons")
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
-                      infusions=dict(infusions),
+                      infusions=dict(infusions), verification=checks, report=report,
                       validation=validation, roundtrip=roundtrip)

@@ -102,6 +102,7 @@ class Outcome(_Model):
     unit_aliases: dict[str, float] = {}
     range: tuple[float, float] | None = None
     answers: dict[str, Coding] = {}
+    event: str | None = None  # the answer counted as an event in binary analyses
     standard: list[Coding] = []
     visits: list[str]
 
@@ -111,7 +112,42 @@ class Outcome(_Model):
             raise ValueError(f"outcome {self.code}: a quantity needs a unit (UCUM)")
         if self.type == "coded" and not self.answers:
             raise ValueError(f"outcome {self.code}: a coded outcome needs answers")
+        if self.event is not None and self.event not in self.answers:
+            raise ValueError(f"outcome {self.code}: event {self.event!r} is not one of its answers")
         return self
+
+
+BinaryEffect = Literal["odds-ratio", "odds-ratio-mh", "risk-difference"]
+ContinuousEffect = Literal["mean-difference", "mean-difference-welch", "hodges-lehmann"]
+
+
+class PublishedResult(_Model):
+    """A between-arm result as the paper reports it, at the paper's precision."""
+
+    outcome: str
+    visit: str
+    effect: BinaryEffect | ContinuousEffect
+    estimate: float
+    lower: float
+    upper: float
+    decimals: int = 2
+    counts: dict[str, tuple[int, int]] | None = None
+    medians: dict[str, float] | None = None
+    source: str = ""
+
+
+class Effects(_Model):
+    binary: BinaryEffect = "odds-ratio"
+    continuous: ContinuousEffect = "mean-difference"
+
+
+class AnalysisPlan(_Model):
+    treatment: str
+    control: str
+    alpha: float = 0.05
+    effects: Effects = Effects()
+    stratum: Literal["sex"] | None = None  # DM variable for Mantel-Haenszel (effect odds-ratio-mh)
+    published: list[PublishedResult] = []
 
 
 class SubjectTable(_Model):
@@ -150,6 +186,7 @@ class Study(_Model):
     visits: list[Visit]
     outcomes: list[Outcome]
     tables: Tables
+    analysis: AnalysisPlan | None = None
     anchors: dict | None = None  # holds YAML anchors only
 
     @model_validator(mode="after")
@@ -182,6 +219,14 @@ class Study(_Model):
                              ("outcome", [o.code for o in self.outcomes])):
             if len(codes) != len(set(codes)):
                 problems.append(f"duplicate {label} codes")
+        if self.analysis:
+            arm_codes = {a.code for a in self.arms}
+            for arm in (self.analysis.treatment, self.analysis.control):
+                if arm not in arm_codes:
+                    problems.append(f"analysis: unknown arm {arm!r}")
+            for result in self.analysis.published:
+                if result.outcome not in {o.code for o in self.outcomes} or result.visit not in visit_codes:
+                    problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

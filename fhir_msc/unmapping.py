@@ -208,3 +208,12 @@ def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord
     ctx = _Context(study)
     _index_patients(ctx, source)
     return {record.subject: record for record in _subjects(ctx, source)}
+
+
+def read_records(study: Study, source: ResourceSource) -> tuple[dict[str, SubjectRecord], Iterator[FindingRecord]]:
+    """The study's subjects, and a stream of its findings, from FHIR resources."""
+    ctx = _Context(study)
+    _index_patients(ctx, source)
+    _index_encounters(ctx, source)
+    subjects = {record.subject: record for record in _subjects(ctx, source)}
+    return subjects, _findings(ctx, source)

@@ -16,7 +16,7 @@ def invoke(*argv: str):
     return CliRunner().invoke(main, list(argv))
 
 
-@pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo"])
+@pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo", "analyze", "verify"])
 def test_help_teaches_every_command(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and f"{command} [OPTIONS]" in result.output
@@ -33,6 +33,8 @@ def test_demo_prints_store_counts_and_lossless(tmp_path):
     assert re.search(r"MedicationAdministration\s+300\n", result.output)
     assert "MSC 65" in result.output and "Placebo 35" in result.output
     assert "round trip: lossless" in result.output
+    assert "reproduced 3/3 published results" in result.output
+    assert (tmp_path / "demo" / "report" / "forest.png").exists() and (tmp_path / "demo" / "report" / "report.html").exists()
 
 
 def test_map_json_output_is_machine_readable(cohort, tmp_path):

@@ -1,0 +1,167 @@
+"""FHIR → analysis DataFrame → between-arm comparisons, as the study definition plans them.
+
+Nothing here knows the MSC trial: arms, outcomes, visits, effects and published targets
+all come from the study definition's ``analysis`` section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import StudyDefinitionError
+from .stats import BinarySummary, ContinuousSummary, Estimate, compare_binary, compare_continuous, mantel_haenszel
+from .study import AnalysisPlan, Outcome, PublishedResult, Study
+from .unmapping import ResourceSource, read_records
+
+FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
+
+
+def analysis_frame(study: Study, source: ResourceSource) -> pd.DataFrame:
+    """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation."""
+    subjects, findings = read_records(study, source)
+    columns: dict[str, list] = {name: [] for name in FRAME_COLUMNS}
+    for finding in findings:
+        subject = subjects.get(finding.subject)
+        if subject is None:
+            continue
+        outcome = study.outcome_by_code[finding.testcd]
+        numeric = outcome.type == "quantity"
+        for name, value in (("subject", finding.subject), ("arm", subject.arm_code), ("sex", subject.sex),
+                            ("age", subject.age), ("visit", study.visit_by_num[finding.visitnum].code),
+                            ("visitnum", finding.visitnum), ("outcome", finding.testcd),
+                            ("value", float(finding.result) if numeric else np.nan),
+                            ("answer", None if numeric else finding.result), ("unit", finding.unit), ("date", finding.date)):
+            columns[name].append(value)
+    frame = pd.DataFrame(columns)
+    return frame.sort_values(["outcome", "visitnum", "subject"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """One outcome at one visit, treatment vs control."""
+
+    outcome: str
+    display: str
+    visit: str
+    kind: str  # "binary" or "continuous"
+    arms: tuple[str, str]
+    effect: Estimate
+    summary: BinarySummary | ContinuousSummary
+
+    @property
+    def n(self) -> tuple[int, int]:
+        return self.summary.n
+
+    def arm_summary(self, index: int) -> str:
+        s = self.summary
+        if isinstance(s, BinarySummary):
+            return f"{s.events[index]}/{s.n[index]} ({s.percent[index]:.2f}%)"
+        return (f"{s.mean[index]:.2f} ± {s.sd[index]:.2f}; median {s.median[index]:.1f} "
+                f"({s.q1[index]:.1f}–{s.q3[index]:.1f})")
+
+
+def _plan(study: Study) -> AnalysisPlan:
+    if study.analysis is None:
+        raise StudyDefinitionError("the study definition has no 'analysis' section: add treatment and control arms")
+    return study.analysis
+
+
+def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, effect: str | None = None) -> Comparison | None:
+    """Compare the arms for one outcome at one visit; None when an arm has fewer than 2 values."""
+    plan = _plan(study)
+    rows = frame[(frame["outcome"] == outcome.code) & (frame["visit"] == visit)]
+    arms = (plan.treatment, plan.control)
+    groups = [rows[rows["arm"] == arm] for arm in arms]
+    if min(len(g) for g in groups) < 2:
+        return None
+    if outcome.type == "coded":
+        event = outcome.event or next(iter(outcome.answers))
+        counts = tuple(int((g["answer"] == event).sum()) for g in groups)
+        summary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
+        chosen = effect or plan.effects.binary
+        estimate = {"odds-ratio": summary.odds_ratio, "risk-difference": summary.risk_difference}.get(chosen)
+        if chosen == "odds-ratio-mh":
+            estimate = _stratified(plan, rows, event, arms)
+        kind = "binary"
+    else:
+        summary = compare_continuous(groups[0]["value"].to_numpy(), groups[1]["value"].to_numpy(), plan.alpha)
+        chosen = effect or plan.effects.continuous
+        estimate = {"mean-difference": summary.mean_difference, "mean-difference-welch": summary.mean_difference_welch,
+                    "hodges-lehmann": summary.hodges_lehmann}.get(chosen)
+        kind = "continuous"
+    if estimate is None:
+        raise StudyDefinitionError(f"effect {chosen!r} does not apply to {kind} outcome {outcome.code}")
+    return Comparison(outcome=outcome.code, display=outcome.display, visit=visit, kind=kind, arms=arms,
+                      effect=estimate, summary=summary)
+
+
+def _stratified(plan: AnalysisPlan, rows: pd.DataFrame, event: str, arms: tuple[str, str]) -> Estimate:
+    if plan.stratum is None:
+        raise StudyDefinitionError("effect odds-ratio-mh needs analysis.stratum in the study definition")
+    tables = []
+    for _, stratum in rows.groupby(plan.stratum):
+        table = [[int(((stratum["arm"] == arm) & (stratum["answer"] == event)).sum()),
+                  int(((stratum["arm"] == arm) & (stratum["answer"] != event)).sum())] for arm in arms]
+        if all(sum(r) > 0 for r in table):
+            tables.append(table)
+    return mantel_haenszel(tables, plan.alpha)
+
+
+def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
+            outcomes: list[str] | None = None) -> list[Comparison]:
+    """Every outcome at every visit (optionally filtered) with the plan's primary effect."""
+    results = []
+    for outcome in study.outcomes:
+        if outcomes and outcome.code not in outcomes:
+            continue
+        for visit in study.visits:
+            if visits and visit.code not in visits:
+                continue
+            comparison = compare(study, frame, outcome, visit.code)
+            if comparison is not None:
+                results.append(comparison)
+    return results
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verification:
+    """A published result next to its recomputation at the paper's precision."""
+
+    published: PublishedResult
+    reproduced: Comparison | None
+    mismatches: list[str]
+
+    @property
+    def matches(self) -> bool:
+        return self.reproduced is not None and not self.mismatches
+
+
+def verify(study: Study, frame: pd.DataFrame) -> list[Verification]:
+    """Recompute every published result of the plan and compare at its stated decimals."""
+    checks = []
+    for target in _plan(study).published:
+        comparison = compare(study, frame, study.outcome_by_code[target.outcome], target.visit, target.effect)
+        checks.append(Verification(published=target, reproduced=comparison,
+                                   mismatches=_mismatches(target, comparison) if comparison else ["no data"]))
+    return checks
+
+
+def _mismatches(target: PublishedResult, comparison: Comparison) -> list[str]:
+    found = []
+    for name in ("estimate", "lower", "upper"):
+        value = round(getattr(comparison.effect, name), target.decimals)
+        if value != round(getattr(target, name), target.decimals):
+            found.append(f"{name} {value} ≠ {getattr(target, name)}")
+    summary = comparison.summary
+    for index, arm in enumerate(comparison.arms):
+        if target.counts and isinstance(summary, BinarySummary):
+            got = (summary.events[index], summary.n[index])
+            if got != tuple(target.counts[arm]):
+                found.append(f"{arm} counts {got[0]}/{got[1]} ≠ {target.counts[arm][0]}/{target.counts[arm][1]}")
+        if target.medians and isinstance(summary, ContinuousSummary):
+            if round(summary.median[index], 1) != round(target.medians[arm], 1):
+                found.append(f"{arm} median {summary.median[index]:.1f} ≠ {target.medians[arm]}")
+    return found

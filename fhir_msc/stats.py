@@ -1,0 +1,155 @@
+"""Between-arm statistics that state their method.
+
+Every estimate is an :class:`Estimate` naming its method, the function that computed it,
+alpha, estimate, SE, CI and p-value. Ratios get their CI on the log scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+Z = stats.norm.ppf
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    """One effect estimate with its interval, and how it was computed."""
+
+    effect: str
+    method: str
+    function: str
+    alpha: float
+    estimate: float
+    se: float | None
+    lower: float
+    upper: float
+    p_value: float | None
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BinarySummary:
+    """Events / n per arm (treatment first) and the tests on the 2×2 table."""
+
+    events: tuple[int, int]
+    n: tuple[int, int]
+    odds_ratio: Estimate
+    risk_difference: Estimate
+    fisher_p: float
+    chi2_p: float
+
+    @property
+    def percent(self) -> tuple[float, float]:
+        return tuple(100 * e / n if n else float("nan") for e, n in zip(self.events, self.n))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContinuousSummary:
+    """Descriptives per arm (treatment first) and the two-sample estimates."""
+
+    n: tuple[int, int]
+    mean: tuple[float, float]
+    sd: tuple[float, float]
+    median: tuple[float, float]
+    q1: tuple[float, float]
+    q3: tuple[float, float]
+    mean_difference: Estimate
+    mean_difference_welch: Estimate
+    hodges_lehmann: Estimate
+    mann_whitney_p: float
+
+
+def odds_ratio_woolf(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> Estimate:
+    """OR of the 2×2 table [[a, b], [c, d]] with Woolf's logit CI.
+
+    With a zero cell, 0.5 is added to every cell (Haldane-Anscombe) and the note says so.
+    """
+    note = ""
+    if 0 in (a, b, c, d):
+        a, b, c, d = (x + 0.5 for x in (a, b, c, d))
+        note = "Haldane-Anscombe correction: 0.5 added to every cell (a cell was zero)"
+    log_or = math.log(a * d / (b * c))
+    se = math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
+    z = Z(1 - alpha / 2)
+    p = 2 * stats.norm.sf(abs(log_or / se))
+    return Estimate(effect="odds ratio", method="Woolf (logit) CI, Wald z test on log OR", function="fhir_msc.stats.odds_ratio_woolf",
+                    alpha=alpha, estimate=math.exp(log_or), se=se, lower=math.exp(log_or - z * se),
+                    upper=math.exp(log_or + z * se), p_value=p, note=note)
+
+
+def risk_difference(events: tuple[int, int], n: tuple[int, int], alpha: float = 0.05) -> Estimate:
+    """Difference of proportions (treatment − control) with the Wald CI."""
+    p1, p2 = events[0] / n[0], events[1] / n[1]
+    se = math.sqrt(p1 * (1 - p1) / n[0] + p2 * (1 - p2) / n[1])
+    z = Z(1 - alpha / 2)
+    diff = p1 - p2
+    p = 2 * stats.norm.sf(abs(diff / se)) if se > 0 else float("nan")
+    return Estimate(effect="risk difference", method="Wald CI", function="fhir_msc.stats.risk_difference",
+                    alpha=alpha, estimate=diff, se=se, lower=diff - z * se, upper=diff + z * se, p_value=p)
+
+
+def compare_binary(events: tuple[int, int], n: tuple[int, int], alpha: float = 0.05) -> BinarySummary:
+    a, c = events
+    b, d = n[0] - a, n[1] - c
+    table = [[a, b], [c, d]]
+    chi2_p = float(stats.chi2_contingency(table, correction=False).pvalue) if min(a + c, b + d) > 0 else float("nan")
+    return BinarySummary(events=events, n=n, odds_ratio=odds_ratio_woolf(a, b, c, d, alpha),
+                         risk_difference=risk_difference(events, n, alpha),
+                         fisher_p=float(stats.fisher_exact(table).pvalue), chi2_p=chi2_p)
+
+
+def mantel_haenszel(tables: list[list[list[int]]], alpha: float = 0.05) -> Estimate:
+    """Stratified (Mantel-Haenszel) OR over 2×2 tables, Robins-Breslow-Greenland CI (statsmodels)."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    stratified = StratifiedTable([np.asarray(t, dtype=float) for t in tables])
+    lower, upper = stratified.oddsratio_pooled_confint(alpha=alpha)
+    return Estimate(effect="odds ratio (Mantel-Haenszel)", method="Mantel-Haenszel pooled OR, RBG CI, MH test",
+                    function="statsmodels StratifiedTable.oddsratio_pooled_confint / test_null_odds",
+                    alpha=alpha, estimate=float(stratified.oddsratio_pooled), se=float(stratified.logodds_pooled_se),
+                    lower=float(lower), upper=float(upper), p_value=float(stratified.test_null_odds().pvalue))
+
+
+def mean_difference(x: np.ndarray, y: np.ndarray, *, pooled: bool, alpha: float = 0.05) -> Estimate:
+    """Difference of means (x − y) with the Student (pooled) or Welch t interval (scipy ttest_ind)."""
+    result = stats.ttest_ind(x, y, equal_var=pooled)
+    ci = result.confidence_interval(confidence_level=1 - alpha)
+    diff = float(np.mean(x) - np.mean(y))
+    return Estimate(effect="difference of means", method="pooled-variance t" if pooled else "Welch t",
+                    function=f"scipy.stats.ttest_ind(equal_var={pooled})", alpha=alpha, estimate=diff,
+                    se=float(diff / result.statistic) if result.statistic else None,
+                    lower=float(ci.low), upper=float(ci.high), p_value=float(result.pvalue))
+
+
+def hodges_lehmann(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Estimate:
+    """Hodges-Lehmann shift (median of all x−y differences) with the distribution-free CI.
+
+    The CI takes the k-th smallest and largest pairwise differences, k from the normal
+    approximation to the Mann-Whitney null distribution (Hollander & Wolfe).
+    """
+    diffs = np.sort(np.subtract.outer(np.asarray(x, float), np.asarray(y, float)).ravel())
+    n1, n2 = len(x), len(y)
+    k = int(math.floor(n1 * n2 / 2 - Z(1 - alpha / 2) * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)))
+    k = max(k, 1)
+    p = float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue)
+    return Estimate(effect="median difference (Hodges-Lehmann)", method="distribution-free CI from Mann-Whitney critical value",
+                    function="fhir_msc.stats.hodges_lehmann; p from scipy.stats.mannwhitneyu", alpha=alpha,
+                    estimate=float(np.median(diffs)), se=None, lower=float(diffs[k - 1]), upper=float(diffs[len(diffs) - k]),
+                    p_value=p)
+
+
+def compare_continuous(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> ContinuousSummary:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    q = [np.percentile(v, [25, 50, 75]) for v in (x, y)]
+    return ContinuousSummary(
+        n=(len(x), len(y)), mean=(float(x.mean()), float(y.mean())),
+        sd=(float(x.std(ddof=1)), float(y.std(ddof=1))), median=(float(q[0][1]), float(q[1][1])),
+        q1=(float(q[0][0]), float(q[1][0])), q3=(float(q[0][2]), float(q[1][2])),
+        mean_difference=mean_difference(x, y, pooled=True, alpha=alpha),
+        mean_difference_welch=mean_difference(x, y, pooled=False, alpha=alpha),
+        hodges_lehmann=hodges_lehmann(x, y, alpha),
+        mann_whitney_p=float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue))

@@ -1,0 +1,88 @@
+"""FHIR → DataFrame → comparisons → verify, on the MSC cohort and on a second, made-up study."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fhir_msc import Store, get_version, load_study
+from fhir_msc.analysis import analysis_frame, analyze, verify
+from fhir_msc.bundle import write_bundle
+from fhir_msc.cli import main
+from fhir_msc.errors import ExitCode
+from fhir_msc.mapping import tables_to_fhir
+from fhir_msc.store import open_resources
+from fhir_msc.tables import RejectLog
+
+MINI = Path(__file__).parent / "data" / "mini-study"
+
+
+def test_frame_has_one_row_per_subject_visit_outcome(study, mapped):
+    _, store = mapped
+    frame = analysis_frame(study, store)
+    assert not frame.duplicated(["subject", "visit", "outcome"]).any()
+    assert set(frame["arm"]) == {"MSC", "PBO"}
+    assert frame[frame["outcome"] == "SF36GH"]["unit"].eq("{score}").all()
+
+
+def test_store_and_bundle_give_the_same_frame(study, mapped, tmp_path):
+    _, store = mapped
+    write_bundle(store.read_all(), tmp_path / "b.json")
+    a = analysis_frame(study, store)
+    b = analysis_frame(study, open_resources(tmp_path / "b.json"))
+    assert a.equals(b)
+
+
+def test_published_month36_results_are_reproduced(study, mapped):
+    _, store = mapped
+    checks = verify(study, analysis_frame(study, store))
+    assert [c.published.outcome for c in checks] == ["CTNORM", "SF36GH", "REINF"]
+    assert all(c.matches for c in checks), [c.mismatches for c in checks]
+
+
+def test_a_changed_observation_breaks_verification(study, mapped, tmp_path):
+    _, store = mapped
+    frame = analysis_frame(study, store)
+    index = frame[(frame["outcome"] == "CTNORM") & (frame["visit"] == "M36") & (frame["answer"] == "NORMAL")].index[0]
+    frame.loc[index, "answer"] = "ABNORMAL"
+    check = verify(study, frame)[0]
+    assert not check.matches and any("counts" in m for m in check.mismatches)
+
+
+def test_other_month36_outcomes_are_not_significant(study, mapped):
+    _, store = mapped
+    published = {r.outcome for r in study.analysis.published} | {"SF36GH"}
+    rows = analyze(study, analysis_frame(study, store), visits=["M36"])
+    assert {r.outcome for r in rows} >= {"CTTSS", "SIXMWD", "FVC", "CEA"}
+    assert all(r.effect.p_value > 0.05 for r in rows if r.outcome not in published)
+
+
+def test_a_second_study_needs_only_its_yaml(tmp_path):
+    mini = load_study(MINI / "study.yaml")
+    store = Store(tmp_path)
+    log = RejectLog(None)
+    store.write(tables_to_fhir(mini, MINI / "tables", get_version("R4"), log))
+    assert log.rejections == []
+    checks = verify(mini, analysis_frame(mini, store))
+    assert len(checks) == 2 and all(c.matches for c in checks), [c.mismatches for c in checks]
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "markdown", "html"])
+def test_analyze_command_formats(cohort, tmp_path, fmt):
+    runner = CliRunner()
+    assert runner.invoke(main, ["map", str(cohort), "--store", str(tmp_path / "s")]).exit_code == 0
+    result = runner.invoke(main, ["analyze", "--store", str(tmp_path / "s"), "--visit", "M36", "--outcome", "REINF",
+                                  "--format", fmt, "--plot", str(tmp_path / "f.png")])
+    assert result.exit_code == 0, result.output
+    assert "REINF" in result.output and "0.54" in result.output
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verify_exits_6_on_mismatch(tmp_path):
+    runner = CliRunner()
+    study_yaml = (MINI / "study.yaml").read_text().replace("upper: 61.84", "upper: 70.00")
+    (tmp_path / "study.yaml").write_text(study_yaml)
+    runner.invoke(main, ["map", str(MINI / "tables"), "--store", str(tmp_path / "s"), "--study", str(tmp_path / "study.yaml")])
+    result = runner.invoke(main, ["verify", "--store", str(tmp_path / "s"), "--study", str(tmp_path / "study.yaml")])
+    assert result.exit_code == ExitCode.MISMATCH
+    assert "MISMATCH: upper 61.84 ≠ 70.0" in result.output and "reproduced 1/2" in result.output
