@@ -65,6 +65,7 @@ def forest_plot(comparisons: list[Comparison], path: Path, title: str = "") -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     binary = [c for c in comparisons if c.kind == "binary" and c.effect.effect.startswith("odds ratio")]
     continuous = [c for c in comparisons if c.kind == "continuous"]
@@ -83,6 +84,10 @@ def forest_plot(comparisons: list[Comparison], path: Path, title: str = "") -> P
         ax.set_xlabel(label)
         if log:
             ax.set_xscale("log")
+            low, high = min(p[1] for p in points), max(p[2] for p in points)
+            ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if low / 2 <= t <= high * 2]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.96 if title else 1))
