@@ -15,6 +15,9 @@ class ExitCode(IntEnum):
     BAD_INPUT = 4  # input or study definition unusable: nothing was done
     INVALID = 5  # produced or given FHIR resources failed validation
     MISMATCH = 6  # a round trip or a verification did not reproduce its source
+    PARTIAL = 7  # a push/pull/sync finished, but some resources failed (see the report)
+    SERVER = 8  # the server could not be used: unreachable, refused credentials, bad answers
+    LOCKED = 9  # another sync holds the lock for this target
 
 
 class FhirMscError(Exception):
@@ -39,3 +42,47 @@ class ValidationFailed(FhirMscError):
     """FHIR resources did not validate against the fhir.resources models."""
 
     exit_code = ExitCode.INVALID
+
+
+class ServerError(FhirMscError):
+    """A FHIR server interaction failed; ``response`` and ``outcome`` keep what the server said."""
+
+    exit_code = ExitCode.SERVER
+
+    def __init__(self, message: str, *, status: int | None = None, outcome: dict | None = None, response=None):
+        super().__init__(message)
+        self.status, self.outcome, self.response = status, outcome, response
+
+
+class TemporaryServerError(ServerError):
+    """408/429/5xx or a network failure that persisted through every retry."""
+
+
+class AuthorizationError(ServerError):
+    """401/403: credentials missing, wrong or not allowed (not retried beyond one re-authentication)."""
+
+
+class ResourceNotFound(ServerError):
+    """404/410."""
+
+
+class MultipleMatches(ServerError):
+    """412: a conditional operation matched more than one resource."""
+
+
+class OperationOutcomeError(ServerError):
+    """Any other 4xx: the server's OperationOutcome is kept in ``outcome``."""
+
+
+class InvalidResponse(ServerError):
+    """The server answered with something that is not the FHIR JSON it should be."""
+
+
+class ForeignLinkRefused(ServerError):
+    """A next link (or redirect) pointed outside the server's base URL: not followed."""
+
+
+class SyncLocked(FhirMscError):
+    """Another sync job holds the lock."""
+
+    exit_code = ExitCode.LOCKED

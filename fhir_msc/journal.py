@@ -1,0 +1,81 @@
+"""The sync journal: what reached which server, so jobs are incremental and resumable.
+
+A SQLite file (one per state directory) records, per target server, each pushed
+resource's local id, the id the server gave it, and a hash of its content; and per
+source server the high-water mark of the last successful pull. A job killed mid-way
+loses at most the bundle in flight; the rerun skips everything recorded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from .errors import SyncLocked
+
+_SCHEMA = """
+create table if not exists pushed (
+    target text not null, resource_type text not null, local_id text not null,
+    server_id text not null, hash text not null, primary key (target, resource_type, local_id));
+create table if not exists pulled (source text not null, study text not null, high_water text not null,
+    primary key (source, study));
+"""
+
+
+def content_hash(resource: dict) -> str:
+    """Hash of a resource without id and meta (what the server may rewrite)."""
+    body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Journal:
+    """Push and pull records in ``state_dir/journal.sqlite``."""
+
+    def __init__(self, state_dir: Path):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "journal.sqlite"
+        self._db = sqlite3.connect(self.path)
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def pushed(self, target: str, resource_type: str, local_id: str) -> tuple[str, str] | None:
+        """(server id, content hash) of the last successful push, if any."""
+        row = self._db.execute("select server_id, hash from pushed where target=? and resource_type=? and local_id=?",
+                               (target, resource_type, local_id)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def record_push(self, target: str, rows: list[tuple[str, str, str, str]]) -> None:
+        """Record (resource type, local id, server id, hash) rows in one commit."""
+        with self._db:
+            self._db.executemany("insert or replace into pushed values (?, ?, ?, ?, ?)", [(target, *r) for r in rows])
+
+    def high_water(self, source: str, study: str) -> str | None:
+        row = self._db.execute("select high_water from pulled where source=? and study=?", (source, study)).fetchone()
+        return row[0] if row else None
+
+    def record_pull(self, source: str, study: str, high_water: str) -> None:
+        with self._db:
+            self._db.execute("insert or replace into pulled values (?, ?, ?)", (source, study, high_water))
+
+
+@contextmanager
+def exclusive(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory's lock for the duration; fail fast if another job has it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "sync.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SyncLocked(f"another fhir-msc job holds {state_dir / 'sync.lock'}: wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
