@@ -16,7 +16,12 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/fhir-msc demo
 
-test: $(BIN)/.installed
+# The loopback FHIR server the integration tests start (Medplum fhir-router, pinned).
+server/node_modules/.installed: server/package.json server/package-lock.json
+	cd server && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(BIN)/.installed server/node_modules/.installed
 	@$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc

@@ -19,6 +19,8 @@ import click
 from tqdm import tqdm
 
 from . import jobs
+from .client import connect
+from .sync import METHODS
 from .errors import ExitCode, FhirMscError
 from .report import FORMATS, comparison_table, forest_plot, render, verification_table
 from .study import DEFAULT_STUDY, Study, load_study
@@ -201,12 +203,46 @@ def demo_command(workdir: Path, study_path: Path, as_json: bool) -> None:
 
 
 _source_option = click.option(
-    "--store", "source", type=click.Path(exists=True, path_type=Path), required=True, metavar="PATH",
+    "--store", "source", type=click.Path(exists=True, path_type=Path), metavar="PATH",
     help="Embedded store directory or Bundle JSON file to analyse.")
+_server_option = click.option(
+    "--server", metavar="URL", envvar="FHIR_MSC_SERVER",
+    help="FHIR server base URL (also FHIR_MSC_SERVER); credentials come from the environment or --config.")
+
+
+def _server_options(command):
+    """--ca-bundle, --timeout and --config: how to reach a server."""
+    for option in (
+        click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
+                     help="CA certificates that sign the server's TLS certificate; verification is always on."),
+        click.option("--timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+                     help="Timeout for each HTTP request."),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False), envvar="FHIR_MSC_CONFIG", metavar="YAML",
+                     help="Config file with credentials (keys like FHIR_MSC_TOKEN), mode 600; else the environment."),
+    ):
+        command = option(command)
+    return command
+
+
+_state_option = click.option(
+    "--state", type=click.Path(file_okay=False, path_type=Path), default=Path(".fhir-msc"), show_default=True,
+    envvar="FHIR_MSC_STATE", metavar="DIR", help="Directory for the sync journal and lock.")
+
+
+def _client(server: str, config: str | None, ca_bundle: str | None, timeout: float):
+    return connect(server, config=config, ca_bundle=ca_bundle, timeout=timeout)
+
+
+def _source(source: Path | None, server: str | None, config, ca_bundle, timeout):
+    if (source is None) == (server is None):
+        raise click.UsageError("give exactly one of --store PATH or --server URL")
+    return source if source is not None else _client(server, config, ca_bundle, timeout)
 
 
 @main.command("analyze")
 @_source_option
+@_server_option
+@_server_options
 @click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable.")
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
@@ -214,16 +250,17 @@ _source_option = click.option(
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
               help="Also write a forest plot of the effects to this PNG file.")
 @_study_option
-def analyze_command(source: Path, visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str,
-                    plot: Path | None, study_path: Path) -> None:
-    """Compare the arms for every outcome and visit in the FHIR data at --store.
+def analyze_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
+                    visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None, study_path: Path) -> None:
+    """Compare the arms for every outcome and visit in the FHIR data at --store or --server.
 
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
     its 95% CI, p, and the method that computed it.
     """
     study = load_study(study_path)
-    comparisons = jobs.analyze(study, source, list(visits) or None, list(outcomes) or None)
+    comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+                               list(visits) or None, list(outcomes) or None)
     click.echo(render(comparison_table(comparisons), fmt))
     if plot:
         forest_plot(comparisons, plot, study.study.identifier.value)
@@ -232,14 +269,17 @@ def analyze_command(source: Path, visits: tuple[str, ...], outcomes: tuple[str, 
 
 @main.command("verify")
 @_source_option
+@_server_option
+@_server_options
 @_study_option
 @_json_option
-def verify_command(source: Path, study_path: Path, as_json: bool) -> None:
-    """Recompute every published result of the study definition from the FHIR data at --store.
+def verify_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
+                   study_path: Path, as_json: bool) -> None:
+    """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
     Compares at the paper's precision and exits 6 if any result does not match.
     """
-    checks = jobs.verify(load_study(study_path), source)
+    checks = jobs.verify(load_study(study_path), _source(source, server, config, ca_bundle, timeout))
     table = verification_table(checks)
     click.echo(render(table, "json") if as_json else render(table, "table"))
     matched = sum(c.matches for c in checks)
@@ -270,3 +310,105 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     click.echo(render(verification_table(result.verification), "table"))
     click.echo(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
+
+
+def _exit_for(ok: bool) -> None:
+    if not ok:
+        sys.exit(ExitCode.PARTIAL)
+
+
+def _echo_push(result) -> None:
+    verb = "would push" if result.dry_run else "pushed"
+    rate = (result.created + result.updated) / result.seconds if result.seconds and not result.dry_run else 0
+    click.echo(f"{verb} to {result.target} (method {result.method}, bundles of ≤{result.bundle_size}): "
+               f"created {result.created}, updated {result.updated}, unchanged {result.unchanged}, failed {len(result.failed)}"
+               + ("" if result.dry_run else f"; {result.requests} requests, {result.retries} retries, "
+                                            f"{result.seconds:.1f}s, {rate:.0f} resources/s"))
+    for line in result.failed[:MAX_SHOWN]:
+        click.echo(f"failed: {line}", err=True)
+
+
+def _echo_pull(result, store: Path) -> None:
+    counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
+    since = f" (changes since {result.since})" if result.since else ""
+    click.echo(f"pulled from {result.source} into {store}{since}: {counts}; {result.requests} requests, {result.seconds:.1f}s")
+
+
+@main.command("push")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--server", metavar="URL", envvar="FHIR_MSC_SERVER", required=True,
+              help="FHIR server base URL (also FHIR_MSC_SERVER).")
+@click.option("--bundle-size", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N",
+              help="Resources per transaction Bundle; halved automatically if the server rejects a bundle.")
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+              help="id: PUT Type/id; conditional: PUT Type?identifier=…; auto: id if the server allows update-as-create.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be created, updated or left unchanged.")
+@_state_option
+@_server_options
+@_study_option
+@_json_option
+def push_command(source: Path, server: str, bundle_size: int, method: str, dry_run: bool, state: Path,
+                 ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+    """Push SOURCE (store directory, bundle file or trial tables) to a FHIR server.
+
+    Idempotent and resumable: the journal in --state records what reached the server, so a
+    rerun sends only what is new or changed. Exit 7 if some resources failed, 8 if the
+    server could not be used.
+    """
+    client = _client(server, config, ca_bundle, timeout)
+    with _progress("pushing", not as_json) as tick:
+        result = jobs.push(load_study(study_path), source, client, state, bundle_size=bundle_size, method=method,
+                           dry_run=dry_run, progress=tick)
+    _print_json(result) if as_json else _echo_push(result)
+    _exit_for(result.ok)
+
+
+@main.command("pull")
+@click.option("--server", metavar="URL", envvar="FHIR_MSC_SERVER", required=True,
+              help="FHIR server base URL (also FHIR_MSC_SERVER).")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="Store directory to pull into (created if missing).")
+@click.option("--full", is_flag=True, help="Pull everything, not just what changed since the last pull.")
+@_state_option
+@_server_options
+@_study_option
+@_json_option
+def pull_command(server: str, store: Path, full: bool, state: Path, ca_bundle: str | None, timeout: float,
+                 config: str | None, study_path: Path, as_json: bool) -> None:
+    """Pull the study's ResearchStudy, subjects, Patients, visits, infusions and Observations from a server.
+
+    Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
+    """
+    client = _client(server, config, ca_bundle, timeout)
+    with _progress("pulling", not as_json) as tick:
+        result = jobs.pull(load_study(study_path), client, store, state, full=full, progress=tick)
+    _print_json(result) if as_json else _echo_pull(result, store)
+
+
+@main.command("sync")
+@click.option("--from", "source", required=True, metavar="URL|DIR", help="Where the data comes from: a server URL or a store/tables directory.")
+@click.option("--to", "target", required=True, metavar="URL|DIR", help="Where it goes: a server URL or a store directory.")
+@click.option("--bundle-size", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N",
+              help="Resources per transaction Bundle when pushing.")
+@_state_option
+@_server_options
+@_study_option
+@_json_option
+def sync_command(source: str, target: str, bundle_size: int, state: Path, ca_bundle: str | None, timeout: float,
+                 config: str | None, study_path: Path, as_json: bool) -> None:
+    """Bring --to up to date with --from: store → server, server → store, or server → server.
+
+    Safe from cron: a lock in --state stops concurrent runs (exit 9), only changes move, and
+    the exit code says success (0), partial failure (7) or failure (8).
+    """
+    with _progress("syncing", not as_json) as tick:
+        result = jobs.sync(load_study(study_path), source, target, state,
+                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size, progress=tick)
+    if as_json:
+        _print_json(result)
+    else:
+        if result.pulled:
+            _echo_pull(result.pulled, Path(target) if not jobs.is_server(target) else state / "staging")
+        if result.pushed:
+            _echo_push(result.pushed)
+    _exit_for(result.ok)

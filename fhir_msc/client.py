@@ -326,3 +326,33 @@ def _diagnostics(outcome: dict | None) -> str:
         where = ", ".join(issue.get("expression", []) or issue.get("location", []))
         parts.append(f"{text} ({where})" if where else text)
     return "; ".join(p for p in parts if p)
+
+
+def load_config(path: str | None) -> dict[str, str]:
+    """Settings from a YAML config file, keyed like the environment (FHIR_MSC_TOKEN, …).
+
+    The file is the place for secrets that should not live in the shell environment; it
+    must not be readable by others.
+    """
+    if not path:
+        return {}
+    import stat
+
+    import yaml
+
+    file_mode = os.stat(path).st_mode
+    if file_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InputError(f"{path}: config file with credentials is readable by others: chmod 600 {path}")
+    try:
+        raw = yaml.safe_load(open(path, encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read config file ({exc})") from None
+    return {str(k).upper(): str(v) for k, v in raw.items()}
+
+
+def connect(base_url: str, *, config: str | None = None, ca_bundle: str | None = None, timeout: float = 30.0,
+            retry: RetryPolicy = RetryPolicy()) -> FhirClient:
+    """A client for ``base_url`` with credentials from the config file, else the environment."""
+    settings = {**os.environ, **load_config(config)}
+    return FhirClient(base_url, auth=auth_from_env(base_url, settings), timeout=timeout,
+                      verify=ca_bundle or True, retry=retry)

@@ -8,11 +8,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import analysis
+from . import sync as _sync
+from .client import FhirClient
+from .journal import Journal, exclusive
+from .sync import PUSH_ORDER, PullResult, PushResult, SyncResult, push_order
 from .analysis import Comparison, Verification
 from .bundle import write_bundle
 from .report import write_report
@@ -82,15 +86,98 @@ def validate(source: Path, version: FhirVersion, progress: Progress = None) -> V
     return validate_resources(open_resources(source).read_all(), version, progress)
 
 
-def analyze(study: Study, source: Path, visits: list[str] | None = None,
+def analysis_frame(study: Study, source: Path | FhirClient):
+    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
+    if isinstance(source, FhirClient):
+        with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
+            journal = Journal(Path(tmp) / "state")
+            try:
+                _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True)
+            finally:
+                journal.close()
+            return analysis.analysis_frame(study, Store(Path(tmp) / "store"))
+    return analysis.analysis_frame(study, open_resources(source))
+
+
+def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
             outcomes: list[str] | None = None) -> list[Comparison]:
-    """Between-arm comparisons for the FHIR data in a store directory or bundle file."""
-    return analysis.analyze(study, analysis.analysis_frame(study, open_resources(source)), visits, outcomes)
+    """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
+    return analysis.analyze(study, analysis_frame(study, source), visits, outcomes)
 
 
-def verify(study: Study, source: Path) -> list[Verification]:
-    """Recompute the study's published results from a store directory or bundle file."""
-    return analysis.verify(study, analysis.analysis_frame(study, open_resources(source)))
+def verify(study: Study, source: Path | FhirClient) -> list[Verification]:
+    """Recompute the study's published results from a store, bundle or server."""
+    return analysis.verify(study, analysis_frame(study, source))
+
+
+def is_server(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[dict]:
+    """Resources to push from a store directory, a bundle file, or a directory of trial tables."""
+    if source.is_dir() and (source / study.tables.dm.file).exists():
+        log = RejectLog(None)
+        resources = list(tables_to_fhir(study, source, version, log))
+        if log.rejections:
+            raise InputError(f"{source}: {len(log.rejections)} row(s) rejected (first: {log.rejections[0]}); "
+                             "run `fhir-msc map` to see and fix them before pushing")
+        return _in_push_order(resources)
+    opened = open_resources(source)
+    return push_order(opened) if isinstance(opened, Store) else _in_push_order(list(opened.read_all()))
+
+
+def _in_push_order(resources: list[dict]) -> list[dict]:
+    rank = {t: i for i, t in enumerate(PUSH_ORDER)}
+    return sorted(resources, key=lambda r: rank.get(r["resourceType"], len(rank)))
+
+
+def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_size: int = 50,
+         method: str = "auto", dry_run: bool = False, progress: Progress = None) -> PushResult:
+    """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``."""
+    with exclusive(state):
+        journal = Journal(state)
+        try:
+            return _sync.push(client, resources_of(study, source, client.fhir_version()), journal,
+                             bundle_size=bundle_size, method=method, dry_run=dry_run, progress=progress)
+        finally:
+            journal.close()
+
+
+def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
+         progress: Progress = None) -> PullResult:
+    """Pull the study from the server into a store; incremental via ``state``."""
+    with exclusive(state):
+        journal = Journal(state)
+        try:
+            return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+        finally:
+            journal.close()
+
+
+def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
+             bundle_size: int = 50, progress: Progress = None) -> SyncResult:
+    """Store → server, server → store, or server → server (through a staging store in ``state``)."""
+    if not is_server(source) and not is_server(target):
+        raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
+    with exclusive(state):
+        journal = Journal(state)
+        try:
+            pulled = None
+            if is_server(source):
+                staging = Path(target) if not is_server(target) else state / "staging"
+                pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+                source_path = staging
+            else:
+                source_path = Path(source)
+            pushed = None
+            if is_server(target):
+                client = connect_to(target)
+                pushed = _sync.push(client, resources_of(study, source_path, client.fhir_version()), journal,
+                                   bundle_size=bundle_size, progress=progress)
+            return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
+        finally:
+            journal.close()
 
 
 @dataclass(frozen=True, kw_only=True)

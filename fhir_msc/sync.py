@@ -285,3 +285,19 @@ def _dedupe(resources: list[Resource]) -> list[Resource]:
 def _count(counts: dict[str, int], resources: list[Resource]) -> None:
     for resource in _dedupe(resources):
         counts[resource["resourceType"]] = counts.get(resource["resourceType"], 0) + 1
+
+
+# --- sync ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class SyncResult:
+    """One sync run: what was pulled from the source and pushed to the target."""
+
+    source: str
+    target: str
+    pulled: PullResult | None
+    pushed: PushResult | None
+
+    @property
+    def ok(self) -> bool:
+        return self.pushed is None or self.pushed.ok

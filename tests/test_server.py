@@ -1,0 +1,183 @@
+"""Integration: the client, push, pull and sync against a real FHIR engine on 127.0.0.1."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fhir_msc import Store, load_study
+from fhir_msc import jobs
+from fhir_msc.cli import main
+from fhir_msc.client import FhirClient, RetryPolicy
+from fhir_msc.errors import ExitCode, SyncLocked
+from fhir_msc.journal import Journal, exclusive
+from fhir_msc.roundtrip import compare_tables
+from fhir_msc.unmapping import fhir_to_tables
+
+from faultproxy import FaultProxy
+
+BAD = Path(__file__).parent / "data" / "bad"
+FAST = RetryPolicy(attempts=5, backoff=0.01, max_delay=0.05, max_total=10)
+
+
+def client(base: str) -> FhirClient:
+    return FhirClient(base, retry=FAST)
+
+
+def test_capabilities_say_r4_with_transactions(fhir_server):
+    c = client(fhir_server.base)
+    assert c.fhir_version().name == "R4"
+    assert c.supports_transactions()
+
+
+def test_push_pull_round_trip_equals_the_cohort(study, cohort, demo_store, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    result = jobs.push(study, demo_store.path, c, tmp_path / "state")
+    assert result.ok and result.created + result.updated == sum(demo_store.counts().values())
+    for resource_type, count in demo_store.counts().items():
+        assert fhir_server.count(resource_type) == count, resource_type
+    pulled = jobs.pull(study, c, tmp_path / "pulled", tmp_path / "state")
+    assert pulled.counts["Observation"] == demo_store.counts()["Observation"]
+    fhir_to_tables(study, Store(tmp_path / "pulled"), tmp_path / "tables")
+    assert compare_tables(cohort, tmp_path / "tables") == []
+    # same results from the server as from the store
+    assert [c.reproduced.effect for c in jobs.verify(study, c)] == [c.reproduced.effect for c in jobs.verify(study, demo_store.path)]
+
+
+def test_push_twice_creates_nothing_new_and_one_change_updates_one(study, demo_store, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    store = Store(tmp_path / "store")
+    shutil.copytree(demo_store.path, store.path)
+    jobs.push(study, store.path, c, tmp_path / "state")
+    again = jobs.push(study, store.path, c, tmp_path / "state")
+    assert (again.created, again.updated, again.requests) == (0, 0, 0)
+    assert again.unchanged == sum(store.counts().values())
+    observation = next(store.read("Observation"))
+    changed = {**observation, "valueQuantity": {**observation["valueQuantity"], "value": 1.0}} if "valueQuantity" in observation \
+        else {**observation, "effectiveDateTime": "2020-01-01"}
+    store.write([changed])
+    third = jobs.push(study, store.path, c, tmp_path / "state")
+    assert (third.created + third.updated, third.unchanged) == (1, sum(store.counts().values()) - 1)
+    assert fhir_server.count("Observation") == store.counts()["Observation"]
+    assert c.read("Observation", changed["id"]).get("valueQuantity", {}).get("value", 1.0) == 1.0
+
+
+def test_conditional_push_creates_then_matches_on_identifier(study, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    result = jobs.push(study, BAD / "good", c, tmp_path / "state", method="conditional", bundle_size=8)
+    assert result.method == "conditional" and result.ok and result.created == 54
+    patients = {p["id"] for p in c.search("Patient")}
+    # without the journal, the same data matches on business identifiers: nothing new
+    again = jobs.push(study, BAD / "good", c, tmp_path / "other-state", method="conditional", bundle_size=8)
+    assert again.ok and again.created == 0 and again.updated == 54
+    assert {p["id"] for p in c.search("Patient")} == patients
+    subject = next(c.search("ResearchSubject"))
+    assert subject["individual"]["reference"].split("/")[1] in patients  # urn:uuid resolved to the server's id
+
+
+def test_search_follows_next_links(study, demo_store, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    jobs.push(study, demo_store.path, c, tmp_path / "state")
+    pages = list(c.search_pages("Patient", {"_count": "7"}))
+    assert len(pages) == 15
+    assert len({r["resource"]["id"] for p in pages for r in p["entry"]}) == 100
+
+
+def test_pull_is_incremental(study, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    jobs.push(study, BAD / "good", c, tmp_path / "state")
+    first = jobs.pull(study, c, tmp_path / "pulled", tmp_path / "state")
+    assert first.counts["Observation"] == 34 and first.since is None
+    second = jobs.pull(study, c, tmp_path / "pulled", tmp_path / "state")
+    assert second.counts == {} and second.since == first.high_water
+
+
+def test_sync_store_to_server_to_store(study, fhir_server, tmp_path):
+    runner = CliRunner()
+    shutil.copytree(BAD / "good", tmp_path / "tables")
+    assert runner.invoke(main, ["map", str(tmp_path / "tables"), "--store", str(tmp_path / "a")]).exit_code == 0
+    up = runner.invoke(main, ["sync", "--from", str(tmp_path / "a"), "--to", fhir_server.base, "--state", str(tmp_path / "s"), "--json"])
+    assert up.exit_code == 0, up.output
+    assert json.loads(up.output)["pushed"]["updated"] + json.loads(up.output)["pushed"]["created"] == 54
+    down = runner.invoke(main, ["sync", "--from", fhir_server.base, "--to", str(tmp_path / "b"), "--state", str(tmp_path / "s2")])
+    assert down.exit_code == 0, down.output
+    runner.invoke(main, ["unmap", str(tmp_path / "b"), "--out", str(tmp_path / "back")])
+    assert compare_tables(BAD / "good", tmp_path / "back") == []
+
+
+def test_sync_refuses_to_run_twice_at_once(study, fhir_server, tmp_path):
+    with exclusive(tmp_path / "state"):
+        with pytest.raises(SyncLocked):
+            jobs.sync(study, str(BAD / "good"), fhir_server.base, tmp_path / "state", client)
+    result = CliRunner().invoke(main, ["sync", "--from", str(BAD / "good"), "--to", fhir_server.base, "--state", str(tmp_path / "state")])
+    assert result.exit_code == 0  # the lock is released
+
+
+def test_killed_push_resumes_where_it_stopped(study, demo_store, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    sent = []
+
+    def die_after_five_bundles(n):
+        sent.append(n)
+        if len(sent) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jobs.push(study, demo_store.path, c, tmp_path / "state", progress=die_after_five_bundles)
+    resumed = jobs.push(study, demo_store.path, c, tmp_path / "state")
+    total = sum(demo_store.counts().values())
+    assert resumed.unchanged == 250 and resumed.created + resumed.updated == total - 250
+    for resource_type, count in demo_store.counts().items():
+        assert fhir_server.count(resource_type) == count
+
+
+def test_bearer_token_required_and_never_printed(study, tmp_path, monkeypatch):
+    from conftest import LoopbackServer
+
+    server = LoopbackServer({"FHIR_TEST_TOKEN": "s3cret-token"})
+    try:
+        runner = CliRunner()
+        monkeypatch.delenv("FHIR_MSC_TOKEN", raising=False)
+        refused = runner.invoke(main, ["push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "s")])
+        assert refused.exit_code == ExitCode.SERVER and "HTTP 401" in refused.output
+        monkeypatch.setenv("FHIR_MSC_TOKEN", "s3cret-token")
+        allowed = runner.invoke(main, ["push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "s")])
+        assert allowed.exit_code == 0, allowed.output
+        assert "s3cret" not in refused.output + allowed.output
+    finally:
+        server.stop()
+
+
+# --- faults injected between the client and the real server -------------------------------
+
+@pytest.mark.parametrize("plan", [
+    [("reset", "POST", "")],                     # connection dropped after the server applied a transaction
+    [("503", "POST", "")] * 3,                   # a burst of 503s on transactions
+    [("429", "POST", "", 0)],                    # rate limited, Retry-After: 0
+])
+def test_push_survives_faults_and_server_holds_each_resource_once(study, fhir_server, tmp_path, plan):
+    proxy = FaultProxy(fhir_server.base, plan)
+    try:
+        c = client(proxy.base)
+        result = jobs.push(study, BAD / "good", c, tmp_path / "state", bundle_size=8)
+        assert result.ok and result.retries >= 1 and proxy.faults_fired
+        rerun = jobs.push(study, BAD / "good", c, tmp_path / "state")
+        assert rerun.unchanged == 54
+        for resource_type, count in {"Patient": 3, "Observation": 34, "MedicationAdministration": 9, "Encounter": 3}.items():
+            assert fhir_server.count(resource_type) == count
+    finally:
+        proxy.close()
+
+
+def test_garbage_answer_is_a_clear_error_and_rerun_completes(study, fhir_server, tmp_path):
+    proxy = FaultProxy(fhir_server.base, [("garbage", "POST", "")])
+    try:
+        result = CliRunner().invoke(main, ["push", str(BAD / "good"), "--server", proxy.base, "--state", str(tmp_path / "s")])
+        assert result.exit_code == ExitCode.SERVER and "not JSON" in result.output
+        rerun = CliRunner().invoke(main, ["push", str(BAD / "good"), "--server", proxy.base, "--state", str(tmp_path / "s")])
+        assert rerun.exit_code == 0, rerun.output
+        assert fhir_server.count("Observation") == 34
+    finally:
+        proxy.close()
