@@ -101,9 +101,10 @@ class _Pusher:
                                    f"({resource['identifier'][0]['value']}): {exc}")
                 self._tick(1)
                 return
-            self.bundle_size = max(1, len(pending) // 2)
-            for start in range(0, len(pending), self.bundle_size):
-                self.send(pending[start:start + self.bundle_size])
+            half = max(1, len(pending) // 2)
+            self.bundle_size = min(self.bundle_size, half)
+            for start in range(0, len(pending), half):
+                self.send(pending[start:start + half])
             return
         self._record(pending, response)
 

@@ -1,0 +1,204 @@
+"""The client under injected faults (responses mocks): retries, auth, errors, paging safety."""
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+import responses
+
+from fhir_msc.client import BearerAuth, ClientCredentialsAuth, FhirClient, RetryPolicy, auth_from_env
+from fhir_msc.errors import (AuthorizationError, ForeignLinkRefused, InvalidResponse, MultipleMatches,
+                             OperationOutcomeError, TemporaryServerError)
+from fhir_msc.journal import Journal
+from fhir_msc.sync import push
+
+BASE = "http://127.0.0.1:9999/fhir"
+OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid",
+                                                          "diagnostics": "Observation.status is required", "expression": ["Observation.status"]}]}
+METADATA = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+            "rest": [{"interaction": [{"code": "transaction"}], "resource": [{"type": "Patient", "updateCreate": True}]}]}
+
+
+def make_client(**kwargs) -> tuple[FhirClient, list[float]]:
+    waits: list[float] = []
+    policy = kwargs.pop("retry", RetryPolicy(attempts=4, backoff=0.5, max_delay=5, max_total=60))
+    return FhirClient(BASE, retry=policy, sleep=waits.append, **kwargs), waits
+
+
+@responses.activate
+def test_429_retry_after_is_honoured():
+    responses.get(f"{BASE}/Patient/1", status=429, headers={"Retry-After": "3"})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client, waits = make_client()
+    assert client.read("Patient", "1")["id"] == "1"
+    assert waits == [3.0]
+
+
+@responses.activate
+def test_retry_after_is_capped():
+    responses.get(f"{BASE}/Patient/1", status=503, headers={"Retry-After": "3600"})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client, waits = make_client()
+    client.read("Patient", "1")
+    assert waits == [5.0]
+
+
+@responses.activate
+def test_503_burst_backs_off_exponentially_then_gives_up():
+    for _ in range(4):
+        responses.get(f"{BASE}/Patient/1", status=503, json=OUTCOME)
+    client, waits = make_client()
+    with pytest.raises(TemporaryServerError, match="HTTP 503 after 4 attempt"):
+        client.read("Patient", "1")
+    assert len(waits) == 3 and all(0.25 <= w <= 2.0 for w in waits) and waits[2] > waits[0] / 2
+    assert len(responses.calls) == 4
+
+
+@responses.activate
+def test_timeouts_are_retried():
+    responses.get(f"{BASE}/Patient/1", body=requests.ConnectTimeout("slow"))
+    responses.get(f"{BASE}/Patient/1", body=requests.ConnectionError("reset by peer"))
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client, waits = make_client()
+    assert client.read("Patient", "1")["id"] == "1"
+    assert len(waits) == 2
+
+
+@responses.activate
+def test_total_time_bounds_the_retries():
+    for _ in range(3):
+        responses.get(f"{BASE}/Patient/1", status=503)
+    client, waits = make_client(retry=RetryPolicy(attempts=10, backoff=0.5, max_delay=30, max_total=0.1))
+    with pytest.raises(TemporaryServerError):
+        client.read("Patient", "1")
+    assert waits == []
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@responses.activate
+def test_401_403_are_not_retried(status):
+    responses.get(f"{BASE}/Patient/1", status=status, json=OUTCOME)
+    client, waits = make_client(auth=BearerAuth(BASE, "tok"))
+    with pytest.raises(AuthorizationError, match=f"HTTP {status}"):
+        client.read("Patient", "1")
+    assert len(responses.calls) == 1 and waits == []
+
+
+@responses.activate
+def test_client_credentials_token_is_cached_and_refreshed_once_on_401():
+    token_url = "http://127.0.0.1:9999/oauth/token"
+    responses.post(token_url, json={"access_token": "first", "expires_in": 3600})
+    responses.post(token_url, json={"access_token": "second", "expires_in": 3600})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    responses.get(f"{BASE}/Patient/2", status=401)
+    responses.get(f"{BASE}/Patient/2", json={"resourceType": "Patient", "id": "2"})
+    client, _ = make_client(auth=ClientCredentialsAuth(BASE, token_url, "app", "secret"))
+    client.read("Patient", "1")
+    client.read("Patient", "2")
+    api = [c for c in responses.calls if "/Patient/" in c.request.url]
+    assert [c.request.headers["Authorization"] for c in api] == ["Bearer first", "Bearer first", "Bearer second"]
+    assert sum("/oauth/token" in c.request.url for c in responses.calls) == 2
+
+
+@responses.activate
+def test_operation_outcome_is_kept_on_the_exception():
+    responses.post(BASE + "/", status=422, json=OUTCOME)
+    client, _ = make_client()
+    with pytest.raises(OperationOutcomeError) as info:
+        client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
+    assert "Observation.status is required (Observation.status)" in str(info.value)
+    assert info.value.outcome == OUTCOME and info.value.status == 422
+
+
+@responses.activate
+def test_412_is_multiple_matches():
+    responses.put(f"{BASE}/Patient", status=412, json=OUTCOME)
+    client, _ = make_client()
+    with pytest.raises(MultipleMatches, match="more than one resource matches"):
+        client.request("PUT", "Patient", params={"identifier": "s|1"}, json={"resourceType": "Patient"})
+
+
+@responses.activate
+def test_malformed_json_is_an_invalid_response():
+    responses.get(f"{BASE}/Patient/1", body="<html>oops</html>", status=200)
+    client, _ = make_client()
+    with pytest.raises(InvalidResponse, match="not JSON"):
+        client.read("Patient", "1")
+
+
+@responses.activate
+def test_next_link_to_another_host_is_refused():
+    responses.get(f"{BASE}/Patient", json={"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "id": "1"}}],
+                                          "link": [{"relation": "next", "url": "http://127.0.0.2:9999/fhir/Patient?page=2"}]})
+    client, _ = make_client(auth=BearerAuth(BASE, "tok"))
+    found = []
+    with pytest.raises(ForeignLinkRefused, match="outside the server"):
+        for resource in client.search("Patient"):
+            found.append(resource["id"])
+    assert found == ["1"] and len(responses.calls) == 1
+
+
+@responses.activate
+def test_search_sends_an_explicit_sort():
+    responses.get(f"{BASE}/Patient", json={"resourceType": "Bundle", "entry": []})
+    client, _ = make_client()
+    list(client.search("Patient", {"gender": "male"}))
+    assert "_sort=_id" in responses.calls[0].request.url
+
+
+@responses.activate
+def test_redirect_to_another_origin_is_not_followed():
+    responses.get(f"{BASE}/Patient/1", status=302, headers={"Location": "http://127.0.0.3/steal"})
+    client, _ = make_client(auth=BearerAuth(BASE, "tok"))
+    with pytest.raises(ForeignLinkRefused):
+        client.read("Patient", "1")
+    assert len(responses.calls) == 1
+
+
+def test_credentials_only_go_to_their_origin():
+    auth = BearerAuth(BASE, "tok")
+    same = requests.Request("GET", f"{BASE}/Patient").prepare()
+    other = requests.Request("GET", "http://127.0.0.2:9999/fhir/Patient").prepare()
+    assert auth(same).headers["Authorization"] == "Bearer tok"
+    assert "Authorization" not in auth(other).headers
+    assert "tok" not in repr(auth)
+
+
+def test_credentials_come_from_the_environment():
+    assert isinstance(auth_from_env(BASE, {"FHIR_MSC_TOKEN": "t"}), BearerAuth)
+    assert auth_from_env(BASE, {}) is None
+    with pytest.raises(Exception, match="FHIR_MSC_TOKEN_URL"):
+        auth_from_env(BASE, {"FHIR_MSC_CLIENT_ID": "x"})
+
+
+def _resources(n: int) -> list[dict]:
+    return [{"resourceType": "Patient", "id": f"p{i}", "identifier": [{"system": "s", "value": str(i)}]} for i in range(n)]
+
+
+@responses.activate
+def test_rejected_transaction_is_split_until_the_bad_resource_is_isolated(tmp_path):
+    responses.get(f"{BASE}/metadata", json=METADATA)
+
+    def answer(request):
+        bundle = json.loads(request.body)
+        if any(e["resource"]["identifier"][0]["value"] == "5" for e in bundle["entry"]):
+            return 400, {}, json.dumps(OUTCOME)
+        return 200, {}, json.dumps({"resourceType": "Bundle", "entry": [
+            {"response": {"status": "201 Created", "location": f"Patient/s{e['resource']['id']}/_history/1"}} for e in bundle["entry"]]})
+
+    responses.add_callback(responses.POST, BASE + "/", callback=answer)
+    client, _ = make_client()
+    result = push(client, _resources(8), Journal(tmp_path), bundle_size=8)
+    assert result.created == 7 and len(result.failed) == 1
+    assert "Patient/p5" in result.failed[0] and "Observation.status is required" in result.failed[0]
+
+
+@responses.activate
+def test_412_on_a_conditional_update_fails_only_that_resource(tmp_path):
+    responses.get(f"{BASE}/metadata", json={**METADATA, "rest": [{"interaction": [{"code": "transaction"}], "resource": []}]})
+    responses.post(BASE + "/", status=412, json=OUTCOME)
+    client, _ = make_client()
+    result = push(client, _resources(1), Journal(tmp_path), method="auto")
+    assert result.method == "conditional"
+    assert len(result.failed) == 1 and "HTTP 412" in result.failed[0]
