@@ -412,3 +412,36 @@ def sync_command(source: str, target: str, bundle_size: int, state: Path, ca_bun
         if result.pushed:
             _echo_push(result.pushed)
     _exit_for(result.ok)
+
+
+@main.command("hospital-pull")
+@click.option("--server", metavar="URL", envvar="FHIR_MSC_HOSPITAL_SERVER", required=True,
+              help="The hospital's FHIR base URL (also FHIR_MSC_HOSPITAL_SERVER).")
+@click.option("--enrollment", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, metavar="CSV",
+              help="USUBJID,PATIENT_IDENTIFIER (system|value) for each enrolled subject.")
+@click.option("--store", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="The study store: subjects and start dates come from it, and the new findings go into it.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("hospital-findings"),
+              show_default=True, metavar="DIR", help="Where the findings tables are written for review.")
+@_server_options
+@_study_option
+@_json_option
+def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, ca_bundle: str | None, timeout: float,
+                          config: str | None, study_path: Path, as_json: bool) -> None:
+    """Fetch enrolled patients' results from a hospital FHIR server and add them at the right study visits.
+
+    Results are found by the standard codes of the study's outcomes, converted to the
+    study's units and placed by the visit windows of the study definition; everything not
+    used is counted by reason.
+    """
+    client = _client(server, config, ca_bundle, timeout)
+    result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out)
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"hospital {server}: {result.patients_found}/{result.enrolled} enrolled patients found; "
+               f"{len(result.findings)} findings written to {out} and mapped into {store}")
+    for reason, count in sorted(result.skipped.items()):
+        click.echo(f"  not used: {count} × {reason}")
+    for note in result.notes:
+        click.echo(f"  note: {note}", err=True)

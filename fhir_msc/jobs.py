@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import analysis
+from . import hospital as _hospital
+from .hospital import HospitalPullResult
 from . import sync as _sync
 from .client import FhirClient
 from .journal import Journal, exclusive
@@ -25,7 +27,7 @@ from .mapping import MapResult, tables_to_fhir
 from .roundtrip import RoundTripResult, check_roundtrip
 from .store import Store, open_resources
 from .study import REPO_ROOT, Study
-from .tables import RejectLog, read_dataset
+from .tables import RejectLog, TableWriter, read_dataset
 from .unmapping import UnmapResult, fhir_to_tables, subjects_in
 from .validate import ValidationReport, validate_resources
 from .versions import VERSIONS, FhirVersion, administration_medication, get_version, subject_arm_names
@@ -44,6 +46,8 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     """
     if (store is None) == (bundle is None):
         raise InputError("give exactly one target: a store directory or a bundle file")
+    if store is not None and not Store(store).resource_types() and not (source / study.tables.dm.file).exists():
+        raise InputError(f"{source}: no {study.tables.dm.file} and {store} holds no subjects yet: map DM first")
     if not source.is_dir():
         raise InputError(f"{source}: not a directory of trial tables (dm.csv, ex.csv, findings)")
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
@@ -53,7 +57,7 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
         if store is not None:
             target = Store(store)
             resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress)
-            counts = target.write(resources)
+            counts = target.write(_widen_existing_visits(target, resources))
         else:
             counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress), bundle)
     finally:
@@ -61,6 +65,18 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     files = _publish_rejects(spool, rejects)
     return MapResult(counts=counts, rejections=log.rejections, rejects_files=files,
                      synthetic=read_dataset(source).synthetic)
+
+
+def _widen_existing_visits(store: Store, resources: Iterable[dict]) -> Iterable[dict]:
+    """A visit Encounter already in the store keeps the dates it spans when new findings join it."""
+    periods = {e["id"]: e.get("period") or e.get("actualPeriod") for e in store.read("Encounter")}
+    for resource in resources:
+        old = periods.get(resource["id"]) if resource["resourceType"] == "Encounter" else None
+        if old:
+            key = "actualPeriod" if "actualPeriod" in resource else "period"
+            new = resource[key]
+            resource = {**resource, key: {"start": min(old["start"], new["start"]), "end": max(old["end"], new["end"])}}
+        yield resource
 
 
 def _publish_rejects(spool: Path, rejects: Path) -> list[Path]:
@@ -178,6 +194,27 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
             return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
         finally:
             journal.close()
+
+
+def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path) -> HospitalPullResult:
+    """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``."""
+    subjects = subjects_in(study, Store(store))
+    if not subjects:
+        raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
+    result = _hospital.pull_hospital(client, study, _hospital.read_enrollment(enrollment), subjects)
+    with TableWriter(study, out) as writer:
+        for finding in result.findings:
+            writer.finding(finding)
+    if result.findings:
+        mapped = map_tables(study, out, store=store, version=_store_version(store), rejects=out / "rejects")
+        if mapped.rejections:
+            raise InputError(f"{len(mapped.rejections)} hospital finding(s) could not be mapped; see {out / 'rejects'}")
+    return result
+
+
+def _store_version(store: Path) -> FhirVersion:
+    subject = next(Store(store).read("ResearchSubject"), {})
+    return get_version("R5" if "subject" in subject else "R4")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -104,3 +104,20 @@ def test_missing_source_is_a_one_line_error(tmp_path):
     result = run_map(tmp_path / "nowhere", tmp_path / "store")
     assert result.exit_code == ExitCode.BAD_INPUT
     assert result.output.startswith("fhir-msc: error:") and "Traceback" not in result.output
+
+
+def test_replayed_finding_widens_its_visit_instead_of_replacing_it(tmp_path):
+    store = tmp_path / "store"
+    run_map(BAD / "good", store)
+    encounter = next(Store(store).read("Encounter"))
+    start = encounter["period"]["start"]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    lines = (BAD / "good" / "qs.csv").read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[-1] = "2099-01-01"
+    fields[2] = "SF36GH" if fields[2] != "SF36GH" else "SF36PF"
+    (extra / "qs.csv").write_text(lines[0] + "\n" + ",".join(fields) + "\n")
+    assert run_map(extra, store).exit_code == 0
+    widened = next(e for e in Store(store).read("Encounter") if e["id"] == encounter["id"])
+    assert widened["period"] == {"start": start, "end": "2099-01-01"}
