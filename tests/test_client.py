@@ -202,3 +202,11 @@ def test_412_on_a_conditional_update_fails_only_that_resource(tmp_path):
     result = push(client, _resources(1), Journal(tmp_path), method="auto")
     assert result.method == "conditional"
     assert len(result.failed) == 1 and "HTTP 412" in result.failed[0]
+
+
+@pytest.mark.parametrize("declared,expected", [("4.0.1", "R4"), ("5.0.0", "R5")])
+@responses.activate
+def test_fhir_version_comes_from_the_capability_statement(declared, expected):
+    responses.get(f"{BASE}/metadata", json={**METADATA, "fhirVersion": declared})
+    client, _ = make_client()
+    assert client.fhir_version().name == expected
