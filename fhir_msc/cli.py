@@ -210,6 +210,10 @@ _server_option = click.option(
     help="FHIR server base URL (also FHIR_MSC_SERVER); credentials come from the environment or --config.")
 
 
+_required_server_option = click.option("--server", metavar="URL", envvar="FHIR_MSC_SERVER", required=True,
+                                       help="FHIR server base URL (also FHIR_MSC_SERVER).")
+
+
 def _server_options(command):
     """--ca-bundle, --timeout and --config: how to reach a server."""
     for option in (
@@ -336,8 +340,7 @@ def _echo_pull(result, store: Path) -> None:
 
 @main.command("push")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--server", metavar="URL", envvar="FHIR_MSC_SERVER", required=True,
-              help="FHIR server base URL (also FHIR_MSC_SERVER).")
+@_required_server_option
 @click.option("--bundle-size", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N",
               help="Resources per transaction Bundle; halved automatically if the server rejects a bundle.")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
@@ -364,8 +367,7 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
 
 
 @main.command("pull")
-@click.option("--server", metavar="URL", envvar="FHIR_MSC_SERVER", required=True,
-              help="FHIR server base URL (also FHIR_MSC_SERVER).")
+@_required_server_option
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="Store directory to pull into (created if missing).")
 @click.option("--full", is_flag=True, help="Pull everything, not just what changed since the last pull.")
