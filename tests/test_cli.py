@@ -16,7 +16,8 @@ def invoke(*argv: str):
     return CliRunner().invoke(main, list(argv))
 
 
-@pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo", "analyze", "verify"])
+@pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo", "analyze", "verify", "push", "pull", "sync",
+                                     "hospital-pull"])
 def test_help_teaches_every_command(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and f"{command} [OPTIONS]" in result.output

@@ -210,3 +210,22 @@ def test_fhir_version_comes_from_the_capability_statement(declared, expected):
     responses.get(f"{BASE}/metadata", json={**METADATA, "fhirVersion": declared})
     client, _ = make_client()
     assert client.fhir_version().name == expected
+
+
+@responses.activate
+def test_servers_without_transactions_get_batches_one_type_at_a_time(tmp_path):
+    responses.get(f"{BASE}/metadata", json={**METADATA, "rest": [{"interaction": [{"code": "batch"}],
+                                                                   "resource": [{"type": "Patient", "updateCreate": True}]}]})
+    sent = []
+
+    def answer(request):
+        bundle = json.loads(request.body)
+        sent.append((bundle["type"], {e["resource"]["resourceType"] for e in bundle["entry"]}))
+        return 200, {}, json.dumps({"resourceType": "Bundle", "entry": [{"response": {"status": "201"}} for _ in bundle["entry"]]})
+
+    responses.add_callback(responses.POST, BASE + "/", callback=answer)
+    client, _ = make_client()
+    groups = [{"resourceType": "Group", "id": "g", "identifier": [{"system": "s", "value": "g"}]}]
+    result = push(client, _resources(3) + groups, Journal(tmp_path), bundle_size=50)
+    assert result.created == 4
+    assert sent == [("batch", {"Patient"}), ("batch", {"Group"})]

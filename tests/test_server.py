@@ -42,7 +42,8 @@ def test_push_pull_round_trip_equals_the_cohort(study, cohort, demo_store, fhir_
     assert pulled.counts["Observation"] == demo_store.counts()["Observation"]
     fhir_to_tables(study, Store(tmp_path / "pulled"), tmp_path / "tables")
     assert compare_tables(cohort, tmp_path / "tables") == []
-    # same results from the server as from the store
+    # the same analysis frame, and so the same results, from the server as from the store
+    assert jobs.analysis_frame(study, c).equals(jobs.analysis_frame(study, demo_store.path))
     assert [c.reproduced.effect for c in jobs.verify(study, c)] == [c.reproduced.effect for c in jobs.verify(study, demo_store.path)]
 
 
