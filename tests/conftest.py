@@ -37,38 +37,7 @@ def mapped(request, study, tmp_path_factory) -> tuple[str, Store]:
 
 # --- the real FHIR engine ----------------------------------------------------------------
 
-SERVER_DIR = REPO_ROOT / "server"
-
-
-class LoopbackServer:
-    """A running loopback FHIR server (Medplum fhir-router in memory) started by the suite."""
-
-    def __init__(self, env: dict[str, str] | None = None):
-        import json
-        import os
-        import shutil
-        import subprocess
-
-        node = shutil.which("node")
-        if node is None or not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
-            raise RuntimeError("the test FHIR server is not installed: run `make test` (it runs npm ci in server/)")
-        self.process = subprocess.Popen([node, "--experimental-websocket", "server.mjs", "0"], cwd=SERVER_DIR,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, **(env or {})})
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"test FHIR server did not start: {self.process.stderr.read()}")
-        self.base = json.loads(line)["base"]
-        assert self.base.startswith("http://127.0.0.1:")
-
-    def count(self, resource_type: str) -> int:
-        import requests
-
-        return requests.get(f"{self.base}/{resource_type}", params={"_count": "0"}, timeout=30).json().get("total", 0)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+from loopback import LoopbackServer  # noqa: E402
 
 
 @pytest.fixture

@@ -1,0 +1,192 @@
+"""One benchmark case per call, run in its own process: `python -m benchmarks.cases CASE TABLES STORE [URL]`.
+
+Prints one JSON line: seconds, items (what was processed) and peak RSS of this process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from fhir_msc import Store, get_version, load_study
+from fhir_msc.analysis import analysis_frame, analyze
+from fhir_msc.mapping import tables_to_fhir
+from fhir_msc.tables import RejectLog
+from fhir_msc.validate import validate_resources
+
+R4 = get_version("R4")
+
+
+def _timed(work: Callable[[], int]) -> tuple[float, int]:
+    started = time.perf_counter()
+    items = work()
+    return time.perf_counter() - started, items
+
+
+def case_map(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: tables → NDJSON store, no validation."""
+    target = Store(tempfile.mkdtemp(prefix="bench-map-"))
+    return _timed(lambda: sum(target.write(tables_to_fhir(load_study(), tables, R4, RejectLog(None))).values()))
+
+
+def case_map_validate(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: tables → NDJSON store, then every resource validated (fhir.resources model_validate)."""
+    target = Store(tempfile.mkdtemp(prefix="bench-mapv-"))
+
+    def work() -> int:
+        target.write(tables_to_fhir(load_study(), tables, R4, RejectLog(None)))
+        return sum(validate_resources(target.read_all(), R4).checked.values())
+    return _timed(work)
+
+
+def case_validate(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: validate every resource of the store (fhir_msc.validate)."""
+    return _timed(lambda: sum(validate_resources(Store(store).read_all(), R4).checked.values()))
+
+
+def case_floor_json(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Floor: orjson-serialising the same already-built dicts to NDJSON."""
+    resources = list(tables_to_fhir(load_study(), tables, R4, RejectLog(None)))
+    out = Path(tempfile.mkdtemp(prefix="bench-floor-")) / "all.ndjson"
+
+    def work() -> int:
+        with open(out, "wb") as handle:
+            for r in resources:
+                handle.write(orjson.dumps(r) + b"\n")
+        return len(resources)
+    return _timed(work)
+
+
+def case_model_per_resource(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Peer: building every resource as a fhir.resources (R4B) model, one by one."""
+    import fhir.resources.R4B as models
+
+    def work() -> int:
+        count = 0
+        for r in Store(store).read_all():
+            models.get_fhir_model_class(r["resourceType"])(**r)
+            count += 1
+        return count
+    return _timed(work)
+
+
+def case_flatten(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: NDJSON store → the analysis DataFrame (arm, visit, outcome, value per row)."""
+    return _timed(lambda: len(analysis_frame(load_study(), Store(store))))
+
+
+def case_flatten_fhiry(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Peer: fhiry flattening the same NDJSON folder into a DataFrame."""
+    from fhiry import Fhirndjson
+
+    def work() -> int:
+        reader = Fhirndjson()
+        reader.folder = str(store)
+        reader.process_source()
+        return len(reader.df)
+    return _timed(work)
+
+
+def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: month-36 between-arm table from the embedded store (frame + statistics)."""
+    study = load_study()
+    return _timed(lambda: len(analyze(study, analysis_frame(study, Store(store)), visits=["M36"])))
+
+
+def case_push_transactions(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """fhir-msc push: transaction Bundles of 50 (PUT Type/id)."""
+    from fhir_msc.client import FhirClient
+    from fhir_msc.journal import Journal
+    from fhir_msc.sync import push, push_order
+
+    client = FhirClient(url)
+    journal = Journal(Path(tempfile.mkdtemp(prefix="bench-journal-")))
+    return _timed(lambda: (lambda r: r.created + r.updated)(push(client, push_order(Store(store)), journal)))
+
+
+def case_push_single(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """Baseline: one PUT request per resource (requests.Session)."""
+    import requests
+
+    from fhir_msc.sync import push_order
+
+    session = requests.Session()
+
+    def work() -> int:
+        count = 0
+        for r in push_order(Store(store)):
+            session.put(f"{url}/{r['resourceType']}/{r['id']}", json=r,
+                        headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+            count += 1
+        return count
+    return _timed(work)
+
+
+def case_push_fhirpy(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """Peer: a plain fhirpy loop saving each resource (PUT by id)."""
+    from fhirpy import SyncFHIRClient
+
+    from fhir_msc.sync import push_order
+
+    client = SyncFHIRClient(url)
+
+    def work() -> int:
+        count = 0
+        for r in push_order(Store(store)):
+            client.resource(r["resourceType"], **{k: v for k, v in r.items() if k != "resourceType"}).save()
+            count += 1
+        return count
+    return _timed(work)
+
+
+def case_pull(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """fhir-msc: pull the study from the server and build the analysis DataFrame."""
+    from fhir_msc.client import FhirClient
+    from fhir_msc.journal import Journal
+    from fhir_msc.sync import pull
+
+    study = load_study()
+    target = Store(tempfile.mkdtemp(prefix="bench-pull-"))
+
+    def work() -> int:
+        pull(FhirClient(url), study, target, Journal(Path(tempfile.mkdtemp(prefix="bench-pj-"))))
+        return len(analysis_frame(study, target))
+    return _timed(work)
+
+
+def case_pull_fhirpy(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """Peer: fhirpy fetching every page of each resource type, pandas json_normalize on Observations."""
+    import pandas as pd
+    from fhirpy import SyncFHIRClient
+
+    client = SyncFHIRClient(url)
+
+    def work() -> int:
+        frames = {}
+        for resource_type in ("ResearchSubject", "Patient", "Encounter", "Observation"):
+            rows = [r.serialize() for r in client.resources(resource_type).limit(1000).fetch_all()]
+            frames[resource_type] = pd.json_normalize(rows)
+        return len(frames["Observation"])
+    return _timed(work)
+
+
+CASES = {name[len("case_"):].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def main() -> None:
+    name, tables, store = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    url = sys.argv[4] if len(sys.argv) > 4 else None
+    seconds, items = CASES[name](tables, store, url)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"case": name, "seconds": seconds, "items": items, "peak_rss_mb": peak_kb / 1024}))
+
+
+if __name__ == "__main__":
+    main()
