@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test fixtures clean
+.PHONY: demo test bench bench-quick fixtures clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ test: $(BIN)/.installed server/node_modules/.installed
 	@$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
+
+# Benchmarks (peers fhiry and fhirpy are installed only here).
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(BIN)/.bench-installed server/node_modules/.installed
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(BIN)/.bench-installed server/node_modules/.installed
+	$(BIN)/python -m benchmarks --quick
 
 fixtures: $(BIN)/.installed
 	$(BIN)/python fixtures/generate.py

@@ -82,10 +82,12 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print the r
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fhir-msc")
 def main() -> None:
-    """Map clinical-trial tables to FHIR and back, validate them, and run the demo.
+    """Clinical-trial tables ↔ FHIR: map, validate, move between servers, and reproduce the paper.
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
-    embedded store, validates it, round-trips it and prints a summary.
+    embedded store, validates it, round-trips it, analyses it and checks the published
+    results. Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
+    `hospital-pull` for servers, `analyze` / `verify` for the statistics.
     """
 
 

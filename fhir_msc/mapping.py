@@ -17,6 +17,7 @@ Resource model (R4 names; see versions.py for R5):
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ SYNTHETIC_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
 Resource = dict[str, Any]
 
 
+@lru_cache(maxsize=65536)  # references repeat (the subject's Patient, the visit's Encounter, the study)
 def resource_id(resource_type: str, system: str, value: str) -> str:
     """The deterministic logical id (a UUID, unique across types) of the resource with this identifier."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{resource_type}|{system}|{value}"))

@@ -182,9 +182,14 @@ def read_rows(path: Path, required: list[str], log: RejectLog) -> Iterator[tuple
             yield number, {h: cell.strip() for h, cell in zip(header, raw)}, header, raw
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
 def _undecodable(header: list[str], raw: list[str]) -> tuple[str, str] | None:
+    if not _SURROGATE.search("".join(raw)):
+        return None
     for column, cell in zip(header, raw):
-        if any("\udc80" <= ch <= "\udcff" for ch in cell):
+        if _SURROGATE.search(cell):
             shown = cell.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             return column, shown
     return None
