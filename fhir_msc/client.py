@@ -291,8 +291,30 @@ class FhirClient:
                 if "resource" in entry:
                     yield entry["resource"]
 
-    def search_pages(self, resource_type: str, params: dict[str, str] | None = None) -> Iterator[dict]:
-        query = {"_sort": "_id", **(params or {})}
+    def search_complete(self, resource_type: str, params: dict[str, str] | None = None) -> list[dict]:
+        """Every resource of a search, fetched without ``_sort`` (cheaper on many servers).
+
+        Pages without a sort order can shift while they are read, so the result is checked:
+        duplicates are dropped, and if the distinct matches do not add up to Bundle.total the
+        search is repeated with ``_sort=_id``.
+        """
+        found: dict[tuple[str, str], dict] = {}
+        matches, total = set(), None
+        for bundle in self.search_pages(resource_type, params, sort=False):
+            total = bundle.get("total", total)
+            for entry in bundle.get("entry", []):
+                resource = entry.get("resource")
+                if resource:
+                    key = (resource["resourceType"], resource["id"])
+                    found[key] = resource
+                    if entry.get("search", {}).get("mode", "match") == "match":
+                        matches.add(key)
+        if total is not None and len(matches) != total:
+            return list({(r["resourceType"], r["id"]): r for r in self.search(resource_type, params)}.values())
+        return list(found.values())
+
+    def search_pages(self, resource_type: str, params: dict[str, str] | None = None, *, sort: bool = True) -> Iterator[dict]:
+        query = {**({"_sort": "_id"} if sort else {}), **(params or {})}
         bundle = self.request("GET", resource_type, params=query)
         while True:
             if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":

@@ -231,9 +231,9 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
                           requests=client.stats.requests - before, seconds=time.monotonic() - started)
     study_ids = [s["id"] for s in studies]
     fetched += [s for s in studies if not since or s.get("meta", {}).get("lastUpdated", "") > since]
-    fetched += list(client.search("Group", {"identifier": f"{study.system('group')}|{key}", **extra}))
-    subjects = list(client.search("ResearchSubject", {"study": ",".join(f"ResearchStudy/{i}" for i in study_ids),
-                                                      "_include": "ResearchSubject:individual", **extra}))
+    fetched += client.search_complete("Group", {"identifier": f"{study.system('group')}|{key}", **extra})
+    subjects = client.search_complete("ResearchSubject", {"study": ",".join(f"ResearchStudy/{i}" for i in study_ids),
+                                                          "_include": "ResearchSubject:individual", **extra})
     fetched += subjects
     fetched += _missing_patients(client, subjects, page_size)
     store.write(_dedupe(fetched))
@@ -244,10 +244,10 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
         batch: list[Resource] = []
         for start in range(0, len(patient_ids), SUBJECT_CHUNK):
             chunk = ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + SUBJECT_CHUNK])
-            for resource in client.search(resource_type, {"subject": chunk, **extra}):
-                batch.append(resource)
-                if progress:
-                    progress(1)
+            page = client.search_complete(resource_type, {"subject": chunk, **extra})
+            batch += page
+            if progress:
+                progress(len(page))
         store.write(_dedupe(batch))
         _count(counts, batch)
         fetched += batch
@@ -265,7 +265,8 @@ def _missing_patients(client: FhirClient, found: list[Resource], page_size: int)
                      for r in found if r["resourceType"] == "ResearchSubject"} - have - {""})
     patients = []
     for start in range(0, len(wanted), SUBJECT_CHUNK):
-        patients += client.search("Patient", {"_id": ",".join(wanted[start:start + SUBJECT_CHUNK]), "_count": str(page_size)})
+        patients += client.search_complete("Patient", {"_id": ",".join(wanted[start:start + SUBJECT_CHUNK]),
+                                                       "_count": str(page_size)})
     return patients
 
 

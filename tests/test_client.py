@@ -229,3 +229,16 @@ def test_servers_without_transactions_get_batches_one_type_at_a_time(tmp_path):
     result = push(client, _resources(3) + groups, Journal(tmp_path), bundle_size=50)
     assert result.created == 4
     assert sent == [("batch", {"Patient"}), ("batch", {"Group"})]
+
+
+@responses.activate
+def test_unsorted_search_is_checked_against_the_total():
+    page = lambda ids, nxt=None: {"resourceType": "Bundle", "total": 3, "entry": [{"resource": {"resourceType": "Patient", "id": i}} for i in ids],
+                                  "link": [{"relation": "next", "url": nxt}] if nxt else []}
+    # unsorted pages shifted: "b" seen twice, "c" never -> repeated with _sort
+    responses.get(f"{BASE}/Patient", json=page(["a", "b"], f"{BASE}/Patient?page=2"))
+    responses.get(f"{BASE}/Patient?page=2", json=page(["b"]))
+    responses.get(f"{BASE}/Patient", json=page(["a", "b", "c"]))
+    client, _ = make_client()
+    assert sorted(r["id"] for r in client.search_complete("Patient")) == ["a", "b", "c"]
+    assert "_sort" not in responses.calls[0].request.url and "_sort=_id" in responses.calls[2].request.url
