@@ -9,6 +9,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from fhir_msc import Store, get_version, load_study
@@ -53,6 +54,11 @@ def repeated(case: str, tables: Path, store: Path, repeat: int, server_for_run=N
         finally:
             if server:
                 server.stop()
+    return _summary(case, runs)
+
+
+def _summary(case: str, runs: list[dict]) -> dict:
+    """Median time and largest peak RSS of the successful runs (the first error if none succeeded)."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[0]
@@ -75,7 +81,7 @@ def loaded_server(store: Path) -> LoopbackServer:
     from fhir_msc.sync import push, push_order
 
     server = LoopbackServer()
-    push(FhirClient(server.base), push_order(Store(store)), Journal(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}-{id(server)}"))
+    push(FhirClient(server.base), push_order(Store(store)), Journal(Path(tempfile.mkdtemp(prefix="bench-journal-"))))
     return server
 
 
@@ -159,12 +165,7 @@ def main() -> None:
 
 
 def _with_url(case: str, tables: Path, store: Path, repeat: int, server: LoopbackServer) -> dict:
-    runs = [run_case(case, tables, store, server.base) for _ in range(repeat)]
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[0]
-    return {"case": case, "seconds": statistics.median(r["seconds"] for r in ok), "items": ok[0]["items"],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in ok), "runs": len(ok)}
+    return _summary(case, [run_case(case, tables, store, server.base) for _ in range(repeat)])
 
 
 if __name__ == "__main__":
