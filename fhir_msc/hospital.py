@@ -100,11 +100,10 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
                 continue
             distance, record = placed
             key = (record.subject, record.visitnum, record.testcd)
-            if key in best and best[key][0] <= distance:
-                skipped["superseded by a result closer to the visit day"] += 1
-                continue
             if key in best:
                 skipped["superseded by a result closer to the visit day"] += 1
+                if best[key][0] <= distance:
+                    continue
             best[key] = placed
     findings = sorted((record for _, record in best.values()), key=lambda r: (r.subject, r.visitnum, r.testcd))
     return HospitalPullResult(enrolled=len(enrollment), patients_found=found, findings=findings,
@@ -124,12 +123,12 @@ def _place(study: Study, by_code: dict, observation: dict, subject: str, start: 
         skipped["no study code, value or date"] += 1
         return None
     unit = quantity.get("code") or quantity.get("unit")
-    factor = 1.0 if unit == outcome.unit else outcome.unit_aliases.get(unit)
+    factor = outcome.factor_from(unit)
     if factor is None:
         skipped[f"unit {unit} not convertible to {outcome.unit}"] += 1
         return None
     value = round(quantity["value"] * factor, 6)
-    if outcome.range and not outcome.range[0] <= value <= outcome.range[1]:
+    if not outcome.in_range(value):
         skipped["out of plausible range"] += 1
         return None
     day = (date.fromisoformat(when[:10]) - start).days

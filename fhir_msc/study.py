@@ -116,6 +116,14 @@ class Outcome(_Model):
             raise ValueError(f"outcome {self.code}: event {self.event!r} is not one of its answers")
         return self
 
+    def factor_from(self, unit: str | None) -> float | None:
+        """The factor converting a value in ``unit`` to this outcome's unit; None if not convertible."""
+        return 1.0 if unit == self.unit else self.unit_aliases.get(unit or "")
+
+    def in_range(self, value: float) -> bool:
+        """Whether ``value`` (in this outcome's unit) is plausible; true when no range is set."""
+        return self.range is None or self.range[0] <= value <= self.range[1]
+
 
 BinaryEffect = Literal["odds-ratio", "odds-ratio-mh", "risk-difference"]
 ContinuousEffect = Literal["mean-difference", "mean-difference-welch", "hodges-lehmann"]

@@ -320,15 +320,12 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
             raise RowError(result_column, text, f"not an allowed answer for {outcome.code}: use one of {', '.join(outcome.answers)}")
         return text, ""
     number = parse_number(result_column, text)
-    if unit == outcome.unit:
-        factor = 1.0
-    elif unit in outcome.unit_aliases:
-        factor = outcome.unit_aliases[unit]
-    else:
+    factor = outcome.factor_from(unit)
+    if factor is None:
         accepted = ", ".join([outcome.unit, *outcome.unit_aliases])
         raise RowError(unit_column, unit, f"unit not convertible to {outcome.unit} for {outcome.code}: use one of {accepted}")
     value = round(number * factor, 6)
-    if outcome.range and not outcome.range[0] <= value <= outcome.range[1]:
+    if not outcome.in_range(value):
         low, high = (format_number(v) for v in outcome.range)
         raise RowError(result_column, text, f"{outcome.code} out of plausible range {low}-{high} {outcome.unit}: check the value and unit")
     return format_number(value), outcome.unit

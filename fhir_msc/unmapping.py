@@ -192,7 +192,7 @@ def _findings(ctx: _Context, source: ResourceSource) -> Iterator[FindingRecord]:
         else:
             quantity = observation.get("valueQuantity", {})
             unit_code = quantity.get("code") or quantity.get("unit")
-            factor = 1.0 if unit_code == outcome.unit else outcome.unit_aliases.get(unit_code)
+            factor = outcome.factor_from(unit_code)
             result = None if factor is None or "value" not in quantity else format_number(quantity["value"] * factor)
             unit = outcome.unit
         if result is None:
