@@ -17,7 +17,7 @@ from . import hospital as _hospital
 from .hospital import HospitalPullResult
 from . import sync as _sync
 from .client import FhirClient
-from .journal import Journal, exclusive
+from .journal import open_journal
 from .sync import PUSH_ORDER, PullResult, PushResult, SyncResult, push_order
 from .analysis import Comparison, Verification
 from .bundle import write_bundle
@@ -106,11 +106,8 @@ def analysis_frame(study: Study, source: Path | FhirClient):
     """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
-            journal = Journal(Path(tmp) / "state")
-            try:
+            with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True)
-            finally:
-                journal.close()
             return analysis.analysis_frame(study, Store(Path(tmp) / "store"))
     return analysis.analysis_frame(study, open_resources(source))
 
@@ -151,49 +148,37 @@ def _in_push_order(resources: list[dict]) -> list[dict]:
 def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_size: int = 50,
          method: str = "auto", dry_run: bool = False, progress: Progress = None) -> PushResult:
     """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``."""
-    with exclusive(state):
-        journal = Journal(state)
-        try:
-            return _sync.push(client, resources_of(study, source, client.fhir_version()), journal,
-                             bundle_size=bundle_size, method=method, dry_run=dry_run, progress=progress)
-        finally:
-            journal.close()
+    with open_journal(state) as journal:
+        return _sync.push(client, resources_of(study, source, client.fhir_version()), journal,
+                          bundle_size=bundle_size, method=method, dry_run=dry_run, progress=progress)
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
          progress: Progress = None) -> PullResult:
     """Pull the study from the server into a store; incremental via ``state``."""
-    with exclusive(state):
-        journal = Journal(state)
-        try:
-            return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
-        finally:
-            journal.close()
+    with open_journal(state) as journal:
+        return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
-             bundle_size: int = 50, progress: Progress = None) -> SyncResult:
+         bundle_size: int = 50, progress: Progress = None) -> SyncResult:
     """Store → server, server → store, or server → server (through a staging store in ``state``)."""
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
-    with exclusive(state):
-        journal = Journal(state)
-        try:
-            pulled = None
-            if is_server(source):
-                staging = Path(target) if not is_server(target) else state / "staging"
-                pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
-                source_path = staging
-            else:
-                source_path = Path(source)
-            pushed = None
-            if is_server(target):
-                client = connect_to(target)
-                pushed = _sync.push(client, resources_of(study, source_path, client.fhir_version()), journal,
-                                   bundle_size=bundle_size, progress=progress)
-            return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
-        finally:
-            journal.close()
+    with open_journal(state) as journal:
+        pulled = None
+        if is_server(source):
+            staging = Path(target) if not is_server(target) else state / "staging"
+            pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+            source_path = staging
+        else:
+            source_path = Path(source)
+        pushed = None
+        if is_server(target):
+            client = connect_to(target)
+            pushed = _sync.push(client, resources_of(study, source_path, client.fhir_version()), journal,
+                                bundle_size=bundle_size, progress=progress)
+        return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
 
 
 def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path) -> HospitalPullResult:

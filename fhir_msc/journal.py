@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import sqlite3
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -79,3 +79,14 @@ def exclusive(state_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def open_journal(state_dir: Path, *, lock: bool = True) -> Iterator[Journal]:
+    """The journal in ``state_dir``, closed afterwards; held under the sync lock unless ``lock`` is false."""
+    with exclusive(state_dir) if lock else nullcontext():
+        journal = Journal(state_dir)
+        try:
+            yield journal
+        finally:
+            journal.close()
