@@ -18,7 +18,7 @@ from .hospital import HospitalPullResult
 from . import sync as _sync
 from .client import FhirClient
 from .journal import open_journal
-from .sync import PUSH_ORDER, PullResult, PushResult, SyncResult, push_order
+from .sync import PullResult, PushResult, SyncResult, in_push_order, push_order
 from .analysis import Comparison, Verification
 from .bundle import write_bundle
 from .report import write_report
@@ -30,7 +30,8 @@ from .study import REPO_ROOT, Study
 from .tables import RejectLog, TableWriter, read_dataset
 from .unmapping import UnmapResult, fhir_to_tables, subjects_in
 from .validate import ValidationReport, validate_resources
-from .versions import VERSIONS, FhirVersion, administration_medication, get_version, subject_arm_names
+from .versions import (VERSIONS, FhirVersion, administration_medication, get_version, subject_arm_names,
+                       subject_version)
 
 Progress = Callable[[int], None] | None
 DEMO_TABLES = REPO_ROOT / "fixtures" / "msc-covid19"
@@ -135,14 +136,9 @@ def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[d
         if log.rejections:
             raise InputError(f"{source}: {len(log.rejections)} row(s) rejected (first: {log.rejections[0]}); "
                              "run `fhir-msc map` to see and fix them before pushing")
-        return _in_push_order(resources)
+        return in_push_order(resources)
     opened = open_resources(source)
-    return push_order(opened) if isinstance(opened, Store) else _in_push_order(list(opened.read_all()))
-
-
-def _in_push_order(resources: list[dict]) -> list[dict]:
-    rank = {t: i for i, t in enumerate(PUSH_ORDER)}
-    return sorted(resources, key=lambda r: rank.get(r["resourceType"], len(rank)))
+    return push_order(opened) if isinstance(opened, Store) else in_push_order(list(opened.read_all()))
 
 
 def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_size: int = 50,
@@ -191,15 +187,11 @@ def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Pat
         for finding in result.findings:
             writer.finding(finding)
     if result.findings:
-        mapped = map_tables(study, out, store=store, version=_store_version(store), rejects=out / "rejects")
+        version = subject_version(next(Store(store).read("ResearchSubject"), {}))
+        mapped = map_tables(study, out, store=store, version=version, rejects=out / "rejects")
         if mapped.rejections:
             raise InputError(f"{len(mapped.rejections)} hospital finding(s) could not be mapped; see {out / 'rejects'}")
     return result
-
-
-def _store_version(store: Path) -> FhirVersion:
-    subject = next(Store(store).read("ResearchSubject"), {})
-    return get_version("R5" if "subject" in subject else "R4")
 
 
 @dataclass(frozen=True, kw_only=True)

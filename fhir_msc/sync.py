@@ -58,9 +58,16 @@ class PushResult:
 
 
 def push_order(store: Store) -> Iterator[Resource]:
+    """A store's resources, streamed type by type in PUSH_ORDER (other types last)."""
     types = store.resource_types()
     for resource_type in [t for t in PUSH_ORDER if t in types] + [t for t in types if t not in PUSH_ORDER]:
         yield from store.read(resource_type)
+
+
+def in_push_order(resources: list[Resource]) -> list[Resource]:
+    """The same order for resources already in memory (a bundle, freshly mapped tables)."""
+    rank = {t: i for i, t in enumerate(PUSH_ORDER)}
+    return sorted(resources, key=lambda r: rank.get(r["resourceType"], len(rank)))
 
 
 METHODS = ("auto", "id", "conditional")

@@ -116,6 +116,11 @@ def subject_patient_reference(research_subject: dict) -> str:
     return ref.get("reference", "")
 
 
+def subject_version(research_subject: dict) -> FhirVersion:
+    """R5 if the ResearchSubject uses R5's ``subject``, else R4 (also for an empty store)."""
+    return get_version("R5" if "subject" in research_subject else "R4")
+
+
 def subject_arm_names(research_subject: dict, arm_name_by_code: dict[str, str]) -> tuple[str, str]:
     """(assigned arm name, actual arm name) from an R4 or R5 ResearchSubject."""
     if "assignedComparisonGroup" in research_subject:
