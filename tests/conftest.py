@@ -28,11 +28,21 @@ def cohort() -> Path:
 @pytest.fixture(scope="session", params=["R4", "R5"])
 def mapped(request, study, tmp_path_factory) -> tuple[str, Store]:
     """The cohort mapped once per FHIR version into a store (read-only for tests)."""
-    store = Store(tmp_path_factory.mktemp(f"store-{request.param}"))
-    log = RejectLog(None)
-    store.write(tables_to_fhir(study, COHORT, get_version(request.param), log))
-    assert log.rejections == []
-    return request.param, store
+    return request.param, _mapped_cohort(study, tmp_path_factory, request.param)
+
+
+_COHORT_STORES: dict[str, Store] = {}
+
+
+def _mapped_cohort(study, tmp_path_factory, version: str) -> Store:
+    """Map the cohort once per version for the whole session, shared by `mapped` and `demo_store`."""
+    if version not in _COHORT_STORES:
+        store = Store(tmp_path_factory.mktemp(f"store-{version}"))
+        log = RejectLog(None)
+        store.write(tables_to_fhir(study, COHORT, get_version(version), log))
+        assert log.rejections == []
+        _COHORT_STORES[version] = store
+    return _COHORT_STORES[version]
 
 
 # --- the real FHIR engine ----------------------------------------------------------------
@@ -51,6 +61,4 @@ def fhir_server():
 @pytest.fixture(scope="session")
 def demo_store(study, tmp_path_factory) -> Store:
     """The cohort mapped to R4 (read-only)."""
-    store = Store(tmp_path_factory.mktemp("demo-store"))
-    store.write(tables_to_fhir(study, COHORT, get_version("R4"), RejectLog(None)))
-    return store
+    return _mapped_cohort(study, tmp_path_factory, "R4")
