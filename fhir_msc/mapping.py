@@ -16,15 +16,16 @@ Resource model (R4 names; see versions.py for R5):
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from functools import lru_cache
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
-from .study import Outcome, Study
-from .tables import (Dataset, DoseRecord, FindingRecord, RejectLog, Rejection, RowError, SubjectRecord,
+from .study import Study
+from .tables import (Dataset, DoseRecord, FindingColumns, FindingRecord, RejectLog, Rejection, RowError, SubjectRecord,
                      parse_dose, parse_finding, parse_subject, read_dataset, read_rows)
 from .versions import FhirVersion
 
@@ -36,12 +37,23 @@ SYNTHETIC_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                  "display": "test health data"}
 
 Resource = dict[str, Any]
+PROGRESS_EVERY = 1000  # findings between progress callbacks
+
+
+_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
 @lru_cache(maxsize=65536)  # references repeat (the subject's Patient, the visit's Encounter, the study)
 def resource_id(resource_type: str, system: str, value: str) -> str:
-    """The deterministic logical id (a UUID, unique across types) of the resource with this identifier."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{resource_type}|{system}|{value}"))
+    """The deterministic logical id (a UUID, unique across types) of the resource with this identifier.
+
+    It is ``uuid.uuid5(NAMESPACE_URL, "Type|system|value")``, computed without building a UUID object.
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE + f"{resource_type}|{system}|{value}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,16 @@ class FhirBuilder:
     synthetic: bool = False
 
     # --- references and identifiers ---------------------------------------------------
+    # Constant parts (systems, the study extension, each outcome's codes) are built once
+    # and shared by every resource that carries them: treat yielded resources as read-only.
+
+    @cached_property
+    def _systems(self) -> dict[str, str]:
+        return {kind: self.study.system(kind) for kind in
+                ("study", "group", "subject", "administration", "visit", "observation")}
 
     def _identified(self, resource_type: str, kind: str, value: str) -> Resource:
-        system = self.study.system(kind)
+        system = self._systems[kind]
         resource: Resource = {"resourceType": resource_type, "id": resource_id(resource_type, system, value)}
         if self.synthetic:
             resource["meta"] = {"tag": [SYNTHETIC_TAG]}
@@ -63,17 +82,26 @@ class FhirBuilder:
         return resource
 
     def ref(self, resource_type: str, kind: str, value: str) -> str:
-        return f"{resource_type}/{resource_id(resource_type, self.study.system(kind), value)}"
+        return f"{resource_type}/{resource_id(resource_type, self._systems[kind], value)}"
 
     @property
     def study_ref(self) -> str:
         return self.ref("ResearchStudy", "study", self.study.study.identifier.value)
 
+    @cached_property
     def _study_extension(self) -> list[dict[str, Any]]:
         return [{"url": STUDY_EXTENSION, "valueReference": {"reference": self.study_ref}}]
 
     def _study_code(self, code: str, display: str) -> dict[str, str]:
         return {"system": self.study.study.codesystem, "code": code, "display": display}
+
+    @cached_property
+    def _outcome_parts(self) -> dict[str, tuple[list, list, dict[str, dict]]]:
+        """Per outcome code: Observation.category, Observation.code.coding, valueCodeableConcept per answer."""
+        return {o.code: ([{"coding": [{"system": CATEGORY_SYSTEM, "code": o.category}]}],
+                         [*(c.as_fhir() for c in o.standard), self._study_code(o.code, o.display)],
+                         {key: {"coding": [answer.as_fhir()], "text": key} for key, answer in o.answers.items()})
+                for o in self.study.outcomes}
 
     # --- resources --------------------------------------------------------------------
 
@@ -122,7 +150,7 @@ class FhirBuilder:
     def administration(self, record: DoseRecord) -> Resource:
         key, intervention = self.study.intervention_by_treatment[record.treatment]
         resource = self._identified("MedicationAdministration", "administration", f"{record.subject}/{record.date}")
-        resource["extension"] = self._study_extension()
+        resource["extension"] = self._study_extension
         resource["status"] = "completed"
         medication = {"coding": [self._study_code(record.treatment, intervention.display)]}
         resource.update(self.version.administration_elements(medication, record.date))
@@ -135,33 +163,29 @@ class FhirBuilder:
     def encounter(self, subject: str, visitnum: int, first: str, last: str) -> Resource:
         visit = self.study.visit_by_num[visitnum]
         resource = self._identified("Encounter", "visit", f"{subject}/{visit.code}")
-        resource["extension"] = self._study_extension()
+        resource["extension"] = self._study_extension
         resource.update(self.version.encounter_elements({"start": first, "end": last}))
         resource["type"] = [{"coding": [self._study_code(visit.code, visit.name)]}]
         resource["subject"] = {"reference": self.ref("Patient", "subject", subject)}
         return resource
 
     def observation(self, record: FindingRecord) -> Resource:
-        outcome = self.study.outcome_by_code[record.testcd]
-        visit = self.study.visit_by_num[record.visitnum]
-        resource = self._identified("Observation", "observation", f"{record.subject}/{visit.code}/{record.testcd}")
-        resource["extension"] = self._study_extension()
+        category, coding, answers = self._outcome_parts[record.testcd]
+        subject, visit = record.subject, self.study.visit_by_num[record.visitnum].code
+        resource = self._identified("Observation", "observation", f"{subject}/{visit}/{record.testcd}")
+        resource["extension"] = self._study_extension
         resource["status"] = "final"
-        resource["category"] = [{"coding": [{"system": CATEGORY_SYSTEM, "code": outcome.category}]}]
-        resource["code"] = {"coding": [*(c.as_fhir() for c in outcome.standard),
-                                       self._study_code(outcome.code, outcome.display)],
-                            "text": record.test}
-        resource["subject"] = {"reference": self.ref("Patient", "subject", record.subject)}
-        resource["encounter"] = {"reference": self.ref("Encounter", "visit", f"{record.subject}/{visit.code}")}
+        resource["category"] = category
+        resource["code"] = {"coding": coding, "text": record.test}
+        resource["subject"] = {"reference": self.ref("Patient", "subject", subject)}
+        resource["encounter"] = {"reference": self.ref("Encounter", "visit", f"{subject}/{visit}")}
         resource["effectiveDateTime"] = record.date
-        resource.update(_value(outcome, record))
+        if answers:
+            resource["valueCodeableConcept"] = answers[record.result]
+        else:
+            unit = record.unit
+            resource["valueQuantity"] = {"value": float(record.result), "unit": unit, "system": UCUM, "code": unit}
         return resource
-
-
-def _value(outcome: Outcome, record: FindingRecord) -> Resource:
-    if outcome.type == "coded":
-        return {"valueCodeableConcept": {"coding": [outcome.answers[record.result].as_fhir()], "text": record.result}}
-    return {"valueQuantity": {"value": float(record.result), "unit": record.unit, "system": UCUM, "code": record.unit}}
 
 
 # --- the mapping job ---------------------------------------------------------------------
@@ -204,12 +228,22 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
         yield build.administration(record)
         tick(1)
     visits: dict[tuple[str, int], tuple[str, str]] = {}
+    observation = build.observation
+    count = 0
     for record in _read_findings(study, source, log, subjects):
+        count += 1
         key = (record.subject, record.visitnum)
-        first, last = visits.get(key, (record.date, record.date))
-        visits[key] = (min(first, record.date), max(last, record.date))
-        yield build.observation(record)
-        tick(1)
+        date = record.date
+        if key in visits:
+            first, last = visits[key]
+            if date < first or date > last:
+                visits[key] = (min(first, date), max(last, date))
+        else:
+            visits[key] = (date, date)
+        yield observation(record)
+        if not count % PROGRESS_EVERY:
+            tick(PROGRESS_EVERY)
+    tick(count % PROGRESS_EVERY)
     for (subject, visitnum), (first, last) in visits.items():
         yield build.encounter(subject, visitnum, first, last)
 
@@ -250,21 +284,23 @@ def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, Su
 
 
 def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[FindingRecord]:
-    suffixes = study.tables.findings.suffixes
     for domain, name in study.tables.findings.files.items():
         path = source / name
         if not path.exists():
             continue  # a domain with no data this time is normal (e.g. a replayed rejects folder)
+        col = FindingColumns.of(study, domain)
+        suffixes = study.tables.findings.suffixes
         required = [*study.tables.findings.columns.values(), *(domain + s for k, s in suffixes.items() if k != "test")]
         seen: set[tuple[str, int, str]] = set()
         for number, row, header, raw in read_rows(path, required, log):
-            full = {**row, domain + suffixes["test"]: row.get(domain + suffixes["test"], "")}
-            record = _parse(log, path, number, header, raw, lambda: parse_finding(study, domain, subjects, full))
-            if record is None:
+            try:
+                record = parse_finding(study, col, subjects, row)
+            except RowError as err:
+                _reject(log, path, number, header, raw, err)
                 continue
             key = (record.subject, record.visitnum, record.testcd)
             if key in seen:
-                log.reject(Rejection(file=str(path), row=number, column=domain + suffixes["testcd"], value=record.testcd,
+                log.reject(Rejection(file=str(path), row=number, column=col.testcd, value=record.testcd,
                                      problem="duplicate finding: this subject already has this test at this visit"), header, raw)
                 continue
             seen.add(key)
@@ -275,5 +311,9 @@ def _parse(log: RejectLog, path: Path, number: int, header: list[str], raw: list
     try:
         return parse()
     except RowError as err:
-        log.reject(Rejection(file=str(path), row=number, column=err.column, value=err.value, problem=err.problem), header, raw)
+        _reject(log, path, number, header, raw, err)
         return None
+
+
+def _reject(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], err: RowError) -> None:
+    log.reject(Rejection(file=str(path), row=number, column=err.column, value=err.value, problem=err.problem), header, raw)

@@ -80,7 +80,7 @@ class Store:
                     if resource["id"] in ids[resource_type]:
                         raise InputError(f"{resource_type}/{resource['id']} was produced twice in one write")
                     ids[resource_type].add(resource["id"])
-                    spool[resource_type].write(orjson.dumps(resource) + b"\n")
+                    spool[resource_type].write(orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE))
             finally:
                 for handle in spool.values():
                     handle.close()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -56,9 +57,12 @@ class DoseRecord:
     date: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class FindingRecord:
-    """A findings row: one outcome measured at one visit (value in the outcome's unit)."""
+class FindingRecord(NamedTuple):
+    """A findings row: one outcome measured at one visit (value in the outcome's unit).
+
+    A NamedTuple rather than a frozen dataclass: a cohort has millions of these, and a
+    tuple is built several times faster.
+    """
 
     subject: str
     domain: str
@@ -165,11 +169,13 @@ def read_rows(path: Path, required: list[str], log: RejectLog) -> Iterator[tuple
             log.reject(Rejection(file=display, row=1, column=", ".join(missing), value=None,
                                  problem="required column missing from the header: add it and rerun (no row of this file was mapped)"))
             return
+        strip = str.strip
         for number, raw in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in raw):
+            joined = "".join(raw)
+            if not joined or joined.isspace():
                 continue
-            if bad := _undecodable(header, raw):
-                column, value = bad
+            if _SURROGATE.search(joined):
+                column, value = _undecodable(header, raw)
                 log.reject(Rejection(file=display, row=number, column=column, value=value,
                                      problem="not valid UTF-8: save the file as UTF-8 and replay the rejects file"),
                            header, raw)
@@ -179,20 +185,17 @@ def read_rows(path: Path, required: list[str], log: RejectLog) -> Iterator[tuple
                                      problem=f"row has {len(raw)} fields but the header has {len(header)}: check quoting and delimiters"),
                            header, raw)
                 continue
-            yield number, {h: cell.strip() for h, cell in zip(header, raw)}, header, raw
+            yield number, dict(zip(header, map(strip, raw))), header, raw
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
-def _undecodable(header: list[str], raw: list[str]) -> tuple[str, str] | None:
-    if not _SURROGATE.search("".join(raw)):
-        return None
-    for column, cell in zip(header, raw):
-        if _SURROGATE.search(cell):
-            shown = cell.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            return column, shown
-    return None
+def _undecodable(header: list[str], raw: list[str]) -> tuple[str | None, str]:
+    """The column and value of the first cell holding bytes that were not UTF-8 (shown escaped)."""
+    index, cell = next((i, v) for i, v in enumerate(raw) if _SURROGATE.search(v))
+    column = header[index] if index < len(header) else None
+    return column, cell.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_dataset(directory: Path) -> Dataset:
@@ -287,28 +290,48 @@ def parse_dose(study: Study, subjects: dict[str, SubjectRecord], row: dict[str, 
                       date=check_date(c["date"], row[c["date"]]))
 
 
-def parse_finding(study: Study, domain: str, subjects: dict[str, SubjectRecord], row: dict[str, str]) -> FindingRecord:
-    c, s = study.tables.findings.columns, study.tables.findings.suffixes
-    col = {key: domain + suffix for key, suffix in s.items()}
-    _check_study(study, c["study"], row[c["study"]])
-    subject = _known_subject(subjects, c["subject"], row[c["subject"]])
-    testcd = row[col["testcd"]]
+@dataclass(frozen=True)
+class FindingColumns:
+    """The column names of one findings domain's table (QSTESTCD, QSORRES, … for QS)."""
+
+    domain: str
+    study: str
+    subject: str
+    visitnum: str
+    visit: str
+    testcd: str
+    test: str
+    result: str
+    unit: str
+    date: str
+
+    @classmethod
+    def of(cls, study: Study, domain: str) -> FindingColumns:
+        c, s = study.tables.findings.columns, study.tables.findings.suffixes
+        return cls(domain=domain, study=c["study"], subject=c["subject"], visitnum=c["visitnum"], visit=c["visit"],
+                   **{key: domain + s[key] for key in ("testcd", "test", "result", "unit", "date")})
+
+
+def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, SubjectRecord], row: dict[str, str]) -> FindingRecord:
+    _check_study(study, col.study, row[col.study])
+    subject = _known_subject(subjects, col.subject, row[col.subject])
+    testcd = row[col.testcd]
     outcome = study.outcome_by_code.get(testcd)
-    if outcome is None or outcome.domain != domain:
-        known = ", ".join(o.code for o in study.outcomes_in(domain))
-        raise RowError(col["testcd"], testcd, f"unknown test code for domain {domain}: use one of {known}, or add it to the study definition")
-    visitnum_text = row[c["visitnum"]]
+    if outcome is None or outcome.domain != col.domain:
+        known = ", ".join(o.code for o in study.outcomes_in(col.domain))
+        raise RowError(col.testcd, testcd, f"unknown test code for domain {col.domain}: use one of {known}, or add it to the study definition")
+    visitnum_text = row[col.visitnum]
     try:
         visit = study.visit_by_num[int(float(visitnum_text))]
     except (ValueError, KeyError):
         nums = ", ".join(str(v.visitnum) for v in study.visits)
-        raise RowError(c["visitnum"], visitnum_text, f"unknown visit number: use one of {nums}") from None
-    if row[c["visit"]] != visit.name:
-        raise RowError(c["visit"], row[c["visit"]], f"VISITNUM {visit.visitnum} is {visit.name!r}: fix VISIT or VISITNUM")
-    result, unit = _result(outcome, col["result"], row[col["result"]], col["unit"], row[col["unit"]])
-    return FindingRecord(subject=subject, domain=domain, testcd=testcd, test=row[col["test"]] or outcome.display,
+        raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}") from None
+    if row[col.visit] != visit.name:
+        raise RowError(col.visit, row[col.visit], f"VISITNUM {visit.visitnum} is {visit.name!r}: fix VISIT or VISITNUM")
+    result, unit = _result(outcome, col.result, row[col.result], col.unit, row[col.unit])
+    return FindingRecord(subject=subject, domain=col.domain, testcd=testcd, test=row.get(col.test) or outcome.display,
                          result=result, unit=unit, visitnum=visit.visitnum,
-                         date=check_date(col["date"], row[col["date"]]))
+                         date=check_date(col.date, row[col.date]))
 
 
 def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, unit: str) -> tuple[str, str]:

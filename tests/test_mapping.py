@@ -1,9 +1,10 @@
 """Tables → FHIR: every resource valid, deterministic, linked, and tagged synthetic."""
 
+import uuid
 from collections import Counter
 
 from fhir_msc import Store, get_version
-from fhir_msc.mapping import SYNTHETIC_TAG, STUDY_EXTENSION, tables_to_fhir
+from fhir_msc.mapping import SYNTHETIC_TAG, STUDY_EXTENSION, resource_id, tables_to_fhir
 from fhir_msc.tables import RejectLog
 from fhir_msc.validate import validate_resources
 from fhir_msc.versions import subject_arm_names
@@ -38,6 +39,14 @@ def test_mapping_twice_gives_identical_resources(study, cohort, tmp_path):
         store.write(tables_to_fhir(study, cohort, get_version("R4"), RejectLog(None)))
     for resource_type in first.resource_types():
         assert (first.path / f"{resource_type}.ndjson").read_bytes() == (second.path / f"{resource_type}.ndjson").read_bytes()
+
+
+def test_ids_are_uuid5_of_type_system_and_value(mapped):
+    _, store = mapped
+    patient = next(store.read("Patient"))
+    identifier = patient["identifier"][0]
+    expected = uuid.uuid5(uuid.NAMESPACE_URL, f"Patient|{identifier['system']}|{identifier['value']}")
+    assert patient["id"] == resource_id("Patient", identifier["system"], identifier["value"]) == str(expected)
 
 
 def test_observation_links_subject_visit_and_study(mapped, study):
