@@ -6,12 +6,13 @@ all come from the study definition's ``analysis`` section.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .errors import StudyDefinitionError
+from .errors import InputError, StudyDefinitionError
 from .stats import BinarySummary, ContinuousSummary, Estimate, compare_binary, compare_continuous, mantel_haenszel
 from .study import AnalysisPlan, Outcome, PublishedResult, Study
 from .unmapping import ResourceSource, read_records
@@ -19,23 +20,30 @@ from .unmapping import ResourceSource, read_records
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
 
 
-def analysis_frame(study: Study, source: ResourceSource) -> pd.DataFrame:
-    """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation."""
-    subjects, findings = read_records(study, source)
-    columns: dict[str, list] = {name: [] for name in FRAME_COLUMNS}
+def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str] | None = None) -> pd.DataFrame:
+    """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation.
+
+    ``visits`` (visit codes) limits the frame to those visits; Observations at other visits
+    are then skipped before they are parsed.
+    """
+    if visits is not None:
+        unknown = [code for code in visits if code not in study.visit_by_code]
+        if unknown:
+            raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
+    subjects, findings = read_records(study, source, visits)
+    numeric = {outcome.code: outcome.type == "quantity" for outcome in study.outcomes}
+    visit_code = {visit.visitnum: visit.code for visit in study.visits}
+    rows = []
     for finding in findings:
         subject = subjects.get(finding.subject)
         if subject is None:
             continue
-        outcome = study.outcome_by_code[finding.testcd]
-        numeric = outcome.type == "quantity"
-        for name, value in (("subject", finding.subject), ("arm", subject.arm_code), ("sex", subject.sex),
-                            ("age", subject.age), ("visit", study.visit_by_num[finding.visitnum].code),
-                            ("visitnum", finding.visitnum), ("outcome", finding.testcd),
-                            ("value", float(finding.result) if numeric else np.nan),
-                            ("answer", None if numeric else finding.result), ("unit", finding.unit), ("date", finding.date)):
-            columns[name].append(value)
-    frame = pd.DataFrame(columns)
+        is_number = numeric[finding.testcd]
+        rows.append((finding.subject, subject.arm_code, subject.sex, subject.age, visit_code[finding.visitnum],
+                     finding.visitnum, finding.testcd, float(finding.result) if is_number else np.nan,
+                     None if is_number else finding.result, finding.unit, finding.date))
+    frame = pd.DataFrame.from_records(rows, columns=FRAME_COLUMNS)
+    del rows  # free the tuples before sorting copies the frame
     return frame.sort_values(["outcome", "visitnum", "subject"], kind="stable").reset_index(drop=True)
 
 

@@ -103,25 +103,26 @@ def validate(source: Path, version: FhirVersion, progress: Progress = None) -> V
     return validate_resources(open_resources(source).read_all(), version, progress)
 
 
-def analysis_frame(study: Study, source: Path | FhirClient):
+def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None):
     """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True)
-            return analysis.analysis_frame(study, Store(Path(tmp) / "store"))
-    return analysis.analysis_frame(study, open_resources(source))
+            return analysis.analysis_frame(study, Store(Path(tmp) / "store"), visits)
+    return analysis.analysis_frame(study, open_resources(source), visits)
 
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
             outcomes: list[str] | None = None) -> list[Comparison]:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
-    return analysis.analyze(study, analysis_frame(study, source), visits, outcomes)
+    return analysis.analyze(study, analysis_frame(study, source, visits), visits, outcomes)
 
 
 def verify(study: Study, source: Path | FhirClient) -> list[Verification]:
     """Recompute the study's published results from a store, bundle or server."""
-    return analysis.verify(study, analysis_frame(study, source))
+    visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
+    return analysis.verify(study, analysis_frame(study, source, visits))
 
 
 def is_server(location: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import orjson
 from .errors import InputError
 
 Resource = dict[str, Any]
+Prefilter = Callable[[bytes], bool]
 SUFFIX = ".ndjson"
 
 
@@ -35,14 +36,21 @@ class Store:
             return []
         return sorted(p.name[: -len(SUFFIX)] for p in self.path.glob(f"*{SUFFIX}"))
 
-    def read(self, resource_type: str) -> Iterator[Resource]:
-        """Stream the resources of one type (none if the file does not exist)."""
+    def read(self, resource_type: str, prefilter: Prefilter | None = None) -> Iterator[Resource]:
+        """Stream the resources of one type (none if the file does not exist).
+
+        ``prefilter`` sees each raw NDJSON line first; lines it returns False for are
+        skipped without being parsed. It must only reject lines the caller would discard
+        anyway: it is a shortcut, and sources without raw lines ignore it.
+        """
         path = self.path / f"{resource_type}{SUFFIX}"
         if not path.exists():
             return
         with open(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
-                if not line.strip():
+                if prefilter is not None and not prefilter(line):
+                    continue
+                if line.isspace():
                     continue
                 try:
                     yield orjson.loads(line)

@@ -9,12 +9,13 @@ described in the result, never silently dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from .mapping import SYNTHETIC_TAG
+from .store import Prefilter
 from .study import Study
 from .tables import Dataset, DoseRecord, FindingRecord, SubjectRecord, TableWriter, format_number
 from .versions import (administration_date, administration_medication, subject_arm_names,
@@ -24,9 +25,12 @@ Resource = dict[str, Any]
 
 
 class ResourceSource(Protocol):
-    """Anything that streams resources by type (Store, BundleSource, a server pull)."""
+    """Anything that streams resources by type (Store, BundleSource, a server pull).
 
-    def read(self, resource_type: str) -> Iterator[Resource]: ...
+    ``prefilter`` is a shortcut for sources that hold raw NDJSON lines (see Store.read).
+    """
+
+    def read(self, resource_type: str, prefilter: Prefilter | None = None) -> Iterator[Resource]: ...
 
 
 class BundleSource:
@@ -37,7 +41,8 @@ class BundleSource:
         for resource in resources:
             self._by_type.setdefault(resource["resourceType"], []).append(resource)
 
-    def read(self, resource_type: str) -> Iterator[Resource]:
+    def read(self, resource_type: str, prefilter: Prefilter | None = None) -> Iterator[Resource]:
+        """The resources of one type; ``prefilter`` is ignored (there are no raw lines to skip)."""
         return iter(self._by_type.get(resource_type, []))
 
     def read_all(self) -> Iterator[Resource]:
@@ -125,11 +130,13 @@ def _index_patients(ctx: _Context, source: ResourceSource) -> None:
                                        patient.get("birthDate", "")[:4], country)
 
 
-def _index_encounters(ctx: _Context, source: ResourceSource) -> None:
+def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[str] | None = None) -> None:
+    """Map each study-visit Encounter's id to its visit number (only ``visits``, by code, if given)."""
     codesystem = ctx.study.study.codesystem
+    wanted = ctx.study.visit_by_code if visits is None else {c: ctx.study.visit_by_code[c] for c in visits}
     for encounter in source.read("Encounter"):
         codes = [_study_code(t, codesystem) for t in encounter.get("type", [])]
-        visit = next((ctx.study.visit_by_code[c] for c in codes if c in ctx.study.visit_by_code), None)
+        visit = next((wanted[c] for c in codes if c in wanted), None)
         if visit is not None:
             ctx.visits[encounter["id"]] = visit.visitnum
 
@@ -174,9 +181,9 @@ def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
                          route=route_to_term.get(route_code, route_code), date=administration_date(administration))
 
 
-def _findings(ctx: _Context, source: ResourceSource) -> Iterator[FindingRecord]:
+def _findings(ctx: _Context, source: ResourceSource, prefilter: Prefilter | None = None) -> Iterator[FindingRecord]:
     codesystem = ctx.study.study.codesystem
-    for observation in source.read("Observation"):
+    for observation in source.read("Observation", prefilter):
         ctx.note(observation)
         outcome = ctx.study.outcome_by_code.get(_study_code(observation.get("code", {}), codesystem) or "")
         subject = ctx.subject_of(observation)
@@ -210,10 +217,36 @@ def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord
     return {record.subject: record for record in _subjects(ctx, source)}
 
 
-def read_records(study: Study, source: ResourceSource) -> tuple[dict[str, SubjectRecord], Iterator[FindingRecord]]:
-    """The study's subjects, and a stream of its findings, from FHIR resources."""
+def read_records(study: Study, source: ResourceSource,
+                 visits: Collection[str] | None = None) -> tuple[dict[str, SubjectRecord], Iterator[FindingRecord]]:
+    """The study's subjects, and a stream of its findings (only at ``visits``, by code, if given)."""
     ctx = _Context(study)
     _index_patients(ctx, source)
-    _index_encounters(ctx, source)
+    _index_encounters(ctx, source, visits)
     subjects = {record.subject: record for record in _subjects(ctx, source)}
-    return subjects, _findings(ctx, source)
+    prefilter = None if visits is None else encounter_prefilter(ctx.visits.keys())
+    return subjects, _findings(ctx, source, prefilter)
+
+
+_ENCOUNTER_KEY = b'"encounter":{"reference":"'
+
+
+def encounter_prefilter(encounters: Collection[str]) -> Prefilter:
+    """A line prefilter passing Observations whose encounter is one of ``encounters`` (logical ids).
+
+    It rejects a line only when its one ``"encounter":{"reference":"Encounter/…"}`` is a plain
+    (unescaped) reference to another Encounter; anything else is left to the parser.
+    """
+    wanted = {b"Encounter/" + id_.encode() for id_ in encounters}
+    key, skip = _ENCOUNTER_KEY, len(_ENCOUNTER_KEY)
+
+    def passes(line: bytes) -> bool:
+        start = line.find(key) + skip
+        if start < skip:
+            return True
+        end = line.find(b'"', start)
+        reference = line[start:end]
+        if reference in wanted:
+            return True
+        return not (reference.startswith(b"Encounter/") and b"\\" not in reference and line.find(key, end) < 0)
+    return passes

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -9,10 +10,11 @@ from fhir_msc import Store, get_version, load_study
 from fhir_msc.analysis import analysis_frame, analyze, verify
 from fhir_msc.bundle import write_bundle
 from fhir_msc.cli import main
-from fhir_msc.errors import ExitCode
+from fhir_msc.errors import ExitCode, InputError
 from fhir_msc.mapping import tables_to_fhir
 from fhir_msc.store import open_resources
 from fhir_msc.tables import RejectLog
+from fhir_msc.unmapping import encounter_prefilter
 
 MINI = Path(__file__).parent / "data" / "mini-study"
 
@@ -31,6 +33,33 @@ def test_store_and_bundle_give_the_same_frame(study, mapped, tmp_path):
     a = analysis_frame(study, store)
     b = analysis_frame(study, open_resources(tmp_path / "b.json"))
     assert a.equals(b)
+
+
+def test_a_visit_filtered_frame_equals_the_full_frame_filtered(study, mapped):
+    _, store = mapped
+    full = analysis_frame(study, store)
+    only = analysis_frame(study, store, visits=["M36", "M12"])
+    expected = full[full["visit"].isin(["M36", "M12"])].reset_index(drop=True)
+    assert len(only) > 1000 and only.equals(expected)
+
+
+def test_the_encounter_prefilter_skips_only_plain_references_to_other_encounters():
+    passes = encounter_prefilter(["wanted"])
+
+    def line(encounter: dict | None, **more) -> bytes:
+        return orjson.dumps({"resourceType": "Observation", "id": "o", **({"encounter": encounter} if encounter else {}), **more})
+    assert passes(line({"reference": "Encounter/wanted"}))
+    assert not passes(line({"reference": "Encounter/other"}))
+    assert passes(line({"reference": "http://elsewhere.example/fhir/Encounter/other"}))  # left to the parser
+    assert passes(line(None))
+    assert passes(line({"reference": "Encounter/other"}, contained=[{"encounter": {"reference": "Encounter/wanted"}}]))
+    assert passes(line({"reference": "Encounter/other"}).replace(b"Encounter/other", b"Encounter\\/other"))
+
+
+def test_an_unknown_visit_is_a_clear_error(study, mapped):
+    _, store = mapped
+    with pytest.raises(InputError, match="unknown visit M99: use one of"):
+        analysis_frame(study, store, visits=["M99"])
 
 
 def test_published_month36_results_are_reproduced(study, mapped):
