@@ -16,7 +16,8 @@ from pathlib import Path
 import orjson
 
 from fhir_msc import Store, get_version, load_study
-from fhir_msc.analysis import analysis_frame, analyze
+from fhir_msc import jobs
+from fhir_msc.analysis import analysis_frame
 from fhir_msc.mapping import tables_to_fhir
 from fhir_msc.tables import RejectLog
 from fhir_msc.validate import validate_resources
@@ -95,9 +96,9 @@ def case_flatten_fhiry(tables: Path, store: Path, url: str | None) -> tuple[floa
 
 
 def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
-    """fhir-msc: month-36 between-arm table from the embedded store (frame + statistics)."""
+    """fhir-msc: month-36 between-arm table from the embedded store, as `fhir-msc analyze --visit M36` does it."""
     study = load_study()
-    return _timed(lambda: len(analyze(study, analysis_frame(study, Store(store)), visits=["M36"])))
+    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"])))
 
 
 def case_push_transactions(tables: Path, store: Path, url: str) -> tuple[float, int]:

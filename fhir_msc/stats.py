@@ -129,17 +129,52 @@ def hodges_lehmann(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Estimat
     """Hodges-Lehmann shift (median of all x−y differences) with the distribution-free CI.
 
     The CI takes the k-th smallest and largest pairwise differences, k from the normal
-    approximation to the Mann-Whitney null distribution (Hollander & Wolfe).
+    approximation to the Mann-Whitney null distribution (Hollander & Wolfe). Order
+    statistics of the differences are selected without forming all n1·n2 of them.
     """
-    diffs = np.sort(np.subtract.outer(np.asarray(x, float), np.asarray(y, float)).ravel())
-    n1, n2 = len(x), len(y)
-    k = int(math.floor(n1 * n2 / 2 - Z(1 - alpha / 2) * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)))
+    xs, ys = np.sort(np.asarray(x, float)), np.sort(np.asarray(y, float))
+    n1, n2 = len(xs), len(ys)
+    total = n1 * n2
+    k = int(math.floor(total / 2 - Z(1 - alpha / 2) * math.sqrt(total * (n1 + n2 + 1) / 12)))
     k = max(k, 1)
-    p = float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue)
+    middle = [(total - 1) // 2, total // 2]  # the median is the mean of these two order statistics
+    median = float(np.mean([pairwise_difference(xs, ys, rank) for rank in middle]))
+    p = float(stats.mannwhitneyu(xs, ys, alternative="two-sided").pvalue)
     return Estimate(effect="median difference (Hodges-Lehmann)", method="distribution-free CI from Mann-Whitney critical value",
                     function="fhir_msc.stats.hodges_lehmann; p from scipy.stats.mannwhitneyu", alpha=alpha,
-                    estimate=float(np.median(diffs)), se=None, lower=float(diffs[k - 1]), upper=float(diffs[len(diffs) - k]),
-                    p_value=p)
+                    estimate=median, se=None, lower=pairwise_difference(xs, ys, k - 1),
+                    upper=pairwise_difference(xs, ys, total - k), p_value=p)
+
+
+def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int = 1_000_000) -> float:
+    """The ``rank``-th smallest (from 0) of all differences x − y, for sorted ``xs`` and ``ys``.
+
+    Bisects on the value until at most ``window`` differences lie between the bounds
+    (counting them with searchsorted), then selects exactly among those: memory is
+    O(n1 + n2 + window), not O(n1·n2).
+    """
+    m = len(ys)
+    lo, hi = float(xs[0] - ys[-1]), float(xs[-1] - ys[0])  # every difference is in [lo, hi]
+
+    def at_most(t: float) -> int:  # how many differences are <= t
+        return int(m * len(xs) - np.searchsorted(ys, xs - t, side="left").sum())
+    while at_most(hi) - at_most(lo) > window:
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break  # the bounds are adjacent floats: the window is all ties
+        if at_most(mid) > rank:
+            hi = mid
+        else:
+            lo = mid
+    margin = 1e-9 * max(1.0, abs(lo), abs(hi))  # far wider than rounding in xs - t
+    start = np.searchsorted(ys, xs - (hi + margin), side="left")
+    stop = np.searchsorted(ys, xs - (lo - margin), side="right")
+    below = int((m - stop).sum())  # differences smaller than the window
+    counts = stop - start  # window pairs per x: ys[start:stop]
+    rows = np.repeat(np.arange(len(xs)), counts)
+    position_in_row = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    differences = xs[rows] - ys[np.repeat(start, counts) + position_in_row]
+    return float(np.partition(differences, rank - below)[rank - below])
 
 
 def compare_continuous(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> ContinuousSummary:

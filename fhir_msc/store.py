@@ -7,12 +7,15 @@ time; memory does not grow with the cohort. Writing upserts by logical id.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 
 from .errors import InputError
@@ -20,6 +23,9 @@ from .errors import InputError
 Resource = dict[str, Any]
 Prefilter = Callable[[bytes], bool]
 SUFFIX = ".ndjson"
+DIGEST = np.dtype("S16")  # blake2b-128 of a logical id: collisions are as unlikely as UUID collisions
+MERGE_BATCH = 65536  # old lines compared with the new ids per numpy call
+T = TypeVar("T")
 
 
 class Store:
@@ -72,43 +78,41 @@ class Store:
         """Upsert resources by id; returns how many of each type were written.
 
         New resources are spooled to temporary files first, then each type's file is
-        rewritten once: old lines whose id was not rewritten, then the new lines. Only
-        the ids of the new resources are held in memory.
+        rewritten once: old lines whose id was not rewritten, then the new lines. Memory
+        holds 16 bytes per new resource (a digest of its id), not the resources or ids.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         spool: dict[str, Any] = {}
-        ids: dict[str, set[str]] = {}
+        digests: dict[str, bytearray] = {}
         with tempfile.TemporaryDirectory(dir=self.path, prefix=".spool-") as tmp:
             try:
                 for resource in resources:
                     resource_type = resource["resourceType"]
                     if resource_type not in spool:
                         spool[resource_type] = open(Path(tmp) / f"{resource_type}{SUFFIX}", "wb")
-                        ids[resource_type] = set()
-                    if resource["id"] in ids[resource_type]:
-                        raise InputError(f"{resource_type}/{resource['id']} was produced twice in one write")
-                    ids[resource_type].add(resource["id"])
+                        digests[resource_type] = bytearray()
+                    digests[resource_type] += _digest(resource["id"])
                     spool[resource_type].write(orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE))
             finally:
                 for handle in spool.values():
                     handle.close()
-            for resource_type, new_ids in ids.items():
-                self._merge(resource_type, Path(tmp) / f"{resource_type}{SUFFIX}", new_ids)
-        return {t: len(i) for t, i in ids.items()}
+            new_ids = {t: _sorted_unique(t, d, Path(tmp) / f"{t}{SUFFIX}") for t, d in digests.items()}
+            for resource_type, ids in new_ids.items():
+                self._merge(resource_type, Path(tmp) / f"{resource_type}{SUFFIX}", ids)
+        return {t: len(ids) for t, ids in new_ids.items()}
 
-    def _merge(self, resource_type: str, spooled: Path, new_ids: set[str]) -> None:
+    def _merge(self, resource_type: str, spooled: Path, new_ids: np.ndarray) -> None:
         target = self.path / f"{resource_type}{SUFFIX}"
         if not target.exists():
             os.replace(spooled, target)
             return
         merged = spooled.with_suffix(".merged")
         with open(merged, "wb") as out:
-            for resource in self.read(resource_type):
-                if resource["id"] not in new_ids:
-                    out.write(orjson.dumps(resource) + b"\n")
+            for batch in _batches(_lines_with_ids(target), MERGE_BATCH):
+                old = np.frombuffer(b"".join(_digest(id_) for _, id_ in batch), dtype=DIGEST)
+                out.writelines(line for (line, _), rewritten in zip(batch, _contains(new_ids, old)) if not rewritten)
             with open(spooled, "rb") as new:
-                for line in new:
-                    out.write(line)
+                shutil.copyfileobj(new, out)
         os.replace(merged, target)
 
     def clear(self) -> None:
@@ -127,3 +131,51 @@ def open_resources(path: str | Path):
     if path.is_file():
         return BundleSource(list(read_bundle(path)))
     raise InputError(f"{path}: no such store directory or bundle file")
+
+
+def _lines_with_ids(path: Path) -> Iterator[tuple[bytes, str]]:
+    """(line ending in a newline, resource id) for each non-blank line; bad JSON is named by line."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.isspace():
+                continue
+            try:
+                id_ = orjson.loads(line)["id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InputError(f"{path}, line {number}: not a FHIR resource with an id ({exc}); fix or remove the line") from None
+            yield (line if line.endswith(b"\n") else line + b"\n"), id_
+
+
+def _digest(id_: str) -> bytes:
+    return hashlib.blake2b(id_.encode(), digest_size=16).digest()
+
+
+def _sorted_unique(resource_type: str, digests: bytearray, spooled: Path) -> np.ndarray:
+    """The sorted digests of one write's ids; an id written twice is an error naming it."""
+    ids = np.sort(np.frombuffer(digests, dtype=DIGEST))
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if len(repeated):
+        first = repeated[:1].tobytes()  # all 16 bytes (a numpy bytes_ scalar drops trailing NULs)
+        with open(spooled, "rb") as handle:
+            twice = next(r["id"] for r in map(orjson.loads, handle) if _digest(r["id"]) == first)
+        raise InputError(f"{resource_type}/{twice} was produced twice in one write")
+    return ids
+
+
+def _contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For each of ``ids``, whether it is in ``sorted_ids``."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[at] == ids
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

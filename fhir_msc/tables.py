@@ -322,8 +322,8 @@ def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, Subject
         raise RowError(col.testcd, testcd, f"unknown test code for domain {col.domain}: use one of {known}, or add it to the study definition")
     visitnum_text = row[col.visitnum]
     try:
-        visit = study.visit_by_num[int(float(visitnum_text))]
-    except (ValueError, KeyError):
+        visit = study.visit_by_num[visit_number(visitnum_text)]
+    except KeyError:
         nums = ", ".join(str(v.visitnum) for v in study.visits)
         raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}") from None
     if row[col.visit] != visit.name:
@@ -332,6 +332,14 @@ def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, Subject
     return FindingRecord(subject=subject, domain=col.domain, testcd=testcd, test=row.get(col.test) or outcome.display,
                          result=result, unit=unit, visitnum=visit.visitnum,
                          date=check_date(col.date, row[col.date]))
+
+
+def visit_number(text: str) -> int | str:
+    """VISITNUM as a whole number ("9" and "9.0" are visit 9); text that is not a number stays as it is."""
+    try:
+        return int(float(text))
+    except (ValueError, OverflowError):
+        return text
 
 
 def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, unit: str) -> tuple[str, str]:

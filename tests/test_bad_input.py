@@ -54,6 +54,18 @@ def test_valid_rows_are_still_mapped(case, tmp_path):
     assert sum(expected.values()) - sum(counts.values()) == spec["lost"]
 
 
+def test_a_rejected_row_does_not_make_its_valid_repeat_a_duplicate(tmp_path):
+    source = tmp_path / "tables"
+    shutil.copytree(BAD / "good", source)
+    lines = (source / "qs.csv").read_text().splitlines()
+    lines.insert(1, lines[1].replace(",50.9,", ",fifty,"))  # same subject, visit and test, but not a number
+    (source / "qs.csv").write_text("\n".join(lines) + "\n")
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == ExitCode.REJECTED
+    assert "not a number" in result.output and "duplicate" not in result.output
+    assert Store(tmp_path / "store").counts() == good_counts(tmp_path)
+
+
 def test_rejected_subject_takes_its_rows_with_it(tmp_path):
     result = run_map(BAD / "unknown-arm", tmp_path / "store")
     assert "unknown subject" in result.output

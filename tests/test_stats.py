@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import Table2x2
 
-from fhir_msc.stats import compare_binary, hodges_lehmann, mantel_haenszel, mean_difference, odds_ratio_woolf, risk_difference
+from fhir_msc.stats import compare_binary, hodges_lehmann, pairwise_difference, mantel_haenszel, mean_difference, odds_ratio_woolf, risk_difference
 
 
 def test_woolf_or_matches_the_hand_computation_in_study_md():
@@ -69,6 +69,18 @@ def test_mean_difference_pooled_and_welch_match_hand_formulas():
     df = se ** 4 / ((x.var(ddof=1) / 8) ** 2 / 7 + (y.var(ddof=1) / 6) ** 2 / 5)
     assert welch.upper - welch.estimate == pytest.approx(stats.t.ppf(0.975, df) * se)
     assert welch.method == "Welch t" and pooled.method == "pooled-variance t"
+
+
+@pytest.mark.parametrize("window", [1, 50, 1_000_000])
+@pytest.mark.parametrize("ties", [False, True])
+def test_pairwise_difference_selects_exactly_what_sorting_all_differences_gives(window, ties):
+    rng = np.random.default_rng(7)
+    x, y = (rng.integers(0, 6, 40).astype(float), rng.integers(0, 6, 31).astype(float)) if ties else \
+        (rng.normal(60, 20, 40), rng.normal(50, 20, 31))
+    xs, ys = np.sort(x), np.sort(y)
+    every = np.sort(np.subtract.outer(xs, ys).ravel())
+    for rank in (0, 1, 300, 620, 621, len(every) - 2, len(every) - 1):
+        assert pairwise_difference(xs, ys, rank, window) == every[rank]
 
 
 def test_hodges_lehmann_is_the_median_pairwise_difference():

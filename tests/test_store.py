@@ -26,9 +26,20 @@ def test_store_write_upserts_by_id(tmp_path):
     assert {p["id"]: p["gender"] for p in store.read("Patient")} == {"a": "male", "b": "female", "c": "male"}
 
 
+def test_upsert_keeps_old_lines_across_merge_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr("fhir_msc.store.MERGE_BATCH", 2)
+    store = Store(tmp_path)
+    store.write([patient(str(n)) for n in range(7)])
+    assert store.write([patient("3", "female"), patient("6", "female"), patient("new")]) == {"Patient": 3}
+    genders = {p["id"]: p["gender"] for p in store.read("Patient")}
+    assert genders == {**{str(n): "male" for n in range(7)}, "3": "female", "6": "female", "new": "male"}
+    assert store.counts() == {"Patient": 8}
+
+
 def test_store_refuses_the_same_id_twice_in_one_write(tmp_path):
-    with pytest.raises(InputError, match="produced twice"):
-        Store(tmp_path).write([patient("a"), patient("a")])
+    with pytest.raises(InputError, match="Patient/a was produced twice"):
+        Store(tmp_path).write([patient("a"), patient("b"), patient("a")])
+    assert Store(tmp_path).counts() == {}
 
 
 def test_corrupt_line_names_file_and_line(tmp_path):
