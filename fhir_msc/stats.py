@@ -158,14 +158,16 @@ def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int =
 
     def at_most(t: float) -> int:  # how many differences are <= t
         return int(m * len(xs) - np.searchsorted(ys, xs - t, side="left").sum())
-    while at_most(hi) - at_most(lo) > window:
+    count_lo, count_hi = at_most(lo), at_most(hi)
+    while count_hi - count_lo > window:
         mid = (lo + hi) / 2
         if mid in (lo, hi):
             break  # the bounds are adjacent floats: the window is all ties
-        if at_most(mid) > rank:
-            hi = mid
+        count_mid = at_most(mid)
+        if count_mid > rank:
+            hi, count_hi = mid, count_mid
         else:
-            lo = mid
+            lo, count_lo = mid, count_mid
     margin = 1e-9 * max(1.0, abs(lo), abs(hi))  # far wider than rounding in xs - t
     start = np.searchsorted(ys, xs - (hi + margin), side="left")
     stop = np.searchsorted(ys, xs - (lo - margin), side="right")
