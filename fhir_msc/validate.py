@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from types import UnionType
+from typing import Any, List, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from .versions import FhirVersion
 
@@ -35,26 +37,133 @@ class ValidationReport:
 
 def validate_resource(resource: dict[str, Any], version: FhirVersion) -> list[str]:
     """Problems with one resource, as ``Type/id: path: message`` lines (empty if valid)."""
+    return _model_check(resource, version)[0]
+
+
+def _model_check(resource: dict[str, Any], version: FhirVersion) -> tuple[list[str], Any]:
+    """(problems, the validated model instance or None): the fhir.resources model's verdict."""
     label = f"{resource.get('resourceType')}/{resource.get('id')}"
     try:
         model = version.models().get_fhir_model_class(resource.get("resourceType", ""))
     except (KeyError, ValueError, AttributeError):
-        return [f"{label}: unknown resourceType for FHIR {version.name}"]
+        return [f"{label}: unknown resourceType for FHIR {version.name}"], None
     try:
-        model.model_validate(resource)
+        return [], model.model_validate(resource)
     except ValidationError as exc:
-        return [f"{label}: {'.'.join(str(p) for p in err['loc']) or '(resource)'}: {err['msg']}" for err in exc.errors()]
-    return []
+        return [f"{label}: {'.'.join(str(p) for p in err['loc']) or '(resource)'}: {err['msg']}" for err in exc.errors()], None
+
+
+class ShapeValidator:
+    """The model's verdict, computed once per resource *shape* instead of once per resource.
+
+    A shape is a resource's keys, nesting, list lengths and value types, without the
+    values. The first resource of each shape is validated by its fhir.resources model
+    (structure, cardinality, choice types, unknown elements, primitive formats); the
+    others only have each primitive value checked against the same field type of the
+    same model (a pydantic TypeAdapter), and values already seen valid are not rechecked.
+    A resource failing that check is validated by the model again, so the errors reported
+    are the model's own.
+    """
+
+    MAX_REMEMBERED = 200_000  # valid (field type, value) pairs kept between resources
+
+    def __init__(self, version: FhirVersion):
+        self.version = version
+        self._plans: dict[tuple, list[TypeAdapter | None]] = {}
+        self._valid: set[tuple[int, type, Any]] = set()
+
+    def problems(self, resource: dict[str, Any]) -> list[str]:
+        leaves: list[Any] = []
+        shape = _shape(resource, leaves)
+        plan = self._plans.get(shape)
+        if plan is None:
+            problems, instance = _model_check(resource, self.version)
+            if instance is not None:
+                self._plans[shape] = plan = []
+                _plan(resource, instance, plan)
+            return problems
+        valid = self._valid
+        for adapter, value in zip(plan, leaves):
+            if adapter is None:
+                continue
+            key = (id(adapter), type(value), value)
+            if key in valid:
+                continue
+            try:
+                adapter.validate_python(value)
+            except ValidationError:
+                return validate_resource(resource, self.version)
+            if len(valid) >= self.MAX_REMEMBERED:
+                valid.clear()
+            valid.add(key)
+        return []
+
+
+def _shape(value: Any, leaves: list[Any]) -> Any:
+    """The shape of a JSON value; primitive values are appended to ``leaves`` in walk order."""
+    kind = type(value)
+    if kind is dict:
+        parts: list[Any] = ["{"]
+        for key, item in value.items():
+            parts.append(key)
+            parts.append(item if key == "resourceType" else _shape(item, leaves))
+        return tuple(parts)
+    if kind is list:
+        return ("[", *[_shape(item, leaves) for item in value])
+    leaves.append(value)
+    return kind
+
+
+def _plan(data: dict[str, Any], instance: Any, plan: list[TypeAdapter | None]) -> None:
+    """Append the field type of each primitive in ``data`` (in _shape's walk order) to ``plan``."""
+    model = type(instance)
+    fields = _fields_by_json_key(model)
+    for key, value in data.items():
+        if key == "resourceType":
+            continue
+        name = fields[key]
+        _plan_value(model.model_fields[name].annotation, value, getattr(instance, name), plan)
+
+
+def _plan_value(annotation: Any, value: Any, attribute: Any, plan: list[TypeAdapter | None]) -> None:
+    if isinstance(value, dict):
+        _plan(value, attribute, plan)
+    elif isinstance(value, list):
+        for item, item_attribute in zip(value, attribute):
+            _plan_value(annotation, item, item_attribute, plan)
+    else:
+        plan.append(None if value is None else _primitive_adapter(annotation))
+
+
+@lru_cache(maxsize=None)
+def _fields_by_json_key(model: type) -> dict[str, str]:
+    return {field.alias or name: name for name, field in model.model_fields.items()}
+
+
+_ADAPTERS: dict[int, TypeAdapter] = {}
+
+
+def _primitive_adapter(annotation: Any) -> TypeAdapter:
+    """A validator for one value of a primitive field (``Optional[List[X]]`` → X), one per field type."""
+    adapter = _ADAPTERS.get(id(annotation))
+    if adapter is None:
+        inner = annotation
+        while get_origin(inner) in (Union, UnionType, list, List):
+            inner = next(arg for arg in get_args(inner) if arg is not type(None))
+        adapter = _ADAPTERS[id(annotation)] = TypeAdapter(inner)
+    return adapter
 
 
 def validate_resources(resources: Iterable[dict[str, Any]], version: FhirVersion,
                        progress: Callable[[int], None] | None = None) -> ValidationReport:
+    """Validate every resource (the model's verdict, computed per shape: see ShapeValidator)."""
+    validator = ShapeValidator(version)
     checked: Counter[str] = Counter()
     errors: list[str] = []
     error_count = 0
     for resource in resources:
         checked[resource.get("resourceType", "?")] += 1
-        problems = validate_resource(resource, version)
+        problems = validator.problems(resource)
         error_count += len(problems)
         errors.extend(problems[: max(0, MAX_REPORTED - len(errors))])
         if progress:
