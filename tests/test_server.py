@@ -14,6 +14,7 @@ from fhir_msc.client import FhirClient, RetryPolicy
 from fhir_msc.errors import ExitCode, SyncLocked
 from fhir_msc.journal import Journal, exclusive
 from fhir_msc.roundtrip import compare_tables
+from fhir_msc.sync import SUBJECT_CHUNK, subjects_per_search
 from fhir_msc.unmapping import fhir_to_tables
 
 from faultproxy import FaultProxy
@@ -84,6 +85,14 @@ def test_search_follows_next_links(study, demo_store, fhir_server, tmp_path):
     pages = list(c.search_pages("Patient", {"_count": "7"}))
     assert len(pages) == 15
     assert len({r["resource"]["id"] for p in pages for r in p["entry"]}) == 100
+
+
+def test_a_subject_search_asks_for_what_fits_one_page(study):
+    findings_per_subject = sum(len(o.visits) for o in study.outcomes)
+    observation_step = subjects_per_search(study, "Observation", 1000)
+    assert observation_step * findings_per_subject <= 1000 < (observation_step + 1) * findings_per_subject
+    assert subjects_per_search(study, "Encounter", 1000) == SUBJECT_CHUNK  # short URLs win there
+    assert subjects_per_search(study, "Observation", 50) == 1
 
 
 def test_pull_is_incremental(study, fhir_server, tmp_path):
