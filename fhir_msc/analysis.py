@@ -6,7 +6,10 @@ all come from the study definition's ``analysis`` section.
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Collection
+from sys import intern
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,17 +36,23 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
     subjects, findings = read_records(study, source, visits)
     numeric = {outcome.code: outcome.type == "quantity" for outcome in study.outcomes}
     visit_code = {visit.visitnum: visit.code for visit in study.visits}
-    rows = []
+    # Column by column; values as C doubles, dates interned: about 90 bytes per row.
+    text_columns = [name for name in FRAME_COLUMNS if name != "value"]
+    columns: dict[str, list] = {name: [] for name in text_columns}
+    values = array("d")
+    appenders = [columns[name].append for name in text_columns]
     for finding in findings:
         subject = subjects.get(finding.subject)
         if subject is None:
             continue
         is_number = numeric[finding.testcd]
-        rows.append((finding.subject, subject.arm_code, subject.sex, subject.age, visit_code[finding.visitnum],
-                     finding.visitnum, finding.testcd, float(finding.result) if is_number else np.nan,
-                     None if is_number else finding.result, finding.unit, finding.date))
-    frame = pd.DataFrame.from_records(rows, columns=FRAME_COLUMNS)
-    del rows  # free the tuples before sorting copies the frame
+        values.append(float(finding.result) if is_number else math.nan)
+        for append, value in zip(appenders, (finding.subject, subject.arm_code, subject.sex, subject.age,
+                                             visit_code[finding.visitnum], finding.visitnum, finding.testcd,
+                                             None if is_number else finding.result, finding.unit, intern(finding.date))):
+            append(value)
+    frame = pd.DataFrame({**columns, "value": np.frombuffer(values, dtype=float) if values else np.array([], float)})[FRAME_COLUMNS]
+    del columns, values  # free the lists before sorting copies the frame
     return frame.sort_values(["outcome", "visitnum", "subject"], kind="stable").reset_index(drop=True)
 
 

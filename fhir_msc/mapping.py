@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import uuid
+from sys import intern
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,7 +238,7 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     for record in _read_findings(study, source, log, subjects):
         count += 1
         key = (record.subject, record.visitnum)
-        date = record.date
+        date = intern(record.date)  # visit dates repeat across subjects: keep one copy of each
         if key in visits:
             first, last = visits[key]
             if date < first or date > last:

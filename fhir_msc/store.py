@@ -152,7 +152,8 @@ def _digest(id_: str) -> bytes:
 
 def _sorted_unique(resource_type: str, digests: bytearray, spooled: Path) -> np.ndarray:
     """The sorted digests of one write's ids; an id written twice is an error naming it."""
-    ids = np.sort(np.frombuffer(digests, dtype=DIGEST))
+    ids = np.frombuffer(digests, dtype=DIGEST)  # a view of the bytearray: sorted in place, no copy
+    ids.sort()
     repeated = ids[1:][ids[1:] == ids[:-1]]
     if len(repeated):
         first = repeated[:1].tobytes()  # all 16 bytes (a numpy bytes_ scalar drops trailing NULs)

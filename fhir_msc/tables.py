@@ -31,7 +31,7 @@ _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\
 
 # --- records: one validated row each ----------------------------------------------
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SubjectRecord:
     """A DM row: one randomized participant."""
 
@@ -45,7 +45,7 @@ class SubjectRecord:
     end: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DoseRecord:
     """An EX row: one infusion."""
 
