@@ -25,8 +25,9 @@ from loopback import LoopbackServer  # noqa: E402
 # (what is compared, fhir-msc case, peer or floor case, target, largest size the case runs at)
 LOCAL = [
     ("map, validation off vs orjson floor", "map", "floor-json", "within 3x of floor", None),
+    ("map, validation on vs map + models", "map-validate", "map-model", ">=3x faster", 1000),
     ("validate vs model per resource", "validate", "model-per-resource", ">=3x faster", 1000),
-    ("flatten to DataFrame vs fhiry", "flatten", "flatten-fhiry", ">=5x faster, <=1/2 memory", None),
+    ("flatten to DataFrame vs fhiry", "flatten", "flatten-fhiry", ">=5x faster, <=1/2 memory", 10000),
     ("analyze month 36 from store", "analyze", None, "<10 s at 100k", None),
 ]
 # Peers that cannot run at every size: fhiry needs ~110 s per 100 subjects (10,881 resources)

@@ -38,12 +38,28 @@ def case_map(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
 
 
 def case_map_validate(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
-    """fhir-msc: tables → NDJSON store, then every resource validated (fhir.resources model_validate)."""
+    """fhir-msc: tables → NDJSON store, then every resource validated (fhir_msc.validate: the model per shape)."""
     target = Store(tempfile.mkdtemp(prefix="bench-mapv-"))
 
     def work() -> int:
         target.write(tables_to_fhir(load_study(), tables, R4, RejectLog(None)))
         return sum(validate_resources(target.read_all(), R4).checked.values())
+    return _timed(work)
+
+
+def case_map_model(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Peer: tables → NDJSON store, then every resource built as a fhir.resources (R4B) model, one by one."""
+    import fhir.resources.R4B as models
+
+    target = Store(tempfile.mkdtemp(prefix="bench-mapm-"))
+
+    def work() -> int:
+        target.write(tables_to_fhir(load_study(), tables, R4, RejectLog(None)))
+        count = 0
+        for r in target.read_all():
+            models.get_fhir_model_class(r["resourceType"])(**r)
+            count += 1
+        return count
     return _timed(work)
 
 

@@ -172,11 +172,32 @@ def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int =
     start = np.searchsorted(ys, xs - (hi + margin), side="left")
     stop = np.searchsorted(ys, xs - (lo - margin), side="right")
     below = int((m - stop).sum())  # differences smaller than the window
-    counts = stop - start  # window pairs per x: ys[start:stop]
+    if int((stop - start).sum()) <= window:
+        differences = _differences(xs, ys, start, stop)
+        return float(np.partition(differences, rank - below)[rank - below])
+    # Ties: more pairs than the window share a few values. Count each value chunk by chunk.
+    values, counts = _tally(xs, ys, start, stop, window)
+    return float(values[np.searchsorted(np.cumsum(counts), rank - below, side="right")])
+
+
+def _differences(xs: np.ndarray, ys: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """x[i] − ys[start[i]:stop[i]] for every i, as one array."""
+    counts = stop - start
     rows = np.repeat(np.arange(len(xs)), counts)
     position_in_row = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    differences = xs[rows] - ys[np.repeat(start, counts) + position_in_row]
-    return float(np.partition(differences, rank - below)[rank - below])
+    return xs[rows] - ys[np.repeat(start, counts) + position_in_row]
+
+
+def _tally(xs: np.ndarray, ys: np.ndarray, start: np.ndarray, stop: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct differences x[i] − ys[start[i]:stop[i]] and how often each occurs, ``chunk`` pairs at a time."""
+    cut = np.searchsorted(np.cumsum(stop - start), np.arange(chunk, int((stop - start).sum()), chunk))
+    values, counts = np.array([]), np.array([], dtype=np.int64)
+    for rows in np.split(np.arange(len(xs)), np.unique(cut)):
+        part = np.unique(_differences(xs[rows], ys, start[rows], stop[rows]), return_counts=True)
+        merged = np.concatenate([values, part[0]])
+        values, inverse = np.unique(merged, return_inverse=True)
+        counts = np.bincount(inverse, weights=np.concatenate([counts, part[1]]), minlength=len(values)).astype(np.int64)
+    return values, counts
 
 
 def compare_continuous(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> ContinuousSummary:
