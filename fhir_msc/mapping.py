@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import uuid
-from sys import intern
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -232,25 +231,55 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     for record in _read_doses(study, source / study.tables.ex.file, log, subjects):
         yield build.administration(record)
         tick(1)
-    visits: dict[tuple[str, int], tuple[str, str]] = {}
+    spans = VisitSpans(study)
     observation = build.observation
     count = 0
     for record in _read_findings(study, source, log, subjects):
         count += 1
-        key = (record.subject, record.visitnum)
-        date = intern(record.date)  # visit dates repeat across subjects: keep one copy of each
-        if key in visits:
-            first, last = visits[key]
-            if date < first or date > last:
-                visits[key] = (min(first, date), max(last, date))
-        else:
-            visits[key] = (date, date)
+        spans.add(record.subject, record.visitnum, record.date)
         yield observation(record)
         if not count % PROGRESS_EVERY:
             tick(PROGRESS_EVERY)
     tick(count % PROGRESS_EVERY)
-    for (subject, visitnum), (first, last) in visits.items():
+    for subject, visitnum, first, last in spans:
         yield build.encounter(subject, visitnum, first, last)
+
+
+class VisitSpans:
+    """The first and last finding date of every subject's visits (each becomes an Encounter period).
+
+    Compact, as a cohort has many subject-visits: per subject one array of date numbers,
+    two per study visit; each distinct date string is kept once.
+    """
+
+    def __init__(self, study: Study):
+        self._slot = {visit.visitnum: 2 * index for index, visit in enumerate(study.visits)}
+        self._dates: list[str] = []
+        self._date_number: dict[str, int] = {}
+        self._spans: dict[str, array] = {}
+
+    def add(self, subject: str, visitnum: int, date: str) -> None:
+        number = self._date_number.get(date)
+        if number is None:
+            number = self._date_number[date] = len(self._dates)
+            self._dates.append(date)
+        spans = self._spans.get(subject)
+        if spans is None:
+            spans = self._spans[subject] = array("i", [-1]) * (2 * len(self._slot))
+        slot = self._slot[visitnum]
+        if spans[slot] < 0:
+            spans[slot] = spans[slot + 1] = number
+        elif date < self._dates[spans[slot]]:
+            spans[slot] = number
+        elif date > self._dates[spans[slot + 1]]:
+            spans[slot + 1] = number
+
+    def __iter__(self) -> Iterator[tuple[str, int, str, str]]:
+        """(subject, visit number, first date, last date), subjects in order of appearance, visits in study order."""
+        for subject, spans in self._spans.items():
+            for visitnum, slot in self._slot.items():
+                if spans[slot] >= 0:
+                    yield subject, visitnum, self._dates[spans[slot]], self._dates[spans[slot + 1]]
 
 
 def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[SubjectRecord]:
@@ -330,8 +359,9 @@ def _repeated_finding_keys(path: Path, col: FindingColumns) -> set[int]:
         for raw in reader:
             if len(raw) == width:
                 hashes.append(hash((raw[s].strip(), visit_number(raw[v].strip()), raw[t].strip())))
-    values, counts = np.unique(np.frombuffer(hashes, dtype=np.int64), return_counts=True)
-    return set(values[counts > 1].tolist())
+    keys = np.frombuffer(hashes, dtype=np.int64)  # a view of the array: sorted in place, no copy
+    keys.sort()
+    return set(np.unique(keys[1:][keys[1:] == keys[:-1]]).tolist())
 
 
 def _parse(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], parse: Callable[[], Any]) -> Any:

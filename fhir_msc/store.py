@@ -23,7 +23,8 @@ from .errors import InputError
 Resource = dict[str, Any]
 Prefilter = Callable[[bytes], bool]
 SUFFIX = ".ndjson"
-DIGEST = np.dtype("S16")  # blake2b-128 of a logical id: collisions are as unlikely as UUID collisions
+NEW_DIGEST = 8  # bytes of blake2b per id for a new file: only repeats are looked for, and confirmed
+MERGE_DIGEST = 16  # when merging: a collision would drop an old resource, so as unlikely as UUID collisions
 MERGE_BATCH = 65536  # old lines compared with the new ids per numpy call
 T = TypeVar("T")
 
@@ -49,7 +50,7 @@ class Store:
         skipped without being parsed. It must only reject lines the caller would discard
         anyway: it is a shortcut, and sources without raw lines ignore it.
         """
-        path = self.path / f"{resource_type}{SUFFIX}"
+        path = self._file(resource_type)
         if not path.exists():
             return
         with open(path, "rb") as handle:
@@ -79,11 +80,13 @@ class Store:
 
         New resources are spooled to temporary files first, then each type's file is
         rewritten once: old lines whose id was not rewritten, then the new lines. Memory
-        holds 16 bytes per new resource (a digest of its id), not the resources or ids.
+        holds a digest of each new id (8 bytes for a new file, 16 when merging), not the
+        resources or ids.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         spool: dict[str, Any] = {}
         digests: dict[str, bytearray] = {}
+        sizes: dict[str, int] = {}
         with tempfile.TemporaryDirectory(dir=self.path, prefix=".spool-") as tmp:
             try:
                 for resource in resources:
@@ -91,25 +94,30 @@ class Store:
                     if resource_type not in spool:
                         spool[resource_type] = open(Path(tmp) / f"{resource_type}{SUFFIX}", "wb")
                         digests[resource_type] = bytearray()
-                    digests[resource_type] += _digest(resource["id"])
+                        sizes[resource_type] = MERGE_DIGEST if self._file(resource_type).exists() else NEW_DIGEST
+                    digests[resource_type] += _digest(resource["id"], sizes[resource_type])
                     spool[resource_type].write(orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE))
             finally:
                 for handle in spool.values():
                     handle.close()
-            new_ids = {t: _sorted_unique(t, d, Path(tmp) / f"{t}{SUFFIX}") for t, d in digests.items()}
+            new_ids = {t: _sorted_unique(t, d, sizes[t], Path(tmp) / f"{t}{SUFFIX}") for t, d in digests.items()}
             for resource_type, ids in new_ids.items():
                 self._merge(resource_type, Path(tmp) / f"{resource_type}{SUFFIX}", ids)
         return {t: len(ids) for t, ids in new_ids.items()}
 
+    def _file(self, resource_type: str) -> Path:
+        return self.path / f"{resource_type}{SUFFIX}"
+
     def _merge(self, resource_type: str, spooled: Path, new_ids: np.ndarray) -> None:
-        target = self.path / f"{resource_type}{SUFFIX}"
+        target = self._file(resource_type)
         if not target.exists():
             os.replace(spooled, target)
             return
         merged = spooled.with_suffix(".merged")
         with open(merged, "wb") as out:
+            size = new_ids.dtype.itemsize
             for batch in _batches(_lines_with_ids(target), MERGE_BATCH):
-                old = np.frombuffer(b"".join(_digest(id_) for _, id_ in batch), dtype=DIGEST)
+                old = np.frombuffer(b"".join(_digest(id_, size) for _, id_ in batch), dtype=new_ids.dtype)
                 out.writelines(line for (line, _), rewritten in zip(batch, _contains(new_ids, old)) if not rewritten)
             with open(spooled, "rb") as new:
                 shutil.copyfileobj(new, out)
@@ -146,20 +154,28 @@ def _lines_with_ids(path: Path) -> Iterator[tuple[bytes, str]]:
             yield (line if line.endswith(b"\n") else line + b"\n"), id_
 
 
-def _digest(id_: str) -> bytes:
-    return hashlib.blake2b(id_.encode(), digest_size=16).digest()
+def _digest(id_: str, size: int) -> bytes:
+    return hashlib.blake2b(id_.encode(), digest_size=size).digest()
 
 
-def _sorted_unique(resource_type: str, digests: bytearray, spooled: Path) -> np.ndarray:
-    """The sorted digests of one write's ids; an id written twice is an error naming it."""
-    ids = np.frombuffer(digests, dtype=DIGEST)  # a view of the bytearray: sorted in place, no copy
+def _sorted_unique(resource_type: str, digests: bytearray, size: int, spooled: Path) -> np.ndarray:
+    """The sorted digests of one write's ids; an id written twice is an error naming it.
+
+    Equal digests are confirmed against the spooled ids, so a collision of two different
+    ids (possible with 8 bytes) is not mistaken for a repeat.
+    """
+    ids = np.frombuffer(digests, dtype=f"S{size}")  # a view of the bytearray: sorted in place, no copy
     ids.sort()
-    repeated = ids[1:][ids[1:] == ids[:-1]]
-    if len(repeated):
-        first = repeated[:1].tobytes()  # all 16 bytes (a numpy bytes_ scalar drops trailing NULs)
+    repeated = np.unique(ids[1:][ids[1:] == ids[:-1]]).tobytes()  # whole digests (a bytes_ scalar drops trailing NULs)
+    suspects = {repeated[i:i + size] for i in range(0, len(repeated), size)}
+    if suspects:
+        seen: set[str] = set()
         with open(spooled, "rb") as handle:
-            twice = next(r["id"] for r in map(orjson.loads, handle) if _digest(r["id"]) == first)
-        raise InputError(f"{resource_type}/{twice} was produced twice in one write")
+            for id_ in (orjson.loads(line)["id"] for line in handle):
+                if _digest(id_, size) in suspects:
+                    if id_ in seen:
+                        raise InputError(f"{resource_type}/{id_} was produced twice in one write")
+                    seen.add(id_)
     return ids
 
 

@@ -42,6 +42,14 @@ def test_store_refuses_the_same_id_twice_in_one_write(tmp_path):
     assert Store(tmp_path).counts() == {}
 
 
+def test_digest_collisions_of_different_ids_are_not_repeats(tmp_path, monkeypatch):
+    monkeypatch.setattr("fhir_msc.store.NEW_DIGEST", 1)  # 256 values: 300 ids must collide
+    store = Store(tmp_path)
+    assert store.write([patient(str(n)) for n in range(300)]) == {"Patient": 300}
+    with pytest.raises(InputError, match="Patient/7 was produced twice"):
+        Store(tmp_path / "other").write([patient(str(n)) for n in range(300)] + [patient("7")])
+
+
 def test_corrupt_line_names_file_and_line(tmp_path):
     (tmp_path / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "a"}\n{oops\n')
     with pytest.raises(InputError, match=r"Patient.ndjson, line 2"):
