@@ -26,34 +26,62 @@ FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome",
 def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str] | None = None) -> pd.DataFrame:
     """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation.
 
-    ``visits`` (visit codes) limits the frame to those visits; Observations at other visits
-    are then skipped before they are parsed.
+    Coded columns (arm, sex, visit, outcome, answer, unit) are categoricals whose categories
+    come from the study definition, in its order. ``visits`` (visit codes) limits the frame to
+    those visits; Observations at other visits are then skipped before they are parsed.
     """
     if visits is not None:
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
     subjects, findings = read_records(study, source, visits)
-    numeric = {outcome.code: outcome.type == "quantity" for outcome in study.outcomes}
-    visit_code = {visit.visitnum: visit.code for visit in study.visits}
-    # Column by column; values as C doubles, dates interned: about 90 bytes per row.
-    text_columns = [name for name in FRAME_COLUMNS if name != "value"]
-    columns: dict[str, list] = {name: [] for name in text_columns}
+    categories = frame_categories(study)
+    code_of = {name: {value: code for code, value in enumerate(values)} for name, values in categories.items()}
+    by_subject = {key: (code_of["arm"].get(s.arm_code, -1), code_of["sex"].get(s.sex, -1), s.age)
+                  for key, s in subjects.items()}
+    by_outcome = {o.code: (code_of["outcome"][o.code], code_of["unit"].get(o.unit, -1), o.type == "quantity")
+                  for o in study.outcomes}
+    by_visitnum = {visit.visitnum: code_of["visit"][visit.code] for visit in study.visits}
+    answer_code = code_of["answer"]
+    coded = {name: array("h") for name in categories}  # category codes, -1 for missing
+    numbers = {name: array("q") for name in ("age", "visitnum")}
+    subject_ids: list[str] = []
+    dates: list[str] = []
     values = array("d")
-    appenders = [columns[name].append for name in text_columns]
+    arm_, sex_, visit_, outcome_, answer_, unit_ = (coded[name].append for name in
+                                                    ("arm", "sex", "visit", "outcome", "answer", "unit"))
     for finding in findings:
-        subject = subjects.get(finding.subject)
+        subject = by_subject.get(finding.subject)
         if subject is None:
             continue
-        is_number = numeric[finding.testcd]
+        outcome, unit, is_number = by_outcome[finding.testcd]
+        arm_(subject[0])
+        sex_(subject[1])
+        numbers["age"].append(subject[2])
+        visit_(by_visitnum[finding.visitnum])
+        numbers["visitnum"].append(finding.visitnum)
+        outcome_(outcome)
+        unit_(unit if is_number else -1)
+        answer_(-1 if is_number else answer_code.get(finding.result, -1))
         values.append(float(finding.result) if is_number else math.nan)
-        for append, value in zip(appenders, (finding.subject, subject.arm_code, subject.sex, subject.age,
-                                             visit_code[finding.visitnum], finding.visitnum, finding.testcd,
-                                             None if is_number else finding.result, finding.unit, intern(finding.date))):
-            append(value)
-    frame = pd.DataFrame({**columns, "value": np.frombuffer(values, dtype=float) if values else np.array([], float)})[FRAME_COLUMNS]
-    del columns, values  # free the lists before sorting copies the frame
+        subject_ids.append(finding.subject)
+        dates.append(intern(finding.date))
+    columns = {name: pd.Categorical.from_codes(np.array(codes, dtype=np.int16), categories=categories[name])
+               for name, codes in coded.items()}
+    columns.update({name: np.array(column, dtype=np.int64) for name, column in numbers.items()})
+    frame = pd.DataFrame({**columns, "subject": subject_ids, "value": np.array(values, dtype=float),
+                          "date": dates}, columns=FRAME_COLUMNS)
+    del coded, numbers, subject_ids, dates, values, columns  # free the columns before sorting copies the frame
     return frame.sort_values(["outcome", "visitnum", "subject"], kind="stable").reset_index(drop=True)
+
+
+def frame_categories(study: Study) -> dict[str, list[str]]:
+    """The categories of the frame's coded columns, from the study definition (in its order)."""
+    answers = list(dict.fromkeys(answer for outcome in study.outcomes for answer in outcome.answers))
+    units = list(dict.fromkeys(outcome.unit for outcome in study.outcomes if outcome.unit))
+    return {"arm": [arm.code for arm in study.arms], "sex": list(study.terms.sex),
+            "visit": [visit.code for visit in study.visits], "outcome": [outcome.code for outcome in study.outcomes],
+            "answer": answers, "unit": units}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -149,10 +149,18 @@ def hodges_lehmann(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Estimat
 def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int = 1_000_000) -> float:
     """The ``rank``-th smallest (from 0) of all differences x − y, for sorted ``xs`` and ``ys``.
 
-    Bisects on the value until at most ``window`` differences lie between the bounds
-    (counting them with searchsorted), then selects exactly among those: memory is
+    With few distinct values, each distinct difference is weighed by how often it occurs.
+    Otherwise bisects on the value until at most ``window`` differences lie between the
+    bounds (counting them with searchsorted), then selects exactly among those: memory is
     O(n1 + n2 + window), not O(n1·n2).
     """
+    x_values, x_counts = np.unique(xs, return_counts=True)
+    y_values, y_counts = np.unique(ys, return_counts=True)
+    if len(x_values) * len(y_values) <= window:  # few distinct values (scores): weigh each distinct difference
+        differences = np.subtract.outer(x_values, y_values).ravel()
+        order = np.argsort(differences, kind="stable")
+        weights = np.outer(x_counts, y_counts).ravel()[order]
+        return float(differences[order][np.searchsorted(np.cumsum(weights), rank, side="right")])
     m = len(ys)
     lo, hi = float(xs[0] - ys[-1]), float(xs[-1] - ys[0])  # every difference is in [lo, hi]
 
