@@ -251,7 +251,7 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 @_source_option
 @_server_option
 @_server_options
-@click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable.")
+@click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable. Other visits are not read.")
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format of the between-arm table.")
