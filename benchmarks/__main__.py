@@ -41,8 +41,11 @@ SERVER = [
 
 
 def run_case(case: str, tables: Path, store: Path, url: str | None = None) -> dict:
+    """Run one case in its own process; what it writes under TMPDIR is removed afterwards."""
     argv = [sys.executable, "-m", "benchmarks.cases", case, str(tables), str(store), *([url] if url else [])]
-    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    with tempfile.TemporaryDirectory(prefix="fhir-msc-bench-") as scratch:
+        done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": scratch})
     if done.returncode != 0:
         return {"case": case, "error": done.stderr.strip().splitlines()[-1] if done.stderr else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -128,10 +131,12 @@ def main() -> None:
     parser.add_argument("--server-sizes", default="100", help="Cohort sizes for push/pull against the loopback server.")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per case up to 1,000 subjects (once above); median time reported.")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results.json", help="Where the JSON goes.")
+    parser.add_argument("--cases", default="", help="Only these fhir-msc cases, comma-separated (e.g. analyze,map); all if empty.")
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     server_sizes = [100] if args.quick else [int(s) for s in args.server_sizes.split(",") if s]
     repeat = 1 if args.quick else args.repeat
+    only = {case for case in args.cases.split(",") if case}
     print(f"machine: {machine()}\n")
     rows = []
     for size in sizes:
@@ -139,7 +144,7 @@ def main() -> None:
         store = mapped_store(tables, size)
         runs = repeat if size <= 1000 else 1
         for label, ours_case, peer_case, target, largest in LOCAL:
-            if largest and size > largest:
+            if (largest and size > largest) or (only and ours_case not in only):
                 continue
             ours = repeated(ours_case, tables, store, runs)
             with_peer = peer_case and not args.quick and size <= SLOW_PEERS.get(peer_case, size)
@@ -149,6 +154,8 @@ def main() -> None:
         tables = scaled_cohort(size)
         store = mapped_store(tables, size)
         for label, ours_case, peer_case, target in SERVER:
+            if only and ours_case not in only:
+                continue
             if args.quick and label != SERVER[0][0] and ours_case.startswith("push"):
                 continue  # one push is enough for --quick
             if ours_case.startswith("push"):

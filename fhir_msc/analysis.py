@@ -11,6 +11,7 @@ from array import array
 from collections.abc import Collection
 from sys import intern
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,13 +67,33 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
         values.append(float(finding.result) if is_number else math.nan)
         subject_ids.append(finding.subject)
         dates.append(intern(finding.date))
-    columns = {name: pd.Categorical.from_codes(np.array(codes, dtype=np.int16), categories=categories[name])
-               for name, codes in coded.items()}
-    columns.update({name: np.array(column, dtype=np.int64) for name, column in numbers.items()})
-    frame = pd.DataFrame({**columns, "subject": subject_ids, "value": np.array(values, dtype=float),
-                          "date": dates}, columns=FRAME_COLUMNS)
-    del coded, numbers, subject_ids, dates, values, columns  # free the columns before sorting copies the frame
-    return frame.sort_values(["outcome", "visitnum", "subject"], kind="stable").reset_index(drop=True)
+    del by_subject, subjects, findings
+    raw: dict[str, Any] = {**coded, **numbers, "subject": subject_ids, "value": values, "date": dates}
+    del coded, numbers, subject_ids, values, dates  # _sorted_frame frees each column once it is in order
+    return _sorted_frame(categories, raw)
+
+
+def _sorted_frame(categories: dict[str, list[str]], raw: dict[str, Any]) -> pd.DataFrame:
+    """The frame in (outcome, visit number, subject) order from ``raw`` columns, emptied as it goes.
+
+    Each column is put in order once and its unordered form dropped, so the frame is never
+    held twice (as sorting a built frame would).
+    """
+    dtypes = {"age": np.int64, "visitnum": np.int64, "value": float, "subject": object, "date": object}
+    arrays = {name: np.asarray(raw.pop(name), dtype=dtypes[name]) for name in ("subject", "date")}
+    subject_rank = np.unique(arrays["subject"], return_inverse=True)[1]
+    order = np.lexsort((subject_rank, np.frombuffer(raw["visitnum"], dtype=np.int64),
+                        np.frombuffer(raw["outcome"], dtype=np.int16)))
+    del subject_rank
+    columns: dict[str, Any] = {name: arrays.pop(name)[order] for name in ("subject", "date")}
+    for name in list(raw):
+        column = raw.pop(name)
+        if name in categories:
+            columns[name] = pd.Categorical.from_codes(np.frombuffer(column, dtype=np.int16)[order], categories=categories[name])
+        else:
+            columns[name] = np.frombuffer(column, dtype=dtypes[name])[order]
+        del column
+    return pd.DataFrame(columns, columns=FRAME_COLUMNS, copy=False)
 
 
 def frame_categories(study: Study) -> dict[str, list[str]]:
