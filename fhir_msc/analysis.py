@@ -38,15 +38,16 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
     subjects, findings = read_records(study, source, visits)
     categories = frame_categories(study)
     code_of = {name: {value: code for code, value in enumerate(values)} for name, values in categories.items()}
-    by_subject = {key: (code_of["arm"].get(s.arm_code, -1), code_of["sex"].get(s.sex, -1), s.age)
-                  for key, s in subjects.items()}
+    names = sorted(subjects)  # a subject is kept as its place in this list
+    by_subject = {key: (code_of["arm"].get(subjects[key].arm_code, -1), code_of["sex"].get(subjects[key].sex, -1),
+                        subjects[key].age, number) for number, key in enumerate(names)}
     by_outcome = {o.code: (code_of["outcome"][o.code], code_of["unit"].get(o.unit, -1), o.type == "quantity")
                   for o in study.outcomes}
     by_visitnum = {visit.visitnum: code_of["visit"][visit.code] for visit in study.visits}
     answer_code = code_of["answer"]
     coded = {name: array("h") for name in categories}  # category codes, -1 for missing
     numbers = {name: array("q") for name in ("age", "visitnum")}
-    subject_ids: list[str] = []
+    subject_numbers = array("i")
     dates: list[str] = []
     values = array("d")
     arm_, sex_, visit_, outcome_, answer_, unit_ = (coded[name].append for name in
@@ -65,27 +66,26 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
         unit_(unit if is_number else -1)
         answer_(-1 if is_number else answer_code.get(finding.result, -1))
         values.append(float(finding.result) if is_number else math.nan)
-        subject_ids.append(finding.subject)
+        subject_numbers.append(subject[3])
         dates.append(intern(finding.date))
     del by_subject, subjects, findings
-    raw: dict[str, Any] = {**coded, **numbers, "subject": subject_ids, "value": values, "date": dates}
-    del coded, numbers, subject_ids, values, dates  # _sorted_frame frees each column once it is in order
-    return _sorted_frame(categories, raw)
+    raw: dict[str, Any] = {**coded, **numbers, "subject": subject_numbers, "value": values, "date": dates}
+    del coded, numbers, subject_numbers, values, dates  # _sorted_frame frees each column once it is in order
+    return _sorted_frame(categories, np.array(names, dtype=object), raw)
 
 
-def _sorted_frame(categories: dict[str, list[str]], raw: dict[str, Any]) -> pd.DataFrame:
+def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict[str, Any]) -> pd.DataFrame:
     """The frame in (outcome, visit number, subject) order from ``raw`` columns, emptied as it goes.
 
-    Each column is put in order once and its unordered form dropped, so the frame is never
-    held twice (as sorting a built frame would).
+    Subjects come as numbers into ``names`` (sorted). Each column is put in order once and its
+    unordered form dropped, so the frame is never held twice (as sorting a built frame would).
     """
-    dtypes = {"age": np.int64, "visitnum": np.int64, "value": float, "subject": object, "date": object}
-    arrays = {name: np.asarray(raw.pop(name), dtype=dtypes[name]) for name in ("subject", "date")}
-    subject_rank = np.unique(arrays["subject"], return_inverse=True)[1]
-    order = np.lexsort((subject_rank, np.frombuffer(raw["visitnum"], dtype=np.int64),
+    dtypes = {"age": np.int64, "visitnum": np.int64, "value": float}
+    subject = np.frombuffer(raw.pop("subject"), dtype=np.int32)
+    order = np.lexsort((subject, np.frombuffer(raw["visitnum"], dtype=np.int64),
                         np.frombuffer(raw["outcome"], dtype=np.int16)))
-    del subject_rank
-    columns: dict[str, Any] = {name: arrays.pop(name)[order] for name in ("subject", "date")}
+    columns: dict[str, Any] = {"subject": names[subject[order]], "date": np.array(raw.pop("date"), dtype=object)[order]}
+    del subject
     for name in list(raw):
         column = raw.pop(name)
         if name in categories:
