@@ -49,17 +49,11 @@ def case_map_validate(tables: Path, store: Path, url: str | None) -> tuple[float
 
 def case_map_model(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
     """Peer: tables → NDJSON store, then every resource built as a fhir.resources (R4B) model, one by one."""
-    import fhir.resources.R4B as models
-
     target = Store(tempfile.mkdtemp(prefix="bench-mapm-"))
 
     def work() -> int:
         target.write(tables_to_fhir(load_study(), tables, R4, RejectLog(None)))
-        count = 0
-        for r in target.read_all():
-            models.get_fhir_model_class(r["resourceType"])(**r)
-            count += 1
-        return count
+        return _build_models(target)
     return _timed(work)
 
 
@@ -83,15 +77,18 @@ def case_floor_json(tables: Path, store: Path, url: str | None) -> tuple[float, 
 
 def case_model_per_resource(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
     """Peer: building every resource as a fhir.resources (R4B) model, one by one."""
+    return _timed(lambda: _build_models(Store(store)))
+
+
+def _build_models(store: Store) -> int:
+    """Build every resource of ``store`` as a fhir.resources (R4B) model; how many were built."""
     import fhir.resources.R4B as models
 
-    def work() -> int:
-        count = 0
-        for r in Store(store).read_all():
-            models.get_fhir_model_class(r["resourceType"])(**r)
-            count += 1
-        return count
-    return _timed(work)
+    count = 0
+    for r in store.read_all():
+        models.get_fhir_model_class(r["resourceType"])(**r)
+        count += 1
+    return count
 
 
 def case_flatten(tables: Path, store: Path, url: str | None) -> tuple[float, int]:

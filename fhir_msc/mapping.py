@@ -30,7 +30,7 @@ import numpy as np
 
 from .study import Study
 from .tables import (Dataset, DoseRecord, FindingColumns, FindingRecord, RejectLog, Rejection, RowError, SubjectRecord,
-                     parse_dose, parse_finding, parse_subject, read_dataset, read_rows, visit_number)
+                     open_table, parse_dose, parse_finding, parse_subject, read_dataset, read_rows, visit_number)
 from .versions import FhirVersion
 
 UCUM = "http://unitsofmeasure.org"
@@ -350,7 +350,7 @@ def _repeated_finding_keys(path: Path, col: FindingColumns) -> set[int]:
     check keeps in memory only the keys that repeat, not one per finding of the cohort.
     """
     hashes = array("q")
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+    with open_table(path) as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         if not {col.subject, col.visitnum, col.testcd} <= set(header):

@@ -59,10 +59,7 @@ class Store:
                     continue
                 if line.isspace():
                     continue
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise InputError(f"{path}, line {number}: not valid JSON ({exc}); fix or remove the line") from None
+                yield _load_line(path, number, line)
 
     def read_all(self) -> Iterator[Resource]:
         for resource_type in self.resource_types():
@@ -147,11 +144,17 @@ def _lines_with_ids(path: Path) -> Iterator[tuple[bytes, str]]:
         for number, line in enumerate(handle, start=1):
             if line.isspace():
                 continue
-            try:
-                id_ = orjson.loads(line)["id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(f"{path}, line {number}: not a FHIR resource with an id ({exc}); fix or remove the line") from None
-            yield (line if line.endswith(b"\n") else line + b"\n"), id_
+            resource = _load_line(path, number, line)
+            if not isinstance(resource, dict) or "id" not in resource:
+                raise InputError(f"{path}, line {number}: not a FHIR resource with an id; fix or remove the line")
+            yield (line if line.endswith(b"\n") else line + b"\n"), resource["id"]
+
+
+def _load_line(path: Path, number: int, line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{path}, line {number}: not valid JSON ({exc}); fix or remove the line") from None
 
 
 def _digest(id_: str, size: int) -> bytes:

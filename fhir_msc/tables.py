@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 import yaml
 
@@ -144,6 +144,11 @@ class RejectLog:
 
 # --- reading ---------------------------------------------------------------------------
 
+def open_table(path: Path) -> TextIO:
+    """A trial table opened for csv: UTF-8 with or without BOM, undecodable bytes kept (as surrogates) to be reported."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
 def read_rows(path: Path, required: list[str], log: RejectLog) -> Iterator[tuple[int, dict[str, str], list[str], list[str]]]:
     """Yield (row number, {column: value}, header, raw row) for each readable data row.
 
@@ -152,7 +157,7 @@ def read_rows(path: Path, required: list[str], log: RejectLog) -> Iterator[tuple
     """
     display = str(path)
     try:
-        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        handle = open_table(path)
     except FileNotFoundError:
         log.reject(Rejection(file=display, row=None, column=None, value=None,
                              problem="file not found: export it from the trial database or fix the path"))
@@ -399,9 +404,8 @@ def ex_columns(study: Study) -> list[str]:
 
 
 def finding_columns(study: Study, domain: str) -> list[str]:
-    c, s = study.tables.findings.columns, study.tables.findings.suffixes
-    return [c["study"], c["subject"], *(domain + s[k] for k in ("testcd", "test", "result", "unit")),
-            c["visitnum"], c["visit"], domain + s["date"]]
+    col = FindingColumns.of(study, domain)
+    return [col.study, col.subject, col.testcd, col.test, col.result, col.unit, col.visitnum, col.visit, col.date]
 
 
 def subject_row(study: Study, record: SubjectRecord) -> list[str]:
