@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from fhir_msc import Store, get_version, load_study
-from fhir_msc.mapping import tables_to_fhir
-from fhir_msc.study import REPO_ROOT
-from fhir_msc.tables import RejectLog
+from fhir_msc.fhir.mapping import tables_to_fhir
+from fhir_msc.study.definition import REPO_ROOT
+from fhir_msc.tables.sdtm import RejectLog
 
 from .cohort import CACHE, scaled_cohort
 
@@ -82,9 +82,9 @@ def mapped_store(tables: Path, size: int) -> Path:
 
 
 def loaded_server(store: Path) -> LoopbackServer:
-    from fhir_msc.client import FhirClient
-    from fhir_msc.journal import Journal
-    from fhir_msc.sync import push, push_order
+    from fhir_msc.server.client import FhirClient
+    from fhir_msc.server.journal import Journal
+    from fhir_msc.server.sync import push, push_order
 
     server = LoopbackServer()
     push(FhirClient(server.base), push_order(Store(store)), Journal(Path(tempfile.mkdtemp(prefix="bench-journal-"))))

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import orjson
 
-from fhir_msc import Store, get_version, load_study
-from fhir_msc import jobs
-from fhir_msc.analysis import analysis_frame
-from fhir_msc.mapping import tables_to_fhir
-from fhir_msc.tables import RejectLog
-from fhir_msc.validate import validate_resources
+from fhir_msc import Store, get_version, jobs, load_study
+from fhir_msc.analysis.frame import analysis_frame
+from fhir_msc.fhir.mapping import tables_to_fhir
+from fhir_msc.fhir.validate import validate_resources
+from fhir_msc.tables.sdtm import RejectLog
 
 R4 = get_version("R4")
 
@@ -38,7 +37,7 @@ def case_map(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
 
 
 def case_map_validate(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
-    """fhir-msc: tables → NDJSON store, then every resource validated (fhir_msc.validate: the model per shape)."""
+    """fhir-msc: tables → NDJSON store, then every resource validated (fhir_msc.fhir.validate: the model per shape)."""
     target = Store(tempfile.mkdtemp(prefix="bench-mapv-"))
 
     def work() -> int:
@@ -58,7 +57,7 @@ def case_map_model(tables: Path, store: Path, url: str | None) -> tuple[float, i
 
 
 def case_validate(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
-    """fhir-msc: validate every resource of the store (fhir_msc.validate)."""
+    """fhir-msc: validate every resource of the store (fhir_msc.fhir.validate)."""
     return _timed(lambda: sum(validate_resources(Store(store).read_all(), R4).checked.values()))
 
 
@@ -116,9 +115,9 @@ def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int
 
 def case_push_transactions(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """fhir-msc push: transaction Bundles of 50 (PUT Type/id)."""
-    from fhir_msc.client import FhirClient
-    from fhir_msc.journal import Journal
-    from fhir_msc.sync import push, push_order
+    from fhir_msc.server.client import FhirClient
+    from fhir_msc.server.journal import Journal
+    from fhir_msc.server.sync import push, push_order
 
     client = FhirClient(url)
     journal = Journal(Path(tempfile.mkdtemp(prefix="bench-journal-")))
@@ -129,7 +128,7 @@ def case_push_single(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """Baseline: one PUT request per resource (requests.Session)."""
     import requests
 
-    from fhir_msc.sync import push_order
+    from fhir_msc.server.sync import push_order
 
     session = requests.Session()
 
@@ -147,7 +146,7 @@ def case_push_fhirpy(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """Peer: a plain fhirpy loop saving each resource (PUT by id)."""
     from fhirpy import SyncFHIRClient
 
-    from fhir_msc.sync import push_order
+    from fhir_msc.server.sync import push_order
 
     client = SyncFHIRClient(url)
 
@@ -162,9 +161,9 @@ def case_push_fhirpy(tables: Path, store: Path, url: str) -> tuple[float, int]:
 
 def case_pull(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """fhir-msc: pull the study from the server and build the analysis DataFrame."""
-    from fhir_msc.client import FhirClient
-    from fhir_msc.journal import Journal
-    from fhir_msc.sync import pull
+    from fhir_msc.server.client import FhirClient
+    from fhir_msc.server.journal import Journal
+    from fhir_msc.server.sync import pull
 
     study = load_study()
     target = Store(tempfile.mkdtemp(prefix="bench-pull-"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fhir_msc.study import REPO_ROOT
+from fhir_msc.study.definition import REPO_ROOT
 
 FIXTURE = REPO_ROOT / "fixtures" / "msc-covid19"
 CACHE = REPO_ROOT / "benchmarks" / ".cache"

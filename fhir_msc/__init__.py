@@ -1,10 +1,16 @@
 """fhir-msc: clinical-trial tables ↔ FHIR, for the NCT04288102 MSC trial and any study defined in mappings/."""
 
-from .errors import ExitCode, FhirMscError, InputError, StudyDefinitionError, ValidationFailed
+from .errors import (
+    ExitCode,
+    FhirMscError,
+    InputError,
+    StudyDefinitionError,
+    ValidationFailed,
+)
+from .fhir.versions import FhirVersion, get_version
 from .jobs import demo, map_tables, unmap, validate
-from .store import Store
-from .study import Study, load_study
-from .versions import FhirVersion, get_version
+from .store.ndjson import Store
+from .study.definition import Study, load_study
 
 __all__ = [
     "ExitCode", "FhirMscError", "InputError", "StudyDefinitionError", "ValidationFailed",

@@ -19,12 +19,18 @@ import click
 from tqdm import tqdm
 
 from . import jobs
-from .client import connect
-from .sync import METHODS
+from .analysis.report import (
+    FORMATS,
+    comparison_table,
+    forest_plot,
+    render,
+    verification_table,
+)
 from .errors import ExitCode, FhirMscError
-from .report import FORMATS, comparison_table, forest_plot, render, verification_table
-from .study import DEFAULT_STUDY, Study, load_study
-from .versions import VERSIONS, get_version
+from .fhir.versions import VERSIONS, get_version
+from .server.client import connect
+from .server.sync import METHODS
+from .study.definition import DEFAULT_STUDY, Study, load_study
 
 MAX_SHOWN = 20
 

@@ -12,26 +12,32 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import analysis
-from . import hospital as _hospital
-from .hospital import HospitalPullResult
-from . import sync as _sync
-from .client import FhirClient
-from .journal import open_journal
-from .sync import PullResult, PushResult, SyncResult, in_push_order, push_order
-from .analysis import Comparison, Verification
-from .bundle import write_bundle
-from .report import write_report
+from .analysis import frame as analysis
+from .analysis.frame import Comparison, Verification
+from .analysis.report import write_report
 from .errors import InputError
-from .mapping import MapResult, tables_to_fhir
-from .roundtrip import RoundTripResult, check_roundtrip
-from .store import Store, open_resources
-from .study import REPO_ROOT, Study
-from .tables import RejectLog, TableWriter, read_dataset
-from .unmapping import UnmapResult, fhir_to_tables, subjects_in
-from .validate import ValidationReport, validate_resources
-from .versions import (VERSIONS, FhirVersion, administration_medication, get_version, subject_arm_names,
-                       subject_version)
+from .fhir.bundle import open_resources, write_bundle
+from .fhir.mapping import MapResult, tables_to_fhir
+from .fhir.roundtrip import RoundTripResult, check_roundtrip
+from .fhir.unmapping import UnmapResult, fhir_to_tables, subjects_in
+from .fhir.validate import ValidationReport, validate_resources
+from .fhir.versions import (
+    VERSIONS,
+    FhirVersion,
+    administration_medication,
+    get_version,
+    subject_arm_names,
+    subject_version,
+)
+from .server import hospital as _hospital
+from .server import sync as _sync
+from .server.client import FhirClient
+from .server.hospital import HospitalPullResult
+from .server.journal import open_journal
+from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
+from .store.ndjson import Store
+from .study.definition import REPO_ROOT, Study
+from .tables.sdtm import RejectLog, TableWriter, read_dataset
 
 Progress = Callable[[int], None] | None
 DEMO_TABLES = REPO_ROOT / "fixtures" / "msc-covid19"

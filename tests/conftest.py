@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from fhir_msc import Store, get_version, load_study
-from fhir_msc.mapping import tables_to_fhir
-from fhir_msc.study import REPO_ROOT, Study
-from fhir_msc.tables import RejectLog
+from fhir_msc.fhir.mapping import tables_to_fhir
+from fhir_msc.study.definition import REPO_ROOT, Study
+from fhir_msc.tables.sdtm import RejectLog
 
 COHORT = REPO_ROOT / "fixtures" / "msc-covid19"
 DATA = Path(__file__).parent / "data"

@@ -10,7 +10,7 @@ import tempfile
 
 import requests
 
-from fhir_msc.study import REPO_ROOT
+from fhir_msc.study.definition import REPO_ROOT
 
 SERVER_DIR = REPO_ROOT / "server"
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fhir_msc.study import REPO_ROOT
+from fhir_msc.study.definition import REPO_ROOT
 
 
 def _month36(cohort, table, prefix, testcd):

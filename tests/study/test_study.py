@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from fhir_msc import StudyDefinitionError, load_study
-from fhir_msc.study import DEFAULT_STUDY
+from fhir_msc.study.definition import DEFAULT_STUDY
 
 
 def test_msc_study_defines_the_trial(study):

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import requests
@@ -11,8 +10,8 @@ from click.testing import CliRunner
 from fhir_msc import Store
 from fhir_msc.cli import main
 from fhir_msc.errors import InputError
-from fhir_msc.hospital import read_enrollment
-from fhir_msc.study import REPO_ROOT
+from fhir_msc.server.hospital import read_enrollment
+from fhir_msc.study.definition import REPO_ROOT
 
 HOSPITAL = REPO_ROOT / "fixtures" / "hospital"
 

@@ -7,16 +7,15 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_msc import Store, get_version, load_study
-from fhir_msc.analysis import analysis_frame, analyze, verify
-from fhir_msc.bundle import write_bundle
+from fhir_msc.analysis.frame import analysis_frame, analyze, verify
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, InputError
-from fhir_msc.mapping import tables_to_fhir
-from fhir_msc.store import open_resources
-from fhir_msc.tables import RejectLog
-from fhir_msc.unmapping import encounter_prefilter
+from fhir_msc.fhir.bundle import open_resources, write_bundle
+from fhir_msc.fhir.mapping import tables_to_fhir
+from fhir_msc.fhir.unmapping import encounter_prefilter
+from fhir_msc.tables.sdtm import RejectLog
 
-MINI = Path(__file__).parent / "data" / "mini-study"
+MINI = Path(__file__).parents[1] / "data" / "mini-study"
 
 
 def test_frame_has_one_row_per_subject_visit_outcome(study, mapped):

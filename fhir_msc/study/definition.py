@@ -13,9 +13,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from .errors import StudyDefinitionError
+from ..errors import StudyDefinitionError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = REPO_ROOT / "mappings" / "msc-covid19.yaml"
 
 

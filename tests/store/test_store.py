@@ -4,7 +4,12 @@ import orjson
 import pytest
 
 from fhir_msc import InputError, Store
-from fhir_msc.bundle import conditional_url, read_bundle, transaction_entry, write_bundle
+from fhir_msc.fhir.bundle import (
+    conditional_url,
+    read_bundle,
+    transaction_entry,
+    write_bundle,
+)
 
 
 def patient(pid: str, gender: str = "male") -> dict:
@@ -27,7 +32,7 @@ def test_store_write_upserts_by_id(tmp_path):
 
 
 def test_upsert_keeps_old_lines_across_merge_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr("fhir_msc.store.MERGE_BATCH", 2)
+    monkeypatch.setattr("fhir_msc.store.ndjson.MERGE_BATCH", 2)
     store = Store(tmp_path)
     store.write([patient(str(n)) for n in range(7)])
     assert store.write([patient("3", "female"), patient("6", "female"), patient("new")]) == {"Patient": 3}
@@ -43,7 +48,7 @@ def test_store_refuses_the_same_id_twice_in_one_write(tmp_path):
 
 
 def test_digest_collisions_of_different_ids_are_not_repeats(tmp_path, monkeypatch):
-    monkeypatch.setattr("fhir_msc.store.NEW_DIGEST", 1)  # 256 values: 300 ids must collide
+    monkeypatch.setattr("fhir_msc.store.ndjson.NEW_DIGEST", 1)  # 256 values: 300 ids must collide
     store = Store(tmp_path)
     assert store.write([patient(str(n)) for n in range(300)]) == {"Patient": 300}
     with pytest.raises(InputError, match="Patient/7 was produced twice"):

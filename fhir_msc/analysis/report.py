@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import Comparison, Verification
+from .frame import Comparison, Verification
 from .stats import ContinuousSummary
 
 FORMATS = ("table", "csv", "json", "markdown", "html")

@@ -3,9 +3,10 @@
 import pytest
 
 from fhir_msc import Store, get_version
-from fhir_msc.bundle import read_bundle, write_bundle
-from fhir_msc.roundtrip import check_roundtrip, compare_stores, compare_tables
-from fhir_msc.unmapping import BundleSource, fhir_to_tables
+from fhir_msc.fhir.bundle import read_bundle, write_bundle
+from fhir_msc.fhir.roundtrip import check_roundtrip, compare_stores, compare_tables
+from fhir_msc.fhir.unmapping import fhir_to_tables
+from fhir_msc.store.source import BundleSource
 
 
 @pytest.mark.parametrize("version", ["R4", "R5"])

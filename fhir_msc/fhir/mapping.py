@@ -28,9 +28,24 @@ from typing import Any
 
 import numpy as np
 
-from .study import Study
-from .tables import (Dataset, DoseRecord, FindingColumns, FindingRecord, RejectLog, Rejection, RowError, SubjectRecord,
-                     open_table, parse_dose, parse_finding, parse_subject, read_dataset, read_rows, visit_number)
+from ..study.definition import Study
+from ..tables.sdtm import (
+    Dataset,
+    DoseRecord,
+    FindingColumns,
+    FindingRecord,
+    Rejection,
+    RejectLog,
+    RowError,
+    SubjectRecord,
+    open_table,
+    parse_dose,
+    parse_finding,
+    parse_subject,
+    read_dataset,
+    read_rows,
+    visit_number,
+)
 from .versions import FhirVersion
 
 UCUM = "http://unitsofmeasure.org"

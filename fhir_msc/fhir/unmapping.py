@@ -12,42 +12,28 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from ..store.ndjson import Prefilter
+from ..store.source import ResourceSource
+from ..study.definition import Study
+from ..tables.sdtm import (
+    Dataset,
+    DoseRecord,
+    FindingRecord,
+    SubjectRecord,
+    TableWriter,
+    format_number,
+)
 from .mapping import SYNTHETIC_TAG
-from .store import Prefilter
-from .study import Study
-from .tables import Dataset, DoseRecord, FindingRecord, SubjectRecord, TableWriter, format_number
-from .versions import (administration_date, administration_medication, subject_arm_names,
-                       subject_patient_reference)
+from .versions import (
+    administration_date,
+    administration_medication,
+    subject_arm_names,
+    subject_patient_reference,
+)
 
 Resource = dict[str, Any]
-
-
-class ResourceSource(Protocol):
-    """Anything that streams resources by type (Store, BundleSource, a server pull).
-
-    ``prefilter`` is a shortcut for sources that hold raw NDJSON lines (see Store.read).
-    """
-
-    def read(self, resource_type: str, prefilter: Prefilter | None = None) -> Iterator[Resource]: ...
-
-
-class BundleSource:
-    """Resources of an in-memory list, readable by type."""
-
-    def __init__(self, resources: list[Resource]):
-        self._by_type: dict[str, list[Resource]] = {}
-        for resource in resources:
-            self._by_type.setdefault(resource["resourceType"], []).append(resource)
-
-    def read(self, resource_type: str, prefilter: Prefilter | None = None) -> Iterator[Resource]:
-        """The resources of one type; ``prefilter`` is ignored (there are no raw lines to skip)."""
-        return iter(self._by_type.get(resource_type, []))
-
-    def read_all(self) -> Iterator[Resource]:
-        for resource_type in sorted(self._by_type):
-            yield from self._by_type[resource_type]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 import orjson
 
-from .errors import InputError
+from ..errors import InputError
+from ..store.ndjson import Store
+from ..store.source import BundleSource
 
 Resource = dict[str, Any]
 
@@ -95,3 +97,13 @@ def read_bundle(path: Path) -> Iterator[Resource]:
             resource = {"resourceType": resource["resourceType"], "id": full_url[len("urn:uuid:"):],
                         **{k: v for k, v in resource.items() if k != "resourceType"}}
         yield resource
+
+
+def open_resources(path: str | Path):
+    """A readable source of resources: a store directory, or a Bundle JSON file."""
+    path = Path(path)
+    if path.is_dir():
+        return Store(path)
+    if path.is_file():
+        return BundleSource(list(read_bundle(path)))
+    raise InputError(f"{path}: no such store directory or bundle file")

@@ -6,20 +6,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from fhir_msc import Store, load_study
-from fhir_msc import jobs
-from fhir_msc.cli import main
-from fhir_msc.client import FhirClient, RetryPolicy
-from fhir_msc.errors import ExitCode, SyncLocked
-from fhir_msc.journal import Journal, exclusive
-from fhir_msc.roundtrip import compare_tables
-from fhir_msc.sync import SUBJECT_CHUNK, subjects_per_search
-from fhir_msc.unmapping import fhir_to_tables
-
 from faultproxy import FaultProxy
 
-BAD = Path(__file__).parent / "data" / "bad"
+from fhir_msc import Store, jobs
+from fhir_msc.cli import main
+from fhir_msc.errors import ExitCode, SyncLocked
+from fhir_msc.fhir.roundtrip import compare_tables
+from fhir_msc.fhir.unmapping import fhir_to_tables
+from fhir_msc.server.client import FhirClient, RetryPolicy
+from fhir_msc.server.journal import exclusive
+from fhir_msc.server.sync import SUBJECT_CHUNK, subjects_per_search
+
+BAD = Path(__file__).parents[1] / "data" / "bad"
 FAST = RetryPolicy(attempts=5, backoff=0.01, max_delay=0.05, max_total=10)
 
 

@@ -18,8 +18,8 @@ from typing import NamedTuple, TextIO
 
 import yaml
 
-from .errors import InputError
-from .study import Outcome, Study
+from ..errors import InputError
+from ..study.definition import Outcome, Study
 
 REJECT_COLUMN = "REJECT_REASON"
 DATASET_FILE = "dataset.yaml"

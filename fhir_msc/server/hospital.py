@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from ..errors import InputError
+from ..study.definition import Outcome, Study, Visit
+from ..tables.sdtm import FindingRecord, SubjectRecord, format_number
 from .client import FhirClient
-from .errors import InputError
-from .study import Outcome, Study, Visit
-from .tables import FindingRecord, SubjectRecord, format_number
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from .errors import InputError
+from ..errors import InputError
 
 Resource = dict[str, Any]
 Prefilter = Callable[[bytes], bool]
@@ -123,19 +123,6 @@ class Store:
     def clear(self) -> None:
         for resource_type in self.resource_types():
             (self.path / f"{resource_type}{SUFFIX}").unlink()
-
-
-def open_resources(path: str | Path):
-    """A readable source of resources: a store directory, or a Bundle JSON file."""
-    from .bundle import read_bundle
-    from .unmapping import BundleSource
-
-    path = Path(path)
-    if path.is_dir():
-        return Store(path)
-    if path.is_file():
-        return BundleSource(list(read_bundle(path)))
-    raise InputError(f"{path}: no such store directory or bundle file")
 
 
 def _lines_with_ids(path: Path) -> Iterator[tuple[bytes, str]]:

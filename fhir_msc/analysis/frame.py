@@ -9,17 +9,24 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Collection
-from sys import intern
 from dataclasses import dataclass
+from sys import intern
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, StudyDefinitionError
-from .stats import BinarySummary, ContinuousSummary, Estimate, compare_binary, compare_continuous, mantel_haenszel
-from .study import AnalysisPlan, Outcome, PublishedResult, Study
-from .unmapping import ResourceSource, read_records
+from ..errors import InputError, StudyDefinitionError
+from ..fhir.unmapping import ResourceSource, read_records
+from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study
+from .stats import (
+    BinarySummary,
+    ContinuousSummary,
+    Estimate,
+    compare_binary,
+    compare_continuous,
+    mantel_haenszel,
+)
 
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
 

@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bundle import conditional_url, rewrite_references
+from ..errors import MultipleMatches, OperationOutcomeError
+from ..fhir.bundle import conditional_url, rewrite_references
+from ..fhir.unmapping import ref_id
+from ..store.ndjson import Store
+from ..study.definition import Study
 from .client import FhirClient
-from .errors import MultipleMatches, OperationOutcomeError
 from .journal import Journal, content_hash
-from .store import Store
-from .study import Study
-from .unmapping import ref_id
 
 Resource = dict[str, Any]
 Progress = Callable[[int], None] | None

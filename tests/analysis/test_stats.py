@@ -7,7 +7,15 @@ import pytest
 from scipy import stats
 from statsmodels.stats.contingency_tables import Table2x2
 
-from fhir_msc.stats import compare_binary, hodges_lehmann, pairwise_difference, mantel_haenszel, mean_difference, odds_ratio_woolf, risk_difference
+from fhir_msc.analysis.stats import (
+    compare_binary,
+    hodges_lehmann,
+    mantel_haenszel,
+    mean_difference,
+    odds_ratio_woolf,
+    pairwise_difference,
+    risk_difference,
+)
 
 
 def test_woolf_or_matches_the_hand_computation_in_study_md():

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import orjson
 
-from .errors import SyncLocked
+from ..errors import SyncLocked
 
 _SCHEMA = """
 create table if not exists pushed (

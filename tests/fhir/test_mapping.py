@@ -4,10 +4,15 @@ import uuid
 from collections import Counter
 
 from fhir_msc import Store, get_version
-from fhir_msc.mapping import SYNTHETIC_TAG, STUDY_EXTENSION, resource_id, tables_to_fhir
-from fhir_msc.tables import RejectLog
-from fhir_msc.validate import validate_resources
-from fhir_msc.versions import subject_arm_names
+from fhir_msc.fhir.mapping import (
+    STUDY_EXTENSION,
+    SYNTHETIC_TAG,
+    resource_id,
+    tables_to_fhir,
+)
+from fhir_msc.fhir.validate import validate_resources
+from fhir_msc.fhir.versions import subject_arm_names
+from fhir_msc.tables.sdtm import RejectLog
 
 
 def test_every_resource_validates(mapped):

@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from fhir_msc import get_version
-from fhir_msc.validate import ShapeValidator, validate_resource
+from fhir_msc.fhir.validate import ShapeValidator, validate_resource
 
 BAD_VALUES = ["", " padded", "2020-13-45", "has space", "not a uri", "x" * 2000, "\u0000"]
 

@@ -24,9 +24,17 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from .errors import (AuthorizationError, ForeignLinkRefused, InputError, InvalidResponse, MultipleMatches,
-                     OperationOutcomeError, ResourceNotFound, ServerError, TemporaryServerError)
-from .versions import FhirVersion, get_version
+from ..errors import (
+    AuthorizationError,
+    ForeignLinkRefused,
+    InputError,
+    InvalidResponse,
+    MultipleMatches,
+    OperationOutcomeError,
+    ResourceNotFound,
+    TemporaryServerError,
+)
+from ..fhir.versions import FhirVersion, get_version
 
 FHIR_JSON = "application/fhir+json"
 TEMPORARY_STATUSES = frozenset({408, 429, 502, 503, 504})

@@ -1,17 +1,28 @@
 """The client under injected faults (responses mocks): retries, auth, errors, paging safety."""
 
 import json
-from pathlib import Path
 
 import pytest
 import requests
 import responses
 
-from fhir_msc.client import BearerAuth, ClientCredentialsAuth, FhirClient, RetryPolicy, auth_from_env
-from fhir_msc.errors import (AuthorizationError, ForeignLinkRefused, InvalidResponse, MultipleMatches,
-                             OperationOutcomeError, TemporaryServerError)
-from fhir_msc.journal import Journal
-from fhir_msc.sync import push
+from fhir_msc.errors import (
+    AuthorizationError,
+    ForeignLinkRefused,
+    InvalidResponse,
+    MultipleMatches,
+    OperationOutcomeError,
+    TemporaryServerError,
+)
+from fhir_msc.server.client import (
+    BearerAuth,
+    ClientCredentialsAuth,
+    FhirClient,
+    RetryPolicy,
+    auth_from_env,
+)
+from fhir_msc.server.journal import Journal
+from fhir_msc.server.sync import push
 
 BASE = "http://127.0.0.1:9999/fhir"
 OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid",

@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..store.ndjson import Store
+from ..study.definition import Study
+from ..tables.sdtm import RejectLog
 from .mapping import tables_to_fhir
-from .store import Store
-from .study import Study
-from .tables import RejectLog
 from .unmapping import fhir_to_tables
 from .versions import FhirVersion
 

@@ -1,0 +1,1 @@
+"""Analysis: FHIR to a tidy frame, between-arm statistics, reports."""

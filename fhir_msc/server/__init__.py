@@ -1,0 +1,1 @@
+"""FHIR servers: the HTTP client, the sync journal, push/pull/sync, hospital pulls."""

@@ -1,0 +1,1 @@
+"""The embedded store: FHIR NDJSON files, one per resource type."""

@@ -1,0 +1,1 @@
+"""The study definition (mappings/*.yaml): arms, visits, outcomes, codes, analysis plan."""
