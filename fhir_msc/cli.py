@@ -224,9 +224,19 @@ _required_server_option = click.option("--server", metavar="URL", envvar="FHIR_M
                                        help="FHIR server base URL (also FHIR_MSC_SERVER).")
 
 
+_INSECURE_HTTP = "fhir_msc.insecure_http"
+
+
+def _remember_insecure_http(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    ctx.meta[_INSECURE_HTTP] = value  # read by _client, so the commands' signatures need not carry it
+
+
 def _server_options(command):
-    """--ca-bundle, --timeout and --config: how to reach a server."""
+    """--ca-bundle, --timeout, --config and --insecure-http: how to reach a server."""
     for option in (
+        click.option("--insecure-http", is_flag=True, expose_value=False, callback=_remember_insecure_http,
+                     help="Allow credentials over plain http to a host other than loopback (127.0.0.1, ::1, localhost); "
+                          "without it that is refused with exit 2."),
         click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
                      help="CA certificates that sign the server's TLS certificate; verification is always on."),
         click.option("--timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
@@ -244,7 +254,8 @@ _state_option = click.option(
 
 
 def _client(server: str, config: str | None, ca_bundle: str | None, timeout: float):
-    return connect(server, config=config, ca_bundle=ca_bundle, timeout=timeout)
+    insecure_http = click.get_current_context().meta.get(_INSECURE_HTTP, False)
+    return connect(server, config=config, ca_bundle=ca_bundle, timeout=timeout, insecure_http=insecure_http)
 
 
 def _source(source: Path | None, server: str | None, config, ca_bundle, timeout):

@@ -38,6 +38,20 @@ class InputError(FhirMscError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class BadUsage(FhirMscError):
+    """The command line asks for something that cannot or must not be done as given (exit 2, like click's usage errors)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class BadServerUrl(BadUsage):
+    """A server or token URL that is malformed (no host, port out of range, …) or carries a user name or password."""
+
+
+class InsecureHttpRefused(BadUsage):
+    """Credentials would go over plain http to a host other than loopback, and --insecure-http was not given."""
+
+
 class ValidationFailed(FhirMscError):
     """FHIR resources did not validate against the fhir.resources models."""
 
@@ -80,6 +94,10 @@ class InvalidResponse(ServerError):
 
 class ForeignLinkRefused(ServerError):
     """A next link (or redirect) pointed outside the server's base URL: not followed."""
+
+
+class CertificateError(ServerError):
+    """The TLS handshake failed (untrusted or mismatched certificate, not TLS at all): never retried."""
 
 
 class SyncLocked(FhirMscError):

@@ -1,12 +1,18 @@
 """A FHIR REST client on requests: one Session per server, one request function.
 
-- Auth: bearer token, HTTP basic, or OAuth2 client credentials (fetched, cached,
-  refreshed; re-authenticated once on 401). Credentials come from the environment or a
-  config file (see :func:`auth_from_env`), never from argv, and are attached only to
-  requests for the server's own origin.
+- Auth (auth.py): bearer token, HTTP basic, OAuth2 client credentials or SMART Backend
+  Services (tokens fetched through this client's session, cached, re-authenticated once
+  on 401). Credentials come from the environment or a config file, never from argv, are
+  attached only to requests for the server's own origin, and never go over plain http to
+  a host other than loopback unless ``insecure_http``.
+- The base URL is checked first: a malformed one, or one with a user name or password in
+  it, is a one-line error (exit 2) that never echoes the password.
 - Temporary failures (408, 429, 502, 503, 504, connection errors, timeouts) are retried
-  with exponential backoff and jitter, honouring Retry-After up to a cap, bounded in
-  attempts and total time. Everything else maps to one exception class (errors.py).
+  with exponential backoff and jitter, honouring Retry-After (seconds or HTTP-date; a
+  malformed one counts as absent) up to a cap, bounded in attempts and total time. A
+  failed TLS handshake is not temporary: it is reported at once as a certificate problem.
+  Everything else maps to one exception class (errors.py).
+- Redirects are followed on the server's origin only, at most ``MAX_REDIRECTS`` in a row.
 - Searches are generators following ``link[relation=next]``; a next link outside the
   base URL is refused, never followed.
 """
@@ -20,14 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
 from ..errors import (
     AuthorizationError,
     ForeignLinkRefused,
-    InputError,
     InvalidResponse,
     MultipleMatches,
     OperationOutcomeError,
@@ -35,108 +40,24 @@ from ..errors import (
     TemporaryServerError,
 )
 from ..fhir.versions import FhirVersion, get_version
+from .auth import (  # noqa: F401  (the credential kinds are part of this module's interface)
+    BasicAuth,
+    BearerAuth,
+    ClientCredentialsAuth,
+    OriginAuth,
+    SmartBackendAuth,
+    auth_from_env,
+    certificate_error,
+    check_url,
+    load_config,
+    redact,
+    require_private_transport,
+)
+from .auth import origin as _origin
 
 FHIR_JSON = "application/fhir+json"
 TEMPORARY_STATUSES = frozenset({408, 429, 502, 503, 504})
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
-
-
-# --- authentication ------------------------------------------------------------------
-
-class _OriginAuth(requests.auth.AuthBase):
-    """Adds credentials only to requests for one origin."""
-
-    def __init__(self, base_url: str):
-        self.origin = _origin(base_url)
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        if _origin(request.url or "") == self.origin:
-            request.headers["Authorization"] = self.header()
-        return request
-
-    def header(self) -> str:
-        raise NotImplementedError
-
-    def refresh(self) -> bool:
-        """Get fresh credentials after a 401; False if there is nothing to refresh."""
-        return False
-
-    def __repr__(self) -> str:  # never show the secret
-        return f"{type(self).__name__}(origin={self.origin[1]!r})"
-
-
-class BearerAuth(_OriginAuth):
-    def __init__(self, base_url: str, token: str):
-        super().__init__(base_url)
-        self._token = token
-
-    def header(self) -> str:
-        return f"Bearer {self._token}"
-
-
-class BasicAuth(_OriginAuth):
-    def __init__(self, base_url: str, username: str, password: str):
-        super().__init__(base_url)
-        self._basic = requests.auth._basic_auth_str(username, password)
-
-    def header(self) -> str:
-        return self._basic
-
-
-class ClientCredentialsAuth(_OriginAuth):
-    """OAuth2 client credentials grant; the token is cached until shortly before it expires."""
-
-    def __init__(self, base_url: str, token_url: str, client_id: str, client_secret: str, scope: str = "",
-                 session: requests.Session | None = None, timeout: float = 30):
-        super().__init__(base_url)
-        self.token_url, self._client_id, self._secret, self.scope = token_url, client_id, client_secret, scope
-        self._session, self._timeout = session or requests.Session(), timeout
-        self._token: str | None = None
-        self._expires = 0.0
-
-    def header(self) -> str:
-        if self._token is None or time.monotonic() >= self._expires:
-            self._fetch()
-        return f"Bearer {self._token}"
-
-    def refresh(self) -> bool:
-        self._token = None
-        return True
-
-    def _fetch(self) -> None:
-        data = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
-        try:
-            response = self._session.post(self.token_url, data=data, auth=(self._client_id, self._secret), timeout=self._timeout)
-        except requests.RequestException as exc:
-            raise AuthorizationError(f"token endpoint {self.token_url} unreachable: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise AuthorizationError(f"token endpoint {self.token_url} refused the client credentials (HTTP {response.status_code})",
-                                     status=response.status_code, response=response)
-        try:
-            body = response.json()
-            self._token = body["access_token"]
-        except (ValueError, KeyError):
-            raise InvalidResponse(f"token endpoint {self.token_url} sent no access_token") from None
-        self._expires = time.monotonic() + max(float(body.get("expires_in", 300)) - 30, 5)
-
-
-def auth_from_env(base_url: str, env: dict[str, str] | None = None) -> _OriginAuth | None:
-    """Credentials from FHIR_MSC_TOKEN, FHIR_MSC_USERNAME/PASSWORD, or FHIR_MSC_CLIENT_ID/SECRET/TOKEN_URL."""
-    env = os.environ if env is None else env
-    if env.get("FHIR_MSC_TOKEN"):
-        return BearerAuth(base_url, env["FHIR_MSC_TOKEN"])
-    if env.get("FHIR_MSC_USERNAME"):
-        return BasicAuth(base_url, env["FHIR_MSC_USERNAME"], env.get("FHIR_MSC_PASSWORD", ""))
-    if env.get("FHIR_MSC_CLIENT_ID"):
-        if not env.get("FHIR_MSC_TOKEN_URL"):
-            raise InputError("FHIR_MSC_CLIENT_ID is set but FHIR_MSC_TOKEN_URL is not: set the OAuth2 token endpoint")
-        return ClientCredentialsAuth(base_url, env["FHIR_MSC_TOKEN_URL"], env["FHIR_MSC_CLIENT_ID"],
-                                     env.get("FHIR_MSC_CLIENT_SECRET", ""), env.get("FHIR_MSC_SCOPE", ""))
-    return None
+MAX_REDIRECTS = 5
 
 
 # --- retries ---------------------------------------------------------------------------
@@ -157,13 +78,17 @@ class RetryPolicy:
 
 
 def _retry_after(response: requests.Response | None) -> float | None:
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    if value.strip().isdigit():
+    """Seconds to wait from Retry-After (delta-seconds or HTTP-date); None if absent or malformed."""
+    value = (response.headers.get("Retry-After") or "").strip() if response is not None else ""
+    if value.isdigit():
         return float(value)
-    parsed = email.utils.parsedate_to_datetime(value) if value else None
-    return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 # --- the client --------------------------------------------------------------------------
@@ -178,16 +103,17 @@ class RequestStats:
 class FhirClient:
     """A FHIR server at ``base_url``: read, search (paged), transaction/batch, capabilities."""
 
-    def __init__(self, base_url: str, *, auth: _OriginAuth | None = None, timeout: float = 30.0,
+    def __init__(self, base_url: str, *, auth: OriginAuth | None = None, timeout: float = 30.0,
                  verify: bool | str = True, retry: RetryPolicy = RetryPolicy(),
-                 sleep: Callable[[float], None] = time.sleep):
-        if not base_url.startswith(("http://", "https://")):
-            raise InputError(f"{base_url!r} is not an http(s) FHIR base URL")
-        self.base_url = base_url.rstrip("/") + "/"
+                 sleep: Callable[[float], None] = time.sleep, insecure_http: bool = False):
+        self.base_url = check_url(base_url).rstrip("/") + "/"
         self.session = requests.Session()
         self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": "fhir-msc"})
         self.session.verify = verify
         self.session.trust_env = False  # no proxies or netrc picked up behind the user's back
+        if auth is not None:
+            require_private_transport(self.base_url, "server", insecure_http)
+            auth.bind(self.session, timeout, insecure_http)  # token endpoints: same CA bundle, timeout, no proxies
         self.auth, self.timeout, self.retry, self._sleep = auth, timeout, retry, sleep
         self.stats = RequestStats()
         self._capabilities: dict | None = None
@@ -204,7 +130,7 @@ class FhirClient:
         """Send one request with retries; return the parsed JSON body (None for empty)."""
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.url(path_or_url)
         if _origin(url) != _origin(self.base_url) or not url.startswith(self.base_url.rstrip("/")):
-            raise ForeignLinkRefused(f"refusing {url}: it is outside the server {self.base_url}")
+            raise ForeignLinkRefused(f"refusing {redact(url)}: it is outside the server {self.base_url}")
         started, attempt, reauthenticated = time.monotonic(), 0, False
         while True:
             attempt += 1
@@ -228,21 +154,28 @@ class FhirClient:
             self._sleep(wait)
 
     def _send(self, method: str, url: str, json: Any, params: dict | None) -> tuple[requests.Response | None, str | None]:
-        self.stats.requests += 1
+        """One attempt, following at most MAX_REDIRECTS redirects on the server's origin."""
         headers = {"Content-Type": FHIR_JSON} if json is not None else {}
-        try:
-            response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
-                                            timeout=self.timeout, allow_redirects=False)
-        except requests.Timeout:
-            return None, f"no answer within {self.timeout:g}s"
-        except requests.ConnectionError as exc:
-            return None, f"connection failed ({type(exc).__name__})"
-        if response.is_redirect:
-            location = response.headers.get("Location", "")
-            if _origin(urljoin(url, location)) != _origin(self.base_url):
-                raise ForeignLinkRefused(f"{method} {url} redirected to another origin ({_origin(location)[1]}): not followed")
-            return self._send(method, urljoin(url, location), json, params)
-        return response, None
+        first = url
+        for _ in range(MAX_REDIRECTS + 1):
+            self.stats.requests += 1
+            try:
+                response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
+                                                timeout=self.timeout, allow_redirects=False)
+            except requests.exceptions.SSLError as exc:  # before ConnectionError, its parent: not temporary
+                raise certificate_error(method, url, exc) from None
+            except requests.Timeout:
+                return None, f"no answer within {self.timeout:g}s"
+            except requests.ConnectionError as exc:
+                return None, f"connection failed ({type(exc).__name__})"
+            if not response.is_redirect:
+                return response, None
+            location = urljoin(url, response.headers.get("Location", ""))
+            if _origin(location) != _origin(self.base_url):
+                raise ForeignLinkRefused(f"{method} {url} redirected to another origin ({redact(location)}): not followed")
+            url, params = location, None  # the Location is the whole URL, query included
+        raise InvalidResponse(f"{method} {first}: more than {MAX_REDIRECTS} redirects in a row (last to {redact(url)}): "
+                              "check the server's base URL", status=response.status_code, response=response)
 
     def _parse(self, response: requests.Response) -> Any:
         status = response.status_code
@@ -358,31 +291,10 @@ def _diagnostics(outcome: dict | None) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def load_config(path: str | None) -> dict[str, str]:
-    """Settings from a YAML config file, keyed like the environment (FHIR_MSC_TOKEN, …).
-
-    The file is the place for secrets that should not live in the shell environment; it
-    must not be readable by others.
-    """
-    if not path:
-        return {}
-    import stat
-
-    import yaml
-
-    file_mode = os.stat(path).st_mode
-    if file_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(f"{path}: config file with credentials is readable by others: chmod 600 {path}")
-    try:
-        raw = yaml.safe_load(open(path, encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read config file ({exc})") from None
-    return {str(k).upper(): str(v) for k, v in raw.items()}
-
-
 def connect(base_url: str, *, config: str | None = None, ca_bundle: str | None = None, timeout: float = 30.0,
-            retry: RetryPolicy = RetryPolicy()) -> FhirClient:
+            retry: RetryPolicy = RetryPolicy(), insecure_http: bool = False) -> FhirClient:
     """A client for ``base_url`` with credentials from the config file, else the environment."""
+    base_url = check_url(base_url)  # before anything else reads it
     settings = {**os.environ, **load_config(config)}
     return FhirClient(base_url, auth=auth_from_env(base_url, settings), timeout=timeout,
-                      verify=ca_bundle or True, retry=retry)
+                      verify=ca_bundle or True, retry=retry, insecure_http=insecure_http)

@@ -1,14 +1,30 @@
-"""The client under injected faults (responses mocks): retries, auth, errors, paging safety."""
+"""The client under injected faults (responses mocks): retries, auth, errors, paging safety, URL and TLS safety."""
 
+import email.utils
+import http.server
+import ipaddress
 import json
+import re
+import ssl
+import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 import responses
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from fhir_msc.cli import main
 from fhir_msc.errors import (
     AuthorizationError,
+    CertificateError,
+    ExitCode,
     ForeignLinkRefused,
+    InsecureHttpRefused,
     InvalidResponse,
     MultipleMatches,
     OperationOutcomeError,
@@ -20,6 +36,7 @@ from fhir_msc.server.client import (
     FhirClient,
     RetryPolicy,
     auth_from_env,
+    connect,
 )
 from fhir_msc.server.journal import Journal
 from fhir_msc.server.sync import push
@@ -253,3 +270,171 @@ def test_unsorted_search_is_checked_against_the_total():
     client, _ = make_client()
     assert sorted(r["id"] for r in client.search_complete("Patient")) == ["a", "b", "c"]
     assert "_sort" not in responses.calls[0].request.url and "_sort=_id" in responses.calls[2].request.url
+
+
+# --- security: URLs, plain http, token endpoint settings, redirects, Retry-After, TLS -----------------
+
+def cli(*argv: str, env: dict[str, str] | None = None):
+    return CliRunner(env=env).invoke(main, list(argv))
+
+
+@pytest.mark.parametrize("url,why", [
+    ("http://", "no host"),
+    ("http://127.0.0.1:99999/fhir", "port must be 1-65535"),
+    ("http://[::1", "invalid ipv6"),
+    ("ftp://127.0.0.1/fhir", "https://"),
+])
+def test_malformed_server_urls_are_one_line_usage_errors(url, why, tmp_path):
+    result = cli("pull", "--server", url, "--store", str(tmp_path / "s"), "--state", str(tmp_path / "state"))
+    assert result.exit_code == ExitCode.USAGE
+    assert why in result.stderr.lower() and result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("argv", [["pull", "--store", "s"], ["pull", "--store", "s", "--json"],
+                                  ["sync", "--from", "s", "--to"]])
+def test_user_and_password_in_a_url_are_refused_and_never_echoed(argv, tmp_path):
+    url = "http://alice:s3cr%2Ft@127.0.0.1:1/fhir"
+    argv = [*argv, url] if argv[-1] == "--to" else [*argv, "--server", url]
+    result = cli(*argv, "--state", str(tmp_path / "state"))
+    assert result.exit_code == ExitCode.USAGE and "user name or password" in result.stderr
+    assert "s3cr" not in result.output and "alice" not in result.output and "***@127.0.0.1:1/fhir" in result.stderr
+
+
+@responses.activate
+def test_a_next_link_with_credentials_in_it_is_refused_without_echoing_them():
+    responses.get(f"{BASE}/Patient", json={"resourceType": "Bundle", "entry": [], "link": [
+        {"relation": "next", "url": "http://bob:hunter2@127.0.0.1:9999/fhir/Patient?page=2"}]})
+    client, _ = make_client()
+    with pytest.raises(ForeignLinkRefused) as info:
+        list(client.search("Patient"))
+    assert "hunter2" not in str(info.value) and "bob" not in str(info.value)
+
+
+def test_credentials_over_plain_http_go_to_loopback_only():
+    for url in ("http://127.0.0.1:8080/fhir", "http://127.0.0.2/fhir", "http://[::1]:8080/fhir", "http://localhost/fhir",
+                "https://fhir.example.org/fhir"):
+        FhirClient(url, auth=BearerAuth(url, "tok"))
+    FhirClient("http://fhir.example.org/fhir")  # no credentials, nothing to protect
+    with pytest.raises(InsecureHttpRefused, match="--insecure-http"):
+        FhirClient("http://fhir.example.org/fhir", auth=BearerAuth("http://fhir.example.org/fhir", "tok"))
+    token_auth = ClientCredentialsAuth("https://fhir.example.org/fhir", "http://auth.example.org/token", "app", "secret")
+    with pytest.raises(InsecureHttpRefused, match="token endpoint"):
+        FhirClient("https://fhir.example.org/fhir", auth=token_auth)
+
+
+def test_cli_refuses_credentials_over_plain_http_with_exit_2(tmp_path):
+    result = cli("pull", "--server", "http://fhir.example.org/fhir", "--store", str(tmp_path / "s"),
+                 "--state", str(tmp_path / "state"), env={"FHIR_MSC_TOKEN": "tok"})
+    assert result.exit_code == ExitCode.USAGE and result.stderr.count("\n") == 1
+    assert "plain http" in result.stderr and "--insecure-http" in result.stderr and "tok" not in result.stderr.split(":")[-1]
+
+
+@responses.activate
+def test_insecure_http_lets_the_credentials_go(tmp_path):
+    responses.get(re.compile(r"http://fhir\.example\.org/.*"), status=401, json=OUTCOME)
+    result = cli("pull", "--server", "http://fhir.example.org/fhir", "--insecure-http", "--store", str(tmp_path / "s"),
+                 "--state", str(tmp_path / "state"), env={"FHIR_MSC_TOKEN": "tok"})
+    assert result.exit_code == ExitCode.SERVER and "HTTP 401" in result.stderr
+    assert responses.calls[0].request.headers["Authorization"] == "Bearer tok"
+
+
+@responses.activate
+def test_token_endpoint_uses_the_servers_session_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    token_url = "https://auth.example.org/token"
+    responses.post(token_url, json={"access_token": "t", "expires_in": 300})
+    responses.get("https://fhir.example.org/fhir/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    for name, value in {"FHIR_MSC_CLIENT_ID": "app", "FHIR_MSC_CLIENT_SECRET": "secret", "FHIR_MSC_TOKEN_URL": token_url}.items():
+        monkeypatch.setenv(name, value)
+    client = connect("https://fhir.example.org/fhir", ca_bundle=str(ca), timeout=7.0, retry=RetryPolicy(attempts=1))
+    client.read("Patient", "1")
+    token_call = responses.calls[0].request
+    assert token_call.url == token_url
+    assert token_call.req_kwargs["verify"] == str(ca) and token_call.req_kwargs["timeout"] == 7.0
+    assert not token_call.req_kwargs.get("proxies")  # HTTPS_PROXY from the environment is not used
+
+
+@responses.activate
+def test_a_redirect_loop_is_bounded():
+    responses.get(f"{BASE}/Patient/1", status=302, headers={"Location": f"{BASE}/Patient/1"})
+    client, _ = make_client()
+    with pytest.raises(InvalidResponse, match="more than 5 redirects"):
+        client.read("Patient", "1")
+    assert len(responses.calls) == 6
+
+
+@responses.activate
+def test_a_malformed_retry_after_counts_as_absent():
+    responses.get(f"{BASE}/Patient/1", status=503, headers={"Retry-After": "soon"})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client, waits = make_client()
+    assert client.read("Patient", "1")["id"] == "1"
+    assert len(waits) == 1 and 0.25 <= waits[0] <= 0.5  # the backoff, not a crash
+
+
+@responses.activate
+def test_an_http_date_retry_after_is_honoured():
+    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=4), usegmt=True)
+    responses.get(f"{BASE}/Patient/1", status=429, headers={"Retry-After": when})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client, waits = make_client()
+    client.read("Patient", "1")
+    assert len(waits) == 1 and 2.5 <= waits[0] <= 4.0
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An https server on 127.0.0.1 with a fresh self-signed certificate; yields (base URL, certificate file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fhir-msc test")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(METADATA).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/fhir", cert_file
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_handshake_failure_is_reported_not_retried(tls_server, tmp_path):
+    base, cert = tls_server
+    waits: list[float] = []
+    client = FhirClient(base, retry=RetryPolicy(attempts=4, backoff=0.01), sleep=waits.append)
+    with pytest.raises(CertificateError, match="self-signed certificate.*--ca-bundle"):
+        client.capabilities()
+    assert client.stats.requests == 1 and waits == []
+    assert FhirClient(base, verify=str(cert)).capabilities()["resourceType"] == "CapabilityStatement"
+    result = cli("pull", "--server", base, "--store", str(tmp_path / "s"), "--state", str(tmp_path / "state"))
+    assert result.exit_code == ExitCode.SERVER and result.stderr.count("\n") == 1
+    assert "TLS handshake" in result.stderr and "--ca-bundle" in result.stderr and "overloaded" not in result.stderr
