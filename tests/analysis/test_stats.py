@@ -200,9 +200,10 @@ def test_hodges_lehmann_against_brute_force_differences_and_the_mann_whitney_int
     k = math.floor(m * n / 2 - stats.norm.ppf(0.975) * math.sqrt(m * n * (m + n + 1) / 12))
     assert (est.lower, est.upper) == (differences[k - 1], differences[m * n - k])
     # it holds the exact Mann-Whitney inversion, and is at most one order statistic wider on each side
-    # (k is rounded down: conservative; equal to the exact interval for 10/10 and 15/15 here)
+    # (k is rounded down: conservative; equal to the exact interval only for 10/10 and 15/15 here)
     lower, upper = _mann_whitney_exact_interval(x, y, 0.05)
     assert differences[k - 1] <= lower <= differences[k] and differences[m * n - k - 1] <= upper <= differences[m * n - k]
+    assert ((est.lower, est.upper) == (lower, upper)) == ((m, n) in [(10, 10), (15, 15)])
 
 
 def test_mann_whitney_p_with_ties_agrees_with_the_tie_corrected_normal_formula():
