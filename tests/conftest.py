@@ -62,3 +62,22 @@ def fhir_server():
 def demo_store(study, tmp_path_factory) -> Store:
     """The cohort mapped to R4 (read-only)."""
     return _mapped_cohort(study, tmp_path_factory, "R4")
+
+
+# --- the independent validator (Medplum, server/validate.mjs) ------------------------------
+
+from medplum import IndependentValidator  # noqa: E402
+
+_VALIDATORS: dict[str, IndependentValidator] = {}
+
+
+@pytest.fixture(scope="session")
+def independent_validator():
+    """``independent_validator("R4")``: one validate.mjs process per FHIR version for the whole session."""
+    def get(version: str) -> IndependentValidator:
+        if version not in _VALIDATORS:
+            _VALIDATORS[version] = IndependentValidator(version)
+        return _VALIDATORS[version]
+    yield get
+    while _VALIDATORS:
+        _VALIDATORS.popitem()[1].stop()

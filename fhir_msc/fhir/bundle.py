@@ -74,7 +74,10 @@ def write_bundle(resources: Iterable[Resource], path: Path) -> dict[str, int]:
 
 
 def read_bundle(path: Path) -> Iterator[Resource]:
-    """Resources of a Bundle file, with ``urn:uuid`` references turned back into ``Type/id``."""
+    """Resources of a Bundle file, with ``urn:uuid`` references turned back into ``Type/id``.
+
+    Entries without a resource (a transaction's DELETE or GET requests) hold no data and are passed over.
+    """
     try:
         bundle = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -83,7 +86,7 @@ def read_bundle(path: Path) -> Iterator[Resource]:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InputError(f"{path}: not a FHIR Bundle (resourceType is {bundle.get('resourceType') if isinstance(bundle, dict) else None!r})")
-    entries = bundle.get("entry", [])
+    entries = [entry for entry in bundle.get("entry", []) if "resource" in entry]  # a DELETE or GET request has none
     local = {}
     for entry in entries:
         resource = entry.get("resource", {})
@@ -91,7 +94,7 @@ def read_bundle(path: Path) -> Iterator[Resource]:
         if full_url.startswith("urn:uuid:"):
             local[full_url] = f"{resource.get('resourceType')}/{full_url[len('urn:uuid:'):]}"
     for entry in entries:
-        resource = rewrite_references(entry.get("resource", {}), lambda ref: local.get(ref, ref))
+        resource = rewrite_references(entry["resource"], lambda ref: local.get(ref, ref))
         full_url = entry.get("fullUrl", "")
         if "id" not in resource and full_url.startswith("urn:uuid:"):
             resource = {"resourceType": resource["resourceType"], "id": full_url[len("urn:uuid:"):],
