@@ -228,7 +228,7 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     if not all(r.ok for r in result.validation.values()):
         sys.exit(ExitCode.INVALID)
     if not result.roundtrip.lossless or result.reproduced < len(result.verification):
-        sys.exit(ExitCode.MISMATCH)
+        sys.exit(ExitCode.MISMATCH)  # also when rows were rejected: the round trip lost them
 
 
 _source_option = click.option(
@@ -335,6 +335,7 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     click.echo(f"store: {result.store}")
     click.echo(f"bundle: {result.bundle}")
     note = " (synthetic data, tagged HTEST)" if result.mapped.synthetic else ""
+    _echo_cut("rejected", result.mapped.rejections, where=f" (all in {result.store / 'rejects'})")
     click.echo(f"mapped {result.mapped.total} resources{note}:")
     for resource_type, count in result.mapped.counts.items():
         click.echo(f"  {resource_type:<26}{count:>6}")

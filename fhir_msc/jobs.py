@@ -242,8 +242,12 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     infusions = Counter(administration_medication(a)["coding"][0]["code"]
                         for a in Store(store).read("MedicationAdministration"))
     frame = analysis.analysis_frame(study, Store(store))
+    comparisons = analysis.analyze(study, frame)
+    if not comparisons:
+        raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
+                         "check the tables and that --study describes them")
     checks = analysis.verify(study, frame)
-    report = write_report(workdir / "report", analysis.analyze(study, frame), checks,
+    report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
                           else f"{study.study.identifier.value}: between-arm comparisons")
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),

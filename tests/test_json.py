@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from referencing import Registry, Resource
 
 from fhir_msc import Store
-from fhir_msc.analysis.export import schema
+from fhir_msc.analysis.export import analyze_json, schema
 from fhir_msc.analysis.frame import Comparison
 from fhir_msc.analysis.report import comparison_table, format_p, render
 from fhir_msc.analysis.stats import compare_binary
@@ -141,3 +141,20 @@ def test_demo_on_another_study_with_json(tmp_path):
     assert {a["arm"]: a["subjects"] for a in document["subjects_by_arm"]} == {"Treatment": 8, "Control": 6}
     assert document["roundtrip"]["lossless"] is True and document["mapped"]["rejections"] == []
     assert Path(document["report"]["html"]).is_file()
+
+
+def test_unmap_json_counts_rows(tmp_path):
+    study = ["--study", str(MINI / "study.yaml")]
+    assert invoke("map", str(MINI / "tables"), "--store", str(tmp_path / "s"), *study).exit_code == 0
+    result = invoke("unmap", str(tmp_path / "s"), "--out", str(tmp_path / "t"), "--json", *study)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["rows"]["dm.csv"] == 14
+
+
+def test_what_was_not_computed_is_null(study):
+    summary = compare_binary((0, 0), (5, 4))  # no events at all: χ² undefined
+    comparison = Comparison(outcome="CTNORM", display="CT", visit="M36", kind="binary", arms=("MSC", "PBO"),
+                            effect=summary.odds_ratio, summary=summary)
+    document = valid(analyze_json(study, [comparison]), "analyze")
+    assert document["comparisons"][0]["p_values"]["chi_square"] is None
+    assert "Haldane" in document["comparisons"][0]["effect"]["note"]
