@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import click
 from tqdm import tqdm
 
 from . import jobs
+from .analysis.export import analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
     comparison_table,
@@ -27,6 +29,7 @@ from .analysis.report import (
     verification_table,
 )
 from .errors import ExitCode, FhirMscError
+from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
 from .server.client import connect
 from .server.sync import METHODS
@@ -57,11 +60,23 @@ def _to_jsonable(value: Any) -> Any:
         return [_to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN and infinities are not JSON
     return value
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(_to_jsonable(value), indent=2))
+    """Result objects as JSON on stdout: dataclasses as objects, paths as strings, NaN as null."""
+    click.echo(json.dumps(_to_jsonable(value), indent=2, ensure_ascii=False, allow_nan=False))
+
+
+def _echo_cut(prefix: str, lines: list[Any], total: int | None = None, where: str = "") -> None:
+    """The first MAX_SHOWN lines on stderr, then "… and N more" for the rest of ``total`` (default: all lines)."""
+    total = len(lines) if total is None else total
+    for line in lines[:MAX_SHOWN]:
+        click.echo(f"{prefix}: {line}", err=True)
+    if total > min(len(lines), MAX_SHOWN):
+        click.echo(f"{prefix}: … and {total - min(len(lines), MAX_SHOWN)} more{where}", err=True)
 
 
 @contextmanager
@@ -132,10 +147,7 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
 
 
 def _echo_map(result: Any, target: Path) -> None:
-    for rejection in result.rejections[:MAX_SHOWN]:
-        click.echo(f"rejected: {rejection}", err=True)
-    if len(result.rejections) > MAX_SHOWN:
-        click.echo(f"rejected: … and {len(result.rejections) - MAX_SHOWN} more (all in the rejects files)", err=True)
+    _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items())
     click.echo(f"mapped {result.total} resources into {target}: {counts or 'nothing'}")
     if result.rejects_files:
@@ -157,8 +169,7 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
         _print_json(result)
         return
     click.echo(f"wrote {out}: " + ", ".join(f"{name} {rows} rows" for name, rows in result.rows.items()))
-    for line in result.skipped[:MAX_SHOWN]:
-        click.echo(f"skipped: {line}", err=True)
+    _echo_cut("skipped", result.skipped)
 
 
 @main.command("validate")
@@ -173,17 +184,22 @@ def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
     with _progress("validating", not as_json) as tick:
         report = jobs.validate(source, get_version(fhir_version), tick)
     if as_json:
-        _print_json(report)
+        _print_json(_validation_json(report))
     else:
         _echo_validation(report)
     if not report.ok:
         sys.exit(ExitCode.INVALID)
 
 
-def _echo_validation(report: Any) -> None:
+def _validation_json(report: ValidationReport) -> dict[str, Any]:
+    """The ``validate`` document (schema fhir_msc/schemas/validate.schema.json)."""
+    return {"version": report.version, "ok": report.ok, "checked": report.checked,
+            "error_count": report.error_count, "errors": _to_jsonable(report.errors)}
+
+
+def _echo_validation(report: ValidationReport) -> None:
     total = sum(report.checked.values())
-    for line in report.errors:
-        click.echo(f"invalid: {line}", err=True)
+    _echo_cut("invalid", report.errors, report.error_count)
     status = "all valid" if report.ok else f"{report.error_count} problem(s)"
     click.echo(f"FHIR {report.version}: {total} resources checked, {status}")
 
@@ -191,25 +207,28 @@ def _echo_validation(report: Any) -> None:
 @main.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("fhir-msc-demo"),
               show_default=True, metavar="DIR", help="Where the store, bundle and round-trip files go.")
+@click.option("--tables", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+              help="Trial tables to run on instead of the synthetic cohort shipped with fhir-msc (pair with --study).")
 @_study_option
 @_json_option
-def demo_command(workdir: Path, study_path: Path, as_json: bool) -> None:
+def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, export, analyze, verify.
 
     Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
-    under --workdir and prints where.
+    under --workdir and prints where. --tables DIR --study FILE runs it on another
+    study's tables.
     """
     study: Study = load_study(study_path)
     with _progress("demo", not as_json) as tick:
-        result = jobs.demo(study, workdir.resolve(), progress=tick)
+        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=tick)
     if as_json:
-        _print_json(result)
+        _print_json(_demo_json(study, result))
     else:
         _echo_demo(result)
     if not all(r.ok for r in result.validation.values()):
         sys.exit(ExitCode.INVALID)
     if not result.roundtrip.lossless or result.reproduced < len(result.verification):
-        sys.exit(ExitCode.MISMATCH)
+        sys.exit(ExitCode.MISMATCH)  # also when rows were rejected: the round trip lost them
 
 
 _source_option = click.option(
@@ -271,22 +290,28 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 @click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable. Other visits are not read.")
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="Output format of the between-arm table.")
+              help="Output format of the between-arm table; json is the same document as --json.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
               help="Also write a forest plot of the effects to this PNG file.")
 @_study_option
+@_json_option
 def analyze_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
-                    visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None, study_path: Path) -> None:
+                    visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None, study_path: Path,
+                    as_json: bool) -> None:
     """Compare the arms for every outcome and visit in the FHIR data at --store or --server.
 
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
-    its 95% CI, p, and the method that computed it.
+    its 95% CI, p, and the method that computed it. --json gives every estimate and
+    p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json).
     """
     study = load_study(study_path)
     comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
                                list(visits) or None, list(outcomes) or None)
-    click.echo(render(comparison_table(comparisons), fmt))
+    if as_json or fmt == "json":
+        _print_json(analyze_json(study, comparisons))
+    else:
+        click.echo(render(comparison_table(comparisons), fmt))
     if plot:
         forest_plot(comparisons, plot, study.study.identifier.value)
         click.echo(f"forest plot: {plot}", err=True)
@@ -302,13 +327,16 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
                    study_path: Path, as_json: bool) -> None:
     """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
-    Compares at the paper's precision and exits 6 if any result does not match.
+    Compares at the paper's precision and exits 6 if any result does not match. --json
+    follows fhir_msc/schemas/verify.schema.json.
     """
-    checks = jobs.verify(load_study(study_path), _source(source, server, config, ca_bundle, timeout))
-    table = verification_table(checks)
-    click.echo(render(table, "json") if as_json else render(table, "table"))
+    study = load_study(study_path)
+    checks = jobs.verify(study, _source(source, server, config, ca_bundle, timeout))
     matched = sum(c.matches for c in checks)
-    if not as_json:
+    if as_json:
+        _print_json(verify_json(study, checks))
+    else:
+        click.echo(render(verification_table(checks), "table"))
         click.echo(f"reproduced {matched}/{len(checks)} published results")
     if matched < len(checks):
         sys.exit(ExitCode.MISMATCH)
@@ -318,6 +346,7 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     click.echo(f"store: {result.store}")
     click.echo(f"bundle: {result.bundle}")
     note = " (synthetic data, tagged HTEST)" if result.mapped.synthetic else ""
+    _echo_cut("rejected", result.mapped.rejections, where=f" (all in {result.store / 'rejects'})")
     click.echo(f"mapped {result.mapped.total} resources{note}:")
     for resource_type, count in result.mapped.counts.items():
         click.echo(f"  {resource_type:<26}{count:>6}")
@@ -337,6 +366,20 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
 
 
+def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
+    """Everything the demo did; its ``verify`` part follows verify.schema.json, ``validation`` validate.schema.json."""
+    return {
+        "workdir": str(result.workdir), "store": str(result.store), "bundle": str(result.bundle),
+        "mapped": {**_to_jsonable(result.mapped), "total": result.mapped.total},
+        "subjects_by_arm": [{"arm": arm, "subjects": n} for arm, n in result.subjects_by_arm.items()],
+        "infusions": [{"treatment": code, "administrations": n} for code, n in result.infusions.items()],
+        "validation": {version: _validation_json(report) for version, report in result.validation.items()},
+        "roundtrip": {**_to_jsonable(result.roundtrip), "lossless": result.roundtrip.lossless},
+        "verify": verify_json(study, result.verification),
+        "report": _to_jsonable(result.report),
+    }
+
+
 def _exit_for(ok: bool) -> None:
     if not ok:
         sys.exit(ExitCode.PARTIAL)
@@ -349,8 +392,7 @@ def _echo_push(result) -> None:
                f"created {result.created}, updated {result.updated}, unchanged {result.unchanged}, failed {len(result.failed)}"
                + ("" if result.dry_run else f"; {result.requests} requests, {result.retries} retries, "
                                             f"{result.seconds:.1f}s, {rate:.0f} resources/s"))
-    for line in result.failed[:MAX_SHOWN]:
-        click.echo(f"failed: {line}", err=True)
+    _echo_cut("failed", result.failed)
 
 
 def _echo_pull(result, store: Path) -> None:

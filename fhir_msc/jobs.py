@@ -36,11 +36,11 @@ from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
 from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
 from .store.ndjson import Store
-from .study.definition import REPO_ROOT, Study
+from .study.definition import Study, package_data
 from .tables.sdtm import RejectLog, TableWriter, read_dataset
 
 Progress = Callable[[int], None] | None
-DEMO_TABLES = REPO_ROOT / "fixtures" / "msc-covid19"
+DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
 
 
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
@@ -222,7 +222,7 @@ class DemoResult:
 
 
 def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = None) -> DemoResult:
-    """Map the synthetic cohort, validate it (R4, R5), round-trip it, export a bundle, analyze and verify it."""
+    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify."""
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "store"
     Store(store).clear()
@@ -242,8 +242,12 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     infusions = Counter(administration_medication(a)["coding"][0]["code"]
                         for a in Store(store).read("MedicationAdministration"))
     frame = analysis.analysis_frame(study, Store(store))
+    comparisons = analysis.analyze(study, frame)
+    if not comparisons:
+        raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
+                         "check the tables and that --study describes them")
     checks = analysis.verify(study, frame)
-    report = write_report(workdir / "report", analysis.analyze(study, frame), checks,
+    report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
                           else f"{study.study.identifier.value}: between-arm comparisons")
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),

@@ -24,10 +24,17 @@ def comparison_table(comparisons: list[Comparison]) -> pd.DataFrame:
             "outcome": c.outcome, "visit": c.visit, f"n {treatment}": c.n[0], f"n {control}": c.n[1],
             treatment: c.arm_summary(0), control: c.arm_summary(1), "effect": c.effect.effect,
             "estimate": round(c.effect.estimate, 2), "ci": f"{c.effect.lower:.2f}–{c.effect.upper:.2f}",
-            "p": round(c.effect.p_value, 3) if c.effect.p_value is not None else None,
+            "p": format_p(c.effect.p_value),
             "method": c.effect.method + (f"; {c.effect.note}" if c.effect.note else ""),
         })
     return pd.DataFrame(rows)
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for people: three decimals, ``<0.001`` below that (never ``0.0``), ``—`` if none."""
+    if p is None or math.isnan(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def verification_table(checks: list[Verification]) -> pd.DataFrame:

@@ -76,7 +76,7 @@ def odds_ratio_woolf(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> Est
     se = math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
     z = Z(1 - alpha / 2)
     p = 2 * stats.norm.sf(abs(log_or / se))
-    return Estimate(effect="odds ratio", method="Woolf (logit) CI, Wald z test on log OR", function="fhir_msc.stats.odds_ratio_woolf",
+    return Estimate(effect="odds ratio", method="Woolf (logit) CI, Wald z test on log OR", function=f"{__name__}.odds_ratio_woolf",
                     alpha=alpha, estimate=math.exp(log_or), se=se, lower=math.exp(log_or - z * se),
                     upper=math.exp(log_or + z * se), p_value=p, note=note)
 
@@ -88,7 +88,7 @@ def risk_difference(events: tuple[int, int], n: tuple[int, int], alpha: float = 
     z = Z(1 - alpha / 2)
     diff = p1 - p2
     p = 2 * stats.norm.sf(abs(diff / se)) if se > 0 else float("nan")
-    return Estimate(effect="risk difference", method="Wald CI", function="fhir_msc.stats.risk_difference",
+    return Estimate(effect="risk difference", method="Wald CI", function=f"{__name__}.risk_difference",
                     alpha=alpha, estimate=diff, se=se, lower=diff - z * se, upper=diff + z * se, p_value=p)
 
 
@@ -141,7 +141,7 @@ def hodges_lehmann(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Estimat
     median = float(np.mean([pairwise_difference(xs, ys, rank) for rank in middle]))
     p = float(stats.mannwhitneyu(xs, ys, alternative="two-sided").pvalue)
     return Estimate(effect="median difference (Hodges-Lehmann)", method="distribution-free CI from Mann-Whitney critical value",
-                    function="fhir_msc.stats.hodges_lehmann; p from scipy.stats.mannwhitneyu", alpha=alpha,
+                    function=f"{__name__}.hodges_lehmann; p from scipy.stats.mannwhitneyu", alpha=alpha,
                     estimate=median, se=None, lower=pairwise_difference(xs, ys, k - 1),
                     upper=pairwise_difference(xs, ys, total - k), p_value=p)
 

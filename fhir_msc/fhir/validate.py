@@ -21,36 +21,49 @@ from .versions import FhirVersion
 MAX_REPORTED = 50
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem with one resource: which resource, where in it, and what is wrong."""
+
+    resource: str  # Type/id
+    path: str  # the element, dotted (code.coding.0.system); "(resource)" for the resource as a whole
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.resource}: {self.path}: {self.message}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ValidationReport:
-    """How many resources of each type were checked, and the first problems found."""
+    """How many resources of each type were checked, and the first MAX_REPORTED problems found."""
 
     version: str
     checked: dict[str, int]
     error_count: int
-    errors: list[str]
+    errors: list[Problem]
 
     @property
     def ok(self) -> bool:
         return self.error_count == 0
 
 
-def validate_resource(resource: dict[str, Any], version: FhirVersion) -> list[str]:
-    """Problems with one resource, as ``Type/id: path: message`` lines (empty if valid)."""
+def validate_resource(resource: dict[str, Any], version: FhirVersion) -> list[Problem]:
+    """Problems with one resource (empty if valid); each prints as ``Type/id: path: message``."""
     return _model_check(resource, version)[0]
 
 
-def _model_check(resource: dict[str, Any], version: FhirVersion) -> tuple[list[str], Any]:
+def _model_check(resource: dict[str, Any], version: FhirVersion) -> tuple[list[Problem], Any]:
     """(problems, the validated model instance or None): the fhir.resources model's verdict."""
     label = f"{resource.get('resourceType')}/{resource.get('id')}"
     try:
         model = version.models().get_fhir_model_class(resource.get("resourceType", ""))
     except (KeyError, ValueError, AttributeError):
-        return [f"{label}: unknown resourceType for FHIR {version.name}"], None
+        return [Problem(label, "resourceType", f"not a FHIR {version.name} resource type")], None
     try:
         return [], model.model_validate(resource)
     except ValidationError as exc:
-        return [f"{label}: {'.'.join(str(p) for p in err['loc']) or '(resource)'}: {err['msg']}" for err in exc.errors()], None
+        return [Problem(label, ".".join(str(p) for p in err["loc"]) or "(resource)", err["msg"])
+                for err in exc.errors()], None
 
 
 class ShapeValidator:
@@ -72,7 +85,7 @@ class ShapeValidator:
         self._plans: dict[tuple, list[TypeAdapter | None]] = {}
         self._valid: set[tuple[int, type, Any]] = set()
 
-    def problems(self, resource: dict[str, Any]) -> list[str]:
+    def problems(self, resource: dict[str, Any]) -> list[Problem]:
         leaves: list[Any] = []
         shape = _shape(resource, leaves)
         plan = self._plans.get(shape)
@@ -159,7 +172,7 @@ def validate_resources(resources: Iterable[dict[str, Any]], version: FhirVersion
     """Validate every resource (the model's verdict, computed per shape: see ShapeValidator)."""
     validator = ShapeValidator(version)
     checked: Counter[str] = Counter()
-    errors: list[str] = []
+    errors: list[Problem] = []
     error_count = 0
     for resource in resources:
         checked[resource.get("resourceType", "?")] += 1

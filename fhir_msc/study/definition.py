@@ -7,6 +7,7 @@ It is validated on load (pydantic), so a typo in the mapping is reported with it
 from __future__ import annotations
 
 from functools import cached_property
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +16,21 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ..errors import StudyDefinitionError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_STUDY = REPO_ROOT / "mappings" / "msc-covid19.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
+
+
+def package_data(name: str, checkout: str) -> Path:
+    """A data directory shipped in the wheel as ``fhir_msc/_data/NAME``.
+
+    Running from a source checkout or an editable install, where pyproject.toml's mapping
+    of the top-level directories into the package does not apply, it is ``CHECKOUT``
+    under the repository root instead.
+    """
+    shipped = files("fhir_msc").joinpath("_data", name)
+    return shipped if isinstance(shipped, Path) and shipped.is_dir() else REPO_ROOT / checkout
+
+
+DEFAULT_STUDY = package_data("mappings", "mappings") / "msc-covid19.yaml"
 
 
 class _Model(BaseModel):

@@ -95,7 +95,7 @@ def test_a_second_study_needs_only_its_yaml(tmp_path):
     assert len(checks) == 2 and all(c.matches for c in checks), [c.mismatches for c in checks]
 
 
-@pytest.mark.parametrize("fmt", ["table", "csv", "json", "markdown", "html"])
+@pytest.mark.parametrize("fmt", ["table", "csv", "markdown", "html"])  # json: tests/test_json.py
 def test_analyze_command_formats(cohort, tmp_path, fmt):
     runner = CliRunner()
     assert runner.invoke(main, ["map", str(cohort), "--store", str(tmp_path / "s")]).exit_code == 0

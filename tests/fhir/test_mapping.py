@@ -93,4 +93,5 @@ def test_invalid_resource_is_reported(mapped):
     observation = dict(next(store.read("Observation")))
     observation["status"] = 42
     report = validate_resources([observation], get_version(version))
-    assert not report.ok and "status" in report.errors[0]
+    assert not report.ok and report.errors[0].resource == f"Observation/{observation['id']}"
+    assert report.errors[0].path == "status" and str(report.errors[0]).startswith(f"Observation/{observation['id']}: status: ")

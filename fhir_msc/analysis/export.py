@@ -1,0 +1,125 @@
+"""Analysis results as JSON documents for scripts: numbers, not display strings.
+
+The documents follow the JSON Schemas shipped in ``fhir_msc/schemas/``
+(``analyze.schema.json``, ``verify.schema.json``). Their keys never depend on the study's
+arm codes: each arm is an entry of ``arms`` with its ``role`` in the study definition's
+analysis plan (``treatment`` or ``control``) and its ``code``. Values that were not
+computed (a χ² test on a table with an empty margin, an SE that does not exist) are null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.resources import files
+from typing import Any
+
+from ..study.definition import PublishedResult, Study
+from .frame import Comparison, Verification
+from .stats import BinarySummary, ContinuousSummary, Estimate
+
+SCHEMA_BASE = "https://fhir-msc.org/schemas/"
+ROLES = ("treatment", "control")
+
+
+def schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of one document (``analyze``, ``verify`` or ``validate``), as shipped in the package."""
+    return json.loads(files("fhir_msc").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+def number(value: float | None) -> float | None:
+    """A float for JSON: NaN and infinities (not JSON) become null."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def estimate_json(key: str, estimate: Estimate) -> dict[str, Any]:
+    """One estimate: its effect key (as in the study definition), numbers, and how it was computed."""
+    return {"effect": key, "label": estimate.effect, "estimate": number(estimate.estimate), "se": number(estimate.se),
+            "lower": number(estimate.lower), "upper": number(estimate.upper), "p": number(estimate.p_value),
+            "alpha": estimate.alpha, "method": estimate.method, "function": estimate.function, "note": estimate.note}
+
+
+def _estimates(comparison: Comparison) -> dict[str, Estimate]:
+    """Every estimate computed for the comparison, by effect key; the reported one included."""
+    s = comparison.summary
+    found: dict[str, Estimate]
+    if isinstance(s, BinarySummary):
+        found = {"odds-ratio": s.odds_ratio, "risk-difference": s.risk_difference}
+        if all(e is not comparison.effect for e in found.values()):
+            found["odds-ratio-mh"] = comparison.effect
+    else:
+        found = {"mean-difference": s.mean_difference, "mean-difference-welch": s.mean_difference_welch,
+                 "hodges-lehmann": s.hodges_lehmann}
+    return found
+
+
+def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[str, float | None]:
+    """Every p-value computed for the comparison, named by its test."""
+    s = comparison.summary
+    if isinstance(s, BinarySummary):
+        p = {"fisher_exact": s.fisher_p, "chi_square": s.chi2_p, "wald_odds_ratio": s.odds_ratio.p_value,
+             "wald_risk_difference": s.risk_difference.p_value}
+        if "odds-ratio-mh" in estimates:
+            p["mantel_haenszel"] = estimates["odds-ratio-mh"].p_value
+    else:
+        p = {"t_pooled": s.mean_difference.p_value, "t_welch": s.mean_difference_welch.p_value,
+             "mann_whitney": s.mann_whitney_p}
+    return {name: number(value) for name, value in p.items()}
+
+
+def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
+    code, s = comparison.arms[index], comparison.summary
+    arm: dict[str, Any] = {"role": ROLES[index], "code": code, "name": study.arm_by_code[code].name, "n": s.n[index]}
+    if isinstance(s, BinarySummary):
+        arm.update(events=s.events[index], percent=number(s.percent[index]))
+    elif isinstance(s, ContinuousSummary):
+        arm.update(mean=number(s.mean[index]), sd=number(s.sd[index]), median=number(s.median[index]),
+                   q1=number(s.q1[index]), q3=number(s.q3[index]))
+    return arm
+
+
+def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
+    """One outcome at one visit: both arms, the planned effect, every estimate and every p-value."""
+    estimates = _estimates(comparison)
+    key = next(k for k, e in estimates.items() if e is comparison.effect)
+    return {"outcome": comparison.outcome, "display": comparison.display, "visit": comparison.visit,
+            "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
+            "effect": estimate_json(key, comparison.effect),
+            "estimates": {k: estimate_json(k, e) for k, e in estimates.items()},
+            "p_values": _p_values(comparison, estimates)}
+
+
+def analyze_json(study: Study, comparisons: list[Comparison]) -> dict[str, Any]:
+    """The ``analyze`` document (schema ``analyze.schema.json``)."""
+    return {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
+            "comparisons": [comparison_json(study, c) for c in comparisons]}
+
+
+def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
+    plan = study.analysis
+    assert plan is not None  # verify() needs a plan
+    arms = []
+    for role, code in zip(ROLES, (plan.treatment, plan.control)):
+        arm: dict[str, Any] = {"role": role, "code": code}
+        if target.counts and code in target.counts:
+            arm.update(events=target.counts[code][0], n=target.counts[code][1])
+        if target.medians and code in target.medians:
+            arm.update(median=target.medians[code])
+        arms.append(arm)
+    return {"estimate": target.estimate, "lower": target.lower, "upper": target.upper, "decimals": target.decimals,
+            "source": target.source, "arms": arms}
+
+
+def verify_json(study: Study, checks: list[Verification]) -> dict[str, Any]:
+    """The ``verify`` document (schema ``verify.schema.json``): overall result, counts, each check."""
+    reproduced = sum(check.matches for check in checks)
+    return {
+        "$schema": SCHEMA_BASE + "verify.schema.json", "study": study.study.identifier.value,
+        "result": "reproduced" if reproduced == len(checks) else "not reproduced",
+        "counts": {"published": len(checks), "reproduced": reproduced, "not_reproduced": len(checks) - reproduced},
+        "results": [{"outcome": check.published.outcome, "visit": check.published.visit,
+                     "effect": check.published.effect, "matches": check.matches, "mismatches": list(check.mismatches),
+                     "published": _published_json(study, check.published),
+                     "reproduced": comparison_json(study, check.reproduced) if check.reproduced else None}
+                    for check in checks],
+    }

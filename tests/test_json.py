@@ -1,0 +1,160 @@
+"""--json for scripts: numbers, not display strings, in documents that follow the shipped JSON Schemas."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import click
+import jsonschema
+import pytest
+from click.testing import CliRunner
+from referencing import Registry, Resource
+
+from fhir_msc import Store
+from fhir_msc.analysis.export import analyze_json, schema
+from fhir_msc.analysis.frame import Comparison
+from fhir_msc.analysis.report import comparison_table, format_p, render
+from fhir_msc.analysis.stats import compare_binary
+from fhir_msc.cli import MAX_SHOWN, main
+from fhir_msc.errors import ExitCode
+
+MINI = Path(__file__).parent / "data" / "mini-study"
+REGISTRY = Registry().with_resources(
+    (schema(name)["$id"], Resource.from_contents(schema(name))) for name in ("analyze", "verify", "validate"))
+
+
+def invoke(*argv: str):
+    return CliRunner().invoke(main, list(argv))
+
+
+def valid(document: dict, name: str) -> dict:
+    """``document`` after checking it against the shipped schema ``name`` (raises on any violation)."""
+    jsonschema.Draft202012Validator.check_schema(schema(name))
+    jsonschema.Draft202012Validator(schema(name), registry=REGISTRY).validate(document)
+    return document
+
+
+def keys(value) -> set[str]:
+    """Every object key anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return set(value).union(*(keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(keys(v) for v in value))
+    return set()
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_takes_json(command):
+    assert "as_json" in {p.name for p in main.commands[command].params if isinstance(p, click.Option)}
+
+
+def test_analyze_json_follows_the_schema_with_numbers(demo_store):
+    result = invoke("analyze", "--store", str(demo_store.path), "--visit", "M36", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = valid(json.loads(result.stdout), "analyze")
+    by_outcome = {c["outcome"]: c for c in document["comparisons"]}
+    ct = by_outcome["CTNORM"]
+    assert [(a["role"], a["code"], a["events"], a["n"]) for a in ct["arms"]] == [("treatment", "MSC", 23, 49),
+                                                                                ("control", "PBO", 10, 29)]
+    assert ct["effect"]["effect"] == "odds-ratio" and round(ct["effect"]["estimate"], 2) == 1.68
+    assert (round(ct["effect"]["lower"], 2), round(ct["effect"]["upper"], 2)) == (0.65, 4.34)
+    assert set(ct["p_values"]) == {"fisher_exact", "chi_square", "wald_odds_ratio", "wald_risk_difference"}
+    assert ct["p_values"]["wald_odds_ratio"] == ct["effect"]["p"]
+    gh = by_outcome["SF36GH"]
+    assert set(gh["p_values"]) == {"t_pooled", "t_welch", "mann_whitney"}
+    assert gh["arms"][0]["median"] == 67.0 and round(gh["effect"]["estimate"], 2) == 12.86
+    assert not keys(document) & {"MSC", "PBO", "Placebo"}  # keys never depend on the study's arms
+
+
+def test_format_json_is_the_same_document(demo_store):
+    by_flag = invoke("analyze", "--store", str(demo_store.path), "--visit", "M36", "--outcome", "REINF", "--json")
+    by_format = invoke("analyze", "--store", str(demo_store.path), "--visit", "M36", "--outcome", "REINF",
+                       "--format", "json")
+    assert by_flag.exit_code == by_format.exit_code == 0
+    assert json.loads(by_format.stdout) == json.loads(by_flag.stdout)
+
+
+def test_estimates_name_functions_that_exist(demo_store):
+    document = json.loads(invoke("analyze", "--store", str(demo_store.path), "--visit", "M36", "--json").stdout)
+    named = {e["function"].split(";")[0] for c in document["comparisons"] for e in c["estimates"].values()}
+    ours = {name for name in named if name.startswith("fhir_msc.")}
+    assert ours
+    for name in ours:
+        module, _, function = name.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_verify_json_has_the_result_and_counts(demo_store):
+    result = invoke("verify", "--store", str(demo_store.path), "--json")
+    assert result.exit_code == 0, result.stderr
+    document = valid(json.loads(result.stdout), "verify")
+    assert document["result"] == "reproduced"
+    assert document["counts"] == {"published": 3, "reproduced": 3, "not_reproduced": 0}
+    first = document["results"][0]
+    assert first["published"]["arms"][0] == {"role": "treatment", "code": "MSC", "events": 23, "n": 49}
+    assert round(first["reproduced"]["effect"]["estimate"], 2) == first["published"]["estimate"]
+
+
+def test_verify_json_on_a_mismatch_says_not_reproduced(tmp_path):
+    (tmp_path / "study.yaml").write_text((MINI / "study.yaml").read_text().replace("upper: 61.84", "upper: 70.00"))
+    invoke("map", str(MINI / "tables"), "--store", str(tmp_path / "s"), "--study", str(tmp_path / "study.yaml"))
+    result = invoke("verify", "--store", str(tmp_path / "s"), "--study", str(tmp_path / "study.yaml"), "--json")
+    assert result.exit_code == ExitCode.MISMATCH
+    document = valid(json.loads(result.stdout), "verify")
+    assert document["result"] == "not reproduced" and document["counts"]["not_reproduced"] == 1
+    assert [c["mismatches"] for c in document["results"] if not c["matches"]] == [["upper 61.84 ≠ 70.0"]]
+
+
+def test_validation_errors_are_objects_and_the_human_list_is_cut(tmp_path):
+    Store(tmp_path).write([{"resourceType": "Observation", "id": f"o{i}", "status": "final"} for i in range(60)])
+    result = invoke("validate", str(tmp_path), "--json")
+    assert result.exit_code == ExitCode.INVALID
+    document = valid(json.loads(result.stdout), "validate")
+    assert document["ok"] is False and document["error_count"] == 60 and len(document["errors"]) == 50  # code missing
+    assert {"resource": "Observation/o0", "path": "code", "message": "Field required"} in document["errors"]
+    human = invoke("validate", str(tmp_path))
+    assert human.stderr.count("invalid: Observation/") == MAX_SHOWN
+    assert f"invalid: … and {60 - MAX_SHOWN} more" in human.stderr
+
+
+def test_tiny_p_prints_as_below_one_in_a_thousand_and_json_keeps_it():
+    summary = compare_binary((40, 5), (50, 50))
+    comparison = Comparison(outcome="X", display="X", visit="V", kind="binary", arms=("A", "B"),
+                            effect=summary.odds_ratio, summary=summary)
+    assert summary.odds_ratio.p_value < 1e-6
+    table = render(comparison_table([comparison]), "table")
+    assert "<0.001" in table and " 0.0 " not in table
+    assert [format_p(p) for p in (0.0004, 0.001, 0.0284, None, float("nan"))] == ["<0.001", "0.001", "0.028", "—", "—"]
+
+
+def test_demo_on_another_study_with_json(tmp_path):
+    result = invoke("demo", "--tables", str(MINI / "tables"), "--study", str(MINI / "study.yaml"),
+                    "--workdir", str(tmp_path / "demo"), "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    valid(document["verify"], "verify")
+    for report in document["validation"].values():
+        valid(report, "validate")
+    assert document["verify"]["study"] == "MINI-001" and document["verify"]["counts"]["reproduced"] == 2
+    assert {a["arm"]: a["subjects"] for a in document["subjects_by_arm"]} == {"Treatment": 8, "Control": 6}
+    assert document["roundtrip"]["lossless"] is True and document["mapped"]["rejections"] == []
+    assert Path(document["report"]["html"]).is_file()
+
+
+def test_unmap_json_counts_rows(tmp_path):
+    study = ["--study", str(MINI / "study.yaml")]
+    assert invoke("map", str(MINI / "tables"), "--store", str(tmp_path / "s"), *study).exit_code == 0
+    result = invoke("unmap", str(tmp_path / "s"), "--out", str(tmp_path / "t"), "--json", *study)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["rows"]["dm.csv"] == 14
+
+
+def test_what_was_not_computed_is_null(study):
+    summary = compare_binary((0, 0), (5, 4))  # no events at all: χ² undefined
+    comparison = Comparison(outcome="CTNORM", display="CT", visit="M36", kind="binary", arms=("MSC", "PBO"),
+                            effect=summary.odds_ratio, summary=summary)
+    document = valid(analyze_json(study, [comparison]), "analyze")
+    assert document["comparisons"][0]["p_values"]["chi_square"] is None
+    assert "Haldane" in document["comparisons"][0]["effect"]["note"]
