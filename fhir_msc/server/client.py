@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import random
 import time
@@ -37,6 +38,7 @@ from ..errors import (
 from ..fhir.versions import FhirVersion, get_version
 
 FHIR_JSON = "application/fhir+json"
+log = logging.getLogger(__name__)
 TEMPORARY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 
@@ -230,13 +232,18 @@ class FhirClient:
     def _send(self, method: str, url: str, json: Any, params: dict | None) -> tuple[requests.Response | None, str | None]:
         self.stats.requests += 1
         headers = {"Content-Type": FHIR_JSON} if json is not None else {}
+        started = time.monotonic()
         try:
             response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
                                             timeout=self.timeout, allow_redirects=False)
         except requests.Timeout:
+            log.info("%s %s: no answer within %gs", method, _without_userinfo(url), self.timeout)
             return None, f"no answer within {self.timeout:g}s"
         except requests.ConnectionError as exc:
+            log.info("%s %s: connection failed (%s)", method, _without_userinfo(url), type(exc).__name__)
             return None, f"connection failed ({type(exc).__name__})"
+        log.info("%s %s → %s (%.2fs)", method, _without_userinfo(response.url), response.status_code,
+                 time.monotonic() - started)
         if response.is_redirect:
             location = response.headers.get("Location", "")
             if _origin(urljoin(url, location)) != _origin(self.base_url):
@@ -337,6 +344,12 @@ class FhirClient:
         return self.request("POST", "", json=bundle)
 
 
+def _without_userinfo(url: str) -> str:
+    """The URL as it may be logged: no ``user:password@``."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def _outcome(response: requests.Response | None) -> dict | None:
     if response is None:
         return None
@@ -359,8 +372,9 @@ def _diagnostics(outcome: dict | None) -> str:
 
 
 def load_config(path: str | None) -> dict[str, str]:
-    """Settings from a YAML config file, keyed like the environment (FHIR_MSC_TOKEN, …).
+    """Settings from a YAML config file, keyed like the environment (FHIR_MSC_TOKEN, FHIR_MSC_SERVER, …).
 
+    Keys may leave out the ``FHIR_MSC_`` prefix and be in any case (``server``, ``token``).
     The file is the place for secrets that should not live in the shell environment; it
     must not be readable by others.
     """
@@ -377,7 +391,13 @@ def load_config(path: str | None) -> dict[str, str]:
         raw = yaml.safe_load(open(path, encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: cannot read config file ({exc})") from None
-    return {str(k).upper(): str(v) for k, v in raw.items()}
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a config file is a YAML mapping of keys (server, state, token, …) to values")
+    keys = (str(k).upper() for k in raw)
+    return {k if k.startswith(CONFIG_PREFIX) else CONFIG_PREFIX + k: str(v) for k, v in zip(keys, raw.values())}
+
+
+CONFIG_PREFIX = "FHIR_MSC_"
 
 
 def connect(base_url: str, *, config: str | None = None, ca_bundle: str | None = None, timeout: float = 30.0,
