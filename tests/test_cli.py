@@ -200,9 +200,9 @@ def test_config_file_sets_server_state_and_method(fhir_server, tmp_path, monkeyp
     config = tmp_path / "fhir-msc.yaml"
     config.write_text(f"server: {fhir_server.base}\nFHIR_MSC_STATE: {tmp_path / 'state'}\nmethod: conditional\n")
     config.chmod(0o600)
-    result = invoke("push", str(BAD / "good"), "--config", str(config))
+    result = invoke("push", str(BAD / "good"), "--config", str(config), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert f"pushed to {fhir_server.base}/ (method conditional" in result.output
+    assert f"would push to {fhir_server.base}/ (method conditional" in result.output
     assert (tmp_path / "state" / "journal.sqlite").exists()
     overridden = invoke("push", str(BAD / "good"), "--config", str(config), "--method", "id", "--dry-run")
     assert "(method id" in overridden.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -322,6 +323,7 @@ def _plot_caption(plot: ForestPlot) -> str:
 
 def _html_table(frame: pd.DataFrame, status: bool = False) -> str:
     body = frame.to_html(index=False, border=0, classes="results", na_rep="—", escape=True)
+    body = re.sub(r"<td>([^<]{1,16})</td>", r"<td class='short'>\1</td>", body)  # numbers and codes never wrap
     if status:
         body = body.replace("<td>match</td>", "<td class='ok'>match</td>").replace("<td>MISMATCH", "<td class='bad'>MISMATCH")
     return f"<div class='scroll'>{body}</div>"
@@ -357,6 +359,7 @@ table.results { border-collapse: collapse; width: 100%; font-size: 13px; font-va
 table.results th { text-align: left; color: var(--muted); font-weight: 600; border-bottom: 2px solid var(--line);
                    padding: 6px 8px; white-space: nowrap; }
 table.results td { border-bottom: 1px solid var(--line); padding: 5px 8px; vertical-align: top; }
+table.results td.short { white-space: nowrap; }
 table.results tbody tr:nth-child(even) { background: var(--band); }
 footer { margin-top: 36px; padding-top: 12px; border-top: 1px solid var(--line); color: var(--muted); font-size: 13px; }
 """
