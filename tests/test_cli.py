@@ -75,7 +75,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from fhir_msc import jobs, load_study  # noqa: E402
+from fhir_msc import jobs  # noqa: E402
 from fhir_msc.progress import Progress  # noqa: E402
 from fhir_msc.server.client import FhirClient, load_config  # noqa: E402
 
