@@ -2,22 +2,24 @@
 
 Exit codes (see fhir_msc.errors.ExitCode): 0 success, 1 internal error, 2 bad usage,
 3 some input rows rejected, 4 input unusable, 5 FHIR validation failed, 6 a round trip
-or verification did not reproduce its source.
+or verification did not reproduce its source, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import click
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import jobs
 from .analysis.export import analyze_json, verify_json
@@ -31,7 +33,8 @@ from .analysis.report import (
 from .errors import ExitCode, FhirMscError
 from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
-from .server.client import connect
+from .progress import Progress
+from .server.client import connect, load_config
 from .server.sync import METHODS
 from .study.definition import DEFAULT_STUDY, Study, load_study
 
@@ -39,7 +42,10 @@ MAX_SHOWN = 20
 
 
 class _Cli(click.Group):
-    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors."""
+    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors.
+
+    Ctrl-C ends with what was done, how to resume, and exit code 130.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -47,6 +53,78 @@ class _Cli(click.Group):
         except FhirMscError as exc:
             click.echo(f"fhir-msc: error: {exc}", err=True)
             ctx.exit(int(exc.exit_code))
+        except KeyboardInterrupt:
+            output = ctx.find_object(_Output) or _Output()
+            click.echo(f"\nfhir-msc: interrupted{output.bar.done_so_far() if output.bar else ''}.", err=True)
+            click.echo(f"fhir-msc: {output.resume or 'nothing was changed: rerun the same command'}", err=True)
+            ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+class _Bar(Progress):
+    """A job's progress as a tqdm bar on stderr (total, percent, ETA) when shown; remembers how far it got."""
+
+    def __init__(self, shown: bool):
+        self.active = shown
+        self.label, self.total, self.unit, self.done = "", None, "", 0
+        self._bar: tqdm | None = None
+
+    def start(self, label: str, total: int | None = None, unit: str = "resources") -> None:
+        super().start(label, total, unit)
+        self.close()
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        if self.active:
+            in_bytes = unit == "B"
+            self._bar = tqdm(desc=label, total=total, unit="B" if in_bytes else f" {unit}", unit_scale=in_bytes,
+                             unit_divisor=1024, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def done_so_far(self) -> str:
+        """`` while LABEL: N of TOTAL UNIT done (P%)``, or empty before the first stage."""
+        if not self.label:
+            return ""
+        if self.unit == "B":
+            done = f"{self.done / 2**20:,.1f} of {self.total / 2**20:,.1f} MiB" if self.total else f"{self.done / 2**20:,.1f} MiB"
+        else:
+            done = f"{self.done:,} of {self.total:,} {self.unit}" if self.total is not None else f"{self.done:,} {self.unit}"
+        percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        return f" while {self.label}: {done} done{percent}"
+
+
+@dataclasses.dataclass
+class _Output:
+    """The global output options, and the current job's progress and resume hint."""
+
+    quiet: bool = False
+    progress: bool | None = None  # None: shown when stderr is a terminal
+    bar: _Bar | None = None
+    resume: str = ""
+
+
+def _output() -> _Output:
+    ctx = click.get_current_context(silent=True)
+    return (ctx.find_object(_Output) if ctx else None) or _Output()
+
+
+def _info(message: str, err: bool = False) -> None:
+    """A line that is neither an error nor the result: left out with --quiet."""
+    if not _output().quiet:
+        click.echo(message, err=err)
+
+
+class _LogToStderr(logging.Handler):
+    """Log records as ``fhir-msc: …`` lines on the current stderr (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"fhir-msc: {self.format(record)}", err=True)
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -80,16 +158,22 @@ def _echo_cut(prefix: str, lines: list[Any], total: int | None = None, where: st
 
 
 @contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[Any]:
-    """A tqdm counter on stderr when interactive; a no-op otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    bar = tqdm(desc=label, unit=" rec", file=sys.stderr, leave=False)
+def _progress(enabled: bool, resume: str) -> Iterator[_Bar]:
+    """The job's progress: a bar on stderr on a terminal (or with --progress), never with --quiet.
+
+    ``resume`` tells the user what to do if they interrupt the job.
+    """
+    output = _output()
+    shown = enabled and not output.quiet and (output.progress if output.progress is not None else sys.stderr.isatty())
+    output.bar, output.resume = _Bar(shown), resume
     try:
-        yield bar.update
+        with logging_redirect_tqdm([logging.getLogger("fhir_msc")]) if shown else nullcontext():
+            yield output.bar
     finally:
-        bar.close()
+        output.bar.close()
+
+
+_RERUN = "nothing was changed: rerun the same command"
 
 
 _study_option = click.option(
@@ -104,14 +188,28 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print the r
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fhir-msc")
-def main() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the result.")
+@click.option("--verbose", "-v", is_flag=True, help="Log each step and HTTP request on stderr (never credentials).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show or hide the progress bar (total, percent, ETA) on stderr; default: shown on a terminal.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) -> None:
     """Clinical-trial tables ↔ FHIR: map, validate, move between servers, and reproduce the paper.
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
     embedded store, validates it, round-trips it, analyses it and checks the published
     results. Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
-    `hospital-pull` for servers, `analyze` / `verify` for the statistics.
+    `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
+    job, says what was done and how to resume, and exits with 130.
     """
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other: give one")
+    ctx.obj = _Output(quiet=quiet, progress=progress)
+    if verbose:
+        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        ctx.call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
 
 
 @main.command("map")
@@ -135,9 +233,10 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     some rows were rejected.
     """
     study = load_study(study_path)
-    with _progress("mapping", not as_json) as tick:
+    with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
+                                "rerun the same command") as progress:
         result = jobs.map_tables(study, source, store=store, bundle=bundle, version=get_version(fhir_version),
-                                 rejects=rejects, progress=tick)
+                                 rejects=rejects, progress=progress)
     if as_json:
         _print_json(result)
     else:
@@ -152,8 +251,8 @@ def _echo_map(result: Any, target: Path) -> None:
     click.echo(f"mapped {result.total} resources into {target}: {counts or 'nothing'}")
     if result.rejects_files:
         folder = result.rejects_files[0].parent
-        click.echo(f"{len(result.rejections)} row(s) rejected; fix them in {folder}/ and replay with:\n"
-                   f"  fhir-msc map {folder} --store {target}")
+        _info(f"{len(result.rejections)} row(s) rejected; fix them in {folder}/ and replay with:\n"
+              f"  fhir-msc map {folder} --store {target}")
 
 
 @main.command("unmap")
@@ -164,7 +263,8 @@ def _echo_map(result: Any, target: Path) -> None:
 @_json_option
 def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> None:
     """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables."""
-    result = jobs.unmap(load_study(study_path), source, out)
+    with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
+        result = jobs.unmap(load_study(study_path), source, out, progress)
     if as_json:
         _print_json(result)
         return
@@ -181,8 +281,8 @@ def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
 
     Exit code 5 means at least one resource is invalid.
     """
-    with _progress("validating", not as_json) as tick:
-        report = jobs.validate(source, get_version(fhir_version), tick)
+    with _progress(not as_json, _RERUN) as progress:
+        report = jobs.validate(source, get_version(fhir_version), progress)
     if as_json:
         _print_json(_validation_json(report))
     else:
@@ -219,8 +319,8 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     study's tables.
     """
     study: Study = load_study(study_path)
-    with _progress("demo", not as_json) as tick:
-        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=tick)
+    with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
+        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress)
     if as_json:
         _print_json(_demo_json(study, result))
     else:
@@ -250,6 +350,15 @@ def _remember_insecure_http(ctx: click.Context, _param: click.Parameter, value: 
     ctx.meta[_INSECURE_HTTP] = value  # read by _client, so the commands' signatures need not carry it
 
 
+def _config_defaults(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """Options that read an environment variable take their default from the config file's key of that name."""
+    settings = load_config(path)
+    defaults = {p.name: settings[p.envvar] for p in ctx.command.params
+                if isinstance(p.envvar, str) and p.envvar in settings and p is not param}
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
 def _server_options(command):
     """--ca-bundle, --timeout, --config and --insecure-http: how to reach a server."""
     for option in (
@@ -261,7 +370,9 @@ def _server_options(command):
         click.option("--timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
                      help="Timeout for each HTTP request."),
         click.option("--config", type=click.Path(exists=True, dir_okay=False), envvar="FHIR_MSC_CONFIG", metavar="YAML",
-                     help="Config file with credentials (keys like FHIR_MSC_TOKEN), mode 600; else the environment."),
+                     is_eager=True, callback=_config_defaults,
+                     help="YAML config file, mode 600 (also FHIR_MSC_CONFIG): credentials (FHIR_MSC_TOKEN, …) and "
+                          "defaults for options (server, state, method, study), keyed like the environment variables."),
     ):
         command = option(command)
     return command
@@ -269,7 +380,7 @@ def _server_options(command):
 
 _state_option = click.option(
     "--state", type=click.Path(file_okay=False, path_type=Path), default=Path(".fhir-msc"), show_default=True,
-    envvar="FHIR_MSC_STATE", metavar="DIR", help="Directory for the sync journal and lock.")
+    envvar="FHIR_MSC_STATE", metavar="DIR", help="Directory for the sync journal and lock (also FHIR_MSC_STATE).")
 
 
 def _client(server: str, config: str | None, ca_bundle: str | None, timeout: float):
@@ -278,6 +389,10 @@ def _client(server: str, config: str | None, ca_bundle: str | None, timeout: flo
 
 
 def _source(source: Path | None, server: str | None, config, ca_bundle, timeout):
+    from_default = click.get_current_context().get_parameter_source("server") in (
+        click.core.ParameterSource.ENVIRONMENT, click.core.ParameterSource.DEFAULT_MAP)
+    if source is not None and from_default:
+        server = None  # --store on the command line wins over a server from the environment or config file
     if (source is None) == (server is None):
         raise click.UsageError("give exactly one of --store PATH or --server URL")
     return source if source is not None else _client(server, config, ca_bundle, timeout)
@@ -306,15 +421,16 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json).
     """
     study = load_study(study_path)
-    comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                               list(visits) or None, list(outcomes) or None)
+    with _progress(not as_json, _RERUN) as progress:
+        comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+                                   list(visits) or None, list(outcomes) or None, progress)
     if as_json or fmt == "json":
         _print_json(analyze_json(study, comparisons))
     else:
         click.echo(render(comparison_table(comparisons), fmt))
     if plot:
-        forest_plot(comparisons, plot, study.study.identifier.value)
-        click.echo(f"forest plot: {plot}", err=True)
+        forest_plot(comparisons, plot, study.study.identifier.value, study=study)
+        _info(f"forest plot: {plot}", err=True)
 
 
 @main.command("verify")
@@ -331,38 +447,41 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     follows fhir_msc/schemas/verify.schema.json.
     """
     study = load_study(study_path)
-    checks = jobs.verify(study, _source(source, server, config, ca_bundle, timeout))
+    with _progress(not as_json, _RERUN) as progress:
+        checks = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress)
     matched = sum(c.matches for c in checks)
     if as_json:
         _print_json(verify_json(study, checks))
     else:
-        click.echo(render(verification_table(checks), "table"))
+        if not _output().quiet or matched < len(checks):
+            click.echo(render(verification_table(checks), "table"))
         click.echo(f"reproduced {matched}/{len(checks)} published results")
     if matched < len(checks):
         sys.exit(ExitCode.MISMATCH)
 
 
 def _echo_demo(result: jobs.DemoResult) -> None:
-    click.echo(f"store: {result.store}")
-    click.echo(f"bundle: {result.bundle}")
+    _info(f"store: {result.store}")
+    _info(f"bundle: {result.bundle}")
     note = " (synthetic data, tagged HTEST)" if result.mapped.synthetic else ""
     _echo_cut("rejected", result.mapped.rejections, where=f" (all in {result.store / 'rejects'})")
-    click.echo(f"mapped {result.mapped.total} resources{note}:")
+    _info(f"mapped {result.mapped.total} resources{note}:")
     for resource_type, count in result.mapped.counts.items():
-        click.echo(f"  {resource_type:<26}{count:>6}")
-    click.echo("infusions: " + ", ".join(f"{t} {n}" for t, n in result.infusions.items()))
-    click.echo("subjects by arm: " + ", ".join(f"{arm} {n}" for arm, n in result.subjects_by_arm.items()))
+        _info(f"  {resource_type:<26}{count:>6}")
+    _info("infusions: " + ", ".join(f"{t} {n}" for t, n in result.infusions.items()))
+    _info("subjects by arm: " + ", ".join(f"{arm} {n}" for arm, n in result.subjects_by_arm.items()))
     for version, report in result.validation.items():
-        click.echo(f"validation {version}: {sum(report.checked.values())} resources, "
-                   + ("all valid" if report.ok else f"{report.error_count} problem(s)"))
+        (_info if report.ok else click.echo)(f"validation {version}: {sum(report.checked.values())} resources, "
+                                             + ("all valid" if report.ok else f"{report.error_count} problem(s)"))
     if result.roundtrip.lossless:
-        click.echo("round trip: lossless (tables → FHIR → tables and FHIR → tables → FHIR are equal)")
+        _info("round trip: lossless (tables → FHIR → tables and FHIR → tables → FHIR are equal)")
     else:
         click.echo("round trip: LOSSY")
         for line in result.roundtrip.differences:
             click.echo(f"  {line}")
-    click.echo(render(verification_table(result.verification), "table"))
-    click.echo(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    if not _output().quiet or result.reproduced < len(result.verification):
+        click.echo(render(verification_table(result.verification), "table"))
+    _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
 
 
@@ -406,8 +525,8 @@ def _echo_pull(result, store: Path) -> None:
 @_required_server_option
 @click.option("--bundle-size", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N",
               help="Resources per transaction Bundle; halved automatically if the server rejects a bundle.")
-@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
-              help="id: PUT Type/id; conditional: PUT Type?identifier=…; auto: id if the server allows update-as-create.")
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True, envvar="FHIR_MSC_METHOD",
+              help="id: PUT Type/id; conditional: PUT Type?identifier=…; auto: id if the server allows update-as-create (also FHIR_MSC_METHOD).")
 @click.option("--dry-run", is_flag=True, help="Only say what would be created, updated or left unchanged.")
 @_state_option
 @_server_options
@@ -422,9 +541,10 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     server could not be used.
     """
     client = _client(server, config, ca_bundle, timeout)
-    with _progress("pushing", not as_json) as tick:
+    with _progress(not as_json, f"the journal in {state} records every bundle the server confirmed: "
+                                "rerun the same command to send the rest") as progress:
         result = jobs.push(load_study(study_path), source, client, state, bundle_size=bundle_size, method=method,
-                           dry_run=dry_run, progress=tick)
+                           dry_run=dry_run, progress=progress)
     _print_json(result) if as_json else _echo_push(result)
     _exit_for(result.ok)
 
@@ -445,8 +565,9 @@ def pull_command(server: str, store: Path, full: bool, state: Path, ca_bundle: s
     Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
     """
     client = _client(server, config, ca_bundle, timeout)
-    with _progress("pulling", not as_json) as tick:
-        result = jobs.pull(load_study(study_path), client, store, state, full=full, progress=tick)
+    with _progress(not as_json, f"what was pulled is in {store}; the next pull starts after the last complete one: "
+                                "rerun the same command") as progress:
+        result = jobs.pull(load_study(study_path), client, store, state, full=full, progress=progress)
     _print_json(result) if as_json else _echo_pull(result, store)
 
 
@@ -466,9 +587,10 @@ def sync_command(source: str, target: str, bundle_size: int, state: Path, ca_bun
     Safe from cron: a lock in --state stops concurrent runs (exit 9), only changes move, and
     the exit code says success (0), partial failure (7) or failure (8).
     """
-    with _progress("syncing", not as_json) as tick:
+    with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
+                                "to move the rest") as progress:
         result = jobs.sync(load_study(study_path), source, target, state,
-                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size, progress=tick)
+                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size, progress=progress)
     if as_json:
         _print_json(result)
     else:
@@ -500,13 +622,15 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     used is counted by reason.
     """
     client = _client(server, config, ca_bundle, timeout)
-    result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out)
+    with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
+                                "rerun the same command") as progress:
+        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, progress)
     if as_json:
         _print_json(result)
         return
     click.echo(f"hospital {server}: {result.patients_found}/{result.enrolled} enrolled patients found; "
                f"{len(result.findings)} findings written to {out} and mapped into {store}")
     for reason, count in sorted(result.skipped.items()):
-        click.echo(f"  not used: {count} × {reason}")
+        _info(f"  not used: {count} × {reason}")
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)

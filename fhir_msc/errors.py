@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     PARTIAL = 7  # a push/pull/sync finished, but some resources failed (see the report)
     SERVER = 8  # the server could not be used: unreachable, refused credentials, bad answers
     LOCKED = 9  # another sync holds the lock for this target
+    INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT); what was done and how to resume are printed
 
 
 class FhirMscError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .errors import InputError
+from .progress import NO_PROGRESS, Progress
 from .fhir.bundle import open_resources, write_bundle
 from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
@@ -35,21 +36,21 @@ from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
 from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
-from .store.ndjson import Store
+from .store.ndjson import SUFFIX, Prefilter, Resource, Store
 from .study.definition import Study, package_data
 from .tables.sdtm import RejectLog, TableWriter, read_dataset
 
-Progress = Callable[[int], None] | None
 DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
 
 
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
                version: FhirVersion = get_version("R4"), rejects: Path | None = None,
-               progress: Progress = None) -> MapResult:
+               progress: Progress = NO_PROGRESS) -> MapResult:
     """Map the trial tables in ``source`` into a store directory or a transaction bundle file.
 
     Rejected rows are written to ``rejects`` (default: ``STORE/rejects`` or
-    ``BUNDLE.rejects``), replacing what an earlier run left there.
+    ``BUNDLE.rejects``), replacing what an earlier run left there. Progress is counted in
+    input rows.
     """
     if (store is None) == (bundle is None):
         raise InputError("give exactly one target: a store directory or a bundle file")
@@ -58,20 +59,39 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     if not source.is_dir():
         raise InputError(f"{source}: not a directory of trial tables (dm.csv, ex.csv, findings)")
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
+    progress.start(f"mapping {source}", _table_rows(study, source) if progress.active else None, "rows")
     spool = Path(tempfile.mkdtemp(prefix=".rejects-", dir=rejects.parent if rejects.parent.exists() else None))
     log = RejectLog(spool)
     try:
         if store is not None:
             target = Store(store)
-            resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress)
+            resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress.advance)
             counts = target.write(_widen_existing_visits(target, resources))
         else:
-            counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress), bundle)
-    finally:
+            counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress.advance), bundle)
+    except BaseException:  # an error or Ctrl-C: this run's rejects are not published, the spool goes
         log.close()
+        shutil.rmtree(spool, ignore_errors=True)
+        raise
+    log.close()
     files = _publish_rejects(spool, rejects)
     return MapResult(counts=counts, rejections=log.rejections, rejects_files=files,
                      synthetic=read_dataset(source).synthetic)
+
+
+def _table_rows(study: Study, source: Path) -> int:
+    """Data rows in the input tables (lines after each header): the map job's total, cheaply."""
+    names = [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values()]
+    return sum(max(_lines(source / name) - 1, 0) for name in names if (source / name).is_file())
+
+
+def _lines(path: Path) -> int:
+    """Lines of a file (a last line without a newline counts), read in 1 MiB chunks."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+    return lines + (last != b"\n")
 
 
 def _widen_existing_visits(store: Store, resources: Iterable[dict]) -> Iterable[dict]:
@@ -99,36 +119,104 @@ def _publish_rejects(spool: Path, rejects: Path) -> list[Path]:
     return [rejects / f.name for f in files]
 
 
-def unmap(study: Study, source: Path, out: Path) -> UnmapResult:
+class _Metered:
+    """A store read with one progress stage per resource type, counted in bytes of its file.
+
+    Lines are counted by a prefilter that passes on to the caller's, so lines the caller
+    skips unparsed are counted too; the store is read as before when no one watches.
+    """
+
+    def __init__(self, store: Store, progress: Progress, verb: str):
+        self.store, self.progress, self.verb = store, progress, verb
+
+    def resource_types(self) -> list[str]:
+        return self.store.resource_types()
+
+    def read(self, resource_type: str, prefilter: Prefilter | None = None) -> Iterator[Resource]:
+        path = self.store.path / f"{resource_type}{SUFFIX}"
+        self.progress.start(f"{self.verb} {resource_type}", path.stat().st_size if path.exists() else 0, "B")
+        pending = 0
+
+        def counting(line: bytes) -> bool:
+            nonlocal pending
+            pending += len(line)
+            if pending >= METER_STEP:
+                self.progress.advance(pending)
+                pending = 0
+            return prefilter is None or prefilter(line)
+
+        yield from self.store.read(resource_type, counting)
+        self.progress.advance(pending)
+
+    def read_all(self) -> Iterator[Resource]:
+        for resource_type in self.resource_types():
+            yield from self.read(resource_type)
+
+
+METER_STEP = 1 << 20  # bytes read between progress updates
+
+
+def _opened(source: Path, progress: Progress, verb: str):
+    """``open_resources(source)``, metered when it is a store and someone watches."""
+    opened = open_resources(source)
+    return _Metered(opened, progress, verb) if progress.active and isinstance(opened, Store) else opened
+
+
+def unmap(study: Study, source: Path, out: Path, progress: Progress = NO_PROGRESS) -> UnmapResult:
     """Write the study's trial tables from a store directory or bundle file into ``out``."""
-    return fhir_to_tables(study, open_resources(source), out)
+    return fhir_to_tables(study, _opened(source, progress, "unmapping"), out)
 
 
-def validate(source: Path, version: FhirVersion, progress: Progress = None) -> ValidationReport:
+def validate(source: Path, version: FhirVersion, progress: Progress = NO_PROGRESS) -> ValidationReport:
     """Validate every resource of a store directory or bundle file."""
-    return validate_resources(open_resources(source).read_all(), version, progress)
+    progress.start(f"validating {source} ({version.name})", None)
+    opened = _opened(source, progress, f"validating ({version.name})")
+    if isinstance(opened, Store | _Metered):
+        return validate_resources(opened.read_all(), version)
+    resources = list(opened.read_all())
+    progress.start(f"validating ({version.name})", len(resources))
+    return validate_resources(resources, version, progress.advance)
 
 
-def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None):
-    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
+def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
+                   progress: Progress = NO_PROGRESS):
+    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full).
+
+    Raises InputError when the source holds no findings of the study's subjects (at ``visits``).
+    """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
-                _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True)
-            return analysis.analysis_frame(study, Store(Path(tmp) / "store"), visits)
-    return analysis.analysis_frame(study, open_resources(source), visits)
+                _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+            frame = analysis.analysis_frame(study, Store(Path(tmp) / "store"), visits)
+    else:
+        frame = analysis.analysis_frame(study, _opened(source, progress, "reading"), visits)
+    if frame.empty:
+        where = f" at visit {', '.join(visits)}" if visits else ""
+        name = source.base_url if isinstance(source, FhirClient) else source
+        raise InputError(f"{name}: no findings of {study.study.identifier.value} subjects{where} "
+                         "(no ResearchSubject of this study with Observations): map or pull the study first, "
+                         "or check --study")
+    return frame
 
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-            outcomes: list[str] | None = None) -> list[Comparison]:
+            outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS) -> list[Comparison]:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
-    return analysis.analyze(study, analysis_frame(study, source, visits), visits, outcomes)
+    unknown = [code for code in outcomes or [] if code not in study.outcome_by_code]
+    if unknown:
+        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.outcome_by_code)}")
+    comparisons = analysis.analyze(study, analysis_frame(study, source, visits, progress), visits, outcomes)
+    if not comparisons:
+        name = source.base_url if isinstance(source, FhirClient) else source
+        raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
+    return comparisons
 
 
-def verify(study: Study, source: Path | FhirClient) -> list[Verification]:
+def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS) -> list[Verification]:
     """Recompute the study's published results from a store, bundle or server."""
     visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
-    return analysis.verify(study, analysis_frame(study, source, visits))
+    return analysis.verify(study, analysis_frame(study, source, visits, progress))
 
 
 def is_server(location: str) -> bool:
@@ -148,23 +236,32 @@ def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[d
     return push_order(opened) if isinstance(opened, Store) else in_push_order(list(opened.read_all()))
 
 
+def _push_stage(source: Path, resources: Iterable[dict], progress: Progress) -> None:
+    total = None
+    if progress.active:
+        total = len(resources) if isinstance(resources, list) else sum(Store(source).counts().values())
+    progress.start(f"pushing {source}", total)
+
+
 def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_size: int = 50,
-         method: str = "auto", dry_run: bool = False, progress: Progress = None) -> PushResult:
+         method: str = "auto", dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
     """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``."""
     with open_journal(state) as journal:
-        return _sync.push(client, resources_of(study, source, client.fhir_version()), journal,
-                          bundle_size=bundle_size, method=method, dry_run=dry_run, progress=progress)
+        resources = resources_of(study, source, client.fhir_version())
+        _push_stage(source, resources, progress)
+        return _sync.push(client, resources, journal, bundle_size=bundle_size, method=method, dry_run=dry_run,
+                          progress=progress.advance)
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         progress: Progress = None) -> PullResult:
+         progress: Progress = NO_PROGRESS) -> PullResult:
     """Pull the study from the server into a store; incremental via ``state``."""
     with open_journal(state) as journal:
         return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
-         bundle_size: int = 50, progress: Progress = None) -> SyncResult:
+         bundle_size: int = 50, progress: Progress = NO_PROGRESS) -> SyncResult:
     """Store → server, server → store, or server → server (through a staging store in ``state``)."""
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
@@ -179,23 +276,25 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pushed = None
         if is_server(target):
             client = connect_to(target)
-            pushed = _sync.push(client, resources_of(study, source_path, client.fhir_version()), journal,
-                                bundle_size=bundle_size, progress=progress)
+            resources = resources_of(study, source_path, client.fhir_version())
+            _push_stage(source_path, resources, progress)
+            pushed = _sync.push(client, resources, journal, bundle_size=bundle_size, progress=progress.advance)
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
 
 
-def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path) -> HospitalPullResult:
+def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
+                  progress: Progress = NO_PROGRESS) -> HospitalPullResult:
     """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``."""
     subjects = subjects_in(study, Store(store))
     if not subjects:
         raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
-    result = _hospital.pull_hospital(client, study, _hospital.read_enrollment(enrollment), subjects)
+    result = _hospital.pull_hospital(client, study, _hospital.read_enrollment(enrollment), subjects, progress)
     with TableWriter(study, out) as writer:
         for finding in result.findings:
             writer.finding(finding)
     if result.findings:
         version = subject_version(next(Store(store).read("ResearchSubject"), {}))
-        mapped = map_tables(study, out, store=store, version=version, rejects=out / "rejects")
+        mapped = map_tables(study, out, store=store, version=version, rejects=out / "rejects", progress=progress)
         if mapped.rejections:
             raise InputError(f"{len(mapped.rejections)} hospital finding(s) could not be mapped; see {out / 'rejects'}")
     return result
@@ -221,7 +320,7 @@ class DemoResult:
         return sum(check.matches for check in self.verification)
 
 
-def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = None) -> DemoResult:
+def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS) -> DemoResult:
     """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify."""
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "store"
@@ -232,7 +331,7 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     for name in VERSIONS[1:]:
         other = workdir / f"store-{name.lower()}"
         Store(other).clear()
-        map_tables(study, tables, store=other, version=get_version(name))
+        map_tables(study, tables, store=other, version=get_version(name), progress=progress)
         validation[name] = validate(other, get_version(name), progress)
     roundtrip = check_roundtrip(study, tables, r4, workdir / "roundtrip")
     bundle = workdir / "bundle.json"
@@ -249,7 +348,8 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     checks = analysis.verify(study, frame)
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
-                          else f"{study.study.identifier.value}: between-arm comparisons")
+                          else f"{study.study.identifier.value}: between-arm comparisons",
+                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
                       validation=validation, roundtrip=roundtrip)

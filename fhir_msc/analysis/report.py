@@ -1,16 +1,20 @@
-"""Formatting of analysis results: tables in five formats, a forest plot, the verify table."""
+"""Formatting of analysis results: tables in five formats, a forest plot, the verify table, the HTML report."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
-import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
+from ..study.definition import Study
 from .frame import Comparison, Verification
-from .stats import ContinuousSummary
 
 FORMATS = ("table", "csv", "json", "markdown", "html")
 
@@ -66,63 +70,303 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     return frame.to_string(index=False)
 
 
-def forest_plot(comparisons: list[Comparison], path: Path, title: str = "") -> Path:
-    """PNG forest plot: odds ratios on a log axis; differences of means in pooled-SD units."""
+# --- forest plot --------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class ForestRow:
+    """One comparison as the forest plot draws it: the numbers printed beside it, on its own scale."""
+
+    outcome: str
+    label: str  # "SF-36 general health · M36"
+    visit: str
+    effect: str  # "odds ratio", "difference of means", "median difference (Hodges-Lehmann)", …
+    n: tuple[int, int]  # treatment, control
+    estimate: float
+    lower: float
+    upper: float
+    p: float | None
+    text: str  # "12.86 (1.44 to 24.28)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForestPanel:
+    """Rows sharing one axis: one effect scale, one unit and one direction of benefit."""
+
+    title: str
+    axis: str
+    null: float
+    log: bool
+    favours: tuple[str, str]  # the labels under the left and right side of the axis
+    rows: list[ForestRow]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForestPlot:
+    """What ``forest_plot`` drew, panel by panel, and where."""
+
+    path: Path
+    arms: tuple[str, str]  # treatment, control names
+    panels: list[ForestPanel]
+
+
+def p_text(p: float | None) -> str:
+    """p to three decimals, ``<0.001`` below that, ``—`` when not computed."""
+    if p is None or p != p:
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}".replace("-", "−")
+
+
+def unit_text(unit: str | None) -> str:
+    """A UCUM unit for people: ``{score}`` → points, ``%`` → percentage points (a difference of %)."""
+    if not unit:
+        return ""
+    return {"{score}": "points", "%": "percentage points"}.get(unit, unit.strip("{}"))
+
+
+def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> tuple[tuple[str, str], list[ForestPanel]]:
+    """The comparisons grouped into panels, each on its own scale: odds ratios on a log axis, differences in the
+    outcome's own unit; rows whose benefit lies on opposite sides never share a panel."""
+    arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
+    better = study.analysis.better if study and study.analysis else {}
+    units = {o.code: o.unit for o in study.outcomes} if study else {}
+    arms = comparisons[0].arms if comparisons else ("", "")
+    treatment, control = (arm_names.get(code, code) for code in arms)
+    groups: dict[tuple, list[Comparison]] = {}
+    for c in comparisons:
+        ratio = c.effect.effect.startswith("odds ratio")
+        scale = "ratio" if ratio else ("risk" if c.kind == "binary" else unit_text(units.get(c.outcome)))
+        groups.setdefault((scale, better.get(c.outcome)), []).append(c)
+    panels = []
+    for (scale, direction), rows in groups.items():
+        effects = list(dict.fromkeys(c.effect.effect for c in rows))
+        if scale == "ratio":
+            title, axis, null, log = f"Odds ratio, {treatment} vs {control}", "odds ratio (log scale), 95% CI", 1.0, True
+            neutral = (f"← fewer events with {treatment}", f"more events with {treatment} →")
+            kind = {"higher": " · the event is good", "lower": " · the event is bad"}.get(direction or "", "")
+        else:
+            what = "risk difference" if scale == "risk" else (effects[0] if len(effects) == 1 else "difference")
+            in_unit = "" if scale == "risk" else f", {scale}" if scale else ""
+            title, null, log = f"{what[0].upper()}{what[1:]}, {treatment} − {control}{in_unit}", 0.0, False
+            axis = f"{what}{in_unit}, 95% CI"
+            neutral = (f"← lower with {treatment}", f"higher with {treatment} →")
+            kind = {"higher": " · higher is better", "lower": " · lower is better"}.get(direction or "", "")
+        favours = {"higher": (f"← favours {control}", f"favours {treatment} →"),
+                   "lower": (f"← favours {treatment}", f"favours {control} →")}.get(direction or "", neutral)
+        panels.append(ForestPanel(title=title + kind, axis=axis, null=null, log=log, favours=favours,
+                                  rows=[_forest_row(c, len(effects) > 1) for c in rows]))
+    return (treatment, control), panels
+
+
+def _forest_row(c: Comparison, name_effect: bool) -> ForestRow:
+    e = c.effect
+    short = {"difference of means": "mean", "median difference (Hodges-Lehmann)": "median, HL"}.get(e.effect, e.effect)
+    label = f"{c.display} · {c.visit}" + (f" ({short})" if name_effect else "")
+    return ForestRow(outcome=c.outcome, label=label, visit=c.visit, effect=e.effect, n=c.n, estimate=e.estimate,
+                     lower=e.lower, upper=e.upper, p=e.p_value,
+                     text=f"{_number(e.estimate)} ({_number(e.lower)} to {_number(e.upper)})")
+
+
+# layout in inches
+_WIDTH, _ROW, _TITLE, _HEADER, _FOOT, _TOP = 11.0, 0.3, 0.42, 0.3, 0.78, 0.55
+_AXES = (0.385, 0.66)  # left and right edge of the plot column, as fractions of the width
+_COLUMNS = {"label": 0.012, "n": 0.37, "estimate": 0.685, "p": 0.985}
+_LOG_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50, 100)
+_INK, _MUTED, _ACCENT, _BAND = "#1f2933", "#6b7785", "#1f5fa8", "#f2f5f8"
+
+
+def forest_plot(comparisons: list[Comparison], path: Path, title: str = "", study: Study | None = None) -> ForestPlot:
+    """PNG forest plot: estimate, CI, n per arm and p beside each row; odds ratios on a log axis, differences
+    in the outcome's own unit (one panel per scale, unit and direction of benefit), sides labelled by the arm
+    they favour when the study definition says which direction is better (``analysis.better``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    binary = [c for c in comparisons if c.kind == "binary" and c.effect.effect.startswith("odds ratio")]
-    continuous = [c for c in comparisons if c.kind == "continuous"]
-    panels = [(binary, "odds ratio (log scale), 95% CI", 1.0, True), (continuous, "difference of means / pooled SD, 95% CI", 0.0, False)]
-    panels = [p for p in panels if p[0]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.35 * max(len(p[0]) for p in panels) + 1.6),
-                             squeeze=False)
-    for ax, (rows, label, null, log) in zip(axes[0], panels):
-        points = [_scaled(c) for c in rows]
-        ys = list(range(len(rows)))[::-1]
-        for y, (est, low, high) in zip(ys, points):
-            ax.plot([low, high], [y, y], color="black", lw=1)
-            ax.plot(est, y, "s", color="tab:blue")
-        ax.axvline(null, color="grey", ls="--", lw=1)
-        ax.set_yticks(ys, [f"{c.display} ({c.visit})" for c in rows], fontsize=8)
-        ax.set_xlabel(label)
-        if log:
-            ax.set_xscale("log")
-            low, high = min(p[1] for p in points), max(p[2] for p in points)
-            ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if low / 2 <= t <= high * 2]
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    arms, panels = forest_panels(comparisons, study)
+    heights = [_TITLE + _HEADER + _ROW * len(p.rows) + _FOOT for p in panels]
+    total = _TOP * bool(title) + sum(heights) + 0.1
+    fig = plt.figure(figsize=(_WIDTH, max(total, 1.5)))
+    fig.patch.set_facecolor("white")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.96 if title else 1))
-    fig.savefig(path, dpi=120)
+        fig.text(_COLUMNS["label"], 1 - 0.3 / total, title, fontsize=13, weight="bold", color=_INK, va="center")
+    top = total - _TOP * bool(title)
+    for panel, height in zip(panels, heights):
+        rows_top = top - _TITLE - _HEADER
+        ax = fig.add_axes((_AXES[0], (rows_top - _ROW * len(panel.rows)) / total, _AXES[1] - _AXES[0],
+                           _ROW * len(panel.rows) / total))
+        fig.text(_COLUMNS["label"], (top - _TITLE / 2) / total, panel.title, fontsize=11, weight="bold",
+                 color=_INK, va="center")
+        header_y = (rows_top + _HEADER / 2) / total
+        for key, text, align in (("label", "Outcome · visit", "left"), ("n", f"n {arms[0]} / {arms[1]}", "right"),
+                                 ("estimate", "Estimate (95% CI)", "left"), ("p", "p", "right")):
+            fig.text(_COLUMNS[key], header_y, text, fontsize=8.5, color=_MUTED, weight="bold", ha=align, va="center")
+        _draw_panel(fig, ax, panel)
+        top -= height
+    fig.savefig(path, dpi=150, facecolor="white")
     plt.close(fig)
-    return path
+    return ForestPlot(path=path, arms=arms, panels=panels)
 
 
-def _scaled(c: Comparison) -> tuple[float, float, float]:
-    if isinstance(c.summary, ContinuousSummary):
-        n1, n2 = c.summary.n
-        sd = math.sqrt(((n1 - 1) * c.summary.sd[0] ** 2 + (n2 - 1) * c.summary.sd[1] ** 2) / (n1 + n2 - 2)) or 1.0
-        return c.effect.estimate / sd, c.effect.lower / sd, c.effect.upper / sd
-    return c.effect.estimate, c.effect.lower, c.effect.upper
+def _draw_panel(fig, ax, panel: ForestPanel) -> None:
+    import matplotlib.ticker
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import blended_transform_factory
+
+    beside = blended_transform_factory(fig.transFigure, ax.transData)
+    count = len(panel.rows)
+    for index, row in enumerate(panel.rows):
+        y = count - 1 - index
+        if index % 2 == 0:
+            fig.add_artist(Rectangle((0.005, y - 0.5), 0.99, 1, transform=beside, color=_BAND, zorder=0, lw=0))
+        excludes_null = row.lower > panel.null or row.upper < panel.null
+        ax.plot([row.lower, row.upper], [y, y], color=_INK, lw=1.3, solid_capstyle="butt", zorder=2)
+        ax.plot(row.estimate, y, "s", ms=7, color=_ACCENT, mfc=_ACCENT if excludes_null else "white", mew=1.5, zorder=3)
+        for key, text, align in (("label", row.label, "left"), ("n", f"{row.n[0]} / {row.n[1]}", "right"),
+                                 ("estimate", row.text, "left"), ("p", p_text(row.p), "right")):
+            fig.text(_COLUMNS[key], y, text, transform=beside, fontsize=9, color=_INK, ha=align, va="center")
+    ax.axvline(panel.null, color=_MUTED, ls="--", lw=1, zorder=1)
+    ax.set_ylim(-0.5, count - 0.5)
+    ax.set_yticks([])
+    ax.patch.set_alpha(0)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.spines["bottom"].set_color(_MUTED)
+    ax.tick_params(axis="x", labelsize=8, colors=_INK)
+    low = min(min(r.lower for r in panel.rows), panel.null)
+    high = max(max(r.upper for r in panel.rows), panel.null)
+    if panel.log:
+        ax.set_xscale("log")
+        ax.set_xlim(low / 1.25, high * 1.25)
+        ticks = [t for t in _LOG_TICKS if low / 1.25 <= t <= high * 1.25]
+        if len(ticks) > 7:
+            ticks = [t for t in ticks if str(t).lstrip("0.")[0] in "125"]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:
+        margin = 0.08 * (high - low or 1)
+        ax.set_xlim(low - margin, high + margin)
+    ax.set_xlabel(panel.axis, fontsize=8.5, color=_MUTED, labelpad=3)
+    for text, shift, align in ((panel.favours[0], -4, "right"), (panel.favours[1], 4, "left")):
+        ax.annotate(text, xy=(panel.null, 0), xycoords=("data", "axes fraction"), xytext=(shift, -38),
+                    textcoords="offset points", fontsize=8.5, color=_ACCENT, weight="bold", ha=align, va="top",
+                    annotation_clip=False)
 
 
-def write_report(directory: Path, comparisons: list[Comparison], checks: list[Verification], title: str) -> dict[str, Path]:
-    """HTML report, CSV table and forest-plot PNG (at the published results' visits) in ``directory``."""
+# --- the HTML report ---------------------------------------------------------------------
+
+def tool_version() -> str:
+    try:
+        return metadata.version("fhir-msc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_report(directory: Path, comparisons: list[Comparison], checks: list[Verification], title: str, *,
+                 study: Study, source: str, now: datetime | None = None) -> dict[str, Path]:
+    """A self-contained HTML report (the forest plot embedded), the CSV table and the forest-plot PNG in ``directory``.
+
+    The report is dated, names the tool version, the input (``source``) and the study definition with its
+    SHA-256, shows the published results with their reproduction, the forest plot at the published
+    results' visits, and one table for every visit compared.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     table = comparison_table(comparisons)
     paths = {"csv": directory / "analysis.csv", "png": directory / "forest.png", "html": directory / "report.html"}
     paths["csv"].write_text(render(table, "csv"), encoding="utf-8")
     published_visits = {check.published.visit for check in checks}
-    forest_plot([c for c in comparisons if c.visit in published_visits] or comparisons, paths["png"], title)
+    shown = [c for c in comparisons if c.visit in published_visits] or comparisons
+    plot = forest_plot(shown, paths["png"], study=study)
+    image = base64.b64encode(paths["png"].read_bytes()).decode("ascii")
     matched = sum(c.matches for c in checks)
-    paths["html"].write_text(
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<h1>{html.escape(title)}</h1><h2>Published results: {matched}/{len(checks)} reproduced</h2>"
-        f"{render(verification_table(checks), 'html')}<h2>Between-arm comparisons</h2>"
-        f"<img src='forest.png' alt='forest plot'>{render(table, 'html')}", encoding="utf-8")
+    visits = [v for v in study.visits if any(c.visit == v.code for c in comparisons)]
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    e = html.escape
+    facts = [("Study", f"{study.study.title} ({study.study.identifier.value})"), ("Input", source),
+             ("Study definition", f"{study.file or '(in memory)'}"),
+             ("SHA-256 of the definition", f"<code>{study.sha256 or '—'}</code>"),
+             ("Generated", f"{stamp} by fhir-msc {tool_version()}")]
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{e(title)}</title>"
+        f"<style>{_CSS}</style></head><body><main>",
+        f"<header><h1>{e(title)}</h1><dl>"
+        + "".join(f"<dt>{e(k)}</dt><dd>{v if k.startswith('SHA') else e(v)}</dd>" for k, v in facts) + "</dl></header>",
+        f"<section><h2>Published results <span class='badge {'ok' if matched == len(checks) else 'bad'}'>"
+        f"{matched}/{len(checks)} reproduced</span></h2>{_html_table(verification_table(checks), status=True)}</section>",
+        f"<section><h2>Forest plot: {e(', '.join(sorted({c.visit for c in shown}, key=_visit_order(study))))}</h2>"
+        f"<figure><img alt='forest plot of the between-arm effects' src='data:image/png;base64,{image}'>"
+        f"<figcaption>{_plot_caption(plot)}</figcaption></figure></section>",
+        "<section><h2>Between-arm comparisons by visit</h2><nav>"
+        + "".join(f"<a href='#visit-{e(v.code)}'>{e(v.code)}</a>" for v in visits) + "</nav>",
+    ]
+    for visit in visits:
+        rows = table[table["visit"] == visit.code].drop(columns=["visit"])
+        parts.append(f"<h3 id='visit-{e(visit.code)}'>{e(visit.code)} · {e(visit.name)} "
+                     f"<small>day {visit.day}, {len(rows)} outcome(s)</small></h3>{_html_table(rows)}")
+    parts.append("</section><footer>Effects are treatment vs control. Odds ratios: Woolf (logit) CI; differences of "
+                 "means: pooled-variance t CI; median differences: Hodges-Lehmann estimate with its distribution-free CI. "
+                 f"Every number here is recomputed from the FHIR data by fhir-msc {e(tool_version())}.</footer>"
+                 "</main></body></html>")
+    paths["html"].write_text("".join(parts), encoding="utf-8")
     return paths
+
+
+def _visit_order(study: Study):
+    order = {v.code: i for i, v in enumerate(study.visits)}
+    return lambda code: order.get(code, len(order))
+
+
+def _plot_caption(plot: ForestPlot) -> str:
+    treatment, control = (html.escape(a) for a in plot.arms)
+    return (f"Each row: {treatment} vs {control}, the estimate (square; filled when the 95% CI excludes no "
+            "difference) and its 95% CI, with n per arm and p. Each panel has its own scale: odds ratios on a log "
+            "axis, differences in the outcome's own unit; the labels under each axis say which arm each side favours.")
+
+
+def _html_table(frame: pd.DataFrame, status: bool = False) -> str:
+    body = frame.to_html(index=False, border=0, classes="results", na_rep="—", escape=True)
+    body = re.sub(r"<td>([^<]{1,16})</td>", r"<td class='short'>\1</td>", body)  # numbers and codes never wrap
+    if status:
+        body = body.replace("<td>match</td>", "<td class='ok'>match</td>").replace("<td>MISMATCH", "<td class='bad'>MISMATCH")
+    return f"<div class='scroll'>{body}</div>"
+
+
+_CSS = """
+:root { --ink: #1f2933; --muted: #6b7785; --accent: #1f5fa8; --line: #dde3ea; --band: #f5f7fa; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #eef1f5; color: var(--ink);
+       font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 24px auto; background: white; padding: 32px 40px;
+       border-radius: 8px; box-shadow: 0 1px 4px rgba(0,0,0,.08); }
+h1 { font-size: 24px; margin: 0 0 12px; }
+h2 { font-size: 19px; margin: 36px 0 12px; padding-bottom: 6px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 16px; margin: 28px 0 8px; scroll-margin-top: 12px; }
+h3 small { color: var(--muted); font-weight: normal; margin-left: 6px; }
+header dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 0; font-size: 14px; }
+header dt { color: var(--muted); }
+header dd { margin: 0; overflow-wrap: anywhere; }
+code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.badge { font-size: 13px; font-weight: 600; padding: 2px 10px; border-radius: 12px; margin-left: 8px; vertical-align: 2px; }
+.ok { color: #17663a; } .bad { color: #a61b1b; }
+.badge.ok { background: #ddf3e4; } .badge.bad { background: #fbe2e2; }
+td.ok, td.bad { font-weight: 600; }
+figure { margin: 0; } figure img { width: 100%; height: auto; display: block; }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
+nav { display: flex; flex-wrap: wrap; gap: 6px; margin: 4px 0 8px; }
+nav a { text-decoration: none; color: var(--accent); border: 1px solid var(--line); border-radius: 14px;
+        padding: 1px 12px; font-size: 13px; }
+nav a:hover { background: var(--band); }
+.scroll { overflow-x: auto; }
+table.results { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
+table.results th { text-align: left; color: var(--muted); font-weight: 600; border-bottom: 2px solid var(--line);
+                   padding: 6px 8px; white-space: nowrap; }
+table.results td { border-bottom: 1px solid var(--line); padding: 5px 8px; vertical-align: top; }
+table.results td.short { white-space: nowrap; }
+table.results tbody tr:nth-child(even) { background: var(--band); }
+footer { margin-top: 36px; padding-top: 12px; border-top: 1px solid var(--line); color: var(--muted); font-size: 13px; }
+"""

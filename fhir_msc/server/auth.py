@@ -466,8 +466,9 @@ def auth_from_env(base_url: str, env: dict[str, str] | None = None) -> OriginAut
 
 
 def load_config(path: str | None) -> dict[str, str]:
-    """Settings from a YAML config file, keyed like the environment (FHIR_MSC_TOKEN, …).
+    """Settings from a YAML config file, keyed like the environment (FHIR_MSC_TOKEN, FHIR_MSC_SERVER, …).
 
+    Keys may leave out the ``FHIR_MSC_`` prefix and be in any case (``server``, ``token``).
     The file is the place for secrets that should not live in the shell environment; it
     must not be readable by others.
     """
@@ -483,5 +484,9 @@ def load_config(path: str | None) -> dict[str, str]:
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: cannot read config file ({exc})") from None
     if not isinstance(raw, dict):
-        raise InputError(f"{path}: the config file must be a mapping of settings (FHIR_MSC_TOKEN: …)")
-    return {str(k).upper(): str(v) for k, v in raw.items()}
+        raise InputError(f"{path}: the config file must be a mapping of settings (server: …, token: …)")
+    keys = (str(k).upper() for k in raw)
+    return {k if k.startswith(CONFIG_PREFIX) else CONFIG_PREFIX + k: str(v) for k, v in zip(keys, raw.values())}
+
+
+CONFIG_PREFIX = "FHIR_MSC_"

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import random
 import time
@@ -56,6 +57,7 @@ from .auth import (  # noqa: F401  (the credential kinds are part of this module
 from .auth import origin as _origin
 
 FHIR_JSON = "application/fhir+json"
+log = logging.getLogger(__name__)
 TEMPORARY_STATUSES = frozenset({408, 429, 502, 503, 504})
 MAX_REDIRECTS = 5
 
@@ -159,15 +161,19 @@ class FhirClient:
         first = url
         for _ in range(MAX_REDIRECTS + 1):
             self.stats.requests += 1
+            started = time.monotonic()
             try:
                 response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
                                                 timeout=self.timeout, allow_redirects=False)
             except requests.exceptions.SSLError as exc:  # before ConnectionError, its parent: not temporary
                 raise certificate_error(method, url, exc) from None
             except requests.Timeout:
+                log.info("%s %s: no answer within %gs", method, redact(url), self.timeout)
                 return None, f"no answer within {self.timeout:g}s"
             except requests.ConnectionError as exc:
+                log.info("%s %s: connection failed (%s)", method, redact(url), type(exc).__name__)
                 return None, f"connection failed ({type(exc).__name__})"
+            log.info("%s %s → %s (%.2fs)", method, redact(response.url), response.status_code, time.monotonic() - started)
             if not response.is_redirect:
                 return response, None
             location = urljoin(url, response.headers.get("Location", ""))

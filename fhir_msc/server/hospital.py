@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from ..errors import InputError
+from ..progress import NO_PROGRESS, Progress
 from ..study.definition import Outcome, Study, Visit
 from ..tables.sdtm import FindingRecord, SubjectRecord, format_number
 from .client import FhirClient
@@ -72,7 +73,7 @@ def _visit_for(study: Study, outcome: Outcome, day: int) -> Visit | None:
 
 
 def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment],
-                  subjects: dict[str, SubjectRecord]) -> HospitalPullResult:
+                  subjects: dict[str, SubjectRecord], progress: Progress = NO_PROGRESS) -> HospitalPullResult:
     """Fetch and place the enrolled patients' results; see the module docstring."""
     by_code = _outcomes_by_code(study)
     if not by_code:
@@ -82,7 +83,8 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
     notes: list[str] = []
     best: dict[tuple[str, int, str], tuple[int, FindingRecord]] = {}
     found = 0
-    for person in enrollment:
+    progress.start(f"fetching hospital results from {client.base_url}", len(enrollment), "patients")
+    for person in progress.each(enrollment):
         subject = subjects.get(person.subject)
         if subject is None:
             notes.append(f"{person.subject}: not a subject of this study's store; map DM first")

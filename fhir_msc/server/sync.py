@@ -25,13 +25,14 @@ from typing import Any
 from ..errors import MultipleMatches, OperationOutcomeError
 from ..fhir.bundle import conditional_url, rewrite_references
 from ..fhir.unmapping import ref_id
+from ..progress import NO_PROGRESS, Progress
 from ..store.ndjson import Store
 from ..study.definition import Study
 from .client import FhirClient
 from .journal import Journal, content_hash
 
 Resource = dict[str, Any]
-Progress = Callable[[int], None] | None
+Advance = Callable[[int], None] | None
 # Referenced types first, so every reference can be resolved when it is sent.
 PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter", "MedicationAdministration", "Observation"]
 
@@ -86,7 +87,7 @@ class _Pusher:
     client: FhirClient
     journal: Journal
     bundle_size: int
-    progress: Progress
+    progress: Advance
     method: str
     target: str = ""
     created: int = 0
@@ -169,8 +170,11 @@ def _server_id(location: str, resource: dict | None) -> str:
 
 
 def push(client: FhirClient, resources: Iterable[Resource], journal: Journal, *, bundle_size: int = 50,
-         method: str = "auto", dry_run: bool = False, progress: Progress = None) -> PushResult:
-    """Push resources (referenced types first) to the client's server; see the module docstring."""
+         method: str = "auto", dry_run: bool = False, progress: Advance = None) -> PushResult:
+    """Push resources (referenced types first) to the client's server; see the module docstring.
+
+    ``progress`` is called with the number of resources dealt with (sent, failed or unchanged).
+    """
     started = time.monotonic()
     requests_before, retries_before = client.stats.requests, client.stats.retries
     target = client.base_url
@@ -184,9 +188,13 @@ def push(client: FhirClient, resources: Iterable[Resource], journal: Journal, *,
         known = journal.pushed(target, resource["resourceType"], resource["id"])
         if known and known[1] == digest:
             unchanged += 1
+            if progress:
+                progress(1)
             continue
         if dry_run:
             created, updated = created + (known is None), updated + (known is not None)
+            if progress:
+                progress(1)
             continue
         if pending and (len(pending) >= pusher.bundle_size or (pusher.kind == "batch" and resource["resourceType"] != current_type)):
             pusher.send(pending)
@@ -219,7 +227,7 @@ SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)
 
 
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, full: bool = False,
-         page_size: int = 1000, progress: Progress = None) -> PullResult:
+         page_size: int = 1000, progress: Progress = NO_PROGRESS) -> PullResult:
     """Fetch the study's resources from the server into ``store``.
 
     Incremental: only resources updated after the last successful pull (``_lastUpdated=gt``),
@@ -232,6 +240,7 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     extra = {"_count": str(page_size), **({"_lastUpdated": f"gt{since}"} if since else {})}
     fetched: list[Resource] = []
     token = f"{study.study.identifier.system}|{study.study.identifier.value}"
+    progress.start(f"pulling {key} and its subjects from {client.base_url}")
     studies = list(client.search("ResearchStudy", {"identifier": token, "_count": str(page_size)}))
     if not studies:
         return PullResult(source=client.base_url, counts={}, since=since, high_water=since,
@@ -250,12 +259,11 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     for resource_type in ("Encounter", "MedicationAdministration", "Observation"):
         batch: list[Resource] = []
         step = subjects_per_search(study, resource_type, page_size)
+        progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")
         for start in range(0, len(patient_ids), step):
-            chunk = ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])
-            page = client.search_complete(resource_type, {"subject": chunk, **extra})
-            batch += page
-            if progress:
-                progress(len(page))
+            chunk = patient_ids[start:start + step]
+            batch += client.search_complete(resource_type, {"subject": ",".join(f"Patient/{pid}" for pid in chunk), **extra})
+            progress.advance(len(chunk))
         store.write(_dedupe(batch))
         _count(counts, batch)
         fetched += batch

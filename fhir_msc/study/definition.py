@@ -6,13 +6,14 @@ It is validated on load (pydantic), so a typo in the mapping is reported with it
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from ..errors import StudyDefinitionError
 
@@ -169,6 +170,8 @@ class AnalysisPlan(_Model):
     alpha: float = 0.05
     effects: Effects = Effects()
     stratum: Literal["sex"] | None = None  # DM variable for Mantel-Haenszel (effect odds-ratio-mh)
+    # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
+    better: dict[str, Literal["higher", "lower"]] = {}
     published: list[PublishedResult] = []
 
 
@@ -210,6 +213,18 @@ class Study(_Model):
     tables: Tables
     analysis: AnalysisPlan | None = None
     anchors: dict | None = None  # holds YAML anchors only
+    _file: Path | None = PrivateAttr(None)
+    _sha256: str | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> Path | None:
+        """The YAML file this definition was loaded from (None if built in memory)."""
+        return self._file
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 of the YAML file's bytes: which definition produced a result."""
+        return self._sha256
 
     @model_validator(mode="after")
     def _cross_references(self) -> Study:
@@ -246,6 +261,9 @@ class Study(_Model):
             for arm in (self.analysis.treatment, self.analysis.control):
                 if arm not in arm_codes:
                     problems.append(f"analysis: unknown arm {arm!r}")
+            for code in self.analysis.better:
+                if code not in {o.code for o in self.outcomes}:
+                    problems.append(f"analysis.better: unknown outcome {code!r}")
             for result in self.analysis.published:
                 if result.outcome not in {o.code for o in self.outcomes} or result.visit not in visit_codes:
                     problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
@@ -291,7 +309,8 @@ def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
     """Read and validate a study definition YAML file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        raw = yaml.safe_load(data.decode("utf-8"))
     except FileNotFoundError:
         raise StudyDefinitionError(f"{path}: study definition not found; pass --study PATH to a mappings/*.yaml file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -299,10 +318,12 @@ def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
     if not isinstance(raw, dict):
         raise StudyDefinitionError(f"{path}: expected a mapping of study, arms, visits, outcomes, tables")
     try:
-        return Study.model_validate(raw)
+        study = Study.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{path}: invalid study definition ({exc.error_count()} problem(s)):"]
         for err in exc.errors():
             where = ".".join(str(part) for part in err["loc"]) or "(top level)"
             lines.append(f"  {where}: {err['msg']}")
         raise StudyDefinitionError("\n".join(lines)) from None
+    study._file, study._sha256 = path.resolve(), hashlib.sha256(data).hexdigest()
+    return study

@@ -12,6 +12,7 @@ from fhir_msc import Store, jobs
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, SyncLocked
 from fhir_msc.fhir.roundtrip import compare_tables
+from fhir_msc.progress import Progress
 from fhir_msc.fhir.unmapping import fhir_to_tables
 from fhir_msc.server.client import FhirClient, RetryPolicy
 from fhir_msc.server.journal import exclusive
@@ -127,13 +128,14 @@ def test_killed_push_resumes_where_it_stopped(study, demo_store, fhir_server, tm
     c = client(fhir_server.base)
     sent = []
 
-    def die_after_five_bundles(n):
-        sent.append(n)
-        if len(sent) == 5:
-            raise KeyboardInterrupt
+    class DieAfterFiveBundles(Progress):
+        def advance(self, n=1):
+            sent.append(n)
+            if len(sent) == 5:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        jobs.push(study, demo_store.path, c, tmp_path / "state", progress=die_after_five_bundles)
+        jobs.push(study, demo_store.path, c, tmp_path / "state", progress=DieAfterFiveBundles())
     resumed = jobs.push(study, demo_store.path, c, tmp_path / "state")
     total = sum(demo_store.counts().values())
     assert resumed.unchanged == 250 and resumed.created + resumed.updated == total - 250

@@ -1,0 +1,84 @@
+"""The HTML report and the forest plot: self-contained, named and dated, and the numbers drawn are the estimates."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from fhir_msc.analysis import frame as analysis
+from fhir_msc.analysis.report import forest_panels, forest_plot, p_text, tool_version, write_report
+
+
+@pytest.fixture(scope="module")
+def frame(study, demo_store):
+    return analysis.analysis_frame(study, demo_store)
+
+
+@pytest.fixture(scope="module")
+def month36(study, frame):
+    return analysis.analyze(study, frame, ["M36"])
+
+
+def _row(plot_or_panels, outcome):
+    panels = plot_or_panels.panels if hasattr(plot_or_panels, "panels") else plot_or_panels
+    return next((panel, row) for panel in panels for row in panel.rows if row.outcome == outcome)
+
+
+def test_report_is_self_contained_dated_and_names_version_input_and_study_hash(study, frame, tmp_path):
+    comparisons = analysis.analyze(study, frame, ["M12", "M24", "M36"])
+    checks = analysis.verify(study, frame)
+    paths = write_report(tmp_path, comparisons, checks, "title", study=study, source="tables X into store Y",
+                         now=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
+    page = paths["html"].read_text(encoding="utf-8")
+    sources = re.findall(r"""\b(?:src|href)\s*=\s*['"]([^'"]*)""", page)
+    assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources), sources
+    assert "http" not in "".join(sources) and "forest.png" not in page
+    assert study.sha256 and len(study.sha256) == 64 and study.sha256 in page
+    assert f"fhir-msc {tool_version()}" in page and tool_version() != "unknown"
+    assert "2026-01-02 03:04 UTC" in page and "tables X into store Y" in page
+    tabulated = {c.visit for c in comparisons}
+    assert len(tabulated) == 3
+    for visit in tabulated:
+        assert f"id='visit-{visit}'" in page and f"href='#visit-{visit}'" in page
+    assert "3/3 reproduced" in page
+
+
+def test_forest_plot_rows_carry_estimate_ci_n_and_p_in_the_outcomes_own_units(study, month36, tmp_path):
+    plot = forest_plot(month36, tmp_path / "f.png", study=study)
+    assert (tmp_path / "f.png").stat().st_size > 10_000 and plot.arms == ("MSC", "Placebo")
+    panel, row = _row(plot, "SF36GH")
+    assert (round(row.estimate, 2), round(row.lower, 2), round(row.upper, 2)) == (12.86, 1.44, 24.28)
+    assert row.text == "12.86 (1.44 to 24.28)" and row.n == (49, 29) and p_text(row.p) == "0.028"
+    assert not panel.log and panel.null == 0 and "points" in panel.axis and "difference of means" in panel.axis
+    assert panel.favours == ("← favours Placebo", "favours MSC →")
+    assert {r.outcome for r in panel.rows} == {o.code for o in study.outcomes if o.unit == "{score}"} - {"CTTSS"}
+    assert sum(len(p.rows) for p in plot.panels) == len(month36)
+
+
+def test_forest_plot_sides_follow_the_direction_of_benefit(study, month36):
+    _, panels = forest_panels(month36, study)
+    good, ctnorm = _row(panels, "CTNORM")
+    bad, reinf = _row(panels, "REINF")
+    assert good.log and bad.log and good is not bad
+    assert good.favours == ("← favours Placebo", "favours MSC →")
+    assert bad.favours == ("← favours MSC", "favours Placebo →")  # fewer reinfections is better
+    assert round(reinf.estimate, 2) == 0.54 and reinf.n == (49, 28)
+    unknown, _ = _row(panels, "CEA")  # no direction in the study definition: neutral labels
+    assert unknown.favours == ("← lower with MSC", "higher with MSC →")
+
+
+def test_hodges_lehmann_is_labelled_a_median_difference(study, frame, month36):
+    hl = analysis.compare(study, frame, study.outcome_by_code["SF36GH"], "M36", "hodges-lehmann")
+    _, alone = forest_panels([hl], study)
+    assert alone[0].axis.startswith("median difference (Hodges-Lehmann)")
+    mean = next(c for c in month36 if c.outcome == "SF36PF")
+    _, mixed = forest_panels([mean, hl], study)
+    assert len(mixed) == 1 and mixed[0].axis.startswith("difference, points")
+    assert [r.label for r in mixed[0].rows] == ["SF-36 physical functioning · M36 (mean)",
+                                                 "SF-36 general health · M36 (median, HL)"]
+
+
+def test_p_below_one_thousandth_is_not_zero():
+    assert (p_text(0.0000123), p_text(0.0284), p_text(None)) == ("<0.001", "0.028", "—")
