@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -107,13 +108,6 @@ class ForestPlot:
     path: Path
     arms: tuple[str, str]  # treatment, control names
     panels: list[ForestPanel]
-
-
-def p_text(p: float | None) -> str:
-    """p to three decimals, ``<0.001`` below that, ``—`` when not computed."""
-    if p is None or p != p:
-        return "—"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _number(value: float) -> str:
@@ -227,7 +221,7 @@ def _draw_panel(fig, ax, panel: ForestPanel) -> None:
         ax.plot([row.lower, row.upper], [y, y], color=_INK, lw=1.3, solid_capstyle="butt", zorder=2)
         ax.plot(row.estimate, y, "s", ms=7, color=_ACCENT, mfc=_ACCENT if excludes_null else "white", mew=1.5, zorder=3)
         for key, text, align in (("label", row.label, "left"), ("n", f"{row.n[0]} / {row.n[1]}", "right"),
-                                 ("estimate", row.text, "left"), ("p", p_text(row.p), "right")):
+                                 ("estimate", row.text, "left"), ("p", format_p(row.p), "right")):
             fig.text(_COLUMNS[key], y, text, transform=beside, fontsize=9, color=_INK, ha=align, va="center")
     ax.axvline(panel.null, color=_MUTED, ls="--", lw=1, zorder=1)
     ax.set_ylim(-0.5, count - 0.5)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from fhir_msc.analysis import frame as analysis
-from fhir_msc.analysis.report import forest_panels, forest_plot, p_text, tool_version, write_report
+from fhir_msc.analysis.report import forest_panels, forest_plot, format_p, tool_version, write_report
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_forest_plot_rows_carry_estimate_ci_n_and_p_in_the_outcomes_own_units(st
     assert (tmp_path / "f.png").stat().st_size > 10_000 and plot.arms == ("MSC", "Placebo")
     panel, row = _row(plot, "SF36GH")
     assert (round(row.estimate, 2), round(row.lower, 2), round(row.upper, 2)) == (12.86, 1.44, 24.28)
-    assert row.text == "12.86 (1.44 to 24.28)" and row.n == (49, 29) and p_text(row.p) == "0.028"
+    assert row.text == "12.86 (1.44 to 24.28)" and row.n == (49, 29) and format_p(row.p) == "0.028"
     assert not panel.log and panel.null == 0 and "points" in panel.axis and "difference of means" in panel.axis
     assert panel.favours == ("← favours Placebo", "favours MSC →")
     assert {r.outcome for r in panel.rows} == {o.code for o in study.outcomes if o.unit == "{score}"} - {"CTTSS"}
@@ -81,4 +81,4 @@ def test_hodges_lehmann_is_labelled_a_median_difference(study, frame, month36):
 
 
 def test_p_below_one_thousandth_is_not_zero():
-    assert (p_text(0.0000123), p_text(0.0284), p_text(None)) == ("<0.001", "0.028", "—")
+    assert (format_p(0.0000123), format_p(0.0284), format_p(None)) == ("<0.001", "0.028", "—")
