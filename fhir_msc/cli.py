@@ -274,15 +274,22 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
 
 @main.command("validate")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@_version_option
+@click.option("--fhir-version", type=click.Choice(("auto", *VERSIONS), case_sensitive=False), default="auto",
+              show_default=True,
+              help="FHIR version to validate against; auto reads it from SOURCE (e.g. ResearchSubject.subject is R5).")
 @_json_option
 def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
     """Validate every resource in SOURCE (store directory or bundle file) with fhir.resources.
 
     Exit code 5 means at least one resource is invalid.
     """
+    if fhir_version.lower() == "auto":
+        version, evidence = jobs.detect_version(source)
+        _info(f"FHIR {version.name} detected ({evidence})", err=True)
+    else:
+        version = get_version(fhir_version)
     with _progress(not as_json, _RERUN) as progress:
-        report = jobs.validate(source, get_version(fhir_version), progress)
+        report = jobs.validate(source, version, progress)
     if as_json:
         _print_json(_validation_json(report))
     else:

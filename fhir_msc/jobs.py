@@ -22,6 +22,8 @@ from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
+from .fhir.versions import MARKED_TYPES
+from .fhir.versions import detect_version as detect_version_of
 from .fhir.versions import (
     VERSIONS,
     FhirVersion,
@@ -167,8 +169,19 @@ def unmap(study: Study, source: Path, out: Path, progress: Progress = NO_PROGRES
     return fhir_to_tables(study, _opened(source, progress, "unmapping"), out)
 
 
-def validate(source: Path, version: FhirVersion, progress: Progress = NO_PROGRESS) -> ValidationReport:
-    """Validate every resource of a store directory or bundle file."""
+def detect_version(source: Path) -> tuple[FhirVersion, str]:
+    """The FHIR version a store or bundle is written in, and the evidence (R4, the default, when nothing tells).
+
+    The first resource of each type whose elements differ between R4 and R5 is looked at.
+    """
+    opened = open_resources(source)
+    found = detect_version_of(next(opened.read(t), {}) for t in MARKED_TYPES)
+    return found or (get_version("R4"), "no element that differs between R4 and R5: R4, the default")
+
+
+def validate(source: Path, version: FhirVersion | None = None, progress: Progress = NO_PROGRESS) -> ValidationReport:
+    """Validate every resource of a store directory or bundle file (in ``version``, else the one detected)."""
+    version = version or detect_version(source)[0]
     progress.start(f"validating {source} ({version.name})", None)
     opened = _opened(source, progress, f"validating ({version.name})")
     if isinstance(opened, Store | _Metered):

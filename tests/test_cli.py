@@ -53,6 +53,21 @@ def test_unmap_then_validate(cohort, tmp_path):
     assert result.exit_code == 0 and "dm.csv 100 rows" in result.output
 
 
+def test_validate_detects_the_version_of_a_store(mapped):
+    stored_as, store = mapped
+    result = invoke("validate", str(store.path))
+    assert result.exit_code == 0, result.output
+    expected = {"R4": "ResearchSubject.individual", "R5": "ResearchSubject.subject"}[stored_as]
+    assert f"FHIR {stored_as} detected ({expected})" in result.output
+    assert f"FHIR {stored_as}: 10881 resources checked, all valid" in result.output
+
+
+def test_validate_of_a_store_without_version_markers_says_it_uses_r4(tmp_path):
+    Store(tmp_path).write([{"resourceType": "Patient", "id": "p1", "gender": "female"}])
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 0 and "FHIR R4 detected (no element that differs between R4 and R5" in result.output
+
+
 def test_validate_exits_5_on_an_invalid_resource(tmp_path):
     Store(tmp_path).write([{"resourceType": "Observation", "id": "x", "status": "final"}])
     result = invoke("validate", str(tmp_path))

@@ -9,6 +9,8 @@ Readers accept both versions, so a store of either can be unmapped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -114,6 +116,26 @@ def get_version(name: str) -> FhirVersion:
 def subject_patient_reference(research_subject: dict) -> str:
     ref = research_subject.get("individual") or research_subject.get("subject") or {}
     return ref.get("reference", "")
+
+
+# Elements that exist in one version only: (resource type, element) → version.
+VERSION_MARKERS: dict[tuple[str, str], str] = {
+    ("ResearchSubject", "individual"): "R4", ("ResearchSubject", "subject"): "R5",
+    ("ResearchStudy", "arm"): "R4", ("ResearchStudy", "comparisonGroup"): "R5",
+    ("Encounter", "period"): "R4", ("Encounter", "actualPeriod"): "R5",
+    ("MedicationAdministration", "effectiveDateTime"): "R4", ("MedicationAdministration", "occurenceDateTime"): "R5",
+}
+MARKED_TYPES = tuple(dict.fromkeys(resource_type for resource_type, _ in VERSION_MARKERS))
+
+
+def detect_version(resources: Iterable[dict]) -> tuple[FhirVersion, str] | None:
+    """The version the first resource with a version-only element is written in, and that element; None if none has one."""
+    for resource in resources:
+        for element in resource:
+            version = VERSION_MARKERS.get((resource.get("resourceType", ""), element))
+            if version:
+                return get_version(version), f"{resource['resourceType']}.{element}"
+    return None
 
 
 def subject_version(research_subject: dict) -> FhirVersion:
