@@ -5,10 +5,12 @@ Each returns a frozen result object; the CLI only formats it.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,11 @@ from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
 from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
-from .store.ndjson import Store
+from .store.files import private_dir
+from .store.lock import spool_dir, sweep_debris
+from .store.ndjson import REJECTS_PREFIX, Store
+from .store.repair import RepairResult
+from .store.repair import repair as _repair
 from .study.definition import REPO_ROOT, Study
 from .tables.sdtm import RejectLog, TableWriter, read_dataset
 
@@ -58,20 +64,22 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     if not source.is_dir():
         raise InputError(f"{source}: not a directory of trial tables (dm.csv, ex.csv, findings)")
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
-    spool = Path(tempfile.mkdtemp(prefix=".rejects-", dir=rejects.parent if rejects.parent.exists() else None))
-    log = RejectLog(spool)
-    try:
-        if store is not None:
-            target = Store(store)
-            resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress)
-            counts = target.write(_widen_existing_visits(target, resources))
-        else:
-            counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress), bundle)
-    finally:
-        log.close()
-    files = _publish_rejects(spool, rejects)
+    with Store(store).writing() if store is not None else nullcontext([]) as recovered:
+        recovered += [f"removed {path}: left by a killed job" for path in sweep_debris(rejects.parent, REJECTS_PREFIX)]
+        with spool_dir(rejects.parent, REJECTS_PREFIX) as spool:
+            log = RejectLog(spool)
+            try:
+                if store is not None:
+                    target = Store(store)
+                    resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress)
+                    counts = target.write(_widen_existing_visits(target, resources))
+                else:
+                    counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress), bundle)
+            finally:
+                log.close()
+            files = _publish_rejects(spool, rejects)
     return MapResult(counts=counts, rejections=log.rejections, rejects_files=files,
-                     synthetic=read_dataset(source).synthetic)
+                     synthetic=read_dataset(source).synthetic, recovered=tuple(recovered))
 
 
 def _widen_existing_visits(store: Store, resources: Iterable[dict]) -> Iterable[dict]:
@@ -94,7 +102,7 @@ def _publish_rejects(spool: Path, rejects: Path) -> list[Path]:
     if not files:
         shutil.rmtree(spool)
         return []
-    rejects.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(rejects.parent)
     spool.rename(rejects)
     return [rejects / f.name for f in files]
 
@@ -159,8 +167,9 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
          progress: Progress = None) -> PullResult:
     """Pull the study from the server into a store; incremental via ``state``."""
-    with open_journal(state) as journal:
-        return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+    with Store(store).writing() as recovered, open_journal(state) as journal:
+        result = _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+    return dataclasses.replace(result, recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
@@ -172,7 +181,9 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pulled = None
         if is_server(source):
             staging = Path(target) if not is_server(target) else state / "staging"
-            pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+            with Store(staging).writing() as recovered:
+                pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+            pulled = dataclasses.replace(pulled, recovered=tuple(recovered))
             source_path = staging
         else:
             source_path = Path(source)
@@ -186,6 +197,12 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
 
 def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path) -> HospitalPullResult:
     """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``."""
+    with Store(store).writing() as recovered:
+        result = _hospital_pull(study, client, enrollment, store, out)
+    return dataclasses.replace(result, notes=[*recovered, *result.notes])
+
+
+def _hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path) -> HospitalPullResult:
     subjects = subjects_in(study, Store(store))
     if not subjects:
         raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
@@ -199,6 +216,19 @@ def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Pat
         if mapped.rejections:
             raise InputError(f"{len(mapped.rejections)} hospital finding(s) could not be mapped; see {out / 'rejects'}")
     return result
+
+
+def repair(store: Path, *, dry_run: bool = False) -> RepairResult:
+    """Complete a write a killed job committed, remove killed jobs' debris, and drop unreadable lines.
+
+    Every dropped line is reported (file, line number, first bytes); ``dry_run`` only says
+    what would be done. Holds the store's write lock like every job that writes it.
+    """
+    if not store.is_dir():
+        raise InputError(f"{store}: no such store directory")
+    target = Store(store)
+    with target.writing(recover=False):
+        return _repair(target, dry_run=dry_run)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +253,7 @@ class DemoResult:
 
 def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = None) -> DemoResult:
     """Map the synthetic cohort, validate it (R4, R5), round-trip it, export a bundle, analyze and verify it."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     store = workdir / "store"
     Store(store).clear()
     r4 = get_version("R4")
