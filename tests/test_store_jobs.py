@@ -99,6 +99,15 @@ def test_a_killed_map_leaves_debris_that_the_next_map_reports_and_removes(study,
     assert not list(store.glob(".spool-*")) and not list(store.glob(".rejects-*"))
 
 
+def test_a_map_to_a_bundle_removes_a_killed_maps_rejects_spool_beside_it(tmp_path):
+    (tmp_path / ".rejects-killed").mkdir()
+    (tmp_path / ".rejects-killed" / "qs.csv").write_text("half a row")
+    result = invoke("map", BAD / "good", "--bundle", tmp_path / "bundle.json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"note: removed {tmp_path / '.rejects-killed'}: left by a killed job"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.json"]
+
+
 # --- repair -------------------------------------------------------------------------------------
 
 def test_repair_command_drops_a_torn_line_reports_it_and_exits_0(tmp_path):
