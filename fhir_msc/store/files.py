@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import InputError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -27,7 +29,7 @@ def private_dir(path: Path) -> Path:
             os.mkdir(directory, DIR_MODE)
         except FileExistsError:
             if not directory.is_dir():
-                raise
+                raise InputError(f"{directory}: exists and is not a directory") from None
             continue
         os.chmod(directory, DIR_MODE)  # the umask may have taken bits we asked for
     return path

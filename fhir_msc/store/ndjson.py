@@ -105,11 +105,13 @@ class Store:
 
     def recover(self, *, dry_run: bool = False) -> list[str]:
         """Complete an interrupted write and remove debris of killed jobs (hold ``writing`` first)."""
+        committed = {self._ready(t) for t in self._pending()}
         notes = self._roll_forward(dry_run=dry_run)
         verb = "would remove" if dry_run else "removed"
         for prefix in (SPOOL_PREFIX, REJECTS_PREFIX):
             notes += [f"{verb} {path}: left by a killed job" for path in sweep_debris(self.path, prefix, dry_run=dry_run)]
-        for path in sorted(self.path.glob(f".*{SUFFIX}{READY}")) + sorted(self.path.glob(f"{MANIFEST}.*")):
+        uncommitted = [p for p in sorted(self.path.glob(f".*{SUFFIX}{READY}")) if p not in committed]
+        for path in uncommitted + sorted(self.path.glob(f"{MANIFEST}.*")):
             notes.append(f"{verb} {path}: an uncommitted write of a killed job")
             if not dry_run:
                 path.unlink()
@@ -157,15 +159,18 @@ class Store:
         return self.path / f".{self._file(resource_type).name}{READY}"
 
     def _pending(self) -> list[str]:
-        """The types of a committed write whose renames may not all have happened (a killed job)."""
+        """The types of a committed write whose renames may not all have happened (a killed job).
+
+        The manifest is written only once every prepared file is complete, so if it cannot
+        be read (cut off by a crash of the machine) every prepared file there is committed.
+        """
         try:
             types = orjson.loads((self.path / MANIFEST).read_bytes())["types"]
         except FileNotFoundError:
             return []
         except (orjson.JSONDecodeError, TypeError, KeyError):
-            raise InputError(f"{self.path / MANIFEST}: not a write manifest of fhir-msc; "
-                             f"remove it (the store then holds what it held before that write)") from None
-        return [self._file(t).name[: -len(SUFFIX)] for t in types]
+            types = [p.name[1: -len(SUFFIX + READY)] for p in self.path.glob(f".*{SUFFIX}{READY}")]
+        return [t for t in types if isinstance(t, str) and RESOURCE_TYPE.fullmatch(t)]
 
     def _current(self, resource_type: str) -> Path | None:
         """The file that holds a type now: a committed write's prepared file, else the type's file."""

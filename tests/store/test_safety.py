@@ -67,6 +67,34 @@ def test_a_write_killed_after_its_commit_reads_all_new_and_the_next_writer_compl
     assert Store(tmp_path).counts() == {**expected.counts(), "Patient": 4}
 
 
+def test_repair_dry_run_says_it_would_complete_a_committed_write_and_changes_nothing(tmp_path, monkeypatch):
+    Store(tmp_path).write(OLD)
+    crash_at(monkeypatch, 1)
+    with pytest.raises(OSError, match="simulated crash"):
+        Store(tmp_path).write(NEW)
+    monkeypatch.undo()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    result = repair(Store(tmp_path), dry_run=True)
+    assert result.sound and result.dropped == []
+    assert result.recovered == [f"would complete a write of Group, Encounter that a killed job had committed in {tmp_path}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_an_unreadable_manifest_still_commits_every_prepared_file(tmp_path, monkeypatch):
+    Store(tmp_path).write(OLD)
+    crash_at(monkeypatch, 0)
+    with pytest.raises(OSError, match="simulated crash"):
+        Store(tmp_path).write(NEW)
+    monkeypatch.undo()
+    (tmp_path / ndjson.MANIFEST).write_bytes(b"")  # what a machine crash can leave of an unsynced file
+    expected = Store(tmp_path / "expected")
+    expected.write(OLD)
+    expected.write(NEW)
+    assert snapshot(Store(tmp_path)) == snapshot(expected)
+    Store(tmp_path).write([])
+    assert snapshot(Store(tmp_path)) == snapshot(expected) and not (tmp_path / ndjson.MANIFEST).exists()
+
+
 def test_a_write_killed_before_its_commit_leaves_all_old_and_its_files_are_removed(tmp_path, monkeypatch):
     Store(tmp_path).write(OLD)
     before = snapshot(Store(tmp_path))
@@ -126,13 +154,13 @@ def test_a_job_holding_the_lock_can_write_many_times(tmp_path):
 
 @pytest.mark.parametrize("resource_type", ["../../evil", "Patient/../../x", "patient", "Pa tient", "", None, 7])
 def test_a_resource_type_that_is_not_a_fhir_name_is_refused(tmp_path, resource_type):
-    store = Store(tmp_path / "store")
+    store = Store(tmp_path / "a" / "b" / "store")  # deep enough that ../../evil would land in tmp_path
     store.write([patient("a")])
     with pytest.raises(InputError, match="not a FHIR resource type name .*nothing of this write was stored"):
         store.write([patient("b"), {"resourceType": resource_type, "id": "x"}])
     assert store.counts() == {"Patient": 1}
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "store", "store/.fhir-msc.lock", "store/Patient.ndjson"]  # nothing outside the store, no debris
+        "a", "a/b", "a/b/store", "a/b/store/.fhir-msc.lock", "a/b/store/Patient.ndjson"]  # nothing outside, no debris
 
 
 @pytest.mark.parametrize("id_", ["../x", "a" * 65, "", "a b", "a/b", 7, None])
