@@ -55,7 +55,9 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     """Map the trial tables in ``source`` into a store directory or a transaction bundle file.
 
     Rejected rows are written to ``rejects`` (default: ``STORE/rejects`` or
-    ``BUNDLE.rejects``), replacing what an earlier run left there.
+    ``BUNDLE.rejects``), replacing what an earlier run left there. The store's write lock is
+    held throughout (``SyncLocked``, exit 9, if another job writes it); what killed jobs
+    left is completed or removed first and listed in ``recovered``.
     """
     if (store is None) == (bundle is None):
         raise InputError("give exactly one target: a store directory or a bundle file")
@@ -67,19 +69,26 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     with Store(store).writing() if store is not None else nullcontext([]) as recovered:
         recovered += [f"removed {path}: left by a killed job" for path in sweep_debris(rejects.parent, REJECTS_PREFIX)]
         with spool_dir(rejects.parent, REJECTS_PREFIX) as spool:
-            log = RejectLog(spool)
-            try:
-                if store is not None:
-                    target = Store(store)
-                    resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress)
-                    counts = target.write(_widen_existing_visits(target, resources))
-                else:
-                    counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress), bundle)
-            finally:
-                log.close()
-            files = _publish_rejects(spool, rejects)
+            result = _map_spooled(study, source, store, bundle, version, rejects, spool, progress)
+    return dataclasses.replace(result, recovered=tuple(recovered))
+
+
+def _map_spooled(study: Study, source: Path, store: Path | None, bundle: Path | None, version: FhirVersion,
+                 rejects: Path, spool: Path, progress: Progress) -> MapResult:
+    """The mapping itself, rejected rows spooled in ``spool`` and then published as ``rejects``."""
+    log = RejectLog(spool)
+    try:
+        if store is not None:
+            target = Store(store)
+            resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress)
+            counts = target.write(_widen_existing_visits(target, resources))
+        else:
+            counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress), bundle)
+    finally:
+        log.close()
+    files = _publish_rejects(spool, rejects)
     return MapResult(counts=counts, rejections=log.rejections, rejects_files=files,
-                     synthetic=read_dataset(source).synthetic, recovered=tuple(recovered))
+                     synthetic=read_dataset(source).synthetic)
 
 
 def _widen_existing_visits(store: Store, resources: Iterable[dict]) -> Iterable[dict]:
