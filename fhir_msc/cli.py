@@ -245,7 +245,13 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
         sys.exit(ExitCode.REJECTED)
 
 
+def _echo_recovered(notes: tuple[str, ...] | list[str]) -> None:
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
 def _echo_map(result: Any, target: Path) -> None:
+    _echo_recovered(result.recovered)
     _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items())
     click.echo(f"mapped {result.total} resources into {target}: {counts or 'nothing'}")
@@ -522,6 +528,7 @@ def _echo_push(result) -> None:
 
 
 def _echo_pull(result, store: Path) -> None:
+    _echo_recovered(result.recovered)
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
     since = f" (changes since {result.since})" if result.since else ""
     click.echo(f"pulled from {result.source} into {store}{since}: {counts}; {result.requests} requests, {result.seconds:.1f}s")
@@ -606,6 +613,35 @@ def sync_command(source: str, target: str, bundle_size: int, state: Path, ca_bun
         if result.pushed:
             _echo_push(result.pushed)
     _exit_for(result.ok)
+
+
+@main.command("repair")
+@click.argument("store", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Only say what would be completed, removed or dropped.")
+@_json_option
+def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
+    """Make STORE readable again after a killed or broken job.
+
+    Completes a multi-type write that a killed job had committed, removes the temporary
+    files and directories killed jobs left, and drops only the lines that are not a
+    resource of their file (a torn last line, bad JSON, another type, a bad id), naming
+    each (file, line number, first bytes). Exit 0 when the store reads cleanly afterwards,
+    4 when it does not (with --dry-run: when lines would have to be dropped), 9 when
+    another job is writing it.
+    """
+    result = jobs.repair(store, dry_run=dry_run)
+    if as_json:
+        _print_json(result)
+    else:
+        verb = "would drop" if dry_run else "dropped"
+        for note in result.recovered:
+            click.echo(note)
+        for line in result.dropped:
+            click.echo(f"{verb}: {line}")
+        state = "sound" if result.sound else "NOT sound"
+        click.echo(f"{store}: {len(result.dropped)} line(s) {verb}, {len(result.recovered)} other repair(s); {state}")
+    if not result.sound:
+        sys.exit(ExitCode.BAD_INPUT)
 
 
 @main.command("hospital-pull")

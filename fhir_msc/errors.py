@@ -17,7 +17,7 @@ class ExitCode(IntEnum):
     MISMATCH = 6  # a round trip or a verification did not reproduce its source
     PARTIAL = 7  # a push/pull/sync finished, but some resources failed (see the report)
     SERVER = 8  # the server could not be used: unreachable, refused credentials, bad answers
-    LOCKED = 9  # another sync holds the lock for this target
+    LOCKED = 9  # another job holds the lock of this store or sync state
     INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT); what was done and how to resume are printed
 
 
@@ -102,6 +102,6 @@ class CertificateError(ServerError):
 
 
 class SyncLocked(FhirMscError):
-    """Another sync job holds the lock."""
+    """Another job holds the lock of the store or sync state this job writes."""
 
     exit_code = ExitCode.LOCKED

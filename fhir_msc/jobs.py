@@ -5,10 +5,12 @@ Each returns a frozen result object; the CLI only formats it.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +18,13 @@ from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .errors import InputError
-from .progress import NO_PROGRESS, Progress
 from .fhir.bundle import open_resources, write_bundle
 from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
-from .fhir.versions import MARKED_TYPES
-from .fhir.versions import detect_version as detect_version_of
 from .fhir.versions import (
+    MARKED_TYPES,
     VERSIONS,
     FhirVersion,
     administration_medication,
@@ -32,13 +32,19 @@ from .fhir.versions import (
     subject_arm_names,
     subject_version,
 )
+from .fhir.versions import detect_version as detect_version_of
+from .progress import NO_PROGRESS, Progress
 from .server import hospital as _hospital
 from .server import sync as _sync
 from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
 from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
-from .store.ndjson import SUFFIX, Prefilter, Resource, Store
+from .store.files import private_dir
+from .store.lock import spool_dir, sweep_debris
+from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
+from .store.repair import RepairResult
+from .store.repair import repair as _repair
 from .study.definition import Study, package_data
 from .tables.sdtm import RejectLog, TableWriter, read_dataset
 
@@ -51,7 +57,9 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     """Map the trial tables in ``source`` into a store directory or a transaction bundle file.
 
     Rejected rows are written to ``rejects`` (default: ``STORE/rejects`` or
-    ``BUNDLE.rejects``), replacing what an earlier run left there. Progress is counted in
+    ``BUNDLE.rejects``), replacing what an earlier run left there. The store's write lock is
+    held throughout (``SyncLocked``, exit 9, if another job writes it); what killed jobs
+    left is completed or removed first and listed in ``recovered``. Progress is counted in
     input rows.
     """
     if (store is None) == (bundle is None):
@@ -62,7 +70,16 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
         raise InputError(f"{source}: not a directory of trial tables (dm.csv, ex.csv, findings)")
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
     progress.start(f"mapping {source}", _table_rows(study, source) if progress.active else None, "rows")
-    spool = Path(tempfile.mkdtemp(prefix=".rejects-", dir=rejects.parent if rejects.parent.exists() else None))
+    with Store(store).writing() if store is not None else nullcontext([]) as recovered:
+        recovered += [f"removed {path}: left by a killed job" for path in sweep_debris(rejects.parent, REJECTS_PREFIX)]
+        with spool_dir(rejects.parent, REJECTS_PREFIX) as spool:
+            result = _map_spooled(study, source, store, bundle, version, rejects, spool, progress)
+    return dataclasses.replace(result, recovered=tuple(recovered))
+
+
+def _map_spooled(study: Study, source: Path, store: Path | None, bundle: Path | None, version: FhirVersion,
+                 rejects: Path, spool: Path, progress: Progress) -> MapResult:
+    """The mapping itself, rejected rows spooled in ``spool`` and then published as ``rejects``."""
     log = RejectLog(spool)
     try:
         if store is not None:
@@ -71,11 +88,8 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
             counts = target.write(_widen_existing_visits(target, resources))
         else:
             counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress.advance), bundle)
-    except BaseException:  # an error or Ctrl-C: this run's rejects are not published, the spool goes
+    finally:  # after an error or Ctrl-C this run's rejects are not published: spool_dir removes them
         log.close()
-        shutil.rmtree(spool, ignore_errors=True)
-        raise
-    log.close()
     files = _publish_rejects(spool, rejects)
     return MapResult(counts=counts, rejections=log.rejections, rejects_files=files,
                      synthetic=read_dataset(source).synthetic)
@@ -116,7 +130,7 @@ def _publish_rejects(spool: Path, rejects: Path) -> list[Path]:
     if not files:
         shutil.rmtree(spool)
         return []
-    rejects.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(rejects.parent)
     spool.rename(rejects)
     return [rejects / f.name for f in files]
 
@@ -269,8 +283,9 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
          progress: Progress = NO_PROGRESS) -> PullResult:
     """Pull the study from the server into a store; incremental via ``state``."""
-    with open_journal(state) as journal:
-        return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+    with Store(store).writing() as recovered, open_journal(state) as journal:
+        result = _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+    return dataclasses.replace(result, recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
@@ -282,7 +297,9 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pulled = None
         if is_server(source):
             staging = Path(target) if not is_server(target) else state / "staging"
-            pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+            with Store(staging).writing() as recovered:
+                pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+            pulled = dataclasses.replace(pulled, recovered=tuple(recovered))
             source_path = staging
         else:
             source_path = Path(source)
@@ -298,6 +315,13 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
 def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
                   progress: Progress = NO_PROGRESS) -> HospitalPullResult:
     """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``."""
+    with Store(store).writing() as recovered:
+        result = _hospital_pull(study, client, enrollment, store, out, progress)
+    return dataclasses.replace(result, notes=[*recovered, *result.notes])
+
+
+def _hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
+                   progress: Progress) -> HospitalPullResult:
     subjects = subjects_in(study, Store(store))
     if not subjects:
         raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
@@ -311,6 +335,19 @@ def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Pat
         if mapped.rejections:
             raise InputError(f"{len(mapped.rejections)} hospital finding(s) could not be mapped; see {out / 'rejects'}")
     return result
+
+
+def repair(store: Path, *, dry_run: bool = False) -> RepairResult:
+    """Complete a write a killed job committed, remove killed jobs' debris, and drop unreadable lines.
+
+    Every dropped line is reported (file, line number, first bytes); ``dry_run`` only says
+    what would be done. Holds the store's write lock like every job that writes it.
+    """
+    if not store.is_dir():
+        raise InputError(f"{store}: no such store directory")
+    target = Store(store)
+    with target.writing(recover=False):
+        return _repair(target, dry_run=dry_run)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -335,7 +372,7 @@ class DemoResult:
 
 def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS) -> DemoResult:
     """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     store = workdir / "store"
     Store(store).clear()
     r4 = get_version("R4")

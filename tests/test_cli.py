@@ -6,6 +6,7 @@ import re
 import click
 import pytest
 from click.testing import CliRunner
+from storesafety import not_owner_only
 
 from fhir_msc import Store
 from fhir_msc.cli import main
@@ -16,7 +17,7 @@ def invoke(*argv: str):
     return CliRunner().invoke(main, list(argv))
 
 
-@pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo", "analyze", "verify", "push", "pull", "sync",
+@pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo", "analyze", "verify", "push", "pull", "sync", "repair",
                                      "hospital-pull"])
 def test_help_teaches_every_command(command):
     result = invoke(command, "--help")
@@ -26,9 +27,11 @@ def test_help_teaches_every_command(command):
             assert param.help and param.help.endswith("."), param.name
 
 
-def test_demo_prints_store_counts_and_lossless(tmp_path):
+def test_demo_prints_store_counts_and_lossless(tmp_path, umask_022):
     result = invoke("demo", "--workdir", str(tmp_path / "demo"))
     assert result.exit_code == 0, result.output
+    assert not_owner_only(tmp_path / "demo" / "store", tmp_path / "demo" / "bundle.json") == []
+    assert (tmp_path / "demo").stat().st_mode & 0o777 == 0o700
     assert f"store: {tmp_path / 'demo' / 'store'}" in result.output
     assert re.search(r"ResearchSubject\s+100\n", result.output)
     assert re.search(r"MedicationAdministration\s+300\n", result.output)

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import InputError
+from ..store.files import private_open
 from ..store.ndjson import Store
 from ..store.source import BundleSource
 
@@ -64,7 +65,7 @@ def transaction_entry(resource: Resource) -> Resource:
 def write_bundle(resources: Iterable[Resource], path: Path) -> dict[str, int]:
     """Stream resources into one transaction Bundle JSON file; returns entries per type."""
     counts: Counter[str] = Counter()
-    with open(path, "wb") as out:
+    with private_open(path, "wb") as out:
         out.write(b'{"resourceType":"Bundle","type":"transaction","entry":[\n')
         for resource in resources:
             out.write((b",\n" if counts else b"") + orjson.dumps(transaction_entry(resource)))

@@ -217,6 +217,7 @@ class MapResult:
     rejections: list[Rejection]
     rejects_files: list[Path]
     synthetic: bool
+    recovered: tuple[str, ...] = ()  # what was left by killed jobs and completed or removed first
 
     @property
     def total(self) -> int:

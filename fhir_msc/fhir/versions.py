@@ -10,7 +10,6 @@ Readers accept both versions, so a store of either can be unmapped.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal

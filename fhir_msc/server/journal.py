@@ -18,6 +18,7 @@ from typing import Iterator
 import orjson
 
 from ..errors import SyncLocked
+from ..store.files import private_dir, private_open
 
 _SCHEMA = """
 create table if not exists pushed (
@@ -38,8 +39,9 @@ class Journal:
     """Push and pull records in ``state_dir/journal.sqlite``."""
 
     def __init__(self, state_dir: Path):
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         self.path = state_dir / "journal.sqlite"
+        private_open(self.path, "ab").close()  # 0600 before SQLite opens it (its side files take the same mode)
         self._db = sqlite3.connect(self.path)
         self._db.executescript(_SCHEMA)
 
@@ -69,8 +71,8 @@ class Journal:
 @contextmanager
 def exclusive(state_dir: Path) -> Iterator[None]:
     """Hold the state directory's lock for the duration; fail fast if another job has it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "sync.lock", "w") as handle:
+    private_dir(state_dir)
+    with private_open(state_dir / "sync.lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -221,6 +221,7 @@ class PullResult:
     high_water: str | None
     requests: int
     seconds: float
+    recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
 
 
 SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)

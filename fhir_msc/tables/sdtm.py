@@ -19,6 +19,7 @@ from typing import NamedTuple, TextIO
 import yaml
 
 from ..errors import InputError
+from ..store.files import private_dir, private_open, private_write_text
 from ..study.definition import Outcome, Study
 
 REJECT_COLUMN = "REJECT_REASON"
@@ -125,8 +126,8 @@ class RejectLog:
             return
         name = Path(rejection.file).name
         if name not in self._writers:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            handle = open(self.directory / name, "w", encoding="utf-8", errors="surrogateescape", newline="")
+            private_dir(self.directory)
+            handle = private_open(self.directory / name, "w", encoding="utf-8", errors="surrogateescape", newline="")
             writer = csv.writer(handle)
             writer.writerow([*header, REJECT_COLUMN])
             self._writers[name] = (handle, writer)
@@ -435,13 +436,13 @@ class TableWriter:
 
     def __init__(self, study: Study, directory: Path):
         self.study, self.directory = study, directory
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         self._files: dict[str, tuple[object, csv.writer]] = {}
         self.rows: dict[str, int] = {}
 
     def _writer(self, name: str, header: list[str]) -> csv.writer:
         if name not in self._files:
-            handle = open(self.directory / name, "w", encoding="utf-8", newline="")
+            handle = private_open(self.directory / name, "w", encoding="utf-8", newline="")
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             self._files[name] = (handle, writer)
@@ -462,7 +463,7 @@ class TableWriter:
     def dataset(self, dataset: Dataset) -> None:
         if dataset.synthetic:
             text = yaml.safe_dump({"synthetic": True, "description": SYNTHETIC_NOTE}, sort_keys=False, width=100)
-            (self.directory / DATASET_FILE).write_text(text, encoding="utf-8")
+            private_write_text(self.directory / DATASET_FILE, text)
 
     def close(self) -> None:
         for handle, _ in self._files.values():

@@ -8,7 +8,13 @@ from datetime import datetime, timezone
 import pytest
 
 from fhir_msc.analysis import frame as analysis
-from fhir_msc.analysis.report import forest_panels, forest_plot, format_p, tool_version, write_report
+from fhir_msc.analysis.report import (
+    forest_panels,
+    forest_plot,
+    format_p,
+    tool_version,
+    write_report,
+)
 
 
 @pytest.fixture(scope="module")

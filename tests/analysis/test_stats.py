@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from statsmodels.stats.contingency_tables import StratifiedTable, Table2x2
 from statsmodels.stats import proportion
+from statsmodels.stats.contingency_tables import StratifiedTable, Table2x2
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from fhir_msc.analysis.stats import (

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from loopback import LoopbackServer
 
 from fhir_msc.cli import main
 from fhir_msc.errors import (
@@ -36,7 +37,6 @@ from fhir_msc.server.auth import (
     load_signing_key,
 )
 from fhir_msc.server.client import FhirClient, RetryPolicy
-from loopback import LoopbackServer
 
 BASE = "https://fhir.hospital.test/fhir"
 TOKEN_URL = "https://auth.hospital.test/token"

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import requests
 from click.testing import CliRunner
+from storesafety import not_owner_only
 
 from fhir_msc import Store
 from fhir_msc.cli import main
@@ -53,3 +54,15 @@ def test_enrollment_rows_need_system_and_value(tmp_path):
     bad.write_text("USUBJID,PATIENT_IDENTIFIER\nS1,MRN1\n")
     with pytest.raises(InputError, match="row 2: need USUBJID and PATIENT_IDENTIFIER as system|value"):
         read_enrollment(bad)
+
+
+def test_hospital_findings_and_the_store_are_owner_only_under_umask_022(hospital, demo_store, tmp_path, umask_022):
+    store = tmp_path / "work" / "store"
+    shutil.copytree(demo_store.path, store)
+    for path in [store, *store.iterdir()]:
+        path.chmod(0o700 if path.is_dir() else 0o600)  # what a map under this umask gives (tested in tests/test_store_jobs.py)
+    result = CliRunner().invoke(main, ["hospital-pull", "--server", hospital.base, "--enrollment", str(HOSPITAL / "enrollment.csv"),
+                                       "--store", str(store), "--out", str(tmp_path / "work" / "found")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "work" / "found" / "lb.csv").exists()
+    assert not_owner_only(store, tmp_path / "work" / "found") == []

@@ -12,8 +12,8 @@ from fhir_msc import Store, jobs
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, SyncLocked
 from fhir_msc.fhir.roundtrip import compare_tables
-from fhir_msc.progress import Progress
 from fhir_msc.fhir.unmapping import fhir_to_tables
+from fhir_msc.progress import Progress
 from fhir_msc.server.client import FhirClient, RetryPolicy
 from fhir_msc.server.journal import exclusive
 from fhir_msc.server.sync import SUBJECT_CHUNK, subjects_per_search

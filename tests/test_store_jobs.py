@@ -1,0 +1,168 @@
+"""Jobs that write a store: one at a time (exit 9), killed ones cleaned up after, repair, evil servers, owner-only files."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import responses
+from click.testing import CliRunner
+from storesafety import lock_held_elsewhere, not_owner_only
+
+from fhir_msc import Store
+from fhir_msc.cli import main
+from fhir_msc.errors import ExitCode
+from fhir_msc.study.definition import REPO_ROOT
+
+BAD = Path(__file__).parent / "data" / "bad"
+BASE = "http://127.0.0.1:9999/fhir"  # never reached: responses answers, or the job stops before asking
+FHIR_MSC = Path(sys.executable).with_name("fhir-msc")
+
+
+def invoke(*argv: str):
+    return CliRunner().invoke(main, [str(a) for a in argv])
+
+
+def mock_study_server(study, observations: list[dict]) -> None:
+    """A server holding one study with one subject and ``observations`` (for a pull)."""
+    identifier = {"system": study.study.identifier.system, "value": study.study.identifier.value}
+
+    def searchset(*resources: dict) -> dict:
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+                "entry": [{"resource": r} for r in resources]}
+
+    answers = {
+        "ResearchStudy": searchset({"resourceType": "ResearchStudy", "id": "s1", "status": "active", "identifier": [identifier]}),
+        "ResearchSubject": searchset({"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study",
+                                      "study": {"reference": "ResearchStudy/s1"}, "individual": {"reference": "Patient/p1"}},
+                                     {"resourceType": "Patient", "id": "p1"}),
+        "Observation": searchset(*observations),
+    }
+    for resource_type in ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encounter", "MedicationAdministration",
+                          "Observation"):
+        responses.get(re.compile(rf"{re.escape(BASE)}/{resource_type}(\?.*)?$"), json=answers.get(resource_type, searchset()))
+
+
+OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+               "subject": {"reference": "Patient/p1"}}
+
+
+# --- one writer at a time ---------------------------------------------------------------------
+
+@responses.activate  # no answers registered: a job that reached the network would fail otherwise
+def test_every_job_writing_a_locked_store_exits_9_with_one_line(tmp_path):
+    store = tmp_path / "store"
+    assert invoke("map", BAD / "good", "--store", store).exit_code == 0
+    before = Store(store).counts()
+    jobs_writing_it = {
+        "map": ["map", BAD / "good", "--store", store],
+        "pull": ["pull", "--server", BASE, "--store", store, "--state", tmp_path / "state"],
+        "sync": ["sync", "--from", BASE, "--to", store, "--state", tmp_path / "state"],
+        "hospital-pull": ["hospital-pull", "--server", BASE, "--store", store, "--out", tmp_path / "found",
+                          "--enrollment", REPO_ROOT / "fixtures" / "hospital" / "enrollment.csv"],
+        "repair": ["repair", store],
+    }
+    with lock_held_elsewhere(store) as pid:
+        for name, argv in jobs_writing_it.items():
+            result = invoke(*argv)
+            assert result.exit_code == ExitCode.LOCKED, (name, result.output)
+            assert result.stderr.splitlines() == [f"fhir-msc: error: another job is writing {store} (pid {pid}); wait for it "
+                                                  "to finish and run this again (a job that was killed releases the lock "
+                                                  "with its process)"], name
+    assert len(responses.calls) == 0 and Store(store).counts() == before
+    assert invoke("repair", store).exit_code == 0  # the lock went with its process
+
+
+def test_a_killed_map_leaves_debris_that_the_next_map_reports_and_removes(study, cohort, tmp_path):
+    store = tmp_path / "store"
+    tables = tmp_path / "tables"
+    shutil.copytree(cohort, tables)
+    with open(tables / "qs.csv", "a") as qs:  # a rejected row, so the map also spools rejects
+        qs.write("NCT04288102,NCT04288102-001,QS,SF36GH,General health,sixty,,9,M36,2023-03-01\n")
+    job = subprocess.Popen([FHIR_MSC, "map", tables, "--store", store], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (list(store.glob(".spool-*")) and list(store.glob(".rejects-*"))) and job.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL
+    debris = sorted(p.name for p in store.glob(".spool-*")) + sorted(p.name for p in store.glob(".rejects-*"))
+    assert len(debris) == 2
+    result = invoke("map", BAD / "good", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert sorted(re.findall(r"note: removed .*/(\.\w+-\w+): left by a killed job", result.stderr)) == sorted(debris)
+    assert not list(store.glob(".spool-*")) and not list(store.glob(".rejects-*"))
+
+
+def test_a_map_to_a_bundle_removes_a_killed_maps_rejects_spool_beside_it(tmp_path):
+    (tmp_path / ".rejects-killed").mkdir()
+    (tmp_path / ".rejects-killed" / "qs.csv").write_text("half a row")
+    result = invoke("map", BAD / "good", "--bundle", tmp_path / "bundle.json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"note: removed {tmp_path / '.rejects-killed'}: left by a killed job"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.json"]
+
+
+# --- repair -------------------------------------------------------------------------------------
+
+def test_repair_command_drops_a_torn_line_reports_it_and_exits_0(tmp_path):
+    store = tmp_path / "store"
+    assert invoke("map", BAD / "good", "--store", store).exit_code == 0
+    observations = store / "Observation.ndjson"
+    count = Store(store).counts()["Observation"]
+    with open(observations, "ab") as handle:
+        handle.write(b'{"resourceType":"Observation","id":"torn","sta')
+    broken = invoke("validate", store)
+    assert broken.exit_code == ExitCode.BAD_INPUT and "fhir-msc repair" in broken.stderr
+    dry = invoke("repair", store, "--dry-run")
+    assert dry.exit_code == ExitCode.BAD_INPUT
+    assert dry.stdout.splitlines()[0] == (f"would drop: {observations}, line {count + 1}: torn last line (a write was cut off): "
+                                          "not complete JSON (begins '{\"resourceType\":\"Observation\",\"id\":\"torn')")
+    fixed = invoke("repair", store, "--json")
+    assert fixed.exit_code == 0, fixed.output
+    report = json.loads(fixed.stdout)
+    assert report["sound"] and [(d["file"], d["line"]) for d in report["dropped"]] == [(str(observations), count + 1)]
+    assert invoke("validate", store).exit_code == 0 and Store(store).counts()["Observation"] == count
+    assert invoke("repair", store).stdout.strip() == f"{store}: 0 line(s) dropped, 0 other repair(s); sound"
+
+
+def test_repair_of_a_missing_store_is_one_line(tmp_path):
+    result = invoke("repair", tmp_path / "nope")
+    assert result.exit_code == ExitCode.BAD_INPUT and result.stderr.splitlines() == [
+        f"fhir-msc: error: {tmp_path / 'nope'}: no such store directory"]
+
+
+# --- a server naming files ------------------------------------------------------------------------
+
+@responses.activate
+def test_a_pull_from_a_server_returning_a_path_as_resource_type_writes_nothing_outside_the_store(study, tmp_path):
+    mock_study_server(study, [OBSERVATION, {**OBSERVATION, "resourceType": "../../evil", "id": "o2"}])
+    work = tmp_path / "work"
+    result = invoke("pull", "--server", BASE, "--store", work / "store", "--state", work / "state")
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert result.stderr.splitlines() == ["fhir-msc: error: refused to store a resource with resourceType '../../evil': "
+                                          "not a FHIR resource type name (letters only, e.g. Observation); nothing of "
+                                          "this write was stored"]
+    assert not list(tmp_path.rglob("*evil*"))
+    assert Store(work / "store").counts().get("Observation") is None  # the write holding it stored nothing
+
+
+# --- owner-only -------------------------------------------------------------------------------------
+
+@responses.activate
+def test_what_map_pull_and_unmap_write_is_owner_only_under_umask_022(study, tmp_path, umask_022):
+    shutil.copytree(BAD / "non-numeric", tmp_path / "tables")
+    work = tmp_path / "work"
+    assert invoke("map", tmp_path / "tables", "--store", work / "store").exit_code == ExitCode.REJECTED
+    assert list((work / "store" / "rejects").glob("*.csv"))
+    assert invoke("map", tmp_path / "tables", "--bundle", work / "out" / "bundle.json").exit_code == ExitCode.REJECTED
+    assert invoke("unmap", work / "store", "--out", work / "tables").exit_code == 0
+    mock_study_server(study, [OBSERVATION])
+    assert invoke("pull", "--server", BASE, "--store", work / "pulled", "--state", work / "state").exit_code == 0
+    assert (work / "state" / "journal.sqlite").exists() and (work / "pulled" / "Observation.ndjson").exists()
+    assert (work / "out" / "bundle.json.rejects").is_dir()
+    assert not_owner_only(work) == []
