@@ -19,6 +19,7 @@ import click
 from tqdm import tqdm
 
 from . import jobs
+from .account import Account
 from .analysis.report import (
     FORMATS,
     comparison_table,
@@ -27,6 +28,7 @@ from .analysis.report import (
     verification_table,
 )
 from .errors import ExitCode, FhirMscError
+from .fhir.unmapping import NOT_ASKED
 from .fhir.versions import VERSIONS, get_version
 from .server.client import connect
 from .server.sync import METHODS
@@ -157,8 +159,28 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
         _print_json(result)
         return
     click.echo(f"wrote {out}: " + ", ".join(f"{name} {rows} rows" for name, rows in result.rows.items()))
-    for line in result.skipped[:MAX_SHOWN]:
-        click.echo(f"skipped: {line}", err=True)
+    click.echo(f"read {result.read} resources: {result.read - result.skipped} used, {result.skipped} skipped")
+    for resource_type, account in result.accounts.items():
+        click.echo(f"  {resource_type}: {account.describe()}")
+    for resource_type, account in result.accounts.items():
+        _echo_skipped(f"skipped: {resource_type}", account)
+
+
+def _echo_skipped(label: str, account: Account, leave_out: tuple[str, ...] = ()) -> None:
+    """One line per reason on stderr: how many, the first few named, and how many more."""
+    for reason, count in account.skipped.items():
+        if reason in leave_out:
+            continue
+        named = account.examples.get(reason, [])
+        more = f" … and {count - len(named)} more" if named and count > len(named) else ""
+        click.echo(f"{label} {count} × {reason}" + (f": {', '.join(named)}{more}" if named else ""), err=True)
+
+
+def _echo_observations(account: Account) -> None:
+    """The Observations' account on stderr when any was dropped for a reason other than the visits asked for."""
+    if any(reason != NOT_ASKED for reason in account.skipped):
+        click.echo(f"Observations: {account.describe('in the frame')}", err=True)
+        _echo_skipped("  dropped:", account, leave_out=(NOT_ASKED,))
 
 
 @main.command("validate")
@@ -273,11 +295,16 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     its 95% CI, p, and the method that computed it.
     """
     study = load_study(study_path)
-    comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                               list(visits) or None, list(outcomes) or None)
-    click.echo(render(comparison_table(comparisons), fmt))
+    result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+                          list(visits) or None, list(outcomes) or None)
+    table = comparison_table(result.comparisons)
+    if fmt == "json":
+        _print_json({"comparisons": json.loads(render(table, "json")), "observations": result.observations})
+    else:
+        click.echo(render(table, fmt))
+    _echo_observations(result.observations)
     if plot:
-        forest_plot(comparisons, plot, study.study.identifier.value)
+        forest_plot(result.comparisons, plot, study.study.identifier.value)
         click.echo(f"forest plot: {plot}", err=True)
 
 
@@ -293,13 +320,15 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
 
     Compares at the paper's precision and exits 6 if any result does not match.
     """
-    checks = jobs.verify(load_study(study_path), _source(source, server, config, ca_bundle, timeout))
-    table = verification_table(checks)
-    click.echo(render(table, "json") if as_json else render(table, "table"))
-    matched = sum(c.matches for c in checks)
-    if not as_json:
-        click.echo(f"reproduced {matched}/{len(checks)} published results")
-    if matched < len(checks):
+    result = jobs.verify(load_study(study_path), _source(source, server, config, ca_bundle, timeout))
+    table = verification_table(result.checks)
+    if as_json:
+        _print_json({"checks": json.loads(render(table, "json")), "observations": result.observations})
+    else:
+        click.echo(render(table, "table"))
+        click.echo(f"reproduced {result.reproduced}/{len(result.checks)} published results")
+    _echo_observations(result.observations)
+    if result.reproduced < len(result.checks):
         sys.exit(ExitCode.MISMATCH)
 
 

@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from .account import Account
 from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
@@ -111,24 +114,52 @@ def validate(source: Path, version: FhirVersion, progress: Progress = None) -> V
 
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None):
     """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
+    return frame_and_account(study, source, visits)[0]
+
+
+def frame_and_account(study: Study, source: Path | FhirClient,
+                      visits: list[str] | None = None) -> tuple[pd.DataFrame, Account]:
+    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server."""
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True)
-            return analysis.analysis_frame(study, Store(Path(tmp) / "store"), visits)
-    return analysis.analysis_frame(study, open_resources(source), visits)
+            return analysis.frame_and_account(study, Store(Path(tmp) / "store"), visits)
+    return analysis.frame_and_account(study, open_resources(source), visits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisResult:
+    """Between-arm comparisons, and the account of the Observations read (rows of the frame + dropped)."""
+
+    comparisons: list[Comparison]
+    observations: Account
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyResult:
+    """Published results next to their recomputation, and the account of the Observations read."""
+
+    checks: list[Verification]
+    observations: Account
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.checks)
 
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-            outcomes: list[str] | None = None) -> list[Comparison]:
+            outcomes: list[str] | None = None) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
-    return analysis.analyze(study, analysis_frame(study, source, visits), visits, outcomes)
+    frame, observations = frame_and_account(study, source, visits)
+    return AnalysisResult(comparisons=analysis.analyze(study, frame, visits, outcomes), observations=observations)
 
 
-def verify(study: Study, source: Path | FhirClient) -> list[Verification]:
+def verify(study: Study, source: Path | FhirClient) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server."""
     visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
-    return analysis.verify(study, analysis_frame(study, source, visits))
+    frame, observations = frame_and_account(study, source, visits)
+    return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
 
 
 def is_server(location: str) -> bool:
