@@ -30,6 +30,7 @@ from .analysis.report import (
 from .errors import ExitCode, FhirMscError
 from .fhir.unmapping import NOT_ASKED
 from .fhir.versions import VERSIONS, get_version
+from .server import hospital as _hospital
 from .server.client import connect
 from .server.sync import METHODS
 from .study.definition import DEFAULT_STUDY, Study, load_study
@@ -463,26 +464,39 @@ def sync_command(source: str, target: str, bundle_size: int, state: Path, ca_bun
 @click.option("--store", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="The study store: subjects and start dates come from it, and the new findings go into it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("hospital-findings"),
-              show_default=True, metavar="DIR", help="Where the findings tables are written for review.")
+              show_default=True, metavar="DIR",
+              help="Where the findings tables and conflicts.csv (study and hospital values side by side) are written for review.")
+@click.option("--prefer", type=click.Choice(_hospital.PREFER), default="study", show_default=True,
+              help="Which value wins when the store already holds a value for the subject, outcome and visit.")
 @_server_options
 @_study_option
 @_json_option
-def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, ca_bundle: str | None, timeout: float,
-                          config: str | None, study_path: Path, as_json: bool) -> None:
+def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, prefer: str, ca_bundle: str | None,
+                          timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Fetch enrolled patients' results from a hospital FHIR server and add them at the right study visits.
 
-    Results are found by the standard codes of the study's outcomes, converted to the
-    study's units and placed by the visit windows of the study definition; everything not
-    used is counted by reason.
+    All Observations of each enrolled patient are read; those with the standard codes of the
+    study's outcomes are converted to the study's units and placed at the visit (where the
+    outcome is scheduled) whose window holds their date. Study values are never overwritten:
+    a different hospital value is a conflict, listed in --out/conflicts.csv and left out
+    unless --prefer hospital. Everything not used is counted by reason.
     """
     client = _client(server, config, ca_bundle, timeout)
-    result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out)
+    result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, prefer)
     if as_json:
         _print_json(result)
         return
-    click.echo(f"hospital {server}: {result.patients_found}/{result.enrolled} enrolled patients found; "
+    click.echo(f"hospital {server}: {result.patients.used}/{result.enrolled} enrolled patients found; "
                f"{len(result.findings)} findings written to {out} and mapped into {store}")
-    for reason, count in sorted(result.skipped.items()):
-        click.echo(f"  not used: {count} × {reason}")
-    for note in result.notes:
-        click.echo(f"  note: {note}", err=True)
+    click.echo(f"Observations of the patients found: {result.observations.describe()}")
+    if result.conflicts:
+        kept = "the hospital's values replaced the study's" if prefer == "hospital" else \
+            "the study's values kept; --prefer hospital to take the hospital's"
+        click.echo(f"{len(result.conflicts)} conflict(s) with study values in {out / jobs.CONFLICTS_FILE} ({kept})")
+    _echo_skipped("  not used:", result.observations)
+    if result.unused_codes:
+        shown = list(result.unused_codes.items())[:MAX_SHOWN]
+        more = len(result.unused_codes) - len(shown)
+        click.echo("  codes not used by the study: " + ", ".join(f"{code} ×{n}" for code, n in shown)
+                   + (f" … and {more} more" if more else ""), err=True)
+    _echo_skipped("  patient not used:", result.patients)

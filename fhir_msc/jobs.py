@@ -5,6 +5,8 @@ Each returns a frozen result object; the CLI only formats it.
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -22,7 +24,7 @@ from .errors import InputError
 from .fhir.bundle import open_resources, write_bundle
 from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
-from .fhir.unmapping import UnmapResult, fhir_to_tables, subjects_in
+from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
 from .fhir.versions import (
     VERSIONS,
@@ -40,7 +42,7 @@ from .server.journal import open_journal
 from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
 from .store.ndjson import Store
 from .study.definition import REPO_ROOT, Study
-from .tables.sdtm import RejectLog, TableWriter, read_dataset
+from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
 Progress = Callable[[int], None] | None
 DEMO_TABLES = REPO_ROOT / "fixtures" / "msc-covid19"
@@ -215,21 +217,58 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
 
 
-def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path) -> HospitalPullResult:
-    """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``."""
-    subjects = subjects_in(study, Store(store))
+CONFLICTS_FILE = "conflicts.csv"
+CONFLICT_COLUMNS = ["USUBJID", "TESTCD", "VISITNUM", "VISIT", "UNIT", "STUDY_RESULT", "STUDY_DATE",
+                    "HOSPITAL_RESULT", "HOSPITAL_DATE", "HOSPITAL_OBSERVATION", "KEPT"]
+
+
+def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
+                  prefer: str = "study") -> HospitalPullResult:
+    """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``.
+
+    A value for a subject, outcome and visit the store already holds is a conflict: written
+    with both values to ``out/conflicts.csv`` and left out, unless ``prefer`` is "hospital".
+    """
+    if (out / study.tables.dm.file).exists():
+        raise InputError(f"{out} holds trial tables ({study.tables.dm.file}): give --out a directory of its own")
+    people = _hospital.read_enrollment(enrollment)
+    subjects, study_values = _held_values(study, Store(store), {person.subject for person in people})
     if not subjects:
         raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
-    result = _hospital.pull_hospital(client, study, _hospital.read_enrollment(enrollment), subjects)
+    result = _hospital.pull_hospital(client, study, people, subjects, study_values, prefer)
     with TableWriter(study, out) as writer:
         for finding in result.findings:
             writer.finding(finding)
+    for domain, name in study.tables.findings.files.items():  # an earlier run's table is replaced, not mapped again
+        if name not in writer.rows and (out / name).exists():
+            (out / name).write_text(",".join(finding_columns(study, domain)) + "\n", encoding="utf-8")
+    _write_conflicts(study, result.conflicts, out / CONFLICTS_FILE)
     if result.findings:
         version = subject_version(next(Store(store).read("ResearchSubject"), {}))
         mapped = map_tables(study, out, store=store, version=version, rejects=out / "rejects")
         if mapped.rejections:
             raise InputError(f"{len(mapped.rejections)} hospital finding(s) could not be mapped; see {out / 'rejects'}")
     return result
+
+
+def _held_values(study: Study, store: Store, enrolled: set[str]) -> tuple[dict, _hospital.StudyValues]:
+    """The store's subjects, and its values of the enrolled subjects for the outcomes a hospital can give."""
+    codes = {outcome.code for outcome in _hospital.hospital_outcomes(study).values()}
+    subjects, findings, _ = read_records(study, store)
+    values = {(f.subject, f.visitnum, f.testcd): (f.result, f.date) for f in findings
+              if f.testcd in codes and f.subject in enrolled}
+    return subjects, values
+
+
+def _write_conflicts(study: Study, conflicts: list[_hospital.Conflict], path: Path) -> None:
+    """Both values of every conflict (owner-only: it holds trial and hospital data); header only if none."""
+    path.unlink(missing_ok=True)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CONFLICT_COLUMNS)
+        for c in conflicts:
+            writer.writerow([c.subject, c.testcd, c.visitnum, study.visit_by_num[c.visitnum].code, c.unit, c.study_result,
+                             c.study_date, c.hospital_result, c.hospital_date, c.hospital_observation, c.kept])
 
 
 @dataclass(frozen=True, kw_only=True)
