@@ -1,5 +1,6 @@
 """FHIR → DataFrame → comparisons → verify, on the MSC cohort and on a second, made-up study."""
 
+import json
 from pathlib import Path
 
 import orjson
@@ -168,8 +169,10 @@ def test_a_duplicate_under_another_id_is_counted_once(study, demo_store):
 
     def pushed_twice(resources):
         gh = _first(resources, "SF36GH", "valueQuantity")
-        return [*resources, {**gh, "id": "server-assigned-id"}]
+        return [*resources, {**gh, "id": "server-assigned-id", "valueQuantity": {**gh["valueQuantity"], "value": 1.0}}]
     frame, account = frame_and_account(study, _cohort_with(demo_store, pushed_twice))
+    first = analysis_frame(study, demo_store)
+    assert frame["value"].equals(first["value"])  # the first read is kept
     assert account.read == demo_store.counts()["Observation"] + 1 and account.used == len(frame) and account.balanced
     assert list(account.skipped.values()) == [1] and account.skipped.get(DUPLICATE) == 1
     after = analyze(study, frame, visits=["M36"], outcomes=["SF36GH"])[0]
@@ -194,3 +197,12 @@ def test_every_reason_to_drop_an_observation_is_counted(study, demo_store):
     assert {reason: n for reason, n in account.skipped.items() if reason != NOT_RANDOMIZED} == {
         CENSORED: 1, "no outcome code of this study": 1, "unknown subject": 1, "unknown visit": 1}
     assert account.skipped[NOT_RANDOMIZED] > 50  # every finding of the subject whose ResearchSubject is gone
+
+
+def test_verify_json_carries_the_observations_account(tmp_path):
+    runner = CliRunner()
+    runner.invoke(main, ["map", str(MINI / "tables"), "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml")])
+    result = runner.invoke(main, ["verify", "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml"), "--json"])
+    data = json.loads(result.stdout)
+    assert len(data["checks"]) == 2 and data["observations"]["read"] == Store(tmp_path / "s").counts()["Observation"]
+    assert data["observations"]["used"] + sum(data["observations"]["skipped"].values()) == data["observations"]["read"]

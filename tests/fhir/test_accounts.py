@@ -3,6 +3,8 @@
 import copy
 import shutil
 
+import pytest
+
 from click.testing import CliRunner
 
 from fhir_msc import Store, get_version
@@ -11,6 +13,7 @@ from fhir_msc.fhir.bundle import write_bundle
 from fhir_msc.fhir.roundtrip import check_roundtrip
 from fhir_msc.fhir.unmapping import fhir_to_tables
 from fhir_msc.store.source import BundleSource
+from fhir_msc.tables.sdtm import split_comparator
 from fhir_msc.study.definition import REPO_ROOT
 
 GOOD = REPO_ROOT / "tests" / "data" / "bad" / "good"
@@ -85,3 +88,9 @@ def test_a_censored_result_keeps_its_comparator_through_fhir_and_back(study, tmp
     lines[1] = lines[1].replace(",<500,mL,", ",<0.5,L,")
     (tables / "re.csv").write_text("\n".join(lines) + "\n")
     assert check_roundtrip(study, tables, get_version("R5"), tmp_path / "rt").lossless
+
+
+@pytest.mark.parametrize("text, expected", [("<0.5", ("<", "0.5")), (">1000", (">", "1000")), ("<=2", ("<=", "2")),
+                                            (">= 7", (">=", "7")), ("0.5", ("", "0.5")), ("", ("", ""))])
+def test_the_comparator_of_a_censored_result_is_read_before_its_number(text, expected):
+    assert split_comparator(text) == expected
