@@ -28,7 +28,7 @@ from .analysis.report import (
     verification_table,
 )
 from .errors import ExitCode, FhirMscError
-from .fhir.unmapping import NOT_ASKED
+from .fhir.unmapping import NOT_ASKED, NOT_READ
 from .fhir.versions import VERSIONS, get_version
 from .server import hospital as _hospital
 from .server.client import connect
@@ -163,8 +163,8 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
     click.echo(f"read {result.read} resources: {result.read - result.skipped} used, {result.skipped} skipped")
     for resource_type, account in result.accounts.items():
         click.echo(f"  {resource_type}: {account.describe()}")
-    for resource_type, account in result.accounts.items():
-        _echo_skipped(f"skipped: {resource_type}", account)
+    for resource_type, account in result.accounts.items():  # types no row comes from are in the summary only
+        _echo_skipped(f"skipped: {resource_type}", account, leave_out=tuple(NOT_READ.values()))
 
 
 def _echo_skipped(label: str, account: Account, leave_out: tuple[str, ...] = ()) -> None:
