@@ -110,7 +110,7 @@ def case_flatten_fhiry(tables: Path, store: Path, url: str | None) -> tuple[floa
 def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
     """fhir-msc: month-36 between-arm table from the embedded store, as `fhir-msc analyze --visit M36` does it."""
     study = load_study()
-    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"])))
+    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"]).comparisons))
 
 
 def case_push_transactions(tables: Path, store: Path, url: str) -> tuple[float, int]:

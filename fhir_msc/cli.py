@@ -22,6 +22,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import jobs
+from .account import Account
 from .analysis.export import analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
@@ -31,9 +32,11 @@ from .analysis.report import (
     verification_table,
 )
 from .errors import ExitCode, FhirMscError
+from .fhir.unmapping import NOT_ASKED, NOT_READ
 from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
 from .progress import Progress
+from .server import hospital as _hospital
 from .server.client import connect, load_config
 from .server.sync import METHODS
 from .study.definition import DEFAULT_STUDY, Study, load_study
@@ -275,7 +278,28 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
         _print_json(result)
         return
     click.echo(f"wrote {out}: " + ", ".join(f"{name} {rows} rows" for name, rows in result.rows.items()))
-    _echo_cut("skipped", result.skipped)
+    click.echo(f"read {result.read} resources: {result.read - result.skipped} used, {result.skipped} skipped")
+    for resource_type, account in result.accounts.items():
+        click.echo(f"  {resource_type}: {account.describe()}")
+    for resource_type, account in result.accounts.items():  # types no row comes from are in the summary only
+        _echo_skipped(f"skipped: {resource_type}", account, leave_out=tuple(NOT_READ.values()))
+
+
+def _echo_skipped(label: str, account: Account, leave_out: tuple[str, ...] = ()) -> None:
+    """One line per reason on stderr: how many, the first few named, and how many more."""
+    for reason, count in account.skipped.items():
+        if reason in leave_out:
+            continue
+        named = account.examples.get(reason, [])
+        more = f" … and {count - len(named)} more" if named and count > len(named) else ""
+        click.echo(f"{label} {count} × {reason}" + (f": {', '.join(named)}{more}" if named else ""), err=True)
+
+
+def _echo_observations(account: Account) -> None:
+    """The Observations' account on stderr when any was dropped for a reason other than the visits asked for."""
+    if any(reason != NOT_ASKED for reason in account.skipped):
+        click.echo(f"Observations: {account.describe('in the frame')}", err=True)
+        _echo_skipped("  dropped:", account, leave_out=(NOT_ASKED,))
 
 
 @main.command("validate")
@@ -435,14 +459,15 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     """
     study = load_study(study_path)
     with _progress(not as_json, _RERUN) as progress:
-        comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                                   list(visits) or None, list(outcomes) or None, progress)
+        result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+                              list(visits) or None, list(outcomes) or None, progress)
     if as_json or fmt == "json":
-        _print_json(analyze_json(study, comparisons))
+        _print_json(analyze_json(study, result.comparisons, result.observations))
     else:
-        click.echo(render(comparison_table(comparisons), fmt))
+        click.echo(render(comparison_table(result.comparisons), fmt))
+    _echo_observations(result.observations)
     if plot:
-        forest_plot(comparisons, plot, study.study.identifier.value, study=study)
+        forest_plot(result.comparisons, plot, study.study.identifier.value, study=study)
         _info(f"forest plot: {plot}", err=True)
 
 
@@ -461,15 +486,16 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     """
     study = load_study(study_path)
     with _progress(not as_json, _RERUN) as progress:
-        checks = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress)
-    matched = sum(c.matches for c in checks)
+        result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress)
+    checks = result.checks
     if as_json:
-        _print_json(verify_json(study, checks))
+        _print_json(verify_json(study, checks, result.observations))
     else:
-        if not _output().quiet or matched < len(checks):
+        if not _output().quiet or result.reproduced < len(checks):
             click.echo(render(verification_table(checks), "table"))
-        click.echo(f"reproduced {matched}/{len(checks)} published results")
-    if matched < len(checks):
+        click.echo(f"reproduced {result.reproduced}/{len(checks)} published results")
+    _echo_observations(result.observations)
+    if result.reproduced < len(checks):
         sys.exit(ExitCode.MISMATCH)
 
 
@@ -507,7 +533,7 @@ def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
         "infusions": [{"treatment": code, "administrations": n} for code, n in result.infusions.items()],
         "validation": {version: _validation_json(report) for version, report in result.validation.items()},
         "roundtrip": {**_to_jsonable(result.roundtrip), "lossless": result.roundtrip.lossless},
-        "verify": verify_json(study, result.verification),
+        "verify": verify_json(study, result.verification, result.observations),
         "report": _to_jsonable(result.report),
     }
 
@@ -652,28 +678,43 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
 @click.option("--store", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="The study store: subjects and start dates come from it, and the new findings go into it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("hospital-findings"),
-              show_default=True, metavar="DIR", help="Where the findings tables are written for review.")
+              show_default=True, metavar="DIR",
+              help="Where the findings tables and conflicts.csv (study and hospital values side by side) are written for review.")
+@click.option("--prefer", type=click.Choice(_hospital.PREFER), default="study", show_default=True,
+              help="Which value wins when the store already holds a value for the subject, outcome and visit.")
 @_server_options
 @_study_option
 @_json_option
-def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, ca_bundle: str | None, timeout: float,
-                          config: str | None, study_path: Path, as_json: bool) -> None:
+def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, prefer: str, ca_bundle: str | None,
+                          timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Fetch enrolled patients' results from a hospital FHIR server and add them at the right study visits.
 
-    Results are found by the standard codes of the study's outcomes, converted to the
-    study's units and placed by the visit windows of the study definition; everything not
-    used is counted by reason.
+    All Observations of each enrolled patient are read; those with the standard codes of the
+    study's outcomes are converted to the study's units and placed at the visit (where the
+    outcome is scheduled) whose window holds their date. Study values are never overwritten:
+    a different hospital value is a conflict, listed in --out/conflicts.csv and left out
+    unless --prefer hospital. Everything not used is counted by reason.
     """
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
                                 "rerun the same command") as progress:
-        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, progress)
+        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, prefer, progress)
     if as_json:
         _print_json(result)
         return
-    click.echo(f"hospital {server}: {result.patients_found}/{result.enrolled} enrolled patients found; "
+    click.echo(f"hospital {server}: {result.patients.used}/{result.enrolled} enrolled patients found; "
                f"{len(result.findings)} findings written to {out} and mapped into {store}")
-    for reason, count in sorted(result.skipped.items()):
-        _info(f"  not used: {count} × {reason}")
+    click.echo(f"Observations of the patients found: {result.observations.describe()}")
+    if result.conflicts:
+        kept = "the hospital's values replaced the study's" if prefer == "hospital" else \
+            "the study's values kept; --prefer hospital to take the hospital's"
+        click.echo(f"{len(result.conflicts)} conflict(s) with study values in {out / jobs.CONFLICTS_FILE} ({kept})")
+    _echo_skipped("  not used:", result.observations)
+    if result.unused_codes:
+        shown = list(result.unused_codes.items())[:MAX_SHOWN]
+        more = len(result.unused_codes) - len(shown)
+        click.echo("  codes not used by the study: " + ", ".join(f"{code} ×{n}" for code, n in shown)
+                   + (f" … and {more} more" if more else ""), err=True)
+    _echo_skipped("  patient not used:", result.patients)
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)

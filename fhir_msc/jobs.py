@@ -5,6 +5,7 @@ Each returns a frozen result object; the CLI only formats it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import shutil
 import tempfile
@@ -14,6 +15,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from .account import Account
 from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
@@ -21,7 +25,7 @@ from .errors import InputError
 from .fhir.bundle import open_resources, write_bundle
 from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
-from .fhir.unmapping import UnmapResult, fhir_to_tables, subjects_in
+from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
 from .fhir.versions import (
     MARKED_TYPES,
@@ -40,13 +44,13 @@ from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
 from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
-from .store.files import private_dir
+from .store.files import private_dir, private_open
 from .store.lock import spool_dir, sweep_debris
 from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .study.definition import Study, package_data
-from .tables.sdtm import RejectLog, TableWriter, read_dataset
+from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
 DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
 
@@ -206,44 +210,72 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
 
 
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-                   progress: Progress = NO_PROGRESS):
-    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full).
+                   progress: Progress = NO_PROGRESS) -> pd.DataFrame:
+    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
+    return frame_and_account(study, source, visits, progress)[0]
 
-    Raises InputError when the source holds no findings of the study's subjects (at ``visits``).
+
+def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
+                      progress: Progress = NO_PROGRESS) -> tuple[pd.DataFrame, Account]:
+    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server.
+
+    Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
+    with the account of what was read instead.
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
-            frame = analysis.analysis_frame(study, Store(Path(tmp) / "store"), visits)
+            frame, observations = analysis.frame_and_account(study, Store(Path(tmp) / "store"), visits)
     else:
-        frame = analysis.analysis_frame(study, _opened(source, progress, "reading"), visits)
+        frame, observations = analysis.frame_and_account(study, _opened(source, progress, "reading"), visits)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: no findings of {study.study.identifier.value} subjects{where} "
-                         "(no ResearchSubject of this study with Observations): map or pull the study first, "
-                         "or check --study")
-    return frame
+                         f"(Observations: {observations.describe()}): map or pull the study first, or check --study")
+    return frame, observations
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisResult:
+    """Between-arm comparisons, and the account of the Observations read (rows of the frame + dropped)."""
+
+    comparisons: list[Comparison]
+    observations: Account
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyResult:
+    """Published results next to their recomputation, and the account of the Observations read."""
+
+    checks: list[Verification]
+    observations: Account
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.checks)
 
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-            outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS) -> list[Comparison]:
+            outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
     unknown = [code for code in outcomes or [] if code not in study.outcome_by_code]
     if unknown:
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.outcome_by_code)}")
-    comparisons = analysis.analyze(study, analysis_frame(study, source, visits, progress), visits, outcomes)
+    frame, observations = frame_and_account(study, source, visits, progress)
+    comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
-    return comparisons
+    return AnalysisResult(comparisons=comparisons, observations=observations)
 
 
-def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS) -> list[Verification]:
+def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server."""
     visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
-    return analysis.verify(study, analysis_frame(study, source, visits, progress))
+    frame, observations = frame_and_account(study, source, visits, progress)
+    return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
 
 
 def is_server(location: str) -> bool:
@@ -312,23 +344,40 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
 
 
+CONFLICTS_FILE = "conflicts.csv"
+CONFLICT_COLUMNS = ["USUBJID", "TESTCD", "VISITNUM", "VISIT", "UNIT", "STUDY_RESULT", "STUDY_DATE",
+                    "HOSPITAL_RESULT", "HOSPITAL_DATE", "HOSPITAL_OBSERVATION", "KEPT"]
+
+
 def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
-                  progress: Progress = NO_PROGRESS) -> HospitalPullResult:
-    """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``."""
+                  prefer: str = "study", progress: Progress = NO_PROGRESS) -> HospitalPullResult:
+    """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``.
+
+    A value for a subject, outcome and visit the store already holds is a conflict: written
+    with both values to ``out/conflicts.csv`` and left out, unless ``prefer`` is "hospital".
+    Holds the store's write lock throughout.
+    """
     with Store(store).writing() as recovered:
-        result = _hospital_pull(study, client, enrollment, store, out, progress)
+        result = _hospital_pull(study, client, enrollment, store, out, prefer, progress)
     return dataclasses.replace(result, notes=[*recovered, *result.notes])
 
 
-def _hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
+def _hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path, prefer: str,
                    progress: Progress) -> HospitalPullResult:
-    subjects = subjects_in(study, Store(store))
+    if (out / study.tables.dm.file).exists():
+        raise InputError(f"{out} holds trial tables ({study.tables.dm.file}): give --out a directory of its own")
+    people = _hospital.read_enrollment(enrollment)
+    subjects, study_values = _held_values(study, Store(store), {person.subject for person in people})
     if not subjects:
         raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
-    result = _hospital.pull_hospital(client, study, _hospital.read_enrollment(enrollment), subjects, progress)
+    result = _hospital.pull_hospital(client, study, people, subjects, study_values, prefer, progress)
     with TableWriter(study, out) as writer:
         for finding in result.findings:
             writer.finding(finding)
+    for domain, name in study.tables.findings.files.items():  # an earlier run's table is replaced, not mapped again
+        if name not in writer.rows and (out / name).exists():
+            (out / name).write_text(",".join(finding_columns(study, domain)) + "\n", encoding="utf-8")
+    _write_conflicts(study, result.conflicts, out / CONFLICTS_FILE)
     if result.findings:
         version = subject_version(next(Store(store).read("ResearchSubject"), {}))
         mapped = map_tables(study, out, store=store, version=version, rejects=out / "rejects", progress=progress)
@@ -350,6 +399,25 @@ def repair(store: Path, *, dry_run: bool = False) -> RepairResult:
         return _repair(target, dry_run=dry_run)
 
 
+def _held_values(study: Study, store: Store, enrolled: set[str]) -> tuple[dict, _hospital.StudyValues]:
+    """The store's subjects, and its values of the enrolled subjects for the outcomes a hospital can give."""
+    codes = {outcome.code for outcome in _hospital.hospital_outcomes(study).values()}
+    subjects, findings, _ = read_records(study, store)
+    values = {(f.subject, f.visitnum, f.testcd): (f.result, f.date) for f in findings
+              if f.testcd in codes and f.subject in enrolled}
+    return subjects, values
+
+
+def _write_conflicts(study: Study, conflicts: list[_hospital.Conflict], path: Path) -> None:
+    """Both values of every conflict (owner-only: it holds trial and hospital data); header only if none."""
+    with private_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CONFLICT_COLUMNS)
+        for c in conflicts:
+            writer.writerow([c.subject, c.testcd, c.visitnum, study.visit_by_num[c.visitnum].code, c.unit, c.study_result,
+                             c.study_date, c.hospital_result, c.hospital_date, c.hospital_observation, c.kept])
+
+
 @dataclass(frozen=True, kw_only=True)
 class DemoResult:
     """Everything the demo did, for the summary."""
@@ -362,6 +430,7 @@ class DemoResult:
     infusions: dict[str, int]
     validation: dict[str, ValidationReport]
     roundtrip: RoundTripResult
+    observations: Account  # of the analysis frame of the store
     verification: list[Verification]
     report: dict[str, Path]
 
@@ -390,7 +459,7 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     by_arm = Counter(subject_arm_names(rs, arm_names)[0] for rs in Store(store).read("ResearchSubject"))
     infusions = Counter(administration_medication(a)["coding"][0]["code"]
                         for a in Store(store).read("MedicationAdministration"))
-    frame = analysis.analysis_frame(study, Store(store))
+    frame, observations = analysis.frame_and_account(study, Store(store))
     comparisons = analysis.analyze(study, frame)
     if not comparisons:
         raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
@@ -402,4 +471,4 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                           study=study, source=f"trial tables {tables}, mapped into the store {store}")
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip)
+                      validation=validation, roundtrip=roundtrip, observations=observations)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from referencing import Registry, Resource
 
 from fhir_msc import Store
+from fhir_msc.account import Account
 from fhir_msc.analysis.export import analyze_json, schema
 from fhir_msc.analysis.frame import Comparison
 from fhir_msc.analysis.report import comparison_table, format_p, render
@@ -155,6 +156,6 @@ def test_what_was_not_computed_is_null(study):
     summary = compare_binary((0, 0), (5, 4))  # no events at all: χ² undefined
     comparison = Comparison(outcome="CTNORM", display="CT", visit="M36", kind="binary", arms=("MSC", "PBO"),
                             effect=summary.odds_ratio, summary=summary)
-    document = valid(analyze_json(study, [comparison]), "analyze")
+    document = valid(analyze_json(study, [comparison], Account(read=9, used=9)), "analyze")
     assert document["comparisons"][0]["p_values"]["chi_square"] is None
     assert "Haldane" in document["comparisons"][0]["effect"]["note"]

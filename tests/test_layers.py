@@ -8,7 +8,8 @@ from pathlib import Path
 import fhir_msc
 
 PACKAGE = Path(fhir_msc.__file__).parent
-LAYER = {"errors": 0, "progress": 0, "study": 1, "store": 1, "tables": 2, "fhir": 3, "analysis": 4, "server": 4, "jobs": 5, "cli": 6,
+LAYER = {"errors": 0, "progress": 0, "account": 0, "study": 1, "store": 1, "tables": 2, "fhir": 3, "analysis": 4, "server": 4,
+         "jobs": 5, "cli": 6,
          "__init__": 7}
 
 

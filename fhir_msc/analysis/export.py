@@ -14,6 +14,7 @@ import math
 from importlib.resources import files
 from typing import Any
 
+from ..account import Account
 from ..study.definition import PublishedResult, Study
 from .frame import Comparison, Verification
 from .stats import BinarySummary, ContinuousSummary, Estimate
@@ -89,10 +90,16 @@ def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
             "p_values": _p_values(comparison, estimates)}
 
 
-def analyze_json(study: Study, comparisons: list[Comparison]) -> dict[str, Any]:
+def account_json(account: Account) -> dict[str, Any]:
+    """An account as numbers: read, used, skipped by reason, and the first items named per reason."""
+    return {"read": account.read, "used": account.used, "skipped": dict(account.skipped),
+            "examples": {reason: list(named) for reason, named in account.examples.items()}}
+
+
+def analyze_json(study: Study, comparisons: list[Comparison], observations: Account) -> dict[str, Any]:
     """The ``analyze`` document (schema ``analyze.schema.json``)."""
     return {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
-            "comparisons": [comparison_json(study, c) for c in comparisons]}
+            "comparisons": [comparison_json(study, c) for c in comparisons], "observations": account_json(observations)}
 
 
 def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
@@ -110,7 +117,7 @@ def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
             "source": target.source, "arms": arms}
 
 
-def verify_json(study: Study, checks: list[Verification]) -> dict[str, Any]:
+def verify_json(study: Study, checks: list[Verification], observations: Account) -> dict[str, Any]:
     """The ``verify`` document (schema ``verify.schema.json``): overall result, counts, each check."""
     reproduced = sum(check.matches for check in checks)
     return {
@@ -122,4 +129,5 @@ def verify_json(study: Study, checks: list[Verification]) -> dict[str, Any]:
                      "published": _published_json(study, check.published),
                      "reproduced": comparison_json(study, check.reproduced) if check.reproduced else None}
                     for check in checks],
+        "observations": account_json(observations),
     }

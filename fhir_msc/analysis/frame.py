@@ -2,6 +2,11 @@
 
 Nothing here knows the MSC trial: arms, outcomes, visits, effects and published targets
 all come from the study definition's ``analysis`` section.
+
+Every Observation read is accounted for: a row of the frame, or dropped under a reason
+(no study outcome code, unknown subject or visit, unknown answer code, a censored result,
+a duplicate of one business identifier, a visit not asked for). Censored results (``<0.5``)
+are not used in the continuous statistics: they are counted, not guessed at.
 """
 
 from __future__ import annotations
@@ -9,13 +14,14 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from sys import intern
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError, StudyDefinitionError
 from ..fhir.unmapping import ResourceSource, read_records
 from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study
@@ -31,18 +37,32 @@ from .stats import (
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
 
 
+NOT_RANDOMIZED = "subject not randomized (no ResearchSubject of this study)"
+CENSORED = "censored result (<, <=, >=, >): not used in continuous statistics"
+DUPLICATE = "duplicate business identifier (same subject, visit and outcome under another id): counted once"
+
+
 def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str] | None = None) -> pd.DataFrame:
-    """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation.
+    """One row per subject × visit × outcome (see :func:`frame_and_account`)."""
+    return frame_and_account(study, source, visits)[0]
+
+
+def frame_and_account(study: Study, source: ResourceSource,
+                      visits: Collection[str] | None = None) -> tuple[pd.DataFrame, Account]:
+    """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation;
+    and the account of the Observations read (read = rows of the frame + dropped, by reason).
 
     Coded columns (arm, sex, visit, outcome, answer, unit) are categoricals whose categories
     come from the study definition, in its order. ``visits`` (visit codes) limits the frame to
     those visits; Observations at other visits are then skipped before they are parsed.
+    Of several Observations of one subject, visit and outcome (one business identifier under
+    several ids), the first read is kept.
     """
     if visits is not None:
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
-    subjects, findings = read_records(study, source, visits)
+    subjects, findings, tally = read_records(study, source, visits)
     categories = frame_categories(study)
     code_of = {name: {value: code for code, value in enumerate(values)} for name, values in categories.items()}
     names = sorted(subjects)  # a subject is kept as its place in this list
@@ -62,8 +82,18 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
     for finding in findings:
         subject = by_subject.get(finding.subject)
         if subject is None:
+            tally.skip(NOT_RANDOMIZED, finding.subject)
             continue
         outcome, unit, is_number = by_outcome[finding.testcd]
+        if is_number:
+            try:
+                value = float(finding.result)
+            except ValueError:  # a censored result: the comparator comes first (<0.5)
+                visit_code = study.visit_by_num[finding.visitnum].code
+                tally.skip(CENSORED, f"{finding.subject}/{visit_code}/{finding.testcd} {finding.result}")
+                continue
+        else:
+            value = math.nan
         arm_(subject[0])
         sex_(subject[1])
         numbers["age"].append(subject[2])
@@ -72,27 +102,30 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
         outcome_(outcome)
         unit_(unit if is_number else -1)
         answer_(-1 if is_number else answer_code.get(finding.result, -1))
-        values.append(float(finding.result) if is_number else math.nan)
+        values.append(value)
         subject_numbers.append(subject[3])
         dates.append(intern(finding.date))
     del by_subject, subjects, findings
     raw: dict[str, Any] = {**coded, **numbers, "subject": subject_numbers, "value": values, "date": dates}
     del coded, numbers, subject_numbers, values, dates  # _sorted_frame frees each column once it is in order
-    return _sorted_frame(categories, np.array(names, dtype=object), raw)
+    frame = _sorted_frame(categories, np.array(names, dtype=object), raw, tally)
+    return frame, replace(tally.account(), used=len(frame))
 
 
-def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict[str, Any]) -> pd.DataFrame:
+def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict[str, Any], tally: Tally) -> pd.DataFrame:
     """The frame in (outcome, visit number, subject) order from ``raw`` columns, emptied as it goes.
 
     Subjects come as numbers into ``names`` (sorted). Each column is put in order once and its
     unordered form dropped, so the frame is never held twice (as sorting a built frame would).
+    Rows repeating the subject, visit and outcome of an earlier row are left out (``tally``).
     """
     dtypes = {"age": np.int64, "visitnum": np.int64, "value": float}
     subject = np.frombuffer(raw.pop("subject"), dtype=np.int32)
-    order = np.lexsort((subject, np.frombuffer(raw["visitnum"], dtype=np.int64),
-                        np.frombuffer(raw["outcome"], dtype=np.int16)))
+    outcome, visit = (np.frombuffer(raw[name], dtype=np.int16) for name in ("outcome", "visit"))
+    order = np.lexsort((subject, np.frombuffer(raw["visitnum"], dtype=np.int64), outcome))  # stable: first read first
+    order = _first_of_each(order, (subject, visit, outcome), names, categories, tally)
     columns: dict[str, Any] = {"subject": names[subject[order]], "date": np.array(raw.pop("date"), dtype=object)[order]}
-    del subject
+    del subject, outcome, visit
     for name in list(raw):
         column = raw.pop(name)
         if name in categories:
@@ -101,6 +134,28 @@ def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict
             columns[name] = np.frombuffer(column, dtype=dtypes[name])[order]
         del column
     return pd.DataFrame(columns, columns=FRAME_COLUMNS, copy=False)
+
+
+def _first_of_each(order: np.ndarray, keys: tuple[np.ndarray, np.ndarray, np.ndarray], names: np.ndarray,
+                   categories: dict[str, list[str]], tally: Tally) -> np.ndarray:
+    """``order`` without the rows whose (subject, visit, outcome) equals the row before; those are tallied."""
+    if len(order) < 2:
+        return order
+    repeat = np.ones(len(order) - 1, dtype=bool)
+    for key in keys:  # one ordered key at a time, so only one is held
+        ordered = key[order]
+        repeat &= ordered[1:] == ordered[:-1]
+        del ordered
+    count = int(repeat.sum())
+    if not count:
+        return order
+    dropped = order[1:][repeat]
+    subject, visit, outcome = keys
+    for row in dropped[:MAX_EXAMPLES].tolist():
+        tally.skip(DUPLICATE, f"{names[subject[row]]}/{categories['visit'][visit[row]]}/{categories['outcome'][outcome[row]]}")
+    if count > MAX_EXAMPLES:
+        tally.skip(DUPLICATE, count=count - MAX_EXAMPLES)
+    return np.concatenate((order[:1], order[1:][~repeat]))
 
 
 def frame_categories(study: Study) -> dict[str, list[str]]:

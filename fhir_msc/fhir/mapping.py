@@ -44,6 +44,7 @@ from ..tables.sdtm import (
     parse_subject,
     read_dataset,
     read_rows,
+    split_comparator,
     visit_number,
 )
 from .versions import FhirVersion
@@ -203,7 +204,12 @@ class FhirBuilder:
             resource["valueCodeableConcept"] = answers[record.result]
         else:
             unit = record.unit
-            resource["valueQuantity"] = {"value": float(record.result), "unit": unit, "system": UCUM, "code": unit}
+            comparator, number = split_comparator(record.result)
+            if comparator:  # a censored result (<0.5): FHIR keeps the comparator beside the limit
+                resource["valueQuantity"] = {"value": float(number), "comparator": comparator, "unit": unit,
+                                             "system": UCUM, "code": unit}
+            else:
+                resource["valueQuantity"] = {"value": float(number), "unit": unit, "system": UCUM, "code": unit}
         return resource
 
 

@@ -3,21 +3,28 @@
 Reads R4 or R5 resources from any source that can list resources by type (the
 embedded store, a bundle, a server pull) and writes the study's tables. References
 are followed by logical id, so it works on server-assigned ids as well as ours.
-Resources it cannot place (an Observation with no study code, say) are counted and
-described in the result, never silently dropped.
+Every resource read is accounted for (fhir_msc.account): used for a table row (or, for
+Patients and Encounters, for the rows that refer to them), or skipped under a reason
+(an Observation with no study code, say, or an answer code the study does not define),
+never silently dropped.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..account import Account, Tally
 from ..store.ndjson import Prefilter
 from ..store.source import ResourceSource
 from ..study.definition import Study
 from ..tables.sdtm import (
+    COMPARATORS,
     Dataset,
     DoseRecord,
     FindingRecord,
@@ -34,15 +41,26 @@ from .versions import (
 )
 
 Resource = dict[str, Any]
+NOT_ASKED = "at a visit not asked for"
+NOT_READ = {"ResearchStudy": "not a table row: the study definition describes the study",
+            "Group": "not a table row: DM lists the enrolled subjects"}
 
 
 @dataclass(frozen=True, kw_only=True)
 class UnmapResult:
-    """Rows written per table file, and resources that could not be placed."""
+    """Rows written per table file, and the account of every resource read, by type."""
 
     rows: dict[str, int]
-    skipped: list[str] = field(default_factory=list)
+    accounts: dict[str, Account]
     synthetic: bool = False
+
+    @property
+    def read(self) -> int:
+        return sum(a.read for a in self.accounts.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(sum(a.skipped.values()) for a in self.accounts.values())
 
 
 def ref_id(reference: str) -> str:
@@ -70,8 +88,10 @@ class _Context:
 
     study: Study
     patients: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)  # id -> subject, sex, birth year, country
-    visits: dict[str, int] = field(default_factory=dict)  # Encounter id -> visitnum
-    skipped: list[str] = field(default_factory=list)
+    enrolled: set[str] = field(default_factory=set)  # Patient ids a study ResearchSubject refers to
+    visits: dict[str, int] = field(default_factory=dict)  # Encounter id -> visitnum (of the visits asked for)
+    other_visits: np.ndarray | None = None  # sorted hashes of study-visit Encounter ids not asked for
+    tallies: dict[str, Tally] = field(default_factory=dict)
     synthetic: bool = False
 
     def note(self, resource: Resource) -> None:
@@ -79,12 +99,24 @@ class _Context:
             tags = resource.get("meta", {}).get("tag", [])
             self.synthetic = any(t.get("system") == SYNTHETIC_TAG["system"] and t.get("code") == SYNTHETIC_TAG["code"] for t in tags)
 
-    def skip(self, resource: Resource, why: str) -> None:
-        self.skipped.append(f"{resource.get('resourceType')}/{resource.get('id')}: {why}")
+    def tally(self, resource_type: str) -> Tally:
+        return self.tallies.setdefault(resource_type, Tally())
 
     def subject_of(self, resource: Resource, key: str = "subject") -> str | None:
         entry = self.patients.get(ref_id(resource.get(key, {}).get("reference", "")))
         return entry[0] if entry else None
+
+    def not_asked(self, encounter: str) -> bool:
+        """Whether ``encounter`` is a study visit left out by the caller's choice of visits."""
+        if self.other_visits is None or not len(self.other_visits):
+            return False
+        key = hash(encounter)
+        index = int(np.searchsorted(self.other_visits, key))
+        return index < len(self.other_visits) and int(self.other_visits[index]) == key
+
+
+def _named(resource: Resource) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
 def fhir_to_tables(study: Study, source: ResourceSource, out: Path) -> UnmapResult:
@@ -100,50 +132,101 @@ def fhir_to_tables(study: Study, source: ResourceSource, out: Path) -> UnmapResu
         for finding in _findings(ctx, source):
             writer.finding(finding)
         writer.dataset(Dataset(synthetic=ctx.synthetic))
-    return UnmapResult(rows=dict(writer.rows), skipped=ctx.skipped, synthetic=ctx.synthetic)
+    _account_patients(ctx)
+    _account_other_types(ctx, source)
+    return UnmapResult(rows=dict(writer.rows), accounts={t: tally.account() for t, tally in ctx.tallies.items()},
+                       synthetic=ctx.synthetic)
+
+
+def _account_patients(ctx: _Context) -> None:
+    """A study Patient is used when a ResearchSubject of the study refers to it (its DM row)."""
+    tally = ctx.tally("Patient")
+    for patient_id in ctx.patients:
+        if patient_id in ctx.enrolled:
+            tally.used += 1
+        else:
+            tally.skip("no ResearchSubject of this study refers to it", f"Patient/{patient_id}")
+
+
+def _account_other_types(ctx: _Context, source: ResourceSource) -> None:
+    """Resource types no table is made from are read and counted too, so every type is in the account."""
+    for resource_type in getattr(source, "resource_types", lambda: [])():
+        if resource_type in ctx.tallies:
+            continue
+        tally = ctx.tally(resource_type)
+        reason = NOT_READ.get(resource_type, "no table of this study is made from this resource type")
+        for resource in source.read(resource_type):
+            tally.read += 1
+            ctx.note(resource)
+            tally.skip(reason, _named(resource))
 
 
 def _index_patients(ctx: _Context, source: ResourceSource) -> None:
     gender_to_sex = {gender: sex for sex, gender in ctx.study.terms.sex.items()}
     system = ctx.study.system("subject")
+    tally = ctx.tally("Patient")
     for patient in source.read("Patient"):
+        tally.read += 1
         ctx.note(patient)
         subject = _identifier(patient, system)
-        if subject is None:
-            continue  # a patient of another study or system: not ours to unmap
+        if subject is None:  # a patient of another study or system: not ours to unmap
+            tally.skip("no study subject identifier (a patient of another study or system)", _named(patient))
+            continue
         country = (patient.get("address") or [{}])[0].get("country", "")
         ctx.patients[patient["id"]] = (subject, gender_to_sex.get(patient.get("gender", ""), ""),
                                        patient.get("birthDate", "")[:4], country)
 
 
 def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[str] | None = None) -> None:
-    """Map each study-visit Encounter's id to its visit number (only ``visits``, by code, if given)."""
+    """Map each study-visit Encounter's id to its visit number (only ``visits``, by code, if given).
+
+    Encounters of the other study visits are kept as 8-byte hashes only, to tell their
+    Observations ("not asked for") from those of an unknown visit.
+    """
     codesystem = ctx.study.study.codesystem
-    wanted = ctx.study.visit_by_code if visits is None else {c: ctx.study.visit_by_code[c] for c in visits}
+    by_code = ctx.study.visit_by_code
+    wanted = None if visits is None else set(visits)
+    others = array("q")
+    tally = ctx.tally("Encounter")
     for encounter in source.read("Encounter"):
+        tally.read += 1
         codes = [_study_code(t, codesystem) for t in encounter.get("type", [])]
-        visit = next((wanted[c] for c in codes if c in wanted), None)
-        if visit is not None:
+        visit = next((by_code[c] for c in codes if c in by_code), None)
+        if visit is None:
+            tally.skip("not a study visit (no visit code of this study)", _named(encounter))
+        elif wanted is None or visit.code in wanted:
             ctx.visits[encounter["id"]] = visit.visitnum
+            tally.used += 1
+        else:
+            others.append(hash(encounter["id"]))
+            tally.skip(NOT_ASKED)
+    if wanted is not None:
+        ctx.other_visits = np.frombuffer(others, dtype=np.int64)  # a view: sorted in place, no copy
+        ctx.other_visits.sort()
 
 
 def _subjects(ctx: _Context, source: ResourceSource) -> Iterator[SubjectRecord]:
     arm_name_by_code = {arm.code: arm.name for arm in ctx.study.arms}
+    tally = ctx.tally("ResearchSubject")
     for rs in source.read("ResearchSubject"):
+        tally.read += 1
         ctx.note(rs)
-        patient = ctx.patients.get(ref_id(subject_patient_reference(rs)))
+        patient_id = ref_id(subject_patient_reference(rs))
+        patient = ctx.patients.get(patient_id)
         if patient is None:
-            ctx.skip(rs, "its Patient is missing or has no study subject identifier")
+            tally.skip("its Patient is missing or has no study subject identifier", _named(rs))
             continue
         subject, sex, birth_year, country = patient
         assigned, actual = subject_arm_names(rs, arm_name_by_code)
         arms = ctx.study.arm_by_name
         if assigned not in arms or actual not in arms:
-            ctx.skip(rs, f"arm {assigned!r}/{actual!r} is not an arm of this study")
+            tally.skip("arm is not an arm of this study", f"{_named(rs)} ({assigned!r}/{actual!r})")
             continue
         period = rs.get("period", {})
         start = period.get("start", "")
         age = int(start[:4]) - int(birth_year) if start[:4].isdigit() and birth_year.isdigit() else 0
+        ctx.enrolled.add(patient_id)
+        tally.used += 1
         yield SubjectRecord(subject=subject, age=age, sex=sex, country=country, arm_code=arms[assigned].code,
                             actual_arm_code=arms[actual].code, start=start, end=period.get("end", ""))
 
@@ -152,48 +235,80 @@ def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
     unit_to_term = {ucum: term for term, ucum in ctx.study.terms.dose_unit.items()}
     route_to_term = {coding.code: term for term, coding in ctx.study.terms.route.items()}
     codesystem = ctx.study.study.codesystem
+    tally = ctx.tally("MedicationAdministration")
     for administration in source.read("MedicationAdministration"):
+        tally.read += 1
         ctx.note(administration)
         subject = ctx.subject_of(administration)
         treatment = _study_code(administration_medication(administration), codesystem)
-        if subject is None or treatment not in ctx.study.intervention_by_treatment:
-            ctx.skip(administration, "unknown subject or treatment")
+        if subject is None:
+            tally.skip("unknown subject", _named(administration))
+            continue
+        if treatment not in ctx.study.intervention_by_treatment:
+            tally.skip("unknown treatment", _named(administration))
             continue
         dosage = administration.get("dosage", {})
         route_code = next((c.get("code") for c in dosage.get("route", {}).get("coding", [])), "")
         dose = dosage.get("dose", {})
+        tally.used += 1
         yield DoseRecord(subject=subject, treatment=treatment, dose=float(dose.get("value", 0)),
                          dose_unit=unit_to_term.get(dose.get("code", ""), dose.get("unit", "")),
                          route=route_to_term.get(route_code, route_code), date=administration_date(administration))
 
 
-def _findings(ctx: _Context, source: ResourceSource, prefilter: Prefilter | None = None) -> Iterator[FindingRecord]:
+def _findings(ctx: _Context, source: ResourceSource, visits_only: bool = False) -> Iterator[FindingRecord]:
+    """The study findings among the Observations; ``visits_only`` skips those of other visits unparsed."""
     codesystem = ctx.study.study.codesystem
+    tally = ctx.tally("Observation")
+    skip = tally.skip
+    rejected = [0]
+    prefilter = encounter_prefilter(ctx.visits.keys(), rejected) if visits_only else None
     for observation in source.read("Observation", prefilter):
+        tally.read += 1
         ctx.note(observation)
         outcome = ctx.study.outcome_by_code.get(_study_code(observation.get("code", {}), codesystem) or "")
+        if outcome is None:
+            skip("no outcome code of this study", _named(observation))
+            continue
         subject = ctx.subject_of(observation)
-        visitnum = ctx.visits.get(ref_id(observation.get("encounter", {}).get("reference", "")))
-        if outcome is None or subject is None or visitnum is None:
-            ctx.skip(observation, "no study outcome code, study subject or study visit")
+        if subject is None:
+            skip("unknown subject", _named(observation))
+            continue
+        encounter = ref_id(observation.get("encounter", {}).get("reference", ""))
+        visitnum = ctx.visits.get(encounter)
+        if visitnum is None:
+            if ctx.not_asked(encounter):
+                skip(NOT_ASKED)
+            else:
+                skip("unknown visit", _named(observation))
             continue
         if outcome.type == "coded":
             concept = observation.get("valueCodeableConcept", {})
             codes = {(c.get("system"), c.get("code")) for c in concept.get("coding", [])}
             result = next((key for key, a in outcome.answers.items() if (a.system, a.code) in codes), None)
+            if result is None:
+                skip("unknown answer code", f"{_named(observation)} ({outcome.code}: "
+                                            f"{', '.join(f'{s}|{c}' for s, c in sorted(codes, key=str)) or 'no coding'})")
+                continue
             unit = ""
         else:
             quantity = observation.get("valueQuantity", {})
             unit_code = quantity.get("code") or quantity.get("unit")
             factor = outcome.factor_from(unit_code)
-            result = None if factor is None or "value" not in quantity else format_number(quantity["value"] * factor)
+            comparator = quantity.get("comparator", "")
+            if factor is None or "value" not in quantity or (comparator and comparator not in COMPARATORS):
+                skip("value not interpretable (no value, unit not convertible or comparator unknown)",
+                     f"{_named(observation)} ({outcome.code}: {comparator}{quantity.get('value', '')} {unit_code})")
+                continue
+            result = comparator + format_number(quantity["value"] * factor)
             unit = outcome.unit
-        if result is None:
-            ctx.skip(observation, f"value not interpretable for {outcome.code}")
-            continue
+        tally.used += 1
         yield FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code,
                             test=observation["code"].get("text", outcome.display), result=result, unit=unit,
                             visitnum=visitnum, date=observation.get("effectiveDateTime", ""))
+    if rejected[0]:
+        tally.read += rejected[0]
+        skip(NOT_ASKED, count=rejected[0])
 
 
 def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord]:
@@ -203,26 +318,28 @@ def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord
     return {record.subject: record for record in _subjects(ctx, source)}
 
 
-def read_records(study: Study, source: ResourceSource,
-                 visits: Collection[str] | None = None) -> tuple[dict[str, SubjectRecord], Iterator[FindingRecord]]:
-    """The study's subjects, and a stream of its findings (only at ``visits``, by code, if given)."""
+def read_records(study: Study, source: ResourceSource, visits: Collection[str] | None = None
+                 ) -> tuple[dict[str, SubjectRecord], Iterator[FindingRecord], Tally]:
+    """The study's subjects, a stream of its findings (only at ``visits``, by code, if given), and
+    the Observations' tally, complete once the stream is exhausted."""
     ctx = _Context(study)
     _index_patients(ctx, source)
     _index_encounters(ctx, source, visits)
     subjects = {record.subject: record for record in _subjects(ctx, source)}
-    prefilter = None if visits is None else encounter_prefilter(ctx.visits.keys())
-    return subjects, _findings(ctx, source, prefilter)
+    return subjects, _findings(ctx, source, visits_only=visits is not None), ctx.tally("Observation")
 
 
 _ENCOUNTER_KEY = b'"encounter":{"reference":"'
 
 
-def encounter_prefilter(encounters: Collection[str]) -> Prefilter:
+def encounter_prefilter(encounters: Collection[str], rejected: list[int] | None = None) -> Prefilter:
     """A line prefilter passing Observations whose encounter is one of ``encounters`` (logical ids).
 
     It rejects a line only when its one ``"encounter":{"reference":"Encounter/…"}`` is a plain
-    (unescaped) reference to another Encounter; anything else is left to the parser.
+    (unescaped) reference to another Encounter; anything else is left to the parser. The lines
+    it rejects are counted in ``rejected[0]``.
     """
+    rejected = rejected if rejected is not None else [0]
     wanted = {b"Encounter/" + id_.encode() for id_ in encounters}
     key, skip = _ENCOUNTER_KEY, len(_ENCOUNTER_KEY)
 
@@ -234,5 +351,8 @@ def encounter_prefilter(encounters: Collection[str]) -> Prefilter:
         reference = line[start:end]
         if reference in wanted:
             return True
-        return not (reference.startswith(b"Encounter/") and b"\\" not in reference and line.find(key, end) < 0)
+        if reference.startswith(b"Encounter/") and b"\\" not in reference and line.find(key, end) < 0:
+            rejected[0] += 1
+            return False
+        return True
     return passes

@@ -1,29 +1,44 @@
 """Hospital pull: a hospital's own Observations become study findings at the right visit.
 
 Given an enrollment file (study subject id ↔ hospital patient identifier), each enrolled
-patient is found on the hospital server by identifier, their Observations are fetched by
-the standard codes (LOINC) the study definition gives its outcomes, and each usable
-result is placed at the visit whose window (days from RFSTDTC, in the study definition)
-contains it. What is not used is counted by reason, never silently dropped: results that
-are not final, in a unit that cannot be converted, out of range, outside every visit
-window, or superseded by a result closer to the visit day.
+patient is found on the hospital server by identifier and all their Observations are
+fetched. Each is accounted for: used, or not used under a reason — not final, a code the
+study does not use (counted by code), no value or date, a unit that cannot be converted,
+out of range, outside the windows of the visits where its outcome is scheduled, superseded
+by a result closer to the visit day, the same as the study's value, or in conflict with it.
+
+Study data are never overwritten behind the user's back: a hospital value for a subject,
+outcome and visit the trial already holds is a conflict, kept apart with both values and
+not used, unless the caller prefers the hospital's values. Censored results
+(``valueQuantity.comparator``, e.g. ``<0.5``) keep their comparator. Results are placed by
+their date (``effectiveDateTime``, ``effectiveInstant`` or ``effectivePeriod.start``); a
+partial date (``2023-05``) is placed when every day it may mean lies in one visit window.
 """
 
 from __future__ import annotations
 
+import calendar
 import csv
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from ..account import Account, Tally
 from ..errors import InputError
 from ..progress import NO_PROGRESS, Progress
 from ..study.definition import Outcome, Study, Visit
-from ..tables.sdtm import FindingRecord, SubjectRecord, format_number
+from ..tables.sdtm import COMPARATORS, FindingRecord, SubjectRecord, format_number
 from .client import FhirClient
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
+PREFER = ("study", "hospital")
+CONFLICT = "conflicts with the study value (the study's kept; see the conflicts file)"
+SAME = "same as the study value (nothing to change)"
+SUPERSEDED = "superseded by a result closer to the visit day"
+UNUSED_CODE = "code not used by the study"
+
+StudyValues = dict[tuple[str, int, str], tuple[str, str]]  # (subject, visitnum, testcd) -> (result, date)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,14 +49,37 @@ class Enrollment:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Conflict:
+    """A hospital value for a subject, outcome and visit the trial already holds, and which one was kept."""
+
+    subject: str
+    testcd: str
+    visitnum: int
+    unit: str
+    study_result: str
+    study_date: str
+    hospital_result: str
+    hospital_date: str
+    hospital_observation: str  # Observation/<id> on the hospital server
+    kept: str  # "study" or "hospital"
+
+
+@dataclass(frozen=True, kw_only=True)
 class HospitalPullResult:
-    """Findings made from hospital data, and why the rest was not used."""
+    """Findings made from hospital data, the conflicts with study data, and where everything else went.
+
+    ``patients``: enrolled subjects = found at the hospital + not, by reason. ``observations``:
+    the Observations of the patients found = used (``findings``) + not used, by reason.
+    """
 
     enrolled: int
-    patients_found: int
+    patients: Account
+    observations: Account
     findings: list[FindingRecord]
-    skipped: dict[str, int]
-    notes: list[str]
+    conflicts: list[Conflict]
+    unused_codes: dict[str, int]  # system|code the study does not use -> Observations with it
+    prefer: str
+    notes: list[str] = field(default_factory=list)  # e.g. what a killed job left and this one cleaned up
 
 
 def read_enrollment(path: Path) -> list[Enrollment]:
@@ -62,82 +100,142 @@ def read_enrollment(path: Path) -> list[Enrollment]:
     return enrollment
 
 
-def _outcomes_by_code(study: Study) -> dict[tuple[str, str], Outcome]:
+def hospital_outcomes(study: Study) -> dict[tuple[str, str], Outcome]:
+    """The study's outcomes by their standard codes (system, code): what a hospital result can be."""
     return {(c.system, c.code): o for o in study.outcomes for c in o.standard}
 
 
-def _visit_for(study: Study, outcome: Outcome, day: int) -> Visit | None:
-    candidates = [v for v in study.visits if v.window[0] <= day <= v.window[1]]
-    scheduled = [v for v in candidates if v.code in outcome.visits]
-    return (scheduled or candidates or [None])[0]
+@dataclass(frozen=True)
+class _Placed:
+    distance: int
+    record: FindingRecord
+    observation: str
 
 
-def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment],
-                  subjects: dict[str, SubjectRecord], progress: Progress = NO_PROGRESS) -> HospitalPullResult:
-    """Fetch and place the enrolled patients' results; see the module docstring."""
-    by_code = _outcomes_by_code(study)
+def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment], subjects: dict[str, SubjectRecord],
+                  study_values: StudyValues, prefer: str = "study", progress: Progress = NO_PROGRESS) -> HospitalPullResult:
+    """Fetch, place and account for the enrolled patients' results; see the module docstring."""
+    by_code = hospital_outcomes(study)
     if not by_code:
         raise InputError("no outcome in the study definition has a standard code: nothing to look for at the hospital")
-    codes = ",".join(f"{system}|{code}" for system, code in by_code)
-    skipped: Counter[str] = Counter()
-    notes: list[str] = []
-    best: dict[tuple[str, int, str], tuple[int, FindingRecord]] = {}
-    found = 0
+    patients, observations = Tally(), Tally()
+    unused: Counter[str] = Counter()
+    best: dict[tuple[str, int, str], _Placed] = {}
     progress.start(f"fetching hospital results from {client.base_url}", len(enrollment), "patients")
     for person in progress.each(enrollment):
+        patients.read += 1
         subject = subjects.get(person.subject)
         if subject is None:
-            notes.append(f"{person.subject}: not a subject of this study's store; map DM first")
+            patients.skip("not a subject of this study's store (map DM first)", person.subject)
             continue
-        patients = list(client.search("Patient", {"identifier": f"{person.system}|{person.value}"}))
-        if len(patients) != 1:
-            notes.append(f"{person.subject}: {len(patients)} hospital patients have identifier {person.value}; skipped")
-            skipped["patient not found or ambiguous"] += 1
+        found = list(client.search("Patient", {"identifier": f"{person.system}|{person.value}"}))
+        if len(found) != 1:
+            patients.skip("no hospital patient has this identifier" if not found else
+                          "several hospital patients have this identifier", f"{person.subject} ({person.value})")
             continue
-        found += 1
+        patients.used += 1
         start = date.fromisoformat(subject.start[:10])
-        for observation in client.search("Observation", {"subject": f"Patient/{patients[0]['id']}", "code": codes}):
-            placed = _place(study, by_code, observation, person.subject, start, skipped)
-            if placed is None:
+        for observation in client.search("Observation", {"subject": f"Patient/{found[0]['id']}"}):
+            observations.read += 1
+            placed = _place(study, by_code, observation, person.subject, start, unused)
+            if isinstance(placed, str):
+                observations.skip(placed, f"Observation/{observation.get('id')}")
                 continue
-            distance, record = placed
-            key = (record.subject, record.visitnum, record.testcd)
-            if key in best:
-                skipped["superseded by a result closer to the visit day"] += 1
-                if best[key][0] <= distance:
+            key = (placed.record.subject, placed.record.visitnum, placed.record.testcd)
+            earlier = best.get(key)
+            if earlier is not None:
+                loser = placed if earlier.distance <= placed.distance else earlier
+                observations.skip(SUPERSEDED, loser.observation)
+                if loser is placed:
                     continue
             best[key] = placed
-    findings = sorted((record for _, record in best.values()), key=lambda r: (r.subject, r.visitnum, r.testcd))
-    return HospitalPullResult(enrolled=len(enrollment), patients_found=found, findings=findings,
-                              skipped=dict(skipped), notes=notes)
+    findings, conflicts = [], []
+    for key in sorted(best):
+        placed = best[key]
+        record = placed.record
+        held = study_values.get(key)
+        if held is not None and held[0] == record.result:
+            observations.skip(SAME, placed.observation)
+            continue
+        if held is not None:
+            conflicts.append(Conflict(subject=record.subject, testcd=record.testcd, visitnum=record.visitnum,
+                                      unit=record.unit, study_result=held[0], study_date=held[1],
+                                      hospital_result=record.result, hospital_date=record.date,
+                                      hospital_observation=placed.observation, kept=prefer))
+            if prefer != "hospital":
+                observations.skip(CONFLICT, placed.observation)
+                continue
+        observations.used += 1
+        findings.append(record)
+    return HospitalPullResult(enrolled=len(enrollment), patients=patients.account(), observations=observations.account(),
+                              findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
+                              prefer=prefer)
 
 
-def _place(study: Study, by_code: dict, observation: dict, subject: str, start: date,
-           skipped: Counter[str]) -> tuple[int, FindingRecord] | None:
+def _place(study: Study, by_code: dict[tuple[str, str], Outcome], observation: dict, subject: str, start: date,
+           unused: Counter[str]) -> _Placed | str:
+    """The finding an Observation makes, at its visit; or why it makes none."""
     if observation.get("status") not in USABLE_STATUSES:
-        skipped[f"status {observation.get('status')}"] += 1
-        return None
-    outcome = next((by_code[(c.get("system"), c.get("code"))] for c in observation.get("code", {}).get("coding", [])
-                    if (c.get("system"), c.get("code")) in by_code), None)
+        return f"status {observation.get('status')}"
+    codings = observation.get("code", {}).get("coding", [])
+    outcome = next((by_code[(c.get("system"), c.get("code"))] for c in codings if (c.get("system"), c.get("code")) in by_code), None)
+    if outcome is None:
+        unused[next((f"{c.get('system')}|{c.get('code')}" for c in codings), observation.get("code", {}).get("text", "no code"))] += 1
+        return UNUSED_CODE
     quantity = observation.get("valueQuantity", {})
-    when = observation.get("effectiveDateTime") or observation.get("effectivePeriod", {}).get("start", "")
-    if outcome is None or "value" not in quantity or len(when) < 10:
-        skipped["no study code, value or date"] += 1
-        return None
+    if not isinstance(quantity.get("value"), (int, float)):
+        return "no valueQuantity value"
+    comparator = quantity.get("comparator", "")
+    if comparator and comparator not in COMPARATORS:
+        return f"comparator {comparator} is not a bound (<, <=, >=, >)"
     unit = quantity.get("code") or quantity.get("unit")
     factor = outcome.factor_from(unit)
     if factor is None:
-        skipped[f"unit {unit} not convertible to {outcome.unit}"] += 1
-        return None
+        return f"unit {unit} not convertible to {outcome.unit}"
     value = round(quantity["value"] * factor, 6)
     if not outcome.in_range(value):
-        skipped["out of plausible range"] += 1
-        return None
-    day = (date.fromisoformat(when[:10]) - start).days
-    visit = _visit_for(study, outcome, day)
+        return "out of plausible range"
+    when = (observation.get("effectiveDateTime") or observation.get("effectiveInstant")
+            or observation.get("effectivePeriod", {}).get("start") or "")
+    days = _days(when, start)
+    if days is None:
+        return "no effective date, or not a calendar date"
+    visit, reason = _visit_for(study, outcome, days)
     if visit is None:
-        skipped["outside every visit window"] += 1
+        return reason
+    middle = (days[0] + days[1]) // 2
+    record = FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code, test=outcome.display,
+                           result=comparator + format_number(value), unit=outcome.unit, visitnum=visit.visitnum,
+                           date=when[:10])
+    return _Placed(abs(middle - visit.day), record, f"Observation/{observation.get('id')}")
+
+
+def _days(when: str, start: date) -> tuple[int, int] | None:
+    """First and last study day a (possibly partial) FHIR date or dateTime may mean; None if it is none."""
+    try:
+        if len(when) >= 10:
+            day = (date.fromisoformat(when[:10]) - start).days
+            return day, day
+        if len(when) == 7:
+            year, month = int(when[:4]), int(when[5:7])
+            first, last = date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
+        elif len(when) == 4:
+            first, last = date(int(when), 1, 1), date(int(when), 12, 31)
+        else:
+            return None
+    except ValueError:
         return None
-    return abs(day - visit.day), FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code,
-                                                test=outcome.display, result=format_number(value), unit=outcome.unit,
-                                                visitnum=visit.visitnum, date=when[:10])
+    return (first - start).days, (last - start).days
+
+
+def _visit_for(study: Study, outcome: Outcome, days: tuple[int, int]) -> tuple[Visit | None, str]:
+    """The visit where ``outcome`` is scheduled whose window holds every day in ``days``; else why none."""
+    low, high = days
+    for visit in study.visits:
+        if visit.window[0] <= low and high <= visit.window[1]:
+            if visit.code in outcome.visits:
+                return visit, ""
+            return None, "in the window of a visit where its outcome is not scheduled"
+    if any(visit.window[0] <= high and low <= visit.window[1] for visit in study.visits):
+        return None, "partial date not within one visit window"
+    return None, "outside every visit window"

@@ -29,6 +29,9 @@ class BundleSource:
         """The resources of one type; ``prefilter`` is ignored (there are no raw lines to skip)."""
         return iter(self._by_type.get(resource_type, []))
 
+    def resource_types(self) -> list[str]:
+        return sorted(self._by_type)
+
     def read_all(self) -> Iterator[Resource]:
         for resource_type in sorted(self._by_type):
             yield from self._by_type[resource_type]

@@ -69,7 +69,7 @@ class FindingRecord(NamedTuple):
     domain: str
     testcd: str
     test: str
-    result: str  # the coded answer, or the number formatted by format_number
+    result: str  # the coded answer, or the number formatted by format_number, after its comparator if censored (<0.5)
     unit: str
     visitnum: int
     date: str
@@ -245,6 +245,17 @@ def parse_number(column: str, value: str) -> float:
     return number
 
 
+COMPARATORS = ("<=", ">=", "<", ">")  # FHIR Quantity.comparator of a censored result, as written before the number
+
+
+def split_comparator(text: str) -> tuple[str, str]:
+    """``("<", "0.5")`` for the censored result ``<0.5``; ``("", text)`` for a plain one."""
+    if text[:1] not in ("<", ">"):
+        return "", text
+    size = 2 if text[1:2] == "=" else 1
+    return text[:size], text[size:].lstrip()
+
+
 def format_number(value: float) -> str:
     """The one textual form of a number in tables fhir-msc writes (67 and 52.5, not 67.0)."""
     text = repr(round(value, 6))
@@ -356,7 +367,11 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
         if text not in outcome.answers:
             raise RowError(result_column, text, f"not an allowed answer for {outcome.code}: use one of {', '.join(outcome.answers)}")
         return text, ""
-    number = parse_number(result_column, text)
+    comparator, digits = split_comparator(text)
+    try:
+        number = parse_number(result_column, digits)
+    except RowError as err:
+        raise RowError(result_column, text, err.problem + " (a censored result is written <0.5, >1000, <= or >=)") from None
     factor = outcome.factor_from(unit)
     if factor is None:
         accepted = ", ".join([outcome.unit, *outcome.unit_aliases])
@@ -365,7 +380,7 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
     if not outcome.in_range(value):
         low, high = (format_number(v) for v in outcome.range)
         raise RowError(result_column, text, f"{outcome.code} out of plausible range {low}-{high} {outcome.unit}: check the value and unit")
-    return format_number(value), outcome.unit
+    return comparator + format_number(value), outcome.unit
 
 
 def _required(column: str, value: str) -> str:

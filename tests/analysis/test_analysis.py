@@ -1,5 +1,6 @@
 """FHIR → DataFrame → comparisons → verify, on the MSC cohort and on a second, made-up study."""
 
+import json
 from pathlib import Path
 
 import orjson
@@ -7,12 +8,21 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_msc import Store, get_version, load_study
-from fhir_msc.analysis.frame import analysis_frame, analyze, verify
+from fhir_msc.analysis.frame import (
+    CENSORED,
+    DUPLICATE,
+    NOT_RANDOMIZED,
+    analysis_frame,
+    analyze,
+    frame_and_account,
+    verify,
+)
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, InputError
 from fhir_msc.fhir.bundle import open_resources, write_bundle
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.fhir.unmapping import encounter_prefilter
+from fhir_msc.store.source import BundleSource
 from fhir_msc.tables.sdtm import RejectLog
 
 MINI = Path(__file__).parents[1] / "data" / "mini-study"
@@ -114,3 +124,85 @@ def test_verify_exits_6_on_mismatch(tmp_path):
     result = runner.invoke(main, ["verify", "--store", str(tmp_path / "s"), "--study", str(tmp_path / "study.yaml")])
     assert result.exit_code == ExitCode.MISMATCH
     assert "MISMATCH: upper 61.84 ≠ 70.0" in result.output and "reproduced 1/2" in result.output
+
+
+# --- the account of Observations read ----------------------------------------------------
+
+def _cohort_with(store, *changes):
+    """The cohort's resources with some Observations changed or added (as a bundle source)."""
+    resources = list(store.read_all())
+    for change in changes:
+        resources = change(resources)
+    return BundleSource(resources)
+
+
+def _first(resources, outcome, kind):
+    return next(r for r in resources if r["resourceType"] == "Observation" and kind in r
+                and r["identifier"][0]["value"].endswith(f"/M36/{outcome}"))
+
+
+def test_the_observation_account_balances_on_the_cohort(study, mapped):
+    _, store = mapped
+    for visits in (None, ["M36"]):
+        frame, account = frame_and_account(study, store, visits)
+        assert account.read == store.counts()["Observation"] and account.used == len(frame) and account.balanced
+    assert account.skipped == {"at a visit not asked for": store.counts()["Observation"] - len(frame)}
+
+
+def test_an_unknown_answer_code_is_reported_not_silently_dropped(study, demo_store, tmp_path):
+    def odd_answer(resources):
+        reinf = _first(resources, "REINF", "valueCodeableConcept")
+        reinf["valueCodeableConcept"] = {"coding": [{"system": "http://snomed.info/sct", "code": "261665006"}]}
+        return resources
+    frame, account = frame_and_account(study, _cohort_with(demo_store, odd_answer))
+    assert account.skipped == {"unknown answer code": 1} and account.balanced and account.used == len(frame)
+    write_bundle(_cohort_with(demo_store, odd_answer).read_all(), tmp_path / "b.json")
+    result = CliRunner().invoke(main, ["analyze", "--store", str(tmp_path / "b.json"), "--visit", "M36", "--outcome", "REINF"])
+    assert result.exit_code == 0
+    assert "Observations: 9554 read = 1693 in the frame + 7860 at a visit not asked for + 1 unknown answer code" in result.stderr
+    assert "dropped: 1 × unknown answer code: Observation/" in result.stderr and "(REINF: http://snomed.info/sct|261665006)" in result.stderr
+    assert "unknown answer code" not in result.stdout
+
+
+def test_a_duplicate_under_another_id_is_counted_once(study, demo_store):
+    before = analyze(study, analysis_frame(study, demo_store), visits=["M36"], outcomes=["SF36GH"])[0]
+
+    def pushed_twice(resources):
+        gh = _first(resources, "SF36GH", "valueQuantity")
+        return [*resources, {**gh, "id": "server-assigned-id", "valueQuantity": {**gh["valueQuantity"], "value": 1.0}}]
+    frame, account = frame_and_account(study, _cohort_with(demo_store, pushed_twice))
+    first = analysis_frame(study, demo_store)
+    assert frame["value"].equals(first["value"])  # the first read is kept
+    assert account.read == demo_store.counts()["Observation"] + 1 and account.used == len(frame) and account.balanced
+    assert list(account.skipped.values()) == [1] and account.skipped.get(DUPLICATE) == 1
+    after = analyze(study, frame, visits=["M36"], outcomes=["SF36GH"])[0]
+    assert after.n == before.n and after.effect == before.effect
+    assert not frame.duplicated(["subject", "visit", "outcome"]).any()
+
+
+def test_every_reason_to_drop_an_observation_is_counted(study, demo_store):
+    def spoil(resources):
+        observations = [r for r in resources if r["resourceType"] == "Observation"]
+        quantity = _first(resources, "SF36GH", "valueQuantity")
+        quantity["valueQuantity"] = {**quantity["valueQuantity"], "comparator": "<", "value": 10}
+        other = _first(resources, "CEA", "valueQuantity")
+        other["code"] = {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}
+        observations[0]["subject"] = {"reference": "Patient/nobody"}
+        observations[1]["encounter"] = {"reference": "Encounter/nowhere"}
+        unrandomized = [r for r in resources if r["resourceType"] != "ResearchSubject"
+                        or r["subject" if "subject" in r else "individual"]["reference"] != observations[-1]["subject"]["reference"]]
+        return unrandomized
+    frame, account = frame_and_account(study, _cohort_with(demo_store, spoil))
+    assert account.balanced and account.used == len(frame) and account.read == demo_store.counts()["Observation"]
+    assert {reason: n for reason, n in account.skipped.items() if reason != NOT_RANDOMIZED} == {
+        CENSORED: 1, "no outcome code of this study": 1, "unknown subject": 1, "unknown visit": 1}
+    assert account.skipped[NOT_RANDOMIZED] > 50  # every finding of the subject whose ResearchSubject is gone
+
+
+def test_verify_json_carries_the_observations_account(tmp_path):
+    runner = CliRunner()
+    runner.invoke(main, ["map", str(MINI / "tables"), "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml")])
+    result = runner.invoke(main, ["verify", "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml"), "--json"])
+    data = json.loads(result.stdout)
+    assert len(data["checks"]) == 2 and data["observations"]["read"] == Store(tmp_path / "s").counts()["Observation"]
+    assert data["observations"]["used"] + sum(data["observations"]["skipped"].values()) == data["observations"]["read"]

@@ -1,18 +1,21 @@
 """Hospital pull against a second real server loaded with noisy hospital-style data."""
 
+import csv
 import json
 import shutil
+from datetime import date, timedelta
 
 import pytest
 import requests
 from click.testing import CliRunner
 from storesafety import not_owner_only
 
-from fhir_msc import Store
+from fhir_msc import Store, load_study
 from fhir_msc.cli import main
 from fhir_msc.errors import InputError
-from fhir_msc.server.hospital import read_enrollment
+from fhir_msc.server.hospital import CONFLICT, SAME, SUPERSEDED, UNUSED_CODE, Enrollment, pull_hospital, read_enrollment
 from fhir_msc.study.definition import REPO_ROOT
+from fhir_msc.tables.sdtm import SubjectRecord
 
 HOSPITAL = REPO_ROOT / "fixtures" / "hospital"
 
@@ -25,28 +28,123 @@ def hospital(fhir_server):
     return fhir_server
 
 
-def test_hospital_results_land_at_the_right_visit_in_study_units(hospital, demo_store, tmp_path):
+def _enrolled_observations() -> int:
+    """Observations in the fixture bundle of the enrolled patients the hospital has (counted independently)."""
+    bundle = json.loads((HOSPITAL / "bundle.json").read_text())
+    with open(HOSPITAL / "enrollment.csv", newline="") as handle:
+        mrns = {row["PATIENT_IDENTIFIER"].split("|")[1] for row in csv.DictReader(handle)}
+    patients = {e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+                and e["resource"]["identifier"][0]["value"] in mrns}
+    return sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+               and e["resource"]["subject"]["reference"] in patients)
+
+
+def _pull(hospital, store, out, *more):
+    return CliRunner().invoke(main, ["hospital-pull", "--server", hospital.base, "--enrollment", str(HOSPITAL / "enrollment.csv"),
+                                     "--store", str(store), "--out", str(out), "--json", *more])
+
+
+def _stored(store, identifier):
+    return next(o for o in Store(store).read("Observation") if o["identifier"][0]["value"] == identifier)
+
+
+def test_hospital_results_fill_gaps_and_never_overwrite_study_values(hospital, demo_store, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(demo_store.path, store)
     before = Store(store).counts()
-    result = CliRunner().invoke(main, ["hospital-pull", "--server", hospital.base, "--enrollment", str(HOSPITAL / "enrollment.csv"),
-                                       "--store", str(store), "--out", str(tmp_path / "found"), "--json"])
+    result = _pull(hospital, store, tmp_path / "found")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert (data["enrolled"], data["patients_found"], len(data["findings"])) == (6, 5, 20)
-    assert data["skipped"] == {"outside every visit window": 5, "patient not found or ambiguous": 1,
-                               "status entered-in-error": 5, "superseded by a result closer to the visit day": 5,
-                               "unit mmol/L not convertible to U/mL": 1}
-    first = {(f["subject"], f["testcd"]): f for f in data["findings"]}
-    assert first[("NCT04288102-001", "CEA")]["result"] == "1.7"      # ug/L → ng/mL, the closer of two results
-    assert first[("NCT04288102-001", "FVC")]["result"] == "3.25"     # mL → L
-    assert first[("NCT04288102-001", "FVC")]["visitnum"] == 9        # month 36 by its window
-    assert (tmp_path / "found" / "lb.csv").exists() and (tmp_path / "found" / "re.csv").exists()
+    assert (data["enrolled"], data["patients"]["used"]) == (6, 5)
+    assert data["patients"]["skipped"] == {"no hospital patient has this identifier": 1}
+    observations = data["observations"]
+    assert observations["read"] == _enrolled_observations() == 43
+    assert observations["used"] == len(data["findings"]) == 4
+    assert observations["skipped"] == {CONFLICT: 15, "outside every visit window": 5, "status entered-in-error": 5,
+                                       SUPERSEDED: 5, UNUSED_CODE: 5, SAME: 1,
+                                       "in the window of a visit where its outcome is not scheduled": 1,
+                                       "partial date not within one visit window": 1,
+                                       "unit mmol/L not convertible to U/mL": 1}
+    assert observations["read"] == observations["used"] + sum(observations["skipped"].values())
+    assert data["unused_codes"] == {"https://hospital.example.org/fhir/CodeSystem/lab|GLU": 5}
+
+    # the study's FVC at month 36 stays; the hospital's is kept apart with both values
+    assert _stored(store, "NCT04288102-001/M36/FVC")["valueQuantity"]["value"] == 2.03
+    with open(tmp_path / "found" / "conflicts.csv", newline="") as handle:
+        conflicts = {(row["USUBJID"], row["TESTCD"]): row for row in csv.DictReader(handle)}
+    assert len(conflicts) == 15 and (tmp_path / "found" / "conflicts.csv").stat().st_mode & 0o077 == 0
+    fvc = conflicts[("NCT04288102-001", "FVC")]
+    assert (fvc["STUDY_RESULT"], fvc["HOSPITAL_RESULT"], fvc["VISIT"], fvc["KEPT"]) == ("2.03", "3.25", "M36", "study")
+
+    # subject 005 has no month-36 values in the trial: the hospital's fill the gap, each form kept
+    found = {f["testcd"]: f for f in data["findings"]}
+    assert {f["subject"] for f in data["findings"]} == {"NCT04288102-005"} and set(found) == {"CEA", "AFP", "CA125", "FVC"}
+    assert _stored(store, "NCT04288102-005/M36/AFP")["valueQuantity"] == {
+        "value": 0.5, "comparator": "<", "unit": "ng/mL", "system": "http://unitsofmeasure.org", "code": "ng/mL"}
+    m36 = date(2020, 3, 25) + timedelta(days=1095 + 4)  # RFSTDTC + month 36 + the fixture's offset for the fifth patient
+    assert found["CA125"]["date"] == m36.isoformat()[:7] and found["FVC"]["date"] == m36.isoformat()  # partial date, effectiveInstant
+    assert all(f["visitnum"] == 9 for f in data["findings"])
     after = Store(store).counts()
-    assert after["Patient"] == before["Patient"]  # hospital patients are not study patients
-    fvc = [o for o in Store(store).read("Observation") if o["code"]["text"] == "Forced vital capacity"
-           and o["identifier"][0]["value"] == "NCT04288102-001/M36/FVC"]
-    assert fvc[0]["valueQuantity"] == {"value": 3.25, "unit": "L", "system": "http://unitsofmeasure.org", "code": "L"}
+    assert after["Patient"] == before["Patient"] and after["Observation"] == before["Observation"] + 4
+    assert after["Encounter"] == before["Encounter"] + 1  # 005's month-36 visit
+
+    # again, preferring the hospital: the conflicts are taken, the gaps filled last time are the same now
+    again = _pull(hospital, store, tmp_path / "found", "--prefer", "hospital")
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.output)
+    assert data["observations"]["skipped"][SAME] == 5 and CONFLICT not in data["observations"]["skipped"]
+    assert data["observations"]["used"] == len(data["findings"]) == len(data["conflicts"]) == 15
+    assert _stored(store, "NCT04288102-001/M36/FVC")["valueQuantity"]["value"] == 3.25
+    assert not (tmp_path / "found" / "qs.csv").exists()
+    with open(tmp_path / "found" / "conflicts.csv", newline="") as handle:
+        assert {row["KEPT"] for row in csv.DictReader(handle)} == {"hospital"}
+
+
+def test_hospital_pull_prints_its_account(hospital, demo_store, tmp_path):
+    shutil.copytree(demo_store.path, tmp_path / "store")
+    result = CliRunner().invoke(main, ["hospital-pull", "--server", hospital.base, "--enrollment", str(HOSPITAL / "enrollment.csv"),
+                                       "--store", str(tmp_path / "store"), "--out", str(tmp_path / "found")])
+    assert result.exit_code == 0, result.output
+    assert "Observations of the patients found: 43 read = 4 used + 15 conflicts with the study value" in result.stdout
+    assert f"15 conflict(s) with study values in {tmp_path / 'found' / 'conflicts.csv'} (the study's values kept" in result.stdout
+    assert "not used: 5 × code not used by the study: Observation/" in result.stderr
+    assert "codes not used by the study: https://hospital.example.org/fhir/CodeSystem/lab|GLU ×5" in result.stderr
+    assert "patient not used: 1 × no hospital patient has this identifier: NCT04288102-006 (MRN100205)" in result.stderr
+
+
+class _Hospital:
+    """A stand-in hospital server: one patient, the given Observations."""
+
+    def __init__(self, observations):
+        self.observations = observations
+
+    def search(self, resource_type, params):
+        if resource_type == "Patient":
+            return [{"resourceType": "Patient", "id": "p"}] if params["identifier"].endswith("|known") else []
+        return iter(self.observations)
+
+
+def test_the_hospital_account_balances_on_bad_input():
+    study = load_study()
+    fvc = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2023-03-20",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "19868-9"}]},
+           "valueQuantity": {"value": 2.5, "unit": "L", "code": "L"}}
+    bad = [{**fvc, "id": "1", "status": None}, {**fvc, "id": "2", "code": {}}, {**fvc, "id": "3", "valueQuantity": {"value": "2"}},
+           {**fvc, "id": "4", "effectiveDateTime": "2023-02-30"}, {**fvc, "id": "5", "valueQuantity": {**fvc["valueQuantity"], "comparator": "ad"}},
+           {**fvc, "id": "6", "valueQuantity": {"value": 99, "code": "L"}}, {**fvc, "id": "7", "effectiveDateTime": None},
+           {**fvc, "id": "8"}, {**fvc, "id": "9", "valueQuantity": {"value": 2.0, "comparator": "<=", "code": "L"}}]
+    subject = SubjectRecord(subject="S1", age=50, sex="F", country="", arm_code="MSC", actual_arm_code="MSC",
+                            start="2020-03-20", end="")
+    enrollment = [Enrollment(subject="S1", system="mrn", value="known"), Enrollment(subject="S2", system="mrn", value="x"),
+                  Enrollment(subject="S1", system="mrn", value="unknown")]
+    result = pull_hospital(_Hospital(bad), study, enrollment, {"S1": subject}, {("S1", 9, "FVC"): ("2.5", "2023-03-21")})
+    patients, observations = result.patients, result.observations
+    assert (patients.read, patients.used, patients.balanced) == (3, 1, True)
+    assert observations.balanced and observations.read == len(bad) and observations.used == 0
+    assert observations.skipped == {"status None": 1, UNUSED_CODE: 1, "no valueQuantity value": 1,
+                                    "no effective date, or not a calendar date": 2, "comparator ad is not a bound (<, <=, >=, >)": 1,
+                                    "out of plausible range": 1, SUPERSEDED: 1, SAME: 1}
+    assert result.unused_codes == {"no code": 1} and result.conflicts == []
 
 
 def test_enrollment_rows_need_system_and_value(tmp_path):
@@ -66,3 +164,9 @@ def test_hospital_findings_and_the_store_are_owner_only_under_umask_022(hospital
     assert result.exit_code == 0, result.output
     assert (tmp_path / "work" / "found" / "lb.csv").exists()
     assert not_owner_only(store, tmp_path / "work" / "found") == []
+
+
+def test_hospital_findings_never_go_into_the_trial_tables(cohort, demo_store):
+    from fhir_msc import jobs
+    with pytest.raises(InputError, match="holds trial tables"):
+        jobs.hospital_pull(load_study(), None, HOSPITAL / "enrollment.csv", demo_store.path, cohort)

@@ -44,7 +44,7 @@ def test_push_pull_round_trip_equals_the_cohort(study, cohort, demo_store, fhir_
     assert compare_tables(cohort, tmp_path / "tables") == []
     # the same analysis frame, and so the same results, from the server as from the store
     assert jobs.analysis_frame(study, c).equals(jobs.analysis_frame(study, demo_store.path))
-    assert [c.reproduced.effect for c in jobs.verify(study, c)] == [c.reproduced.effect for c in jobs.verify(study, demo_store.path)]
+    assert [c.reproduced.effect for c in jobs.verify(study, c).checks] == [c.reproduced.effect for c in jobs.verify(study, demo_store.path).checks]
 
 
 def test_push_twice_creates_nothing_new_and_one_change_updates_one(study, demo_store, fhir_server, tmp_path):
