@@ -162,9 +162,18 @@ def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
         dosage = administration.get("dosage", {})
         route_code = next((c.get("code") for c in dosage.get("route", {}).get("coding", [])), "")
         dose = dosage.get("dose", {})
+        if not _is_number(dose.get("value", 0)):
+            ctx.skip(administration, f"dosage.dose.value {dose['value']!r} is not a JSON number (FHIR decimal): "
+                                     "`fhir-msc validate` names it; write it without quotes")
+            continue
         yield DoseRecord(subject=subject, treatment=treatment, dose=float(dose.get("value", 0)),
                          dose_unit=unit_to_term.get(dose.get("code", ""), dose.get("unit", "")),
                          route=route_to_term.get(route_code, route_code), date=administration_date(administration))
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number (what FHIR JSON requires for a decimal), not a string or boolean."""
+    return type(value) in (int, float)
 
 
 def _findings(ctx: _Context, source: ResourceSource, prefilter: Prefilter | None = None) -> Iterator[FindingRecord]:
@@ -186,7 +195,12 @@ def _findings(ctx: _Context, source: ResourceSource, prefilter: Prefilter | None
             quantity = observation.get("valueQuantity", {})
             unit_code = quantity.get("code") or quantity.get("unit")
             factor = outcome.factor_from(unit_code)
-            result = None if factor is None or "value" not in quantity else format_number(quantity["value"] * factor)
+            value = quantity.get("value")
+            if value is not None and not _is_number(value):
+                ctx.skip(observation, f"valueQuantity.value {value!r} is not a JSON number (FHIR decimal): "
+                                      "`fhir-msc validate` names it; write it without quotes")
+                continue
+            result = None if factor is None or value is None else format_number(value * factor)
             unit = outcome.unit
         if result is None:
             ctx.skip(observation, f"value not interpretable for {outcome.code}")
