@@ -159,6 +159,12 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
     click.echo(f"wrote {out}: " + ", ".join(f"{name} {rows} rows" for name, rows in result.rows.items()))
     for line in result.skipped[:MAX_SHOWN]:
         click.echo(f"skipped: {line}", err=True)
+    _echo_not_used(result.not_used)
+
+
+def _echo_not_used(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"not used: {line}", err=True)
 
 
 @main.command("validate")
@@ -185,6 +191,7 @@ def _echo_validation(report: Any) -> None:
     for line in report.errors:
         click.echo(f"invalid: {line}", err=True)
     status = "all valid" if report.ok else f"{report.error_count} problem(s)"
+    _echo_not_used(report.not_used)
     click.echo(f"FHIR {report.version}: {total} resources checked, {status}")
 
 
@@ -284,8 +291,10 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     its 95% CI, p, and the method that computed it.
     """
     study = load_study(study_path)
+    unused: list[str] = []
     comparisons = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                               list(visits) or None, list(outcomes) or None)
+                               list(visits) or None, list(outcomes) or None, unused)
+    _echo_not_used(unused)
     click.echo(render(comparison_table(comparisons), fmt))
     if plot:
         forest_plot(comparisons, plot, study.study.identifier.value)

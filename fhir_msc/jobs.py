@@ -9,14 +9,14 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .errors import InputError
-from .fhir.bundle import open_resources, write_bundle
+from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, subjects_in
@@ -101,28 +101,37 @@ def _publish_rejects(spool: Path, rejects: Path) -> list[Path]:
 
 def unmap(study: Study, source: Path, out: Path) -> UnmapResult:
     """Write the study's trial tables from a store directory or bundle file into ``out``."""
-    return fhir_to_tables(study, open_resources(source), out)
+    opened = open_resources(source)
+    return replace(fhir_to_tables(study, opened, out), not_used=not_used(opened))
 
 
 def validate(source: Path, version: FhirVersion, progress: Progress = None) -> ValidationReport:
     """Validate every resource of a store directory or bundle file."""
-    return validate_resources(open_resources(source).read_all(), version, progress)
+    opened = open_resources(source)
+    return replace(validate_resources(opened.read_all(), version, progress), not_used=not_used(opened))
 
 
-def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None):
-    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
+def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
+                   unused: list[str] | None = None):
+    """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full).
+
+    Lines about input holding no resource (bundle entries without one) are appended to ``unused``.
+    """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True)
             return analysis.analysis_frame(study, Store(Path(tmp) / "store"), visits)
-    return analysis.analysis_frame(study, open_resources(source), visits)
+    opened = open_resources(source)
+    if unused is not None:
+        unused.extend(not_used(opened))
+    return analysis.analysis_frame(study, opened, visits)
 
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-            outcomes: list[str] | None = None) -> list[Comparison]:
-    """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
-    return analysis.analyze(study, analysis_frame(study, source, visits), visits, outcomes)
+            outcomes: list[str] | None = None, unused: list[str] | None = None) -> list[Comparison]:
+    """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see analysis_frame)."""
+    return analysis.analyze(study, analysis_frame(study, source, visits, unused), visits, outcomes)
 
 
 def verify(study: Study, source: Path | FhirClient) -> list[Verification]:

@@ -168,9 +168,13 @@ def test_hl7_transaction_bundle_with_delete_and_get_entries(version, command, tm
     result = CliRunner().invoke(main, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 0, result.output
+    entries = json.loads(bundle.read_text())["entry"]
+    requests_only = [f"entry[{i}] {e['request']['method']} {e['request']['url']}" for i, e in enumerate(entries) if "resource" not in e]
+    assert len(requests_only) == 4  # every entry is accounted for: the requests without a resource are named
+    assert f"not used: {bundle}: 4 bundle entries hold no resource (a DELETE or GET request has none): " \
+           f"{', '.join(requests_only)}\n" in result.stderr
     if command == "validate":
-        resources = [e["resource"] for e in json.loads(bundle.read_text())["entry"] if "resource" in e]
-        assert f"{len(resources)} resources checked, all valid" in result.output
+        assert f"{len(entries) - len(requests_only)} resources checked, all valid" in result.output
 
 
 # --- pull: examples on the server next to the study ------------------------------------------

@@ -38,11 +38,12 @@ Resource = dict[str, Any]
 
 @dataclass(frozen=True, kw_only=True)
 class UnmapResult:
-    """Rows written per table file, and resources that could not be placed."""
+    """Rows written per table file, resources that could not be placed, and input holding no resource."""
 
     rows: dict[str, int]
     skipped: list[str] = field(default_factory=list)
     synthetic: bool = False
+    not_used: list[str] = field(default_factory=list)  # e.g. bundle entries without a resource
 
 
 def ref_id(reference: str) -> str:

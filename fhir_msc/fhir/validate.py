@@ -175,7 +175,7 @@ class _Leaf:
     def json_problem(self, value: Any) -> str | None:
         """What is wrong with the value's JSON type or length (None if nothing)."""
         if type(value) not in self.json_types:
-            return (f"a {self.fhir_type} must be {_HOW[self.json_types]}, not the JSON "
+            return (f"a FHIR {self.fhir_type} is written as {_HOW[self.json_types]}, not as the JSON "
                     f"{_JSON_NAMES.get(type(value), type(value).__name__)} {value!r}")
         if self.max_length is not None and len(value) > self.max_length:
             return f"an id has at most {self.max_length} characters, this one has {len(value)}: shorten it"
