@@ -172,7 +172,7 @@ def _echo_not_used(lines: list[str]) -> None:
 @_version_option
 @_json_option
 def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
-    """Validate every resource in SOURCE (store directory or bundle file) with fhir.resources.
+    """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules and the obs-6/obs-7 invariants.
 
     Exit code 5 means at least one resource is invalid.
     """

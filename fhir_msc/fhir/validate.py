@@ -68,7 +68,7 @@ def _check(resource: dict[str, Any], version: FhirVersion) -> tuple[list[str], l
     """
     label = f"{resource.get('resourceType')}/{resource.get('id')}"
     try:
-        model = version.models().get_fhir_model_class(resource.get("resourceType", ""))
+        model = version.models().get_fhir_model_class(str(resource.get("resourceType", "")))
     except (KeyError, ValueError, AttributeError):
         return [f"{label}: unknown resourceType for FHIR {version.name}"], None
     found: list[tuple[Path, str]] = []
@@ -77,12 +77,15 @@ def _check(resource: dict[str, Any], version: FhirVersion) -> tuple[list[str], l
     except ValidationError as exc:
         instance = None
         found = [(err["loc"], err["msg"]) for err in exc.errors()]
+    except TypeError as exc:  # fhir.resources meeting e.g. a contained resourceType that is no string
+        instance = None
+        found = [((), f"not readable as a FHIR {model.__name__} ({exc}): check each resourceType")]
     reported = {loc for loc, _ in found}
-    walk = _Walk(typed=instance is not None)
+    walk = _Walk()
     walk.object(resource, instance, ())
     found += [(path, message) for path, message in walk.problems if path not in reported]
     problems = [f"{label}: {'.'.join(str(p) for p in loc) or '(resource)'}: {message}" for loc, message in found]
-    return problems, (walk.plan if not problems and not walk.per_resource else None)
+    return problems, (walk.plan if not problems and walk.typed and not walk.per_resource else None)
 
 
 class ShapeValidator:
@@ -136,7 +139,10 @@ def _shape(value: Any, leaves: list[Any]) -> Any:
         parts: list[Any] = ["{"]
         for key, item in value.items():
             parts.append(key)
-            parts.append(item if key == "resourceType" else _shape(item, leaves))
+            if key == "resourceType":
+                parts.append(item if type(item) is str else repr(item))
+            else:
+                parts.append(_shape(item, leaves))
         return tuple(parts)
     if kind is list:
         return ("[", *[_shape(item, leaves) for item in value])
@@ -220,12 +226,13 @@ NULL = "null: leave the element out instead (null only stands for a missing valu
 class _Walk:
     """One walk over a resource's JSON: FHIR's JSON rules and invariants, and the check of each primitive.
 
-    ``typed`` walks go along the validated model instance, which gives each primitive its
-    field type (JSON type, id length); otherwise only the rules that need no type are checked.
+    The walk goes along the validated model instance, which gives each primitive its field
+    type (JSON type, id length); without one (the model rejected the resource) only the rules
+    that need no type are checked, and ``typed`` ends False.
     """
 
-    def __init__(self, typed: bool):
-        self.typed = typed
+    def __init__(self) -> None:
+        self.typed = True  # every primitive had its field type
         self.problems: list[tuple[Path, str]] = []
         self.plan: list[_Leaf | None] = []  # per primitive, in _shape's walk order
         self.per_resource = False  # an invariant depends on values, not only on the shape
@@ -237,12 +244,12 @@ class _Walk:
         for invariant in INVARIANTS.get(resource_type, ()) if type(resource_type) is str else ():
             invariant(self, data, path)
         model = type(instance)
-        fields = _fields_by_json_key(model) if self.typed else {}
+        fields = _fields_by_json_key(model) if instance is not None else {}
         for key, value in data.items():
             if key == "resourceType":
                 continue
-            if self.typed:
-                name = fields[key]
+            name = fields.get(key)
+            if name is not None:
                 self.value(value, model.model_fields[name].annotation, getattr(instance, name), (*path, key))
             else:
                 self.value(value, None, None, (*path, key))
@@ -260,12 +267,13 @@ class _Walk:
                 if item is None:
                     self.plan.append(None)  # placement checked by _nulls
                 else:
-                    self.value(item, annotation, attribute[index] if self.typed else None, (*path, index))
+                    self.value(item, annotation, None if attribute is None else attribute[index], (*path, index))
         elif value is None:
             self.plan.append(None)
             self.problems.append((path, NULL))
         else:
-            leaf = _leaf(annotation) if self.typed else None
+            leaf = None if annotation is None else _leaf(annotation)
+            self.typed = self.typed and leaf is not None
             self.plan.append(leaf)
             problem = EMPTY_STRING if value == "" else leaf.json_problem(value) if leaf else None
             if problem:
