@@ -283,6 +283,13 @@ def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> N
         click.echo(f"  {resource_type}: {account.describe()}")
     for resource_type, account in result.accounts.items():  # types no row comes from are in the summary only
         _echo_skipped(f"skipped: {resource_type}", account, leave_out=tuple(NOT_READ.values()))
+    _echo_not_used(result.not_used)
+
+
+def _echo_not_used(lines: list[str]) -> None:
+    """Input that holds no resource (bundle entries without one), on stderr."""
+    for line in lines:
+        click.echo(f"not used: {line}", err=True)
 
 
 def _echo_skipped(label: str, account: Account, leave_out: tuple[str, ...] = ()) -> None:
@@ -309,7 +316,7 @@ def _echo_observations(account: Account) -> None:
               help="FHIR version to validate against; auto reads it from SOURCE (e.g. ResearchSubject.subject is R5).")
 @_json_option
 def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
-    """Validate every resource in SOURCE (store directory or bundle file) with fhir.resources.
+    """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules and the obs-6/obs-7 invariants.
 
     Exit code 5 means at least one resource is invalid.
     """
@@ -338,6 +345,7 @@ def _echo_validation(report: ValidationReport) -> None:
     total = sum(report.checked.values())
     _echo_cut("invalid", report.errors, report.error_count)
     status = "all valid" if report.ok else f"{report.error_count} problem(s)"
+    _echo_not_used(report.not_used)
     click.echo(f"FHIR {report.version}: {total} resources checked, {status}")
 
 
@@ -458,9 +466,13 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json).
     """
     study = load_study(study_path)
-    with _progress(not as_json, _RERUN) as progress:
-        result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                              list(visits) or None, list(outcomes) or None, progress)
+    unused: list[str] = []
+    try:
+        with _progress(not as_json, _RERUN) as progress:
+            result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+                                  list(visits) or None, list(outcomes) or None, progress, unused)
+    finally:
+        _echo_not_used(unused)
     if as_json or fmt == "json":
         _print_json(analyze_json(study, result.comparisons, result.observations))
     else:
@@ -485,8 +497,12 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     follows fhir_msc/schemas/verify.schema.json.
     """
     study = load_study(study_path)
-    with _progress(not as_json, _RERUN) as progress:
-        result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress)
+    unused: list[str] = []
+    try:
+        with _progress(not as_json, _RERUN) as progress:
+            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused)
+    finally:
+        _echo_not_used(unused)
     checks = result.checks
     if as_json:
         _print_json(verify_json(study, checks, result.observations))

@@ -22,7 +22,7 @@ from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .errors import InputError
-from .fhir.bundle import open_resources, write_bundle
+from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.mapping import MapResult, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
@@ -184,7 +184,8 @@ def _opened(source: Path, progress: Progress, verb: str):
 
 def unmap(study: Study, source: Path, out: Path, progress: Progress = NO_PROGRESS) -> UnmapResult:
     """Write the study's trial tables from a store directory or bundle file into ``out``."""
-    return fhir_to_tables(study, _opened(source, progress, "unmapping"), out)
+    opened = _opened(source, progress, "unmapping")
+    return dataclasses.replace(fhir_to_tables(study, opened, out), not_used=not_used(opened))
 
 
 def detect_version(source: Path) -> tuple[FhirVersion, str]:
@@ -206,7 +207,7 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
         return validate_resources(opened.read_all(), version)
     resources = list(opened.read_all())
     progress.start(f"validating ({version.name})", len(resources))
-    return validate_resources(resources, version, progress.advance)
+    return dataclasses.replace(validate_resources(resources, version, progress.advance), not_used=not_used(opened))
 
 
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
@@ -216,11 +217,12 @@ def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | 
 
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-                      progress: Progress = NO_PROGRESS) -> tuple[pd.DataFrame, Account]:
+                      progress: Progress = NO_PROGRESS, unused: list[str] | None = None) -> tuple[pd.DataFrame, Account]:
     """The analysis DataFrame and the account of the Observations read, from a store, bundle or server.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
-    with the account of what was read instead.
+    with the account of what was read instead. Lines about input holding no resource (bundle
+    entries without one) are appended to ``unused``, before any error.
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
@@ -228,7 +230,10 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
             frame, observations = analysis.frame_and_account(study, Store(Path(tmp) / "store"), visits)
     else:
-        frame, observations = analysis.frame_and_account(study, _opened(source, progress, "reading"), visits)
+        opened = _opened(source, progress, "reading")
+        if unused is not None:
+            unused.extend(not_used(opened))
+        frame, observations = analysis.frame_and_account(study, opened, visits)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -258,12 +263,13 @@ class VerifyResult:
 
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-            outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS) -> AnalysisResult:
-    """Between-arm comparisons for the FHIR data in a store, bundle or on a server."""
+            outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
+            unused: list[str] | None = None) -> AnalysisResult:
+    """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
     unknown = [code for code in outcomes or [] if code not in study.outcome_by_code]
     if unknown:
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.outcome_by_code)}")
-    frame, observations = frame_and_account(study, source, visits, progress)
+    frame, observations = frame_and_account(study, source, visits, progress, unused)
     comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -271,10 +277,11 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     return AnalysisResult(comparisons=comparisons, observations=observations)
 
 
-def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS) -> VerifyResult:
-    """Recompute the study's published results from a store, bundle or server."""
+def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
+           unused: list[str] | None = None) -> VerifyResult:
+    """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
     visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
-    frame, observations = frame_and_account(study, source, visits, progress)
+    frame, observations = frame_and_account(study, source, visits, progress, unused)
     return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
 
 

@@ -86,8 +86,9 @@ def test_validate_agrees_with_medplum_on_every_hl7_example_and_broken_copies(ver
     assert ours_invalid(store, version) == expected
 
 
-# Found by comparing the two validators on mutated HL7 examples: resources Medplum rejects and
-# fhir-msc's validator (fhir.resources models, lax pydantic) accepts. fhir/validate.py's to fix.
+# Found by comparing the two validators on mutated HL7 examples: resources Medplum rejects and the
+# fhir.resources models alone (lax pydantic, no invariants) accept; fhir/validate.py's JSON rules and
+# invariants reject them too.
 OURS_TOO_LAX = [
     pytest.param("R4", lambda g: {**g, "valueQuantity": {**g["valueQuantity"], "value": "6.3"}},
                  "Observation.value[x].value", id="R4-decimal-as-json-string"),
@@ -100,9 +101,6 @@ OURS_TOO_LAX = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="fhir-msc's validator accepts what FHIR forbids: a decimal as a JSON string "
-                   "(pydantic lax mode coerces '6.3'), FHIRPath invariants (obs-6: dataAbsentReason with a value), empty "
-                   "objects, R5 ids over 64 characters; Medplum rejects each (fhir/validate.py)")
 @pytest.mark.parametrize("version, mutate, where", OURS_TOO_LAX)
 def test_validate_rejects_what_medplum_rejects(version, mutate, where, independent_validator, tmp_path):
     resource = mutate(example(version, "Observation-f001"))
@@ -111,18 +109,42 @@ def test_validate_rejects_what_medplum_rejects(version, mutate, where, independe
     assert validate_resource(resource, get_version(version)) != []
 
 
+def test_a_decimal_written_as_a_string_is_named_by_validate_and_skipped_by_unmap(tmp_path):
+    mini = load_study(MINI / "study.yaml")
+    store = Store(tmp_path / "store")
+    store.write(tables_to_fhir(mini, MINI / "tables", get_version("R4"), RejectLog(None)))
+    observation = next(o for o in store.read("Observation") if "valueQuantity" in o)
+    value = str(observation["valueQuantity"]["value"])
+    store.write([{**observation, "valueQuantity": {**observation["valueQuantity"], "value": value}}])
+    report = jobs.validate(store.path, get_version("R4"))
+    assert report.errors == [f"Observation/{observation['id']}: valueQuantity.value: a FHIR decimal is written as a "
+                             f"JSON number, without quotes, not as the JSON string {value!r}"]
+    skipped = jobs.unmap(mini, store.path, tmp_path / "tables").skipped
+    assert skipped == [f"Observation/{observation['id']}: valueQuantity.value {value!r} is not a JSON number "
+                       "(FHIR decimal): `fhir-msc validate` names it; write it without quotes"]
+    analyzed = CliRunner().invoke(main, ["analyze", "--store", str(store.path), "--study", str(MINI / "study.yaml")])
+    assert analyzed.exit_code == 0 and analyzed.exception is None, analyzed.output
+
+
 @pytest.mark.parametrize("version", ["R4", "R5"])
 def test_where_medplum_is_laxer_than_fhir_msc(version, independent_validator, tmp_path):
     # Medplum quirks, recorded so that a change in either verdict is noticed: two values for one
     # choice element are only a warning, and an empty string passes; FHIR forbids both.
-    two_values = {**example(version, "Observation-f001"), "valueString": "high"}
+    # So are an empty array, obs-7 (a component with the Observation's own code next to a value) and,
+    # in R4, an id over 64 characters.
+    glucose = example(version, "Observation-f001")
+    two_values = {**glucose, "valueString": "high"}
     empty_string = {**example(version, "Patient-example"), "language": ""}
-    write_store(tmp_path / "s", [two_values, empty_string])
+    empty_array = {**glucose, "id": "empty-array", "interpretation": []}
+    obs_7 = {**glucose, "id": "obs-7", "component": [{"code": glucose["code"], "valueQuantity": glucose["valueQuantity"]}]}
+    long_id = [{**glucose, "id": "x" * 65}] if version == "R4" else []
+    laxer = [two_values, empty_string, empty_array, obs_7, *long_id]
+    write_store(tmp_path / "s", laxer)
     report = independent_validator(version).validate(tmp_path / "s")
     assert report.errors == []
     assert [i["message"] for i in report.issues] == ['Conflicting choice of type properties: "valueString", "valueQuantity"']
-    assert validate_resource(two_values, get_version(version)) != []
-    assert validate_resource(empty_string, get_version(version)) != []
+    for resource in laxer:
+        assert validate_resource(resource, get_version(version)) != [], resource["id"]
 
 
 # --- unmap, analyze: use the examples or account for them ------------------------------------
@@ -171,9 +193,13 @@ def test_hl7_transaction_bundle_with_delete_and_get_entries(version, command, tm
     result = CliRunner().invoke(main, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == (ExitCode.BAD_INPUT if command == "analyze" else 0), result.output
+    entries = json.loads(bundle.read_text())["entry"]
+    requests_only = [f"entry[{i}] {e['request']['method']} {e['request']['url']}" for i, e in enumerate(entries) if "resource" not in e]
+    assert len(requests_only) == 4  # every entry is accounted for: the requests without a resource are named
+    assert f"not used: {bundle}: 4 bundle entries hold no resource (a DELETE or GET request has none): " \
+           f"{', '.join(requests_only)}\n" in result.stderr
     if command == "validate":
-        resources = [e["resource"] for e in json.loads(bundle.read_text())["entry"] if "resource" in e]
-        assert f"{len(resources)} resources checked, all valid" in result.output
+        assert f"{len(entries) - len(requests_only)} resources checked, all valid" in result.output
 
 
 # --- pull: examples on the server next to the study ------------------------------------------

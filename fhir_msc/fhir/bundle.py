@@ -74,10 +74,12 @@ def write_bundle(resources: Iterable[Resource], path: Path) -> dict[str, int]:
     return dict(counts)
 
 
-def read_bundle(path: Path) -> Iterator[Resource]:
+def read_bundle(path: Path, not_used: list[str] | None = None) -> Iterator[Resource]:
     """Resources of a Bundle file, with ``urn:uuid`` references turned back into ``Type/id``.
 
-    Entries without a resource (a transaction's DELETE or GET requests) hold no data and are passed over.
+    Entries without a resource (a transaction's DELETE or GET requests) hold no data; so that
+    every entry is accounted for, they are summed up in one line appended to ``not_used``,
+    with the entries that are no resource object at all.
     """
     try:
         bundle = orjson.loads(path.read_bytes())
@@ -87,13 +89,23 @@ def read_bundle(path: Path) -> Iterator[Resource]:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InputError(f"{path}: not a FHIR Bundle (resourceType is {bundle.get('resourceType') if isinstance(bundle, dict) else None!r})")
-    entries = [entry for entry in bundle.get("entry", []) if "resource" in entry]  # a DELETE or GET request has none
+    if not isinstance(bundle.get("entry", []), list):
+        raise InputError(f"{path}: Bundle.entry is not a JSON array")
+    entries, unused = [], []
+    for index, entry in enumerate(bundle.get("entry", [])):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+            entries.append(entry)
+        else:
+            unused.append((index, entry))
+    if unused and not_used is not None:
+        not_used.append(_not_used_line(path, unused))
     local = {}
     for entry in entries:
-        resource = entry.get("resource", {})
+        resource = entry["resource"]
         full_url = entry.get("fullUrl", "")
         if full_url.startswith("urn:uuid:"):
-            local[full_url] = f"{resource.get('resourceType')}/{full_url[len('urn:uuid:'):]}"
+            local[full_url] = f"{resource['resourceType']}/{full_url[len('urn:uuid:'):]}"
     for entry in entries:
         resource = rewrite_references(entry["resource"], lambda ref: local.get(ref, ref))
         full_url = entry.get("fullUrl", "")
@@ -103,11 +115,34 @@ def read_bundle(path: Path) -> Iterator[Resource]:
         yield resource
 
 
-def open_resources(path: str | Path):
-    """A readable source of resources: a store directory, or a Bundle JSON file."""
+MAX_NAMED = 5  # entries named in the not-used line
+
+
+def _not_used_line(path: Path, unused: list[tuple[int, Any]]) -> str:
+    """``PATH: 2 bundle entries hold no resource (…): entry[3] DELETE Patient/1, entry[4] GET Patient?name=x``."""
+    def describe(index: int, entry: Any) -> str:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or "resource" in entry:
+            return f"entry[{index}] (no FHIR resource object)"
+        if isinstance(request, dict):
+            return f"entry[{index}] {request.get('method', '?')} {request.get('url', '?')}"
+        return f"entry[{index}] (no request)"
+    named = ", ".join(describe(index, entry) for index, entry in unused[:MAX_NAMED])
+    more = f", and {len(unused) - MAX_NAMED} more" if len(unused) > MAX_NAMED else ""
+    return f"{path}: {len(unused)} bundle entries hold no resource (a DELETE or GET request has none): {named}{more}"
+
+
+def open_resources(path: str | Path) -> Store | BundleSource:
+    """A readable source of resources: a store directory, or a Bundle JSON file (see BundleSource.not_used)."""
     path = Path(path)
     if path.is_dir():
         return Store(path)
     if path.is_file():
-        return BundleSource(list(read_bundle(path)))
+        not_used: list[str] = []
+        return BundleSource(list(read_bundle(path, not_used)), not_used)
     raise InputError(f"{path}: no such store directory or bundle file")
+
+
+def not_used(source: object) -> list[str]:
+    """Lines about input of ``source`` that holds no resource (bundle entries without one), or none."""
+    return list(source.not_used) if isinstance(source, BundleSource) else []

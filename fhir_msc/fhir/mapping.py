@@ -133,8 +133,10 @@ class FhirBuilder:
         resource.update(self.version.study_status(info.status))
         if info.phase:
             resource["phase"] = {"coding": [{"system": PHASE_SYSTEM, "code": info.phase}]}
-        resource["condition"] = [{"coding": [c.as_fhir()]} for c in info.condition]
-        resource["relatedArtifact"] = [{"type": "citation", "citation": text} for text in info.citations]
+        if info.condition:  # FHIR JSON has no empty arrays
+            resource["condition"] = [{"coding": [c.as_fhir()]} for c in info.condition]
+        if info.citations:
+            resource["relatedArtifact"] = [{"type": "citation", "citation": text} for text in info.citations]
         resource["description"] = " ".join(info.description.split())
         resource.update(self.version.study_enrollment(self.ref("Group", "group", info.identifier.value)))
         resource["period"] = info.period.model_dump(exclude_none=True)

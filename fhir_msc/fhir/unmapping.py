@@ -48,11 +48,12 @@ NOT_READ = {"ResearchStudy": "not a table row: the study definition describes th
 
 @dataclass(frozen=True, kw_only=True)
 class UnmapResult:
-    """Rows written per table file, and the account of every resource read, by type."""
+    """Rows written per table file, the account of every resource read (by type), and input holding no resource."""
 
     rows: dict[str, int]
     accounts: dict[str, Account]
     synthetic: bool = False
+    not_used: list[str] = field(default_factory=list)  # e.g. bundle entries without a resource
 
     @property
     def read(self) -> int:
@@ -250,10 +251,21 @@ def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
         dosage = administration.get("dosage", {})
         route_code = next((c.get("code") for c in dosage.get("route", {}).get("coding", [])), "")
         dose = dosage.get("dose", {})
+        if not _is_number(dose.get("value", 0)):
+            tally.skip(NOT_A_NUMBER, _named(administration))
+            continue
         tally.used += 1
         yield DoseRecord(subject=subject, treatment=treatment, dose=float(dose.get("value", 0)),
                          dose_unit=unit_to_term.get(dose.get("code", ""), dose.get("unit", "")),
                          route=route_to_term.get(route_code, route_code), date=administration_date(administration))
+
+
+NOT_A_NUMBER = "value is not a JSON number (a FHIR decimal): `fhir-msc validate` names it; write it without quotes"
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number (what FHIR JSON requires for a decimal), not a string or boolean."""
+    return type(value) in (int, float)
 
 
 def _findings(ctx: _Context, source: ResourceSource, visits_only: bool = False) -> Iterator[FindingRecord]:
@@ -296,6 +308,9 @@ def _findings(ctx: _Context, source: ResourceSource, visits_only: bool = False) 
             unit_code = quantity.get("code") or quantity.get("unit")
             factor = outcome.factor_from(unit_code)
             comparator = quantity.get("comparator", "")
+            if "value" in quantity and not _is_number(quantity["value"]):
+                skip(NOT_A_NUMBER, _named(observation))
+                continue
             if factor is None or "value" not in quantity or (comparator and comparator not in COMPARATORS):
                 skip("value not interpretable (no value, unit not convertible or comparator unknown)",
                      f"{_named(observation)} ({outcome.code}: {comparator}{quantity.get('value', '')} {unit_code})")

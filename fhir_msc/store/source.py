@@ -18,9 +18,14 @@ class ResourceSource(Protocol):
 
 
 class BundleSource:
-    """Resources of an in-memory list, readable by type."""
+    """Resources of an in-memory list, readable by type.
 
-    def __init__(self, resources: list[Resource]):
+    ``not_used`` holds one line per part of the input that held no resource (e.g. a Bundle's
+    DELETE and GET entries), for the jobs to report.
+    """
+
+    def __init__(self, resources: list[Resource], not_used: list[str] | None = None):
+        self.not_used = list(not_used or [])
         self._by_type: dict[str, list[Resource]] = {}
         for resource in resources:
             self._by_type.setdefault(resource["resourceType"], []).append(resource)

@@ -7,7 +7,7 @@ import pytest
 from fhir_msc import get_version
 from fhir_msc.fhir.validate import ShapeValidator, validate_resource
 
-BAD_VALUES = ["", " padded", "2020-13-45", "has space", "not a uri", "x" * 2000, "\u0000"]
+BAD_VALUES = ["", " padded", "2020-13-45", "has space", "not a uri", "x" * 65, "x" * 2000, "\u0000"]
 
 
 def leaf_paths(value, path=()):
@@ -73,3 +73,62 @@ def test_a_new_shape_is_validated_by_the_model(one_of_each_type):
     for resource in (unknown_element, missing_status):
         problems = validator.problems(resource)
         assert problems and problems == validate_resource(resource, fhir)
+
+
+# --- FHIR's JSON rules and invariants, which the fhir.resources models do not check --------------
+
+GLUCOSE = {"resourceType": "Observation", "id": "o1", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "15074-8"}]},
+           "valueQuantity": {"value": 6.3, "unit": "mmol/l", "system": "http://unitsofmeasure.org", "code": "mmol/L"}}
+PATIENT = {"resourceType": "Patient", "id": "p1", "active": True, "name": [{"family": "Chalmers", "given": ["Peter"]}]}
+SAME_CODE = {"code": GLUCOSE["code"], "valueQuantity": GLUCOSE["valueQuantity"]}
+
+REJECTED = [  # (resource, path, what the line says)
+    ({**GLUCOSE, "valueQuantity": {**GLUCOSE["valueQuantity"], "value": "6.3"}}, "valueQuantity.value",
+     "a FHIR decimal is written as a JSON number, without quotes, not as the JSON string '6.3'"),
+    ({**PATIENT, "active": "true"}, "active", "a FHIR boolean is written as true or false, without quotes, not as the JSON string 'true'"),
+    ({**PATIENT, "multipleBirthInteger": "2"}, "multipleBirthInteger", "a FHIR integer is written as a JSON number without"),
+    ({**PATIENT, "multipleBirthInteger": 2.0}, "multipleBirthInteger", "not as the JSON number 2.0"),
+    ({**GLUCOSE, "id": "x" * 65}, "id", "an id has at most 64 characters, this one has 65"),
+    ({**GLUCOSE, "interpretation": [{}]}, "interpretation.0", "empty object: an element must have a value or children (ele-1)"),
+    ({**GLUCOSE, "interpretation": []}, "interpretation", "empty array"),
+    ({**PATIENT, "implicitRules": ""}, "implicitRules", "empty string"),
+    ({**GLUCOSE, "issued": None}, "issued", "null: leave the element out"),
+    ({**PATIENT, "name": [{"given": ["Peter", None]}]}, "name.0.given.1", "null: leave the element out"),
+    ({**GLUCOSE, "dataAbsentReason": {"text": "not done"}}, "dataAbsentReason",
+     "obs-6: dataAbsentReason SHALL only be present if value[x] is not present"),
+    ({**GLUCOSE, "component": [SAME_CODE]}, "component.0.code", "obs-7: a component has the Observation's own code"),
+]
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+@pytest.mark.parametrize("resource, path, says", REJECTED, ids=[f"{r['resourceType']}-{p}-{s[:20]}" for r, p, s in REJECTED])
+def test_json_rules_and_invariants_the_model_lets_pass(version, resource, path, says):
+    fhir = get_version(version)
+    label = f"{resource['resourceType']}/{resource['id']}"
+    problems = validate_resource(resource, fhir)
+    assert len(problems) == 1 and problems[0].startswith(f"{label}: {path}: "), problems
+    assert says in problems[0]
+    assert ShapeValidator(fhir).problems(resource) == problems
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_what_fhir_allows_stays_valid(version):
+    fhir = get_version(version)
+    other_code = {**SAME_CODE, "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}}
+    for resource in (
+        {**GLUCOSE, "id": "x" * 64, "valueQuantity": {**GLUCOSE["valueQuantity"], "value": 6}},  # an integer is a decimal
+        {**GLUCOSE, "component": [other_code]},
+        {**{k: v for k, v in GLUCOSE.items() if k != "valueQuantity"}, "component": [SAME_CODE]},
+        {**PATIENT, "multipleBirthInteger": 2, "name": [{"given": ["Peter", None], "_given": [None, {"id": "g2"}]}]},
+    ):
+        assert validate_resource(resource, fhir) == [], resource
+
+
+def test_an_invariant_on_values_is_checked_for_every_resource_of_a_shape():
+    # obs-7 depends on the codes, not only on which elements are present: the shape cannot decide it.
+    fhir = get_version("R4")
+    other_code = {**SAME_CODE, "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}}
+    valid, invalid = {**GLUCOSE, "component": [other_code]}, {**GLUCOSE, "component": [SAME_CODE]}
+    validator = ShapeValidator(fhir)
+    assert [bool(validator.problems(r)) for r in (valid, invalid, valid, invalid)] == [False, True, False, True]

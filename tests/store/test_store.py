@@ -1,11 +1,14 @@
 """The embedded NDJSON store and transaction bundles."""
 
+import json
+
 import orjson
 import pytest
 
 from fhir_msc import InputError, Store
 from fhir_msc.fhir.bundle import (
     conditional_url,
+    open_resources,
     read_bundle,
     transaction_entry,
     write_bundle,
@@ -78,6 +81,20 @@ def test_bundle_reads_back_what_was_written(tmp_path):
                                 "identifier": [{"system": "s", "value": "v"}], "subject": {"reference": f"Patient/{pid}"}}]
     assert write_bundle(resources, tmp_path / "b.json") == {"Patient": 1, "Observation": 1}
     assert list(read_bundle(tmp_path / "b.json")) == resources
+
+
+def test_bundle_entries_without_a_resource_are_accounted_for(tmp_path):
+    entries = [{"fullUrl": "urn:uuid:7b0c1b5e-3f7d-5b8e-9f55-6c0e8b9d1a2c", "resource": patient("7b0c1b5e-3f7d-5b8e-9f55-6c0e8b9d1a2c")},
+               {"request": {"method": "DELETE", "url": "Patient/234"}},
+               {"request": {"method": "GET", "url": "Patient?name=peter"}},
+               {"resource": "not an object"}]
+    (tmp_path / "b.json").write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    not_used: list[str] = []
+    assert [r["id"] for r in read_bundle(tmp_path / "b.json", not_used)] == ["7b0c1b5e-3f7d-5b8e-9f55-6c0e8b9d1a2c"]
+    assert not_used == [f"{tmp_path / 'b.json'}: 3 bundle entries hold no resource (a DELETE or GET request has none): "
+                        "entry[1] DELETE Patient/234, entry[2] GET Patient?name=peter, entry[3] (no FHIR resource object)"]
+    source = open_resources(tmp_path / "b.json")
+    assert source.not_used == not_used and [r["resourceType"] for r in source.read_all()] == ["Patient"]
 
 
 def test_non_bundle_file_is_refused(tmp_path):
