@@ -239,5 +239,7 @@ def test_pull_with_hl7_examples_on_the_server_stores_only_valid_study_resources(
     assert jobs.validate(pulled.path, get_version("R4")).ok
     # the foreign Observations change nothing in the analysis, and unmap says why it left them out
     assert jobs.analysis_frame(mini, pulled.path).equals(jobs.analysis_frame(mini, mapped.path))
-    skipped = jobs.unmap(mini, pulled.path, tmp_path / "tables").skipped
-    assert sorted(line.split(":")[0] for line in skipped) == sorted(f"Observation/{example('R4', n)['id']}" for n in observations)
+    account = jobs.unmap(mini, pulled.path, tmp_path / "tables").accounts["Observation"]
+    assert account.skipped == {"no outcome code of this study": len(observations)}
+    assert sorted(account.examples["no outcome code of this study"]) == sorted(
+        f"Observation/{example('R4', n)['id']}" for n in observations)

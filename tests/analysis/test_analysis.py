@@ -204,5 +204,5 @@ def test_verify_json_carries_the_observations_account(tmp_path):
     runner.invoke(main, ["map", str(MINI / "tables"), "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml")])
     result = runner.invoke(main, ["verify", "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml"), "--json"])
     data = json.loads(result.stdout)
-    assert len(data["checks"]) == 2 and data["observations"]["read"] == Store(tmp_path / "s").counts()["Observation"]
+    assert len(data["results"]) == 2 and data["observations"]["read"] == Store(tmp_path / "s").counts()["Observation"]
     assert data["observations"]["used"] + sum(data["observations"]["skipped"].values()) == data["observations"]["read"]

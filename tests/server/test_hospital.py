@@ -115,6 +115,8 @@ def test_hospital_pull_prints_its_account(hospital, demo_store, tmp_path):
 class _Hospital:
     """A stand-in hospital server: one patient, the given Observations."""
 
+    base_url = "https://hospital.invalid/fhir"
+
     def __init__(self, observations):
         self.observations = observations
 
