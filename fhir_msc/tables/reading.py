@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .rejects import KEEP_BYTES, REJECT_COLUMN, Key, Rejection, RejectLog, row_key
 
@@ -71,7 +72,7 @@ def open_text(path: Path, encoding: str):
     return open(path, encoding=encoding, errors=KEEP_BYTES, newline="")
 
 
-def inspect_table(path: Path, required: list[str], used: list[str]) -> tuple[TableFormat, str | None]:
+def inspect_table(path: Path, required: list[str], used: list[str]) -> tuple[TableFormat, HeaderProblem | None]:
     """The file's format, and what makes its header unusable (None if nothing)."""
     with open(path, "rb") as handle:
         head = handle.read(_HEAD)
@@ -96,20 +97,26 @@ def _delimiter(line: str, required: list[str]) -> str:
     return best if found(best) > found(",") else ","
 
 
-def _header_problem(fmt: TableFormat, required: list[str], used: list[str]) -> str | None:
+class HeaderProblem(NamedTuple):
+    column: str | None
+    problem: str
+
+
+def _header_problem(fmt: TableFormat, required: list[str], used: list[str]) -> HeaderProblem | None:
     if not any(fmt.header):
-        return f"file is empty: expected a header row with {', '.join(required)}"
+        return HeaderProblem(None, f"file is empty: expected a header row with {', '.join(required)}")
     shown = f"header found ({fmt.described}): {_cut(fmt.header_text)!r}"
     if _RAW_BYTE.search(fmt.header_text):
-        return f"the header is not valid {fmt.encoding_name}; {shown}: save the file as UTF-8 and replay the rejects file"
+        return HeaderProblem(None, f"the header is not valid {fmt.encoding_name}; {shown}: "
+                                   "save the file as UTF-8 and replay the rejects file")
     if missing := [c for c in required if c not in fmt.header]:
-        return (f"required column(s) {', '.join(missing)} missing; {shown}: "
-                "add them (comma-delimited UTF-8, one header row) and replay the rejects file")
-    repeated = [c for c in used if fmt.header.count(c) > 1]
-    if repeated:
-        where = "; ".join(f"{c} in columns {', '.join(str(i + 1) for i, h in enumerate(fmt.header) if h == c)}"
+        return HeaderProblem(", ".join(missing), f"required column missing from the header; {shown}: add it "
+                                                 "(comma-delimited UTF-8, one header row) and replay the rejects file")
+    if repeated := list(dict.fromkeys(c for c in used if fmt.header.count(c) > 1)):
+        where = "; ".join(f"columns {', '.join(str(i + 1) for i, h in enumerate(fmt.header) if h == c)}"
                           for c in repeated)
-        return f"column named more than once ({where}); {shown}: keep one of each and replay the rejects file"
+        return HeaderProblem(", ".join(repeated), f"column named more than once in the header ({where}); {shown}: "
+                                                  "keep one of each and replay the rejects file")
     return None
 
 
@@ -177,10 +184,9 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
         for row in raw_rows(path, fmt):
             log.read(display, row_key(fmt.header, row.fields, key_columns))
             rows.append(row.fields or [_joined_lines(path, fmt, row)])
-        if rows and not any(fmt.header):
-            problem = problem.replace("file is empty", "row 1 is empty")
+        text = problem.problem.replace("file is empty", "row 1 is empty") if rows else problem.problem
         kept = f" (all {len(rows)} row(s) of this file are in the rejects)" if rows else ""
-        log.reject_file(Rejection(file=display, row=1, column=None, value=None, problem=problem + kept),
+        log.reject_file(Rejection(file=display, row=1, column=problem.column, value=None, problem=text + kept),
                         fmt.header, rows)
         return
     header, width, strip = fmt.header, len(fmt.header), str.strip

@@ -136,8 +136,8 @@ def _check_datetime(column: str, value: str, moment: re.Match) -> str:
         raise RowError(column, value, "no such time of day: hours 00-23, minutes and seconds 00-59") from None
     complete = f"{day}T{hours}:{minutes}{seconds or ':00'}"
     if zone is None:
-        raise RowError(column, value, f"a date-time needs its time zone in FHIR: write {complete}+HH:MM with the "
-                                      f"site's UTC offset (e.g. {complete}+08:00), or {complete}Z if it is UTC")
+        raise RowError(column, value, f"a date-time needs its time zone in FHIR; keep the time and add the site's UTC "
+                                      f"offset: write e.g. {complete}+08:00, or {complete}Z if it is UTC")
     if zone != "Z" and not (int(zone[1:3]) <= 13 and int(zone[4:]) <= 59 or zone[1:] == "14:00"):
         raise RowError(column, value, "no such time zone offset: use -12:00 to +14:00, or Z")
     if seconds is None:
