@@ -140,8 +140,9 @@ class RejectLog:
     def reject(self, rejection: Rejection, header: list[str] | None = None, row: list[str] | None = None) -> None:
         """Report a problem; with ``row``, that row is rejected (counted, and kept in the rejects)."""
         self.rejections.append(rejection)
+        tally = self._tally(rejection.file)
         if row is not None:
-            self._tally(rejection.file).rejected += 1
+            tally.rejected += 1
             self._keep(rejection.file, header or [], row, str(rejection))
 
     def reject_file(self, rejection: Rejection, header: list[str], rows: Iterable[list[str]]) -> None:
