@@ -42,7 +42,7 @@ class TableFormat:
     encoding_name: str  # as told to the user
     delimiter: str
     header: list[str]  # stripped, without REJECT_REASON
-    reject_index: int | None  # where a REJECT_REASON column is (ignored on replay)
+    reject_index: int | None  # where a REJECT_REASON column is (ignored on replay); -1: the last field of each row
     header_text: str  # the header line as found, for messages
 
     @property
@@ -85,6 +85,8 @@ def inspect_table(path: Path, required: list[str], used: list[str]) -> tuple[Tab
     reject_index = header.index(REJECT_COLUMN) if REJECT_COLUMN in header else None
     if reject_index is not None:
         header = header[:reject_index] + header[reject_index + 1:]
+        if reject_index == len(header):
+            reject_index = -1  # as fhir-msc writes it: after every field, also of a row longer than the header
     fmt = TableFormat(encoding, encoding_name, delimiter, header, reject_index, line)
     return fmt, _header_problem(fmt, required, used)
 
@@ -136,10 +138,15 @@ class RawRow:
 
 
 def raw_rows(path: Path, fmt: TableFormat) -> Iterator[RawRow]:
-    """Every non-empty record after the header, with REJECT_REASON left out."""
+    """Every non-empty record after the header line, with REJECT_REASON left out.
+
+    The header is the first physical line, whatever its quotes: a quote left open there
+    makes the header unusable, it does not swallow the rows.
+    """
     with open_text(path, fmt.encoding) as handle:
+        handle.readline()
         reader = csv.reader(handle, delimiter=fmt.delimiter)
-        number, last = 1, 0
+        number, last = 1, 1
         while True:
             try:
                 raw = next(reader)
@@ -147,17 +154,17 @@ def raw_rows(path: Path, fmt: TableFormat) -> Iterator[RawRow]:
                 return
             except csv.Error as exc:
                 number += 1
-                yield RawRow(number, last + 1, reader.line_num, [], error=str(exc))
-                last = reader.line_num
+                yield RawRow(number, last + 1, reader.line_num + 1, [], error=str(exc))
+                last = reader.line_num + 1
                 continue
-            first, last = last + 1, reader.line_num
-            if first == 1:
-                continue  # the header
+            first, last = last + 1, reader.line_num + 1
             joined = "".join(raw)
             if not joined or joined.isspace():
                 continue
             number += 1
-            if fmt.reject_index is not None and len(raw) > fmt.reject_index:
+            if fmt.reject_index == -1:
+                raw = raw[:-1]
+            elif fmt.reject_index is not None and len(raw) > fmt.reject_index:
                 raw = raw[:fmt.reject_index] + raw[fmt.reject_index + 1:]
             yield RawRow(number, first, last, raw)
 

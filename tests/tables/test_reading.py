@@ -90,3 +90,10 @@ def test_numbers_that_are_not_read(text):
 @pytest.mark.parametrize(("text", "number"), [("9", 9), ("9.0", 9), ("3.1", 3.1), ("inf", "inf"), ("١", "١"), ("x", "x")])
 def test_visit_numbers_are_never_truncated(text, number):
     assert visit_number(text) == number and type(visit_number(text)) is type(number)
+
+
+def test_reject_reason_of_a_row_longer_than_its_header_is_its_last_field(tmp_path):
+    path = tmp_path / "dm.csv"
+    path.write_text("A,B,REJECT_REASON\n1,2,3,row has 3 fields\n")
+    fmt, _ = inspect_table(path, ["A", "B"], ["A", "B"])
+    assert [r.fields for r in raw_rows(path, fmt)] == [["1", "2", "3"]]
