@@ -79,7 +79,7 @@ def inspect_table(path: Path, required: list[str], used: list[str]) -> tuple[Tab
     encoding, encoding_name = detect_encoding(head)
     with open_text(path, encoding) as handle:
         first = handle.readline()
-    line = first.rstrip("\r\n")
+    line = first.rstrip("\r\n").lstrip("\ufeff")  # a byte-order mark saved twice is still no part of a name
     delimiter = _delimiter(line, required)
     header = [h.strip() for h in next(csv.reader([line], delimiter=delimiter), [])]
     reject_index = header.index(REJECT_COLUMN) if REJECT_COLUMN in header else None
