@@ -158,9 +158,10 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
     if result.rejects_files:
         folder = result.rejects_files[0].parent
         option = f"--store {store}" if store else f"--bundle {bundle}"
-        waiting = "" if result.rejections else "no row of this run was rejected, but rows of earlier runs are waiting; "
-        click.echo(f"{waiting}{result.rows_rejected} row(s) rejected; fix them in {folder}/ "
-                   f"({', '.join(f.name for f in result.rejects_files)}) and replay with:\n"
+        files = ", ".join(f.name for f in result.rejects_files)
+        what = (f"{result.rows_rejected} row(s) rejected; fix them" if result.rows_rejected
+                else "rows rejected by earlier runs are waiting; fix them")
+        click.echo(f"{what} in {folder}/ ({files}) and replay with:\n"
                    f"  fhir-msc map {folder} {option}")
 
 

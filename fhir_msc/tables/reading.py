@@ -126,9 +126,11 @@ def _cut(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}…"
 
 
-@dataclass(frozen=True)
-class RawRow:
-    """One CSV record: its row number (header = 1), the physical lines it spans, its fields."""
+class RawRow(NamedTuple):
+    """One CSV record: its row number (header = 1), the physical lines it spans, its fields.
+
+    A NamedTuple: one is built per row of the cohort.
+    """
 
     number: int
     first_line: int
@@ -256,10 +258,6 @@ def _undecodable(header: list[str], raw: list[str]) -> tuple[str | None, str, st
     except UnicodeDecodeError:
         latin = data.decode("latin-1")
     return column, cell, f" (read as Latin-1/Windows-1252 it says {latin!r})"
-
-
-def has_raw_bytes(text: str) -> bool:
-    return bool(_RAW_BYTE.search(text))
 
 
 def key_hashes(path: Path, required: list[str], key_columns: list[str],

@@ -225,12 +225,6 @@ def waiting_rejects(directory: Path, key_columns: dict[str, list[str]]) -> dict[
     return waiting
 
 
-def rejects_header(directory: Path, name: str) -> list[str] | None:
-    """The data columns of ``directory/name`` if rows are waiting there."""
-    existing = _read_rejects_file(directory / name)
-    return existing.header[:-1] if existing else None
-
-
 def publish_rejects(spool: Path, target: Path, *, replayed: Iterable[str], handled: dict[str, set[Key]],
                     key_columns: dict[str, list[str]], dataset: Path | None) -> list[Path]:
     """Merge this run's rejects (in ``spool``) into ``target``; return the table files left there.
