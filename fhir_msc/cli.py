@@ -216,13 +216,13 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
 
 
 @main.command("map")
-@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Write into this NDJSON store directory; existing resources are updated by id.")
-@click.option("--bundle", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--store", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write into this NDJSON store directory; resources are created, updated or left unchanged by id.")
+@click.option("--bundle", type=click.Path(path_type=Path), metavar="FILE",
               help="Write one transaction Bundle JSON file instead.")
-@click.option("--rejects", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Where rejected rows go (default: STORE/rejects or BUNDLE.rejects).")
+@click.option("--rejects", type=click.Path(path_type=Path), metavar="DIR",
+              help="Where rejected rows go (default: STORE/rejects or BUNDLE.rejects); other files there are kept.")
 @_version_option
 @_study_option
 @_json_option
@@ -230,10 +230,11 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
                 fhir_version: str, study_path: Path, as_json: bool) -> None:
     """Map the trial tables in SOURCE (dm.csv, ex.csv, findings) to FHIR.
 
-    Bad rows are reported (file, row, column, value, what to do) and copied to the
-    rejects directory with a REJECT_REASON column; the rest are mapped. Fix the rejects
-    files and replay them: `fhir-msc map STORE/rejects --store STORE`. Exit code 3 means
-    some rows were rejected.
+    Every row read is mapped or rejected: bad rows are reported (file, row, column, value,
+    what to do) and kept in the rejects directory with a REJECT_REASON column. Fix them
+    there and replay: `fhir-msc map STORE/rejects --store STORE`. Mapping the same tables
+    again changes nothing. Exit code 3 means some rows were rejected; 4 that a whole table
+    was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped.
     """
     study = load_study(study_path)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
@@ -243,7 +244,9 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     if as_json:
         _print_json(result)
     else:
-        _echo_map(result, store or bundle)
+        _echo_map(result, store, bundle)
+    if result.unusable_files:
+        sys.exit(ExitCode.BAD_INPUT)
     if result.rejections:
         sys.exit(ExitCode.REJECTED)
 
@@ -253,15 +256,31 @@ def _echo_recovered(notes: tuple[str, ...] | list[str]) -> None:
         click.echo(f"note: {note}", err=True)
 
 
-def _echo_map(result: Any, target: Path) -> None:
-    _echo_recovered(result.recovered)
+def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
+    _echo_recovered([*result.recovered, *result.notes])
     _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
+    target = store or bundle
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items())
     click.echo(f"mapped {result.total} resources into {target}: {counts or 'nothing'}")
+    if result.changes:
+        parts = []
+        for kind in ("created", "updated", "unchanged"):
+            by_type = {t: getattr(c, kind) for t, c in result.changes.items() if getattr(c, kind)}
+            detail = f" ({', '.join(f'{t} {n}' for t, n in by_type.items())})" if by_type else ""
+            parts.append(f"{kind} {sum(by_type.values())}{detail}")
+        click.echo(f"in the store: {'; '.join(parts)}")
+    if result.accounts:
+        click.echo("rows read = mapped + rejected: " + "; ".join(
+            f"{Path(a.file).name} {a.read} = {a.mapped} + {a.rejected}{' (file unusable)' if a.unusable else ''}"
+            for a in result.accounts))
     if result.rejects_files:
         folder = result.rejects_files[0].parent
-        _info(f"{len(result.rejections)} row(s) rejected; fix them in {folder}/ and replay with:\n"
-              f"  fhir-msc map {folder} --store {target}")
+        option = f"--store {store}" if store else f"--bundle {bundle}"
+        files = ", ".join(f.name for f in result.rejects_files)
+        what = (f"{result.rows_rejected} row(s) rejected; fix them" if result.rows_rejected
+                else "rows rejected by earlier runs are waiting; fix them")
+        _info(f"{what} in {folder}/ ({files}) and replay with:\n"
+              f"  fhir-msc map {folder} {option}")
 
 
 @main.command("unmap")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +22,8 @@ from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .errors import InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
-from .fhir.mapping import MapResult, tables_to_fhir
+from .fhir.changes import ChangeTracker
+from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
@@ -50,6 +50,7 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .study.definition import Study, package_data
+from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
 from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
 DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
@@ -58,21 +59,21 @@ DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NC
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
                version: FhirVersion = get_version("R4"), rejects: Path | None = None,
                progress: Progress = NO_PROGRESS) -> MapResult:
-    """Map the trial tables in ``source`` into a store directory or a transaction bundle file.
+    """Map the trial tables in ``source`` into a store directory (upsert) or a transaction bundle file.
 
-    Rejected rows are written to ``rejects`` (default: ``STORE/rejects`` or
-    ``BUNDLE.rejects``), replacing what an earlier run left there. The store's write lock is
-    held throughout (``SyncLocked``, exit 9, if another job writes it); what killed jobs
-    left is completed or removed first and listed in ``recovered``. Progress is counted in
-    input rows.
+    Rejected rows go to ``rejects`` (default: ``STORE/rejects`` or ``BUNDLE.rejects``).
+    Replaying that directory replaces the files it read with the rows rejected again; any
+    other run keeps the rows waiting there, except those it read again, and adds its own.
+    Nothing else in the directory is touched. The store's write lock is held throughout
+    (``SyncLocked``, exit 9, if another job writes it); what killed jobs left is completed or
+    removed first and listed in ``recovered``. Progress is counted in input rows.
     """
     if (store is None) == (bundle is None):
         raise InputError("give exactly one target: a store directory or a bundle file")
-    if store is not None and not Store(store).resource_types() and not (source / study.tables.dm.file).exists():
-        raise InputError(f"{source}: no {study.tables.dm.file} and {store} holds no subjects yet: map DM first")
-    if not source.is_dir():
-        raise InputError(f"{source}: not a directory of trial tables (dm.csv, ex.csv, findings)")
+    _check_map_paths(study, source, store, bundle)
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
+    if rejects.exists() and not rejects.is_dir():
+        raise InputError(f"{rejects}: is a file; give --rejects a directory")
     progress.start(f"mapping {source}", _table_rows(study, source) if progress.active else None, "rows")
     with Store(store).writing() if store is not None else nullcontext([]) as recovered:
         recovered += [f"removed {path}: left by a killed job" for path in sweep_debris(rejects.parent, REJECTS_PREFIX)]
@@ -83,20 +84,47 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
 
 def _map_spooled(study: Study, source: Path, store: Path | None, bundle: Path | None, version: FhirVersion,
                  rejects: Path, spool: Path, progress: Progress) -> MapResult:
-    """The mapping itself, rejected rows spooled in ``spool`` and then published as ``rejects``."""
-    log = RejectLog(spool)
+    """The mapping itself, rejected rows spooled in ``spool`` and then published into ``rejects``."""
+    keys = reject_keys(study)
+    replay = rejects.resolve() == source.resolve()
+    log = RejectLog(spool, waiting={} if replay else waiting_rejects(rejects, keys))
+    changes = {}
     try:
         if store is not None:
             target = Store(store)
+            tracker = ChangeTracker(target)
             resources = tables_to_fhir(study, source, version, log, subjects_in(study, target), progress.advance)
-            counts = target.write(_widen_existing_visits(target, resources))
+            target.write(tracker.changed(_widen_existing_visits(target, resources)))
+            changes = tracker.changes
+            counts = {t: c.total for t, c in changes.items()}
         else:
             counts = write_bundle(tables_to_fhir(study, source, version, log, None, progress.advance), bundle)
     finally:  # after an error or Ctrl-C this run's rejects are not published: spool_dir removes them
         log.close()
-    files = _publish_rejects(spool, rejects)
-    return MapResult(counts=counts, rejections=log.rejections, rejects_files=files,
-                     synthetic=read_dataset(source).synthetic)
+    replayed = [p.name for p in source.iterdir() if p.name in keys] if replay else []
+    files = publish_rejects(spool, rejects, replayed=replayed, handled=log.handled, key_columns=keys,
+                            dataset=source / DATASET_FILE)
+    return MapResult(counts=counts, changes=changes, accounts=log.accounts, rejections=log.rejections,
+                     rejects_files=files, notes=log.notes, synthetic=read_dataset(source).synthetic)
+
+
+def _check_map_paths(study: Study, source: Path, store: Path | None, bundle: Path | None) -> None:
+    """One line for each path map cannot use, before anything is read or written."""
+    if not source.exists():
+        raise InputError(f"{source}: no such directory: give the directory holding "
+                         f"{study.tables.dm.file}, {study.tables.ex.file} and the findings tables")
+    if not source.is_dir():
+        raise InputError(f"{source}: is a file, not a directory of trial tables ({study.tables.dm.file}, "
+                         f"{study.tables.ex.file}, findings)")
+    if bundle is not None and not bundle.parent.is_dir():
+        raise InputError(f"{bundle.parent}: no such directory for the bundle {bundle.name}: "
+                         "create it or give --bundle a path in an existing directory")
+    if bundle is not None and bundle.is_dir():
+        raise InputError(f"{bundle}: is a directory; give --bundle a file name")
+    if store is not None and store.exists() and not store.is_dir():
+        raise InputError(f"{store}: is a file; give --store a directory")
+    if store is not None and not Store(store).resource_types() and not (source / study.tables.dm.file).exists():
+        raise InputError(f"{source}: no {study.tables.dm.file} and {store} holds no subjects yet: map DM first")
 
 
 def _table_rows(study: Study, source: Path) -> int:
@@ -124,19 +152,6 @@ def _widen_existing_visits(store: Store, resources: Iterable[dict]) -> Iterable[
             new = resource[key]
             resource = {**resource, key: {"start": min(old["start"], new["start"]), "end": max(old["end"], new["end"])}}
         yield resource
-
-
-def _publish_rejects(spool: Path, rejects: Path) -> list[Path]:
-    """Move this run's rejects files into place (the source may have been the old rejects)."""
-    if rejects.exists():
-        shutil.rmtree(rejects)
-    files = sorted(spool.glob("*.csv"))
-    if not files:
-        shutil.rmtree(spool)
-        return []
-    private_dir(rejects.parent)
-    spool.rename(rejects)
-    return [rejects / f.name for f in files]
 
 
 class _Metered:

@@ -16,7 +16,6 @@ Resource model (R4 names; see versions.py for R5):
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import uuid
 from array import array
@@ -29,24 +28,23 @@ from typing import Any
 import numpy as np
 
 from ..study.definition import Study
+from ..tables.reading import SPANNED, key_hashes, read_rows
+from ..tables.rejects import FileAccount, Rejection, RejectLog
 from ..tables.sdtm import (
     Dataset,
     DoseRecord,
     FindingColumns,
     FindingRecord,
-    Rejection,
-    RejectLog,
     RowError,
     SubjectRecord,
-    open_table,
     parse_dose,
     parse_finding,
     parse_subject,
     read_dataset,
-    read_rows,
     split_comparator,
     visit_number,
 )
+from .changes import ResourceChanges
 from .versions import FhirVersion
 
 UCUM = "http://unitsofmeasure.org"
@@ -144,6 +142,8 @@ class FhirBuilder:
         return resource
 
     def enrollment_group(self, subjects: list[str]) -> Resource:
+        """The Group of every enrolled Patient, members in subject-id order (however the subjects were loaded)."""
+        subjects = sorted(subjects)
         value = self.study.study.identifier.value
         resource = self._identified("Group", "group", value)
         resource.update({"type": "person", **self.version.group_elements(),
@@ -219,17 +219,43 @@ class FhirBuilder:
 
 @dataclass(frozen=True, kw_only=True)
 class MapResult:
-    """What a mapping run produced and rejected."""
+    """What a mapping run read, produced and rejected.
+
+    ``accounts`` has one entry per input file: rows read = rows mapped + rows rejected.
+    ``changes`` (store targets only) says, per resource type, how many resources were
+    created, updated or left unchanged in the store.
+    """
 
     counts: dict[str, int]
+    changes: dict[str, ResourceChanges]
+    accounts: list[FileAccount]
     rejections: list[Rejection]
     rejects_files: list[Path]
+    notes: list[str]
     synthetic: bool
     recovered: tuple[str, ...] = ()  # what was left by killed jobs and completed or removed first
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(a.rejected for a in self.accounts)
+
+    @property
+    def unusable_files(self) -> list[str]:
+        return [a.file for a in self.accounts if a.unusable is not None]
+
+
+def reject_keys(study: Study) -> dict[str, list[str]]:
+    """Per table file name, the columns that identify a row (see tables.rejects)."""
+    dm, ex, findings = study.tables.dm.columns, study.tables.ex.columns, study.tables.findings
+    keys = {study.tables.dm.file: [dm["subject"]], study.tables.ex.file: [ex["subject"], ex["date"]]}
+    for domain, name in findings.files.items():
+        col = FindingColumns.of(study, domain)
+        keys[name] = [col.subject, col.visitnum, col.testcd]
+    return keys
 
 
 def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: RejectLog,
@@ -238,12 +264,14 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     """Yield the FHIR resources for the tables in ``source``; bad rows go to ``log``.
 
     ``known_subjects`` are subjects already mapped (e.g. read from the target store), so
-    a rejects file holding only findings can be replayed on its own.
+    a rejects file holding only findings can be replayed on its own; a DM row of a known
+    subject updates it.
     """
     dataset: Dataset = read_dataset(source)
     build = FhirBuilder(study, version, dataset.synthetic)
     subjects = dict(known_subjects or {})
-    new_subjects = list(_read_subjects(study, source / study.tables.dm.file, log, subjects))
+    keys = reject_keys(study)
+    new_subjects = list(_read_subjects(study, source / study.tables.dm.file, log, subjects, keys))
     tick = progress or (lambda n: None)
     if new_subjects:
         yield build.research_study()
@@ -252,13 +280,13 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
             yield build.patient(record)
             yield build.research_subject(record)
         tick(len(new_subjects))
-    for record in _read_doses(study, source / study.tables.ex.file, log, subjects):
+    for record in _read_doses(study, source / study.tables.ex.file, log, subjects, keys):
         yield build.administration(record)
         tick(1)
     spans = VisitSpans(study)
     observation = build.observation
     count = 0
-    for record in _read_findings(study, source, log, subjects):
+    for record in _read_findings(study, source, log, subjects, keys):
         count += 1
         spans.add(record.subject, record.visitnum, record.date)
         yield observation(record)
@@ -306,31 +334,37 @@ class VisitSpans:
                     yield subject, visitnum, self._dates[spans[slot]], self._dates[spans[slot + 1]]
 
 
-def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[SubjectRecord]:
+def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
+                   keys: dict[str, list[str]]) -> Iterator[SubjectRecord]:
     if not path.exists() and subjects:
         return  # replaying findings against subjects already in the store
     columns = list(study.tables.dm.columns.values())
     required = [c for key, c in study.tables.dm.columns.items() if key not in ("end", "country")]
-    for number, row, header, raw in read_rows(path, required, log):
-        record = _parse(log, path, number, header, raw, lambda: parse_subject(study, {c: row.get(c, "") for c in columns}))
+    seen: set[str] = set()  # subjects of this input: a subject already in the store is updated, not a duplicate
+    for number, row, header, raw in read_rows(path, required, log, used=columns, key_columns=keys[path.name]):
+        record = _parse(log, path, number, header, raw, row, lambda: parse_subject(study, {c: row.get(c, "") for c in columns}))
         if record is None:
             continue
-        if record.subject in subjects:
+        if record.subject in seen:
             log.reject(Rejection(file=str(path), row=number, column=study.tables.dm.columns["subject"], value=record.subject,
-                                 problem="duplicate subject: each USUBJID appears once in DM; remove or renumber this row"),
+                                 problem="duplicate subject: this USUBJID is on an earlier row of this file; "
+                                         "remove or renumber this row"),
                        header, raw)
             continue
+        seen.add(record.subject)
         subjects[record.subject] = record
+        log.mapped(str(path))
         yield record
 
 
-def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[DoseRecord]:
+def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
+                keys: dict[str, list[str]]) -> Iterator[DoseRecord]:
     if not path.exists() and subjects:
         return
     required = list(study.tables.ex.columns.values())
     seen: set[tuple[str, str]] = set()
-    for number, row, header, raw in read_rows(path, required, log):
-        record = _parse(log, path, number, header, raw, lambda: parse_dose(study, subjects, row))
+    for number, row, header, raw in read_rows(path, required, log, key_columns=keys[path.name]):
+        record = _parse(log, path, number, header, raw, row, lambda: parse_dose(study, subjects, row))
         if record is None:
             continue
         if (record.subject, record.date) in seen:
@@ -338,10 +372,12 @@ def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, Su
                                  problem="duplicate infusion: this subject already has one on this date"), header, raw)
             continue
         seen.add((record.subject, record.date))
+        log.mapped(str(path))
         yield record
 
 
-def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[str, SubjectRecord]) -> Iterator[FindingRecord]:
+def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
+                   keys: dict[str, list[str]]) -> Iterator[FindingRecord]:
     for domain, name in study.tables.findings.files.items():
         path = source / name
         if not path.exists():
@@ -349,13 +385,11 @@ def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[st
         col = FindingColumns.of(study, domain)
         suffixes = study.tables.findings.suffixes
         required = [*study.tables.findings.columns.values(), *(domain + s for k, s in suffixes.items() if k != "test")]
-        repeated = _repeated_finding_keys(path, col)
+        repeated = _repeated_finding_keys(path, required, keys[name])
         seen: set[tuple[str, int, str]] = set()  # only keys that occur more than once in the file
-        for number, row, header, raw in read_rows(path, required, log):
-            try:
-                record = parse_finding(study, col, subjects, row)
-            except RowError as err:
-                _reject(log, path, number, header, raw, err)
+        for number, row, header, raw in read_rows(path, required, log, used=[*required, col.test], key_columns=keys[name]):
+            record = _parse(log, path, number, header, raw, row, lambda: parse_finding(study, col, subjects, row))
+            if record is None:
                 continue
             key = (record.subject, record.visitnum, record.testcd)
             if hash(key) in repeated:
@@ -364,37 +398,27 @@ def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[st
                                          problem="duplicate finding: this subject already has this test at this visit"), header, raw)
                     continue
                 seen.add(key)
+            log.mapped(str(path))
             yield record
 
 
-def _repeated_finding_keys(path: Path, col: FindingColumns) -> set[int]:
+def _repeated_finding_keys(path: Path, required: list[str], key_columns: list[str]) -> set[int]:
     """Hashes of the (subject, visit number, test code) keys on more than one row of a findings file.
 
     A quick first pass over the file (8 bytes per row, then numpy), so that the duplicate
     check keeps in memory only the keys that repeat, not one per finding of the cohort.
     """
-    hashes = array("q")
-    with open_table(path) as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        if not {col.subject, col.visitnum, col.testcd} <= set(header):
-            return set()
-        s, v, t, width = header.index(col.subject), header.index(col.visitnum), header.index(col.testcd), len(header)
-        for raw in reader:
-            if len(raw) == width:
-                hashes.append(hash((raw[s].strip(), visit_number(raw[v].strip()), raw[t].strip())))
+    hashes = array("q", key_hashes(path, required, key_columns, lambda k: (k[0], visit_number(k[1]), k[2])))
     keys = np.frombuffer(hashes, dtype=np.int64)  # a view of the array: sorted in place, no copy
     keys.sort()
     return set(np.unique(keys[1:][keys[1:] == keys[:-1]]).tolist())
 
 
-def _parse(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], parse: Callable[[], Any]) -> Any:
+def _parse(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], row: dict[str, str],
+           parse: Callable[[], Any]) -> Any:
     try:
         return parse()
     except RowError as err:
-        _reject(log, path, number, header, raw, err)
+        problem = err.problem + row.get(SPANNED, "")
+        log.reject(Rejection(file=str(path), row=number, column=err.column, value=err.value, problem=problem), header, raw)
         return None
-
-
-def _reject(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], err: RowError) -> None:
-    log.reject(Rejection(file=str(path), row=number, column=err.column, value=err.value, problem=err.problem), header, raw)

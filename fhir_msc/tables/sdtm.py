@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import NamedTuple
 
 import yaml
 
 from ..errors import InputError
 from ..store.files import private_dir, private_open, private_write_text
 from ..study.definition import Outcome, Study
+from .reading import read_rows
+from .rejects import DATASET_FILE, REJECT_COLUMN, FileAccount, Rejection, RejectLog
 
-REJECT_COLUMN = "REJECT_REASON"
-DATASET_FILE = "dataset.yaml"
+__all__ = ["DATASET_FILE", "REJECT_COLUMN", "FileAccount", "Rejection", "RejectLog", "read_rows"]
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: not real patients. Every FHIR resource made from these tables carries "
                   "meta.tag HTEST (test health data).")
-_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
+_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$", re.ASCII)
+_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2})(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?$", re.ASCII)
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+_DIGITS = re.compile(r"^[+-]?\d+$", re.ASCII)
 
 
 # --- records: one validated row each ----------------------------------------------
@@ -75,25 +77,6 @@ class FindingRecord(NamedTuple):
     date: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class Rejection:
-    """One input problem: where it is, what was found, and what to do."""
-
-    file: str
-    row: int | None
-    column: str | None
-    value: str | None
-    problem: str
-
-    def __str__(self) -> str:
-        where = self.file if self.row is None else f"{self.file}, row {self.row}"
-        if self.column is not None:
-            where += f", column {self.column}"
-            if self.value is not None:
-                where += f" = {self.value!r}"
-        return f"{where}: {self.problem}"
-
-
 class RowError(ValueError):
     """Raised by a row parser; becomes a Rejection for that row."""
 
@@ -110,99 +93,7 @@ class Dataset:
     description: str = ""
 
 
-# --- rejects -------------------------------------------------------------------------
-
-@dataclass
-class RejectLog:
-    """Collects rejections and writes rejected rows to ``directory/<file name>``."""
-
-    directory: Path | None
-    rejections: list[Rejection] = field(default_factory=list)
-    _writers: dict[str, tuple[object, csv.writer]] = field(default_factory=dict)
-
-    def reject(self, rejection: Rejection, header: list[str] | None = None, row: list[str] | None = None) -> None:
-        self.rejections.append(rejection)
-        if self.directory is None or header is None or row is None:
-            return
-        name = Path(rejection.file).name
-        if name not in self._writers:
-            private_dir(self.directory)
-            handle = private_open(self.directory / name, "w", encoding="utf-8", errors="surrogateescape", newline="")
-            writer = csv.writer(handle)
-            writer.writerow([*header, REJECT_COLUMN])
-            self._writers[name] = (handle, writer)
-        self._writers[name][1].writerow([*row, *[""] * (len(header) - len(row)), str(rejection)])
-
-    @property
-    def files(self) -> list[Path]:
-        return [self.directory / name for name in self._writers] if self.directory else []
-
-    def close(self) -> None:
-        for handle, _ in self._writers.values():
-            handle.close()  # type: ignore[attr-defined]
-        self._writers.clear()
-
-
 # --- reading ---------------------------------------------------------------------------
-
-def open_table(path: Path) -> TextIO:
-    """A trial table opened for csv: UTF-8 with or without BOM, undecodable bytes kept (as surrogates) to be reported."""
-    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
-
-
-def read_rows(path: Path, required: list[str], log: RejectLog) -> Iterator[tuple[int, dict[str, str], list[str], list[str]]]:
-    """Yield (row number, {column: value}, header, raw row) for each readable data row.
-
-    Row numbers count lines as a spreadsheet does: the header is row 1. File-level
-    problems (empty file, missing columns) are logged once and nothing is yielded.
-    """
-    display = str(path)
-    try:
-        handle = open_table(path)
-    except FileNotFoundError:
-        log.reject(Rejection(file=display, row=None, column=None, value=None,
-                             problem="file not found: export it from the trial database or fix the path"))
-        return
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            log.reject(Rejection(file=display, row=1, column=None, value=None,
-                                 problem=f"file is empty: expected a header row with {', '.join(required)}"))
-            return
-        header = [h.strip() for h in header]
-        if missing := [c for c in required if c not in header]:
-            log.reject(Rejection(file=display, row=1, column=", ".join(missing), value=None,
-                                 problem="required column missing from the header: add it and rerun (no row of this file was mapped)"))
-            return
-        strip = str.strip
-        for number, raw in enumerate(reader, start=2):
-            joined = "".join(raw)
-            if not joined or joined.isspace():
-                continue
-            if _SURROGATE.search(joined):
-                column, value = _undecodable(header, raw)
-                log.reject(Rejection(file=display, row=number, column=column, value=value,
-                                     problem="not valid UTF-8: save the file as UTF-8 and replay the rejects file"),
-                           header, raw)
-                continue
-            if len(raw) != len(header):
-                log.reject(Rejection(file=display, row=number, column=None, value=None,
-                                     problem=f"row has {len(raw)} fields but the header has {len(header)}: check quoting and delimiters"),
-                           header, raw)
-                continue
-            yield number, dict(zip(header, map(strip, raw))), header, raw
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _undecodable(header: list[str], raw: list[str]) -> tuple[str | None, str]:
-    """The column and value of the first cell holding bytes that were not UTF-8 (shown escaped)."""
-    index, cell = next((i, v) for i, v in enumerate(raw) if _SURROGATE.search(v))
-    column = header[index] if index < len(header) else None
-    return column, cell.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
 
 def read_dataset(directory: Path) -> Dataset:
     path = directory / DATASET_FILE
@@ -218,29 +109,53 @@ def read_dataset(directory: Path) -> Dataset:
 # --- row parsers -------------------------------------------------------------------------
 
 def check_date(column: str, value: str, *, required: bool = True) -> str:
-    """Return an ISO 8601 date/dateTime FHIR accepts, or raise RowError."""
+    """Return an ISO 8601 date/dateTime FHIR accepts (a real calendar day and time), or raise RowError."""
     if not value:
         if required:
             raise RowError(column, value, "date is required (ISO 8601, e.g. 2023-03-15)")
         return ""
-    if _DATETIME.match(value):
-        return value
+    if moment := _DATETIME.match(value):
+        return _check_datetime(column, value, moment)
     if not _DATE.match(value):
         raise RowError(column, value, "not an ISO 8601 date: write it as YYYY-MM-DD")
-    if len(value) == 10:
-        try:
-            date.fromisoformat(value)
-        except ValueError:
-            raise RowError(column, value, "no such calendar date: check day and month") from None
+    try:
+        date.fromisoformat(value if len(value) == 10 else f"{value}-01-01"[:10])
+    except ValueError:
+        raise RowError(column, value, "no such calendar date: check day and month") from None
+    return value
+
+
+def _check_datetime(column: str, value: str, moment: re.Match) -> str:
+    day, hours, minutes, seconds, _, zone = moment.groups()
+    try:
+        date.fromisoformat(day)
+    except ValueError:
+        raise RowError(column, value, "no such calendar date: check day and month") from None
+    try:
+        datetime.fromisoformat(f"{day}T{hours}:{minutes}{seconds or ':00'}")
+    except ValueError:
+        raise RowError(column, value, "no such time of day: hours 00-23, minutes and seconds 00-59") from None
+    complete = f"{day}T{hours}:{minutes}{seconds or ':00'}"
+    if zone is None:
+        raise RowError(column, value, f"a date-time needs its time zone in FHIR; keep the time and add the site's UTC "
+                                      f"offset: write e.g. {complete}+08:00, or {complete}Z if it is UTC")
+    if zone != "Z" and not (int(zone[1:3]) <= 13 and int(zone[4:]) <= 59 or zone[1:] == "14:00"):
+        raise RowError(column, value, "no such time zone offset: use -12:00 to +14:00, or Z")
+    if seconds is None:
+        raise RowError(column, value, f"a FHIR date-time has seconds: write {complete}{zone}")
     return value
 
 
 def parse_number(column: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise RowError(column, value, "not a number: enter the numeric result (decimal point, no units)") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    """A decimal number as written in a table: ASCII digits, a decimal point; nothing else is guessed."""
+    if not _NUMBER.match(value):
+        if re.fullmatch(r"[+-]?\d+,\d+", value, re.ASCII):
+            raise RowError(column, value, "decimal comma: write the number with a decimal point "
+                                          f"({value.replace(',', '.')}) and replay the rejects file")
+        raise RowError(column, value, "not a number: enter the numeric result with ASCII digits and a decimal point "
+                                      "(no units, no digit grouping)")
+    number = float(value)
+    if number in (float("inf"), float("-inf")):
         raise RowError(column, value, "not a finite number")
     return number
 
@@ -256,6 +171,12 @@ def split_comparator(text: str) -> tuple[str, str]:
     return text[:size], text[size:].lstrip()
 
 
+def parse_whole_number(column: str, value: str, problem: str) -> int:
+    if not _DIGITS.match(value):
+        raise RowError(column, value, problem)
+    return int(value)
+
+
 def format_number(value: float) -> str:
     """The one textual form of a number in tables fhir-msc writes (67 and 52.5, not 67.0)."""
     text = repr(round(value, 6))
@@ -269,10 +190,7 @@ def parse_subject(study: Study, row: dict[str, str]) -> SubjectRecord:
     arm_code = _arm(study, c["arm_code"], row[c["arm_code"]], c["arm"], row[c["arm"]])
     actual = _arm(study, c["actual_arm_code"], row[c["actual_arm_code"]], c["actual_arm"], row[c["actual_arm"]])
     age_text = row[c["age"]]
-    try:
-        age = int(age_text)
-    except ValueError:
-        raise RowError(c["age"], age_text, "age must be a whole number of years") from None
+    age = parse_whole_number(c["age"], age_text, "age must be a whole number of years (ASCII digits)")
     if not 0 <= age <= 120:
         raise RowError(c["age"], age_text, "age out of range 0-120: check the value")
     sex = row[c["sex"]]
@@ -338,11 +256,15 @@ def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, Subject
         known = ", ".join(o.code for o in study.outcomes_in(col.domain))
         raise RowError(col.testcd, testcd, f"unknown test code for domain {col.domain}: use one of {known}, or add it to the study definition")
     visitnum_text = row[col.visitnum]
-    try:
-        visit = study.visit_by_num[visit_number(visitnum_text)]
-    except KeyError:
+    number = visit_number(visitnum_text)
+    visit = study.visit_by_num.get(number) if isinstance(number, int) else None
+    if visit is None:
         nums = ", ".join(str(v.visitnum) for v in study.visits)
-        raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}") from None
+        if isinstance(number, float):
+            raise RowError(col.visitnum, visitnum_text, f"fractional visit number (an unscheduled visit): this study "
+                                                        f"declares only visits {nums}; give the row a scheduled visit "
+                                                        "or leave it out")
+        raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}")
     if row[col.visit] != visit.name:
         raise RowError(col.visit, row[col.visit], f"VISITNUM {visit.visitnum} is {visit.name!r}: fix VISIT or VISITNUM")
     result, unit = _result(outcome, col.result, row[col.result], col.unit, row[col.unit])
@@ -351,12 +273,14 @@ def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, Subject
                          date=check_date(col.date, row[col.date]))
 
 
-def visit_number(text: str) -> int | str:
-    """VISITNUM as a whole number ("9" and "9.0" are visit 9); text that is not a number stays as it is."""
-    try:
-        return int(float(text))
-    except (ValueError, OverflowError):
+def visit_number(text: str) -> int | float | str:
+    """VISITNUM as a number: whole ("9" and "9.0" are visit 9) or not (3.1); text that is no number stays as it is."""
+    if not _NUMBER.match(text):
         return text
+    number = float(text)
+    if number != number or number in (float("inf"), float("-inf")):
+        return text
+    return int(number) if number.is_integer() else number
 
 
 def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, unit: str) -> tuple[str, str]:
