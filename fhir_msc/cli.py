@@ -268,9 +268,9 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
             by_type = {t: getattr(c, kind) for t, c in result.changes.items() if getattr(c, kind)}
             detail = f" ({', '.join(f'{t} {n}' for t, n in by_type.items())})" if by_type else ""
             parts.append(f"{kind} {sum(by_type.values())}{detail}")
-        click.echo(f"in the store: {'; '.join(parts)}")
+        _info(f"in the store: {'; '.join(parts)}")
     if result.accounts:
-        click.echo("rows read = mapped + rejected: " + "; ".join(
+        _info("rows read = mapped + rejected: " + "; ".join(
             f"{Path(a.file).name} {a.read} = {a.mapped} + {a.rejected}{' (file unusable)' if a.unusable else ''}"
             for a in result.accounts))
     if result.rejects_files:
