@@ -147,8 +147,13 @@ def _to_jsonable(value: Any) -> Any:
 
 
 def _print_json(value: Any) -> None:
-    """Result objects as JSON on stdout: dataclasses as objects, paths as strings, NaN as null."""
-    click.echo(json.dumps(_to_jsonable(value), indent=2, ensure_ascii=False, allow_nan=False))
+    """Result objects as JSON on stdout: dataclasses as objects, paths as strings, NaN as null.
+
+    Text holding bytes that were not valid in its input (kept as lone surrogates) is written
+    with those as ``\\udcXX`` escapes, so the output is always valid UTF-8 JSON.
+    """
+    text = json.dumps(_to_jsonable(value), indent=2, ensure_ascii=False, allow_nan=False)
+    click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _echo_cut(prefix: str, lines: list[Any], total: int | None = None, where: str = "") -> None:

@@ -159,6 +159,7 @@ def test_what_map_pull_and_unmap_write_is_owner_only_under_umask_022(study, tmp_
     work = tmp_path / "work"
     assert invoke("map", tmp_path / "tables", "--store", work / "store").exit_code == ExitCode.REJECTED
     assert list((work / "store" / "rejects").glob("*.csv"))
+    (work / "out").mkdir(mode=0o700)  # map does not create the directory of --bundle
     assert invoke("map", tmp_path / "tables", "--bundle", work / "out" / "bundle.json").exit_code == ExitCode.REJECTED
     assert invoke("unmap", work / "store", "--out", work / "tables").exit_code == 0
     mock_study_server(study, [OBSERVATION])
