@@ -34,7 +34,7 @@ from .server import sync as _sync
 from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
-from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
+from .server.sync import PullResult, PushResult, StoreInPushOrder, SyncResult, in_push_order, server_profile
 from .store.ndjson import Store
 from .study.definition import REPO_ROOT, Study
 from .tables.sdtm import RejectLog, TableWriter, read_dataset
@@ -145,26 +145,33 @@ def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[d
                              "run `fhir-msc map` to see and fix them before pushing")
         return in_push_order(resources)
     opened = open_resources(source)
-    return push_order(opened) if isinstance(opened, Store) else in_push_order(list(opened.read_all()))
+    return StoreInPushOrder(opened) if isinstance(opened, Store) else in_push_order(list(opened.read_all()))
 
 
 def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_size: int = 50,
-         method: str = "auto", dry_run: bool = False, progress: Progress = None) -> PushResult:
-    """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``."""
+         method: str = "auto", mode: str = "push", fhir_version: str | None = None,
+         progress: Progress = None) -> PushResult:
+    """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``.
+
+    Ends by checking that the server holds every resource (see ``sync.push`` for ``mode``).
+    """
+    profile = server_profile(client, fhir_version)
     with open_journal(state) as journal:
-        return _sync.push(client, resources_of(study, source, client.fhir_version()), journal,
-                          bundle_size=bundle_size, method=method, dry_run=dry_run, progress=progress)
+        return _sync.push(client, resources_of(study, source, profile.version), journal, bundle_size=bundle_size,
+                          method=method, mode=mode, profile=profile, progress=progress)
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         progress: Progress = None) -> PullResult:
-    """Pull the study from the server into a store; incremental via ``state``."""
+         fhir_version: str | None = None, progress: Progress = None) -> PullResult:
+    """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``."""
+    profile = server_profile(client, fhir_version)
     with open_journal(state) as journal:
-        return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+        return _sync.pull(client, study, Store(store), journal, full=full, profile=profile, progress=progress)
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
-         bundle_size: int = 50, progress: Progress = None) -> SyncResult:
+         bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None,
+         progress: Progress = None) -> SyncResult:
     """Store → server, server → store, or server → server (through a staging store in ``state``)."""
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
@@ -172,15 +179,18 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pulled = None
         if is_server(source):
             staging = Path(target) if not is_server(target) else state / "staging"
-            pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+            client = connect_to(source)
+            pulled = _sync.pull(client, study, Store(staging), journal, profile=server_profile(client, fhir_version),
+                                progress=progress)
             source_path = staging
         else:
             source_path = Path(source)
         pushed = None
         if is_server(target):
             client = connect_to(target)
-            pushed = _sync.push(client, resources_of(study, source_path, client.fhir_version()), journal,
-                                bundle_size=bundle_size, progress=progress)
+            profile = server_profile(client, fhir_version)
+            pushed = _sync.push(client, resources_of(study, source_path, profile.version), journal,
+                                bundle_size=bundle_size, method=method, profile=profile, progress=progress)
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
 
 

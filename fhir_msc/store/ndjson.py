@@ -120,6 +120,25 @@ class Store:
                 shutil.copyfileobj(new, out)
         os.replace(merged, target)
 
+    def remove(self, resource_type: str, ids: Iterable[str]) -> int:
+        """Remove the resources of one type with these ids (the file is rewritten once); returns how many."""
+        gone, target = set(ids), self._file(resource_type)
+        if not gone or not target.exists():
+            return 0
+        removed = 0
+        with tempfile.NamedTemporaryFile(dir=self.path, prefix=".spool-", suffix=SUFFIX, delete=False) as out:
+            try:
+                for line, id_ in _lines_with_ids(target):
+                    if id_ in gone:
+                        removed += 1
+                    else:
+                        out.write(line)
+            except BaseException:
+                os.unlink(out.name)
+                raise
+        os.replace(out.name, target)
+        return removed
+
     def clear(self) -> None:
         for resource_type in self.resource_types():
             (self.path / f"{resource_type}{SUFFIX}").unlink()

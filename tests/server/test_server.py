@@ -52,8 +52,9 @@ def test_push_twice_creates_nothing_new_and_one_change_updates_one(study, demo_s
     shutil.copytree(demo_store.path, store.path)
     jobs.push(study, store.path, c, tmp_path / "state")
     again = jobs.push(study, store.path, c, tmp_path / "state")
-    assert (again.created, again.updated, again.requests) == (0, 0, 0)
-    assert again.unchanged == sum(store.counts().values())
+    assert (again.created, again.updated, again.bundles) == (0, 0, 0)
+    assert again.unchanged == again.checked == sum(store.counts().values())
+    assert again.requests <= 1 + 2 * len(store.counts()) + 10  # metadata, a count and an id listing per type
     observation = next(store.read("Observation"))
     changed = {**observation, "valueQuantity": {**observation["valueQuantity"], "value": 1.0}} if "valueQuantity" in observation \
         else {**observation, "effectiveDateTime": "2020-01-01"}
