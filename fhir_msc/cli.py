@@ -349,14 +349,15 @@ def _echo_push(result) -> None:
                        "or everything with `fhir-msc push --full`", err=True)
         return
     verb = "would push" if result.mode == "dry-run" else "pushed"
-    restored = f" (of which {result.restored} the server lacks although the journal records them)" if result.restored else ""
+    restored = f" (of which {result.restored} the server lacks although the journal records them)" \
+        if result.restored and result.mode == "dry-run" else ""
     click.echo(f"{verb} to {result.target} (method {result.method}, bundles of ≤{result.bundle_size}): "
                f"{result.total} resources: created {result.created}, updated {result.updated}{restored}, "
                f"unchanged {result.unchanged}, failed {len(result.failed)}")
     if result.mode != "dry-run":
         rate = (result.created + result.updated) / result.seconds if result.seconds else 0
         held = f"holds all {result.checked} it accepted" if result.ok else "does not hold everything: see failed"
-        again = f"; {result.restored} it lacked were sent again" if result.restored else ""
+        again = f"; {result.restored} it lacked although the journal recorded them were sent again" if result.restored else ""
         click.echo(f"server check: {result.target} {held}{again}; {result.bundles} bundles, {result.requests} requests, "
                    f"{result.retries} retries, {result.seconds:.1f}s, {rate:.0f} resources/s")
     for line in result.failed[:MAX_SHOWN]:

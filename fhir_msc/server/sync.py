@@ -560,16 +560,13 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
           subjects)
     for resource_type in ("Encounter", "MedicationAdministration", "Observation"):
         batch: list[Resource] = []
-        step = subjects_per_search(study, resource_type, page_size)
-        queries = [{"subject": ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])}
-                   for start in range(0, len(patient_ids), step)]
-        for query in queries:
+        for query in _by_subject(patient_ids, subjects_per_search(study, resource_type, page_size)):
             page = client.search_complete(resource_type, {**query, **changes})
             batch += page
             if progress:
                 progress(len(page))
         intake.store(store, batch)
-        holds(resource_type, queries, batch)
+        holds(resource_type, _by_subject(patient_ids, SUBJECT_CHUNK), batch)  # counts need no page: fewer, longer searches
         fetched += batch
     removed = {}
     for resource_type, ids in before_ids.items():
@@ -580,6 +577,11 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     if high_water:
         journal.record_pull(source, key, high_water)
     return result(removed, high_water)
+
+
+def _by_subject(patient_ids: list[str], step: int) -> list[dict[str, str]]:
+    return [{"subject": ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])}
+            for start in range(0, len(patient_ids), step)]
 
 
 def _held_by(client: FhirClient, resource_type: str, queries: list[dict[str, str]], known: set[str],

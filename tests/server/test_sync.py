@@ -14,7 +14,7 @@ from fhir_msc.errors import ExitCode, InvalidResponse
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.server.client import FhirClient, RetryPolicy
 from fhir_msc.server.journal import Journal
-from fhir_msc.server.sync import push, server_profile
+from fhir_msc.server.sync import lacking, push, server_profile
 from fhir_msc.tables.sdtm import RejectLog
 
 BASE = "http://127.0.0.1:9998/fhir"
@@ -92,6 +92,13 @@ def test_metadata_that_is_not_a_capability_statement_is_said_once(answer, said):
 
 
 @responses.activate
+def test_an_explicit_fhir_version_wins_over_the_capability_statement():
+    responses.get(f"{BASE}/metadata", json=METADATA)
+    profile = server_profile(make_client(), "R5")
+    assert profile.version.name == "R5" and profile.notes == () and profile.push_method("auto") == "id"
+
+
+@responses.activate
 def test_pull_keeps_invalid_resources_out_of_the_store_and_counts_them(study, tmp_path, server_holds):
     resources = list(tables_to_fhir(study, GOOD, get_version("R4"), RejectLog(None)))
     by_type: dict[str, list] = {}
@@ -111,3 +118,38 @@ def test_pull_keeps_invalid_resources_out_of_the_store_and_counts_them(study, tm
     assert quantities[0]["id"] not in {o["id"] for o in store.read("Observation")}
     cli = CliRunner().invoke(main, ["pull", "--server", BASE, "--store", str(tmp_path / "store2"), "--state", str(tmp_path / "s2")])
     assert cli.exit_code == ExitCode.PARTIAL and "not stored, invalid: 3 resource(s)" in cli.output
+
+
+@responses.activate
+def test_server_check_asks_by_id_when_the_server_holds_much_more(server_holds):
+    server_holds(BASE, {"Patient": [f"p{i}" for i in range(12000) if i != 7]})
+    expected = {("Patient", f"p{i}"): f"p{i}" for i in range(150)}
+    assert lacking(make_client(), expected) == {("Patient", "p7")}
+    searches = [call.request.url for call in responses.calls]
+    assert "_summary=count" in searches[0] and len(searches) == 3 and all("_id=" in url for url in searches[1:])
+
+
+@responses.activate
+def test_conditional_verify_lists_what_the_journal_never_recorded(tmp_path, server_holds):
+    responses.get(f"{BASE}/metadata", json=METADATA)
+    server_holds(BASE, {})
+    result = push(make_client(), patients(2), Journal(tmp_path), method="conditional", mode="verify")
+    assert (result.total, result.unchanged, result.bundles) == (2, 0, 0)
+    assert all("not recorded as pushed to this server" in line for line in result.failed) and len(result.failed) == 2
+
+
+@responses.activate
+def test_pull_removes_nothing_when_the_study_is_not_on_the_server(study, tmp_path, server_holds):
+    by_type: dict[str, list] = {}
+    for resource in tables_to_fhir(study, GOOD, get_version("R4"), RejectLog(None)):
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    responses.get(f"{BASE}/metadata", json=METADATA)
+    server_holds(BASE, by_type)
+    jobs.pull(study, make_client(), tmp_path / "store", tmp_path / "state")
+    before = Store(tmp_path / "store").counts()
+    responses.reset()
+    responses.get(f"{BASE}/metadata", json=METADATA)
+    server_holds(BASE, {})
+    empty = jobs.pull(study, make_client(), tmp_path / "store", tmp_path / "state", full=True)
+    assert empty.removed == {} and Store(tmp_path / "store").counts() == before
+    assert any("is not on the server: nothing pulled, nothing removed" in note for note in empty.notes)
