@@ -583,21 +583,55 @@ def _exit_for(ok: bool) -> None:
         sys.exit(ExitCode.PARTIAL)
 
 
+def _echo_notes(notes: list[str]) -> None:
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
 def _echo_push(result) -> None:
-    verb = "would push" if result.dry_run else "pushed"
-    rate = (result.created + result.updated) / result.seconds if result.seconds and not result.dry_run else 0
+    _echo_notes(result.notes)
+    if result.mode == "verify":
+        click.echo(f"verified {result.target}: the server holds {result.unchanged} of the {result.total} resources, "
+                   f"lacks {len(result.failed)}; {result.requests} requests, {result.seconds:.1f}s")
+        _echo_cut("lacking", result.failed, where=" (all in --json)")
+        if result.failed:
+            click.echo("send them with `fhir-msc push` (what the journal records is checked and sent again), "
+                       "or everything with `fhir-msc push --full`", err=True)
+        return
+    verb = "would push" if result.mode == "dry-run" else "pushed"
+    restored = f" (of which {result.restored} the server lacks although the journal records them)" \
+        if result.restored and result.mode == "dry-run" else ""
     click.echo(f"{verb} to {result.target} (method {result.method}, bundles of ≤{result.bundle_size}): "
-               f"created {result.created}, updated {result.updated}, unchanged {result.unchanged}, failed {len(result.failed)}"
-               + ("" if result.dry_run else f"; {result.requests} requests, {result.retries} retries, "
-                                            f"{result.seconds:.1f}s, {rate:.0f} resources/s"))
-    _echo_cut("failed", result.failed)
+               f"{result.total} resources: created {result.created}, updated {result.updated}{restored}, "
+               f"unchanged {result.unchanged}, failed {len(result.failed)}")
+    if result.mode != "dry-run":
+        rate = (result.created + result.updated) / result.seconds if result.seconds else 0
+        held = f"holds all {result.checked} it accepted" if result.ok else "does not hold everything: see failed"
+        again = f"; {result.restored} it lacked although the journal recorded them were sent again" if result.restored else ""
+        click.echo(f"server check: {result.target} {held}{again}; {result.bundles} bundles, {result.requests} requests, "
+                   f"{result.retries} retries, {result.seconds:.1f}s, {rate:.0f} resources/s")
+    _echo_cut("failed", result.failed, where=" (all in --json)")
 
 
 def _echo_pull(result, store: Path) -> None:
-    _echo_recovered(result.recovered)
+    _echo_notes([*result.recovered, *result.notes])
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
     since = f" (changes since {result.since})" if result.since else ""
     click.echo(f"pulled from {result.source} into {store}{since}: {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    if result.removed:
+        click.echo("removed (deleted on the server): " + ", ".join(f"{t} {n}" for t, n in result.removed.items()))
+    if result.invalid:
+        click.echo(f"not stored, invalid: {sum(result.invalid.values())} resource(s)", err=True)
+        _echo_cut("  not stored", [f"{count} × {reason}" for reason, count in sorted(result.invalid.items(), key=lambda item: -item[1])])
+
+
+_server_version_option = click.option(
+    "--fhir-version", type=click.Choice(VERSIONS, case_sensitive=False), default=None,
+    help="FHIR version of the server (default: the fhirVersion of its CapabilityStatement, else R4).")
+_method_option = click.option(
+    "--method", type=click.Choice(METHODS), default="auto", show_default=True, envvar="FHIR_MSC_METHOD",
+    help="id: PUT Type/id; conditional: PUT Type?identifier=…; auto: id if the server allows update-as-create "
+         "(needs a CapabilityStatement; also FHIR_MSC_METHOD).")
 
 
 @main.command("push")
@@ -605,26 +639,36 @@ def _echo_pull(result, store: Path) -> None:
 @_required_server_option
 @click.option("--bundle-size", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N",
               help="Resources per transaction Bundle; halved automatically if the server rejects a bundle.")
-@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True, envvar="FHIR_MSC_METHOD",
-              help="id: PUT Type/id; conditional: PUT Type?identifier=…; auto: id if the server allows update-as-create (also FHIR_MSC_METHOD).")
-@click.option("--dry-run", is_flag=True, help="Only say what would be created, updated or left unchanged.")
+@_method_option
+@click.option("--dry-run", is_flag=True,
+              help="Send nothing: say what would be created, updated or left unchanged, checking the server for what the journal records.")
+@click.option("--verify", is_flag=True,
+              help="Send nothing: check that the server holds every resource of SOURCE and list what it lacks (exit 7 if any).")
+@click.option("--full", is_flag=True, help="Send every resource, whatever the journal records.")
+@_server_version_option
 @_state_option
 @_server_options
 @_study_option
 @_json_option
-def push_command(source: Path, server: str, bundle_size: int, method: str, dry_run: bool, state: Path,
-                 ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+def push_command(source: Path, server: str, bundle_size: int, method: str, dry_run: bool, verify: bool, full: bool,
+                 fhir_version: str | None, state: Path, ca_bundle: str | None, timeout: float, config: str | None,
+                 study_path: Path, as_json: bool) -> None:
     """Push SOURCE (store directory, bundle file or trial tables) to a FHIR server.
 
     Idempotent and resumable: the journal in --state records what reached the server, so a
-    rerun sends only what is new or changed. Exit 7 if some resources failed, 8 if the
-    server could not be used.
+    rerun sends only what is new or changed. Every push then checks that the server holds
+    each resource of SOURCE, sends again what it lacks (a restarted or wiped server) and
+    checks once more. Exit 0 only if the server holds everything, 7 if some resources
+    failed or are still missing, 8 if the server could not be used.
     """
+    if dry_run + verify + full > 1:
+        raise click.UsageError("give at most one of --dry-run, --verify and --full")
+    mode = "dry-run" if dry_run else "verify" if verify else "full" if full else "push"
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"the journal in {state} records every bundle the server confirmed: "
                                 "rerun the same command to send the rest") as progress:
         result = jobs.push(load_study(study_path), source, client, state, bundle_size=bundle_size, method=method,
-                           dry_run=dry_run, progress=progress)
+                           mode=mode, fhir_version=fhir_version, progress=progress)
     _print_json(result) if as_json else _echo_push(result)
     _exit_for(result.ok)
 
@@ -634,21 +678,26 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="Store directory to pull into (created if missing).")
 @click.option("--full", is_flag=True, help="Pull everything, not just what changed since the last pull.")
+@_server_version_option
 @_state_option
 @_server_options
 @_study_option
 @_json_option
-def pull_command(server: str, store: Path, full: bool, state: Path, ca_bundle: str | None, timeout: float,
-                 config: str | None, study_path: Path, as_json: bool) -> None:
+def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, state: Path, ca_bundle: str | None,
+                 timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Pull the study's ResearchStudy, subjects, Patients, visits, infusions and Observations from a server.
 
     Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
+    Resources the server held at the last pull and has deleted since are removed from the
+    store. Resources that fail validation are not stored: they are counted by reason and
+    the exit code is 7.
     """
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"what was pulled is in {store}; the next pull starts after the last complete one: "
                                 "rerun the same command") as progress:
-        result = jobs.pull(load_study(study_path), client, store, state, full=full, progress=progress)
+        result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version, progress=progress)
     _print_json(result) if as_json else _echo_pull(result, store)
+    _exit_for(result.ok)
 
 
 @main.command("sync")
@@ -656,21 +705,25 @@ def pull_command(server: str, store: Path, full: bool, state: Path, ca_bundle: s
 @click.option("--to", "target", required=True, metavar="URL|DIR", help="Where it goes: a server URL or a store directory.")
 @click.option("--bundle-size", type=click.IntRange(1, 1000), default=50, show_default=True, metavar="N",
               help="Resources per transaction Bundle when pushing.")
+@_method_option
+@_server_version_option
 @_state_option
 @_server_options
 @_study_option
 @_json_option
-def sync_command(source: str, target: str, bundle_size: int, state: Path, ca_bundle: str | None, timeout: float,
-                 config: str | None, study_path: Path, as_json: bool) -> None:
+def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_version: str | None, state: Path,
+                 ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Bring --to up to date with --from: store → server, server → store, or server → server.
 
-    Safe from cron: a lock in --state stops concurrent runs (exit 9), only changes move, and
-    the exit code says success (0), partial failure (7) or failure (8).
+    Safe from cron: a lock in --state stops concurrent runs (exit 9), only changes move, the
+    target server is checked to hold everything afterwards, and the exit code says success
+    (0), partial failure (7) or failure (8).
     """
     with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
                                 "to move the rest") as progress:
         result = jobs.sync(load_study(study_path), source, target, state,
-                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size, progress=progress)
+                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size,
+                           method=method, fhir_version=fhir_version, progress=progress)
     if as_json:
         _print_json(result)
     else:

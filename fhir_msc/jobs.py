@@ -43,7 +43,7 @@ from .server import sync as _sync
 from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
-from .server.sync import PullResult, PushResult, SyncResult, in_push_order, push_order
+from .server.sync import PullResult, PushResult, StoreInPushOrder, SyncResult, in_push_order, server_profile
 from .store.files import private_dir, private_open
 from .store.lock import spool_dir, sweep_debris
 from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
@@ -314,7 +314,7 @@ def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[d
                              "run `fhir-msc map` to see and fix them before pushing")
         return in_push_order(resources)
     opened = open_resources(source)
-    return push_order(opened) if isinstance(opened, Store) else in_push_order(list(opened.read_all()))
+    return StoreInPushOrder(opened) if isinstance(opened, Store) else in_push_order(list(opened.read_all()))
 
 
 def _push_stage(source: Path, resources: Iterable[dict], progress: Progress) -> None:
@@ -325,25 +325,32 @@ def _push_stage(source: Path, resources: Iterable[dict], progress: Progress) -> 
 
 
 def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_size: int = 50,
-         method: str = "auto", dry_run: bool = False, progress: Progress = NO_PROGRESS) -> PushResult:
-    """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``."""
+         method: str = "auto", mode: str = "push", fhir_version: str | None = None,
+         progress: Progress = NO_PROGRESS) -> PushResult:
+    """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``.
+
+    Ends by checking that the server holds every resource (see ``sync.push`` for ``mode``).
+    """
+    profile = server_profile(client, fhir_version)
     with open_journal(state) as journal:
-        resources = resources_of(study, source, client.fhir_version())
+        resources = resources_of(study, source, profile.version)
         _push_stage(source, resources, progress)
-        return _sync.push(client, resources, journal, bundle_size=bundle_size, method=method, dry_run=dry_run,
-                          progress=progress.advance)
+        return _sync.push(client, resources, journal, bundle_size=bundle_size, method=method, mode=mode,
+                          profile=profile, progress=progress.advance)
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         progress: Progress = NO_PROGRESS) -> PullResult:
-    """Pull the study from the server into a store; incremental via ``state``."""
+         fhir_version: str | None = None, progress: Progress = NO_PROGRESS) -> PullResult:
+    """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``."""
+    profile = server_profile(client, fhir_version)
     with Store(store).writing() as recovered, open_journal(state) as journal:
-        result = _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
+        result = _sync.pull(client, study, Store(store), journal, full=full, profile=profile, progress=progress)
     return dataclasses.replace(result, recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
-         bundle_size: int = 50, progress: Progress = NO_PROGRESS) -> SyncResult:
+         bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None,
+         progress: Progress = NO_PROGRESS) -> SyncResult:
     """Store → server, server → store, or server → server (through a staging store in ``state``)."""
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
@@ -351,8 +358,10 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pulled = None
         if is_server(source):
             staging = Path(target) if not is_server(target) else state / "staging"
+            client = connect_to(source)
             with Store(staging).writing() as recovered:
-                pulled = _sync.pull(connect_to(source), study, Store(staging), journal, progress=progress)
+                pulled = _sync.pull(client, study, Store(staging), journal, profile=server_profile(client, fhir_version),
+                                    progress=progress)
             pulled = dataclasses.replace(pulled, recovered=tuple(recovered))
             source_path = staging
         else:
@@ -360,9 +369,11 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pushed = None
         if is_server(target):
             client = connect_to(target)
-            resources = resources_of(study, source_path, client.fhir_version())
+            profile = server_profile(client, fhir_version)
+            resources = resources_of(study, source_path, profile.version)
             _push_stage(source_path, resources, progress)
-            pushed = _sync.push(client, resources, journal, bundle_size=bundle_size, progress=progress.advance)
+            pushed = _sync.push(client, resources, journal, bundle_size=bundle_size, method=method, profile=profile,
+                                progress=progress.advance)
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
 
 

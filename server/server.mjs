@@ -2,7 +2,9 @@
 // A thin node:http wrapper around Medplum's FHIR router and in-memory repository
 // (pinned in package.json). It binds 127.0.0.1 only and prints one JSON line with its
 // base URL once it listens. Usage: node --experimental-websocket server.mjs [PORT]
-// Environment: FHIR_TEST_TOKEN, when set, is the bearer token every request must carry.
+// Environment: FHIR_TEST_TOKEN, when set, is the bearer token every request must carry;
+// FHIR_TEST_METADATA=searchset makes /metadata answer a searchset Bundle instead of a
+// CapabilityStatement (as some FHIR facades do).
 // SMART Backend Services, when FHIR_TEST_SMART_CLIENT_ID is set: FHIR_TEST_SMART_JWKS is the path
 // of the client's registered public JWK Set, FHIR_TEST_SMART_JKU its registered JWK Set URL (an
 // assertion's jku must equal it), FHIR_TEST_SMART_TOKEN_TTL the token lifetime in seconds (300).
@@ -28,6 +30,7 @@ const router = new FhirRouter();
 const repo = new MemoryRepository();
 const token = process.env.FHIR_TEST_TOKEN;
 const smart = smartRegistration();
+const metadataMode = process.env.FHIR_TEST_METADATA;
 
 function capabilityStatement(base) {
   const interactions = ['read', 'vread', 'update', 'delete', 'history-instance', 'create', 'search-type'].map((code) => ({ code }));
@@ -70,10 +73,12 @@ const server = http.createServer(async (req, res) => {
     }
     const pathname = url.pathname.slice(BASE_PATH.length) || '/';
     if (req.method === 'GET' && pathname === '/metadata') {
-      send(res, 200, capabilityStatement(base));
+      send(res, 200, metadataMode === 'searchset' ? { resourceType: 'Bundle', type: 'searchset', total: 0 } : capabilityStatement(base));
       return;
     }
     const isSearch = req.method === 'GET' && /^\/[A-Z][A-Za-z]+\/?$/.test(pathname);
+    // _summary=count: the total only (the in-memory repository ignores _summary, so ask for no entries).
+    if (isSearch && url.searchParams.get('_summary') === 'count') url.searchParams.set('_count', '0');
     if (isSearch && !url.searchParams.has('_count')) url.searchParams.set('_count', String(DEFAULT_PAGE_SIZE));
     const query = {};
     for (const [key, value] of url.searchParams) {
@@ -211,7 +216,7 @@ function withPageLinks(bundle, base, pathname, params) {
   const offset = Number(params.get('_offset') ?? 0);
   const matches = (bundle.entry ?? []).filter((e) => e.search?.mode !== 'include').length;
   bundle.link = [{ relation: 'self', url: `${base}${pathname}?${params}` }];
-  if (bundle.total !== undefined ? offset + count < bundle.total : matches === count) {
+  if (count > 0 && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
     const next = new URLSearchParams(params);
     next.set('_offset', String(offset + count));
     bundle.link.push({ relation: 'next', url: `${base}${pathname}?${next}` });

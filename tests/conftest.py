@@ -1,12 +1,16 @@
-"""Shared fixtures: the study definition, the synthetic cohort, and stores mapped from it."""
+"""Shared fixtures: the study definition, the synthetic cohort, stores mapped from it, FHIR servers (real and mocked)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import responses
 
 from fhir_msc import Store, get_version, load_study
 from fhir_msc.fhir.mapping import tables_to_fhir
@@ -93,3 +97,28 @@ def umask_022() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+# --- a FHIR server mocked with `responses` ---------------------------------------------
+
+@pytest.fixture
+def server_holds():
+    """Make the mocked server's searches answer with the given resources (or bare ids) per type.
+
+    Only ``_id`` and ``_summary=count`` are honoured; every other search parameter matches everything.
+    """
+
+    def register(base: str, held_by_type: dict[str, list]) -> None:
+        def answer(request):
+            parts = urlsplit(request.url)
+            resource_type, query = parts.path.rsplit("/", 1)[-1], parse_qs(parts.query)
+            held = [r if isinstance(r, dict) else {"resourceType": resource_type, "id": r}
+                    for r in held_by_type.get(resource_type, [])]
+            if "_id" in query:
+                held = [r for r in held if r["id"] in query["_id"][0].split(",")]
+            entries = [] if query.get("_summary") == ["count"] else [{"resource": r} for r in held]
+            return 200, {}, json.dumps({"resourceType": "Bundle", "type": "searchset", "total": len(held), "entry": entries})
+
+        responses.add_callback(responses.GET, re.compile(rf"{re.escape(base)}/[A-Z]\w*(\?.*)?$"), callback=answer)
+
+    return register

@@ -18,12 +18,12 @@ SERVER_DIR = REPO_ROOT / "server"
 class LoopbackServer:
     """A running loopback FHIR server (Medplum fhir-router in memory) started by the suite."""
 
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: dict[str, str] | None = None, port: int = 0):
         node = shutil.which("node")
         if node is None or not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
             raise RuntimeError("the test FHIR server is not installed: run `make test` (it runs npm ci in server/)")
         self._log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks
-        self.process = subprocess.Popen([node, "--experimental-websocket", "server.mjs", "0"], cwd=SERVER_DIR,
+        self.process = subprocess.Popen([node, "--experimental-websocket", "server.mjs", str(port)], cwd=SERVER_DIR,
                                         stdout=subprocess.PIPE, stderr=self._log, text=True,
                                         env={**os.environ, **(env or {})})
         line = self.process.stdout.readline()

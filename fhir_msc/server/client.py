@@ -275,6 +275,18 @@ class FhirClient:
     def transaction(self, bundle: dict) -> dict:
         return self.request("POST", "", json=bundle)
 
+    def count(self, resource_type: str, params: dict[str, str] | None = None) -> int | None:
+        """How many resources a search matches (``_summary=count``); None if the server does not say."""
+        bundle = self.request("GET", resource_type, params={**(params or {}), "_summary": "count"})
+        total = bundle.get("total") if isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle" else None
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+    def ids(self, resource_type: str, params: dict[str, str] | None = None, page_size: int = 1000) -> set[str]:
+        """The ids of the resources a search matches, asking for ids only (``_elements=id``)."""
+        query = {"_elements": "id", "_count": str(page_size), **(params or {})}
+        return {r["id"] for r in self.search_complete(resource_type, query)
+                if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)}
+
 
 def _outcome(response: requests.Response | None) -> dict | None:
     if response is None:

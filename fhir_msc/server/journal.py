@@ -2,8 +2,10 @@
 
 A SQLite file (one per state directory) records, per target server, each pushed
 resource's local id, the id the server gave it, and a hash of its content; and per
-source server the high-water mark of the last successful pull. A job killed mid-way
-loses at most the bundle in flight; the rerun skips everything recorded.
+source server the high-water mark of the last successful pull and the ids the server
+held for the study then (so a later pull can tell what was deleted). A job killed
+mid-way loses at most the bundle in flight; the rerun skips everything recorded.
+The journal is only what fhir-msc believes: push checks the server against it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ create table if not exists pushed (
     server_id text not null, hash text not null, primary key (target, resource_type, local_id));
 create table if not exists pulled (source text not null, study text not null, high_water text not null,
     primary key (source, study));
+create table if not exists pulled_ids (source text not null, study text not null, resource_type text not null,
+    id text not null, primary key (source, study, resource_type, id));
 """
 
 
@@ -58,6 +62,27 @@ class Journal:
         """Record (resource type, local id, server id, hash) rows in one commit."""
         with self._db:
             self._db.executemany("insert or replace into pushed values (?, ?, ?, ?, ?)", [(target, *r) for r in rows])
+
+    def forget_push(self, target: str, keys: list[tuple[str, str]]) -> None:
+        """Drop the records of (resource type, local id) pairs: the server no longer holds them."""
+        with self._db:
+            self._db.executemany("delete from pushed where target=? and resource_type=? and local_id=?",
+                                 [(target, *k) for k in keys])
+
+    def pulled_ids(self, source: str, study: str) -> dict[str, set[str]]:
+        """Per resource type, the ids the server held for the study at the last pull."""
+        held: dict[str, set[str]] = {}
+        for resource_type, id_ in self._db.execute("select resource_type, id from pulled_ids where source=? and study=?",
+                                                   (source, study)):
+            held.setdefault(resource_type, set()).add(id_)
+        return held
+
+    def record_pulled_ids(self, source: str, study: str, held: dict[str, set[str]]) -> None:
+        """Replace the ids recorded for the study on this server in one commit."""
+        with self._db:
+            self._db.execute("delete from pulled_ids where source=? and study=?", (source, study))
+            self._db.executemany("insert into pulled_ids values (?, ?, ?, ?)",
+                                 [(source, study, t, i) for t, ids in held.items() for i in ids])
 
     def high_water(self, source: str, study: str) -> str | None:
         row = self._db.execute("select high_water from pulled where source=? and study=?", (source, study)).fetchone()

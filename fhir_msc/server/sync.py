@@ -11,8 +11,13 @@ two ways, both idempotent:
   pushed earlier. For servers that assign their own ids.
 
 A bundle the server rejects is split in halves until the bad resource is isolated; the
-smaller size is kept for the following bundles. Resources whose content hash is in the
-journal for this server are not sent again.
+smaller size is kept for the following bundles. The reply is checked entry by entry: an
+entry without a 2xx ``response.status``, or missing from a short reply, is a failure of
+that resource. Resources whose content hash is in the journal for this server are not
+sent again, but the journal is only what fhir-msc believes: every push ends by checking
+that the server holds each resource of the source (see :func:`lacking`), sends the
+missing ones again (with, for ``conditional``, the resources that refer to them) and
+checks those once more; what is still missing is a failure.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MultipleMatches, OperationOutcomeError
+from ..errors import InvalidResponse, MultipleMatches, OperationOutcomeError, ResourceNotFound
 from ..fhir.bundle import conditional_url, rewrite_references
 from ..fhir.unmapping import ref_id
+from ..fhir.validate import ShapeValidator
+from ..fhir.versions import FhirVersion, get_version
 from ..progress import NO_PROGRESS, Progress
 from ..store.ndjson import Store
 from ..study.definition import Study
@@ -32,30 +39,116 @@ from .client import FhirClient
 from .journal import Journal, content_hash
 
 Resource = dict[str, Any]
-Advance = Callable[[int], None] | None
+Key = tuple[str, str]  # (resource type, local id)
+Advance = Callable[[int], None] | None  # called with the number of resources dealt with
 # Referenced types first, so every reference can be resolved when it is sent.
 PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter", "MedicationAdministration", "Observation"]
+METHODS = ("auto", "id", "conditional")
+PUSH_MODES = ("push", "full", "dry-run", "verify")
+ID_CHUNK = 100  # ids per `_id` search when checking the server (keeps URLs under ~4 KB)
+ID_PAGE = 5000  # ids asked for per page when listing every id of a type (servers may send fewer)
 
+
+# --- what the server is ---------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class ServerProfile:
+    """What fhir-msc knows of a server: its CapabilityStatement (None if it has no usable one) and FHIR version."""
+
+    capabilities: dict | None
+    version: FhirVersion
+    notes: tuple[str, ...] = ()
+
+    @property
+    def bundle_type(self) -> str:
+        """``transaction`` unless the CapabilityStatement lists only batch (assumed without one)."""
+        if self.capabilities is None:
+            return "transaction"
+        interactions = [i.get("code") for rest in self.capabilities.get("rest", []) for i in rest.get("interaction", [])]
+        return "transaction" if "transaction" in interactions else "batch"
+
+    def push_method(self, method: str) -> str:
+        """``auto`` is ``id`` when the server allows update-as-create for every resource type, else ``conditional``."""
+        if method != "auto":
+            return method
+        if self.capabilities is None:
+            raise InvalidResponse("without a CapabilityStatement fhir-msc cannot tell whether the server allows "
+                                  "update-as-create: pass --method id (PUT Type/id) or --method conditional "
+                                  "(PUT Type?identifier=…)")
+        resources = [r for rest in self.capabilities.get("rest", []) for r in rest.get("resource", [])]
+        return "id" if resources and all(r.get("updateCreate") for r in resources) else "conditional"
+
+
+def server_profile(client: FhirClient, fhir_version: str | None = None) -> ServerProfile:
+    """Read ``/metadata`` once. Without a usable CapabilityStatement, say so in ``notes`` and go on.
+
+    The FHIR version is ``fhir_version`` when given, else the CapabilityStatement's, else R4.
+    """
+    try:
+        body = client.request("GET", "metadata")
+        problem = None if isinstance(body, dict) and body.get("resourceType") == "CapabilityStatement" \
+            else f"it answered {_what(body)}"
+    except (InvalidResponse, ResourceNotFound, OperationOutcomeError) as exc:
+        body, problem = None, str(exc)
+    if problem is None:
+        declared = body.get("fhirVersion", "4.0.1")
+        try:
+            version = get_version(fhir_version or declared)
+        except ValueError:
+            raise InvalidResponse(f"server speaks FHIR {declared}: fhir-msc supports R4 (4.0.x) and R5 (5.0.x); "
+                                  "pass --fhir-version to override") from None
+        return ServerProfile(capabilities=body, version=version)
+    version = get_version(fhir_version or "R4")
+    how = "--fhir-version" if fhir_version else "the default; pass --fhir-version R5 otherwise"
+    note = (f"{client.url('metadata')} gave no usable CapabilityStatement ({problem}): going on with "
+            f"FHIR {version.name} ({how}) and transaction bundles")
+    return ServerProfile(capabilities=None, version=version, notes=(note,))
+
+
+def _what(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("resourceType"), str):
+        kind = f" {body['type']}" if body["resourceType"] == "Bundle" and isinstance(body.get("type"), str) else ""
+        return f"a{kind} {body['resourceType']}"
+    return "no FHIR resource" if body is None else "something that is not a FHIR resource"
+
+
+# --- push ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
 class PushResult:
-    """What a push did (or, with dry_run, would do)."""
+    """What a push did (``dry-run``: would do; ``verify``: what the server holds and lacks).
+
+    Every resource of the source is counted once: ``total = created + updated + unchanged
+    + len(failed)``. ``restored`` of the created/updated ones were recorded in the journal
+    but missing on the server (dry-run: would be sent again). ``verify`` sends nothing:
+    ``unchanged`` is what the server holds and ``failed`` what it lacks. ``checked`` is how
+    many resources the final server check looked for.
+    """
 
     target: str
     method: str
-    dry_run: bool
+    mode: str
+    total: int
     created: int
     updated: int
     unchanged: int
     failed: list[str]
+    restored: int
+    checked: int
+    bundles: int
     requests: int
     retries: int
     seconds: float
     bundle_size: int
+    notes: list[str]
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode == "dry-run"
 
 
 def push_order(store: Store) -> Iterator[Resource]:
@@ -65,21 +158,20 @@ def push_order(store: Store) -> Iterator[Resource]:
         yield from store.read(resource_type)
 
 
+class StoreInPushOrder:
+    """A store's resources in PUSH_ORDER, streamed afresh each time it is iterated."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __iter__(self) -> Iterator[Resource]:
+        return push_order(self.store)
+
+
 def in_push_order(resources: list[Resource]) -> list[Resource]:
     """The same order for resources already in memory (a bundle, freshly mapped tables)."""
     rank = {t: i for i, t in enumerate(PUSH_ORDER)}
     return sorted(resources, key=lambda r: rank.get(r["resourceType"], len(rank)))
-
-
-METHODS = ("auto", "id", "conditional")
-
-
-def choose_method(client: FhirClient, method: str) -> str:
-    """``auto`` is ``id`` when the server allows update-as-create for every resource type, else ``conditional``."""
-    if method != "auto":
-        return method
-    resources = [r for rest in client.capabilities().get("rest", []) for r in rest.get("resource", [])]
-    return "id" if resources and all(r.get("updateCreate") for r in resources) else "conditional"
 
 
 @dataclass
@@ -89,24 +181,38 @@ class _Pusher:
     bundle_size: int
     progress: Advance
     method: str
+    kind: str
     target: str = ""
-    created: int = 0
-    updated: int = 0
-    failed: list[str] = field(default_factory=list)
+    outcome: dict[Key, str] = field(default_factory=dict)  # "created" or "updated"
+    failures: dict[Key, str] = field(default_factory=dict)
+    server_ids: dict[Key, str] = field(default_factory=dict)
+    bundles: int = 0
 
     def __post_init__(self) -> None:
         self.target = self.client.base_url
-        self.kind = "transaction" if self.client.supports_transactions() else "batch"
+
+    def send_all(self, resources: Iterable[Resource]) -> None:
+        """Send in bundles of at most bundle_size (batches hold one resource type each)."""
+        pending: list[tuple[Resource, str]] = []
+        for resource in resources:
+            if pending and (len(pending) >= self.bundle_size or
+                            (self.kind == "batch" and resource["resourceType"] != pending[-1][0]["resourceType"])):
+                self.send(pending)
+                pending = []
+            pending.append((resource, content_hash(resource)))
+        if pending:
+            self.send(pending)
 
     def send(self, pending: list[tuple[Resource, str]]) -> None:
         """Push resources (with their hashes), halving bundles the server rejects."""
         try:
+            self.bundles += 1
             response = self.client.transaction(self._bundle(pending))
         except (OperationOutcomeError, MultipleMatches) as exc:
             if len(pending) == 1:
                 resource = pending[0][0]
-                self.failed.append(f"{resource['resourceType']}/{resource['id']} "
-                                   f"({resource['identifier'][0]['value']}): {exc}")
+                self.fail(_key(resource), f"{_label(resource)} ({resource['identifier'][0]['value']}): {exc}"
+                          if resource.get("identifier") else f"{_label(resource)}: {exc}")
                 self._tick(1)
                 return
             half = max(1, len(pending) // 2)
@@ -115,6 +221,10 @@ class _Pusher:
                 self.send(pending[start:start + half])
             return
         self._record(pending, response)
+
+    def fail(self, key: Key, message: str) -> None:
+        self.outcome.pop(key, None)
+        self.failures[key] = message
 
     def _bundle(self, pending: list[tuple[Resource, str]]) -> dict:
         if self.method == "id":
@@ -140,26 +250,47 @@ class _Pusher:
                             "request": {"method": "PUT", "url": conditional_url(resource)}})
         return {"resourceType": "Bundle", "type": self.kind, "entry": entries}
 
-    def _record(self, pending: list[tuple[Resource, str]], response: dict) -> None:
+    def _record(self, pending: list[tuple[Resource, str]], response: Any) -> None:
+        """Check the reply entry by entry: each sent resource needs its own entry with a 2xx status."""
+        entries = response.get("entry") if isinstance(response, dict) else None
+        entries = entries if isinstance(entries, list) else []
         rows = []
-        for (resource, digest), entry in zip(pending, response.get("entry", [])):
-            answer = entry.get("response", {})
-            status = answer.get("status", "")
-            if not status.startswith("2"):
-                self.failed.append(f"{resource['resourceType']}/{resource['id']}: {status} {answer.get('outcome', '')}")
+        for position, (resource, digest) in enumerate(pending):
+            key = _key(resource)
+            entry = entries[position] if position < len(entries) else None
+            answer = entry.get("response") if isinstance(entry, dict) else None
+            if not isinstance(answer, dict):
+                self.fail(key, f"{_label(resource)}: the server's {self.kind} reply has no entry for it "
+                               f"({len(entries)} entries for {len(pending)} sent): push again")
                 continue
-            server_id = _server_id(answer.get("location", ""), entry.get("resource"))
+            status = str(answer.get("status", ""))
+            if not status.startswith("2"):
+                outcome = f" {answer['outcome']}" if answer.get("outcome") else ""
+                self.fail(key, f"{_label(resource)}: {status or 'no response.status'}{outcome}")
+                continue
+            server_id = _server_id(answer.get("location", ""), entry.get("resource")) or \
+                (resource["id"] if self.method == "id" else "")
+            if not server_id:
+                self.fail(key, f"{_label(resource)}: {status} but the reply gives neither its location nor the resource")
+                continue
             rows.append((resource["resourceType"], resource["id"], server_id, digest))
-            if status.startswith("201"):
-                self.created += 1
-            else:
-                self.updated += 1
+            self.failures.pop(key, None)
+            self.outcome[key] = "created" if status.startswith("201") else "updated"
+            self.server_ids[key] = server_id
         self.journal.record_push(self.target, rows)
         self._tick(len(pending))
 
     def _tick(self, n: int) -> None:
         if self.progress:
             self.progress(n)
+
+
+def _key(resource: Resource) -> Key:
+    return resource["resourceType"], resource["id"]
+
+
+def _label(resource: Resource) -> str:
+    return f"{resource['resourceType']}/{resource['id']}"
 
 
 def _server_id(location: str, resource: dict | None) -> str:
@@ -170,109 +301,303 @@ def _server_id(location: str, resource: dict | None) -> str:
 
 
 def push(client: FhirClient, resources: Iterable[Resource], journal: Journal, *, bundle_size: int = 50,
-         method: str = "auto", dry_run: bool = False, progress: Advance = None) -> PushResult:
+         method: str = "auto", mode: str = "push", profile: ServerProfile | None = None,
+         progress: Advance = None) -> PushResult:
     """Push resources (referenced types first) to the client's server; see the module docstring.
 
-    ``progress`` is called with the number of resources dealt with (sent, failed or unchanged).
+    ``mode``: ``push`` sends what the journal does not record as sent unchanged; ``full``
+    sends everything; ``dry-run`` sends nothing and says what a push would send, checking
+    the server for what the journal records; ``verify`` sends nothing and checks that the
+    server holds every resource. ``resources`` is iterated a second time when something
+    must be sent again (a generator is read into a list first). ``progress`` is called with
+    the number of resources dealt with (sent, failed, unchanged or checked).
     """
+    if mode not in PUSH_MODES:
+        raise ValueError(f"mode must be one of {PUSH_MODES}")
     started = time.monotonic()
     requests_before, retries_before = client.stats.requests, client.stats.retries
-    target = client.base_url
-    method = choose_method(client, method)
-    pusher = None if dry_run else _Pusher(client, journal, bundle_size, progress, method)
-    pending: list[tuple[Resource, str]] = []
-    unchanged = created = updated = 0
-    current_type = None
-    for resource in resources:
-        digest = content_hash(resource)
-        known = journal.pushed(target, resource["resourceType"], resource["id"])
-        if known and known[1] == digest:
-            unchanged += 1
+    profile = profile or server_profile(client)
+    method = profile.push_method(method)
+    if iter(resources) is resources:
+        resources = list(resources)
+    pusher = _Pusher(client, journal, bundle_size, progress, method, profile.bundle_type)
+    target = pusher.target
+    unchanged: dict[Key, str] = {}  # resources the journal records as on the server, with their server ids
+    unknown: set[Key] = set()  # verify: never pushed by conditional, so their server ids are unknown
+    total = 0
+
+    def planned() -> Iterator[Resource]:
+        nonlocal total
+        for resource in resources:
+            total += 1
+            key = _key(resource)
+            known = journal.pushed(target, *key)
+            if mode == "verify":
+                server_id = known[0] if known else resource["id"] if method == "id" else None
+                if server_id:
+                    unchanged[key] = server_id
+                else:
+                    unknown.add(key)
+            elif mode != "full" and known and known[1] == content_hash(resource):
+                unchanged[key] = known[0]
+            elif mode == "dry-run":
+                pusher.outcome[key] = "updated" if known else "created"
+            else:
+                yield resource
+                continue
             if progress:
                 progress(1)
-            continue
-        if dry_run:
-            created, updated = created + (known is None), updated + (known is not None)
-            if progress:
-                progress(1)
-            continue
-        if pending and (len(pending) >= pusher.bundle_size or (pusher.kind == "batch" and resource["resourceType"] != current_type)):
-            pusher.send(pending)
-            pending = []
-        current_type = resource["resourceType"]
-        pending.append((resource, digest))
-    if pending:
-        pusher.send(pending)
-    if pusher:
-        created, updated = pusher.created, pusher.updated
-    return PushResult(target=target, method=method, dry_run=dry_run, created=created, updated=updated, unchanged=unchanged,
-                      failed=pusher.failed if pusher else [], requests=client.stats.requests - requests_before,
+
+    pusher.send_all(planned())
+    expected = {**unchanged, **({} if mode == "dry-run" else {k: pusher.server_ids[k] for k in pusher.outcome})}
+    missing = lacking(client, expected)
+    restored = 0
+    if mode == "verify":
+        for key in sorted(missing | unknown):
+            unchanged.pop(key, None)
+            pusher.fail(key, f"{key[0]}/{key[1]}: not on the server" if key in missing else
+                        f"{key[0]}/{key[1]}: not recorded as pushed to this server (conditional ids are the server's): push it")
+    elif mode == "dry-run":
+        for key in missing:
+            unchanged.pop(key)
+            pusher.outcome[key] = "created"
+        restored = len(missing)
+    elif missing:
+        journal.forget_push(target, sorted(missing))
+        resent = _send_again(pusher, resources, missing, unchanged)
+        still = lacking(client, {k: pusher.server_ids[k] for k in resent if k in pusher.outcome})
+        journal.forget_push(target, sorted(still))
+        for key in still:
+            pusher.fail(key, f"{key[0]}/{key[1]}: the server accepted it but does not hold it, even when sent again")
+        restored = len(missing - still - set(pusher.failures))
+    return PushResult(target=target, method=method, mode=mode, total=total,
+                      created=sum(v == "created" for v in pusher.outcome.values()),
+                      updated=sum(v == "updated" for v in pusher.outcome.values()), unchanged=len(unchanged),
+                      failed=list(pusher.failures.values()), restored=restored, checked=len(expected),
+                      bundles=pusher.bundles, requests=client.stats.requests - requests_before,
                       retries=client.stats.retries - retries_before, seconds=time.monotonic() - started,
-                      bundle_size=pusher.bundle_size if pusher else bundle_size)
+                      bundle_size=pusher.bundle_size, notes=list(profile.notes))
+
+
+def _send_again(pusher: _Pusher, resources: Iterable[Resource], missing: set[Key], unchanged: dict[Key, str]) -> set[Key]:
+    """Send the missing resources again, in push order; returns the keys sent.
+
+    With ``conditional`` the server gives new ids to what it re-creates, so resources that
+    refer to a resent one are sent again too (their references then carry the new ids).
+    """
+    again = set(missing)
+
+    def selected() -> Iterator[Resource]:
+        for resource in resources:
+            key = _key(resource)
+            if key not in again and not (pusher.method == "conditional" and any(r in again for r in _references(resource))):
+                continue
+            again.add(key)
+            unchanged.pop(key, None)
+            pusher.outcome.pop(key, None)
+            pusher.failures.pop(key, None)
+            yield resource
+
+    pusher.send_all(selected())
+    return again
+
+
+def _references(node: Any) -> Iterator[Key]:
+    """(type, id) of every relative ``Type/id`` reference in a resource."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if name == "reference" and isinstance(value, str) and value.count("/") == 1:
+                yield tuple(value.split("/"))  # type: ignore[misc]
+            else:
+                yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+
+
+def lacking(client: FhirClient, expected: dict[Key, str]) -> set[Key]:
+    """The keys whose server ids (the values) the server does not hold, checked type by type.
+
+    Per type: ``_summary=count``, then whichever needs fewer requests: every id of the type
+    (``_elements=id``, pages of ID_PAGE) or the expected ids asked for by ``_id``, ID_CHUNK
+    at a time. A server holding only the pushed data is checked in about two requests per type.
+    """
+    by_type: dict[str, dict[str, Key]] = {}
+    for key, server_id in expected.items():
+        by_type.setdefault(key[0], {})[server_id] = key
+    missing: set[Key] = set()
+    for resource_type, wanted in by_type.items():
+        held = _held(client, resource_type, set(wanted))
+        missing.update(key for server_id, key in wanted.items() if server_id not in held)
+    return missing
+
+
+def _held(client: FhirClient, resource_type: str, wanted: set[str]) -> set[str]:
+    total = client.count(resource_type)
+    by_id_requests = -(-len(wanted) // ID_CHUNK)
+    if total is not None and max(1, -(-total // ID_PAGE)) <= by_id_requests:
+        return client.ids(resource_type, page_size=ID_PAGE) & wanted
+    ordered, held = sorted(wanted), set()
+    for start in range(0, len(ordered), ID_CHUNK):
+        held |= client.ids(resource_type, {"_id": ",".join(ordered[start:start + ID_CHUNK])}, page_size=ID_CHUNK)
+    return held & wanted
 
 
 # --- pull ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
 class PullResult:
+    """What a pull stored and removed.
+
+    Every resource fetched is counted once: stored (``counts``, by type) or ``invalid``
+    (by reason; kept out of the store, first ones in ``invalid_examples``). ``removed``:
+    resources the server held for the study at the last pull and no longer does, removed
+    from the store.
+    """
+
     source: str
     counts: dict[str, int]
+    invalid: dict[str, int]
+    invalid_examples: list[str]
+    removed: dict[str, int]
     since: str | None
     high_water: str | None
     requests: int
     seconds: float
+    notes: list[str]
     recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid
 
 
 SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)
+MAX_EXAMPLES = 20
+PULLED_TYPES = ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encounter", "MedicationAdministration", "Observation")
+
+
+class _Intake:
+    """Validates fetched resources before they are stored; counts what it keeps out, by reason."""
+
+    def __init__(self, version: FhirVersion):
+        self.validator = ShapeValidator(version)
+        self.counts: dict[str, int] = {}
+        self.invalid: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def store(self, store: Store, resources: list[Resource]) -> None:
+        valid = []
+        for resource in _dedupe(resources):
+            if resource.get("resourceType") == "OperationOutcome":  # a search's warnings, not data
+                continue
+            problem = self._problem(resource)
+            if problem is None:
+                valid.append(resource)
+                continue
+            label, _, reason = problem.partition(": ")
+            reason = f"{resource.get('resourceType')}: {reason}" if reason else problem
+            self.invalid[reason] = self.invalid.get(reason, 0) + 1
+            if len(self.examples) < MAX_EXAMPLES:
+                self.examples.append(problem)
+        for resource_type, n in store.write(valid).items():
+            self.counts[resource_type] = self.counts.get(resource_type, 0) + n
+
+    def _problem(self, resource: Resource) -> str | None:
+        resource_type = resource.get("resourceType")
+        if resource_type not in PULLED_TYPES:
+            return f"{resource_type}/{resource.get('id')}: not a resource type pull asked for"
+        if not isinstance(resource.get("id"), str) or not resource["id"]:
+            return f"{resource_type}/?: no id"
+        problems = self.validator.problems(resource)
+        return problems[0] if problems else None
 
 
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, full: bool = False,
-         page_size: int = 1000, progress: Progress = NO_PROGRESS) -> PullResult:
-    """Fetch the study's resources from the server into ``store``.
+         page_size: int = 1000, profile: ServerProfile | None = None, progress: Progress = NO_PROGRESS) -> PullResult:
+    """Fetch the study's resources from the server into ``store``, mirroring deletions.
 
     Incremental: only resources updated after the last successful pull (``_lastUpdated=gt``),
     unless ``full``. The high-water mark is the newest ``meta.lastUpdated`` seen, in the
     server's own clock, so the two machines' clocks never have to agree.
+
+    Deletions: the journal keeps the ids the server held for the study at each pull. A full
+    pull knows every id the server holds now; an incremental one compares, per type, the
+    server's ``_summary=count`` of the study's searches with the ids it knows and lists the
+    ids (``_elements=id``) only where they differ. Ids held before and not now were deleted
+    on the server and are removed from the store. Resources that fail validation are kept
+    out of the store and counted by reason.
     """
     started, before = time.monotonic(), client.stats.requests
-    key = study.study.identifier.value
-    since = None if full else journal.high_water(client.base_url, key)
-    extra = {"_count": str(page_size), **({"_lastUpdated": f"gt{since}"} if since else {})}
-    fetched: list[Resource] = []
+    profile = profile or server_profile(client)
+    source, key = client.base_url, study.study.identifier.value
+    since = None if full else journal.high_water(source, key)
+    changes = {"_count": str(page_size), **({"_lastUpdated": f"gt{since}"} if since else {})}
+    intake = _Intake(profile.version)
     token = f"{study.study.identifier.system}|{study.study.identifier.value}"
     progress.start(f"pulling {key} and its subjects from {client.base_url}")
-    studies = list(client.search("ResearchStudy", {"identifier": token, "_count": str(page_size)}))
+    studies = client.search_complete("ResearchStudy", {"identifier": token, "_count": str(page_size)})
+
+    def result(removed: dict[str, int], high_water: str | None, notes: tuple[str, ...] = ()) -> PullResult:
+        return PullResult(source=source, counts=intake.counts, invalid=intake.invalid, invalid_examples=intake.examples,
+                          removed=removed, since=since, high_water=high_water, requests=client.stats.requests - before,
+                          seconds=time.monotonic() - started, notes=[*profile.notes, *notes])
+
     if not studies:
-        return PullResult(source=client.base_url, counts={}, since=since, high_water=since,
-                          requests=client.stats.requests - before, seconds=time.monotonic() - started)
-    study_ids = [s["id"] for s in studies]
-    fetched += [s for s in studies if not since or s.get("meta", {}).get("lastUpdated", "") > since]
-    fetched += client.search_complete("Group", {"identifier": f"{study.system('group')}|{key}", **extra})
-    subjects = client.search_complete("ResearchSubject", {"study": ",".join(f"ResearchStudy/{i}" for i in study_ids),
-                                                          "_include": "ResearchSubject:individual", **extra})
-    fetched += subjects
-    fetched += _missing_patients(client, subjects, page_size)
-    store.write(_dedupe(fetched))
-    counts: dict[str, int] = {}
-    _count(counts, fetched)
-    patient_ids = sorted({ref_id(p) for p in _patients_of(store)})
+        return result({}, since, (f"study {token} is not on the server: nothing pulled, nothing removed",))
+    before_ids = journal.pulled_ids(source, key)
+    held: dict[str, set[str]] = {"ResearchStudy": {s["id"] for s in studies}}
+
+    def holds(resource_type: str, queries: list[dict[str, str]], fetched: list[Resource]) -> None:
+        got = {r["id"] for r in fetched if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)}
+        held[resource_type] = got if not since else _held_by(client, resource_type, queries,
+                                                             before_ids.get(resource_type, set()) | got, page_size)
+
+    group_query = {"identifier": f"{study.system('group')}|{key}"}
+    subject_query = {"study": ",".join(f"ResearchStudy/{i}" for i in sorted(held["ResearchStudy"]))}
+    groups = client.search_complete("Group", {**group_query, **changes})
+    subjects = client.search_complete("ResearchSubject", {**subject_query, "_include": "ResearchSubject:individual", **changes})
+    subjects += _missing_patients(client, subjects, page_size)
+    fetched = [s for s in studies if not since or s.get("meta", {}).get("lastUpdated", "") > since] + groups + subjects
+    intake.store(store, fetched)
+    holds("Group", [group_query], groups)
+    holds("ResearchSubject", [subject_query], subjects)
+    patient_ids = sorted({ref_id(ref) for ref in _patients_of(store, held["ResearchSubject"])})
+    holds("Patient", [{"_id": ",".join(patient_ids[i:i + SUBJECT_CHUNK])} for i in range(0, len(patient_ids), SUBJECT_CHUNK)],
+          subjects)
     for resource_type in ("Encounter", "MedicationAdministration", "Observation"):
         batch: list[Resource] = []
         step = subjects_per_search(study, resource_type, page_size)
         progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")
-        for start in range(0, len(patient_ids), step):
-            chunk = patient_ids[start:start + step]
-            batch += client.search_complete(resource_type, {"subject": ",".join(f"Patient/{pid}" for pid in chunk), **extra})
-            progress.advance(len(chunk))
-        store.write(_dedupe(batch))
-        _count(counts, batch)
+        for start, query in zip(range(0, len(patient_ids), step), _by_subject(patient_ids, step)):
+            batch += client.search_complete(resource_type, {**query, **changes})
+            progress.advance(min(step, len(patient_ids) - start))
+        intake.store(store, batch)
+        holds(resource_type, _by_subject(patient_ids, SUBJECT_CHUNK), batch)  # counts need no page: fewer, longer searches
         fetched += batch
+    removed = {}
+    for resource_type, ids in before_ids.items():
+        if n := store.remove(resource_type, ids - held.get(resource_type, set())):
+            removed[resource_type] = n
+    journal.record_pulled_ids(source, key, held)
     high_water = max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="") or since
     if high_water:
-        journal.record_pull(client.base_url, key, high_water)
-    return PullResult(source=client.base_url, counts=counts, since=since, high_water=high_water,
-                      requests=client.stats.requests - before, seconds=time.monotonic() - started)
+        journal.record_pull(source, key, high_water)
+    return result(removed, high_water)
+
+
+def _by_subject(patient_ids: list[str], step: int) -> list[dict[str, str]]:
+    return [{"subject": ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])}
+            for start in range(0, len(patient_ids), step)]
+
+
+def _held_by(client: FhirClient, resource_type: str, queries: list[dict[str, str]], known: set[str],
+             page_size: int) -> set[str]:
+    """The ids the server holds for these searches: ``known`` if their counts add up to it, else listed."""
+    counts = [client.count(resource_type, query) for query in queries]
+    if None not in counts and sum(counts) == len(known):  # type: ignore[arg-type]
+        return known
+    return set().union(*(client.ids(resource_type, query, page_size) for query in queries))
 
 
 def subjects_per_search(study: Study, resource_type: str, page_size: int) -> int:
@@ -300,23 +625,23 @@ def _missing_patients(client: FhirClient, found: list[Resource], page_size: int)
     return patients
 
 
-def _patients_of(store: Store) -> Iterator[str]:
+def _patients_of(store: Store, subject_ids: set[str]) -> Iterator[str]:
+    """References to the Patients of the store's ResearchSubjects that are among ``subject_ids``."""
     for subject in store.read("ResearchSubject"):
+        if subject["id"] not in subject_ids:
+            continue
         ref = (subject.get("individual") or subject.get("subject") or {}).get("reference")
         if ref:
             yield ref
 
 
 def _dedupe(resources: list[Resource]) -> list[Resource]:
-    seen: dict[tuple[str, str], Resource] = {}
-    for resource in resources:
-        seen[(resource["resourceType"], resource["id"])] = resource
+    """One resource per (type, id), the last one fetched; resources without an id are all kept."""
+    seen: dict[tuple[Any, Any], Resource] = {}
+    for n, resource in enumerate(resources):
+        id_ = resource.get("id")
+        seen[(resource.get("resourceType"), id_ if isinstance(id_, str) else n)] = resource
     return list(seen.values())
-
-
-def _count(counts: dict[str, int], resources: list[Resource]) -> None:
-    for resource in _dedupe(resources):
-        counts[resource["resourceType"]] = counts.get(resource["resourceType"], 0) + 1
 
 
 # --- sync ---------------------------------------------------------------------------------
@@ -332,4 +657,4 @@ class SyncResult:
 
     @property
     def ok(self) -> bool:
-        return self.pushed is None or self.pushed.ok
+        return (self.pushed is None or self.pushed.ok) and (self.pulled is None or self.pulled.ok)

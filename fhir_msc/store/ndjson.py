@@ -215,6 +215,23 @@ class Store:
         verb = "would complete" if dry_run else "completed"
         return [f"{verb} a write of {', '.join(pending)} that a killed job had committed in {self.path}"]
 
+    def remove(self, resource_type: str, ids: Iterable[str]) -> int:
+        """Remove the resources of one type with these ids (the file is rewritten once, under the lock); returns how many."""
+        gone, target = set(ids), self._file(resource_type)
+        if not gone or not target.exists():
+            return 0
+        removed = 0
+        with self.writing(), spool_dir(self.path, SPOOL_PREFIX) as tmp:
+            rewritten = tmp / target.name
+            with private_open(rewritten, "wb") as out:
+                for line, id_ in _lines_with_ids(target):
+                    if id_ in gone:
+                        removed += 1
+                    else:
+                        out.write(line)
+            os.replace(rewritten, target)
+        return removed
+
     def clear(self) -> None:
         with self.writing():
             for resource_type in self.resource_types():

@@ -205,8 +205,9 @@ def _resources(n: int) -> list[dict]:
 
 
 @responses.activate
-def test_rejected_transaction_is_split_until_the_bad_resource_is_isolated(tmp_path):
+def test_rejected_transaction_is_split_until_the_bad_resource_is_isolated(tmp_path, server_holds):
     responses.get(f"{BASE}/metadata", json=METADATA)
+    server_holds(BASE, {"Patient": [f"sp{i}" for i in range(8) if i != 5]})
 
     def answer(request):
         bundle = json.loads(request.body)
@@ -241,7 +242,8 @@ def test_fhir_version_comes_from_the_capability_statement(declared, expected):
 
 
 @responses.activate
-def test_servers_without_transactions_get_batches_one_type_at_a_time(tmp_path):
+def test_servers_without_transactions_get_batches_one_type_at_a_time(tmp_path, server_holds):
+    server_holds(BASE, {"Patient": ["p0", "p1", "p2"], "Group": ["g"]})
     responses.get(f"{BASE}/metadata", json={**METADATA, "rest": [{"interaction": [{"code": "batch"}],
                                                                    "resource": [{"type": "Patient", "updateCreate": True}]}]})
     sent = []

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 from faultproxy import FaultProxy
 
@@ -53,8 +54,9 @@ def test_push_twice_creates_nothing_new_and_one_change_updates_one(study, demo_s
     shutil.copytree(demo_store.path, store.path)
     jobs.push(study, store.path, c, tmp_path / "state")
     again = jobs.push(study, store.path, c, tmp_path / "state")
-    assert (again.created, again.updated, again.requests) == (0, 0, 0)
-    assert again.unchanged == sum(store.counts().values())
+    assert (again.created, again.updated, again.bundles) == (0, 0, 0)
+    assert again.unchanged == again.checked == sum(store.counts().values())
+    assert again.requests <= 1 + 2 * len(store.counts()) + 10  # metadata, a count and an id listing per type
     observation = next(store.read("Observation"))
     changed = {**observation, "valueQuantity": {**observation["valueQuantity"], "value": 1.0}} if "valueQuantity" in observation \
         else {**observation, "effectiveDateTime": "2020-01-01"}
@@ -192,3 +194,112 @@ def test_garbage_answer_is_a_clear_error_and_rerun_completes(study, fhir_server,
         assert fhir_server.count("Observation") == 34
     finally:
         proxy.close()
+
+
+# --- the server is the truth: push checks it, pull mirrors it -------------------------------
+
+GOOD_COUNTS = {"Patient": 3, "Observation": 34, "MedicationAdministration": 9, "Encounter": 3}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def push_cli(*args: str):
+    return CliRunner().invoke(main, ["push", str(BAD / "good"), *args])
+
+
+def test_restarted_server_is_refilled_by_the_next_push(tmp_path):
+    from loopback import LoopbackServer
+
+    port = free_port()
+    server = LoopbackServer(port=port)
+    try:
+        first = push_cli("--server", server.base, "--state", str(tmp_path / "s"))
+        assert first.exit_code == 0, first.output
+    finally:
+        server.stop()
+    server = LoopbackServer(port=port)  # the same URL, so the same journal entries: and an empty server
+    try:
+        assert server.count("Observation") == 0
+        dry = push_cli("--server", server.base, "--state", str(tmp_path / "s"), "--dry-run", "--json")
+        assert dry.exit_code == 0 and json.loads(dry.output)["restored"] == 54 and server.count("Observation") == 0
+        second = push_cli("--server", server.base, "--state", str(tmp_path / "s"), "--json")
+        assert second.exit_code == 0, second.output
+        result = json.loads(second.output)
+        assert (result["restored"], result["unchanged"], result["failed"]) == (54, 0, [])
+        assert result["created"] + result["updated"] == result["total"] == result["checked"] == 54
+        for resource_type, count in GOOD_COUNTS.items():
+            assert server.count(resource_type) == count, resource_type
+    finally:
+        server.stop()
+
+
+def test_verify_lists_what_the_server_lacks_and_full_resends_everything(fhir_server, tmp_path):
+    state = ["--server", fhir_server.base, "--state", str(tmp_path / "s")]
+    assert push_cli(*state).exit_code == 0
+    observation = next(client(fhir_server.base).search("Observation"))
+    requests.delete(f"{fhir_server.base}/Observation/{observation['id']}", timeout=30).raise_for_status()
+    verify = push_cli(*state, "--verify")
+    assert verify.exit_code == ExitCode.PARTIAL
+    assert "holds 53 of the 54 resources, lacks 1" in verify.output and f"Observation/{observation['id']}: not on the server" in verify.output
+    full = push_cli(*state, "--full", "--json")
+    assert full.exit_code == 0, full.output
+    assert json.loads(full.output)["unchanged"] == 0 and json.loads(full.output)["bundles"] >= 2
+    assert push_cli(*state, "--verify").exit_code == 0 and fhir_server.count("Observation") == 34
+
+
+def test_conditional_push_resends_what_refers_to_a_recreated_resource(study, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    jobs.push(study, BAD / "good", c, tmp_path / "state", method="conditional")
+    patient = next(c.search("Patient"))  # deleted alone: what refers to it now points at nothing
+    requests.delete(f"{fhir_server.base}/Patient/{patient['id']}", timeout=30).raise_for_status()
+    again = jobs.push(study, BAD / "good", c, tmp_path / "state", method="conditional")
+    assert again.ok and again.restored == 1 and again.total == 54 and again.updated > 1
+    for resource_type, count in GOOD_COUNTS.items():
+        assert fhir_server.count(resource_type) == count, resource_type
+    patients = {p["id"] for p in c.search("Patient")}
+    assert all(o["subject"]["reference"].split("/")[1] in patients for o in c.search("Observation"))
+
+
+def test_pull_mirrors_deletions_and_leaves_what_it_never_pulled(study, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    jobs.push(study, BAD / "good", c, tmp_path / "state")
+    store = Store(tmp_path / "pulled")
+    local = {"resourceType": "Basic", "id": "kept-local", "code": {"text": "mapped here, never on the server"}}
+    store.write([local])
+    jobs.pull(study, c, store.path, tmp_path / "state")
+    gone = [o["id"] for o in c.search("Observation", {"_count": "2"})][:2]
+    requests.delete(f"{fhir_server.base}/Observation/{gone[0]}", timeout=30).raise_for_status()
+    full = CliRunner().invoke(main, ["pull", "--server", fhir_server.base, "--store", str(store.path),
+                                     "--state", str(tmp_path / "state"), "--full"])
+    assert full.exit_code == 0, full.output
+    assert "removed (deleted on the server): Observation 1" in full.output
+    assert gone[0] not in {o["id"] for o in store.read("Observation")} and store.counts()["Observation"] == 33
+    requests.delete(f"{fhir_server.base}/Observation/{gone[1]}", timeout=30).raise_for_status()
+    incremental = jobs.pull(study, c, store.path, tmp_path / "state")
+    assert incremental.since and incremental.removed == {"Observation": 1}
+    assert store.counts()["Observation"] == 32 and [r["id"] for r in store.read("Basic")] == ["kept-local"]
+
+
+def test_server_without_capability_statement_works_with_explicit_options(tmp_path):
+    from loopback import LoopbackServer
+
+    server = LoopbackServer({"FHIR_TEST_METADATA": "searchset"})
+    try:
+        refused = push_cli("--server", server.base, "--state", str(tmp_path / "s"))
+        assert refused.exit_code == ExitCode.SERVER and "--method id" in refused.output
+        pushed = push_cli("--server", server.base, "--state", str(tmp_path / "s"), "--method", "id", "--fhir-version", "R4")
+        assert pushed.exit_code == 0, pushed.output
+        assert pushed.output.count("gave no usable CapabilityStatement (it answered a searchset Bundle)") == 1
+        assert server.count("Observation") == 34
+        pulled = CliRunner().invoke(main, ["pull", "--server", server.base, "--store", str(tmp_path / "store"),
+                                           "--state", str(tmp_path / "s")])
+        assert pulled.exit_code == 0 and "going on with FHIR R4 (the default" in pulled.output
+        assert Store(tmp_path / "store").counts()["Observation"] == 34
+    finally:
+        server.stop()
