@@ -342,9 +342,9 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
          fhir_version: str | None = None, progress: Progress = NO_PROGRESS) -> PullResult:
     """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``."""
-    profile = server_profile(client, fhir_version)
     with Store(store).writing() as recovered, open_journal(state) as journal:
-        result = _sync.pull(client, study, Store(store), journal, full=full, profile=profile, progress=progress)
+        result = _sync.pull(client, study, Store(store), journal, full=full,
+                            profile=server_profile(client, fhir_version), progress=progress)
     return dataclasses.replace(result, recovered=tuple(recovered))
 
 

@@ -9,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import responses
 from click.testing import CliRunner
 from storesafety import lock_held_elsewhere, not_owner_only
 
 from fhir_msc import Store
 from fhir_msc.cli import main
-from fhir_msc.errors import ExitCode
+from fhir_msc.errors import ExitCode, InputError
 from fhir_msc.study.definition import REPO_ROOT
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -42,6 +43,7 @@ def mock_study_server(study, observations: list[dict]) -> None:
                                      {"resourceType": "Patient", "id": "p1"}),
         "Observation": searchset(*observations),
     }
+    responses.get(f"{BASE}/metadata", json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": []})
     for resource_type in ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encounter", "MedicationAdministration",
                           "Observation"):
         responses.get(re.compile(rf"{re.escape(BASE)}/{resource_type}(\?.*)?$"), json=answers.get(resource_type, searchset()))
@@ -143,12 +145,17 @@ def test_a_pull_from_a_server_returning_a_path_as_resource_type_writes_nothing_o
     mock_study_server(study, [OBSERVATION, {**OBSERVATION, "resourceType": "../../evil", "id": "o2"}])
     work = tmp_path / "work"
     result = invoke("pull", "--server", BASE, "--store", work / "store", "--state", work / "state")
-    assert result.exit_code == ExitCode.BAD_INPUT
-    assert result.stderr.splitlines() == ["fhir-msc: error: refused to store a resource with resourceType '../../evil': "
-                                          "not a FHIR resource type name (letters only, e.g. Observation); nothing of "
-                                          "this write was stored"]
+    assert result.exit_code == ExitCode.PARTIAL  # pull keeps it out as invalid (the store would refuse it too)
+    assert "1 × ../../evil: not a resource type pull asked for" in result.stderr
     assert not list(tmp_path.rglob("*evil*"))
-    assert Store(work / "store").counts().get("Observation") is None  # the write holding it stored nothing
+    assert Store(work / "store").counts().get("Observation") == 1  # the valid one is stored
+
+
+def test_the_store_refuses_a_path_as_resource_type(tmp_path):
+    with pytest.raises(InputError, match="refused to store a resource with resourceType '../../evil'"):
+        Store(tmp_path / "store").write([OBSERVATION, {**OBSERVATION, "resourceType": "../../evil", "id": "o2"}])
+    assert not list(tmp_path.rglob("*evil*"))
+    assert Store(tmp_path / "store").counts().get("Observation") is None  # the write holding it stored nothing
 
 
 # --- owner-only -------------------------------------------------------------------------------------

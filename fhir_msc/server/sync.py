@@ -510,7 +510,7 @@ class _Intake:
         if not isinstance(resource.get("id"), str) or not resource["id"]:
             return f"{resource_type}/?: no id"
         problems = self.validator.problems(resource)
-        return problems[0] if problems else None
+        return str(problems[0]) if problems else None
 
 
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, full: bool = False,
