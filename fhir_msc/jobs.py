@@ -30,6 +30,7 @@ from .fhir.versions import (
     subject_arm_names,
     subject_version,
 )
+from .server import bulk_pull as _bulk_pull
 from .server import hospital as _hospital
 from .server import sync as _sync
 from .server.client import FhirClient
@@ -253,10 +254,16 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
                           progress=progress.advance)
 
 
-def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         progress: Progress = NO_PROGRESS) -> PullResult:
-    """Pull the study from the server into a store; incremental via ``state``."""
+def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False, bulk: bool = False,
+         since: str | None = None, progress: Progress = NO_PROGRESS) -> PullResult | _bulk_pull.BulkPullResult:
+    """Pull the study from the server into a store; incremental via ``state``.
+
+    With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
+    ``since`` overriding the journal's mark; a killed export resumes from ``state``.
+    """
     with open_journal(state) as journal:
+        if bulk:
+            return _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
         return _sync.pull(client, study, Store(store), journal, full=full, progress=progress)
 
 
