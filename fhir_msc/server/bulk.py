@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 import orjson
 import requests
 
@@ -118,6 +119,11 @@ def export_levels(client: FhirClient) -> set[str]:
     return levels
 
 
+def type_filter(resource_type: str, params: dict[str, str]) -> str:
+    """One ``_typeFilter`` value, ``Type?query`` with the query URL-encoded (so its commas are not separators)."""
+    return f"{resource_type}?{urlencode(params)}"
+
+
 # --- the protocol -------------------------------------------------------------------------------
 
 def kick_off(client: FhirClient, level: str, params: dict[str, list[str]]) -> str:
@@ -201,7 +207,11 @@ class BadFile(Exception):
 
 
 def verify(path: Path, item: ExportFile) -> int:
-    """Lines of a downloaded file: each one JSON resource of the file's type with an id, as many as ``count``."""
+    """Lines of a downloaded file: each one JSON resource of the file's type, as many as ``count``.
+
+    Resources need an id, except the OperationOutcomes of error files.
+    """
+    needs_id = item.type != "OperationOutcome"
     lines = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
@@ -211,8 +221,8 @@ def verify(path: Path, item: ExportFile) -> int:
                 resource = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise BadFile(f"line {number} is not JSON ({exc})") from None
-            if not isinstance(resource, dict) or resource.get("resourceType") != item.type or not resource.get("id"):
-                raise BadFile(f"line {number} is not a {item.type} with an id")
+            if not isinstance(resource, dict) or resource.get("resourceType") != item.type or (needs_id and not resource.get("id")):
+                raise BadFile(f"line {number} is not a {item.type}{' with an id' if needs_id else ''}")
             lines += 1
     if item.count is not None and lines != item.count:
         raise BadFile(f"{lines} resources, the manifest says {item.count}")
@@ -326,7 +336,11 @@ def _run(client: FhirClient, level: str, params: dict[str, list[str]], directory
         journal.status_url = kick_off(client, level, params)
         journal.save()
     if journal.manifest is None:
-        manifest = wait_for_manifest(client, journal.status_url, policy, progress)
+        try:
+            manifest = wait_for_manifest(client, journal.status_url, policy, progress)
+        except ExportFailed:
+            journal.path.unlink(missing_ok=True)  # a failed job is not resumed: the rerun starts a new one
+            raise
         journal.manifest = _manifest_json(manifest)
         journal.save()
     else:
