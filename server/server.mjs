@@ -128,7 +128,7 @@ const server = http.createServer(async (req, res) => {
 // most; 1000); FHIR_TEST_BULK_FAULTS, a comma list of faults: poll-429 (each job's first status
 // poll answers 429 with Retry-After), cut-file (the first file download of each job sends half
 // of its bytes, then the connection is dropped), job-error (the job fails: status answers 500
-// with an OperationOutcome).
+// with an OperationOutcome), error-file (the manifest lists an error file with one issue).
 
 const NDJSON_FORMATS = ['application/fhir+ndjson', 'application/ndjson', 'ndjson'];
 // The R4 patient compartment, for the types this server holds: where each type names its patient.
@@ -227,6 +227,7 @@ async function runExport(job, level, members, types, filters, since) {
       job.files.push({ type, count: lines.length, body: lines.map((r) => JSON.stringify(r) + '\n').join('') });
     }
   }
+  if (bulk.faults.has('error-file')) job.errors.push(outcome('error', 'transient', 'some resources could not be exported (test fault)'));
   if (job.errors.length) {
     job.files.push({ type: 'OperationOutcome', error: true, body: job.errors.map((o) => JSON.stringify(o) + '\n').join('') });
   }

@@ -189,11 +189,13 @@ def test_killed_pull_bulk_resumes_with_the_files_already_verified(study, tmp_pat
 
         with pytest.raises(KeyboardInterrupt):
             jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True, progress=KilledAfterOneFile())
+        kept = list((tmp_path / "state" / "bulk").rglob("*"))
+        assert kept and all(p.stat().st_mode & 0o077 == 0 for p in kept)  # journal and files owner-only
         resumed = jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True)
         assert resumed.resumed and resumed.resumed_files >= 1 and resumed.files >= 1
         assert resumed.resumed_files + resumed.files == 12  # files of ≤5 resources: Patient 1, ResearchSubject 1,
         # Encounter 1, MedicationAdministration 2, Observation 7
-        assert not list((tmp_path / "state" / "bulk").glob("*/*.part"))
+        assert not list((tmp_path / "state" / "bulk").glob("*/*.part"))  # the cut-off download was not kept
         jobs.pull(study, c, tmp_path / "paged", tmp_path / "paged-state")
         assert without_meta(Store(tmp_path / "store")) == without_meta(Store(tmp_path / "paged"))
     finally:
@@ -220,6 +222,19 @@ def test_a_failed_job_is_one_line_exit_8_and_is_not_resumed(study, tmp_path):
         assert failed.exit_code == ExitCode.SERVER and "export job failed on the server" in failed.output
         assert "Traceback" not in failed.output
         assert not list((tmp_path / "s" / "bulk").glob("*/job.json"))
+    finally:
+        server.stop()
+
+
+def test_export_errors_are_printed_exit_7_and_the_mark_does_not_move(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": "error-file"})
+    try:
+        args = ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "store"), "--state", str(tmp_path / "s")]
+        first = CliRunner().invoke(main, args)
+        assert first.exit_code == ExitCode.PARTIAL and "export error: error transient: some resources could not be exported" in first.output
+        assert Store(tmp_path / "store").counts()["Observation"] == 34  # what came through is stored
+        again = jobs.pull(study, client(server.base), tmp_path / "store", tmp_path / "s", bulk=True)
+        assert again.since is None and again.counts["Observation"] == 34  # the same export again, not "changes since"
     finally:
         server.stop()
 
