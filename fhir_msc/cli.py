@@ -679,11 +679,15 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
               help="Store directory to pull into (created if missing).")
 @click.option("--full", is_flag=True, help="Pull everything, not just what changed since the last pull.")
 @_server_version_option
+@click.option("--bulk", is_flag=True,
+              help="Use FHIR Bulk Data $export (Group, Patient or system level) when the server declares it; paged search otherwise.")
+@click.option("--since", metavar="INSTANT", help="With --bulk: export what changed after INSTANT instead of after the last pull.")
 @_state_option
 @_server_options
 @_study_option
 @_json_option
-def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, state: Path, ca_bundle: str | None,
+def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, bulk: bool, since: str | None, state: Path,
+                 ca_bundle: str | None,
                  timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Pull the study's ResearchStudy, subjects, Patients, visits, infusions and Observations from a server.
 
@@ -691,13 +695,38 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     Resources the server held at the last pull and has deleted since are removed from the
     store. Resources that fail validation are not stored: they are counted by reason and
     the exit code is 7.
+    With --bulk, one Bulk Data export instead of paged searches; a killed export resumes.
     """
+    if since and not bulk:
+        raise click.UsageError("--since goes with --bulk")
     client = _client(server, config, ca_bundle, timeout)
-    with _progress(not as_json, f"what was pulled is in {store}; the next pull starts after the last complete one: "
-                                "rerun the same command") as progress:
-        result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version, progress=progress)
+    resume = (f"the export job and the files already verified are journaled in {state / 'bulk'}: rerun the same command to resume"
+              if bulk else f"what was pulled is in {store}; the next pull starts after the last complete one: rerun the same command")
+    with _progress(not as_json, resume) as progress:
+        result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
+                           bulk=bulk, since=since, progress=progress)
+    if bulk:
+        _print_json(result) if as_json else _echo_bulk_pull(result, store)
+        _exit_for(result.ok)
+        return
     _print_json(result) if as_json else _echo_pull(result, store)
     _exit_for(result.ok)
+
+
+def _echo_bulk_pull(result, store: Path) -> None:
+    if result.method != "bulk":
+        _info(f"{result.source} declares no $export: pulled by paged search")
+        _echo_pull(result, store)
+        return
+    counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
+    since = f", changes since {result.since}" if result.since else ""
+    reused = f", {result.resumed_files} already downloaded" if result.resumed_files else ""
+    resumed = "resumed " if result.resumed else ""
+    click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
+               f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    _echo_cut("export error", result.errors)
+    if result.errors:
+        click.echo(f"the export reported {len(result.errors)} error(s): the next pull starts from the same point", err=True)
 
 
 @main.command("sync")

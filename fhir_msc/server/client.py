@@ -130,19 +130,29 @@ class FhirClient:
 
     def request(self, method: str, path_or_url: str, *, json: Any = None, params: dict | None = None) -> Any:
         """Send one request with retries; return the parsed JSON body (None for empty)."""
+        return self._parse(self.response(method, path_or_url, json=json, params=params))
+
+    def response(self, method: str, path_or_url: str, *, json: Any = None, params: dict | None = None,
+                 headers: dict[str, str] | None = None, stream: bool = False) -> requests.Response:
+        """Send one request with retries; return the first answer that is not temporary, whatever its status.
+
+        For callers that need headers (Content-Location, X-Progress) or a streamed body;
+        ``check`` raises for an error status as ``request`` does.
+        """
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.url(path_or_url)
         if _origin(url) != _origin(self.base_url) or not url.startswith(self.base_url.rstrip("/")):
             raise ForeignLinkRefused(f"refusing {redact(url)}: it is outside the server {self.base_url}")
         started, attempt, reauthenticated = time.monotonic(), 0, False
         while True:
             attempt += 1
-            response, failure = self._send(method, url, json, params)
+            response, failure = self._send(method, url, json, params, headers or {}, stream)
             if response is not None and response.status_code == 401 and not reauthenticated and self.auth and self.auth.refresh():
                 reauthenticated = True
+                response.close()
                 continue
             temporary = failure is not None or response.status_code in TEMPORARY_STATUSES
             if not temporary:
-                return self._parse(response)
+                return response
             elapsed = time.monotonic() - started
             wait = self.retry.delay(attempt, _retry_after(response))
             if attempt >= self.retry.attempts or elapsed + wait > self.retry.max_total:
@@ -151,20 +161,23 @@ class FhirClient:
                                            "the server may be overloaded or down: try again later",
                                            status=response.status_code if response is not None else None,
                                            outcome=_outcome(response), response=response)
+            if response is not None:
+                response.close()
             self.stats.retries += 1
             self.stats.waits.append(wait)
             self._sleep(wait)
 
-    def _send(self, method: str, url: str, json: Any, params: dict | None) -> tuple[requests.Response | None, str | None]:
+    def _send(self, method: str, url: str, json: Any, params: dict | None, extra_headers: dict[str, str] | None = None,
+              stream: bool = False) -> tuple[requests.Response | None, str | None]:
         """One attempt, following at most MAX_REDIRECTS redirects on the server's origin."""
-        headers = {"Content-Type": FHIR_JSON} if json is not None else {}
+        headers = {**({"Content-Type": FHIR_JSON} if json is not None else {}), **(extra_headers or {})}
         first = url
         for _ in range(MAX_REDIRECTS + 1):
             self.stats.requests += 1
             started = time.monotonic()
             try:
                 response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
-                                                timeout=self.timeout, allow_redirects=False)
+                                                timeout=self.timeout, allow_redirects=False, stream=stream)
             except requests.exceptions.SSLError as exc:  # before ConnectionError, its parent: not temporary
                 raise certificate_error(method, url, exc) from None
             except requests.Timeout:
@@ -184,15 +197,21 @@ class FhirClient:
                               "check the server's base URL", status=response.status_code, response=response)
 
     def _parse(self, response: requests.Response) -> Any:
+        self.check(response)
+        status = response.status_code
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise InvalidResponse(f"{response.request.method} {response.url}: HTTP {status} but the body is not JSON "
+                                  f"({response.content[:60]!r})", status=status, response=response) from None
+
+    def check(self, response: requests.Response) -> None:
+        """Raise the error class of an HTTP error status (with the server's OperationOutcome); nothing below 400."""
         status = response.status_code
         if status < 400:
-            if not response.content:
-                return None
-            try:
-                return response.json()
-            except ValueError:
-                raise InvalidResponse(f"{response.request.method} {response.url}: HTTP {status} but the body is not JSON "
-                                      f"({response.content[:60]!r})", status=status, response=response) from None
+            return
         outcome = _outcome(response)
         diagnostics = _diagnostics(outcome) or response.reason or ""
         where = f"{response.request.method} {response.url}: HTTP {status}"

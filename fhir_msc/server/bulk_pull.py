@@ -1,0 +1,121 @@
+"""``pull --bulk``: the study's resources by Bulk Data ``$export``, then the same study filter as the paged pull.
+
+The ResearchStudy and its enrollment Group are found by identifier (two searches, as the
+paged pull does); the subjects' data come from one export: ``Group/[id]/$export`` when the
+server exports Groups and the study has its Group there, else ``Patient/$export``, else a
+system ``$export`` (``_type`` = Patient, ResearchSubject, Encounter, MedicationAdministration,
+Observation; ``_since`` = the last pull's mark). Of what comes back, the store keeps what the
+paged pull would: ResearchSubjects of the study, the Patients they name (all the store's
+subjects, as in the paged pull) and the visits, infusions and Observations of those Patients.
+Files stream into the store; memory holds ids, not resources.
+
+Incremental: the mark recorded after a complete export is its manifest's ``transactionTime``
+(the server's clock), in the same journal row as the paged pull's, so the two take turns. An
+export whose error file reports problems is stored but does not move the mark, and its
+issues are returned. Servers whose CapabilityStatement declares no export get the paged pull.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BadUsage
+from ..fhir.unmapping import ref_id
+from ..progress import NO_PROGRESS, Progress
+from ..store.ndjson import Resource, Store
+from ..study.definition import Study
+from . import bulk
+from .client import FhirClient
+from .journal import Journal
+from .sync import _patients_of
+from .sync import pull as paged_pull
+
+SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation")
+EXPORTED = ("Patient", "ResearchSubject", *SUBJECT_DATA)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BulkPullResult:
+    """A pull by bulk export (or by paged search where the server has no export: ``method`` says which)."""
+
+    source: str
+    method: str  # "bulk" or "paged"
+    counts: dict[str, int]
+    since: str | None
+    high_water: str | None
+    requests: int
+    seconds: float
+    level: str | None = None  # system, Patient or Group/<id>
+    files: int = 0  # export files downloaded by this run
+    resumed_files: int = 0  # export files already downloaded and verified by a killed run
+    resumed: bool = False  # the export job was picked up from the journal
+    errors: list[str] = field(default_factory=list)  # issues of the export's error files
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state_dir: Path, *, full: bool = False,
+         since: str | None = None, policy: bulk.BulkPolicy = bulk.BulkPolicy(), progress: Progress = NO_PROGRESS) -> BulkPullResult:
+    """Pull the study by bulk export when the server offers it, else by paged search; see the module docstring."""
+    levels = bulk.export_levels(client)
+    if not levels:
+        if since:
+            raise BadUsage(f"{client.base_url} declares no $export in its CapabilityStatement, and the paged pull has no "
+                           "--since: drop --since (the paged pull is incremental from the journal) or use --full")
+        paged = paged_pull(client, study, store, journal, full=full, progress=progress)
+        return BulkPullResult(source=paged.source, method="paged", counts=paged.counts, since=paged.since,
+                              high_water=paged.high_water, requests=paged.requests, seconds=paged.seconds)
+    started, before = time.monotonic(), client.stats.requests
+    key = study.study.identifier.value
+    since = since or (None if full else journal.high_water(client.base_url, key))
+    changed = (lambda r: r.get("meta", {}).get("lastUpdated", "") > since) if since else (lambda r: True)
+    progress.start(f"finding {key} on {client.base_url}")
+    studies = list(client.search("ResearchStudy", {"identifier": f"{study.study.identifier.system}|{key}"}))
+    if not studies:
+        return BulkPullResult(source=client.base_url, method="bulk", counts={}, since=since, high_water=since,
+                              requests=client.stats.requests - before, seconds=time.monotonic() - started)
+    groups = client.search_complete("Group", {"identifier": f"{study.system('group')}|{key}"})
+    level = _level(levels, groups)
+    done = bulk.export(client, level, state_dir, types=EXPORTED, since=since,
+                       policy=policy, progress=progress)
+    counts: dict[str, int] = {}
+    _add(counts, store.write([r for r in studies + groups if changed(r)]))
+    study_refs = {s["id"] for s in studies}
+    _add(counts, store.write(r for r in done.resources("ResearchSubject") if ref_id(r.get("study", {}).get("reference", "")) in study_refs))
+    patients = {ref_id(ref) for ref in _patients_of(store)}
+    progress.start("storing the export", len(EXPORTED), "resource types")
+    _add(counts, store.write(r for r in done.resources("Patient") if r["id"] in patients))
+    for resource_type in SUBJECT_DATA:
+        _add(counts, store.write(_of_patients(done.resources(resource_type), patients)))
+        progress.advance(1)
+    high_water = since if done.errors else done.manifest.transaction_time
+    if high_water:
+        journal.record_pull(client.base_url, key, high_water)
+    bulk.finish(client, done)
+    return BulkPullResult(source=client.base_url, method="bulk", counts=counts, since=since, high_water=high_water,
+                          requests=client.stats.requests - before, seconds=time.monotonic() - started, level=level,
+                          files=done.downloaded, resumed_files=done.reused, resumed=done.resumed, errors=done.errors)
+
+
+def _level(levels: set[str], groups: list[Resource]) -> str:
+    """Group export of the study's Group when possible (only its members), else Patient, else system."""
+    if "Group" in levels and len(groups) == 1 and groups[0].get("member"):
+        return f"Group/{groups[0]['id']}"
+    return "Patient" if "Patient" in levels else "system"
+
+
+def _of_patients(resources: Iterable[Resource], patients: set[str]) -> Iterator[Resource]:
+    for resource in resources:
+        if ref_id((resource.get("subject") or {}).get("reference", "")) in patients:
+            yield resource
+
+
+def _add(counts: dict[str, int], written: dict[str, int]) -> None:
+    for resource_type, n in written.items():
+        if n:
+            counts[resource_type] = counts.get(resource_type, 0) + n

@@ -1,0 +1,263 @@
+"""Bulk Data $export: the loopback server's export and fhir-msc's bulk client and pull --bulk, over HTTP on 127.0.0.1."""
+
+import gzip
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from fhir_msc import Store, jobs, load_study
+from fhir_msc.cli import main
+from fhir_msc.errors import ExitCode
+from fhir_msc.progress import Progress
+from fhir_msc.server import bulk
+from fhir_msc.server.client import FhirClient, RetryPolicy
+from loopback import LoopbackServer
+
+BAD = Path(__file__).parents[1] / "data" / "bad"
+FAST = RetryPolicy(attempts=5, backoff=0.01, max_delay=0.05, max_total=10)
+OUTSIDER = {"resourceType": "Patient", "id": "outsider", "name": [{"family": "Not-In-The-Study"}]}
+OUTSIDER_OBSERVATION = {"resourceType": "Observation", "id": "outsider-fvc", "status": "final",
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "19868-9"}]},
+                        "subject": {"reference": "Patient/outsider"}, "valueQuantity": {"value": 3.1, "unit": "L"}}
+
+
+def client(base: str, waits: list | None = None) -> FhirClient:
+    return FhirClient(base, retry=FAST, sleep=(waits.append if waits is not None else lambda s: None))
+
+
+def loaded(env: dict | None = None) -> LoopbackServer:
+    """A server holding the small study (3 subjects) and one patient outside it, with an Observation."""
+    server = LoopbackServer(env)
+    c = client(server.base)
+    with tempfile.TemporaryDirectory() as state:
+        jobs.push(load_study(), BAD / "good", c, Path(state))
+    for resource in (OUTSIDER, OUTSIDER_OBSERVATION):
+        c.request("PUT", f"{resource['resourceType']}/{resource['id']}", json=resource)
+    return server
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """One loaded server for the tests that only read (small files, so exports have several)."""
+    server = loaded({"FHIR_TEST_BULK_FILE_LINES": "10"})
+    yield server
+    server.stop()
+
+
+def without_meta(store: Store) -> dict:
+    return {t: sorted(json.dumps({k: v for k, v in r.items() if k != "meta"}, sort_keys=True) for r in store.read(t))
+            for t in store.resource_types()}
+
+
+# --- the test server and the protocol -----------------------------------------------------------
+
+def test_capability_statement_declares_the_three_export_levels(shared):
+    assert bulk.export_levels(client(shared.base)) == {"system", "Patient", "Group"}
+
+
+def test_system_patient_and_group_exports_hold_what_each_level_covers(shared, tmp_path):
+    c = client(shared.base)
+    group = next(c.search("Group"))
+    counts = {}
+    for level in ("system", "Patient", f"Group/{group['id']}"):
+        done = bulk.export(c, level, tmp_path, types=("Patient", "Observation"))
+        counts[level.split("/")[0]] = {t: sum(1 for _ in done.resources(t)) for t in ("Patient", "Observation")}
+        assert done.manifest.transaction_time and done.errors == [] and not done.manifest.requires_access_token
+        bulk.finish(c, done)
+        assert not done.directory.exists()
+        with pytest.raises(Exception):  # the job is deleted on the server
+            c.request("GET", done.status_url)
+    assert counts["system"] == counts["Patient"] == {"Patient": 4, "Observation": 35}
+    assert counts["Group"] == {"Patient": 3, "Observation": 34}  # the members only: not the outsider
+
+
+def test_kick_off_needs_respond_async_and_rejects_unknown_formats(shared):
+    plain = requests.get(f"{shared.base}/$export", timeout=10)
+    assert plain.status_code == 400 and "respond-async" in plain.text
+    csv = requests.get(f"{shared.base}/$export", params={"_outputFormat": "text/csv"}, headers={"Prefer": "respond-async"}, timeout=10)
+    assert csv.status_code == 400
+    study_type = requests.get(f"{shared.base}/Patient/$export", params={"_type": "ResearchStudy"},
+                              headers={"Prefer": "respond-async"}, timeout=10)
+    assert study_type.status_code == 400  # not in the patient compartment
+
+
+def test_files_are_gzip_encoded_when_asked_and_match_the_manifest(shared, tmp_path):
+    c = client(shared.base)
+    status_url = bulk.kick_off(c, "system", {"_type": ["Observation"]})
+    manifest = bulk.wait_for_manifest(c, status_url, bulk.BulkPolicy())
+    first = manifest.output[0]
+    raw = requests.get(first.url, headers={"Accept-Encoding": "gzip"}, stream=True, timeout=10)
+    assert raw.headers["Content-Encoding"] == "gzip"
+    lines = gzip.decompress(raw.raw.read()).decode().splitlines()
+    assert len(lines) == first.count == 10 and all(json.loads(line)["resourceType"] == "Observation" for line in lines)
+    bulk.delete_job(c, status_url)
+
+
+def test_type_filter_exports_only_matching_resources(shared, tmp_path):
+    c = client(shared.base)
+    fvc = bulk.type_filter("Observation", {"code": "http://loinc.org|19868-9"})
+    done = bulk.export(c, "Patient", tmp_path, types=("Observation",), type_filters=[fvc])
+    codes = {coding["code"] for r in done.resources("Observation") for coding in r["code"]["coding"] if "loinc" in coding["system"]}
+    assert codes == {"19868-9"} and sum(1 for _ in done.resources("Observation")) == 4  # 3 subjects + the outsider
+    bulk.finish(c, done)
+
+
+def test_error_file_is_read_and_reported(shared, tmp_path):
+    c = client(shared.base)
+    done = bulk.export(c, "system", tmp_path, types=("Observation",),
+                       type_filters=[bulk.type_filter("Observation", {"no-such-parameter": "x"})])
+    assert len(done.errors) == 1 and "unknown search parameter no-such-parameter" in done.errors[0]
+    assert done.manifest.output == ()
+    bulk.finish(c, done)
+
+
+def test_polling_honours_retry_after_up_to_the_cap_and_x_progress_is_shown(tmp_path, caplog):
+    server = loaded({"FHIR_TEST_BULK_POLLS": "2", "FHIR_TEST_BULK_RETRY_AFTER": "7"})
+    try:
+        waits: list[float] = []
+        c = client(server.base, waits)
+        caplog.set_level("INFO", logger="fhir_msc.server.bulk")
+        status_url = bulk.kick_off(c, "system", {"_type": ["Patient"]})
+        bulk.wait_for_manifest(c, status_url, bulk.BulkPolicy(max_poll_wait=5))
+        assert waits == [5, 5]  # Retry-After 7 capped at 5, twice
+        assert "resource types exported" in caplog.text
+        with pytest.raises(Exception, match="not ready"):  # bounded in total time
+            bulk.wait_for_manifest(c, bulk.kick_off(c, "system", {}), bulk.BulkPolicy(max_poll_wait=5, max_total=4))
+    finally:
+        server.stop()
+
+
+def test_verify_refuses_a_short_file_or_another_type(tmp_path):
+    path = tmp_path / "f.ndjson"
+    path.write_text('{"resourceType": "Patient", "id": "a"}\n\n{"resourceType": "Patient", "id": "b"}\n')
+    assert bulk.verify(path, bulk.ExportFile(type="Patient", url="u", count=2)) == 2
+    with pytest.raises(bulk.BadFile, match="manifest says 3"):
+        bulk.verify(path, bulk.ExportFile(type="Patient", url="u", count=3))
+    with pytest.raises(bulk.BadFile, match="line 1 is not a Observation"):
+        bulk.verify(path, bulk.ExportFile(type="Observation", url="u"))
+    path.write_text('{"resourceType": "Patient", "id": "a"}\n{"resourceType": "Pat')
+    with pytest.raises(bulk.BadFile, match="line 2 is not JSON"):
+        bulk.verify(path, bulk.ExportFile(type="Patient", url="u"))
+
+
+# --- pull --bulk ------------------------------------------------------------------------------
+
+def test_pull_bulk_store_equals_paged_pull_store(study, shared, tmp_path):
+    c = client(shared.base)
+    by_bulk = jobs.pull(study, c, tmp_path / "bulk", tmp_path / "s1", bulk=True)
+    paged = jobs.pull(study, c, tmp_path / "paged", tmp_path / "s2")
+    assert by_bulk.method == "bulk" and by_bulk.level.startswith("Group/") and by_bulk.ok
+    assert by_bulk.counts == paged.counts and by_bulk.counts["Patient"] == 3  # the outsider is filtered out
+    assert without_meta(Store(tmp_path / "bulk")) == without_meta(Store(tmp_path / "paged"))
+    assert not list((tmp_path / "s1" / "bulk").iterdir())  # files removed once stored
+
+
+def test_pull_bulk_is_incremental_from_the_transaction_time(study, tmp_path):
+    server = loaded()
+    try:
+        c = client(server.base)
+        first = jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True)
+        observation = next(o for o in c.search("Observation") if o["id"] != "outsider-fvc")
+        observation["status"] = "amended"
+        c.request("PUT", f"Observation/{observation['id']}", json=observation)
+        second = jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True)
+        assert second.since == first.high_water and second.counts == {"Observation": 1}
+        stored = {o["id"]: o for o in Store(tmp_path / "store").read("Observation")}
+        assert stored[observation["id"]]["status"] == "amended" and len(stored) == 34
+    finally:
+        server.stop()
+
+
+def test_killed_pull_bulk_resumes_with_the_files_already_verified(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FILE_LINES": "5"})
+    try:
+        c = client(server.base)
+
+        class KilledAfterOneFile(Progress):
+            downloading = False
+
+            def start(self, label, total=None, unit="resources"):
+                self.downloading = unit == "files"
+
+            def advance(self, n=1):
+                if self.downloading:
+                    raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True, progress=KilledAfterOneFile())
+        kept = list((tmp_path / "state" / "bulk").rglob("*"))
+        assert kept and all(p.stat().st_mode & 0o077 == 0 for p in kept)  # journal and files owner-only
+        resumed = jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True)
+        assert resumed.resumed and resumed.resumed_files >= 1 and resumed.files >= 1
+        assert resumed.resumed_files + resumed.files == 12  # files of ≤5 resources: Patient 1, ResearchSubject 1,
+        # Encounter 1, MedicationAdministration 2, Observation 7
+        assert not list((tmp_path / "state" / "bulk").glob("*/*.part"))  # the cut-off download was not kept
+        jobs.pull(study, c, tmp_path / "paged", tmp_path / "paged-state")
+        assert without_meta(Store(tmp_path / "store")) == without_meta(Store(tmp_path / "paged"))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("fault", ["poll-429", "cut-file"])
+def test_pull_bulk_survives_429_on_polling_and_a_file_cut_mid_download(study, tmp_path, fault):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": fault})
+    try:
+        c = client(server.base)
+        result = jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True)
+        assert result.ok and c.stats.retries >= 1
+        assert Store(tmp_path / "store").counts()["Observation"] == 34
+    finally:
+        server.stop()
+
+
+def test_a_failed_job_is_one_line_exit_8_and_is_not_resumed(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": "job-error"})
+    try:
+        args = ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "store"), "--state", str(tmp_path / "s")]
+        failed = CliRunner().invoke(main, args)
+        assert failed.exit_code == ExitCode.SERVER and "export job failed on the server" in failed.output
+        assert "Traceback" not in failed.output
+        assert not list((tmp_path / "s" / "bulk").glob("*/job.json"))
+    finally:
+        server.stop()
+
+
+def test_export_errors_are_printed_exit_7_and_the_mark_does_not_move(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": "error-file"})
+    try:
+        args = ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "store"), "--state", str(tmp_path / "s")]
+        first = CliRunner().invoke(main, args)
+        assert first.exit_code == ExitCode.PARTIAL and "export error: error transient: some resources could not be exported" in first.output
+        assert Store(tmp_path / "store").counts()["Observation"] == 34  # what came through is stored
+        again = jobs.pull(study, client(server.base), tmp_path / "store", tmp_path / "s", bulk=True)
+        assert again.since is None and again.counts["Observation"] == 34  # the same export again, not "changes since"
+    finally:
+        server.stop()
+
+
+def test_pull_bulk_with_a_token_and_fallback_to_paged_without_export(study, tmp_path, monkeypatch):
+    server = LoopbackServer({"FHIR_TEST_TOKEN": "bulk-token"})
+    try:
+        monkeypatch.setenv("FHIR_MSC_TOKEN", "bulk-token")
+        runner = CliRunner()
+        runner.invoke(main, ["push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "s0")])
+        pulled = runner.invoke(main, ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "a"),
+                                      "--state", str(tmp_path / "s1"), "--json"])
+        assert pulled.exit_code == 0, pulled.output
+        assert json.loads(pulled.output)["method"] == "bulk" and json.loads(pulled.output)["counts"]["Observation"] == 34
+        status = requests.get(f"{server.base}/$export", headers={"Prefer": "respond-async"}, timeout=10)
+        assert status.status_code == 401  # no token, no export
+    finally:
+        server.stop()
+    plain = loaded({"FHIR_TEST_BULK": "off"})
+    try:
+        result = CliRunner().invoke(main, ["pull", "--bulk", "--server", plain.base, "--store", str(tmp_path / "b"),
+                                           "--state", str(tmp_path / "s2")])
+        assert result.exit_code == 0 and "declares no $export: pulled by paged search" in result.output
+        assert Store(tmp_path / "b").counts()["Observation"] == 34
+    finally:
+        plain.stop()
