@@ -37,6 +37,7 @@ from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
 from .progress import Progress
 from .server import hospital as _hospital
+from .server.bulk_pull import BulkPullResult
 from .server.client import connect, load_config
 from .server.sync import METHODS
 from .study.definition import DEFAULT_STUDY, Study, load_study
@@ -705,8 +706,8 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     with _progress(not as_json, resume) as progress:
         result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
                            bulk=bulk, since=since, progress=progress)
-    if bulk:
-        _print_json(result) if as_json else _echo_bulk_pull(result, store)
+    if isinstance(result, BulkPullResult) and not as_json:
+        _echo_bulk_pull(result, store)
         _exit_for(result.ok)
         return
     _print_json(result) if as_json else _echo_pull(result, store)
@@ -714,10 +715,7 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
 
 
 def _echo_bulk_pull(result, store: Path) -> None:
-    if result.method != "bulk":
-        _info(f"{result.source} declares no $export: pulled by paged search")
-        _echo_pull(result, store)
-        return
+    _echo_notes(list(result.recovered))
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
     since = f", changes since {result.since}" if result.since else ""
     reused = f", {result.resumed_files} already downloaded" if result.resumed_files else ""

@@ -351,9 +351,10 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
-            return _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
-        result = _sync.pull(client, study, Store(store), journal, full=full,
-                            profile=server_profile(client, fhir_version), progress=progress)
+            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
+        else:
+            result = _sync.pull(client, study, Store(store), journal, full=full,
+                                profile=server_profile(client, fhir_version), progress=progress)
     return dataclasses.replace(result, recovered=tuple(recovered))
 
 

@@ -17,6 +17,8 @@ issues are returned. Servers whose CapabilityStatement declares no export get th
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from ..study.definition import Study
 from . import bulk
 from .client import FhirClient
 from .journal import Journal
-from .sync import _patients_of
+from .sync import PullResult, _patients_of
 from .sync import pull as paged_pull
 
 SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation")
@@ -39,10 +41,10 @@ EXPORTED = ("Patient", "ResearchSubject", *SUBJECT_DATA)
 
 @dataclass(frozen=True, kw_only=True)
 class BulkPullResult:
-    """A pull by bulk export (or by paged search where the server has no export: ``method`` says which)."""
+    """A pull by bulk export (where the server has no export, ``pull`` returns the paged pull's PullResult)."""
 
     source: str
-    method: str  # "bulk" or "paged"
+    method: str  # "bulk" (a paged fallback returns a PullResult, which has no method), so --json says how
     counts: dict[str, int]
     since: str | None
     high_water: str | None
@@ -53,6 +55,7 @@ class BulkPullResult:
     resumed_files: int = 0  # export files already downloaded and verified by a killed run
     resumed: bool = False  # the export job was picked up from the journal
     errors: list[str] = field(default_factory=list)  # issues of the export's error files
+    recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
 
     @property
     def ok(self) -> bool:
@@ -60,7 +63,8 @@ class BulkPullResult:
 
 
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state_dir: Path, *, full: bool = False,
-         since: str | None = None, policy: bulk.BulkPolicy = bulk.BulkPolicy(), progress: Progress = NO_PROGRESS) -> BulkPullResult:
+         since: str | None = None, policy: bulk.BulkPolicy = bulk.BulkPolicy(),
+         progress: Progress = NO_PROGRESS) -> BulkPullResult | PullResult:
     """Pull the study by bulk export when the server offers it, else by paged search; see the module docstring."""
     levels = bulk.export_levels(client)
     if not levels:
@@ -68,8 +72,8 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
             raise BadUsage(f"{client.base_url} declares no $export in its CapabilityStatement, and the paged pull has no "
                            "--since: drop --since (the paged pull is incremental from the journal) or use --full")
         paged = paged_pull(client, study, store, journal, full=full, progress=progress)
-        return BulkPullResult(source=paged.source, method="paged", counts=paged.counts, since=paged.since,
-                              high_water=paged.high_water, requests=paged.requests, seconds=paged.seconds)
+        return dataclasses.replace(paged, notes=[f"{client.base_url} declares no $export: pulled by paged search",
+                                                 *paged.notes])
     started, before = time.monotonic(), client.stats.requests
     key = study.study.identifier.value
     since = since or (None if full else journal.high_water(client.base_url, key))
@@ -87,7 +91,9 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     _add(counts, store.write([r for r in studies + groups if changed(r)]))
     study_refs = {s["id"] for s in studies}
     _add(counts, store.write(r for r in done.resources("ResearchSubject") if ref_id(r.get("study", {}).get("reference", "")) in study_refs))
-    patients = {ref_id(ref) for ref in _patients_of(store)}
+    subject_ids = {r["id"] for r in store.read("ResearchSubject")
+                   if ref_id(r.get("study", {}).get("reference", "")) in study_refs}
+    patients = {ref_id(ref) for ref in _patients_of(store, subject_ids)}
     progress.start("storing the export", len(EXPORTED), "resource types")
     _add(counts, store.write(r for r in done.resources("Patient") if r["id"] in patients))
     for resource_type in SUBJECT_DATA:
