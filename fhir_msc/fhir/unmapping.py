@@ -42,6 +42,7 @@ from .versions import (
 
 Resource = dict[str, Any]
 NOT_ASKED = "at a visit not asked for"
+NO_ID = "no id (or one that is not a JSON string): nothing can refer to it"
 NOT_READ = {"ResearchStudy": "not a table row: the study definition describes the study",
             "Group": "not a table row: DM lists the enrolled subjects"}
 
@@ -170,6 +171,9 @@ def _index_patients(ctx: _Context, source: ResourceSource) -> None:
         tally.read += 1
         ctx.note(patient)
         subject = _identifier(patient, system)
+        if not isinstance(patient.get("id"), str):
+            tally.skip(NO_ID, _named(patient))
+            continue
         if subject is None:  # a patient of another study or system: not ours to unmap
             tally.skip("no study subject identifier (a patient of another study or system)", _named(patient))
             continue
@@ -193,7 +197,9 @@ def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[
         tally.read += 1
         codes = [_study_code(t, codesystem) for t in encounter.get("type", [])]
         visit = next((by_code[c] for c in codes if c in by_code), None)
-        if visit is None:
+        if not isinstance(encounter.get("id"), str):
+            tally.skip(NO_ID, _named(encounter))
+        elif visit is None:
             tally.skip("not a study visit (no visit code of this study)", _named(encounter))
         elif wanted is None or visit.code in wanted:
             ctx.visits[encounter["id"]] = visit.visitnum
