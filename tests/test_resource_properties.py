@@ -93,7 +93,7 @@ def _mutate_resource(item: Item, kind: str, pick: int) -> None:
         resource["resourceType"] = BAD_TYPES[pick % len(BAD_TYPES)]
         item.broken = True
     elif kind == "drop-type":
-        del resource["resourceType"]
+        resource.pop("resourceType", None)
         item.broken = True
     elif kind == "drop-required" and "status" in resource:  # every type of the store that has status requires it
         del resource["status"]
