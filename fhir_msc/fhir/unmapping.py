@@ -42,6 +42,10 @@ from .versions import (
 
 Resource = dict[str, Any]
 NOT_ASKED = "at a visit not asked for"
+MALFORMED = (AttributeError, TypeError, KeyError, ValueError, IndexError)  # raised reading elements of the wrong JSON shape
+NOT_READABLE = "elements of the wrong JSON shape (`fhir-msc validate` names them): not readable"
+NO_ID = "no id (or one that is not a JSON string): nothing can refer to it"
+REPEATED_ID = "same id as a resource read before it: the first is used"
 NOT_READ = {"ResearchStudy": "not a table row: the study definition describes the study",
             "Group": "not a table row: DM lists the enrolled subjects"}
 
@@ -97,8 +101,11 @@ class _Context:
 
     def note(self, resource: Resource) -> None:
         if not self.synthetic:
-            tags = resource.get("meta", {}).get("tag", [])
-            self.synthetic = any(t.get("system") == SYNTHETIC_TAG["system"] and t.get("code") == SYNTHETIC_TAG["code"] for t in tags)
+            meta = resource.get("meta")
+            tags = meta.get("tag") if isinstance(meta, dict) else None
+            self.synthetic = isinstance(tags, list) and any(
+                isinstance(t, dict) and t.get("system") == SYNTHETIC_TAG["system"] and t.get("code") == SYNTHETIC_TAG["code"]
+                for t in tags)
 
     def tally(self, resource_type: str) -> Tally:
         return self.tallies.setdefault(resource_type, Tally())
@@ -169,13 +176,22 @@ def _index_patients(ctx: _Context, source: ResourceSource) -> None:
     for patient in source.read("Patient"):
         tally.read += 1
         ctx.note(patient)
-        subject = _identifier(patient, system)
-        if subject is None:  # a patient of another study or system: not ours to unmap
-            tally.skip("no study subject identifier (a patient of another study or system)", _named(patient))
+        if not isinstance(patient.get("id"), str):
+            tally.skip(NO_ID, _named(patient))
             continue
-        country = (patient.get("address") or [{}])[0].get("country", "")
-        ctx.patients[patient["id"]] = (subject, gender_to_sex.get(patient.get("gender", ""), ""),
-                                       patient.get("birthDate", "")[:4], country)
+        if patient["id"] in ctx.patients:
+            tally.skip(REPEATED_ID, _named(patient))
+            continue
+        try:
+            subject = _identifier(patient, system)
+            if subject is None:  # a patient of another study or system: not ours to unmap
+                tally.skip("no study subject identifier (a patient of another study or system)", _named(patient))
+                continue
+            country = (patient.get("address") or [{}])[0].get("country", "")
+            ctx.patients[patient["id"]] = (subject, gender_to_sex.get(patient.get("gender", ""), ""),
+                                           patient.get("birthDate", "")[:4], country)
+        except MALFORMED:
+            tally.skip(NOT_READABLE, _named(patient))
 
 
 def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[str] | None = None) -> None:
@@ -191,9 +207,15 @@ def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[
     tally = ctx.tally("Encounter")
     for encounter in source.read("Encounter"):
         tally.read += 1
-        codes = [_study_code(t, codesystem) for t in encounter.get("type", [])]
-        visit = next((by_code[c] for c in codes if c in by_code), None)
-        if visit is None:
+        try:
+            codes = [_study_code(t, codesystem) for t in encounter.get("type", [])]
+            visit = next((by_code[c] for c in codes if c in by_code), None)
+        except MALFORMED:
+            tally.skip(NOT_READABLE, _named(encounter))
+            continue
+        if not isinstance(encounter.get("id"), str):
+            tally.skip(NO_ID, _named(encounter))
+        elif visit is None:
             tally.skip("not a study visit (no visit code of this study)", _named(encounter))
         elif wanted is None or visit.code in wanted:
             ctx.visits[encounter["id"]] = visit.visitnum
@@ -212,24 +234,48 @@ def _subjects(ctx: _Context, source: ResourceSource) -> Iterator[SubjectRecord]:
     for rs in source.read("ResearchSubject"):
         tally.read += 1
         ctx.note(rs)
-        patient_id = ref_id(subject_patient_reference(rs))
-        patient = ctx.patients.get(patient_id)
-        if patient is None:
-            tally.skip("its Patient is missing or has no study subject identifier", _named(rs))
-            continue
-        subject, sex, birth_year, country = patient
-        assigned, actual = subject_arm_names(rs, arm_name_by_code)
-        arms = ctx.study.arm_by_name
-        if assigned not in arms or actual not in arms:
-            tally.skip("arm is not an arm of this study", f"{_named(rs)} ({assigned!r}/{actual!r})")
-            continue
-        period = rs.get("period", {})
-        start = period.get("start", "")
-        age = int(start[:4]) - int(birth_year) if start[:4].isdigit() and birth_year.isdigit() else 0
-        ctx.enrolled.add(patient_id)
-        tally.used += 1
-        yield SubjectRecord(subject=subject, age=age, sex=sex, country=country, arm_code=arms[assigned].code,
-                            actual_arm_code=arms[actual].code, start=start, end=period.get("end", ""))
+        record = _guarded(tally, rs, _subject, ctx, rs, tally, arm_name_by_code)
+        if record is not None:
+            tally.used += 1
+            yield record
+
+
+def _subject(ctx: _Context, rs: Resource, tally: Tally, arm_name_by_code: dict[str, str]) -> SubjectRecord | None:
+    patient_id = ref_id(subject_patient_reference(rs))
+    patient = ctx.patients.get(patient_id)
+    if patient is None:
+        tally.skip("its Patient is missing or has no study subject identifier", _named(rs))
+        return None
+    subject, sex, birth_year, country = patient
+    assigned, actual = subject_arm_names(rs, arm_name_by_code)
+    arms = ctx.study.arm_by_name
+    if assigned not in arms or actual not in arms:
+        tally.skip("arm is not an arm of this study", f"{_named(rs)} ({assigned!r}/{actual!r})")
+        return None
+    period = rs.get("period", {})
+    start = period.get("start", "")
+    age = int(start[:4]) - int(birth_year) if start[:4].isdigit() and birth_year.isdigit() else 0
+    if not _strings(start, period.get("end", "")):
+        tally.skip(NOT_READABLE, _named(rs))
+        return None
+    record = SubjectRecord(subject=subject, age=age, sex=sex, country=country, arm_code=arms[assigned].code,
+                           actual_arm_code=arms[actual].code, start=start, end=period.get("end", ""))
+    ctx.enrolled.add(patient_id)
+    return record
+
+
+def _strings(*values: Any) -> bool:
+    """Whether every value is a JSON string (what the table cells are made of)."""
+    return all(isinstance(value, str) for value in values)
+
+
+def _guarded(tally: Tally, resource: Resource, read: Any, *args: Any) -> Any:
+    """``read(*args)``, or None with the resource skipped as not readable when its elements have the wrong JSON shape."""
+    try:
+        return read(*args)
+    except MALFORMED:
+        tally.skip(NOT_READABLE, _named(resource))
+        return None
 
 
 def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
@@ -240,24 +286,31 @@ def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
     for administration in source.read("MedicationAdministration"):
         tally.read += 1
         ctx.note(administration)
-        subject = ctx.subject_of(administration)
-        treatment = _study_code(administration_medication(administration), codesystem)
-        if subject is None:
-            tally.skip("unknown subject", _named(administration))
-            continue
-        if treatment not in ctx.study.intervention_by_treatment:
-            tally.skip("unknown treatment", _named(administration))
-            continue
-        dosage = administration.get("dosage", {})
-        route_code = next((c.get("code") for c in dosage.get("route", {}).get("coding", [])), "")
-        dose = dosage.get("dose", {})
-        if not _is_number(dose.get("value", 0)):
-            tally.skip(NOT_A_NUMBER, _named(administration))
-            continue
-        tally.used += 1
-        yield DoseRecord(subject=subject, treatment=treatment, dose=float(dose.get("value", 0)),
-                         dose_unit=unit_to_term.get(dose.get("code", ""), dose.get("unit", "")),
-                         route=route_to_term.get(route_code, route_code), date=administration_date(administration))
+        record = _guarded(tally, administration, _dose, ctx, administration, tally, unit_to_term, route_to_term, codesystem)
+        if record is not None:
+            tally.used += 1
+            yield record
+
+
+def _dose(ctx: _Context, administration: Resource, tally: Tally, unit_to_term: dict[str, str],
+          route_to_term: dict[str, str], codesystem: str) -> DoseRecord | None:
+    subject = ctx.subject_of(administration)
+    treatment = _study_code(administration_medication(administration), codesystem)
+    if subject is None:
+        tally.skip("unknown subject", _named(administration))
+        return None
+    if treatment not in ctx.study.intervention_by_treatment:
+        tally.skip("unknown treatment", _named(administration))
+        return None
+    dosage = administration.get("dosage", {})
+    route_code = next((c.get("code") for c in dosage.get("route", {}).get("coding", [])), "")
+    dose = dosage.get("dose", {})
+    if not _is_number(dose.get("value", 0)):
+        tally.skip(NOT_A_NUMBER, _named(administration))
+        return None
+    return DoseRecord(subject=subject, treatment=treatment, dose=float(dose.get("value", 0)),
+                      dose_unit=unit_to_term.get(dose.get("code", ""), dose.get("unit", "")),
+                      route=route_to_term.get(route_code, route_code), date=administration_date(administration))
 
 
 NOT_A_NUMBER = "value is not a JSON number (a FHIR decimal): `fhir-msc validate` names it; write it without quotes"
@@ -278,52 +331,61 @@ def _findings(ctx: _Context, source: ResourceSource, visits_only: bool = False) 
     for observation in source.read("Observation", prefilter):
         tally.read += 1
         ctx.note(observation)
-        outcome = ctx.study.outcome_by_code.get(_study_code(observation.get("code", {}), codesystem) or "")
-        if outcome is None:
-            skip("no outcome code of this study", _named(observation))
-            continue
-        subject = ctx.subject_of(observation)
-        if subject is None:
-            skip("unknown subject", _named(observation))
-            continue
-        encounter = ref_id(observation.get("encounter", {}).get("reference", ""))
-        visitnum = ctx.visits.get(encounter)
-        if visitnum is None:
-            if ctx.not_asked(encounter):
-                skip(NOT_ASKED)
-            else:
-                skip("unknown visit", _named(observation))
-            continue
-        if outcome.type == "coded":
-            concept = observation.get("valueCodeableConcept", {})
-            codes = {(c.get("system"), c.get("code")) for c in concept.get("coding", [])}
-            result = next((key for key, a in outcome.answers.items() if (a.system, a.code) in codes), None)
-            if result is None:
-                skip("unknown answer code", f"{_named(observation)} ({outcome.code}: "
-                                            f"{', '.join(f'{s}|{c}' for s, c in sorted(codes, key=str)) or 'no coding'})")
-                continue
-            unit = ""
-        else:
-            quantity = observation.get("valueQuantity", {})
-            unit_code = quantity.get("code") or quantity.get("unit")
-            factor = outcome.factor_from(unit_code)
-            comparator = quantity.get("comparator", "")
-            if "value" in quantity and not _is_number(quantity["value"]):
-                skip(NOT_A_NUMBER, _named(observation))
-                continue
-            if factor is None or "value" not in quantity or (comparator and comparator not in COMPARATORS):
-                skip("value not interpretable (no value, unit not convertible or comparator unknown)",
-                     f"{_named(observation)} ({outcome.code}: {comparator}{quantity.get('value', '')} {unit_code})")
-                continue
-            result = comparator + format_number(quantity["value"] * factor)
-            unit = outcome.unit
-        tally.used += 1
-        yield FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code,
-                            test=observation["code"].get("text", outcome.display), result=result, unit=unit,
-                            visitnum=visitnum, date=observation.get("effectiveDateTime", ""))
+        finding = _guarded(tally, observation, _finding, ctx, observation, skip, codesystem)
+        if finding is not None:
+            tally.used += 1
+            yield finding
     if rejected[0]:
         tally.read += rejected[0]
         skip(NOT_ASKED, count=rejected[0])
+
+
+def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -> FindingRecord | None:
+    outcome = ctx.study.outcome_by_code.get(_study_code(observation.get("code", {}), codesystem) or "")
+    if outcome is None:
+        skip("no outcome code of this study", _named(observation))
+        return None
+    subject = ctx.subject_of(observation)
+    if subject is None:
+        skip("unknown subject", _named(observation))
+        return None
+    encounter = ref_id(observation.get("encounter", {}).get("reference", ""))
+    visitnum = ctx.visits.get(encounter)
+    if visitnum is None:
+        if ctx.not_asked(encounter):
+            skip(NOT_ASKED)
+        else:
+            skip("unknown visit", _named(observation))
+        return None
+    if outcome.type == "coded":
+        concept = observation.get("valueCodeableConcept", {})
+        codes = {(c.get("system"), c.get("code")) for c in concept.get("coding", [])}
+        result = next((key for key, a in outcome.answers.items() if (a.system, a.code) in codes), None)
+        if result is None:
+            skip("unknown answer code", f"{_named(observation)} ({outcome.code}: "
+                                        f"{', '.join(f'{s}|{c}' for s, c in sorted(codes, key=str)) or 'no coding'})")
+            return None
+        unit = ""
+    else:
+        quantity = observation.get("valueQuantity", {})
+        unit_code = quantity.get("code") or quantity.get("unit")
+        factor = outcome.factor_from(unit_code)
+        comparator = quantity.get("comparator", "")
+        if "value" in quantity and not _is_number(quantity["value"]):
+            skip(NOT_A_NUMBER, _named(observation))
+            return None
+        if factor is None or "value" not in quantity or (comparator and comparator not in COMPARATORS):
+            skip("value not interpretable (no value, unit not convertible or comparator unknown)",
+                 f"{_named(observation)} ({outcome.code}: {comparator}{quantity.get('value', '')} {unit_code})")
+            return None
+        result = comparator + format_number(quantity["value"] * factor)
+        unit = outcome.unit
+    test, date = observation["code"].get("text", outcome.display), observation.get("effectiveDateTime", "")
+    if not _strings(test, date):
+        skip(NOT_READABLE, _named(observation))
+        return None
+    return FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code, test=test, result=result,
+                         unit=unit, visitnum=visitnum, date=date)
 
 
 def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord]:

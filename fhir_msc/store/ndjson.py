@@ -65,7 +65,8 @@ class Store:
 
         ``prefilter`` sees each raw NDJSON line first; lines it returns False for are
         skipped without being parsed. It must only reject lines the caller would discard
-        anyway: it is a shortcut, and sources without raw lines ignore it.
+        anyway: it is a shortcut, and sources without raw lines ignore it. A line that is
+        not JSON, or is JSON but not an object, is an InputError naming the file and line.
         """
         path = self._current(resource_type)
         if path is None:
@@ -76,7 +77,11 @@ class Store:
                     continue
                 if line.isspace():
                     continue
-                yield _load_line(path, number, line)
+                resource = _load_line(path, number, line)
+                if not isinstance(resource, dict):
+                    raise InputError(f"{path}, line {number}: not a FHIR resource (a JSON {_json_kind(resource)}, "
+                                     f"not an object); run `fhir-msc repair {path.parent}` to drop it, or fix the line")
+                yield resource
 
     def read_all(self) -> Iterator[Resource]:
         for resource_type in self.resource_types():
@@ -275,6 +280,10 @@ def _load_line(path: Path, number: int, line: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}, line {number}: not valid JSON ({exc}); "
                          f"run `fhir-msc repair {path.parent}` to drop it, or fix the line") from None
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
 
 
 def _digest(id_: str, size: int) -> bytes:

@@ -11,7 +11,7 @@ from fhir_msc import Store, get_version
 from fhir_msc.cli import main
 from fhir_msc.fhir.bundle import write_bundle
 from fhir_msc.fhir.roundtrip import check_roundtrip
-from fhir_msc.fhir.unmapping import fhir_to_tables
+from fhir_msc.fhir.unmapping import NO_ID, NOT_READABLE, REPEATED_ID, fhir_to_tables
 from fhir_msc.store.source import BundleSource
 from fhir_msc.tables.sdtm import split_comparator
 from fhir_msc.study.definition import REPO_ROOT
@@ -94,3 +94,20 @@ def test_a_censored_result_keeps_its_comparator_through_fhir_and_back(study, tmp
                                             (">= 7", (">=", "7")), ("0.5", ("", "0.5")), ("", ("", ""))])
 def test_the_comparator_of_a_censored_result_is_read_before_its_number(text, expected):
     assert split_comparator(text) == expected
+
+
+def test_resources_unmap_cannot_read_are_skipped_by_reason_not_a_traceback(study, demo_store, tmp_path):
+    """Found by tests/test_resource_properties.py: each of these was a KeyError or TypeError, or (a repeated
+    Patient id) an account that did not balance."""
+    resources = _by_type(demo_store)
+    patient, observation, subject = resources["Patient"][0], resources["Observation"][0], resources["ResearchSubject"][0]
+    odd = [{k: v for k, v in patient.items() if k != "id"}, {**patient, "id": ["a"]}, dict(patient),
+           {**observation, "id": "junk-code", "code": [[]]}, {**observation, "id": "junk-date", "effectiveDateTime": None},
+           {**subject, "id": "junk-period", "period": {"start": 5}}, {**subject, "id": "junk-meta", "meta": []}]
+    everything = [r for rs in resources.values() for r in rs] + odd
+    result = fhir_to_tables(study, BundleSource(copy.deepcopy(everything)), tmp_path / "tables")
+    assert all(a.balanced for a in result.accounts.values()) and result.read == len(everything)
+    assert result.accounts["Patient"].skipped == {NO_ID: 2, REPEATED_ID: 1}
+    assert result.accounts["Observation"].skipped[NOT_READABLE] == 2
+    assert result.accounts["ResearchSubject"].skipped == {NOT_READABLE: 1}
+    assert result.accounts["ResearchSubject"].used == len(resources["ResearchSubject"]) + 1  # junk meta: still read

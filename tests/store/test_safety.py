@@ -197,6 +197,19 @@ def test_repair_drops_only_the_torn_and_foreign_lines_and_names_each(tmp_path):
     assert [d.line for d in repair(store).dropped] == []
 
 
+def test_a_line_that_is_json_but_no_object_is_named_and_repair_drops_it(tmp_path):
+    """Found by tests/test_resource_properties.py: `validate`, `unmap` and `analyze` crashed on it."""
+    store = Store(tmp_path)
+    store.write([patient("a"), patient("b")])
+    path = tmp_path / "Patient.ndjson"
+    path.write_bytes(path.read_bytes() + b'[{"resourceType": "Patient", "id": "c"}]\n')
+    with pytest.raises(InputError, match=rf"Patient.ndjson, line 3: not a FHIR resource \(a JSON array, not an object\); "
+                                         rf"run `fhir-msc repair {tmp_path}`"):
+        list(store.read("Patient"))
+    assert [d.line for d in repair(store).dropped] == [3]
+    assert [p["id"] for p in store.read("Patient")] == ["a", "b"]
+
+
 def test_repair_of_a_sound_store_changes_nothing(tmp_path):
     Store(tmp_path).write(OLD)
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.ndjson")}
