@@ -144,8 +144,9 @@ def unit_text(unit: str | None) -> str:
 
 
 def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> tuple[tuple[str, str], list[ForestPanel]]:
-    """The comparisons grouped into panels, each on its own scale: odds ratios on a log axis, differences in the
-    outcome's own unit; rows whose benefit lies on opposite sides never share a panel."""
+    """The comparisons grouped into panels, each on its own scale: odds ratios and relative risks on a log axis,
+    differences in the outcome's own unit; rows whose benefit lies on opposite sides never share a panel. A
+    comparison with nothing finite to draw is left out (``left_out`` names it and why)."""
     arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
     better = study.analysis.better if study and study.analysis else {}
     units = {o.code: o.unit for o in study.outcomes} if study else {}
@@ -215,8 +216,8 @@ _INK, _MUTED, _ACCENT, _BAND = "#1f2933", "#6b7785", "#1f5fa8", "#f2f5f8"
 
 
 def forest_plot(comparisons: list[Comparison], path: Path, title: str = "", study: Study | None = None) -> ForestPlot:
-    """PNG forest plot: estimate, CI, n per arm and p beside each row; odds ratios on a log axis, differences
-    in the outcome's own unit (one panel per scale, unit and direction of benefit), sides labelled by the arm
+    """PNG forest plot: estimate, CI, n per arm and p beside each row; odds ratios and relative risks on a log axis,
+    differences in the outcome's own unit (one panel per scale, unit and direction of benefit), sides labelled by the arm
     they favour when the study definition says which direction is better (``analysis.better``)."""
     import matplotlib
 
