@@ -12,11 +12,11 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 from fhir_msc.analysis.stats import (
     compare_binary,
     compare_continuous,
+    exact_mann_whitney_rank,
     hodges_lehmann,
+    mann_whitney_null_counts,
     mantel_haenszel,
     mean_difference,
-    exact_mann_whitney_rank,
-    mann_whitney_null_counts,
     odds_ratio_exact,
     odds_ratio_woolf,
     pairwise_difference,
@@ -284,7 +284,7 @@ def _cornfield(a: int, b: int, c: int, d: int, alpha: float) -> tuple[float, flo
         return sum(p for x, p in _noncentral_pmf(a, b, c, d, psi).items() if x >= a)
     def lower_tail(psi: float) -> float:
         return sum(p for x, p in _noncentral_pmf(a, b, c, d, psi).items() if x <= a)
-    log = lambda f, target: math.exp(brentq(lambda t: f(math.exp(t)) - target, -20, 20, xtol=1e-12))  # noqa: E731
+    log = lambda f, target: math.exp(brentq(lambda t: f(math.exp(t)) - target, -20, 20, xtol=1e-12))
     mle = 0.0 if a == 0 else log(mean, a)
     low = 0.0 if a == 0 else log(upper_tail, alpha / 2)
     return mle, low, log(lower_tail, alpha / 2)
