@@ -487,7 +487,8 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
 
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
-    its 95% CI, p, and the method that computed it. --json gives every estimate and
+    its 95% CI, p, the Fisher exact and χ² (or Mann-Whitney) p, and the method that
+    computed it; a ratio with no events in either arm reads "not estimable". --json gives every estimate and
     p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json).
     """
     study = load_study(study_path)

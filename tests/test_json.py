@@ -61,7 +61,11 @@ def test_analyze_json_follows_the_schema_with_numbers(demo_store):
                                                                                 ("control", "PBO", 10, 29)]
     assert ct["effect"]["effect"] == "odds-ratio" and round(ct["effect"]["estimate"], 2) == 1.68
     assert (round(ct["effect"]["lower"], 2), round(ct["effect"]["upper"], 2)) == (0.65, 4.34)
-    assert set(ct["p_values"]) == {"fisher_exact", "chi_square", "wald_odds_ratio", "wald_risk_difference"}
+    assert set(ct["p_values"]) == {"fisher_exact", "chi_square", "wald_odds_ratio", "wald_risk_difference",
+                                   "wald_relative_risk"}
+    assert set(ct["estimates"]) == {"odds-ratio", "exact-odds-ratio", "relative-risk", "risk-difference",
+                                    "risk-difference-newcombe"}
+    assert round(ct["estimates"]["relative-risk"]["estimate"], 4) == round((23 / 49) / (10 / 29), 4)
     assert ct["p_values"]["wald_odds_ratio"] == ct["effect"]["p"]
     gh = by_outcome["SF36GH"]
     assert set(gh["p_values"]) == {"t_pooled", "t_welch", "mann_whitney"}
@@ -158,4 +162,20 @@ def test_what_was_not_computed_is_null(study):
                             effect=summary.odds_ratio, summary=summary)
     document = valid(analyze_json(study, [comparison], Account(read=9, used=9)), "analyze")
     assert document["comparisons"][0]["p_values"]["chi_square"] is None
-    assert "Haldane" in document["comparisons"][0]["effect"]["note"]
+    for key in ("odds-ratio", "exact-odds-ratio", "relative-risk"):  # no events in either arm: no ratio, never a number
+        estimate = document["comparisons"][0]["estimates"][key]
+        assert (estimate["estimate"], estimate["lower"], estimate["upper"]) == (None, None, None)
+        assert estimate["note"] == "not estimable: no events in either arm"
+    table = render(comparison_table([comparison]), "table")
+    assert "not estimable" in table and "Fisher 1.000; χ² —" in table
+
+
+def test_a_corrected_zero_cell_and_an_open_exact_ci_are_said_and_valid(study):
+    summary = compare_binary((0, 5), (10, 12))
+    comparison = Comparison(outcome="CTNORM", display="CT", visit="M36", kind="binary", arms=("MSC", "PBO"),
+                            effect=summary.exact_odds_ratio, summary=summary)
+    document = valid(analyze_json(study, [comparison], Account(read=22, used=22)), "analyze")
+    estimates = document["comparisons"][0]["estimates"]
+    assert "Haldane-Anscombe" in estimates["odds-ratio"]["note"] and "Haldane-Anscombe" in estimates["relative-risk"]["note"]
+    assert (estimates["exact-odds-ratio"]["estimate"], estimates["exact-odds-ratio"]["lower"]) == (0.0, 0.0)
+    assert "zero cell" in estimates["exact-odds-ratio"]["note"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..account import Account
 from ..study.definition import PublishedResult, Study
-from .frame import Comparison, Verification
+from .frame import Comparison, Verification, binary_estimates, continuous_estimates
 from .stats import BinarySummary, ContinuousSummary, Estimate
 
 SCHEMA_BASE = "https://fhir-msc.org/schemas/"
@@ -45,12 +45,11 @@ def _estimates(comparison: Comparison) -> dict[str, Estimate]:
     s = comparison.summary
     found: dict[str, Estimate]
     if isinstance(s, BinarySummary):
-        found = {"odds-ratio": s.odds_ratio, "risk-difference": s.risk_difference}
+        found = binary_estimates(s)
         if all(e is not comparison.effect for e in found.values()):
             found["odds-ratio-mh"] = comparison.effect
     else:
-        found = {"mean-difference": s.mean_difference, "mean-difference-welch": s.mean_difference_welch,
-                 "hodges-lehmann": s.hodges_lehmann}
+        found = continuous_estimates(s)
     return found
 
 
@@ -59,7 +58,7 @@ def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[st
     s = comparison.summary
     if isinstance(s, BinarySummary):
         p = {"fisher_exact": s.fisher_p, "chi_square": s.chi2_p, "wald_odds_ratio": s.odds_ratio.p_value,
-             "wald_risk_difference": s.risk_difference.p_value}
+             "wald_risk_difference": s.risk_difference.p_value, "wald_relative_risk": s.relative_risk.p_value}
         if "odds-ratio-mh" in estimates:
             p["mantel_haenszel"] = estimates["odds-ratio-mh"].p_value
     else:

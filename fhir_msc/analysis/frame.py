@@ -210,20 +210,32 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
         counts = tuple(int((g["answer"] == event).sum()) for g in groups)
         summary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
         chosen = effect or plan.effects.binary
-        estimate = {"odds-ratio": summary.odds_ratio, "risk-difference": summary.risk_difference}.get(chosen)
+        estimate = binary_estimates(summary).get(chosen)
         if chosen == "odds-ratio-mh":
             estimate = _stratified(plan, rows, event, arms)
         kind = "binary"
     else:
         summary = compare_continuous(groups[0]["value"].to_numpy(), groups[1]["value"].to_numpy(), plan.alpha)
         chosen = effect or plan.effects.continuous
-        estimate = {"mean-difference": summary.mean_difference, "mean-difference-welch": summary.mean_difference_welch,
-                    "hodges-lehmann": summary.hodges_lehmann}.get(chosen)
+        estimate = continuous_estimates(summary).get(chosen)
         kind = "continuous"
     if estimate is None:
         raise StudyDefinitionError(f"effect {chosen!r} does not apply to {kind} outcome {outcome.code}")
     return Comparison(outcome=outcome.code, display=outcome.display, visit=visit, kind=kind, arms=arms,
                       effect=estimate, summary=summary)
+
+
+def binary_estimates(summary: BinarySummary) -> dict[str, Estimate]:
+    """The binary estimates every comparison computes, by their effect key in the study definition."""
+    return {"odds-ratio": summary.odds_ratio, "exact-odds-ratio": summary.exact_odds_ratio,
+            "relative-risk": summary.relative_risk, "risk-difference": summary.risk_difference,
+            "risk-difference-newcombe": summary.risk_difference_newcombe}
+
+
+def continuous_estimates(summary: ContinuousSummary) -> dict[str, Estimate]:
+    """The continuous estimates every comparison computes, by their effect key in the study definition."""
+    return {"mean-difference": summary.mean_difference, "mean-difference-welch": summary.mean_difference_welch,
+            "hodges-lehmann": summary.hodges_lehmann}
 
 
 def _stratified(plan: AnalysisPlan, rows: pd.DataFrame, event: str, arms: tuple[str, str]) -> Estimate:
@@ -279,6 +291,8 @@ def verify(study: Study, frame: pd.DataFrame) -> list[Verification]:
 
 def _mismatches(target: PublishedResult, comparison: Comparison) -> list[str]:
     found = []
+    if not comparison.effect.estimable:
+        return [comparison.effect.note]
     for name in ("estimate", "lower", "upper"):
         value = round(getattr(comparison.effect, name), target.decimals)
         if value != round(getattr(target, name), target.decimals):

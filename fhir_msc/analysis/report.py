@@ -16,23 +16,44 @@ import pandas as pd
 
 from ..study.definition import Study
 from .frame import Comparison, Verification
+from .stats import BinarySummary, Estimate
 
 FORMATS = ("table", "csv", "json", "markdown", "html")
 
 
 def comparison_table(comparisons: list[Comparison]) -> pd.DataFrame:
-    """Outcome, visit, n and summary per arm, effect, 95% CI, p, method: one row per comparison."""
+    """Outcome, visit, n and summary per arm, effect, 95% CI, p, the other tests' p, method: one row per comparison.
+
+    An effect the data cannot estimate reads "not estimable" (the method column says why).
+    """
     rows = []
     for c in comparisons:
         treatment, control = c.arms
         rows.append({
             "outcome": c.outcome, "visit": c.visit, f"n {treatment}": c.n[0], f"n {control}": c.n[1],
             treatment: c.arm_summary(0), control: c.arm_summary(1), "effect": c.effect.effect,
-            "estimate": round(c.effect.estimate, 2), "ci": f"{c.effect.lower:.2f}–{c.effect.upper:.2f}",
-            "p": format_p(c.effect.p_value),
+            "estimate": round(c.effect.estimate, 2) if c.effect.estimable else "not estimable",
+            "ci": ci_text(c.effect), "p": format_p(c.effect.p_value), "tests p": tests_text(c),
             "method": c.effect.method + (f"; {c.effect.note}" if c.effect.note else ""),
         })
     return pd.DataFrame(rows)
+
+
+def ci_text(e: Estimate, decimals: int = 2) -> str:
+    """``lower–upper``; ``∞`` for an unbounded side, ``—`` when not estimable."""
+    if e.lower is None or e.upper is None:
+        return "—"
+    def side(v: float) -> str:
+        return f"{v:.{decimals}f}" if math.isfinite(v) else ("∞" if v > 0 else "−∞")
+    return f"{side(e.lower)}–{side(e.upper)}"
+
+
+def tests_text(c: Comparison) -> str:
+    """The p of the tests beside the effect's own: Fisher exact and Pearson χ², or Mann-Whitney."""
+    s = c.summary
+    if isinstance(s, BinarySummary):
+        return f"Fisher {format_p(s.fisher_p)}; χ² {format_p(s.chi2_p)}"
+    return f"Mann-Whitney {format_p(s.mann_whitney_p)}"
 
 
 def format_p(p: float | None) -> str:
@@ -46,8 +67,8 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
     rows = []
     for check in checks:
         target, got = check.published, check.reproduced
-        reproduced = (f"{got.effect.estimate:.{target.decimals}f} ({got.effect.lower:.{target.decimals}f}–"
-                      f"{got.effect.upper:.{target.decimals}f})") if got else "—"
+        reproduced = "—" if got is None else ("not estimable" if not got.effect.estimable else
+                                               f"{got.effect.estimate:.{target.decimals}f} ({ci_text(got.effect, target.decimals)})")
         rows.append({"outcome": target.outcome, "visit": target.visit, "effect": target.effect,
                      "published": f"{target.estimate:.{target.decimals}f} ({target.lower:.{target.decimals}f}–"
                                   f"{target.upper:.{target.decimals}f})",
@@ -108,6 +129,7 @@ class ForestPlot:
     path: Path
     arms: tuple[str, str]  # treatment, control names
     panels: list[ForestPanel]
+    left_out: list[str]  # "label: why" for each comparison with no finite estimate and CI to draw
 
 
 def _number(value: float) -> str:
@@ -122,8 +144,9 @@ def unit_text(unit: str | None) -> str:
 
 
 def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> tuple[tuple[str, str], list[ForestPanel]]:
-    """The comparisons grouped into panels, each on its own scale: odds ratios on a log axis, differences in the
-    outcome's own unit; rows whose benefit lies on opposite sides never share a panel."""
+    """The comparisons grouped into panels, each on its own scale: odds ratios and relative risks on a log axis,
+    differences in the outcome's own unit; rows whose benefit lies on opposite sides never share a panel. A
+    comparison with nothing finite to draw is left out (``left_out`` names it and why)."""
     arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
     better = study.analysis.better if study and study.analysis else {}
     units = {o.code: o.unit for o in study.outcomes} if study else {}
@@ -131,14 +154,17 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
     treatment, control = (arm_names.get(code, code) for code in arms)
     groups: dict[tuple, list[Comparison]] = {}
     for c in comparisons:
-        ratio = c.effect.effect.startswith("odds ratio")
-        scale = "ratio" if ratio else ("risk" if c.kind == "binary" else unit_text(units.get(c.outcome)))
+        if not drawable(c.effect):
+            continue
+        ratio = c.effect.effect.startswith(("odds ratio", "relative risk"))
+        scale = ("ratio", "relative risk" if c.effect.effect == "relative risk" else "odds ratio") if ratio else ("risk" if c.kind == "binary" else unit_text(units.get(c.outcome)))
         groups.setdefault((scale, better.get(c.outcome)), []).append(c)
     panels = []
     for (scale, direction), rows in groups.items():
         effects = list(dict.fromkeys(c.effect.effect for c in rows))
-        if scale == "ratio":
-            title, axis, null, log = f"Odds ratio, {treatment} vs {control}", "odds ratio (log scale), 95% CI", 1.0, True
+        if isinstance(scale, tuple):
+            what = scale[1]
+            title, axis, null, log = f"{what[0].upper()}{what[1:]}, {treatment} vs {control}", f"{what} (log scale), 95% CI", 1.0, True
             neutral = (f"← fewer events with {treatment}", f"more events with {treatment} →")
             kind = {"higher": " · the event is good", "lower": " · the event is bad"}.get(direction or "", "")
         else:
@@ -153,6 +179,23 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
         panels.append(ForestPanel(title=title + kind, axis=axis, null=null, log=log, favours=favours,
                                   rows=[_forest_row(c, len(effects) > 1) for c in rows]))
     return (treatment, control), panels
+
+
+def drawable(e: Estimate) -> bool:
+    """Whether the estimate and both CI limits are finite numbers (positive, for a ratio on a log axis)."""
+    values = (e.estimate, e.lower, e.upper)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return False
+    return not e.effect.startswith(("odds ratio", "relative risk")) or min(values) > 0  # type: ignore[type-var]
+
+
+def left_out(comparisons: list[Comparison]) -> list[str]:
+    """The comparisons ``forest_panels`` does not draw, each with why."""
+    return [f"{c.display} · {c.visit}: " + (c.effect.note if not c.effect.estimable else
+                                             "the estimate or a CI limit is 0 or unbounded, which a log axis cannot show"
+                                             if c.effect.effect.startswith(("odds ratio", "relative risk"))
+                                             else "a CI limit is unbounded")
+            for c in comparisons if not drawable(c.effect)]
 
 
 def _forest_row(c: Comparison, name_effect: bool) -> ForestRow:
@@ -173,8 +216,8 @@ _INK, _MUTED, _ACCENT, _BAND = "#1f2933", "#6b7785", "#1f5fa8", "#f2f5f8"
 
 
 def forest_plot(comparisons: list[Comparison], path: Path, title: str = "", study: Study | None = None) -> ForestPlot:
-    """PNG forest plot: estimate, CI, n per arm and p beside each row; odds ratios on a log axis, differences
-    in the outcome's own unit (one panel per scale, unit and direction of benefit), sides labelled by the arm
+    """PNG forest plot: estimate, CI, n per arm and p beside each row; odds ratios and relative risks on a log axis,
+    differences in the outcome's own unit (one panel per scale, unit and direction of benefit), sides labelled by the arm
     they favour when the study definition says which direction is better (``analysis.better``)."""
     import matplotlib
 
@@ -203,7 +246,7 @@ def forest_plot(comparisons: list[Comparison], path: Path, title: str = "", stud
         top -= height
     fig.savefig(path, dpi=150, facecolor="white")
     plt.close(fig)
-    return ForestPlot(path=path, arms=arms, panels=panels)
+    return ForestPlot(path=path, arms=arms, panels=panels, left_out=left_out(comparisons))
 
 
 def _draw_panel(fig, ax, panel: ForestPanel) -> None:
@@ -302,8 +345,9 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
         rows = table[table["visit"] == visit.code].drop(columns=["visit"])
         parts.append(f"<h3 id='visit-{e(visit.code)}'>{e(visit.code)} · {e(visit.name)} "
                      f"<small>day {visit.day}, {len(rows)} outcome(s)</small></h3>{_html_table(rows)}")
-    parts.append("</section><footer>Effects are treatment vs control. Odds ratios: Woolf (logit) CI; differences of "
-                 "means: pooled-variance t CI; median differences: Hodges-Lehmann estimate with its distribution-free CI. "
+    parts.append("</section><footer>Effects are treatment vs control; each row's method column names how its effect "
+                 "and CI were computed, and the tests column gives Fisher exact and Pearson χ² (binary) or Mann-Whitney "
+                 "(continuous) p. "
                  f"Every number here is recomputed from the FHIR data by fhir-msc {e(tool_version())}.</footer>"
                  "</main></body></html>")
     paths["html"].write_text("".join(parts), encoding="utf-8")
@@ -319,7 +363,8 @@ def _plot_caption(plot: ForestPlot) -> str:
     treatment, control = (html.escape(a) for a in plot.arms)
     return (f"Each row: {treatment} vs {control}, the estimate (square; filled when the 95% CI excludes no "
             "difference) and its 95% CI, with n per arm and p. Each panel has its own scale: odds ratios on a log "
-            "axis, differences in the outcome's own unit; the labels under each axis say which arm each side favours.")
+            "axis, differences in the outcome's own unit; the labels under each axis say which arm each side favours."
+            + "".join(f" Not drawn: {html.escape(why)}." for why in plot.left_out))
 
 
 def _html_table(frame: pd.DataFrame, status: bool = False) -> str:

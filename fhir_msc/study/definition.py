@@ -10,7 +10,7 @@ import hashlib
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import (
@@ -146,7 +146,10 @@ class Outcome(_Model):
         return self.range is None or self.range[0] <= value <= self.range[1]
 
 
-BinaryEffect = Literal["odds-ratio", "odds-ratio-mh", "risk-difference"]
+# Effect keys (README "Analysis" lists each with its method): Woolf OR, exact conditional OR, Mantel-Haenszel OR,
+# relative risk (Katz), risk difference (Wald, Newcombe); difference of means (pooled, Welch t), Hodges-Lehmann.
+BinaryEffect = Literal["odds-ratio", "exact-odds-ratio", "odds-ratio-mh", "relative-risk", "risk-difference",
+                       "risk-difference-newcombe"]
 ContinuousEffect = Literal["mean-difference", "mean-difference-welch", "hodges-lehmann"]
 
 
@@ -270,9 +273,14 @@ class Study(_Model):
             for code in self.analysis.better:
                 if code not in {o.code for o in self.outcomes}:
                     problems.append(f"analysis.better: unknown outcome {code!r}")
-            for result in self.analysis.published:
-                if result.outcome not in {o.code for o in self.outcomes} or result.visit not in visit_codes:
+            for index, result in enumerate(self.analysis.published):
+                outcome = self.outcome_by_code.get(result.outcome)
+                if outcome is None or result.visit not in visit_codes:
                     problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
+                elif (result.effect in get_args(BinaryEffect)) != (outcome.type == "coded"):
+                    kind = "binary (coded)" if outcome.type == "coded" else "continuous (quantity)"
+                    problems.append(f"analysis.published.{index}.effect: {result.effect!r} does not apply to "
+                                    f"{kind} outcome {outcome.code}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -9,6 +9,7 @@ import pytest
 
 from fhir_msc.analysis import frame as analysis
 from fhir_msc.analysis.report import (
+    comparison_table,
     forest_panels,
     forest_plot,
     format_p,
@@ -84,6 +85,39 @@ def test_hodges_lehmann_is_labelled_a_median_difference(study, frame, month36):
     assert len(mixed) == 1 and mixed[0].axis.startswith("difference, points")
     assert [r.label for r in mixed[0].rows] == ["SF-36 physical functioning · M36 (mean)",
                                                  "SF-36 general health · M36 (median, HL)"]
+
+
+@pytest.mark.parametrize("effect, label", [("exact-odds-ratio", "odds ratio (exact conditional)"),
+                                           ("relative-risk", "relative risk"),
+                                           ("risk-difference-newcombe", "risk difference")])
+def test_each_binary_effect_is_computed_shown_and_drawn(study, frame, effect, label):
+    c = analysis.compare(study, frame, study.outcome_by_code["CTNORM"], "M36", effect)
+    assert c.effect.effect == label and c.effect.estimable
+    table = comparison_table([c])
+    assert table.loc[0, "effect"] == label and table.loc[0, "estimate"] == round(c.effect.estimate, 2)
+    assert table.loc[0, "tests p"] == f"Fisher {format_p(c.summary.fisher_p)}; χ² {format_p(c.summary.chi2_p)}"
+    _, panels = forest_panels([c], study)
+    assert panels[0].log == (effect != "risk-difference-newcombe")
+    assert panels[0].title.lower().startswith(label.split(" (")[0])
+
+
+def test_the_table_shows_the_mann_whitney_p_of_a_continuous_outcome(study, month36):
+    gh = next(c for c in month36 if c.outcome == "SF36GH")
+    row = comparison_table([gh]).iloc[0]
+    assert row["tests p"] == f"Mann-Whitney {format_p(gh.summary.mann_whitney_p)}" and row["p"] == format_p(gh.effect.p_value)
+
+
+def test_what_cannot_be_drawn_is_named_not_dropped(study, frame, tmp_path):
+    from dataclasses import replace
+
+    from fhir_msc.analysis.stats import compare_binary
+
+    c = analysis.compare(study, frame, study.outcome_by_code["CTNORM"], "M36")
+    none = compare_binary((0, 0), (5, 4))
+    empty = replace(c, visit="M24", summary=none, effect=none.odds_ratio)
+    plot = forest_plot([c, empty], tmp_path / "f.png", study=study)
+    assert [r.visit for p in plot.panels for r in p.rows] == ["M36"]
+    assert plot.left_out == [f"{c.display} · M24: not estimable: no events in either arm"]
 
 
 def test_p_below_one_thousandth_is_not_zero():

@@ -12,12 +12,17 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 from fhir_msc.analysis.stats import (
     compare_binary,
     compare_continuous,
+    exact_mann_whitney_rank,
     hodges_lehmann,
+    mann_whitney_null_counts,
     mantel_haenszel,
     mean_difference,
+    odds_ratio_exact,
     odds_ratio_woolf,
     pairwise_difference,
+    relative_risk,
     risk_difference,
+    risk_difference_newcombe,
 )
 
 
@@ -190,20 +195,47 @@ def _mann_whitney_exact_interval(x: np.ndarray, y: np.ndarray, alpha: float) -> 
 
 
 @pytest.mark.parametrize("m, n", [(6, 6), (8, 8), (10, 10), (9, 12), (15, 15), (20, 18)])
-def test_hodges_lehmann_against_brute_force_differences_and_the_mann_whitney_interval(m, n):
+def test_small_sample_hodges_lehmann_ci_is_the_exact_mann_whitney_inversion(m, n):
     rng = np.random.default_rng(m * 100 + n)
     x, y = rng.normal(1, 1, m), rng.normal(0, 1.3, n)
     differences = np.sort(np.subtract.outer(x, y).ravel())  # all m·n of them, sorted
     est = hodges_lehmann(x, y)
     assert est.estimate == pytest.approx(np.median(differences))
-    # the documented CI: the k-th smallest and k-th largest difference, k from the normal approximation
+    assert (est.lower, est.upper) == _mann_whitney_exact_interval(x, y, 0.05)
+    assert est.method.startswith("exact") and est.p_value == pytest.approx(stats.mannwhitneyu(x, y, method="exact").pvalue)
+
+
+def test_large_sample_hodges_lehmann_ci_uses_the_normal_approximation_rank():
+    rng = np.random.default_rng(5)
+    m, n = 50, 55
+    x, y = rng.normal(1, 1, m), rng.normal(0, 1.3, n)
+    differences = np.sort(np.subtract.outer(x, y).ravel())
+    est = hodges_lehmann(x, y)
     k = math.floor(m * n / 2 - stats.norm.ppf(0.975) * math.sqrt(m * n * (m + n + 1) / 12))
     assert (est.lower, est.upper) == (differences[k - 1], differences[m * n - k])
-    # it holds the exact Mann-Whitney inversion, and is at most one order statistic wider on each side
-    # (k is rounded down: conservative; equal to the exact interval only for 10/10 and 15/15 here)
-    lower, upper = _mann_whitney_exact_interval(x, y, 0.05)
-    assert differences[k - 1] <= lower <= differences[k] and differences[m * n - k - 1] <= upper <= differences[m * n - k]
-    assert ((est.lower, est.upper) == (lower, upper)) == ((m, n) in [(10, 10), (15, 15)])
+    assert "normal approximation" in est.method
+
+
+def test_tied_values_fall_back_to_the_normal_approximation():
+    est = hodges_lehmann(np.array([1.0, 2, 3, 4, 5]), np.array([3.0, 4, 6, 7]))
+    assert "normal approximation" in est.method
+
+
+def test_exact_mann_whitney_null_counts_match_enumerating_every_ranking():
+    from itertools import combinations
+
+    m, n = 5, 6
+    counts = [0] * (m * n + 1)
+    for ranks in combinations(range(m + n), m):  # the ranks of the first sample among all m + n values
+        counts[sum(ranks) - m * (m - 1) // 2] += 1
+    assert mann_whitney_null_counts(m, n) == counts
+    # k for alpha 0.05: the textbook two-sided critical values of U (lower tail ≤ 0.025) are 2 for 5/5, 23 for 10/10
+    assert (exact_mann_whitney_rank(5, 5, 0.05), exact_mann_whitney_rank(10, 10, 0.05)) == (3, 24)
+
+
+def test_hodges_lehmann_of_arms_too_small_for_the_coverage_is_unbounded_and_says_so():
+    est = hodges_lehmann(np.array([1.0, 2.5]), np.array([0.2, 0.7]))  # 2 vs 2: P(U = 0) = 1/6 > 0.025
+    assert (est.lower, est.upper) == (-math.inf, math.inf) and "unbounded" in est.note
 
 
 def test_mann_whitney_p_with_ties_agrees_with_the_tie_corrected_normal_formula():
@@ -228,3 +260,92 @@ def test_continuous_descriptives_agree_with_the_statistics_module():
         assert (summary.mean[index], summary.sd[index]) == pytest.approx((statistics.mean(values), statistics.stdev(values)))
         assert (summary.q1[index], summary.median[index], summary.q3[index]) == pytest.approx((q1, median, q3))
     assert summary.n == (8, 6)
+
+
+# --- exact OR, relative risk, Newcombe risk difference, zero cells -----------------------------------------
+
+def _noncentral_pmf(a: int, b: int, c: int, d: int, psi: float) -> dict[int, float]:
+    """The distribution of the top-left cell given the margins, at odds ratio psi (Fisher's noncentral hypergeometric)."""
+    row, col, n = a + b, a + c, a + b + c + d
+    support = range(max(0, row + col - n), min(row, col) + 1)
+    logs = {x: math.log(math.comb(row, x) * math.comb(n - row, col - x)) + x * math.log(psi) for x in support}
+    top = max(logs.values())
+    total = sum(math.exp(v - top) for v in logs.values())
+    return {x: math.exp(v - top) / total for x, v in logs.items()}
+
+
+def _cornfield(a: int, b: int, c: int, d: int, alpha: float) -> tuple[float, float, float]:
+    """Conditional MLE and exact CI solved from the noncentral hypergeometric by root finding."""
+    from scipy.optimize import brentq
+
+    def mean(psi: float) -> float:
+        return sum(x * p for x, p in _noncentral_pmf(a, b, c, d, psi).items())
+    def upper_tail(psi: float) -> float:
+        return sum(p for x, p in _noncentral_pmf(a, b, c, d, psi).items() if x >= a)
+    def lower_tail(psi: float) -> float:
+        return sum(p for x, p in _noncentral_pmf(a, b, c, d, psi).items() if x <= a)
+    log = lambda f, target: math.exp(brentq(lambda t: f(math.exp(t)) - target, -20, 20, xtol=1e-12))
+    mle = 0.0 if a == 0 else log(mean, a)
+    low = 0.0 if a == 0 else log(upper_tail, alpha / 2)
+    return mle, low, log(lower_tail, alpha / 2)
+
+
+@pytest.mark.parametrize("a, b, c, d", [*TABLES, (0, 10, 5, 5), (2, 9, 8, 3)])
+def test_exact_conditional_or_agrees_with_the_noncentral_hypergeometric_solved_here(a, b, c, d):
+    est = odds_ratio_exact(a, b, c, d)
+    mle, low, high = _cornfield(a, b, c, d, 0.05)
+    assert (est.estimate, est.lower, est.upper) == pytest.approx((mle, low, high), rel=1e-5, abs=1e-12)
+    assert est.p_value == pytest.approx(_fisher_two_sided(a, b, c, d))
+    assert ("zero cell" in est.note) == (0 in (a, b, c, d)) and "exact" in est.method
+
+
+@pytest.mark.parametrize("a, b, c, d", TABLES)
+def test_relative_risk_and_katz_ci_agree_with_statsmodels_and_scipy(a, b, c, d):
+    from scipy.stats.contingency import relative_risk as scipy_rr
+
+    table = Table2x2(np.array([[a, b], [c, d]]))
+    est = relative_risk((a, c), (a + b, c + d), alpha=0.1)
+    assert (est.estimate, est.lower, est.upper) == pytest.approx((table.riskratio, *table.riskratio_confint(alpha=0.1)))
+    assert est.p_value == pytest.approx(table.riskratio_pvalue()) and est.note == ""
+    ci = scipy_rr(a, a + b, c, c + d).confidence_interval(0.9)
+    assert (est.lower, est.upper) == pytest.approx((ci.low, ci.high))
+
+
+def test_relative_risk_with_no_events_in_one_arm_is_corrected_and_says_so():
+    table = Table2x2(np.array([[0.5, 12.5], [5.5, 7.5]]))  # 0.5 added to every cell of [[0, 12], [5, 7]]
+    est = relative_risk((0, 5), (12, 12))
+    assert (est.estimate, est.lower, est.upper) == pytest.approx((table.riskratio, *table.riskratio_confint()))
+    assert "Haldane-Anscombe" in est.note
+
+
+def test_relative_risk_with_all_events_in_one_arm_needs_no_correction():
+    est = relative_risk((10, 6), (10, 12))
+    se = math.sqrt(1 / 10 - 1 / 10 + 1 / 6 - 1 / 12)
+    assert est.estimate == pytest.approx(2.0) and est.se == pytest.approx(se) and est.note == ""
+
+
+@pytest.mark.parametrize("events, n", [((0, 0), (10, 12)), ((10, 12), (10, 12))])
+def test_ratios_are_not_estimable_when_both_arms_have_no_events_or_only_events(events, n):
+    (a, c), (n1, n2) = events, n
+    summary = compare_binary(events, n)
+    for est in (odds_ratio_woolf(a, n1 - a, c, n2 - c), odds_ratio_exact(a, n1 - a, c, n2 - c), relative_risk(events, n),
+                summary.odds_ratio, summary.exact_odds_ratio, summary.relative_risk):
+        assert (est.estimate, est.lower, est.upper, est.p_value) == (None, None, None, None)
+        assert est.note.startswith("not estimable") and not est.estimable
+    assert summary.risk_difference_newcombe.estimate == 0.0  # a difference of 0 is a number: it stays
+
+
+@pytest.mark.parametrize("events, n", [((23, 10), (49, 29)), ((3, 12), (43, 42)), ((0, 5), (10, 12)),
+                                       ((0, 0), (10, 12)), ((10, 3), (10, 12)), ((1, 1), (2, 2))])
+def test_newcombe_risk_difference_agrees_with_statsmodels_including_zero_cells(events, n):
+    for alpha in (0.05, 0.1):
+        est = risk_difference_newcombe(events, n, alpha)
+        lower, upper = proportion.confint_proportions_2indep(events[0], n[0], events[1], n[1], method="newcomb",
+                                                             compare="diff", alpha=alpha)
+        assert (est.lower, est.upper) == pytest.approx((lower, upper))
+        assert est.estimate == pytest.approx(events[0] / n[0] - events[1] / n[1]) and "Newcombe" in est.method
+
+
+def test_newcombe_p_is_pearsons_chi2():
+    est = risk_difference_newcombe((23, 10), (49, 29))
+    assert est.p_value == pytest.approx(stats.chi2_contingency([[23, 26], [10, 19]], correction=False).pvalue)

@@ -36,6 +36,35 @@ def test_invalid_study_names_the_field(tmp_path):
         load_study(broken)
 
 
+@pytest.mark.parametrize("binary", ["odds-ratio", "exact-odds-ratio", "odds-ratio-mh", "relative-risk",
+                                    "risk-difference", "risk-difference-newcombe"])
+def test_every_binary_effect_is_selectable(tmp_path, binary):
+    raw = yaml.safe_load(DEFAULT_STUDY.read_text())
+    raw["analysis"]["effects"]["binary"] = binary
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_study(path).analysis.effects.binary == binary
+
+
+def test_an_unknown_effect_names_its_yaml_path(tmp_path):
+    raw = yaml.safe_load(DEFAULT_STUDY.read_text())
+    raw["analysis"]["effects"]["binary"] = "risk-ratio"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudyDefinitionError, match=r"analysis\.effects\.binary: Input should be .*'relative-risk'"):
+        load_study(path)
+
+
+def test_a_published_effect_must_fit_its_outcome_type(tmp_path):
+    raw = yaml.safe_load(DEFAULT_STUDY.read_text())
+    raw["analysis"]["published"][0]["effect"] = "hodges-lehmann"  # CTNORM is coded (binary)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudyDefinitionError, match=r"analysis\.published\.0\.effect: 'hodges-lehmann' does not apply "
+                                                   r"to binary \(coded\) outcome CTNORM"):
+        load_study(path)
+
+
 def test_cross_references_are_checked(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text(DEFAULT_STUDY.read_text().replace("visits: [M36]}", "visits: [M48]}", 1))
