@@ -363,7 +363,7 @@ def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
 def _validation_json(report: ValidationReport) -> dict[str, Any]:
     """The ``validate`` document (schema fhir_msc/schemas/validate.schema.json)."""
     return {"version": report.version, "ok": report.ok, "checked": report.checked,
-            "error_count": report.error_count, "errors": _to_jsonable(report.errors)}
+            "error_count": report.error_count, "errors": _to_jsonable(report.errors), "not_used": list(report.not_used)}
 
 
 def _echo_validation(report: ValidationReport) -> None:
