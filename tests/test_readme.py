@@ -66,3 +66,12 @@ def test_validate_json_names_bundle_entries_without_a_resource(tmp_path):
     document = json.loads(result.stdout)
     assert document["checked"] == {"Patient": 1} and len(document["not_used"]) == 1
     assert "b.json" in document["not_used"][0]
+
+
+def test_every_exit_code_is_in_the_help_and_in_the_readme_list():
+    help_text = " ".join(invoke("--help").output.split())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = readme[readme.index("**Exit codes**"):].split("\n\n")[0]
+    for code in ExitCode:
+        assert f" {int(code)} " in help_text, code
+        assert f"`{int(code)}`" in listed, code
