@@ -75,3 +75,9 @@ def test_every_exit_code_is_in_the_help_and_in_the_readme_list():
     for code in ExitCode:
         assert f" {int(code)} " in help_text, code
         assert f"`{int(code)}`" in listed, code
+
+
+def test_map_without_a_target_or_with_two_is_bad_usage(tmp_path):
+    for targets in ([], ["--store", str(tmp_path / "s"), "--bundle", str(tmp_path / "b.json")]):
+        result = invoke("map", str(tmp_path), *targets)
+        assert result.exit_code == ExitCode.USAGE and "give exactly one target" in result.output, result.output
