@@ -2,7 +2,8 @@
 
 Exit codes (see fhir_msc.errors.ExitCode): 0 success, 1 internal error, 2 bad usage,
 3 some input rows rejected, 4 input unusable, 5 FHIR validation failed, 6 a round trip
-or verification did not reproduce its source, 130 interrupted (Ctrl-C).
+or verification did not reproduce its source, 7 some resources failed on a server, 8 the
+server could not be used, 9 another job holds the store or --state, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
     results. Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
     `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
     job, says what was done and how to resume, and exits with 130.
+
+    Exit codes, the same for every command: 0 ok, 1 internal error (a bug), 2 bad usage,
+    3 some rows rejected, 4 input or study definition unusable, 5 FHIR validation failed,
+    6 round trip lossy or a published result not reproduced, 7 some resources failed on a
+    server, 8 server unusable, 9 another job is writing the same store or --state, 130
+    interrupted.
     """
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other: give one")
@@ -240,7 +247,8 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     what to do) and kept in the rejects directory with a REJECT_REASON column. Fix them
     there and replay: `fhir-msc map STORE/rejects --store STORE`. Mapping the same tables
     again changes nothing. Exit code 3 means some rows were rejected; 4 that a whole table
-    was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped.
+    was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped;
+    9 that another job is writing the store.
     """
     study = load_study(study_path)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
@@ -296,7 +304,11 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
 @_study_option
 @_json_option
 def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> None:
-    """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables."""
+    """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables.
+
+    Every resource read is used or skipped, by reason; the account is printed (and is in
+    --json). Exit code 4 means SOURCE or the study definition could not be read.
+    """
     with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
         result = jobs.unmap(load_study(study_path), source, out, progress)
     if as_json:
@@ -343,7 +355,7 @@ def _echo_observations(account: Account) -> None:
 def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
     """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules and the obs-6/obs-7 invariants.
 
-    Exit code 5 means at least one resource is invalid.
+    Exit code 5 means at least one resource is invalid; 4 that SOURCE could not be read.
     """
     if fhir_version.lower() == "auto":
         version, evidence = jobs.detect_version(source)
@@ -363,7 +375,7 @@ def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
 def _validation_json(report: ValidationReport) -> dict[str, Any]:
     """The ``validate`` document (schema fhir_msc/schemas/validate.schema.json)."""
     return {"version": report.version, "ok": report.ok, "checked": report.checked,
-            "error_count": report.error_count, "errors": _to_jsonable(report.errors)}
+            "error_count": report.error_count, "errors": _to_jsonable(report.errors), "not_used": list(report.not_used)}
 
 
 def _echo_validation(report: ValidationReport) -> None:
@@ -376,17 +388,18 @@ def _echo_validation(report: ValidationReport) -> None:
 
 @main.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("fhir-msc-demo"),
-              show_default=True, metavar="DIR", help="Where the store, bundle and round-trip files go.")
+              show_default=True, metavar="DIR", help="Where the store, bundle, round-trip files and report go.")
 @click.option("--tables", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
               help="Trial tables to run on instead of the synthetic cohort shipped with fhir-msc (pair with --study).")
 @_study_option
 @_json_option
 def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
-    """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, export, analyze, verify.
+    """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
     Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
-    under --workdir and prints where. --tables DIR --study FILE runs it on another
-    study's tables.
+    under --workdir and prints where. --tables DIR --study YAML runs it on another
+    study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
+    lost something (rejected rows included) or a published result was not reproduced.
     """
     study: Study = load_study(study_path)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
@@ -488,8 +501,10 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
     its 95% CI, p, the Fisher exact and χ² (or Mann-Whitney) p, and the method that
-    computed it; a ratio with no events in either arm reads "not estimable". --json gives every estimate and
-    p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json).
+    computed it; a ratio with no events in either arm reads "not estimable". --json gives
+    every estimate and p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json).
+    Exit code 4 means the data hold no findings of the study's subjects, or --visit or
+    --outcome is unknown; 8 that the server could not be used.
     """
     study = load_study(study_path)
     unused: list[str] = []
@@ -519,8 +534,9 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
                    study_path: Path, as_json: bool) -> None:
     """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
-    Compares at the paper's precision and exits 6 if any result does not match. --json
-    follows fhir_msc/schemas/verify.schema.json.
+    Compares at the paper's precision and exits 6 if any result does not match, 4 if the
+    data hold no findings of the study's subjects, 8 if the server could not be used.
+    --json follows fhir_msc/schemas/verify.schema.json.
     """
     study = load_study(study_path)
     unused: list[str] = []
@@ -661,7 +677,8 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     rerun sends only what is new or changed. Every push then checks that the server holds
     each resource of SOURCE, sends again what it lacks (a restarted or wiped server) and
     checks once more. Exit 0 only if the server holds everything, 7 if some resources
-    failed or are still missing, 8 if the server could not be used.
+    failed or are still missing, 8 if the server could not be used, 9 if another job holds
+    --state.
     """
     if dry_run + verify + full > 1:
         raise click.UsageError("give at most one of --dry-run, --verify and --full")
@@ -696,8 +713,9 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
     Resources the server held at the last pull and has deleted since are removed from the
     store. Resources that fail validation are not stored: they are counted by reason and
-    the exit code is 7.
-    With --bulk, one Bulk Data export instead of paged searches; a killed export resumes.
+    the exit code is 7 (also when a bulk export reports errors). With --bulk, one Bulk Data
+    export instead of paged searches; a killed export resumes. Exit code 8 means the server
+    could not be used; 9 that another job is writing the store or holds --state.
     """
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
@@ -814,7 +832,9 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     study's outcomes are converted to the study's units and placed at the visit (where the
     outcome is scheduled) whose window holds their date. Study values are never overwritten:
     a different hospital value is a conflict, listed in --out/conflicts.csv and left out
-    unless --prefer hospital. Everything not used is counted by reason.
+    unless --prefer hospital. Everything not used is counted by reason. Exit code 0 means
+    done (conflicts and unused results included); 8 that the server could not be used; 9
+    that another job is writing the store.
     """
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "

@@ -12,7 +12,7 @@ class ExitCode(IntEnum):
     FAILURE = 1  # an unexpected internal error (a bug: please report it)
     USAGE = 2  # bad command line (click's own code)
     REJECTED = 3  # the job finished, but some input rows were rejected
-    BAD_INPUT = 4  # input or study definition unusable: nothing was done
+    BAD_INPUT = 4  # input or study definition unusable (map: the usable tables were still mapped)
     INVALID = 5  # produced or given FHIR resources failed validation
     MISMATCH = 6  # a round trip or a verification did not reproduce its source
     PARTIAL = 7  # a push/pull/sync finished, but some resources failed (see the report)

@@ -20,7 +20,7 @@ from .account import Account
 from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
-from .errors import InputError
+from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker
 from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
@@ -70,7 +70,7 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     removed first and listed in ``recovered``. Progress is counted in input rows.
     """
     if (store is None) == (bundle is None):
-        raise InputError("give exactly one target: a store directory or a bundle file")
+        raise BadUsage("give exactly one target: a store directory (--store) or a bundle file (--bundle)")
     _check_map_paths(study, source, store, bundle)
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
     if rejects.exists() and not rejects.is_dir():
