@@ -32,7 +32,7 @@ from ..study.definition import Study
 from . import bulk
 from .client import FhirClient
 from .journal import Journal
-from .sync import PullResult, _patients_of
+from .sync import PullResult, _patients_of, pull_mark
 from .sync import pull as paged_pull
 
 SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation")
@@ -76,7 +76,8 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
                                                  *paged.notes])
     started, before = time.monotonic(), client.stats.requests
     key = study.study.identifier.value
-    since = since or (None if full else journal.high_water(client.base_url, key))
+    mark = pull_mark(study, store)
+    since = since or (None if full else journal.high_water(client.base_url, mark))
     changed = (lambda r: r.get("meta", {}).get("lastUpdated", "") > since) if since else (lambda r: True)
     progress.start(f"finding {key} on {client.base_url}")
     studies = list(client.search("ResearchStudy", {"identifier": f"{study.study.identifier.system}|{key}"}))
@@ -101,7 +102,7 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
         progress.advance(1)
     high_water = since if done.errors else done.manifest.transaction_time
     if high_water:
-        journal.record_pull(client.base_url, key, high_water)
+        journal.record_pull(client.base_url, mark, high_water)
     bulk.finish(client, done)
     return BulkPullResult(source=client.base_url, method="bulk", counts=counts, since=since, high_water=high_water,
                           requests=client.stats.requests - before, seconds=time.monotonic() - started, level=level,

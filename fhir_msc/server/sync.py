@@ -513,6 +513,15 @@ class _Intake:
         return str(problems[0]) if problems else None
 
 
+def pull_mark(study: Study, store: Store) -> str:
+    """The journal key of a pull's mark and ids: the study *and* the store it is pulled into.
+
+    Keyed by store too, so pulling the same server into a second store with the same
+    ``--state`` starts from nothing, not from the first store's mark.
+    """
+    return f"{study.study.identifier.value} into {store.path.resolve()}"
+
+
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, full: bool = False,
          page_size: int = 1000, profile: ServerProfile | None = None, progress: Progress = NO_PROGRESS) -> PullResult:
     """Fetch the study's resources from the server into ``store``, mirroring deletions.
@@ -531,7 +540,8 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     started, before = time.monotonic(), client.stats.requests
     profile = profile or server_profile(client)
     source, key = client.base_url, study.study.identifier.value
-    since = None if full else journal.high_water(source, key)
+    mark = pull_mark(study, store)
+    since = None if full else journal.high_water(source, mark)
     changes = {"_count": str(page_size), **({"_lastUpdated": f"gt{since}"} if since else {})}
     intake = _Intake(profile.version)
     token = f"{study.study.identifier.system}|{study.study.identifier.value}"
@@ -545,7 +555,7 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
 
     if not studies:
         return result({}, since, (f"study {token} is not on the server: nothing pulled, nothing removed",))
-    before_ids = journal.pulled_ids(source, key)
+    before_ids = journal.pulled_ids(source, mark)
     held: dict[str, set[str]] = {"ResearchStudy": {s["id"] for s in studies}}
 
     def holds(resource_type: str, queries: list[dict[str, str]], fetched: list[Resource]) -> None:
@@ -579,10 +589,10 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     for resource_type, ids in before_ids.items():
         if n := store.remove(resource_type, ids - held.get(resource_type, set())):
             removed[resource_type] = n
-    journal.record_pulled_ids(source, key, held)
+    journal.record_pulled_ids(source, mark, held)
     high_water = max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="") or since
     if high_water:
-        journal.record_pull(source, key, high_water)
+        journal.record_pull(source, mark, high_water)
     return result(removed, high_water)
 
 

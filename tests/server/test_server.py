@@ -105,6 +105,14 @@ def test_pull_is_incremental(study, fhir_server, tmp_path):
     assert second.counts == {} and second.since == first.high_water
 
 
+def test_a_second_store_with_the_same_state_gets_a_full_pull(study, fhir_server, tmp_path):
+    c = client(fhir_server.base)
+    jobs.push(study, BAD / "good", c, tmp_path / "state")
+    jobs.pull(study, c, tmp_path / "pulled", tmp_path / "state")
+    other = jobs.pull(study, c, tmp_path / "other", tmp_path / "state")  # the mark is the first store's, not this one's
+    assert other.since is None and other.counts["Observation"] == 34
+
+
 def test_sync_store_to_server_to_store(study, fhir_server, tmp_path):
     runner = CliRunner()
     shutil.copytree(BAD / "good", tmp_path / "tables")
