@@ -58,7 +58,6 @@ def test_rejected_rows_of_an_xpt_or_json_table_are_kept_as_csv_naming_the_file_a
     (tables / "ex.csv").write_text("".join(lines))
     source = converted(study, tables, tmp_path / fmt, fmt)
     result = run("map", str(source), "--store", str(tmp_path / "store"), "--json")
-    assert result.exit_code != 0 or json.loads(result.output)["rejections"], result.output
     out = json.loads(result.output)
     [rejection] = out["rejections"]
     assert rejection["file"] == str(source / f"ex.{fmt}") and rejection["row"] == 2
