@@ -301,16 +301,18 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="Directory for the trial tables (created if missing).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "xpt", "json"]), default="csv", show_default=True,
+              help="Table file format: CSV, SAS XPORT v5 (.xpt) or CDISC Dataset-JSON v1.1 (.json).")
 @_study_option
 @_json_option
-def unmap_command(source: Path, out: Path, study_path: Path, as_json: bool) -> None:
+def unmap_command(source: Path, out: Path, fmt: str, study_path: Path, as_json: bool) -> None:
     """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables.
 
     Every resource read is used or skipped, by reason; the account is printed (and is in
     --json). Exit code 4 means SOURCE or the study definition could not be read.
     """
     with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
-        result = jobs.unmap(load_study(study_path), source, out, progress)
+        result = jobs.unmap(load_study(study_path), source, out, progress, fmt)
     if as_json:
         _print_json(result)
         return

@@ -51,6 +51,7 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .study.definition import Study, package_data
+from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
 from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
@@ -124,14 +125,19 @@ def _check_map_paths(study: Study, source: Path, store: Path | None, bundle: Pat
         raise InputError(f"{bundle}: is a directory; give --bundle a file name")
     if store is not None and store.exists() and not store.is_dir():
         raise InputError(f"{store}: is a file; give --store a directory")
-    if store is not None and not Store(store).resource_types() and not (source / study.tables.dm.file).exists():
+    tables = {name: find_table(source, name) for name in _table_names(study)}  # one file per table, or one error
+    if store is not None and not Store(store).resource_types() and not tables[study.tables.dm.file].exists():
         raise InputError(f"{source}: no {study.tables.dm.file} and {store} holds no subjects yet: map DM first")
 
 
+def _table_names(study: Study) -> list[str]:
+    return [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values()]
+
+
 def _table_rows(study: Study, source: Path) -> int:
-    """Data rows in the input tables (lines after each header): the map job's total, cheaply."""
-    names = [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values()]
-    return sum(max(_lines(source / name) - 1, 0) for name in names if (source / name).is_file())
+    """Data rows in the input tables (lines after each header, records of XPORT/JSON): the map job's total, cheaply."""
+    paths = [p for p in (find_table(source, name) for name in _table_names(study)) if p.is_file()]
+    return sum(max(_lines(p) - 1, 0) if (records := count_records(p)) is None else records for p in paths)
 
 
 def _lines(path: Path) -> int:
@@ -198,10 +204,10 @@ def _opened(source: Path, progress: Progress, verb: str):
     return _Metered(opened, progress, verb) if progress.active and isinstance(opened, Store) else opened
 
 
-def unmap(study: Study, source: Path, out: Path, progress: Progress = NO_PROGRESS) -> UnmapResult:
-    """Write the study's trial tables from a store directory or bundle file into ``out``."""
+def unmap(study: Study, source: Path, out: Path, progress: Progress = NO_PROGRESS, fmt: str = "csv") -> UnmapResult:
+    """Write the study's trial tables from a store directory or bundle file into ``out`` (csv, xpt or json)."""
     opened = _opened(source, progress, "unmapping")
-    return dataclasses.replace(fhir_to_tables(study, opened, out), not_used=not_used(opened))
+    return dataclasses.replace(fhir_to_tables(study, opened, out, fmt), not_used=not_used(opened))
 
 
 def detect_version(source: Path) -> tuple[FhirVersion, str]:
@@ -307,7 +313,7 @@ def is_server(location: str) -> bool:
 
 def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[dict]:
     """Resources to push from a store directory, a bundle file, or a directory of trial tables."""
-    if source.is_dir() and (source / study.tables.dm.file).exists():
+    if source.is_dir() and find_table(source, study.tables.dm.file).exists():
         log = RejectLog(None)
         resources = list(tables_to_fhir(study, source, version, log))
         if log.rejections:

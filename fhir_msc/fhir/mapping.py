@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..study.definition import Study
+from ..tables.formats import find_table
 from ..tables.reading import SPANNED, key_hashes, read_rows
 from ..tables.rejects import FileAccount, Rejection, RejectLog
 from ..tables.sdtm import (
@@ -271,7 +272,7 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     build = FhirBuilder(study, version, dataset.synthetic)
     subjects = dict(known_subjects or {})
     keys = reject_keys(study)
-    new_subjects = list(_read_subjects(study, source / study.tables.dm.file, log, subjects, keys))
+    new_subjects = list(_read_subjects(study, find_table(source, study.tables.dm.file), log, subjects, keys))
     tick = progress or (lambda n: None)
     if new_subjects:
         yield build.research_study()
@@ -280,7 +281,7 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
             yield build.patient(record)
             yield build.research_subject(record)
         tick(len(new_subjects))
-    for record in _read_doses(study, source / study.tables.ex.file, log, subjects, keys):
+    for record in _read_doses(study, find_table(source, study.tables.ex.file), log, subjects, keys):
         yield build.administration(record)
         tick(1)
     spans = VisitSpans(study)
@@ -341,7 +342,8 @@ def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str,
     columns = list(study.tables.dm.columns.values())
     required = [c for key, c in study.tables.dm.columns.items() if key not in ("end", "country")]
     seen: set[str] = set()  # subjects of this input: a subject already in the store is updated, not a duplicate
-    for number, row, header, raw in read_rows(path, required, log, used=columns, key_columns=keys[path.name]):
+    name = study.tables.dm.file
+    for number, row, header, raw in read_rows(path, required, log, used=columns, key_columns=keys[name], table=name):
         record = _parse(log, path, number, header, raw, row, lambda: parse_subject(study, {c: row.get(c, "") for c in columns}))
         if record is None:
             continue
@@ -363,7 +365,8 @@ def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, Su
         return
     required = list(study.tables.ex.columns.values())
     seen: set[tuple[str, str]] = set()
-    for number, row, header, raw in read_rows(path, required, log, key_columns=keys[path.name]):
+    name = study.tables.ex.file
+    for number, row, header, raw in read_rows(path, required, log, key_columns=keys[name], table=name):
         record = _parse(log, path, number, header, raw, row, lambda: parse_dose(study, subjects, row))
         if record is None:
             continue
@@ -379,7 +382,7 @@ def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, Su
 def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
                    keys: dict[str, list[str]]) -> Iterator[FindingRecord]:
     for domain, name in study.tables.findings.files.items():
-        path = source / name
+        path = find_table(source, name)
         if not path.exists():
             continue  # a domain with no data this time is normal (e.g. a replayed rejects folder)
         col = FindingColumns.of(study, domain)
@@ -387,7 +390,8 @@ def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[st
         required = [*study.tables.findings.columns.values(), *(domain + s for k, s in suffixes.items() if k != "test")]
         repeated = _repeated_finding_keys(path, required, keys[name])
         seen: set[tuple[str, int, str]] = set()  # only keys that occur more than once in the file
-        for number, row, header, raw in read_rows(path, required, log, used=[*required, col.test], key_columns=keys[name]):
+        for number, row, header, raw in read_rows(path, required, log, used=[*required, col.test], key_columns=keys[name],
+                                                  table=name):
             record = _parse(log, path, number, header, raw, row, lambda: parse_finding(study, col, subjects, row))
             if record is None:
                 continue

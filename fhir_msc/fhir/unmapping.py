@@ -127,12 +127,12 @@ def _named(resource: Resource) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
-def fhir_to_tables(study: Study, source: ResourceSource, out: Path) -> UnmapResult:
-    """Write the study's tables for the resources in ``source`` into directory ``out``."""
+def fhir_to_tables(study: Study, source: ResourceSource, out: Path, fmt: str = "csv") -> UnmapResult:
+    """Write the study's tables for the resources in ``source`` into directory ``out`` (as csv, xpt or json)."""
     ctx = _Context(study)
     _index_patients(ctx, source)
     _index_encounters(ctx, source)
-    with TableWriter(study, out) as writer:
+    with TableWriter(study, out, fmt) as writer:
         for record in _subjects(ctx, source):
             writer.subject(record)
         for dose in _doses(ctx, source):

@@ -12,6 +12,9 @@
 - Rows: fields of any length (csv's default limit is 131,072 characters); a row that a
   quote made span several physical lines says which lines, so a stray quote that swallowed
   the rest of the file is named with the count of lines it took, and they are kept.
+- Other formats: a table given as SAS XPORT v5 or Dataset-JSON v1.1 (see ``formats``) is
+  read into the same strings, with a note saying which file and format; its rows are
+  numbered by record (the first record is row 1), and rejected ones are kept as CSV.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from .formats import TableFormatError, detect_format, read_table
 from .rejects import KEEP_BYTES, REJECT_COLUMN, Key, Rejection, RejectLog, row_key
 
 FIELD_LIMIT = 1 << 28  # characters; a longer field is reported, not read
@@ -122,6 +126,18 @@ def _header_problem(fmt: TableFormat, required: list[str], used: list[str]) -> H
     return None
 
 
+def _columns_problem(header: list[str], required: list[str], used: list[str]) -> HeaderProblem | None:
+    """What makes the columns of an XPORT or Dataset-JSON table unusable (None if nothing)."""
+    shown = f"columns found: {_cut(', '.join(header))}"
+    if missing := [c for c in required if c not in header]:
+        return HeaderProblem(", ".join(missing), f"required column missing; {shown}: add it and replay the rejects "
+                                                 "file (kept as CSV), or export the table again")
+    if repeated := list(dict.fromkeys(c for c in used if header.count(c) > 1)):
+        return HeaderProblem(", ".join(repeated), f"column named more than once; {shown}: keep one of each "
+                                                  "and export the table again")
+    return None
+
+
 def _cut(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}…"
 
@@ -172,17 +188,27 @@ def raw_rows(path: Path, fmt: TableFormat) -> Iterator[RawRow]:
 
 
 def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str] | None = None,
-              key_columns: list[str] | None = None) -> Iterator[tuple[int, dict[str, str], list[str], list[str]]]:
+              key_columns: list[str] | None = None,
+              table: str | None = None) -> Iterator[tuple[int, dict[str, str], list[str], list[str]]]:
     """Yield (row number, {column: value}, header, raw row) for each readable data row.
 
     Every row is counted in ``log``; the rows not yielded are rejected there with one line
     each, or, when the header is unusable, all of them with one line for the file.
+    ``table`` is the study's name for the file (``dm.csv`` when ``path`` is ``dm.xpt``).
     """
     display = str(path)
-    log.opened(display)
+    log.opened(display, table if table != path.name else None)
     if not path.is_file():
         log.reject(Rejection(file=display, row=None, column=None, value=None,
                              problem="file not found: export it from the trial database or fix the path"))
+        return
+    try:
+        kind = detect_format(path)
+        if kind != "csv":
+            yield from _read_structured(path, kind, required, used or required, log, key_columns or [])
+            return
+    except TableFormatError as exc:
+        log.reject_file(Rejection(file=display, row=None, column=None, value=None, problem=str(exc)), [], [])
         return
     fmt, problem = inspect_table(path, required, used or required)
     if fmt.encoding_name != "UTF-8" or fmt.delimiter != ",":
@@ -229,6 +255,32 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
         yield row.number, values, header, raw
 
 
+def _read_structured(path: Path, kind: str, required: list[str], used: list[str], log: RejectLog,
+                     key_columns: list[str]) -> Iterator[tuple[int, dict[str, str], list[str], list[str]]]:
+    """The rows of an XPORT or Dataset-JSON table, checked and yielded as a CSV's are."""
+    display = str(path)
+    header, rows, described = read_table(path, kind)
+    log.note(f"{display}: read as {described}; rejected rows are kept as CSV")
+    problem = _columns_problem(header, required, used)
+    if problem is not None:
+        kept = list(rows)
+        for row in kept:
+            log.read(display, row_key(header, row, key_columns))
+        text = problem.problem + (f" (all {len(kept)} row(s) of this file are in the rejects)" if kept else "")
+        log.reject_file(Rejection(file=display, row=None, column=problem.column, value=None, problem=text), header, kept)
+        return
+    width, strip = len(header), str.strip
+    keyed = bool(key_columns and log.waiting.get(log.table(display)))
+    for number, raw in enumerate(rows, start=1):
+        log.read(display, row_key(header, raw, key_columns) if keyed else None)
+        if len(raw) != width:
+            log.reject(Rejection(file=display, row=number, column=None, value=None,
+                                 problem=f"row has {len(raw)} values but there are {width} columns: "
+                                         "export the file again"), header, raw)
+            continue
+        yield number, dict(zip(header, map(strip, raw))), header, raw
+
+
 SPANNED = "\0spanned"  # a key of a row's values: how the row spans physical lines, for messages
 
 
@@ -263,6 +315,18 @@ def _undecodable(header: list[str], raw: list[str]) -> tuple[str | None, str, st
 def key_hashes(path: Path, required: list[str], key_columns: list[str],
                normalise: Callable[[Key], object]) -> Iterator[int]:
     """hash() of each readable row's normalised business key (for a duplicate pre-pass); none if the header is unusable."""
+    try:
+        kind = detect_format(path)
+        if kind != "csv":
+            header, rows, _ = read_table(path, kind)
+            if all(c in header for c in [*required, *key_columns]):
+                index = [header.index(c) for c in key_columns]
+                for row in rows:
+                    if len(row) == len(header):
+                        yield hash(normalise(tuple(row[i].strip() for i in index)))
+            return
+    except TableFormatError:
+        return
     fmt, problem = inspect_table(path, required, required)
     if problem is not None:
         return

@@ -115,22 +115,33 @@ class RejectLog:
     notes: list[str] = field(default_factory=list)
     handled: dict[str, set[Key]] = field(default_factory=dict)
     _tallies: dict[str, _Tally] = field(default_factory=dict)
+    _tables: dict[str, str] = field(default_factory=dict)  # file read -> name of its table (and rejects file)
     _writers: dict[str, tuple[object, csv.writer]] = field(default_factory=dict)
 
     def _tally(self, file: str) -> _Tally:
         return self._tallies.setdefault(file, _Tally())
 
-    def opened(self, file: str) -> None:
-        """Start the account of ``file`` (so a file with no rows still has one)."""
+    def opened(self, file: str, table: str | None = None) -> None:
+        """Start the account of ``file`` (so a file with no rows still has one).
+
+        ``table`` is the study's name for it when it differs (``dm.csv`` read from ``dm.xpt``):
+        its rejected rows go to a CSV file of that name.
+        """
         self._tally(file)
+        if table is not None:
+            self._tables[file] = table
+
+    def table(self, file: str) -> str:
+        """The name of the rejects file for rows of ``file``."""
+        return self._tables.get(file) or Path(file).name
 
     def read(self, file: str, key: Key | None = None) -> None:
         """One row of ``file`` was read; ``key`` is its business key, if it has one."""
         self._tally(file).read += 1
         if key is not None:
-            waiting = self.waiting.get(Path(file).name)
+            waiting = self.waiting.get(self.table(file))
             if waiting and key in waiting:
-                self.handled.setdefault(Path(file).name, set()).add(key)
+                self.handled.setdefault(self.table(file), set()).add(key)
 
     def mapped(self, file: str) -> None:
         self._tally(file).mapped += 1
@@ -159,7 +170,7 @@ class RejectLog:
     def _keep(self, file: str, header: list[str], row: list[str], reason: str) -> None:
         if self.directory is None:
             return
-        name = Path(file).name
+        name = self.table(file)
         if name not in self._writers:
             private_dir(self.directory)
             handle = private_open(self.directory / name, "w", encoding="utf-8", errors=KEEP_BYTES, newline="")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 from ..errors import InputError
 from ..store.files import private_dir, private_open, private_write_text
 from ..study.definition import Outcome, Study
+from .formats import convert_csv
 from .reading import read_rows
 from .rejects import DATASET_FILE, REJECT_COLUMN, FileAccount, Rejection, RejectLog
 
@@ -370,18 +373,28 @@ def finding_row(study: Study, record: FindingRecord) -> list[str]:
             record.unit, str(record.visitnum), visit.name, record.date]
 
 
-class TableWriter:
-    """Writes the study's tables (dm, ex, one per findings domain) into a directory."""
+def numeric_columns(study: Study) -> set[str]:
+    """The columns SDTM holds as numbers (AGE, EXDOSE, VISITNUM): numeric variables in XPORT and Dataset-JSON."""
+    return {study.tables.dm.columns["age"], study.tables.ex.columns["dose"], study.tables.findings.columns["visitnum"]}
 
-    def __init__(self, study: Study, directory: Path):
-        self.study, self.directory = study, directory
+
+class TableWriter:
+    """Writes the study's tables (dm, ex, one per findings domain) into a directory.
+
+    ``fmt`` is ``csv`` (the study's file names), ``xpt`` (SAS XPORT v5) or ``json``
+    (Dataset-JSON v1.1): then ``dm.csv`` is written as ``dm.xpt`` or ``dm.json``.
+    """
+
+    def __init__(self, study: Study, directory: Path, fmt: str = "csv"):
+        self.study, self.directory, self.fmt = study, directory, fmt
         private_dir(directory)
+        self._staging = directory if fmt == "csv" else Path(tempfile.mkdtemp(prefix=".fhir-msc-tables-", dir=directory))
         self._files: dict[str, tuple[object, csv.writer]] = {}
         self.rows: dict[str, int] = {}
 
     def _writer(self, name: str, header: list[str]) -> csv.writer:
         if name not in self._files:
-            handle = private_open(self.directory / name, "w", encoding="utf-8", newline="")
+            handle = private_open(self._staging / name, "w", encoding="utf-8", newline="")
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             self._files[name] = (handle, writer)
@@ -407,10 +420,24 @@ class TableWriter:
     def close(self) -> None:
         for handle, _ in self._files.values():
             handle.close()  # type: ignore[attr-defined]
-        self._files.clear()
+        names, self._files = list(self._files), {}
+        if self.fmt == "csv":
+            return
+        try:
+            for name in names:
+                target = self.directory / f"{Path(name).stem}.{self.fmt}"
+                convert_csv(self._staging / name, target, numeric=numeric_columns(self.study), dataset=Path(name).stem)
+                self.rows[target.name] = self.rows.pop(name)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> TableWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is not None and self.fmt != "csv":  # failed: nothing half-written is converted
+            self.fmt = "csv"
+            self.close()
+            shutil.rmtree(self._staging, ignore_errors=True)
+            return
         self.close()
