@@ -133,7 +133,9 @@ const server = http.createServer(async (req, res) => {
 // most; 1000); FHIR_TEST_BULK_FAULTS, a comma list of faults: poll-429 (each job's first status
 // poll answers 429 with Retry-After), cut-file (the first file download of each job sends half
 // of its bytes, then the connection is dropped), job-error (the job fails: status answers 500
-// with an OperationOutcome), error-file (the manifest lists an error file with one issue).
+// with an OperationOutcome), error-file (the manifest lists an error file with one issue),
+// expire-token (the first file download of each job finds its bearer token expired: with SMART,
+// the token is expired there and then and the answer is 401, as when a token runs out mid-export).
 
 const NDJSON_FORMATS = ['application/fhir+ndjson', 'application/ndjson', 'ndjson'];
 // The R4 patient compartment, for the types this server holds: where each type names its patient.
@@ -285,6 +287,12 @@ function exportStatus(req, res, base, id) {
 function exportFile(req, res, job, n) {
   const file = job?.files[n];
   if (!file) return send(res, 404, outcome('error', 'not-found', 'no such export file: its job was deleted, or never existed'));
+  if (bulk.faults.has('expire-token') && !job.expired) {
+    job.expired = true;
+    const granted = smart?.tokens.get((req.headers.authorization ?? '').replace(/^Bearer /, ''));
+    if (granted) granted.expires = 0;
+    return send(res, 401, outcome('error', 'login', 'expired bearer token (test fault)'));
+  }
   const gzip = /\bgzip\b/.test(req.headers['accept-encoding'] ?? '');
   const body = gzip ? zlib.gzipSync(file.body) : Buffer.from(file.body);
   res.writeHead(200, { 'content-type': 'application/fhir+ndjson', 'content-length': body.length, ...(gzip ? { 'content-encoding': 'gzip' } : {}) });
