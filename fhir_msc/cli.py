@@ -719,6 +719,8 @@ def _echo_bulk_pull(result, store: Path) -> None:
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
     since = f", changes since {result.since}" if result.since else ""
     reused = f", {result.resumed_files} already downloaded" if result.resumed_files else ""
+    if result.removed:
+        counts += "; removed (deleted on the server): " + ", ".join(f"{t} {n}" for t, n in result.removed.items())
     resumed = "resumed " if result.resumed else ""
     click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
                f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")

@@ -294,3 +294,23 @@ def test_a_token_expired_mid_download_is_renewed_once_and_the_pull_completes(stu
         assert len(tokens) == before + 1  # the 401 on the first file brought one new token, and the download went on
     finally:
         server.stop()
+
+
+def test_an_observation_deleted_between_two_bulk_pulls_is_removed_by_the_second(study, tmp_path):
+    server = loaded()
+    try:
+        c = client(server.base)
+        args = ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "store"), "--state", str(tmp_path / "s")]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        gone = next(o for o in c.search("Observation") if o["id"] != "outsider-fvc")
+        c.request("DELETE", f"Observation/{gone['id']}")
+        c.request("DELETE", "Observation/outsider-fvc")  # not the study's: never stored, so nothing to remove
+        second = CliRunner().invoke(main, args)
+        assert second.exit_code == 0, second.output
+        assert "removed (deleted on the server): Observation 1" in second.output
+        stored = {o["id"] for o in Store(tmp_path / "store").read("Observation")}
+        assert gone["id"] not in stored and len(stored) == 33
+        again = jobs.pull(study, c, tmp_path / "store", tmp_path / "s", bulk=True)
+        assert again.removed == {} and again.counts == {}  # deleted before this export's _since: not listed again
+    finally:
+        server.stop()
