@@ -37,6 +37,7 @@ SERVER = [
     ("push: transactions vs 1 PUT/resource", "push-transactions", "push-single", ">=10x"),
     ("push: fhir-msc vs fhirpy loop", "push-transactions", "push-fhirpy", "faster"),
     ("pull to DataFrame vs fhirpy+pandas", "pull", "pull-fhirpy", "faster"),
+    ("pull: bulk $export vs paged search", "pull-bulk", "pull-paged", ">=5x at 10k, flat memory"),
 ]
 
 

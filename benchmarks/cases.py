@@ -174,6 +174,35 @@ def case_pull(tables: Path, store: Path, url: str) -> tuple[float, int]:
     return _timed(work)
 
 
+def case_pull_paged(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """fhir-msc: pull the study into a store by paged search (items: resources stored)."""
+    from fhir_msc.server.client import FhirClient
+    from fhir_msc.server.journal import Journal
+    from fhir_msc.server.sync import pull
+
+    target = Store(tempfile.mkdtemp(prefix="bench-paged-"))
+
+    def work() -> int:
+        pull(FhirClient(url), load_study(), target, Journal(Path(tempfile.mkdtemp(prefix="bench-pj-"))))
+        return sum(target.counts().values())
+    return _timed(work)
+
+
+def case_pull_bulk(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """fhir-msc: pull the study into a store by one Bulk Data export (the test server's Retry-After 1 s included)."""
+    from fhir_msc.server import bulk_pull
+    from fhir_msc.server.client import FhirClient
+    from fhir_msc.server.journal import Journal
+
+    target = Store(tempfile.mkdtemp(prefix="bench-bulk-"))
+    state = Path(tempfile.mkdtemp(prefix="bench-bs-"))
+
+    def work() -> int:
+        bulk_pull.pull(FhirClient(url), load_study(), target, Journal(state), state)
+        return sum(target.counts().values())
+    return _timed(work)
+
+
 def case_pull_fhirpy(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """Peer: fhirpy fetching every page of each resource type, pandas json_normalize on Observations."""
     import pandas as pd

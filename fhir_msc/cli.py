@@ -740,6 +740,8 @@ def _echo_bulk_pull(result, store: Path) -> None:
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
     since = f", changes since {result.since}" if result.since else ""
     reused = f", {result.resumed_files} already downloaded" if result.resumed_files else ""
+    if result.removed:
+        counts += "; removed (deleted on the server): " + ", ".join(f"{t} {n}" for t, n in result.removed.items())
     resumed = "resumed " if result.resumed else ""
     click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
                f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
@@ -823,25 +825,31 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
               help="Where the findings tables and conflicts.csv (study and hospital values side by side) are written for review.")
 @click.option("--prefer", type=click.Choice(_hospital.PREFER), default="study", show_default=True,
               help="Which value wins when the store already holds a value for the subject, outcome and visit.")
+@click.option("--bulk", is_flag=True,
+              help="Use one FHIR Bulk Data $export (Patient or system level) when the server declares it; paged search otherwise.")
+@_state_option
 @_server_options
 @_study_option
 @_json_option
-def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, prefer: str, ca_bundle: str | None,
-                          timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, prefer: str, bulk: bool, state: Path,
+                          ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Fetch enrolled patients' results from a hospital FHIR server and add them at the right study visits.
 
     All Observations of each enrolled patient are read; those with the standard codes of the
     study's outcomes are converted to the study's units and placed at the visit (where the
     outcome is scheduled) whose window holds their date. Study values are never overwritten:
     a different hospital value is a conflict, listed in --out/conflicts.csv and left out
-    unless --prefer hospital. Everything not used is counted by reason. Exit code 0 means
+    unless --prefer hospital. Everything not used is counted by reason.
+    With --bulk, the Patients and the Observations with the study's codes come from one Bulk
+    Data export (kept in --state until used, so a killed export resumes). Exit code 0 means
     done (conflicts and unused results included); 8 that the server could not be used; 9
     that another job is writing the store.
     """
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
                                 "rerun the same command") as progress:
-        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, prefer, progress)
+        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, prefer, progress,
+                                    bulk_state=state if bulk else None)
     if as_json:
         _print_json(result)
         return

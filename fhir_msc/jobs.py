@@ -399,27 +399,28 @@ CONFLICT_COLUMNS = ["USUBJID", "TESTCD", "VISITNUM", "VISIT", "UNIT", "STUDY_RES
 
 
 def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path,
-                  prefer: str = "study", progress: Progress = NO_PROGRESS) -> HospitalPullResult:
+                  prefer: str = "study", progress: Progress = NO_PROGRESS, *, bulk_state: Path | None = None) -> HospitalPullResult:
     """Place hospital results of enrolled subjects at study visits: findings tables in ``out``, mapped into ``store``.
 
     A value for a subject, outcome and visit the store already holds is a conflict: written
     with both values to ``out/conflicts.csv`` and left out, unless ``prefer`` is "hospital".
-    Holds the store's write lock throughout.
+    With ``bulk_state``, by Bulk Data export when the server declares one (its journal and files
+    kept there, so a killed export resumes). Holds the store's write lock throughout.
     """
     with Store(store).writing() as recovered:
-        result = _hospital_pull(study, client, enrollment, store, out, prefer, progress)
+        result = _hospital_pull(study, client, enrollment, store, out, prefer, progress, bulk_state)
     return dataclasses.replace(result, notes=[*recovered, *result.notes])
 
 
 def _hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Path, out: Path, prefer: str,
-                   progress: Progress) -> HospitalPullResult:
+                   progress: Progress, bulk_state: Path | None) -> HospitalPullResult:
     if (out / study.tables.dm.file).exists():
         raise InputError(f"{out} holds trial tables ({study.tables.dm.file}): give --out a directory of its own")
     people = _hospital.read_enrollment(enrollment)
     subjects, study_values = _held_values(study, Store(store), {person.subject for person in people})
     if not subjects:
         raise InputError(f"{store}: no study subjects in this store: map or pull the study first")
-    result = _hospital.pull_hospital(client, study, people, subjects, study_values, prefer, progress)
+    result = _hospital.pull_hospital(client, study, people, subjects, study_values, prefer, progress, bulk_state=bulk_state)
     with TableWriter(study, out) as writer:
         for finding in result.findings:
             writer.finding(finding)

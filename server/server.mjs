@@ -103,8 +103,11 @@ const server = http.createServer(async (req, res) => {
     }
     const request = { method: req.method, url: pathname + url.search, query, params: {}, body,
       headers: req.headers, config: { transactions: true } };
+    const deleting = bulk && req.method === 'DELETE' ? pathname.match(/^\/([A-Z][A-Za-z]+)\/([^/]+)$/) : null;
+    const before = deleting ? await repo.readResource(deleting[1], deleting[2]).catch(() => undefined) : undefined;
     const [outcome, resource] = await router.handleRequest(request, repo);
     const status = getStatus(outcome);
+    if (before && status < 300) bulk.deletions.push({ resource: before, at: new Date().toISOString() });
     const headers = {};
     if (resource?.id && resource.meta?.versionId) {
       headers.etag = `W/"${resource.meta.versionId}"`;
@@ -121,7 +124,9 @@ const server = http.createServer(async (req, res) => {
 // Prefer: respond-async, and optionally _type, _since, _typeFilter (Type?query, URL-encoded,
 // repeatable or comma-separated) and _outputFormat (NDJSON only) → 202 with Content-Location,
 // the job's status URL. The job runs the searches in the background; at transactionTime (when
-// it starts), _since means meta.lastUpdated later than _since. Status: GET → 202 with X-Progress
+// it starts), _since means meta.lastUpdated later than _since, and the manifest's `deleted` lists
+// NDJSON files of transaction Bundles of DELETE requests for the resources of the exported types
+// (and level) deleted by DELETE [base]/Type/id after _since. Status: GET → 202 with X-Progress
 // and Retry-After while running, then 200 with the manifest; DELETE → 202, the job and its files
 // are gone. Files: GET [base]/$export-file/<job>/<n>.ndjson, gzip-encoded when the client
 // accepts it. A _typeFilter with an unknown search parameter is skipped and reported in the
@@ -133,7 +138,9 @@ const server = http.createServer(async (req, res) => {
 // most; 1000); FHIR_TEST_BULK_FAULTS, a comma list of faults: poll-429 (each job's first status
 // poll answers 429 with Retry-After), cut-file (the first file download of each job sends half
 // of its bytes, then the connection is dropped), job-error (the job fails: status answers 500
-// with an OperationOutcome), error-file (the manifest lists an error file with one issue).
+// with an OperationOutcome), error-file (the manifest lists an error file with one issue),
+// expire-token (the first file download of each job finds its bearer token expired: with SMART,
+// the token is expired there and then and the answer is 401, as when a token runs out mid-export).
 
 const NDJSON_FORMATS = ['application/fhir+ndjson', 'application/ndjson', 'ndjson'];
 // The R4 patient compartment, for the types this server holds: where each type names its patient.
@@ -144,7 +151,7 @@ function bulkSettings() {
   if (process.env.FHIR_TEST_BULK === 'off') return undefined;
   return { polls: Number(process.env.FHIR_TEST_BULK_POLLS ?? 1), retryAfter: String(process.env.FHIR_TEST_BULK_RETRY_AFTER ?? 1),
     fileLines: Number(process.env.FHIR_TEST_BULK_FILE_LINES ?? 1000),
-    faults: new Set((process.env.FHIR_TEST_BULK_FAULTS ?? '').split(',').filter(Boolean)), jobs: new Map() };
+    faults: new Set((process.env.FHIR_TEST_BULK_FAULTS ?? '').split(',').filter(Boolean)), jobs: new Map(), deletions: [] };
 }
 
 function outcome(severity, code, diagnostics) {
@@ -232,6 +239,16 @@ async function runExport(job, level, members, types, filters, since) {
       job.files.push({ type, count: lines.length, body: lines.map((r) => JSON.stringify(r) + '\n').join('') });
     }
   }
+  if (since) { // resources of the exported types deleted (DELETE Type/id) after _since, as Bundles of DELETE requests
+    const gone = bulk.deletions.filter(({ resource, at }) => at > new Date(since).toISOString() && types.includes(resource.resourceType)
+      && (level === 'system' || inCompartment(resource, members)));
+    for (let start = 0; start < gone.length; start += bulk.fileLines) {
+      const entry = gone.slice(start, start + bulk.fileLines)
+        .map(({ resource }) => ({ request: { method: 'DELETE', url: `${resource.resourceType}/${resource.id}` } }));
+      job.files.push({ type: 'Bundle', deleted: true, count: 1,
+        body: JSON.stringify({ resourceType: 'Bundle', id: crypto.randomUUID(), type: 'transaction', entry }) + '\n' });
+    }
+  }
   if (bulk.faults.has('error-file')) job.errors.push(outcome('error', 'transient', 'some resources could not be exported (test fault)'));
   if (job.errors.length) {
     job.files.push({ type: 'OperationOutcome', error: true, body: job.errors.map((o) => JSON.stringify(o) + '\n').join('') });
@@ -277,7 +294,8 @@ function exportStatus(req, res, base, id) {
   const entries = job.files.map((file, n) => ({ file, n }));
   sendJson(res, 200, {
     transactionTime: job.transactionTime, request: job.request, requiresAccessToken: Boolean(token || smart),
-    output: entries.filter(({ file }) => !file.error).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
+    output: entries.filter(({ file }) => !file.error && !file.deleted).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
+    deleted: entries.filter(({ file }) => file.deleted).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
     error: entries.filter(({ file }) => file.error).map(({ file, n }) => ({ type: file.type, url: url(n) })),
   });
 }
@@ -285,6 +303,12 @@ function exportStatus(req, res, base, id) {
 function exportFile(req, res, job, n) {
   const file = job?.files[n];
   if (!file) return send(res, 404, outcome('error', 'not-found', 'no such export file: its job was deleted, or never existed'));
+  if (bulk.faults.has('expire-token') && !job.expired) {
+    job.expired = true;
+    const granted = smart?.tokens.get((req.headers.authorization ?? '').replace(/^Bearer /, ''));
+    if (granted) granted.expires = 0;
+    return send(res, 401, outcome('error', 'login', 'expired bearer token (test fault)'));
+  }
   const gzip = /\bgzip\b/.test(req.headers['accept-encoding'] ?? '');
   const body = gzip ? zlib.gzipSync(file.body) : Buffer.from(file.body);
   res.writeHead(200, { 'content-type': 'application/fhir+ndjson', 'content-length': body.length, ...(gzip ? { 'content-encoding': 'gzip' } : {}) });

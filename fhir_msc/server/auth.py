@@ -22,6 +22,7 @@ import re
 import secrets
 import ssl
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,8 +157,9 @@ class OriginAuth(requests.auth.AuthBase):
     def bind(self, session: requests.Session, timeout: float, insecure_http: bool) -> None:
         """Use the server's session and timeout for any request of its own (token endpoints)."""
 
-    def refresh(self) -> bool:
-        """Get fresh credentials after a 401; False if there is nothing to refresh."""
+    def refresh(self, refused: str | None = None) -> bool:
+        """Get fresh credentials after a 401 to a request sent with the Authorization ``refused``;
+        False if there is nothing to refresh."""
         return False
 
     def __repr__(self) -> str:  # never show the secret
@@ -192,6 +194,7 @@ class _TokenAuth(OriginAuth):
         self._timeout, self._insecure_http = 30.0, False
         self._token: str | None = None
         self._expires = 0.0
+        self._lock = threading.Lock()  # parallel downloads share one token, fetched once
 
     def bind(self, session: requests.Session, timeout: float, insecure_http: bool) -> None:
         self._session, self._timeout, self._insecure_http = session, timeout, insecure_http
@@ -199,14 +202,17 @@ class _TokenAuth(OriginAuth):
             require_private_transport(self.token_url, "token endpoint", insecure_http)
 
     def header(self) -> str:
-        if self._token is None or time.monotonic() >= self._expires:
-            token, lifetime = self._fetch()
-            self._token = token
-            self._expires = time.monotonic() + lifetime - min(30.0, lifetime / 10)  # a bit early
-        return f"Bearer {self._token}"
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._expires:
+                token, lifetime = self._fetch()
+                self._token = token
+                self._expires = time.monotonic() + lifetime - min(30.0, lifetime / 10)  # a bit early
+            return f"Bearer {self._token}"
 
-    def refresh(self) -> bool:
-        self._token = None
+    def refresh(self, refused: str | None = None) -> bool:
+        with self._lock:
+            if refused is None or refused == f"Bearer {self._token}":  # not one another request has renewed already
+                self._token = None
         return True
 
     def _fetch(self) -> tuple[str, float]:

@@ -11,6 +11,9 @@
   before use: every line one JSON resource of the manifest's type with an id, and as many as its
   ``count``. A broken download or a file that fails the check is fetched again, a few times.
 - Error files (OperationOutcome NDJSON) are read and their issues reported.
+- Deleted files (the manifest's ``deleted``, IG v2, with ``_since``: transaction Bundles of
+  DELETE requests) are fetched and checked like the output; ``Export.deleted`` names what the
+  server deleted since ``_since``.
 - A small journal (``job.json`` beside the files) records the status URL, the manifest and the
   files already verified, so a killed export resumes instead of starting again; a job the server
   no longer knows is started afresh. ``finish`` DELETEs the job and removes the files.
@@ -74,6 +77,7 @@ class Manifest:
     requires_access_token: bool
     output: tuple[ExportFile, ...]
     error: tuple[ExportFile, ...]
+    deleted: tuple[ExportFile, ...] = ()  # Bundles of DELETE requests: resources deleted since _since
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +101,19 @@ class Export:
                     for line in handle:
                         if line.strip():
                             yield orjson.loads(line)
+
+    def deleted(self) -> Iterator[tuple[str, str]]:
+        """(resource type, id) of each resource the manifest's ``deleted`` Bundles say the server deleted."""
+        for item in self.manifest.deleted:
+            with open(self.directory / self.files[item.url], "rb") as handle:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    for entry in orjson.loads(line).get("entry", []):
+                        request = entry.get("request") or {}
+                        parts = str(request.get("url", "")).split("?")[0].rstrip("/").split("/")
+                        if request.get("method") == "DELETE" and len(parts) >= 2:
+                            yield parts[-2], parts[-1]
 
 
 # --- capability -------------------------------------------------------------------------------
@@ -187,7 +204,8 @@ def _file(item: dict) -> ExportFile:
 def _manifest_json(manifest: Manifest) -> dict:
     files = lambda items: [{"type": f.type, "url": f.url, **({"count": f.count} if f.count is not None else {})} for f in items]  # noqa: E731
     return {"transactionTime": manifest.transaction_time, "request": manifest.request,
-            "requiresAccessToken": manifest.requires_access_token, "output": files(manifest.output), "error": files(manifest.error)}
+            "requiresAccessToken": manifest.requires_access_token, "output": files(manifest.output), "error": files(manifest.error),
+            "deleted": files(manifest.deleted)}
 
 
 def delete_job(client: FhirClient, status_url: str) -> None:
@@ -209,9 +227,9 @@ class BadFile(Exception):
 def verify(path: Path, item: ExportFile) -> int:
     """Lines of a downloaded file: each one JSON resource of the file's type, as many as ``count``.
 
-    Resources need an id, except the OperationOutcomes of error files.
+    Resources need an id, except the OperationOutcomes of error files and the Bundles of deleted files.
     """
-    needs_id = item.type != "OperationOutcome"
+    needs_id = item.type not in ("OperationOutcome", "Bundle")  # error files and deleted Bundles may have none
     lines = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
@@ -345,8 +363,9 @@ def _run(client: FhirClient, level: str, params: dict[str, list[str]], directory
         journal.save()
     else:
         manifest = parse_manifest_json(journal.manifest)
-    reused = sum(1 for item in manifest.output if item.url in journal.verified and (directory / journal.verified[item.url]).exists())
-    pending = [(n, item) for n, item in enumerate(manifest.output)
+    files = manifest.output + manifest.deleted
+    reused = sum(1 for item in files if item.url in journal.verified and (directory / journal.verified[item.url]).exists())
+    pending = [(n, item) for n, item in enumerate(files)
                if not (item.url in journal.verified and (directory / journal.verified[item.url]).exists())]
     progress.start(f"downloading {len(pending)} export file(s)", len(pending), "files")
     _fetch_all(client, pending, directory, journal, policy, progress)
@@ -359,7 +378,8 @@ def parse_manifest_json(body: dict) -> Manifest:
     """A manifest from its JSON (the status answer's body, or the journal's copy of it)."""
     return Manifest(transaction_time=body["transactionTime"], request=body.get("request", ""),
                     requires_access_token=bool(body.get("requiresAccessToken")),
-                    output=tuple(_file(i) for i in body.get("output", [])), error=tuple(_file(i) for i in body.get("error", [])))
+                    output=tuple(_file(i) for i in body.get("output", [])), error=tuple(_file(i) for i in body.get("error", [])),
+                    deleted=tuple(_file(i) for i in body.get("deleted") or []))
 
 
 def _fetch_all(client: FhirClient, pending: list[tuple[int, ExportFile]], directory: Path, journal: _Journal,

@@ -9,7 +9,8 @@ paged pull would: ResearchSubjects of the study, the Patients they name (all the
 subjects, as in the paged pull) and the visits, infusions and Observations of those Patients.
 Files stream into the store; memory holds ids, not resources.
 
-Incremental: the mark recorded after a complete export is its manifest's ``transactionTime``
+Incremental: the resources the manifest's ``deleted`` files name (deleted on the server since
+``_since``) are removed from the store and counted in ``removed``. The mark recorded after a complete export is its manifest's ``transactionTime``
 (the server's clock), in the same journal row as the paged pull's, so the two take turns. An
 export whose error file reports problems is stored but does not move the mark, and its
 issues are returned. Servers whose CapabilityStatement declares no export get the paged pull.
@@ -55,6 +56,7 @@ class BulkPullResult:
     resumed_files: int = 0  # export files already downloaded and verified by a killed run
     resumed: bool = False  # the export job was picked up from the journal
     errors: list[str] = field(default_factory=list)  # issues of the export's error files
+    removed: dict[str, int] = field(default_factory=dict)  # stored resources the manifest's `deleted` says are gone
     recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
 
     @property
@@ -100,13 +102,25 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     for resource_type in SUBJECT_DATA:
         _add(counts, store.write(_of_patients(done.resources(resource_type), patients)))
         progress.advance(1)
+    removed = _remove_deleted(store, done)
     high_water = since if done.errors else done.manifest.transaction_time
     if high_water:
         journal.record_pull(client.base_url, mark, high_water)
     bulk.finish(client, done)
     return BulkPullResult(source=client.base_url, method="bulk", counts=counts, since=since, high_water=high_water,
                           requests=client.stats.requests - before, seconds=time.monotonic() - started, level=level,
-                          files=done.downloaded, resumed_files=done.reused, resumed=done.resumed, errors=done.errors)
+                          files=done.downloaded, resumed_files=done.reused, resumed=done.resumed, errors=done.errors,
+                          removed=removed)
+
+
+def _remove_deleted(store: Store, done: bulk.Export) -> dict[str, int]:
+    """Remove from the store what the export's ``deleted`` files say the server deleted; how many of each type."""
+    gone: dict[str, set[str]] = {}
+    for resource_type, resource_id in done.deleted():
+        if resource_type in EXPORTED:
+            gone.setdefault(resource_type, set()).add(resource_id)
+    removed = {resource_type: store.remove(resource_type, ids) for resource_type, ids in sorted(gone.items())}
+    return {resource_type: n for resource_type, n in removed.items() if n}
 
 
 def _level(levels: set[str], groups: list[Resource]) -> str:

@@ -146,7 +146,8 @@ class FhirClient:
         while True:
             attempt += 1
             response, failure = self._send(method, url, json, params, headers or {}, stream)
-            if response is not None and response.status_code == 401 and not reauthenticated and self.auth and self.auth.refresh():
+            if (response is not None and response.status_code == 401 and not reauthenticated and self.auth
+                    and self.auth.refresh(response.request.headers.get("Authorization"))):
                 reauthenticated = True
                 response.close()
                 continue

@@ -13,22 +13,31 @@ not used, unless the caller prefers the hospital's values. Censored results
 (``valueQuantity.comparator``, e.g. ``<0.5``) keep their comparator. Results are placed by
 their date (``effectiveDateTime``, ``effectiveInstant`` or ``effectivePeriod.start``); a
 partial date (``2023-05``) is placed when every day it may mean lies in one visit window.
+
+By bulk export (``Patient/$export``, or system level, with ``_type=Patient,Observation`` and a
+``_typeFilter`` per study code), the patients are matched by identifier in the exported
+Patients and their Observations go through the same placement and account as the paged
+ones; Observations with other codes are not exported, so they are not in that account.
 """
 
 from __future__ import annotations
 
 import calendar
 import csv
+import dataclasses
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from ..account import Account, Tally
 from ..errors import InputError
+from ..fhir.unmapping import ref_id
 from ..progress import NO_PROGRESS, Progress
 from ..study.definition import Outcome, Study, Visit
 from ..tables.sdtm import COMPARATORS, FindingRecord, SubjectRecord, format_number
+from . import bulk
 from .client import FhirClient
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
@@ -79,6 +88,7 @@ class HospitalPullResult:
     conflicts: list[Conflict]
     unused_codes: dict[str, int]  # system|code the study does not use -> Observations with it
     prefer: str
+    method: str = "search"  # or "bulk" (one Bulk Data export)
     notes: list[str] = field(default_factory=list)  # e.g. what a killed job left and this one cleaned up
 
 
@@ -113,39 +123,104 @@ class _Placed:
 
 
 def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment], subjects: dict[str, SubjectRecord],
-                  study_values: StudyValues, prefer: str = "study", progress: Progress = NO_PROGRESS) -> HospitalPullResult:
-    """Fetch, place and account for the enrolled patients' results; see the module docstring."""
+                  study_values: StudyValues, prefer: str = "study", progress: Progress = NO_PROGRESS, *,
+                  bulk_state: Path | None = None, policy: bulk.BulkPolicy = bulk.BulkPolicy()) -> HospitalPullResult:
+    """Fetch, place and account for the enrolled patients' results; see the module docstring.
+
+    With ``bulk_state`` (where an export's journal and files are kept), by Bulk Data export when
+    the server declares one, else by paged search (and a note says so).
+    """
     by_code = hospital_outcomes(study)
     if not by_code:
         raise InputError("no outcome in the study definition has a standard code: nothing to look for at the hospital")
-    patients, observations = Tally(), Tally()
-    unused: Counter[str] = Counter()
-    best: dict[tuple[str, int, str], _Placed] = {}
-    progress.start(f"fetching hospital results from {client.base_url}", len(enrollment), "patients")
+    notes = []
+    if bulk_state is not None:
+        levels = bulk.export_levels(client)
+        if levels:
+            return _by_export(client, study, by_code, enrollment, subjects, study_values, prefer, progress,
+                              "Patient" if "Patient" in levels else "system", bulk_state, policy)
+        notes.append(f"{client.base_url} declares no $export: pulled by paged search")
+    patients = Tally()
+    progress.start(f"finding enrolled patients on {client.base_url}", len(enrollment), "patients")
+    found = _found(enrollment, subjects, patients,
+                   lambda person: [p["id"] for p in client.search("Patient", {"identifier": f"{person.system}|{person.value}"})],
+                   progress)
+
+    def observations() -> Iterator[tuple[str, dict]]:
+        progress.start(f"fetching hospital results from {client.base_url}", len(found), "patients")
+        for patient_id in progress.each(list(found)):
+            for observation in client.search("Observation", {"subject": f"Patient/{patient_id}"}):
+                yield patient_id, observation
+
+    result = _account(study, by_code, len(enrollment), patients, found, observations(), study_values, prefer)
+    return dataclasses.replace(result, notes=notes)
+
+
+def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], Outcome], enrollment: list[Enrollment],
+               subjects: dict[str, SubjectRecord], study_values: StudyValues, prefer: str, progress: Progress, level: str,
+               state_dir: Path, policy: bulk.BulkPolicy) -> HospitalPullResult:
+    """One export of Patients and of the Observations with the study's codes (``_typeFilter``), then the same account."""
+    filters = [bulk.type_filter("Observation", {"code": f"{system}|{code}"}) for system, code in sorted(by_code)]
+    done = bulk.export(client, level, state_dir, types=("Patient", "Observation"), type_filters=filters,
+                       policy=policy, progress=progress)
+    wanted = {(person.system, person.value) for person in enrollment}
+    holders: dict[tuple[str, str], list[str]] = {}
+    for patient in done.resources("Patient"):
+        for key in {(i.get("system"), i.get("value")) for i in patient.get("identifier", [])} & wanted:
+            holders.setdefault(key, []).append(patient["id"])
+    patients = Tally()
+    found = _found(enrollment, subjects, patients, lambda person: holders.get((person.system, person.value), []), progress)
+    observations = ((patient_id, o) for o in done.resources("Observation")
+                    if (patient_id := ref_id((o.get("subject") or {}).get("reference", ""))) in found)
+    result = _account(study, by_code, len(enrollment), patients, found, observations, study_values, prefer)
+    bulk.finish(client, done)
+    notes = [f"pulled by bulk export ({level} level, {done.downloaded} files"
+             f"{f', {done.reused} already downloaded' if done.reused else ''}); only Observations with the study's "
+             "codes were exported (_typeFilter), so those with other codes are not in the account",
+             *(f"export error: {issue}" for issue in done.errors)]
+    return dataclasses.replace(result, method="bulk", notes=notes)
+
+
+def _found(enrollment: list[Enrollment], subjects: dict[str, SubjectRecord], patients: Tally,
+           holders: Callable[[Enrollment], list[str]], progress: Progress) -> dict[str, list[tuple[str, date]]]:
+    """Hospital patient id → the (subject, start date) enrolled as that patient; each enrolled subject counted."""
+    found: dict[str, list[tuple[str, date]]] = {}
     for person in progress.each(enrollment):
         patients.read += 1
         subject = subjects.get(person.subject)
         if subject is None:
             patients.skip("not a subject of this study's store (map DM first)", person.subject)
             continue
-        found = list(client.search("Patient", {"identifier": f"{person.system}|{person.value}"}))
-        if len(found) != 1:
-            patients.skip("no hospital patient has this identifier" if not found else
+        ids = holders(person)
+        if len(ids) != 1:
+            patients.skip("no hospital patient has this identifier" if not ids else
                           "several hospital patients have this identifier", f"{person.subject} ({person.value})")
             continue
         patients.used += 1
-        start = date.fromisoformat(subject.start[:10])
-        for observation in client.search("Observation", {"subject": f"Patient/{found[0]['id']}"}):
-            observations.read += 1
-            placed = _place(study, by_code, observation, person.subject, start, unused)
+        found.setdefault(ids[0], []).append((person.subject, date.fromisoformat(subject.start[:10])))
+    return found
+
+
+def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: int, patients: Tally,
+             found: dict[str, list[tuple[str, date]]], observations: Iterable[tuple[str, dict]],
+             study_values: StudyValues, prefer: str) -> HospitalPullResult:
+    """Place every (patient id, Observation) of the patients found, keep the result closest to each visit day
+    (ties: the first Observation by reference), and account for each one: used, or not used by reason."""
+    tally = Tally()
+    unused: Counter[str] = Counter()
+    best: dict[tuple[str, int, str], _Placed] = {}
+    for patient_id, observation in observations:
+        for subject, start in found[patient_id]:
+            tally.read += 1
+            placed = _place(study, by_code, observation, subject, start, unused)
             if isinstance(placed, str):
-                observations.skip(placed, f"Observation/{observation.get('id')}")
+                tally.skip(placed, f"Observation/{observation.get('id')}")
                 continue
             key = (placed.record.subject, placed.record.visitnum, placed.record.testcd)
             earlier = best.get(key)
             if earlier is not None:
-                loser = placed if earlier.distance <= placed.distance else earlier
-                observations.skip(SUPERSEDED, loser.observation)
+                loser = placed if (earlier.distance, earlier.observation) <= (placed.distance, placed.observation) else earlier
+                tally.skip(SUPERSEDED, loser.observation)
                 if loser is placed:
                     continue
             best[key] = placed
@@ -155,7 +230,7 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
         record = placed.record
         held = study_values.get(key)
         if held is not None and held[0] == record.result:
-            observations.skip(SAME, placed.observation)
+            tally.skip(SAME, placed.observation)
             continue
         if held is not None:
             conflicts.append(Conflict(subject=record.subject, testcd=record.testcd, visitnum=record.visitnum,
@@ -163,11 +238,11 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
                                       hospital_result=record.result, hospital_date=record.date,
                                       hospital_observation=placed.observation, kept=prefer))
             if prefer != "hospital":
-                observations.skip(CONFLICT, placed.observation)
+                tally.skip(CONFLICT, placed.observation)
                 continue
-        observations.used += 1
+        tally.used += 1
         findings.append(record)
-    return HospitalPullResult(enrolled=len(enrollment), patients=patients.account(), observations=observations.account(),
+    return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
                               findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
                               prefer=prefer)
 

@@ -261,3 +261,56 @@ def test_pull_bulk_with_a_token_and_fallback_to_paged_without_export(study, tmp_
         assert Store(tmp_path / "b").counts()["Observation"] == 34
     finally:
         plain.stop()
+
+
+def test_a_token_expired_mid_download_is_renewed_once_and_the_pull_completes(study, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from fhir_msc.server.auth import SmartBackendAuth, load_signing_key
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1"}]}))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    (tmp_path / "k.pem").chmod(0o600)
+    server = LoopbackServer({"FHIR_TEST_SMART_CLIENT_ID": "bulk-client", "FHIR_TEST_SMART_JWKS": str(tmp_path / "jwks.json"),
+                             "FHIR_TEST_BULK_FAULTS": "expire-token"})
+    try:
+        tokens = []
+
+        class CountedAuth(SmartBackendAuth):
+            def _fetch(self):
+                tokens.append(1)
+                return super()._fetch()
+
+        auth = CountedAuth(server.base, "bulk-client", load_signing_key(str(tmp_path / "k.pem"), kid="k1"))
+        c = FhirClient(server.base, auth=auth, retry=FAST, sleep=lambda s: None)
+        jobs.push(study, BAD / "good", c, tmp_path / "push-state")
+        before = len(tokens)
+        result = jobs.pull(study, c, tmp_path / "store", tmp_path / "state", bulk=True)
+        assert result.method == "bulk" and result.ok and Store(tmp_path / "store").counts()["Observation"] == 34
+        assert len(tokens) == before + 1  # the 401 on the first file brought one new token, and the download went on
+    finally:
+        server.stop()
+
+
+def test_an_observation_deleted_between_two_bulk_pulls_is_removed_by_the_second(study, tmp_path):
+    server = loaded()
+    try:
+        c = client(server.base)
+        args = ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "store"), "--state", str(tmp_path / "s")]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        gone = next(o for o in c.search("Observation") if o["id"] != "outsider-fvc")
+        c.request("DELETE", f"Observation/{gone['id']}")
+        c.request("DELETE", "Observation/outsider-fvc")  # not the study's: never stored, so nothing to remove
+        second = CliRunner().invoke(main, args)
+        assert second.exit_code == 0, second.output
+        assert "removed (deleted on the server): Observation 1" in second.output
+        stored = {o["id"] for o in Store(tmp_path / "store").read("Observation")}
+        assert gone["id"] not in stored and len(stored) == 33
+        again = jobs.pull(study, c, tmp_path / "store", tmp_path / "s", bulk=True)
+        assert again.removed == {} and again.counts == {}  # deleted before this export's _since: not listed again
+    finally:
+        server.stop()

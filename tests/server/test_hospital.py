@@ -172,3 +172,36 @@ def test_hospital_findings_never_go_into_the_trial_tables(cohort, demo_store):
     from fhir_msc import jobs
     with pytest.raises(InputError, match="holds trial tables"):
         jobs.hospital_pull(load_study(), None, HOSPITAL / "enrollment.csv", demo_store.path, cohort)
+
+
+def test_hospital_pull_bulk_gives_the_paged_findings_conflicts_and_account(hospital, demo_store, tmp_path):
+    for name in ("paged", "bulk"):
+        shutil.copytree(demo_store.path, tmp_path / name)
+    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").output)
+    result = _pull(hospital, tmp_path / "bulk", tmp_path / "found-bulk", "--bulk", "--state", str(tmp_path / "state"))
+    assert result.exit_code == 0, result.output
+    by_bulk = json.loads(result.output)
+    assert (by_bulk["method"], paged["method"]) == ("bulk", "search")
+    assert by_bulk["findings"] == paged["findings"] and by_bulk["conflicts"] == paged["conflicts"]
+    assert by_bulk["patients"] == paged["patients"]
+    # only the study's codes are exported (_typeFilter): the GLU results are not read, all else is the same
+    expected = {**paged["observations"], "read": paged["observations"]["read"] - 5,
+                "skipped": {k: v for k, v in paged["observations"]["skipped"].items() if k != UNUSED_CODE},
+                "examples": {k: v for k, v in paged["observations"]["examples"].items() if k != UNUSED_CODE}}
+    assert by_bulk["observations"] == expected and by_bulk["unused_codes"] == {}
+    assert any("bulk export (Patient level" in note for note in by_bulk["notes"])
+    assert Store(tmp_path / "bulk").counts() == Store(tmp_path / "paged").counts()
+    assert not list((tmp_path / "state" / "bulk").iterdir())  # the export's files are removed once used
+
+
+def test_hospital_pull_bulk_falls_back_to_paged_search_without_export(demo_store, tmp_path):
+    from loopback import LoopbackServer
+    server = LoopbackServer({"FHIR_TEST_BULK": "off"})
+    try:
+        requests.post(server.base, json=json.loads((HOSPITAL / "bundle.json").read_text()), timeout=60).raise_for_status()
+        shutil.copytree(demo_store.path, tmp_path / "store")
+        data = json.loads(_pull(server, tmp_path / "store", tmp_path / "found", "--bulk", "--state", str(tmp_path / "s")).output)
+        assert data["method"] == "search" and data["observations"]["read"] == 43 and len(data["findings"]) == 4
+        assert len(data["notes"]) == 1 and data["notes"][0].endswith("declares no $export: pulled by paged search")
+    finally:
+        server.stop()
