@@ -4,7 +4,7 @@ Nothing here knows the MSC trial: arms, outcomes, visits, effects and published 
 all come from the study definition's ``analysis`` section.
 
 Every Observation read is accounted for: a row of the frame, or dropped under a reason
-(no study outcome code, unknown subject or visit, unknown answer code, a censored result,
+(no study outcome code, unknown subject or visit, unknown answer code, a censored result, a test not done,
 a duplicate of one business identifier, a visit not asked for). Censored results (``<0.5``)
 are not used in the continuous statistics: they are counted, not guessed at.
 """
@@ -39,6 +39,7 @@ FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome",
 
 NOT_RANDOMIZED = "subject not randomized (no ResearchSubject of this study)"
 CENSORED = "censored result (<, <=, >=, >): not used in continuous statistics"
+NOT_DONE = "not done (no value: dataAbsentReason not-performed, SDTM --STAT NOT DONE)"
 DUPLICATE = "duplicate business identifier (same subject, visit and outcome under another id): counted once"
 
 
@@ -83,6 +84,10 @@ def frame_and_account(study: Study, source: ResourceSource,
         subject = by_subject.get(finding.subject)
         if subject is None:
             tally.skip(NOT_RANDOMIZED, finding.subject)
+            continue
+        if finding.not_done:
+            visit_code = study.visit_by_num[finding.visitnum].code
+            tally.skip(NOT_DONE, f"{finding.subject}/{visit_code}/{finding.testcd}")
             continue
         outcome, unit, is_number = by_outcome[finding.testcd]
         if is_number:

@@ -11,7 +11,8 @@ Resource model (R4 names; see versions.py for R5):
   ResearchSubject    subject ↔ study, assigned/actual arm, status, period (RFSTDTC–RFENDTC)
   MedicationAdministration  one per infusion (EX row): product, dose, route, date
   Encounter          one per subject × visit, spanning that visit's finding dates
-  Observation        one per finding row, linked to Patient, Encounter and ResearchStudy
+  Observation        one per finding row, linked to Patient, Encounter and ResearchStudy; a row not done
+                     (--STAT NOT DONE) has no value but dataAbsentReason not-performed, --REASND as its text
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ UCUM = "http://unitsofmeasure.org"
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 PHASE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-phase"
 STUDY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
+NOT_PERFORMED = {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed",
+                 "display": "Not Performed"}
 SYNTHETIC_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST",
                  "display": "test health data"}
 
 Resource = dict[str, Any]
+OPTIONAL_SUFFIXES = ("test", "status", "reason")  # findings columns a table may leave out
 PROGRESS_EVERY = 1000  # findings between progress callbacks
 
 
@@ -203,7 +207,9 @@ class FhirBuilder:
         resource["subject"] = {"reference": self.ref("Patient", "subject", subject)}
         resource["encounter"] = {"reference": self.ref("Encounter", "visit", f"{subject}/{visit}")}
         resource["effectiveDateTime"] = record.date
-        if answers:
+        if record.not_done:  # SDTM --STAT NOT DONE: no value, the reason it is absent instead (obs-6)
+            resource["dataAbsentReason"] = {"coding": [NOT_PERFORMED], **({"text": record.reason} if record.reason else {})}
+        elif answers:
             resource["valueCodeableConcept"] = answers[record.result]
         else:
             unit = record.unit
@@ -387,10 +393,11 @@ def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[st
             continue  # a domain with no data this time is normal (e.g. a replayed rejects folder)
         col = FindingColumns.of(study, domain)
         suffixes = study.tables.findings.suffixes
-        required = [*study.tables.findings.columns.values(), *(domain + s for k, s in suffixes.items() if k != "test")]
+        required = [*study.tables.findings.columns.values(), *(domain + s for k, s in suffixes.items() if k not in OPTIONAL_SUFFIXES)]
         repeated = _repeated_finding_keys(path, required, keys[name])
         seen: set[tuple[str, int, str]] = set()  # only keys that occur more than once in the file
-        for number, row, header, raw in read_rows(path, required, log, used=[*required, col.test], key_columns=keys[name],
+        optional = [c for c in (col.test, col.status, col.reason) if c]
+        for number, row, header, raw in read_rows(path, required, log, used=[*required, *optional], key_columns=keys[name],
                                                   table=name):
             record = _parse(log, path, number, header, raw, row, lambda: parse_finding(study, col, subjects, row))
             if record is None:

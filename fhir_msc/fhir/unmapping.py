@@ -32,7 +32,7 @@ from ..tables.sdtm import (
     TableWriter,
     format_number,
 )
-from .mapping import SYNTHETIC_TAG
+from .mapping import NOT_PERFORMED, SYNTHETIC_TAG
 from .versions import (
     administration_date,
     administration_medication,
@@ -357,7 +357,10 @@ def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -
         else:
             skip("unknown visit", _named(observation))
         return None
-    if outcome.type == "coded":
+    not_done = _not_performed(observation)
+    if not_done:
+        result = unit = ""
+    elif outcome.type == "coded":
         concept = observation.get("valueCodeableConcept", {})
         codes = {(c.get("system"), c.get("code")) for c in concept.get("coding", [])}
         result = next((key for key, a in outcome.answers.items() if (a.system, a.code) in codes), None)
@@ -381,11 +384,25 @@ def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -
         result = comparator + format_number(quantity["value"] * factor)
         unit = outcome.unit
     test, date = observation["code"].get("text", outcome.display), observation.get("effectiveDateTime", "")
-    if not _strings(test, date):
+    absent = observation.get("dataAbsentReason", {})  # --REASND
+    reason = absent.get("text", "") if not_done else ""
+    if not _strings(test, date, reason):
         skip(NOT_READABLE, _named(observation))
         return None
     return FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code, test=test, result=result,
-                         unit=unit, visitnum=visitnum, date=date)
+                         unit=unit, visitnum=visitnum, date=date, not_done=not_done, reason=reason)
+
+
+def _not_performed(observation: Resource) -> bool:
+    """An Observation without a value whose dataAbsentReason is not-performed: an SDTM row NOT DONE."""
+    if _has_value(observation):
+        return False
+    codings = observation.get("dataAbsentReason", {}).get("coding", [])
+    return any(c.get("system") == NOT_PERFORMED["system"] and c.get("code") == NOT_PERFORMED["code"] for c in codings)
+
+
+def _has_value(observation: Resource) -> bool:
+    return any(key.startswith("value") and key[5:6].isupper() for key in observation)
 
 
 def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord]:

@@ -78,6 +78,11 @@ class FindingRecord(NamedTuple):
     unit: str
     visitnum: int
     date: str
+    not_done: bool = False  # SDTM --STAT NOT DONE: no result (result and unit are empty)
+    reason: str = ""  # SDTM --REASND: why it was not done
+
+
+NOT_DONE = "NOT DONE"  # the one value of SDTM --STAT
 
 
 class RowError(ValueError):
@@ -242,12 +247,15 @@ class FindingColumns:
     result: str
     unit: str
     date: str
+    status: str | None = None  # --STAT and --REASND: optional, declared as suffixes status and reason
+    reason: str | None = None
 
     @classmethod
     def of(cls, study: Study, domain: str) -> FindingColumns:
         c, s = study.tables.findings.columns, study.tables.findings.suffixes
         return cls(domain=domain, study=c["study"], subject=c["subject"], visitnum=c["visitnum"], visit=c["visit"],
-                   **{key: domain + s[key] for key in ("testcd", "test", "result", "unit", "date")})
+                   **{key: domain + s[key] for key in ("testcd", "test", "result", "unit", "date")},
+                   **{key: domain + s[key] for key in ("status", "reason") if key in s})
 
 
 def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, SubjectRecord], row: dict[str, str]) -> FindingRecord:
@@ -270,10 +278,31 @@ def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, Subject
         raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}")
     if row[col.visit] != visit.name:
         raise RowError(col.visit, row[col.visit], f"VISITNUM {visit.visitnum} is {visit.name!r}: fix VISIT or VISITNUM")
-    result, unit = _result(outcome, col.result, row[col.result], col.unit, row[col.unit])
+    not_done, reason = _not_done(col, row)
+    if not_done:
+        result = unit = ""
+    else:
+        result, unit = _result(outcome, col.result, row[col.result], col.unit, row[col.unit])
     return FindingRecord(subject=subject, domain=col.domain, testcd=testcd, test=row.get(col.test) or outcome.display,
                          result=result, unit=unit, visitnum=visit.visitnum,
-                         date=check_date(col.date, row[col.date]))
+                         date=check_date(col.date, row[col.date]), not_done=not_done, reason=reason)
+
+
+def _not_done(col: FindingColumns, row: dict[str, str]) -> tuple[bool, str]:
+    """Whether the row says the test was not done (--STAT NOT DONE), and why (--REASND)."""
+    status = row.get(col.status, "") if col.status else ""
+    reason = row.get(col.reason, "") if col.reason else ""
+    if status not in ("", NOT_DONE):
+        raise RowError(col.status, status, f"unknown status: write {NOT_DONE} if the test was not done, or leave it empty")
+    if status and row[col.result]:
+        raise RowError(col.result, row[col.result], f"{col.status} is {NOT_DONE} but there is a result: "
+                                                     f"empty {col.result} or {col.status}")
+    if status and row[col.unit]:
+        raise RowError(col.unit, row[col.unit], f"{col.status} is {NOT_DONE}: a test not done has no unit; empty {col.unit}")
+    if reason and not status:
+        raise RowError(col.reason, reason, f"a reason not done needs {col.status} {NOT_DONE}: "
+                                            f"set {col.status} or empty {col.reason}")
+    return bool(status), reason
 
 
 def visit_number(text: str) -> int | float | str:
@@ -289,7 +318,8 @@ def visit_number(text: str) -> int | float | str:
 def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, unit: str) -> tuple[str, str]:
     """Validate a result; numbers are converted to the outcome's unit."""
     if not text:
-        raise RowError(result_column, text, "result is empty: enter it, or drop the row if the test was not done")
+        raise RowError(result_column, text, "result is empty: enter it, or write NOT DONE in --STAT (and why in "
+                                            "--REASND) if the test was not done")
     if outcome.type == "coded":
         if text not in outcome.answers:
             raise RowError(result_column, text, f"not an allowed answer for {outcome.code}: use one of {', '.join(outcome.answers)}")
@@ -346,9 +376,11 @@ def ex_columns(study: Study) -> list[str]:
     return list(study.tables.ex.columns.values())
 
 
-def finding_columns(study: Study, domain: str) -> list[str]:
+def finding_columns(study: Study, domain: str, not_done: bool = False) -> list[str]:
+    """A findings table's header; ``not_done`` adds --STAT and --REASND (after the unit, as SDTM orders them)."""
     col = FindingColumns.of(study, domain)
-    return [col.study, col.subject, col.testcd, col.test, col.result, col.unit, col.visitnum, col.visit, col.date]
+    extra = [col.status, col.reason] if not_done and col.status and col.reason else []
+    return [col.study, col.subject, col.testcd, col.test, col.result, col.unit, *extra, col.visitnum, col.visit, col.date]
 
 
 def subject_row(study: Study, record: SubjectRecord) -> list[str]:
@@ -367,10 +399,11 @@ def dose_row(study: Study, record: DoseRecord) -> list[str]:
     return [values[key] for key in study.tables.ex.columns]
 
 
-def finding_row(study: Study, record: FindingRecord) -> list[str]:
+def finding_row(study: Study, record: FindingRecord, not_done: bool = False) -> list[str]:
     visit = study.visit_by_num[record.visitnum]
+    extra = [NOT_DONE if record.not_done else "", record.reason] if not_done else []
     return [study.study.identifier.value, record.subject, record.testcd, record.test, record.result,
-            record.unit, str(record.visitnum), visit.name, record.date]
+            record.unit, *extra, str(record.visitnum), visit.name, record.date]
 
 
 def numeric_columns(study: Study) -> set[str]:
@@ -390,6 +423,7 @@ class TableWriter:
         private_dir(directory)
         self._staging = directory if fmt == "csv" else Path(tempfile.mkdtemp(prefix=".fhir-msc-tables-", dir=directory))
         self._files: dict[str, tuple[object, csv.writer]] = {}
+        self._not_done: set[str] = set()  # findings tables with --STAT and --REASND columns
         self.rows: dict[str, int] = {}
 
     def _writer(self, name: str, header: list[str]) -> csv.writer:
@@ -410,7 +444,34 @@ class TableWriter:
 
     def finding(self, record: FindingRecord) -> None:
         name = self.study.tables.findings.files[record.domain]
-        self._writer(name, finding_columns(self.study, record.domain)).writerow(finding_row(self.study, record))
+        if record.not_done and name not in self._not_done:
+            self._add_not_done_columns(name, record.domain)
+        not_done = name in self._not_done
+        self._writer(name, finding_columns(self.study, record.domain, not_done)).writerow(
+            finding_row(self.study, record, not_done))
+
+    def _add_not_done_columns(self, name: str, domain: str) -> None:
+        """Give a findings table --STAT and --REASND at its first row not done (rows written before get them empty).
+
+        Tables without such a row keep the columns they had, so they come back as they were mapped.
+        """
+        self._not_done.add(name)
+        if name not in self._files:
+            return
+        handle, _ = self._files.pop(name)
+        handle.close()  # type: ignore[attr-defined]
+        path = self._staging / name
+        narrow = path.replace(path.with_name(f".{name}.narrow"))
+        at = len(finding_columns(self.study, domain)) - 3  # after the unit, before VISITNUM, VISIT and the date
+        with open(narrow, encoding="utf-8", newline="") as old, private_open(path, "w", encoding="utf-8", newline="") as new:
+            rows = csv.reader(old)
+            next(rows)
+            writer = csv.writer(new, lineterminator="\n")
+            writer.writerow(finding_columns(self.study, domain, not_done=True))
+            writer.writerows(row[:at] + ["", ""] + row[at:] for row in rows)
+        narrow.unlink()
+        handle = private_open(path, "a", encoding="utf-8", newline="")
+        self._files[name] = (handle, csv.writer(handle, lineterminator="\n"))
 
     def dataset(self, dataset: Dataset) -> None:
         if dataset.synthetic:
