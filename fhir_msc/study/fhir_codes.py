@@ -2,15 +2,20 @@
 
 The codes of a required binding are those fhir.resources lists for the model field
 (``enum_values``, from the specification); a value must be a code in every FHIR version
-where it lands in that ``code`` element. UCUM units are checked against the syntax of
-UCUM's grammar (https://ucum.org/ucum#section-Syntax-Rules), not against its table of units.
+where it lands in that ``code`` element. UCUM units are parsed with the grammar of the
+ucumvert package (PyPI), which holds UCUM's syntax and its tables of units and prefixes, so
+``cells`` is refused where ``{cells}`` is a unit.
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from importlib import import_module
+from importlib.util import find_spec
+from pathlib import Path
+
+from lark import Lark
+from lark.exceptions import UnexpectedEOF, UnexpectedInput
 
 CODES_SHOWN = 6  # codes of a value set listed in a message
 
@@ -36,49 +41,33 @@ def check_code(value: str, element: str, *bindings: tuple[str, str, str, str]) -
     return value
 
 
-# UCUM's grammar: mainTerm = ["/"] term; term = component (("." | "/") component)*;
-# component = annotatable [annotation] | annotation | factor | "(" term ")";
-# annotatable = simpleUnit [exponent]. Symbols are ASCII 33–126 except the characters with a
-# meaning in the grammar ("()+-./={}[] and the double quote), square brackets enclosing any of them.
-_SYMBOL = r"(?:[!#-'*,0-9:-<>-Z\\^-z|~]|\[[!-Z\\^-~]*\])+"
-_EXPONENT = r"[+-]?[0-9]+"
-_ANNOTATION = r"\{[!-z|~]*\}"
-_COMPONENT = re.compile(rf"(?:{_SYMBOL}(?:{_EXPONENT})?)?(?:{_ANNOTATION})?")
+@lru_cache(maxsize=1)
+def _ucum_parser() -> Lark:
+    """ucumvert's UCUM grammar (its units and prefixes included), read without importing ucumvert's pint support."""
+    spec = find_spec("ucumvert")
+    if spec is None or spec.origin is None:
+        raise ImportError("ucumvert is not installed: pip install ucumvert")
+    grammar = (Path(spec.origin).parent / "ucum_grammar.lark").read_text(encoding="utf-8")
+    return Lark(grammar, start="main_term", strict=True)
 
 
+@lru_cache(maxsize=None)
 def ucum_problem(unit: str) -> str | None:
-    """What makes ``unit`` not a UCUM expression by its syntax (None if nothing)."""
-    start = 1 if unit.startswith("/") else 0
-    end = _term(unit, start)
-    if end == len(unit) and end > start:
+    """What makes ``unit`` not a UCUM unit (None if nothing)."""
+    try:
+        _ucum_parser().parse(unit)
+    except UnexpectedEOF:
+        where = "is empty" if not unit else "ends where a unit should follow"
+    except UnexpectedInput as exc:
+        where = f"cannot be read from character {exc.column} ({unit[exc.column - 1:exc.column]!r})"
+    else:
         return None
-    where = ("is empty" if not unit else "ends where a unit should follow" if unit[end:] in ("", ".", "/")
-             else f"cannot be read at character {end + 1} ({unit[end]!r})")
-    return f"{unit!r} is not a UCUM unit: it {where}; write it as UCUM does, e.g. mg/dL, 10*9/L, {{score}}, %"
-
-
-def _term(unit: str, start: int) -> int:
-    """Where the term beginning at ``start`` ends (at ``start`` if no component can be read)."""
-    position = _component(unit, start)
-    if position == start:
-        return start
-    while position < len(unit) and unit[position] in "./":
-        following = _component(unit, position + 1)
-        if following == position + 1:
-            return position
-        position = following
-    return position
-
-
-def _component(unit: str, start: int) -> int:
-    if unit.startswith("(", start):
-        end = _term(unit, start + 1)
-        return end + 1 if end > start + 1 and unit.startswith(")", end) else start
-    return _COMPONENT.match(unit, start).end()
+    return (f"{unit!r} is not a UCUM unit: it {where}; write it as UCUM does (case-sensitive), "
+            "e.g. mg/dL, 10*9/L, {cells}, %")
 
 
 def check_ucum(unit: str) -> str:
-    """``unit`` if it is UCUM by its syntax, else a ValueError saying where it is not."""
+    """``unit`` if it is a UCUM unit, else a ValueError saying where it is not."""
     if problem := ucum_problem(unit):
         raise ValueError(problem)
     return unit
