@@ -15,9 +15,9 @@ format and core invariants require:
   primitives whose ``_element`` array holds the extension at that position (ele-1, JSON rules);
 - an ``id`` (the id datatype) has at most 64 characters;
 - a ``code`` element with a required binding has a code of its value set (the codes come from
-  fhir.resources' ``enum_values`` of the field; where fhir.resources shortens the list with
-  ``+``, the codes it leaves out are completed in ``ELIDED_CODES`` for Observation.status and
-  Encounter.status, and the other such elements, none of which fhir-msc writes, are not checked);
+  fhir.resources' ``enum_values`` of the field, completed by ``MISSING_CODES``; elements without
+  such a list (Quantity.comparator) or whose list ends in ``+`` and is not completed (none of
+  them written by fhir-msc) are not checked);
 - Observation: obs-6 (dataAbsentReason only without value[x]) and obs-7 (no value[x] when a
   component has the Observation's own code).
 
@@ -40,14 +40,16 @@ from .versions import FhirVersion
 
 MAX_REPORTED = 50
 CODES_SHOWN = 6  # codes of a value set listed in a message
-# Codes of a required value set that fhir.resources leaves out of enum_values (the list ends in "+"),
-# per FHIR version and model field; from the specification's CodeSystems (R4 checked against Medplum's).
-ELIDED_CODES: dict[tuple[str, str, str], tuple[str, ...]] = {
+# Codes of a required value set that fhir.resources' enum_values lack (its list ends in "+", or the
+# specification's short text it is made from leaves them out), per FHIR version and model field.
+# tests/fhir/test_validate.py checks every required binding against the specification's packages.
+MISSING_CODES: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("R4", "Observation", "status"): ("corrected", "cancelled", "entered-in-error", "unknown"),
     ("R4", "Encounter", "status"): ("entered-in-error", "unknown"),
     ("R4", "EncounterStatusHistory", "status"): ("entered-in-error", "unknown"),
-    ("R5", "Observation", "status"): ("specimen-in-process", "corrected", "appended", "cancelled",
-                                      "entered-in-error", "unknown", "cannot-be-obtained"),
+    ("R5", "Observation", "status"): ("corrected", "cancelled", "entered-in-error", "unknown"),
+    ("R5", "BundleEntrySearch", "mode"): ("outcome",),
+    ("R5", "ElementDefinitionSlicingDiscriminator", "type"): ("pattern",),
 }
 ID_MAX_LENGTH = 64  # the id datatype: [A-Za-z0-9\-\.]{1,64}, in R4 and R5
 
@@ -253,16 +255,17 @@ def required_codes(model: type, name: str, version: str) -> tuple[str, ...] | No
     """The codes of the required value set bound to a ``code`` field of a model (None: none known).
 
     ``version`` is "R4" (fhir.resources' R4B models) or "R5". The codes are fhir.resources'
-    ``enum_values`` of the field, completed by ``ELIDED_CODES`` where it ends them with ``+``.
+    ``enum_values`` of the field and those ``MISSING_CODES`` adds; a list ending in ``+`` that
+    ``MISSING_CODES`` does not complete is not used.
     """
     extra = model.model_fields[name].json_schema_extra
     codes = extra.get("enum_values") if isinstance(extra, dict) else None
     if not codes:
         return None
-    if "+" in codes:
-        elided = ELIDED_CODES.get((version, model.__name__, name))
-        return None if elided is None else tuple(c for c in codes if c != "+") + elided
-    return tuple(codes)
+    missing = MISSING_CODES.get((version, model.__name__, name))
+    if "+" in codes and missing is None:
+        return None
+    return tuple(c for c in codes if c != "+") + (missing or ())
 
 
 @lru_cache(maxsize=None)

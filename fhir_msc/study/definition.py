@@ -3,8 +3,8 @@
 It is validated on load (pydantic), so a typo in the mapping is reported with its path
 (``outcomes.3.unit``) before any data is touched. The values it puts into FHIR code elements
 with a required binding (study status, subject status, the genders ``terms.sex`` maps to) must
-be codes of their value sets, and units (``outcomes.N.unit``, ``terms.dose_unit``) UCUM by its
-syntax: see ``fhir_codes``.
+be codes of their value sets, and units (``outcomes.N.unit``, ``terms.dose_unit``) UCUM units:
+see ``fhir_codes``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checks of the coded values a study file puts into FHIR: required bindings and UCUM syntax.
+"""Checks of the coded values a study file puts into FHIR: required bindings and UCUM units.
 
 The codes of a required binding are those fhir.resources lists for the model field
 (``enum_values``, from the specification); a value must be a code in every FHIR version
