@@ -14,6 +14,10 @@ format and core invariants require:
 - no empty object, array or string, and no ``null`` except as a placeholder in an array of
   primitives whose ``_element`` array holds the extension at that position (ele-1, JSON rules);
 - an ``id`` (the id datatype) has at most 64 characters;
+- a ``code`` element with a required binding has a code of its value set (the codes come from
+  fhir.resources' ``enum_values`` of the field, completed by ``MISSING_CODES``; elements without
+  such a list (Quantity.comparator) or whose list ends in ``+`` and is not completed (none of
+  them written by fhir-msc) are not checked);
 - Observation: obs-6 (dataAbsentReason only without value[x]) and obs-7 (no value[x] when a
   component has the Observation's own code).
 
@@ -35,6 +39,18 @@ from pydantic import TypeAdapter, ValidationError
 from .versions import FhirVersion
 
 MAX_REPORTED = 50
+CODES_SHOWN = 6  # codes of a value set listed in a message
+# Codes of a required value set that fhir.resources' enum_values lack (its list ends in "+", or the
+# specification's short text it is made from leaves them out), per FHIR version and model field.
+# tests/fhir/test_validate.py checks every required binding against the specification's packages.
+MISSING_CODES: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("R4", "Observation", "status"): ("corrected", "cancelled", "entered-in-error", "unknown"),
+    ("R4", "Encounter", "status"): ("entered-in-error", "unknown"),
+    ("R4", "EncounterStatusHistory", "status"): ("entered-in-error", "unknown"),
+    ("R5", "Observation", "status"): ("corrected", "cancelled", "entered-in-error", "unknown"),
+    ("R5", "BundleEntrySearch", "mode"): ("outcome",),
+    ("R5", "ElementDefinitionSlicingDiscriminator", "type"): ("pattern",),
+}
 ID_MAX_LENGTH = 64  # the id datatype: [A-Za-z0-9\-\.]{1,64}, in R4 and R5
 
 Path = tuple[str | int, ...]
@@ -93,7 +109,7 @@ def _check(resource: dict[str, Any], version: FhirVersion) -> tuple[list[Problem
         instance = None
         found = [((), f"not readable as a FHIR {model.__name__} ({exc}): check each resourceType")]
     reported = {loc for loc, _ in found}
-    walk = _Walk()
+    walk = _Walk(version.name)
     walk.object(resource, instance, ())
     found += [(path, message) for path, message in walk.problems if path not in reported]
     problems = [Problem(label, ".".join(str(p) for p in loc) or "(resource)", message) for loc, message in found]
@@ -173,9 +189,9 @@ _HOW = {_NUMBER: "a JSON number, without quotes", _INTEGER: "a JSON number witho
 class _Leaf:
     """How one primitive value of a field type is checked: its JSON type, then the model's field type."""
 
-    __slots__ = ("fhir_type", "json_types", "max_length", "adapter")
+    __slots__ = ("fhir_type", "json_types", "max_length", "adapter", "codes", "codes_text")
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any, codes: tuple[str, ...] | None = None):
         metadata = next(iter(getattr(inner, "__metadata__", ())), None)
         if inner is bool:
             self.fhir_type, self.json_types = "boolean", _BOOLEAN
@@ -189,6 +205,14 @@ class _Leaf:
                                else _STRING)  # integer64 too: a JSON string
         self.max_length = ID_MAX_LENGTH if isinstance(metadata, fhir_types.Id) else None
         self.adapter = TypeAdapter(inner)
+        self.codes = frozenset(codes) if codes else None
+        self.codes_text = (", ".join(codes[:CODES_SHOWN]) + (", …" if len(codes) > CODES_SHOWN else "")) if codes else ""
+
+    def binding_problem(self, value: Any) -> str | None:
+        """What is wrong with a code of a required binding (None if nothing or no such binding)."""
+        if self.codes is None or value in self.codes:
+            return None
+        return f"{value!r} is not in the required value set ({self.codes_text}): use one of its codes"
 
     def json_problem(self, value: Any) -> str | None:
         """What is wrong with the value's JSON type or length (None if nothing)."""
@@ -203,6 +227,8 @@ class _Leaf:
         """Whether a value of a JSON type already found right is valid (not empty, not too long, the model's type)."""
         if value == "" or (self.max_length is not None and len(value) > self.max_length):
             return False
+        if self.codes is not None and value not in self.codes:
+            return False
         try:
             self.adapter.validate_python(value)
         except ValidationError:
@@ -210,18 +236,36 @@ class _Leaf:
         return True
 
 
-_LEAVES: dict[int, _Leaf] = {}
+_LEAVES: dict[tuple[int, tuple[str, ...] | None], _Leaf] = {}
 
 
-def _leaf(annotation: Any) -> _Leaf:
-    """The check of one value of a primitive field (``Optional[List[X]]`` → X), one per field type."""
-    leaf = _LEAVES.get(id(annotation))
+def _leaf(annotation: Any, codes: tuple[str, ...] | None = None) -> _Leaf:
+    """The check of one value of a primitive field (``Optional[List[X]]`` → X), one per field type and value set."""
+    leaf = _LEAVES.get((id(annotation), codes))
     if leaf is None:
         inner = annotation
         while get_origin(inner) in (Union, UnionType, list, List):
             inner = next(arg for arg in get_args(inner) if arg is not type(None))
-        leaf = _LEAVES[id(annotation)] = _Leaf(inner)
+        leaf = _LEAVES[(id(annotation), codes)] = _Leaf(inner, codes)
     return leaf
+
+
+@lru_cache(maxsize=None)
+def required_codes(model: type, name: str, version: str) -> tuple[str, ...] | None:
+    """The codes of the required value set bound to a ``code`` field of a model (None: none known).
+
+    ``version`` is "R4" (fhir.resources' R4B models) or "R5". The codes are fhir.resources'
+    ``enum_values`` of the field and those ``MISSING_CODES`` adds; a list ending in ``+`` that
+    ``MISSING_CODES`` does not complete is not used.
+    """
+    extra = model.model_fields[name].json_schema_extra
+    codes = extra.get("enum_values") if isinstance(extra, dict) else None
+    if not codes:
+        return None
+    missing = MISSING_CODES.get((version, model.__name__, name))
+    if "+" in codes and missing is None:
+        return None
+    return tuple(c for c in codes if c != "+") + (missing or ())
 
 
 @lru_cache(maxsize=None)
@@ -243,7 +287,8 @@ class _Walk:
     that need no type are checked, and ``typed`` ends False.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, version: str) -> None:
+        self.version = version  # "R4" or "R5": which value sets the codes are checked against
         self.typed = True  # every primitive had its field type
         self.problems: list[tuple[Path, str]] = []
         self.plan: list[_Leaf | None] = []  # per primitive, in _shape's walk order
@@ -262,13 +307,15 @@ class _Walk:
                 continue
             name = fields.get(key)
             if name is not None:
-                self.value(value, model.model_fields[name].annotation, getattr(instance, name), (*path, key))
+                self.value(value, model.model_fields[name].annotation, getattr(instance, name), (*path, key),
+                           required_codes(model, name, self.version))
             else:
                 self.value(value, None, None, (*path, key))
             if type(value) is list:
                 self._nulls(data, key, value, path)
 
-    def value(self, value: Any, annotation: Any, attribute: Any, path: Path) -> None:
+    def value(self, value: Any, annotation: Any, attribute: Any, path: Path,
+              codes: tuple[str, ...] | None = None) -> None:
         kind = type(value)
         if kind is dict:
             self.object(value, attribute, path)
@@ -279,15 +326,17 @@ class _Walk:
                 if item is None:
                     self.plan.append(None)  # placement checked by _nulls
                 else:
-                    self.value(item, annotation, None if attribute is None else attribute[index], (*path, index))
+                    self.value(item, annotation, None if attribute is None else attribute[index], (*path, index),
+                               codes)
         elif value is None:
             self.plan.append(None)
             self.problems.append((path, NULL))
         else:
-            leaf = None if annotation is None else _leaf(annotation)
+            leaf = None if annotation is None else _leaf(annotation, codes)
             self.typed = self.typed and leaf is not None
             self.plan.append(leaf)
-            problem = EMPTY_STRING if value == "" else leaf.json_problem(value) if leaf else None
+            problem = (EMPTY_STRING if value == "" else
+                       (leaf.json_problem(value) or leaf.binding_problem(value)) if leaf else None)
             if problem:
                 self.problems.append((path, problem))
 

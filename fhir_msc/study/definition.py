@@ -1,7 +1,10 @@
 """The study definition: one YAML file in mappings/ describes a whole study.
 
 It is validated on load (pydantic), so a typo in the mapping is reported with its path
-(``outcomes.3.unit``) before any data is touched.
+(``outcomes.3.unit``) before any data is touched. The values it puts into FHIR code elements
+with a required binding (study status, subject status, the genders ``terms.sex`` maps to) must
+be codes of their value sets, and units (``outcomes.N.unit``, ``terms.dose_unit``) UCUM units:
+see ``fhir_codes``.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import hashlib
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     PrivateAttr,
@@ -22,6 +26,7 @@ from pydantic import (
 )
 
 from ..errors import StudyDefinitionError
+from .fhir_codes import check_code, check_ucum
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
 
@@ -38,6 +43,17 @@ def package_data(name: str, checkout: str) -> Path:
 
 
 DEFAULT_STUDY = package_data("mappings", "mappings") / "msc-covid19.yaml"
+
+
+# Values the study file puts into FHIR code elements with a required binding, and UCUM units.
+_R4, _R5 = "fhir.resources.R4B", "fhir.resources"
+StudyStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 ResearchStudy.status (R5: a text)
+    v, "ResearchStudy.status (R4)", (_R4, "researchstudy", "ResearchStudy", "status")))]
+SubjectStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 ResearchSubject.status (R5: a coding)
+    v, "ResearchSubject.status (R4)", (_R4, "researchsubject", "ResearchSubject", "status")))]
+Gender = Annotated[str, AfterValidator(lambda v: check_code(
+    v, "Patient.gender", (_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
+Ucum = Annotated[str, AfterValidator(check_ucum)]
 
 
 class _Model(BaseModel):
@@ -68,14 +84,14 @@ class StudyInfo(_Model):
     identifier: Identifier
     title: str
     description: str
-    status: str
+    status: StudyStatus
     phase: str | None = None
     period: Period
     condition: list[Coding] = []
     citations: list[str] = []
     codesystem: str
     identifier_base: str
-    subject_status: str
+    subject_status: SubjectStatus
 
 
 class Arm(_Model):
@@ -100,9 +116,9 @@ class Intervention(_Model):
 
 
 class Terms(_Model):
-    sex: dict[str, str]
+    sex: dict[str, Gender]
     route: dict[str, Coding]
-    dose_unit: dict[str, str]
+    dose_unit: dict[str, Ucum]
 
 
 class Visit(_Model):
@@ -119,7 +135,7 @@ class Outcome(_Model):
     display: str
     category: str
     type: Literal["quantity", "coded"]
-    unit: str | None = None
+    unit: Ucum | None = None
     unit_aliases: dict[str, float] = {}
     range: tuple[float, float] | None = None
     answers: dict[str, Coding] = {}

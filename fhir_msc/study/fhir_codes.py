@@ -1,0 +1,73 @@
+"""Checks of the coded values a study file puts into FHIR: required bindings and UCUM units.
+
+The codes of a required binding are those fhir.resources lists for the model field
+(``enum_values``, from the specification); a value must be a code in every FHIR version
+where it lands in that ``code`` element. UCUM units are parsed with the grammar of the
+ucumvert package (PyPI), which holds UCUM's syntax and its tables of units and prefixes, so
+``cells`` is refused where ``{cells}`` is a unit.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import import_module
+from importlib.util import find_spec
+from pathlib import Path
+
+from lark import Lark
+from lark.exceptions import UnexpectedEOF, UnexpectedInput
+
+CODES_SHOWN = 6  # codes of a value set listed in a message
+
+
+@lru_cache(maxsize=None)
+def required_codes(package: str, module: str, model: str, field: str) -> tuple[str, ...]:
+    """The codes fhir.resources lists for a required-binding ``code`` field, e.g. ("fhir.resources.R4B", "patient", "Patient", "gender")."""
+    extra = getattr(import_module(f"{package}.{module}"), model).model_fields[field].json_schema_extra
+    codes = tuple(extra["enum_values"])
+    if "+" in codes:
+        raise ValueError(f"{model}.{field}: fhir.resources lists only part of its value set")
+    return codes
+
+
+def check_code(value: str, element: str, *bindings: tuple[str, str, str, str]) -> str:
+    """``value`` if it is a code of each binding's value set, else a ValueError naming the FHIR element."""
+    for binding in bindings:
+        codes = required_codes(*binding)
+        if value not in codes:
+            shown = ", ".join(codes[:CODES_SHOWN]) + (", …" if len(codes) > CODES_SHOWN else "")
+            raise ValueError(f"{value!r} is not a code of the value set FHIR requires for {element} ({shown}): "
+                             "use one of them")
+    return value
+
+
+@lru_cache(maxsize=1)
+def _ucum_parser() -> Lark:
+    """ucumvert's UCUM grammar (its units and prefixes included), read without importing ucumvert's pint support."""
+    spec = find_spec("ucumvert")
+    if spec is None or spec.origin is None:
+        raise ImportError("ucumvert is not installed: pip install ucumvert")
+    grammar = (Path(spec.origin).parent / "ucum_grammar.lark").read_text(encoding="utf-8")
+    return Lark(grammar, start="main_term", strict=True)
+
+
+@lru_cache(maxsize=None)
+def ucum_problem(unit: str) -> str | None:
+    """What makes ``unit`` not a UCUM unit (None if nothing)."""
+    try:
+        _ucum_parser().parse(unit)
+    except UnexpectedEOF:
+        where = "is empty" if not unit else "ends where a unit should follow"
+    except UnexpectedInput as exc:
+        where = f"cannot be read from character {exc.column} ({unit[exc.column - 1:exc.column]!r})"
+    else:
+        return None
+    return (f"{unit!r} is not a UCUM unit: it {where}; write it as UCUM does (case-sensitive), "
+            "e.g. mg/dL, 10*9/L, {cells}, %")
+
+
+def check_ucum(unit: str) -> str:
+    """``unit`` if it is a UCUM unit, else a ValueError saying where it is not."""
+    if problem := ucum_problem(unit):
+        raise ValueError(problem)
+    return unit
