@@ -12,7 +12,7 @@ never silently dropped.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,13 +231,7 @@ def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[
 def _subjects(ctx: _Context, source: ResourceSource) -> Iterator[SubjectRecord]:
     arm_name_by_code = {arm.code: arm.name for arm in ctx.study.arms}
     tally = ctx.tally("ResearchSubject")
-    for rs in source.read("ResearchSubject"):
-        tally.read += 1
-        ctx.note(rs)
-        record = _guarded(tally, rs, _subject, ctx, rs, tally, arm_name_by_code)
-        if record is not None:
-            tally.used += 1
-            yield record
+    yield from _records(ctx, tally, source.read("ResearchSubject"), _subject, tally, arm_name_by_code)
 
 
 def _subject(ctx: _Context, rs: Resource, tally: Tally, arm_name_by_code: dict[str, str]) -> SubjectRecord | None:
@@ -269,13 +263,23 @@ def _strings(*values: Any) -> bool:
     return all(isinstance(value, str) for value in values)
 
 
-def _guarded(tally: Tally, resource: Resource, read: Any, *args: Any) -> Any:
-    """``read(*args)``, or None with the resource skipped as not readable when its elements have the wrong JSON shape."""
-    try:
-        return read(*args)
-    except MALFORMED:
-        tally.skip(NOT_READABLE, _named(resource))
-        return None
+def _records(ctx: _Context, tally: Tally, resources: Iterable[Resource], read: Any, *args: Any) -> Iterator[Any]:
+    """``read(ctx, resource, *args)`` for each resource: each counted as read, each record made as used.
+
+    ``read`` returns None for a resource it skips (having counted why); one whose elements have
+    the wrong JSON shape is skipped here as not readable.
+    """
+    for resource in resources:
+        tally.read += 1
+        ctx.note(resource)
+        try:
+            record = read(ctx, resource, *args)
+        except MALFORMED:
+            tally.skip(NOT_READABLE, _named(resource))
+            continue
+        if record is not None:
+            tally.used += 1
+            yield record
 
 
 def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
@@ -283,13 +287,8 @@ def _doses(ctx: _Context, source: ResourceSource) -> Iterator[DoseRecord]:
     route_to_term = {coding.code: term for term, coding in ctx.study.terms.route.items()}
     codesystem = ctx.study.study.codesystem
     tally = ctx.tally("MedicationAdministration")
-    for administration in source.read("MedicationAdministration"):
-        tally.read += 1
-        ctx.note(administration)
-        record = _guarded(tally, administration, _dose, ctx, administration, tally, unit_to_term, route_to_term, codesystem)
-        if record is not None:
-            tally.used += 1
-            yield record
+    yield from _records(ctx, tally, source.read("MedicationAdministration"), _dose, tally, unit_to_term, route_to_term,
+                        codesystem)
 
 
 def _dose(ctx: _Context, administration: Resource, tally: Tally, unit_to_term: dict[str, str],
@@ -328,13 +327,7 @@ def _findings(ctx: _Context, source: ResourceSource, visits_only: bool = False) 
     skip = tally.skip
     rejected = [0]
     prefilter = encounter_prefilter(ctx.visits.keys(), rejected) if visits_only else None
-    for observation in source.read("Observation", prefilter):
-        tally.read += 1
-        ctx.note(observation)
-        finding = _guarded(tally, observation, _finding, ctx, observation, skip, codesystem)
-        if finding is not None:
-            tally.used += 1
-            yield finding
+    yield from _records(ctx, tally, source.read("Observation", prefilter), _finding, skip, codesystem)
     if rejected[0]:
         tally.read += rejected[0]
         skip(NOT_ASKED, count=rejected[0])
