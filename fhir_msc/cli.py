@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -265,13 +265,8 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
         sys.exit(ExitCode.REJECTED)
 
 
-def _echo_recovered(notes: tuple[str, ...] | list[str]) -> None:
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
-
-
 def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
-    _echo_recovered([*result.recovered, *result.notes])
+    _echo_notes([*result.recovered, *result.notes])
     _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
     target = store or bundle
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items())
@@ -603,7 +598,8 @@ def _exit_for(ok: bool) -> None:
         sys.exit(ExitCode.PARTIAL)
 
 
-def _echo_notes(notes: list[str]) -> None:
+def _echo_notes(notes: Iterable[str]) -> None:
+    """Notes (what was recovered, what the server lacks, how a file was read) on stderr."""
     for note in notes:
         click.echo(f"note: {note}", err=True)
 
@@ -736,7 +732,7 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
 
 
 def _echo_bulk_pull(result, store: Path) -> None:
-    _echo_notes(list(result.recovered))
+    _echo_notes(result.recovered)
     counts = ", ".join(f"{t} {n}" for t, n in result.counts.items()) or "nothing new"
     since = f", changes since {result.since}" if result.since else ""
     reused = f", {result.resumed_files} already downloaded" if result.resumed_files else ""
