@@ -87,6 +87,10 @@ class Store:
         for resource_type in self.resource_types():
             yield from self.read(resource_type)
 
+    def current_file(self, resource_type: str) -> Path | None:
+        """The NDJSON file that holds one type now (None if the store has none of it)."""
+        return self._current(resource_type)
+
     def counts(self) -> dict[str, int]:
         counts = {}
         for resource_type in self.resource_types():
