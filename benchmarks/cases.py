@@ -113,6 +113,41 @@ def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int
     return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"]).comparisons))
 
 
+# The floor for analyze: one hand-written DuckDB query over the store's NDJSON files, month-36
+# n and mean per arm × outcome × answer (no accounting, censored values not set apart).
+FLOOR_M36 = """
+WITH subjects AS (
+  SELECT individual.reference AS patient, assignedArm AS arm
+  FROM read_json('{store}/ResearchSubject.ndjson', format='newline_delimited',
+                 columns={{individual: 'STRUCT(reference VARCHAR)', assignedArm: 'VARCHAR'}})),
+visits AS (
+  SELECT 'Encounter/' || id AS encounter
+  FROM read_json('{store}/Encounter.ndjson', format='newline_delimited',
+                 columns={{id: 'VARCHAR', type: 'STRUCT(coding STRUCT(code VARCHAR)[])[]'}})
+  WHERE type[1].coding[1].code = 'M36'),
+observations AS (
+  SELECT subject.reference AS patient, encounter.reference AS encounter, code.coding[1].code AS outcome,
+         valueQuantity.value AS value, valueCodeableConcept.coding[1].code AS answer
+  FROM read_json('{store}/Observation.ndjson', format='newline_delimited',
+                 columns={{subject: 'STRUCT(reference VARCHAR)', encounter: 'STRUCT(reference VARCHAR)',
+                          code: 'STRUCT(coding STRUCT(code VARCHAR)[])', valueQuantity: 'STRUCT(value DOUBLE)',
+                          valueCodeableConcept: 'STRUCT(coding STRUCT(code VARCHAR)[])'}}))
+SELECT s.arm, o.outcome, o.answer, count(*) AS n, avg(o.value) AS mean
+FROM observations o JOIN visits v USING (encounter) JOIN subjects s USING (patient)
+GROUP BY ALL ORDER BY ALL
+"""
+
+
+def case_floor_duckdb_m36(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Floor: a hand-written DuckDB query over the NDJSON, month-36 n and mean per arm and outcome (2 threads)."""
+    import duckdb
+
+    def work() -> int:
+        connection = duckdb.connect(config={"threads": 2, "autoinstall_known_extensions": False})
+        return len(connection.sql(FLOOR_M36.format(store=store)).fetchall())
+    return _timed(work)
+
+
 def case_push_transactions(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """fhir-msc push: transaction Bundles of 50 (PUT Type/id)."""
     from fhir_msc.server.client import FhirClient
