@@ -179,12 +179,12 @@ class Outcome(_Model):
         if self.type == "quantity" and not self.unit:
             raise ValueError(f"outcome {self.code}: a quantity needs a unit (UCUM)")
         if self.type in ("coded", "ordinal") and not self.answers:
-            raise ValueError(f"outcome {self.code}: a {self.type} outcome needs answers"
+            raise ValueError(f"outcome {self.code}: {'an' if self.type == 'ordinal' else 'a'} {self.type} outcome needs answers"
                              + (" (listed lowest first: their order is the scale's)" if self.type == "ordinal" else ""))
         if self.type not in ("coded", "ordinal") and self.answers:
             raise ValueError(f"outcome {self.code}: only coded and ordinal outcomes have answers")
         if self.type != "quantity" and (self.unit or self.unit_aliases):
-            raise ValueError(f"outcome {self.code}: only a quantity has a unit (a {self.type} value carries none in FHIR)")
+            raise ValueError(f"outcome {self.code}: only a quantity has a unit (the FHIR value of a {self.type} outcome carries none)")
         if self.range is not None and self.type not in ("quantity", "integer"):
             raise ValueError(f"outcome {self.code}: only quantity and integer outcomes have a range")
         if self.event is not None and self.event not in self.answer_keys:

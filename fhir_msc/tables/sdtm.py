@@ -337,7 +337,7 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
         raise RowError(result_column, text, "result is empty: enter it, or write NOT DONE in --STAT (and why in "
                                             "--REASND) if the test was not done")
     if outcome.type != "quantity" and unit:
-        raise RowError(unit_column, unit, f"{outcome.code} is a {outcome.type} outcome and has no unit: empty {unit_column}")
+        raise RowError(unit_column, unit, f"{outcome.code} is {_a(outcome.type)} outcome and has no unit: empty {unit_column}")
     if outcome.type in ("coded", "ordinal", "boolean"):
         if text not in outcome.answer_keys:
             raise RowError(result_column, text, f"not an allowed answer for {outcome.code}: use one of "
@@ -370,6 +370,10 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
         low, high = (format_number(v) for v in outcome.range)
         raise RowError(result_column, text, f"{outcome.code} out of plausible range {low}-{high} {outcome.unit}: check the value and unit")
     return comparator + format_number(value), outcome.unit
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _required(column: str, value: str) -> str:
