@@ -148,3 +148,22 @@ def test_an_event_before_rfstdtc_is_counted_not_used(types_study, store, tmp_pat
 def test_an_unknown_time_to_event_code_says_which_exist(types_study, store):
     with pytest.raises(StudyDefinitionError, match="no time_to_event entry 'OS'.*TTRECOV"):
         time_to_event(types_study, store, "OS")
+
+
+def _finding(visitnum, date, result="1"):
+    from fhir_msc.tables.sdtm import FindingRecord
+    return FindingRecord(subject="S", domain="XS", testcd="SCORE", test="", result=result, unit="{score}",
+                         visitnum=visitnum, date=date, visit="" if visitnum == 3 else f"UNSCHEDULED {visitnum}")
+
+
+def test_window_ties_on_the_same_date_keep_the_first_read_and_partial_dates_are_named(types_study):
+    from fhir_msc.account import Tally
+    from fhir_msc.analysis.windows import NO_DAY, WindowChooser
+    tally = Tally()
+    chooser = WindowChooser(types_study, tally)
+    chooser.offer(_finding(3.1, "2024-04-03", "first"), "2024-01-10")
+    chooser.offer(_finding(3.2, "2024-04-03T09:00:00Z", "second"), "2024-01-10")
+    chooser.offer(_finding(3.3, "2024-04"), "2024-01-10")
+    [(chosen, visit)] = list(chooser.chosen())
+    assert (chosen.result, visit) == ("first", "W12")
+    assert dict(tally.skipped) == {NOT_NEAREST: 1, NO_DAY: 1}
