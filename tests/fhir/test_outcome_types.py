@@ -146,3 +146,12 @@ def test_without_an_unscheduled_section_a_fractional_visit_is_still_rejected(typ
     with pytest.raises(RowError, match="add an 'unscheduled:' section"):
         parse_finding(study, FindingColumns.of(study, "XS"), {"TYP-01": SUBJECT},
                       {**ROW, "VISITNUM": "3.1", "VISIT": "UNSCHEDULED 3.1"})
+
+
+@pytest.mark.parametrize("fmt", ["xpt", "json"])
+def test_types_and_visits_survive_xport_and_dataset_json(types_study, tmp_path, fmt):
+    from fhir_msc.fhir.roundtrip import compare_stores
+    store = _mapped(types_study, tmp_path)
+    fhir_to_tables(types_study, store, tmp_path / fmt, fmt)
+    again = jobs.map_tables(types_study, tmp_path / fmt, store=tmp_path / "again")
+    assert again.rows_rejected == 0 and compare_stores(store, Store(tmp_path / "again")) == []
