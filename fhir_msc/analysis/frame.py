@@ -104,35 +104,42 @@ def frame_and_account(study: Study, source: ResourceSource,
         dates.append(intern(finding.date))
 
     held: dict[tuple[str, str, str], tuple[float, str | None]] = {}  # windowed findings' values until chosen
+    nominal = {v.visitnum: v.code for v in study.visits if v.code not in chooser.windowed}  # analysed at their visit
     for finding in findings:
         subject = by_subject.get(finding.subject)
         if subject is None:
             tally.skip(NOT_RANDOMIZED, finding.subject)
             continue
-        label = f"{finding.subject}/{study.visit_key(finding.visitnum)}/{finding.testcd}"
         if finding.not_done:
-            tally.skip(NOT_DONE, label)
+            tally.skip(NOT_DONE, _label(study, finding))
             continue
         kind = by_outcome[finding.testcd][2]
-        if kind.type == "text":
-            tally.skip(FREE_TEXT, label)
-            continue
-        if kind.type == "quantity" and finding.result[:1] in ("<", ">"):  # a censored result: comparator first
-            tally.skip(CENSORED, f"{label} {finding.result}")
-            continue
-        value, answer = finding_value(kind, finding.result, subject[4])
-        if chooser.placed_by_window(finding):
-            if not windowed:
-                tally.skip(UNSCHEDULED, label)
+        if kind.type == "quantity":
+            try:
+                value, answer = float(finding.result), None
+            except ValueError:  # a censored result: the comparator comes first (<0.5)
+                tally.skip(CENSORED, f"{_label(study, finding)} {finding.result}")
                 continue
-            held[(finding.subject, study.visit_key(finding.visitnum), finding.testcd)] = (value, answer)
+        elif kind.type == "text":
+            tally.skip(FREE_TEXT, _label(study, finding))
+            continue
+        else:
+            value, answer = finding_value(kind, finding.result, subject[4])
+        visit = nominal.get(finding.visitnum)
+        if visit is None:  # an unscheduled visit, or one with an analysis window: placed by its date
+            if not windowed:
+                tally.skip(UNSCHEDULED, _label(study, finding))
+                continue
+            key = (finding.subject, study.visit_key(finding.visitnum), finding.testcd)
+            if key in held:
+                tally.skip(DUPLICATE, "/".join(key))
+                continue
+            held[key] = (value, answer)
             chooser.offer(finding, subject[4])
-            continue
-        visit = study.visit_by_num[finding.visitnum].code
-        if asked is not None and visit not in asked:
-            tally.skip(NOT_ASKED, label)
-            continue
-        add(finding, subject, visit, value, answer)
+        elif asked is not None and visit not in asked:
+            tally.skip(NOT_ASKED, _label(study, finding))
+        else:
+            add(finding, subject, visit, value, answer)
     for finding, visit in chooser.chosen():
         value, answer = held[(finding.subject, study.visit_key(finding.visitnum), finding.testcd)]
         if asked is not None and visit not in asked:
@@ -140,7 +147,7 @@ def frame_and_account(study: Study, source: ResourceSource,
             continue
         add(finding, by_subject[finding.subject], visit, value, answer)
     del by_subject, subjects, findings, held
-    whole = all(float(number).is_integer() for number in visitnums)
+    whole = bool(np.all(np.mod(np.frombuffer(visitnums, dtype=float), 1) == 0))
     raw: dict[str, Any] = {**coded, "age": ages, "visitnum": visitnums, "subject": subject_numbers, "value": values,
                            "date": dates}
     del coded, ages, visitnums, subject_numbers, values, dates  # _sorted_frame frees each column once it is in order
@@ -148,6 +155,10 @@ def frame_and_account(study: Study, source: ResourceSource,
     if whole:  # VISITNUM stays a whole number where every visit has one (3.1 makes the column decimal)
         frame["visitnum"] = frame["visitnum"].astype(np.int64)
     return frame, replace(tally.account(), used=len(frame))
+
+
+def _label(study: Study, finding: FindingRecord) -> str:
+    return f"{finding.subject}/{study.visit_key(finding.visitnum)}/{finding.testcd}"
 
 
 def finding_value(outcome: Outcome, result: str, start: str) -> tuple[float, str | None]:

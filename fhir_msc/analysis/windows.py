@@ -42,11 +42,6 @@ class WindowChooser:
         self.windowed = set(windows)
         self._best: dict[tuple[str, str, str], tuple[tuple[int, int], FindingRecord]] = {}
 
-    def placed_by_window(self, finding: FindingRecord) -> bool:
-        """Whether ``finding`` is placed by its date (an unscheduled visit, or a visit with a window)."""
-        visit = self.study.visit_by_num.get(finding.visitnum)
-        return visit is None or visit.code in self.windowed
-
     def offer(self, finding: FindingRecord, start: str) -> None:
         """Consider ``finding`` (of a subject whose RFSTDTC is ``start``) for the window its date falls in."""
         label = f"{finding.subject}/{self.study.visit_key(finding.visitnum)}/{finding.testcd}"
