@@ -16,7 +16,8 @@ Resource model (R4 names; see versions.py for R5):
   Observation        one per finding row, linked to Patient, Encounter and ResearchStudy; a row not done
                      (--STAT NOT DONE) has no value but dataAbsentReason not-performed, --REASND as its text.
                      value[x] by outcome type (the same in R4 and R5): valueQuantity, valueCodeableConcept
-                     (coded, ordinal), valueInteger, valueBoolean (Y/N), valueDateTime, valueString
+                     (coded; ordinal with its rank in the Coding's ordinalValue (R4) / itemWeight (R5)
+                     extension), valueInteger, valueBoolean (Y/N), valueDateTime, valueString
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..study.definition import Study
+from ..study.definition import Outcome, Study
 from ..tables.formats import find_table
 from ..tables.reading import SPANNED, key_hashes, read_rows
 from ..tables.rejects import FileAccount, Rejection, RejectLog
@@ -128,8 +129,15 @@ class FhirBuilder:
         """Per outcome code: Observation.category, Observation.code.coding, valueCodeableConcept per answer."""
         return {o.code: ([{"coding": [{"system": CATEGORY_SYSTEM, "code": o.category}]}],
                          [*(c.as_fhir() for c in o.standard), self._study_code(o.code, o.display)],
-                         {key: {"coding": [answer.as_fhir()], "text": key} for key, answer in o.answers.items()})
+                         {key: {"coding": [self._answer(o, key)], "text": key} for key in o.answers})
                 for o in self.study.outcomes}
+
+    def _answer(self, outcome: Outcome, key: str) -> dict[str, Any]:
+        """An answer's Coding; an ordinal one carries its rank (1 = lowest) in the version's ordinal extension."""
+        coding = outcome.answers[key].as_fhir()
+        if outcome.type == "ordinal":
+            return {"extension": [self.version.ordinal_weight(outcome.rank(key))], **coding}
+        return coding
 
     # --- resources --------------------------------------------------------------------
 

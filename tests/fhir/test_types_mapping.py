@@ -44,8 +44,12 @@ def test_each_type_has_its_value_element(types_study, tmp_path, version):
     assert values["HOSP"] == {"valueBoolean": False}
     assert values["RECOVDT"] == {"valueDateTime": "2024-02-20"}
     assert values["COMMENT"] == {"valueString": "felt well, no complaints"}
-    assert values["WHO"] == {"valueCodeableConcept": {"coding": [{"system": "https://example.org/fhir/CodeSystem/typ-001",
-                                                                  "code": "AMBULATORY"}], "text": "AMBULATORY"}}
+    weight = "itemWeight" if version == "R5" else "ordinalValue"  # R5 renamed R4's ordinalValue
+    assert values["WHO"] == {"valueCodeableConcept": {"coding": [{
+        "extension": [{"url": f"http://hl7.org/fhir/StructureDefinition/{weight}", "valueDecimal": 1}],
+        "system": "https://example.org/fhir/CodeSystem/typ-001", "code": "AMBULATORY"}], "text": "AMBULATORY"}}
+    ventilated = _observation(store, "TYP-04", "W12", "WHO")["valueCodeableConcept"]["coding"][0]
+    assert ventilated["extension"][0]["valueDecimal"] == 3
     assert _observation(store, "TYP-06", "W12", "RECOVDT")["valueDateTime"] == "2024-04-01T10:30:00+02:00"
 
 
