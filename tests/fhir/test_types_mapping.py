@@ -159,3 +159,14 @@ def test_types_and_visits_survive_xport_and_dataset_json(types_study, tmp_path, 
     fhir_to_tables(types_study, store, tmp_path / fmt, fmt)
     again = jobs.map_tables(types_study, tmp_path / fmt, store=tmp_path / "again")
     assert again.rows_rejected == 0 and compare_stores(store, Store(tmp_path / "again")) == []
+
+
+def test_an_unscheduled_encounter_without_its_visitnum_is_skipped_with_its_observations(types_study, tmp_path):
+    store = _mapped(types_study, tmp_path)
+    [encounter] = [e for e in store.read("Encounter") if e["identifier"][0]["value"] == "TYP-01/UNSCHEDULED-2.1"]
+    store.write([{**encounter, "identifier": [{"system": encounter["identifier"][0]["system"], "value": "TYP-01"}]}])
+    result = jobs.unmap(types_study, store.path, tmp_path / "tables")
+    assert result.accounts["Encounter"].examples == {
+        "unscheduled visit without its VISITNUM (identifier …/UNSCHEDULED-3.1) or VISIT (type text)":
+            [f"Encounter/{encounter['id']}"]}
+    assert result.accounts["Observation"].skipped == {"unknown visit": 1}
