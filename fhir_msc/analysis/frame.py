@@ -86,6 +86,8 @@ def frame_and_account(study: Study, source: ResourceSource,
     values = array("d")
     arm_, sex_, visit_, outcome_, answer_, unit_ = (coded[name].append for name in
                                                     ("arm", "sex", "visit", "outcome", "answer", "unit"))
+    age_, visitnum_, value_, subject_, date_ = (ages.append, visitnums.append, values.append, subject_numbers.append,
+                                                dates.append)
     chooser = WindowChooser(study, tally)
     asked = None if visits is None else set(visits)
 
@@ -93,15 +95,15 @@ def frame_and_account(study: Study, source: ResourceSource,
         outcome, unit, kind = by_outcome[finding.testcd]
         arm_(subject[0])
         sex_(subject[1])
-        ages.append(subject[2])
+        age_(subject[2])
         visit_(visit_code[visit])
-        visitnums.append(finding.visitnum)
+        visitnum_(finding.visitnum)
         outcome_(outcome)
         unit_(unit if kind.type == "quantity" else -1)
         answer_(-1 if answer is None else answer_code.get(answer, -1))
-        values.append(value)
-        subject_numbers.append(subject[3])
-        dates.append(intern(finding.date))
+        value_(value)
+        subject_(subject[3])
+        date_(intern(finding.date))
 
     held: dict[tuple[str, str, str], tuple[float, str | None]] = {}  # windowed findings' values until chosen
     nominal = {v.visitnum: v.code for v in study.visits if v.code not in chooser.windowed}  # analysed at their visit

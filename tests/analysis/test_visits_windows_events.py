@@ -76,7 +76,7 @@ def test_asking_for_a_visit_keeps_its_windowed_findings(types_study, store):
 
 def test_a_narrower_window_changes_the_choice(types_study, store):
     plan = types_study.analysis.model_copy(update={"windows": {"W12": AnalysisWindow(from_day=70, to_day=80)}})
-    frame, account = frame_and_account(types_study.model_copy(update={"analysis": plan}), store)
+    frame, _ = frame_and_account(types_study.model_copy(update={"analysis": plan}), store)
     # day 84 is now outside: TYP-01's unscheduled day-70 score is its Week 12 value
     assert _values(frame, "SCORE", "W12") == {"TYP-01": 12, "TYP-02": 14}
 
