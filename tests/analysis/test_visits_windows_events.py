@@ -167,3 +167,10 @@ def test_window_ties_on_the_same_date_keep_the_first_read_and_partial_dates_are_
     [(chosen, visit)] = list(chooser.chosen())
     assert (chosen.result, visit) == ("first", "W12")
     assert dict(tally.skipped) == {NOT_NEAREST: 1, NO_DAY: 1}
+
+
+def test_visitnum_stays_a_whole_number_column_without_fractional_visits(tmp_path):
+    mini = load_study(Path(__file__).parents[1] / "data" / "mini-study" / "study.yaml")
+    jobs.map_tables(mini, Path(__file__).parents[1] / "data" / "mini-study" / "tables", store=tmp_path / "store")
+    frame, _ = frame_and_account(mini, Store(tmp_path / "store"))
+    assert frame.visitnum.dtype == "int64" and set(frame.visitnum) == {2}
