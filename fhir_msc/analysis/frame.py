@@ -5,8 +5,9 @@ all come from the study definition's ``analysis`` section.
 
 Every Observation read is accounted for: a row of the frame, or dropped under a reason
 (no study outcome code, unknown subject or visit, unknown answer code, a censored result, a test not done,
-a duplicate of one business identifier, a visit not asked for). Censored results (``<0.5``)
-are not used in the continuous statistics: they are counted, not guessed at.
+a duplicate of one business identifier, a visit not asked for, free text, an unscheduled visit or a finding
+outside the analysis windows: see analysis.windows). Censored results (``<0.5``) are not used in the
+continuous statistics: they are counted, not guessed at.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import pandas as pd
 
 from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError, StudyDefinitionError
-from ..fhir.unmapping import ResourceSource, read_records
+from ..fhir.unmapping import NOT_ASKED, ResourceSource, read_records
 from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study
+from ..tables.sdtm import FindingRecord
 from .stats import (
     BinarySummary,
     ContinuousSummary,
@@ -33,6 +35,7 @@ from .stats import (
     compare_continuous,
     mantel_haenszel,
 )
+from .windows import WindowChooser, study_day
 
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
 
@@ -40,6 +43,8 @@ FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome",
 NOT_RANDOMIZED = "subject not randomized (no ResearchSubject of this study)"
 CENSORED = "censored result (<, <=, >=, >): not used in continuous statistics"
 NOT_DONE = "not done (no value: dataAbsentReason not-performed, SDTM --STAT NOT DONE)"
+FREE_TEXT = "free text (valueString): mapped and round-tripped, not analysed"
+UNSCHEDULED = "unscheduled visit: analysed only in a declared analysis window (analysis.windows)"
 DUPLICATE = "duplicate business identifier (same subject, visit and outcome under another id): counted once"
 
 
@@ -63,58 +68,119 @@ def frame_and_account(study: Study, source: ResourceSource,
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
-    subjects, findings, tally = read_records(study, source, visits)
+    windowed = bool(study.analysis and study.analysis.windows)
+    # with windows, a finding of any visit may count for an asked visit: all are read, then filtered
+    subjects, findings, tally = read_records(study, source, None if windowed else visits)
     categories = frame_categories(study)
     code_of = {name: {value: code for code, value in enumerate(values)} for name, values in categories.items()}
     names = sorted(subjects)  # a subject is kept as its place in this list
     by_subject = {key: (code_of["arm"].get(subjects[key].arm_code, -1), code_of["sex"].get(subjects[key].sex, -1),
-                        subjects[key].age, number) for number, key in enumerate(names)}
-    by_outcome = {o.code: (code_of["outcome"][o.code], code_of["unit"].get(o.unit, -1), o.type == "quantity")
-                  for o in study.outcomes}
-    by_visitnum = {visit.visitnum: code_of["visit"][visit.code] for visit in study.visits}
+                        subjects[key].age, number, subjects[key].start) for number, key in enumerate(names)}
+    by_outcome = {o.code: (code_of["outcome"][o.code], code_of["unit"].get(o.unit, -1), o) for o in study.outcomes}
+    visit_code = {visit.code: code_of["visit"][visit.code] for visit in study.visits}
     answer_code = code_of["answer"]
     coded = {name: array("h") for name in categories}  # category codes, -1 for missing
-    numbers = {name: array("q") for name in ("age", "visitnum")}
+    ages, visitnums = array("q"), array("d")
     subject_numbers = array("i")
     dates: list[str] = []
     values = array("d")
     arm_, sex_, visit_, outcome_, answer_, unit_ = (coded[name].append for name in
                                                     ("arm", "sex", "visit", "outcome", "answer", "unit"))
+    age_, visitnum_, value_, subject_, date_ = (ages.append, visitnums.append, values.append, subject_numbers.append,
+                                                dates.append)
+    chooser = WindowChooser(study, tally)
+    asked = None if visits is None else set(visits)
+
+    def add(finding: FindingRecord, subject: tuple, visit: str, value: float, answer: str | None) -> None:
+        outcome, unit, kind = by_outcome[finding.testcd]
+        arm_(subject[0])
+        sex_(subject[1])
+        age_(subject[2])
+        visit_(visit_code[visit])
+        visitnum_(finding.visitnum)
+        outcome_(outcome)
+        unit_(unit if kind.type == "quantity" else -1)
+        answer_(-1 if answer is None else answer_code.get(answer, -1))
+        value_(value)
+        subject_(subject[3])
+        date_(intern(finding.date))
+
+    held: dict[tuple[str, str, str], tuple[float, str | None]] = {}  # windowed findings' values until chosen
+    nominal = {v.visitnum: v.code for v in study.visits if v.code not in chooser.windowed}  # analysed at their visit
     for finding in findings:
         subject = by_subject.get(finding.subject)
         if subject is None:
             tally.skip(NOT_RANDOMIZED, finding.subject)
             continue
         if finding.not_done:
-            visit_code = study.visit_by_num[finding.visitnum].code
-            tally.skip(NOT_DONE, f"{finding.subject}/{visit_code}/{finding.testcd}")
+            tally.skip(NOT_DONE, _label(study, finding))
             continue
-        outcome, unit, is_number = by_outcome[finding.testcd]
-        if is_number:
+        kind = by_outcome[finding.testcd][2]
+        if kind.type == "quantity":
             try:
-                value = float(finding.result)
+                value, answer = float(finding.result), None
             except ValueError:  # a censored result: the comparator comes first (<0.5)
-                visit_code = study.visit_by_num[finding.visitnum].code
-                tally.skip(CENSORED, f"{finding.subject}/{visit_code}/{finding.testcd} {finding.result}")
+                tally.skip(CENSORED, f"{_label(study, finding)} {finding.result}")
                 continue
+        elif kind.type == "text":
+            tally.skip(FREE_TEXT, _label(study, finding))
+            continue
         else:
-            value = math.nan
-        arm_(subject[0])
-        sex_(subject[1])
-        numbers["age"].append(subject[2])
-        visit_(by_visitnum[finding.visitnum])
-        numbers["visitnum"].append(finding.visitnum)
-        outcome_(outcome)
-        unit_(unit if is_number else -1)
-        answer_(-1 if is_number else answer_code.get(finding.result, -1))
-        values.append(value)
-        subject_numbers.append(subject[3])
-        dates.append(intern(finding.date))
-    del by_subject, subjects, findings
-    raw: dict[str, Any] = {**coded, **numbers, "subject": subject_numbers, "value": values, "date": dates}
-    del coded, numbers, subject_numbers, values, dates  # _sorted_frame frees each column once it is in order
+            value, answer = finding_value(kind, finding.result, subject[4])
+        visit = nominal.get(finding.visitnum)
+        if visit is None:  # an unscheduled visit, or one with an analysis window: placed by its date
+            if not windowed:
+                tally.skip(UNSCHEDULED, _label(study, finding))
+                continue
+            key = (finding.subject, study.visit_key(finding.visitnum), finding.testcd)
+            if key in held:
+                tally.skip(DUPLICATE, "/".join(key))
+                continue
+            held[key] = (value, answer)
+            chooser.offer(finding, subject[4])
+        elif asked is not None and visit not in asked:
+            tally.skip(NOT_ASKED, _label(study, finding))
+        else:
+            add(finding, subject, visit, value, answer)
+    for finding, visit in chooser.chosen():
+        value, answer = held[(finding.subject, study.visit_key(finding.visitnum), finding.testcd)]
+        if asked is not None and visit not in asked:
+            tally.skip(NOT_ASKED, f"{finding.subject}/{visit}/{finding.testcd}")
+            continue
+        add(finding, by_subject[finding.subject], visit, value, answer)
+    del by_subject, subjects, findings, held
+    whole = bool(np.all(np.mod(np.frombuffer(visitnums, dtype=float), 1) == 0))
+    raw: dict[str, Any] = {**coded, "age": ages, "visitnum": visitnums, "subject": subject_numbers, "value": values,
+                           "date": dates}
+    del coded, ages, visitnums, subject_numbers, values, dates  # _sorted_frame frees each column once it is in order
     frame = _sorted_frame(categories, np.array(names, dtype=object), raw, tally)
+    if whole:  # VISITNUM stays a whole number where every visit has one (3.1 makes the column decimal)
+        frame["visitnum"] = frame["visitnum"].astype(np.int64)
     return frame, replace(tally.account(), used=len(frame))
+
+
+def _label(study: Study, finding: FindingRecord) -> str:
+    return f"{finding.subject}/{study.visit_key(finding.visitnum)}/{finding.testcd}"
+
+
+def finding_value(outcome: Outcome, result: str, start: str) -> tuple[float, str | None]:
+    """A finding's ``value`` and ``answer`` in the frame, by outcome type.
+
+    quantity and integer: the number; coded: the answer (value NaN); ordinal: the answer and its rank
+    (1 = lowest); boolean: Y/N and 1/0; datetime: days from RFSTDTC (``start``, day 0) to the date
+    (NaN for a partial date).
+    """
+    kind = outcome.type
+    if kind in ("quantity", "integer"):
+        return float(result), None
+    if kind == "ordinal":
+        return float(outcome.rank(result)), result
+    if kind == "boolean":
+        return (1.0 if result == "Y" else 0.0), result
+    if kind == "datetime":
+        day = study_day(result, start)
+        return (math.nan if day is None else float(day)), None
+    return math.nan, result
 
 
 def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict[str, Any], tally: Tally) -> pd.DataFrame:
@@ -124,10 +190,10 @@ def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict
     unordered form dropped, so the frame is never held twice (as sorting a built frame would).
     Rows repeating the subject, visit and outcome of an earlier row are left out (``tally``).
     """
-    dtypes = {"age": np.int64, "visitnum": np.int64, "value": float}
+    dtypes = {"age": np.int64, "visitnum": float, "value": float}
     subject = np.frombuffer(raw.pop("subject"), dtype=np.int32)
     outcome, visit = (np.frombuffer(raw[name], dtype=np.int16) for name in ("outcome", "visit"))
-    order = np.lexsort((subject, np.frombuffer(raw["visitnum"], dtype=np.int64), outcome))  # stable: first read first
+    order = np.lexsort((subject, np.frombuffer(raw["visitnum"], dtype=float), outcome))  # stable: first read first
     order = _first_of_each(order, (subject, visit, outcome), names, categories, tally)
     columns: dict[str, Any] = {"subject": names[subject[order]], "date": np.array(raw.pop("date"), dtype=object)[order]}
     del subject, outcome, visit
@@ -165,7 +231,7 @@ def _first_of_each(order: np.ndarray, keys: tuple[np.ndarray, np.ndarray, np.nda
 
 def frame_categories(study: Study) -> dict[str, list[str]]:
     """The categories of the frame's coded columns, from the study definition (in its order)."""
-    answers = list(dict.fromkeys(answer for outcome in study.outcomes for answer in outcome.answers))
+    answers = list(dict.fromkeys(answer for outcome in study.outcomes for answer in outcome.answer_keys))
     units = list(dict.fromkeys(outcome.unit for outcome in study.outcomes if outcome.unit))
     return {"arm": [arm.code for arm in study.arms], "sex": list(study.terms.sex),
             "visit": [visit.code for visit in study.visits], "outcome": [outcome.code for outcome in study.outcomes],
@@ -203,15 +269,18 @@ def _plan(study: Study) -> AnalysisPlan:
 
 
 def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, effect: str | None = None) -> Comparison | None:
-    """Compare the arms for one outcome at one visit; None when an arm has fewer than 2 values."""
+    """Compare the arms for one outcome at one visit; None when an arm has fewer than 2 values, or for an
+    outcome type no between-arm effect here applies to (ordinal, datetime, text)."""
     plan = _plan(study)
+    if outcome.type not in ("coded", "boolean", "quantity", "integer"):
+        return None
     rows = frame[(frame["outcome"] == outcome.code) & (frame["visit"] == visit)]
     arms = (plan.treatment, plan.control)
     groups = [rows[rows["arm"] == arm] for arm in arms]
     if min(len(g) for g in groups) < 2:
         return None
-    if outcome.type == "coded":
-        event = outcome.event or next(iter(outcome.answers))
+    if outcome.type in ("coded", "boolean"):
+        event = outcome.event_answer
         counts = tuple(int((g["answer"] == event).sum()) for g in groups)
         summary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
         chosen = effect or plan.effects.binary

@@ -10,9 +10,14 @@ Resource model (R4 names; see versions.py for R5):
   Patient            pseudonymous: subject id, gender, birth year (year of RFSTDTC − AGE), country
   ResearchSubject    subject ↔ study, assigned/actual arm, status, period (RFSTDTC–RFENDTC)
   MedicationAdministration  one per infusion (EX row): product, dose, route, date
-  Encounter          one per subject × visit, spanning that visit's finding dates
+  Encounter          one per subject × visit, spanning that visit's finding dates; an unscheduled visit
+                     (fractional VISITNUM) has the study's unscheduled code as its type, VISIT as the type's
+                     text, and its VISITNUM at the end of its identifier (SUBJECT/UNSCHEDULED-3.1)
   Observation        one per finding row, linked to Patient, Encounter and ResearchStudy; a row not done
-                     (--STAT NOT DONE) has no value but dataAbsentReason not-performed, --REASND as its text
+                     (--STAT NOT DONE) has no value but dataAbsentReason not-performed, --REASND as its text.
+                     value[x] by outcome type (the same in R4 and R5): valueQuantity, valueCodeableConcept
+                     (coded; ordinal with its rank in the Coding's ordinalValue (R4) / itemWeight (R5)
+                     extension), valueInteger, valueBoolean (Y/N), valueDateTime, valueString
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..study.definition import Study
+from ..study.definition import Outcome, Study
 from ..tables.formats import find_table
 from ..tables.reading import SPANNED, key_hashes, read_rows
 from ..tables.rejects import FileAccount, Rejection, RejectLog
@@ -39,6 +44,7 @@ from ..tables.sdtm import (
     FindingRecord,
     RowError,
     SubjectRecord,
+    boolean_value,
     parse_dose,
     parse_finding,
     parse_subject,
@@ -123,8 +129,15 @@ class FhirBuilder:
         """Per outcome code: Observation.category, Observation.code.coding, valueCodeableConcept per answer."""
         return {o.code: ([{"coding": [{"system": CATEGORY_SYSTEM, "code": o.category}]}],
                          [*(c.as_fhir() for c in o.standard), self._study_code(o.code, o.display)],
-                         {key: {"coding": [answer.as_fhir()], "text": key} for key, answer in o.answers.items()})
+                         {key: {"coding": [self._answer(o, key)], "text": key} for key in o.answers})
                 for o in self.study.outcomes}
+
+    def _answer(self, outcome: Outcome, key: str) -> dict[str, Any]:
+        """An answer's Coding; an ordinal one carries its rank (1 = lowest) in the version's ordinal extension."""
+        coding = outcome.answers[key].as_fhir()
+        if outcome.type == "ordinal":
+            return {"extension": [self.version.ordinal_weight(outcome.rank(key))], **coding}
+        return coding
 
     # --- resources --------------------------------------------------------------------
 
@@ -187,18 +200,23 @@ class FhirBuilder:
                               "dose": {"value": record.dose, "unit": unit, "system": UCUM, "code": unit}}
         return resource
 
-    def encounter(self, subject: str, visitnum: int, first: str, last: str) -> Resource:
-        visit = self.study.visit_by_num[visitnum]
-        resource = self._identified("Encounter", "visit", f"{subject}/{visit.code}")
+    def encounter(self, subject: str, visitnum: int | float, first: str, last: str, name: str = "") -> Resource:
+        """The Encounter of a visit; ``name`` is VISIT of an unscheduled one (its type says unscheduled)."""
+        visit = self.study.visit_by_num.get(visitnum)
+        resource = self._identified("Encounter", "visit", f"{subject}/{self.study.visit_key(visitnum)}")
         resource["extension"] = self._study_extension
         resource.update(self.version.encounter_elements({"start": first, "end": last}))
-        resource["type"] = [{"coding": [self._study_code(visit.code, visit.name)]}]
+        if visit is not None:
+            resource["type"] = [{"coding": [self._study_code(visit.code, visit.name)]}]
+        else:
+            unscheduled = self.study.unscheduled
+            resource["type"] = [{"coding": [self._study_code(unscheduled.code, unscheduled.display)], "text": name}]
         resource["subject"] = {"reference": self.ref("Patient", "subject", subject)}
         return resource
 
     def observation(self, record: FindingRecord) -> Resource:
         category, coding, answers = self._outcome_parts[record.testcd]
-        subject, visit = record.subject, self.study.visit_by_num[record.visitnum].code
+        subject, visit = record.subject, self.study.visit_key(record.visitnum)
         resource = self._identified("Observation", "observation", f"{subject}/{visit}/{record.testcd}")
         resource["extension"] = self._study_extension
         resource["status"] = "final"
@@ -212,14 +230,28 @@ class FhirBuilder:
         elif answers:
             resource["valueCodeableConcept"] = answers[record.result]
         else:
-            unit = record.unit
-            comparator, number = split_comparator(record.result)
-            if comparator:  # a censored result (<0.5): FHIR keeps the comparator beside the limit
-                resource["valueQuantity"] = {"value": float(number), "comparator": comparator, "unit": unit,
-                                             "system": UCUM, "code": unit}
-            else:
-                resource["valueQuantity"] = {"value": float(number), "unit": unit, "system": UCUM, "code": unit}
+            kind = self._types[record.testcd]
+            if kind == "quantity":
+                unit = record.unit
+                comparator, number = split_comparator(record.result)
+                if comparator:  # a censored result (<0.5): FHIR keeps the comparator beside the limit
+                    resource["valueQuantity"] = {"value": float(number), "comparator": comparator, "unit": unit,
+                                                 "system": UCUM, "code": unit}
+                else:
+                    resource["valueQuantity"] = {"value": float(number), "unit": unit, "system": UCUM, "code": unit}
+            elif kind == "integer":
+                resource["valueInteger"] = int(record.result)
+            elif kind == "boolean":
+                resource["valueBoolean"] = boolean_value(record.result)
+            elif kind == "datetime":
+                resource["valueDateTime"] = record.result
+            else:  # text
+                resource["valueString"] = record.result
         return resource
+
+    @cached_property
+    def _types(self) -> dict[str, str]:
+        return {o.code: o.type for o in self.study.outcomes}
 
 
 # --- the mapping job ---------------------------------------------------------------------
@@ -295,20 +327,21 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     count = 0
     for record in _read_findings(study, source, log, subjects, keys):
         count += 1
-        spans.add(record.subject, record.visitnum, record.date)
+        spans.add(record.subject, record.visitnum, record.date, record.visit)
         yield observation(record)
         if not count % PROGRESS_EVERY:
             tick(PROGRESS_EVERY)
     tick(count % PROGRESS_EVERY)
-    for subject, visitnum, first, last in spans:
-        yield build.encounter(subject, visitnum, first, last)
+    for subject, visitnum, first, last, name in spans:
+        yield build.encounter(subject, visitnum, first, last, name)
 
 
 class VisitSpans:
     """The first and last finding date of every subject's visits (each becomes an Encounter period).
 
     Compact, as a cohort has many subject-visits: per subject one array of date numbers,
-    two per study visit; each distinct date string is kept once.
+    two per study visit; each distinct date string is kept once. Unscheduled visits (few) are
+    kept apart, with their VISIT; the first row's VISIT names the visit.
     """
 
     def __init__(self, study: Study):
@@ -316,8 +349,13 @@ class VisitSpans:
         self._dates: list[str] = []
         self._date_number: dict[str, int] = {}
         self._spans: dict[str, array] = {}
+        self._unscheduled: dict[tuple[str, int | float], list[str]] = {}  # (subject, VISITNUM) -> first, last, VISIT
 
-    def add(self, subject: str, visitnum: int, date: str) -> None:
+    def add(self, subject: str, visitnum: int | float, date: str, name: str = "") -> None:
+        if visitnum not in self._slot:
+            span = self._unscheduled.setdefault((subject, visitnum), [date, date, name])
+            span[0], span[1] = min(span[0], date), max(span[1], date)
+            return
         number = self._date_number.get(date)
         if number is None:
             number = self._date_number[date] = len(self._dates)
@@ -333,12 +371,15 @@ class VisitSpans:
         elif date > self._dates[spans[slot + 1]]:
             spans[slot + 1] = number
 
-    def __iter__(self) -> Iterator[tuple[str, int, str, str]]:
-        """(subject, visit number, first date, last date), subjects in order of appearance, visits in study order."""
+    def __iter__(self) -> Iterator[tuple[str, int | float, str, str, str]]:
+        """(subject, visit number, first date, last date, VISIT if unscheduled else ""), subjects in order of
+        appearance, visits in study order; then the unscheduled visits in order of appearance."""
         for subject, spans in self._spans.items():
             for visitnum, slot in self._slot.items():
                 if spans[slot] >= 0:
-                    yield subject, visitnum, self._dates[spans[slot]], self._dates[spans[slot + 1]]
+                    yield subject, visitnum, self._dates[spans[slot]], self._dates[spans[slot + 1]], ""
+        for (subject, visitnum), (first, last, name) in self._unscheduled.items():
+            yield subject, visitnum, first, last, name
 
 
 def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord],

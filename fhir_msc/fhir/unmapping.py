@@ -30,7 +30,10 @@ from ..tables.sdtm import (
     FindingRecord,
     SubjectRecord,
     TableWriter,
+    boolean_answer,
+    check_date,
     format_number,
+    visit_number,
 )
 from .mapping import NOT_PERFORMED, SYNTHETIC_TAG
 from .versions import (
@@ -94,7 +97,8 @@ class _Context:
     study: Study
     patients: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)  # id -> subject, sex, birth year, country
     enrolled: set[str] = field(default_factory=set)  # Patient ids a study ResearchSubject refers to
-    visits: dict[str, int] = field(default_factory=dict)  # Encounter id -> visitnum (of the visits asked for)
+    visits: dict[str, int | float] = field(default_factory=dict)  # Encounter id -> visitnum (of the visits asked for)
+    unscheduled: dict[str, str] = field(default_factory=dict)  # Encounter id -> VISIT of an unscheduled visit
     other_visits: np.ndarray | None = None  # sorted hashes of study-visit Encounter ids not asked for
     tallies: dict[str, Tally] = field(default_factory=dict)
     synthetic: bool = False
@@ -205,11 +209,16 @@ def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[
     wanted = None if visits is None else set(visits)
     others = array("q")
     tally = ctx.tally("Encounter")
+    unscheduled = ctx.study.unscheduled.code if ctx.study.unscheduled else None
     for encounter in source.read("Encounter"):
         tally.read += 1
         try:
             codes = [_study_code(t, codesystem) for t in encounter.get("type", [])]
             visit = next((by_code[c] for c in codes if c in by_code), None)
+            if visit is None and unscheduled is not None and unscheduled in codes:
+                if _unscheduled_visit(ctx, encounter, unscheduled, wanted, tally):
+                    others.append(hash(encounter["id"]))
+                continue
         except MALFORMED:
             tally.skip(NOT_READABLE, _named(encounter))
             continue
@@ -226,6 +235,27 @@ def _index_encounters(ctx: _Context, source: ResourceSource, visits: Collection[
     if wanted is not None:
         ctx.other_visits = np.frombuffer(others, dtype=np.int64)  # a view: sorted in place, no copy
         ctx.other_visits.sort()
+
+
+def _unscheduled_visit(ctx: _Context, encounter: Resource, code: str, wanted: set[str] | None, tally: Tally) -> bool:
+    """Index an unscheduled-visit Encounter: VISITNUM from its identifier (…/UNSCHEDULED-3.1), VISIT from its
+    type's text. True when it is a study visit the caller did not ask for (only scheduled visits are asked for)."""
+    value = _identifier(encounter, ctx.study.system("visit")) or ""
+    number = visit_number(value.rpartition(f"/{code}-")[2]) if f"/{code}-" in value else ""
+    name = next((t.get("text") for t in encounter["type"] if _study_code(t, ctx.study.study.codesystem) == code), None)
+    if not isinstance(encounter.get("id"), str):
+        tally.skip(NO_ID, _named(encounter))
+    elif not isinstance(number, float) or number in ctx.study.visit_by_num or not isinstance(name, str) or not name:
+        tally.skip("unscheduled visit without its VISITNUM (identifier …/" + code + "-3.1) or VISIT (type text)",
+                   _named(encounter))
+    elif wanted is not None:
+        tally.skip(NOT_ASKED)
+        return True
+    else:
+        ctx.visits[encounter["id"]] = number
+        ctx.unscheduled[encounter["id"]] = name
+        tally.used += 1
+    return False
 
 
 def _subjects(ctx: _Context, source: ResourceSource) -> Iterator[SubjectRecord]:
@@ -353,7 +383,13 @@ def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -
     not_done = _not_performed(observation)
     if not_done:
         result = unit = ""
-    elif outcome.type == "coded":
+    elif outcome.type not in ("quantity", "coded", "ordinal"):
+        result, unit = _plain_value(outcome.type, observation), ""
+        if result is None:
+            skip(f"value not interpretable as {outcome.type} (value{_VALUE_ELEMENT[outcome.type]} expected)",
+                 _named(observation))
+            return None
+    elif outcome.type in ("coded", "ordinal"):
         concept = observation.get("valueCodeableConcept", {})
         codes = {(c.get("system"), c.get("code")) for c in concept.get("coding", [])}
         result = next((key for key, a in outcome.answers.items() if (a.system, a.code) in codes), None)
@@ -383,7 +419,28 @@ def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -
         skip(NOT_READABLE, _named(observation))
         return None
     return FindingRecord(subject=subject, domain=outcome.domain, testcd=outcome.code, test=test, result=result,
-                         unit=unit, visitnum=visitnum, date=date, not_done=not_done, reason=reason)
+                         unit=unit, visitnum=visitnum, date=date, not_done=not_done, reason=reason,
+                         visit=ctx.unscheduled.get(encounter, ""))
+
+
+_VALUE_ELEMENT = {"integer": "Integer", "boolean": "Boolean", "datetime": "DateTime", "text": "String"}
+
+
+def _plain_value(kind: str, observation: Resource) -> str | None:
+    """The table result of an integer, boolean, datetime or text outcome's value[x]; None if it has not that type."""
+    value = observation.get("value" + _VALUE_ELEMENT[kind])
+    if kind == "integer":
+        return str(value) if type(value) is int else None
+    if kind == "boolean":
+        return boolean_answer(value) if type(value) is bool else None
+    if not isinstance(value, str) or not value:
+        return None
+    if kind == "datetime":
+        try:
+            check_date("valueDateTime", value)
+        except ValueError:
+            return None
+    return value
 
 
 def _not_performed(observation: Resource) -> bool:

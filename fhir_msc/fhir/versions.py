@@ -93,6 +93,12 @@ class FhirVersion:
     def group_elements(self) -> dict[str, Any]:
         return {"membership": "enumerated"} if self.is_r5 else {"actual": True}
 
+    def ordinal_weight(self, rank: int) -> dict[str, Any]:
+        """The extension giving a Coding its place on an ordinal scale: R4 core ordinalValue, R5 itemWeight
+        (the same extension renamed; R5 moved it to the extensions pack)."""
+        name = "itemWeight" if self.is_r5 else "ordinalValue"
+        return {"url": f"http://hl7.org/fhir/StructureDefinition/{name}", "valueDecimal": rank}
+
 
 def _arm_type(code: str) -> dict[str, Any]:
     return {"coding": [{"system": ARM_TYPE_SYSTEM, "code": code}]}

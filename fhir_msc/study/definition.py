@@ -124,9 +124,40 @@ class Terms(_Model):
 class Visit(_Model):
     code: str
     name: str
-    visitnum: int
+    visitnum: int | float  # SDTM VISITNUM: whole (9) or fractional (3.5) for a scheduled visit
     day: int
     window: tuple[int, int]
+
+
+class Unscheduled(_Model):
+    """How unscheduled visits (a fractional VISITNUM no scheduled visit has, e.g. 3.1 "UNSCHEDULED 3.1") are kept.
+
+    Each becomes an Encounter whose type is this study code; without this section such rows are rejected.
+    """
+
+    code: str = "UNSCHEDULED"
+    display: str = "Unscheduled visit"
+
+
+class AnalysisWindow(_Model):
+    """Days relative to RFSTDTC (day 0, as ``visits.N.day``) in which a finding counts for a visit in the analysis."""
+
+    from_day: int
+    to_day: int
+    target_day: int | None = None  # default: the visit's day
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AnalysisWindow:
+        if self.from_day > self.to_day:
+            raise ValueError(f"from_day {self.from_day} is after to_day {self.to_day}")
+        return self
+
+
+# What an outcome's results are, and the Observation.value[x] each becomes (R4 and R5 alike):
+# quantity → valueQuantity, coded and ordinal → valueCodeableConcept, integer → valueInteger,
+# boolean (SDTM Y/N) → valueBoolean, datetime → valueDateTime, text → valueString.
+OutcomeType = Literal["quantity", "coded", "ordinal", "integer", "boolean", "datetime", "text"]
+BOOLEAN_ANSWERS = {"Y": True, "N": False}  # CDISC NY: how a boolean result is written in the table
 
 
 class Outcome(_Model):
@@ -134,7 +165,7 @@ class Outcome(_Model):
     domain: str
     display: str
     category: str
-    type: Literal["quantity", "coded"]
+    type: OutcomeType
     unit: Ucum | None = None
     unit_aliases: dict[str, float] = {}
     range: tuple[float, float] | None = None
@@ -147,11 +178,33 @@ class Outcome(_Model):
     def _type_fields(self) -> Outcome:
         if self.type == "quantity" and not self.unit:
             raise ValueError(f"outcome {self.code}: a quantity needs a unit (UCUM)")
-        if self.type == "coded" and not self.answers:
-            raise ValueError(f"outcome {self.code}: a coded outcome needs answers")
-        if self.event is not None and self.event not in self.answers:
-            raise ValueError(f"outcome {self.code}: event {self.event!r} is not one of its answers")
+        if self.type in ("coded", "ordinal") and not self.answers:
+            raise ValueError(f"outcome {self.code}: {'an' if self.type == 'ordinal' else 'a'} {self.type} outcome needs answers"
+                             + (" (listed lowest first: their order is the scale's)" if self.type == "ordinal" else ""))
+        if self.type not in ("coded", "ordinal") and self.answers:
+            raise ValueError(f"outcome {self.code}: only coded and ordinal outcomes have answers")
+        if self.type != "quantity" and (self.unit or self.unit_aliases):
+            raise ValueError(f"outcome {self.code}: only a quantity has a unit (the FHIR value of a {self.type} outcome carries none)")
+        if self.range is not None and self.type not in ("quantity", "integer"):
+            raise ValueError(f"outcome {self.code}: only quantity and integer outcomes have a range")
+        if self.event is not None and self.event not in self.answer_keys:
+            raise ValueError(f"outcome {self.code}: event {self.event!r} is not one of its answers "
+                             f"({', '.join(self.answer_keys) or 'none'})")
         return self
+
+    @property
+    def answer_keys(self) -> list[str]:
+        """The results a table may hold for a coded, ordinal or boolean outcome (Y, N for boolean)."""
+        return list(BOOLEAN_ANSWERS) if self.type == "boolean" else list(self.answers)
+
+    @property
+    def event_answer(self) -> str:
+        """The answer counted as an event in binary analyses: ``event``, else the first answer (Y for boolean)."""
+        return self.event or self.answer_keys[0]
+
+    def rank(self, answer: str) -> int:
+        """An ordinal answer's place on its scale, 1 for the lowest (the first listed)."""
+        return list(self.answers).index(answer) + 1
 
     def factor_from(self, unit: str | None) -> float | None:
         """The factor converting a value in ``unit`` to this outcome's unit; None if not convertible."""
@@ -184,6 +237,9 @@ class PublishedResult(_Model):
     source: str = ""
 
 
+_EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the between-arm effects apply to
+
+
 class Effects(_Model):
     binary: BinaryEffect = "odds-ratio"
     continuous: ContinuousEffect = "mean-difference"
@@ -193,11 +249,22 @@ class AnalysisPlan(_Model):
     treatment: str
     control: str
     alpha: float = 0.05
+    # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
+    windows: dict[str, AnalysisWindow] = {}
     effects: Effects = Effects()
     stratum: Literal["sex"] | None = None  # DM variable for Mantel-Haenszel (effect odds-ratio-mh)
     # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
     better: dict[str, Literal["higher", "lower"]] = {}
     published: list[PublishedResult] = []
+
+
+class TimeToEvent(_Model):
+    """A per-subject duration from RFSTDTC to an event, or to the censoring date (see analysis.events)."""
+
+    code: str
+    display: str
+    event: str  # a datetime outcome (its value is the event date) or a coded/ordinal/boolean one (its event answer)
+    censor: Literal["end", "last-contact"] = "end"  # RFENDTC (last contact where it is empty), or last contact
 
 
 class SubjectTable(_Model):
@@ -234,7 +301,9 @@ class Study(_Model):
     interventions: dict[str, Intervention]
     terms: Terms
     visits: list[Visit]
+    unscheduled: Unscheduled | None = None
     outcomes: list[Outcome]
+    time_to_event: list[TimeToEvent] = []
     tables: Tables
     analysis: AnalysisPlan | None = None
     anchors: dict | None = None  # holds YAML anchors only
@@ -269,6 +338,7 @@ class Study(_Model):
             for visit in outcome.visits:
                 if visit not in visit_codes:
                     problems.append(f"outcome {outcome.code}: unknown visit {visit!r}")
+        problems += self._visit_and_event_problems()
         for name, fields, given in (
             ("tables.dm.columns", _DM_FIELDS, self.tables.dm.columns),
             ("tables.ex.columns", _EX_FIELDS, self.tables.ex.columns),
@@ -293,13 +363,38 @@ class Study(_Model):
                 outcome = self.outcome_by_code.get(result.outcome)
                 if outcome is None or result.visit not in visit_codes:
                     problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
-                elif (result.effect in get_args(BinaryEffect)) != (outcome.type == "coded"):
-                    kind = "binary (coded)" if outcome.type == "coded" else "continuous (quantity)"
+                elif outcome.type not in _EFFECT_TYPES or (
+                        (result.effect in get_args(BinaryEffect)) != (outcome.type in ("coded", "boolean"))):
+                    kind = ("binary (coded)" if outcome.type in ("coded", "boolean") else
+                            "continuous (quantity)" if outcome.type in ("quantity", "integer") else outcome.type)
                     problems.append(f"analysis.published.{index}.effect: {result.effect!r} does not apply to "
                                     f"{kind} outcome {outcome.code}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _visit_and_event_problems(self) -> list[str]:
+        """Unscheduled visits, analysis windows and time-to-event outcomes that do not fit the rest."""
+        problems = []
+        if self.unscheduled and self.unscheduled.code in self.visit_by_code:
+            problems.append(f"unscheduled.code {self.unscheduled.code!r} is also a scheduled visit code")
+        windows = self.analysis.windows if self.analysis else {}
+        spans = []
+        for code, window in windows.items():
+            if code not in self.visit_by_code:
+                problems.append(f"analysis.windows: unknown visit {code!r}")
+            spans.append((window.from_day, window.to_day, code))
+        spans.sort()
+        problems += [f"analysis.windows: {a[2]} and {b[2]} overlap (days {b[0]}-{a[1]}): a finding must fall in one"
+                     for a, b in zip(spans, spans[1:]) if b[0] <= a[1]]
+        for index, tte in enumerate(self.time_to_event):
+            source = self.outcome_by_code.get(tte.event)
+            if source is None or source.type not in ("datetime", "coded", "ordinal", "boolean"):
+                problems.append(f"time_to_event.{index}.event: {tte.event!r} is not a datetime, coded, ordinal or "
+                                "boolean outcome of this study")
+            if tte.code in self.outcome_by_code:
+                problems.append(f"time_to_event.{index}.code: {tte.code!r} is also an outcome code")
+        return problems
 
     # --- look-ups used by the mappers -------------------------------------------------
 
@@ -316,8 +411,15 @@ class Study(_Model):
         return {visit.code: visit for visit in self.visits}
 
     @cached_property
-    def visit_by_num(self) -> dict[int, Visit]:
+    def visit_by_num(self) -> dict[int | float, Visit]:
         return {visit.visitnum: visit for visit in self.visits}
+
+    def visit_key(self, visitnum: int | float) -> str:
+        """The visit part of business identifiers: a scheduled visit's code, else UNSCHEDULED-3.1 (unscheduled.code)."""
+        visit = self.visit_by_num.get(visitnum)
+        if visit is not None:
+            return visit.code
+        return f"{self.unscheduled.code if self.unscheduled else 'UNSCHEDULED'}-{visitnum}"
 
     @cached_property
     def outcome_by_code(self) -> dict[str, Outcome]:

@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import InputError
 from ..store.files import private_dir, private_open, private_write_text
-from ..study.definition import Outcome, Study
+from ..study.definition import BOOLEAN_ANSWERS, Outcome, Study
 from .formats import convert_csv
 from .reading import read_rows
 from .rejects import DATASET_FILE, REJECT_COLUMN, FileAccount, Rejection, RejectLog
@@ -76,10 +76,11 @@ class FindingRecord(NamedTuple):
     test: str
     result: str  # the coded answer, or the number formatted by format_number, after its comparator if censored (<0.5)
     unit: str
-    visitnum: int
+    visitnum: int | float  # SDTM VISITNUM: 3.1 for an unscheduled visit
     date: str
     not_done: bool = False  # SDTM --STAT NOT DONE: no result (result and unit are empty)
     reason: str = ""  # SDTM --REASND: why it was not done
+    visit: str = ""  # SDTM VISIT of an unscheduled visit ("UNSCHEDULED 3.1"); empty for a scheduled one
 
 
 NOT_DONE = "NOT DONE"  # the one value of SDTM --STAT
@@ -266,26 +267,41 @@ def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, Subject
     if outcome is None or outcome.domain != col.domain:
         known = ", ".join(o.code for o in study.outcomes_in(col.domain))
         raise RowError(col.testcd, testcd, f"unknown test code for domain {col.domain}: use one of {known}, or add it to the study definition")
-    visitnum_text = row[col.visitnum]
-    number = visit_number(visitnum_text)
-    visit = study.visit_by_num.get(number) if isinstance(number, int) else None
-    if visit is None:
-        nums = ", ".join(str(v.visitnum) for v in study.visits)
-        if isinstance(number, float):
-            raise RowError(col.visitnum, visitnum_text, f"fractional visit number (an unscheduled visit): this study "
-                                                        f"declares only visits {nums}; give the row a scheduled visit "
-                                                        "or leave it out")
-        raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}")
-    if row[col.visit] != visit.name:
-        raise RowError(col.visit, row[col.visit], f"VISITNUM {visit.visitnum} is {visit.name!r}: fix VISIT or VISITNUM")
+    visitnum, unscheduled_name = _visit(study, col, row)
     not_done, reason = _not_done(col, row)
     if not_done:
         result = unit = ""
     else:
         result, unit = _result(outcome, col.result, row[col.result], col.unit, row[col.unit])
     return FindingRecord(subject=subject, domain=col.domain, testcd=testcd, test=row.get(col.test) or outcome.display,
-                         result=result, unit=unit, visitnum=visit.visitnum,
-                         date=check_date(col.date, row[col.date]), not_done=not_done, reason=reason)
+                         result=result, unit=unit, visitnum=visitnum,
+                         date=check_date(col.date, row[col.date]), not_done=not_done, reason=reason,
+                         visit=unscheduled_name)
+
+
+def _visit(study: Study, col: FindingColumns, row: dict[str, str]) -> tuple[int | float, str]:
+    """VISITNUM of a scheduled visit (and ""), or of an unscheduled one (a fractional number) and its VISIT."""
+    visitnum_text, name = row[col.visitnum], row[col.visit]
+    number = visit_number(visitnum_text)
+    visit = study.visit_by_num.get(number) if not isinstance(number, str) else None
+    if visit is not None:
+        if name != visit.name:
+            raise RowError(col.visit, name, f"VISITNUM {visit.visitnum} is {visit.name!r}: fix VISIT or VISITNUM")
+        return visit.visitnum, ""
+    nums = ", ".join(str(v.visitnum) for v in study.visits)
+    if not isinstance(number, float):
+        raise RowError(col.visitnum, visitnum_text, f"unknown visit number: use one of {nums}"
+                                                    + (" (or a fractional one for an unscheduled visit)"
+                                                       if study.unscheduled else ""))
+    if study.unscheduled is None:
+        raise RowError(col.visitnum, visitnum_text, f"fractional visit number (an unscheduled visit): this study "
+                                                    f"declares only visits {nums}; add an 'unscheduled:' section to "
+                                                    "the study definition to keep unscheduled visits, or give the "
+                                                    "row a scheduled visit")
+    if not name or name in {v.name for v in study.visits}:
+        raise RowError(col.visit, name, f"VISITNUM {visitnum_text} is an unscheduled visit: name it in {col.visit} "
+                                        f"(e.g. UNSCHEDULED {number}), not as a scheduled visit")
+    return number, name
 
 
 def _not_done(col: FindingColumns, row: dict[str, str]) -> tuple[bool, str]:
@@ -320,9 +336,25 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
     if not text:
         raise RowError(result_column, text, "result is empty: enter it, or write NOT DONE in --STAT (and why in "
                                             "--REASND) if the test was not done")
-    if outcome.type == "coded":
-        if text not in outcome.answers:
-            raise RowError(result_column, text, f"not an allowed answer for {outcome.code}: use one of {', '.join(outcome.answers)}")
+    if outcome.type != "quantity" and unit:
+        raise RowError(unit_column, unit, f"{outcome.code} is {_a(outcome.type)} outcome and has no unit: empty {unit_column}")
+    if outcome.type in ("coded", "ordinal", "boolean"):
+        if text not in outcome.answer_keys:
+            raise RowError(result_column, text, f"not an allowed answer for {outcome.code}: use one of "
+                                                f"{', '.join(outcome.answer_keys)}")
+        return text, ""
+    if outcome.type == "integer":
+        number = parse_whole_number(result_column, text, f"{outcome.code} is a count: write a whole number "
+                                                         "(ASCII digits, no decimal point)")
+        if not -2**31 <= number < 2**31:
+            raise RowError(result_column, text, "beyond the range of a FHIR integer (32 bits): check the value")
+        if not outcome.in_range(number):
+            low, high = (format_number(v) for v in outcome.range)
+            raise RowError(result_column, text, f"{outcome.code} out of plausible range {low}-{high}: check the value")
+        return str(number), ""
+    if outcome.type == "datetime":
+        return check_date(result_column, text), ""
+    if outcome.type == "text":
         return text, ""
     comparator, digits = split_comparator(text)
     try:
@@ -338,6 +370,10 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
         low, high = (format_number(v) for v in outcome.range)
         raise RowError(result_column, text, f"{outcome.code} out of plausible range {low}-{high} {outcome.unit}: check the value and unit")
     return comparator + format_number(value), outcome.unit
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _required(column: str, value: str) -> str:
@@ -400,10 +436,20 @@ def dose_row(study: Study, record: DoseRecord) -> list[str]:
 
 
 def finding_row(study: Study, record: FindingRecord, not_done: bool = False) -> list[str]:
-    visit = study.visit_by_num[record.visitnum]
+    name = record.visit or study.visit_by_num[record.visitnum].name
     extra = [NOT_DONE if record.not_done else "", record.reason] if not_done else []
     return [study.study.identifier.value, record.subject, record.testcd, record.test, record.result,
-            record.unit, *extra, str(record.visitnum), visit.name, record.date]
+            record.unit, *extra, str(record.visitnum), name, record.date]
+
+
+def boolean_value(answer: str) -> bool:
+    """valueBoolean of a boolean outcome's table result (CDISC NY: Y or N)."""
+    return BOOLEAN_ANSWERS[answer]
+
+
+def boolean_answer(value: bool) -> str:
+    """The table result (Y or N) of a valueBoolean."""
+    return next(key for key, flag in BOOLEAN_ANSWERS.items() if flag is value)
 
 
 def numeric_columns(study: Study) -> set[str]:
