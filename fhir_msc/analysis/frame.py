@@ -25,6 +25,9 @@ from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError, StudyDefinitionError
 from ..fhir.unmapping import ResourceSource, read_records
 from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study
+from .derived import add_derived, visits_needed
+from .published import FieldCheck
+from .published import check as check_fields
 from .stats import (
     BinarySummary,
     ContinuousSummary,
@@ -63,7 +66,7 @@ def frame_and_account(study: Study, source: ResourceSource,
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
-    subjects, findings, tally = read_records(study, source, visits)
+    subjects, findings, tally = read_records(study, source, visits_needed(study, visits))
     categories = frame_categories(study)
     code_of = {name: {value: code for code, value in enumerate(values)} for name, values in categories.items()}
     names = sorted(subjects)  # a subject is kept as its place in this list
@@ -114,7 +117,7 @@ def frame_and_account(study: Study, source: ResourceSource,
     raw: dict[str, Any] = {**coded, **numbers, "subject": subject_numbers, "value": values, "date": dates}
     del coded, numbers, subject_numbers, values, dates  # _sorted_frame frees each column once it is in order
     frame = _sorted_frame(categories, np.array(names, dtype=object), raw, tally)
-    return frame, replace(tally.account(), used=len(frame))
+    return add_derived(study, frame), replace(tally.account(), used=len(frame))
 
 
 def _sorted_frame(categories: dict[str, list[str]], names: np.ndarray, raw: dict[str, Any], tally: Tally) -> pd.DataFrame:
@@ -257,9 +260,9 @@ def _stratified(plan: AnalysisPlan, rows: pd.DataFrame, event: str, arms: tuple[
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             outcomes: list[str] | None = None) -> list[Comparison]:
-    """Every outcome at every visit (optionally filtered) with the plan's primary effect."""
+    """Every outcome and derived endpoint at every visit (optionally filtered) with the plan's primary effect."""
     results = []
-    for outcome in study.outcomes:
+    for outcome in study.analysed_outcomes:
         if outcomes and outcome.code not in outcomes:
             continue
         for visit in study.visits:
@@ -273,11 +276,12 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
 
 @dataclass(frozen=True, kw_only=True)
 class Verification:
-    """A published result next to its recomputation at the paper's precision."""
+    """A published result next to its recomputation, field by field at the paper's precision."""
 
     published: PublishedResult
     reproduced: Comparison | None
     mismatches: list[str]
+    fields: tuple[FieldCheck, ...] = ()
 
     @property
     def matches(self) -> bool:
@@ -285,30 +289,14 @@ class Verification:
 
 
 def verify(study: Study, frame: pd.DataFrame) -> list[Verification]:
-    """Recompute every published result of the plan and compare at its stated decimals."""
+    """Recompute every published result of the plan and check each field it gives (see ``published.check``)."""
     checks = []
     for target in _plan(study).published:
-        comparison = compare(study, frame, study.outcome_by_code[target.outcome], target.visit, target.effect)
-        checks.append(Verification(published=target, reproduced=comparison,
-                                   mismatches=_mismatches(target, comparison) if comparison else ["no data"]))
+        comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit, target.effect)
+        if comparison is None:
+            checks.append(Verification(published=target, reproduced=None, mismatches=["no data"]))
+            continue
+        fields = tuple(check_fields(target, comparison))
+        checks.append(Verification(published=target, reproduced=comparison, fields=fields,
+                                   mismatches=[field.describe() for field in fields if not field.matches]))
     return checks
-
-
-def _mismatches(target: PublishedResult, comparison: Comparison) -> list[str]:
-    found = []
-    if not comparison.effect.estimable:
-        return [comparison.effect.note]
-    for name in ("estimate", "lower", "upper"):
-        value = round(getattr(comparison.effect, name), target.decimals)
-        if value != round(getattr(target, name), target.decimals):
-            found.append(f"{name} {value} ≠ {getattr(target, name)}")
-    summary = comparison.summary
-    for index, arm in enumerate(comparison.arms):
-        if target.counts and isinstance(summary, BinarySummary):
-            got = (summary.events[index], summary.n[index])
-            if got != tuple(target.counts[arm]):
-                found.append(f"{arm} counts {got[0]}/{got[1]} ≠ {target.counts[arm][0]}/{target.counts[arm][1]}")
-        if target.medians and isinstance(summary, ContinuousSummary):
-            if round(summary.median[index], 1) != round(target.medians[arm], 1):
-                found.append(f"{arm} median {summary.median[index]:.1f} ≠ {target.medians[arm]}")
-    return found
