@@ -84,7 +84,7 @@ def test_a_changed_observation_breaks_verification(study, mapped, tmp_path):
     index = frame[(frame["outcome"] == "CTNORM") & (frame["visit"] == "M36") & (frame["answer"] == "NORMAL")].index[0]
     frame.loc[index, "answer"] = "ABNORMAL"
     check = verify(study, frame)[0]
-    assert not check.matches and "MSC events: expected 23, got 22 (0 decimals)" in check.mismatches
+    assert not check.matches and "PBO events: expected 10, got 9 (0 decimals)" in check.mismatches
 
 
 def test_other_month36_outcomes_are_not_significant(study, mapped):
