@@ -288,9 +288,9 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
             unused: list[str] | None = None) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
-    unknown = [code for code in outcomes or [] if code not in study.outcome_by_code]
+    unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
     if unknown:
-        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.outcome_by_code)}")
+        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
     frame, observations = frame_and_account(study, source, visits, progress, unused)
     comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:

@@ -60,7 +60,9 @@ def frame_and_account(study: Study, source: ResourceSource,
     come from the study definition, in its order. ``visits`` (visit codes) limits the frame to
     those visits; Observations at other visits are then skipped before they are parsed.
     Of several Observations of one subject, visit and outcome (one business identifier under
-    several ids), the first read is kept.
+    several ids), the first read is kept. The study's derived endpoints are computed from the
+    frame and appended as rows (``derived.add_derived``); the visits their sources are at are read
+    too when ``visits`` asks for the visit of one. The account counts Observations, not derived rows.
     """
     if visits is not None:
         unknown = [code for code in visits if code not in study.visit_by_code]
