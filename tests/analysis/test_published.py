@@ -1,6 +1,7 @@
 """verify checks every published field given, at the decimals it is written with, and names each one that differs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,37 @@ def test_published_numbers_keep_the_decimals_they_are_written_with(tmp_path):
     entry = study.analysis.published[-1]
     assert (entry.means["TRT"].decimals, entry.means["CTL"].decimals) == (2, 0)
     assert (entry.p.value.comparator, entry.p.value.value, entry.p.value.decimals) == ("<", 0.001, 3)
+
+
+def _verify_after(store_dir: Path, resource: dict) -> dict[str, set[tuple[str, str | None]]]:
+    """The fields of each published MSC result that no longer match once ``resource`` is written to the store."""
+    Store(store_dir).write([resource])
+    result = CliRunner().invoke(main, ["verify", "--store", str(store_dir), "--json"])
+    return {c["outcome"]: {(f["field"], f["arm"]) for f in c["fields"] if not f["matches"]}
+            for c in json.loads(result.stdout)["results"]}
+
+
+def _msc_observation(store: Store, subject_arm: str, code: str, keep) -> dict:
+    """An M36 Observation of ``code`` of a subject of ``subject_arm`` for which ``keep(observation)`` holds."""
+    frame = analysis_frame(load_study(), store, ["M36"])
+    in_arm = set(frame[frame["arm"] == subject_arm]["subject"])
+    return next(o for o in store.read("Observation")
+                if o["identifier"][0]["value"].endswith(f"/M36/{code}")
+                and o["identifier"][0]["value"].split("/")[0] in in_arm and keep(o))
+
+
+def test_one_changed_observation_breaks_exactly_the_published_fields_that_depend_on_it(demo_store, tmp_path):
+    """Through FHIR: one Observation of the MSC store changed, verify names exactly the fields it feeds."""
+    store_dir = tmp_path / "store"
+    shutil.copytree(demo_store.path, store_dir)
+    store = Store(store_dir)
+    normal = _msc_observation(store, "MSC", "CTNORM", lambda o: o["valueCodeableConcept"]["text"] == "NORMAL")
+    abnormal = next(o for o in store.read("Observation") if o["identifier"][0]["value"].endswith("/CTNORM")
+                    and o.get("valueCodeableConcept", {}).get("text") == "ABNORMAL")
+    normal["valueCodeableConcept"] = abnormal["valueCodeableConcept"]
+    assert _verify_after(store_dir, normal) == {
+        "CTNORM": {("estimate", None), ("lower", None), ("upper", None), ("events", "MSC"), ("percent", "MSC")},
+        "SF36GH": set(), "REINF": set()}
+    top = _msc_observation(store, "PBO", "SF36GH", lambda o: 50 < o["valueQuantity"]["value"] < 90)
+    top["valueQuantity"]["value"] = 100  # above the placebo median (50.0) before and after: the median stays
+    assert _verify_after(store_dir, top)["SF36GH"] == {("estimate", None), ("lower", None), ("upper", None)}
