@@ -127,3 +127,51 @@ def test_a_derived_endpoint_that_does_not_fit_is_named_by_its_yaml_path(tmp_path
     with pytest.raises(StudyDefinitionError, match="invalid study definition") as error:
         load_study(derived_study(tmp_path, "  derived:\n" + block))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_derive_writes_observations_derived_from_their_sources(cohort, tmp_path, version):
+    tables = write_subset(cohort, tmp_path / "tables", 16)
+    store = Store(tmp_path / "store")
+    store.write(tables_to_fhir(load_study(), tables, get_version(version), RejectLog(None)))
+    path = derived_study(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["derive", "--store", str(store.path), "--study", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    study = load_study(path)
+    expected = derived_values(study, store)
+    assert document["changes"] == {"created": len(expected), "updated": 0, "unchanged": 0} and document["stale"] == []
+    assert document["values"] == {code: sum(c == code for _, c in expected) for code in CODES}
+    by_id = {o["id"]: o for o in store.read("Observation")}
+    derived = [o for o in by_id.values() if o.get("derivedFrom")]
+    assert len(derived) == len(expected)
+    for observation in derived:
+        subject, visit, code = observation["identifier"][0]["value"].split("/")
+        assert observation["valueQuantity"]["value"] == pytest.approx(expected[subject, code], rel=1e-12)
+        endpoint = next(d for d in study.analysis.derived if d.code == code)
+        named = [by_id[r["reference"].removeprefix("Observation/")]["identifier"][0]["value"] for r in observation["derivedFrom"]]
+        assert named == [f"{subject}/{v}/{outcome}" for outcome, v in endpoint.sources]
+        assert observation["subject"] == by_id[observation["derivedFrom"][-1]["reference"][12:]]["subject"]
+    assert runner.invoke(main, ["validate", str(store.path)]).exit_code == 0
+    again = json.loads(runner.invoke(main, ["derive", "--store", str(store.path), "--study", str(path), "--json"]).stdout)
+    assert again["changes"] == {"created": 0, "updated": 0, "unchanged": len(expected)}
+    # one source changed in the store: derive updates exactly the derived Observations built on it
+    subject = next(s for s, code in expected if code == "SIXMWDAUC")
+    source = next(o for o in store.read("Observation") if o["identifier"][0]["value"] == f"{subject}/M24/SIXMWD")
+    source["valueQuantity"]["value"] += 10
+    store.write([source])
+    before = {o["id"]: o for o in derived}
+    third = json.loads(runner.invoke(main, ["derive", "--store", str(store.path), "--study", str(path), "--json"]).stdout)
+    assert third["changes"] == {"created": 0, "updated": 1, "unchanged": len(expected) - 1}
+    changed = [o["identifier"][0]["value"] for o in store.read("Observation") if o["id"] in before and o != before[o["id"]]]
+    assert changed == [f"{subject}/M36/SIXMWDAUC"]
+    # analysis recomputes derived values and counts the written ones as such
+    analyzed = json.loads(runner.invoke(main, ["analyze", "--store", str(store.path), "--study", str(path), "--json"]).stdout)
+    assert analyzed["observations"]["skipped"] == {
+        "a derived endpoint's value (fhir-msc derive): recomputed from its sources, not read": len(expected)}
+
+
+def test_derive_without_derived_endpoints_says_what_to_add(tmp_path):
+    result = CliRunner().invoke(main, ["derive", "--store", str(tmp_path)])
+    assert result.exit_code == 4 and "add them under analysis.derived" in result.output
