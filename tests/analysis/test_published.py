@@ -185,3 +185,26 @@ def test_one_changed_observation_breaks_exactly_the_published_fields_that_depend
     top = _msc_observation(store, "PBO", "SF36GH", lambda o: 50 < o["valueQuantity"]["value"] < 90)
     top["valueQuantity"]["value"] = 100  # above the placebo median (50.0) before and after: the median stays
     assert _verify_after(store_dir, top)["SF36GH"] == {("estimate", None), ("lower", None), ("upper", None)}
+
+
+
+def _readme_yaml(section: str) -> str:
+    """The YAML block of a README subsection, without its first line (``analysis:``)."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    part = text[text.index(f"### {section}\n"):]
+    block = part[part.index("```yaml\n") + 8:]
+    block = block[:block.index("```\n")]
+    assert block.startswith("analysis:\n")
+    return block.removeprefix("analysis:\n")
+
+
+def test_readme_study_snippets_load_and_verify_on_the_cohort(demo_store, tmp_path):
+    """The README's YAML, as written (its decimals included), in place of the MSC study's published entries."""
+    text = Path(load_study().file).read_text()
+    snippets = _readme_yaml("Derived endpoints") + _readme_yaml("Published results verify field by field")
+    (tmp_path / "study.yaml").write_text(text[:text.index("  published:\n")] + snippets)
+    study = load_study(tmp_path / "study.yaml")
+    assert [d.code for d in study.analysis.derived] == ["SIXMWDCHG", "SIXMWDPCT", "FEV1FVCR", "FVCFEV1D", "SIXMWDAUC"]
+    checks = verify(study, analysis_frame(study, demo_store, ["M36"]))
+    assert all(c.matches for c in checks), [c.mismatches for c in checks]
+    assert [len(c.fields) for c in checks] == [10, 13]
