@@ -153,7 +153,7 @@ def unit_text(unit: str | None) -> str:
     """A UCUM unit for people: ``{score}`` → points, ``%`` → percentage points (a difference of %)."""
     if not unit:
         return ""
-    return {"{score}": "points", "%": "percentage points"}.get(unit, unit.strip("{}"))
+    return {"{score}": "points", "%": "percentage points"}.get(unit, re.sub(r"\{([^}]*)\}", r"\1", unit))
 
 
 def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> tuple[tuple[str, str], list[ForestPanel]]:
@@ -162,7 +162,7 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
     comparison with nothing finite to draw is left out (``left_out`` names it and why)."""
     arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
     better = study.analysis.better if study and study.analysis else {}
-    units = {o.code: o.unit for o in study.outcomes} if study else {}
+    units = {o.code: o.unit for o in study.analysed_outcomes} if study else {}
     arms = comparisons[0].arms if comparisons else ("", "")
     treatment, control = (arm_names.get(code, code) for code in arms)
     groups: dict[tuple, list[Comparison]] = {}

@@ -335,10 +335,11 @@ class DerivedEndpoint(_Model):
             if self.kind == "percent-change":
                 unit = "%"
             elif self.kind == "ratio":
-                other = outcomes[(self.outcomes or ("", ""))[1]]
-                unit = "1" if other.unit == first.unit else f"({first.unit})/({other.unit})"
+                other = str(outcomes[(self.outcomes or ("", ""))[1]].unit)
+                # UCUM's / and . bind left to right: a compound divisor needs parentheses
+                unit = "1" if other == first.unit else f"{first.unit}/({other})" if set("./") & set(other) else f"{first.unit}/{other}"
             elif self.kind == "auc":
-                unit = f"({first.unit}).d"
+                unit = f"{first.unit}.d"  # (unit).d: UCUM reads ng/mL.d as (ng/mL).d
             else:
                 unit = first.unit
         return Outcome(code=self.code, domain=first.domain, display=self.display, category=first.category,
@@ -444,7 +445,7 @@ class Study(_Model):
                 if arm not in arm_codes:
                     problems.append(f"analysis: unknown arm {arm!r}")
             for code in self.analysis.better:
-                if code not in {o.code for o in self.outcomes}:
+                if code not in {o.code for o in self.outcomes} | {d.code for d in self.analysis.derived}:
                     problems.append(f"analysis.better: unknown outcome {code!r}")
             for index, endpoint in enumerate(self.analysis.derived):
                 problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, visit_codes)

@@ -175,3 +175,14 @@ def test_derive_writes_observations_derived_from_their_sources(cohort, tmp_path,
 def test_derive_without_derived_endpoints_says_what_to_add(tmp_path):
     result = CliRunner().invoke(main, ["derive", "--store", str(tmp_path)])
     assert result.exit_code == 4 and "add them under analysis.derived" in result.output
+
+
+def test_derived_units_and_direction(tmp_path):
+    path = derived_study(tmp_path, DERIVED + "    - {code: CEARATIO, display: CEA / CA125, kind: ratio, outcomes: [CEA, CA125], visit: M36}\n")
+    text = path.read_text().replace("better: {CTNORM: higher,", "better: {SIXMWDAUC: higher, CTNORM: higher,")
+    path.write_text(text)
+    study = load_study(path)
+    units = {code: study.analysed_outcome_by_code[code].unit for code in [*CODES, "CEARATIO"]}
+    assert units == {"SIXMWDCHG": "m", "SIXMWDPCT": "%", "FEV1FVCR": "1", "FVCFEV1D": "L", "SIXMWDAUC": "m.d",
+                     "CEARATIO": "ng/mL/(U/mL)"}
+    assert study.analysis.better["SIXMWDAUC"] == "higher"

@@ -18,6 +18,7 @@ from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, StudyDefinitionError
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.tables.sdtm import RejectLog
+from test_json import valid
 
 MINI = Path(__file__).parents[1] / "data" / "mini-study"
 TRT, CTL = np.arange(10, 25, 2), np.arange(15, 26, 2)  # the mini study's W12 scores (see its study.yaml)
@@ -106,7 +107,10 @@ def test_verify_table_and_json_name_the_mismatched_field(tmp_path, mini_store):
     assert "MISMATCH: CTL percent: expected 33.30, got 33.33 (2 decimals)" in result.output
     assert " 6/7 " in result.output  # fields: p, n, percent and proportion of both arms; one wrong
     result = runner.invoke(main, ["verify", "--store", str(mini_store.path), "--study", str(study), "--json"])
-    wrong = [(f["field"], f["arm"], f["expected"], f["got"], f["decimals"]) for c in json.loads(result.stdout)["results"]
+    document = valid(json.loads(result.stdout), "verify")
+    assert document["results"][2]["published"]["p"] == {"test": "fisher", "value": float(document["results"][2]["fields"][0]
+                                                                                       ["expected"]), "decimals": 3, "comparator": ""}
+    wrong = [(f["field"], f["arm"], f["expected"], f["got"], f["decimals"]) for c in document["results"]
              for f in c["fields"] if not f["matches"]]
     assert wrong == [("percent", "CTL", "33.30", "33.33", 2)]
 
