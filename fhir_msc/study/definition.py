@@ -196,9 +196,6 @@ class Stated(_Model):
             raise ValueError(f"{text!r} is not a finite number")
         return {"value": float(number), "decimals": max(0, -int(number.as_tuple().exponent)), "comparator": comparator}
 
-    def __str__(self) -> str:
-        return f"{self.comparator}{self.value:.{self.decimals}f}"
-
 
 # Named tests of a published p (README "Published results verify field by field"); log-rank needs a time-to-event outcome.
 BinaryTest = Literal["fisher", "pearson-chi2", "pearson-chi2-yates", "wald", "likelihood-ratio"]
@@ -297,7 +294,7 @@ class DerivedEndpoint(_Model):
             return [(code, self.visit or "") for code in self.outcomes or ()]
         return [(self.outcome or "", self.baseline or ""), (self.outcome or "", self.visit or "")]
 
-    def problems(self, where: str, outcomes: dict[str, Outcome], visits: set[str]) -> list[str]:
+    def problems(self, where: str, outcomes: dict[str, Outcome], visits: dict[str, Visit]) -> list[str]:
         """What is missing or unknown, each at its YAML path under ``where``."""
         needs = {"change": ("outcome", "baseline", "visit"), "percent-change": ("outcome", "baseline", "visit"),
                  "ratio": ("outcomes", "visit"), "difference": ("outcomes", "visit"), "auc": ("outcome", "visits")}[self.kind]
@@ -321,6 +318,9 @@ class DerivedEndpoint(_Model):
             for index, code in enumerate([getattr(self, name)] if name != "visits" else getattr(self, name) or []):
                 if code is not None and code not in visits:
                     found.append(f"{where}.{name}" + (f".{index}" if name == "visits" else "") + f": unknown visit {code!r}")
+        if not found and self.kind == "auc" and [visits[v].day for v in self.visits or []] != sorted(
+                {visits[v].day for v in self.visits or []}):
+            found.append(f"{where}.visits: list the visits in the order of their planned days (visits.N.day)")
         if not found and self.kind == "difference" and self.unit is None:
             units = {outcomes[code].unit for code in self.outcomes or ()}
             if len(units) > 1:
@@ -448,7 +448,7 @@ class Study(_Model):
                 if code not in {o.code for o in self.outcomes} | {d.code for d in self.analysis.derived}:
                     problems.append(f"analysis.better: unknown outcome {code!r}")
             for index, endpoint in enumerate(self.analysis.derived):
-                problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, visit_codes)
+                problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, self.visit_by_code)
             analysed = [o.code for o in self.outcomes] + [d.code for d in self.analysis.derived]
             if len(analysed) != len(set(analysed)):
                 problems.append("analysis.derived: a derived code repeats an outcome's or another derived code")

@@ -118,6 +118,8 @@ def test_derived_endpoints_are_analysed_like_outcomes(tmp_path, store):
      "analysis.derived.0.outcomes.1: REINF is not a quantity outcome"),
     ("    - {code: X, display: x, kind: auc, outcome: SIXMWD, visits: [M36]}\n",
      "analysis.derived.0.visits: an area needs at least two different visits"),
+    ("    - {code: X, display: x, kind: auc, outcome: SIXMWD, visits: [M36, M12]}\n",
+     "analysis.derived.0.visits: list the visits in the order of their planned days (visits.N.day)"),
     ("    - {code: FVC, display: x, kind: change, outcome: FVC, baseline: M12, visit: M36}\n",
      "a derived code repeats an outcome's or another derived code"),
     ("    - {code: X, display: x, kind: difference, outcomes: [FVC, SIXMWD], visit: M36}\n",
