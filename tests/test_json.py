@@ -98,7 +98,10 @@ def test_verify_json_has_the_result_and_counts(demo_store):
     assert document["result"] == "reproduced"
     assert document["counts"] == {"published": 3, "reproduced": 3, "not_reproduced": 0}
     first = document["results"][0]
-    assert first["published"]["arms"][0] == {"role": "treatment", "code": "MSC", "events": 23, "n": 49}
+    assert first["published"]["arms"][0] == {"role": "treatment", "code": "MSC", "events": 23, "n": 49,
+                                             "percent": {"value": 46.94, "decimals": 2, "comparator": ""}}
+    assert [(f["field"], f["arm"], f["expected"], f["got"]) for f in first["fields"] if f["field"] == "percent"] == [
+        ("percent", "MSC", "46.94", "46.94"), ("percent", "PBO", "34.48", "34.48")]
     assert round(first["reproduced"]["effect"]["estimate"], 2) == first["published"]["estimate"]
 
 
