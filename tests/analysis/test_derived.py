@@ -188,3 +188,24 @@ def test_derived_units_and_direction(tmp_path):
     assert units == {"SIXMWDCHG": "m", "SIXMWDPCT": "%", "FEV1FVCR": "1", "FVCFEV1D": "L", "SIXMWDAUC": "m.d",
                      "CEARATIO": "ng/mL/(U/mL)"}
     assert study.analysis.better["SIXMWDAUC"] == "higher"
+
+
+def test_a_published_result_of_a_derived_endpoint_is_verified(tmp_path, store):
+    values = observed(store)
+    study = load_study(derived_study(tmp_path))
+    frame = analysis_frame(study, store)
+    arm = dict(zip(frame["subject"], frame["arm"]))
+    changes = {a: [] for a in ("MSC", "PBO")}
+    for subject in {key[0] for key in values}:
+        if (found := by_hand(values, subject).get("SIXMWDCHG")) is not None:
+            changes[arm[subject]].append(found)
+    means = {a: f"{sum(v) / len(v):.1f}" for a, v in changes.items()}
+    entry = (f"    - {{outcome: SIXMWDCHG, visit: M36, n: {{MSC: {len(changes['MSC'])}, PBO: {len(changes['PBO'])}}}, "
+             f"means: {{MSC: {means['MSC']}, PBO: {means['PBO']}}}}}\n")
+    path = derived_study(tmp_path)
+    text = path.read_text()  # the MSC entries hold for the whole cohort, not this subset: only the new one
+    path.write_text(text[:text.index("  published:\n")] + "  published:\n" + entry)
+    result = CliRunner().invoke(main, ["verify", "--store", str(store.path), "--study", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    (check,) = [c for c in json.loads(result.stdout)["results"] if c["outcome"] == "SIXMWDCHG"]
+    assert check["matches"] and len(check["fields"]) == 4
