@@ -172,6 +172,9 @@ def test_derive_writes_observations_derived_from_their_sources(cohort, tmp_path,
     analyzed = json.loads(runner.invoke(main, ["analyze", "--store", str(store.path), "--study", str(path), "--json"]).stdout)
     assert analyzed["observations"]["skipped"] == {
         "a derived endpoint's value (fhir-msc derive): recomputed from its sources, not read": len(expected)}
+    unmapped = runner.invoke(main, ["unmap", str(store.path), "--out", str(tmp_path / "tables-back"), "--study", str(path),
+                                    "--json"])
+    assert json.loads(unmapped.stdout)["accounts"]["Observation"]["skipped"] == analyzed["observations"]["skipped"]
 
 
 def test_derive_without_derived_endpoints_says_what_to_add(tmp_path):
