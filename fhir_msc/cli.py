@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import jobs
 from .account import Account
-from .analysis.export import analyze_json, verify_json
+from .analysis.export import account_json, analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
     comparison_table,
@@ -552,6 +552,38 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     _echo_observations(result.observations)
     if result.reproduced < len(checks):
         sys.exit(ExitCode.MISMATCH)
+
+
+@main.command("derive")
+@click.option("--store", "store", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The NDJSON store to read the Observations from and write the derived Observations to.")
+@_study_option
+@_json_option
+def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
+    """Write the study's derived endpoints (analysis.derived) into --store as FHIR Observations.
+
+    Each derived value is computed from the store's Observations and upserted as an
+    Observation whose derivedFrom references its sources; unchanged ones are not rewritten.
+    analyze and verify never read them: they recompute every derived value. Derived
+    Observations whose sources no longer give a value are named and left in place. Exit 4
+    if the study declares no derived endpoints or the store holds no findings of its
+    subjects, 9 if another job is writing the store.
+    """
+    study = load_study(study_path)
+    with _progress(not as_json, _RERUN) as progress:
+        result = jobs.derive(study, store, progress)
+    changes = result.changes
+    if as_json:
+        _print_json({"values": result.values, "changes": {"created": changes.created, "updated": changes.updated,
+                                                          "unchanged": changes.unchanged},
+                     "stale": result.stale, "observations": account_json(result.observations)})
+        return
+    click.echo(f"derived {sum(result.values.values())} values: "
+               + ", ".join(f"{code} {count}" for code, count in result.values.items()))
+    click.echo(f"in the store: Observation created {changes.created}; updated {changes.updated}; "
+               f"unchanged {changes.unchanged}")
+    if result.stale:
+        _echo_cut("stale (sources give no value now; left in the store)", result.stale)
 
 
 def _echo_demo(result: jobs.DemoResult) -> None:

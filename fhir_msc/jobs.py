@@ -20,9 +20,10 @@ from .account import Account
 from .analysis import frame as analysis
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
+from .analysis.writeback import derived_observations
 from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
-from .fhir.changes import ChangeTracker
+from .fhir.changes import ChangeTracker, ResourceChanges
 from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
@@ -288,9 +289,9 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
             unused: list[str] | None = None) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
-    unknown = [code for code in outcomes or [] if code not in study.outcome_by_code]
+    unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
     if unknown:
-        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.outcome_by_code)}")
+        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
     frame, observations = frame_and_account(study, source, visits, progress, unused)
     comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:
@@ -305,6 +306,36 @@ def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROG
     visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
     frame, observations = frame_and_account(study, source, visits, progress, unused)
     return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeriveResult:
+    """Derived values written back to a store as Observations (``analysis.writeback``)."""
+
+    values: dict[str, int]  # per derived endpoint code, in the study definition's order
+    changes: ResourceChanges  # of the derived Observations in the store
+    stale: list[str]  # business identifiers of derived Observations stored earlier whose sources give no value now
+    observations: Account
+
+
+def derive(study: Study, store_path: Path, progress: Progress = NO_PROGRESS) -> DeriveResult:
+    """Compute the study's derived endpoints from a store's Observations and upsert them there as Observations.
+
+    The store's write lock is held from reading to writing; unchanged Observations are not rewritten.
+    Stale derived Observations are named, never removed.
+    """
+    if study.analysis is None or not study.analysis.derived:
+        raise InputError("the study definition declares no derived endpoints: add them under analysis.derived")
+    store = Store(store_path)
+    with store.writing():
+        frame, observations = frame_and_account(study, store_path, None, progress)
+        resources, stale = derived_observations(study, store, frame)
+        tracker = ChangeTracker(store)
+        store.write(tracker.changed(resources))
+    counts = Counter(r["code"]["coding"][0]["code"] for r in resources)
+    return DeriveResult(values={d.code: counts[d.code] for d in study.analysis.derived},
+                        changes=tracker.changes.get("Observation", ResourceChanges()), stale=stale,
+                        observations=observations)
 
 
 def is_server(location: str) -> bool:

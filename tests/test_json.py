@@ -61,14 +61,14 @@ def test_analyze_json_follows_the_schema_with_numbers(demo_store):
                                                                                 ("control", "PBO", 10, 29)]
     assert ct["effect"]["effect"] == "odds-ratio" and round(ct["effect"]["estimate"], 2) == 1.68
     assert (round(ct["effect"]["lower"], 2), round(ct["effect"]["upper"], 2)) == (0.65, 4.34)
-    assert set(ct["p_values"]) == {"fisher_exact", "chi_square", "wald_odds_ratio", "wald_risk_difference",
-                                   "wald_relative_risk"}
+    assert set(ct["p_values"]) == {"fisher_exact", "chi_square", "chi_square_yates", "likelihood_ratio",
+                                   "wald_odds_ratio", "wald_risk_difference", "wald_relative_risk"}
     assert set(ct["estimates"]) == {"odds-ratio", "exact-odds-ratio", "relative-risk", "risk-difference",
                                     "risk-difference-newcombe"}
     assert round(ct["estimates"]["relative-risk"]["estimate"], 4) == round((23 / 49) / (10 / 29), 4)
     assert ct["p_values"]["wald_odds_ratio"] == ct["effect"]["p"]
     gh = by_outcome["SF36GH"]
-    assert set(gh["p_values"]) == {"t_pooled", "t_welch", "mann_whitney"}
+    assert set(gh["p_values"]) == {"t_pooled", "t_welch", "mann_whitney", "wilcoxon"}
     assert gh["arms"][0]["median"] == 67.0 and round(gh["effect"]["estimate"], 2) == 12.86
     assert not keys(document) & {"MSC", "PBO", "Placebo"}  # keys never depend on the study's arms
 
@@ -98,7 +98,10 @@ def test_verify_json_has_the_result_and_counts(demo_store):
     assert document["result"] == "reproduced"
     assert document["counts"] == {"published": 3, "reproduced": 3, "not_reproduced": 0}
     first = document["results"][0]
-    assert first["published"]["arms"][0] == {"role": "treatment", "code": "MSC", "events": 23, "n": 49}
+    assert first["published"]["arms"][0] == {"role": "treatment", "code": "MSC", "events": 23, "n": 49,
+                                             "percent": {"value": 46.94, "decimals": 2, "comparator": ""}}
+    assert [(f["field"], f["arm"], f["expected"], f["got"]) for f in first["fields"] if f["field"] == "percent"] == [
+        ("percent", "MSC", "46.94", "46.94"), ("percent", "PBO", "34.48", "34.48")]
     assert round(first["reproduced"]["effect"]["estimate"], 2) == first["published"]["estimate"]
 
 
@@ -109,7 +112,10 @@ def test_verify_json_on_a_mismatch_says_not_reproduced(tmp_path):
     assert result.exit_code == ExitCode.MISMATCH
     document = valid(json.loads(result.stdout), "verify")
     assert document["result"] == "not reproduced" and document["counts"]["not_reproduced"] == 1
-    assert [c["mismatches"] for c in document["results"] if not c["matches"]] == [["upper 61.84 ≠ 70.0"]]
+    assert [c["mismatches"] for c in document["results"] if not c["matches"]] == [
+        ["upper: expected 70.00, got 61.84 (2 decimals)"]]
+    wrong = [(f["field"], f["expected"], f["got"]) for c in document["results"] for f in c["fields"] if not f["matches"]]
+    assert wrong == [("upper", "70.00", "61.84")]
 
 
 def test_validation_errors_are_objects_and_the_human_list_is_cut(tmp_path):
@@ -162,6 +168,8 @@ def test_what_was_not_computed_is_null(study):
                             effect=summary.odds_ratio, summary=summary)
     document = valid(analyze_json(study, [comparison], Account(read=9, used=9)), "analyze")
     assert document["comparisons"][0]["p_values"]["chi_square"] is None
+    assert document["comparisons"][0]["p_values"]["chi_square_yates"] is None
+    assert document["comparisons"][0]["p_values"]["likelihood_ratio"] is None
     for key in ("odds-ratio", "exact-odds-ratio", "relative-risk"):  # no events in either arm: no ratio, never a number
         estimate = document["comparisons"][0]["estimates"][key]
         assert (estimate["estimate"], estimate["lower"], estimate["upper"]) == (None, None, None)

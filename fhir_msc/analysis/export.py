@@ -15,8 +15,9 @@ from importlib.resources import files
 from typing import Any
 
 from ..account import Account
-from ..study.definition import PublishedResult, Study
+from ..study.definition import PublishedResult, Stated, Study
 from .frame import Comparison, Verification, binary_estimates, continuous_estimates
+from .published import FieldCheck
 from .stats import BinarySummary, ContinuousSummary, Estimate
 
 SCHEMA_BASE = "https://fhir-msc.org/schemas/"
@@ -57,13 +58,14 @@ def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[st
     """Every p-value computed for the comparison, named by its test."""
     s = comparison.summary
     if isinstance(s, BinarySummary):
-        p = {"fisher_exact": s.fisher_p, "chi_square": s.chi2_p, "wald_odds_ratio": s.odds_ratio.p_value,
+        p = {"fisher_exact": s.fisher_p, "chi_square": s.chi2_p, "chi_square_yates": s.chi2_yates_p,
+             "likelihood_ratio": s.likelihood_ratio_p, "wald_odds_ratio": s.odds_ratio.p_value,
              "wald_risk_difference": s.risk_difference.p_value, "wald_relative_risk": s.relative_risk.p_value}
         if "odds-ratio-mh" in estimates:
             p["mantel_haenszel"] = estimates["odds-ratio-mh"].p_value
     else:
         p = {"t_pooled": s.mean_difference.p_value, "t_welch": s.mean_difference_welch.p_value,
-             "mann_whitney": s.mann_whitney_p}
+             "mann_whitney": s.mann_whitney_p, "wilcoxon": s.wilcoxon_p}
     return {name: number(value) for name, value in p.items()}
 
 
@@ -105,15 +107,34 @@ def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
     plan = study.analysis
     assert plan is not None  # verify() needs a plan
     arms = []
+    per_arm = {"proportion": target.proportions, "percent": target.percents, "mean": target.means, "sd": target.sds,
+               "median": target.medians}
     for role, code in zip(ROLES, (plan.treatment, plan.control)):
         arm: dict[str, Any] = {"role": role, "code": code}
+        if target.n and code in target.n:
+            arm.update(n=target.n[code])
         if target.counts and code in target.counts:
             arm.update(events=target.counts[code][0], n=target.counts[code][1])
-        if target.medians and code in target.medians:
-            arm.update(median=target.medians[code])
+        for name, given in per_arm.items():
+            if given and code in given:
+                arm[name] = stated_json(given[code])
+        if target.iqrs and code in target.iqrs:
+            arm.update(q1=stated_json(target.iqrs[code][0]), q3=stated_json(target.iqrs[code][1]))
         arms.append(arm)
-    return {"estimate": target.estimate, "lower": target.lower, "upper": target.upper, "decimals": target.decimals,
-            "source": target.source, "arms": arms}
+    ci = {name: None if getattr(target, name) is None else getattr(target, name).value for name in ("estimate", "lower", "upper")}
+    return {**ci, "decimals": target.decimals, "source": target.source, "arms": arms,
+            "p": None if target.p is None else {"test": target.p.test, **stated_json(target.p.value)}}
+
+
+def stated_json(stated: Stated) -> dict[str, Any]:
+    """A published number: value, decimals as written, comparator (``<`` in ``<0.001``, else empty)."""
+    return {"value": stated.value, "decimals": stated.decimals, "comparator": stated.comparator}
+
+
+def field_json(field: FieldCheck) -> dict[str, Any]:
+    """One published field checked: expected as written, recomputed at its decimals, whether they match."""
+    return {"field": field.field, "arm": field.arm, "test": field.test, "expected": field.expected, "got": field.got,
+            "decimals": field.decimals, "matches": field.matches, "note": field.note}
 
 
 def verify_json(study: Study, checks: list[Verification], observations: Account) -> dict[str, Any]:
@@ -125,6 +146,7 @@ def verify_json(study: Study, checks: list[Verification], observations: Account)
         "counts": {"published": len(checks), "reproduced": reproduced, "not_reproduced": len(checks) - reproduced},
         "results": [{"outcome": check.published.outcome, "visit": check.published.visit,
                      "effect": check.published.effect, "matches": check.matches, "mismatches": list(check.mismatches),
+                     "fields": [field_json(field) for field in check.fields],
                      "published": _published_json(study, check.published),
                      "reproduced": comparison_json(study, check.reproduced) if check.reproduced else None}
                     for check in checks],

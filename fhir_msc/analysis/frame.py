@@ -27,6 +27,9 @@ from ..errors import InputError, StudyDefinitionError
 from ..fhir.unmapping import NOT_ASKED, ResourceSource, read_records
 from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study
 from ..tables.sdtm import FindingRecord
+from .derived import add_derived, visits_needed
+from .published import FieldCheck
+from .published import check as check_fields
 from .stats import (
     BinarySummary,
     ContinuousSummary,
@@ -62,15 +65,18 @@ def frame_and_account(study: Study, source: ResourceSource,
     come from the study definition, in its order. ``visits`` (visit codes) limits the frame to
     those visits; Observations at other visits are then skipped before they are parsed.
     Of several Observations of one subject, visit and outcome (one business identifier under
-    several ids), the first read is kept.
+    several ids), the first read is kept. The study's derived endpoints are computed from the
+    frame and appended as rows (``derived.add_derived``); the visits their sources are at are read
+    too when ``visits`` asks for the visit of one. The account counts Observations, not derived rows.
     """
     if visits is not None:
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
     windowed = bool(study.analysis and study.analysis.windows)
+    needed = visits_needed(study, visits)  # the visits asked for and those their derived endpoints need
     # with windows, a finding of any visit may count for an asked visit: all are read, then filtered
-    subjects, findings, tally = read_records(study, source, None if windowed else visits)
+    subjects, findings, tally = read_records(study, source, None if windowed else needed)
     categories = frame_categories(study)
     code_of = {name: {value: code for code, value in enumerate(values)} for name, values in categories.items()}
     names = sorted(subjects)  # a subject is kept as its place in this list
@@ -89,7 +95,7 @@ def frame_and_account(study: Study, source: ResourceSource,
     age_, visitnum_, value_, subject_, date_ = (ages.append, visitnums.append, values.append, subject_numbers.append,
                                                 dates.append)
     chooser = WindowChooser(study, tally)
-    asked = None if visits is None else set(visits)
+    asked = None if needed is None else set(needed)
 
     def add(finding: FindingRecord, subject: tuple, visit: str, value: float, answer: str | None) -> None:
         outcome, unit, kind = by_outcome[finding.testcd]
@@ -156,7 +162,7 @@ def frame_and_account(study: Study, source: ResourceSource,
     frame = _sorted_frame(categories, np.array(names, dtype=object), raw, tally)
     if whole:  # VISITNUM stays a whole number where every visit has one (3.1 makes the column decimal)
         frame["visitnum"] = frame["visitnum"].astype(np.int64)
-    return frame, replace(tally.account(), used=len(frame))
+    return add_derived(study, frame), replace(tally.account(), used=len(frame))
 
 
 def _label(study: Study, finding: FindingRecord) -> str:
@@ -326,9 +332,9 @@ def _stratified(plan: AnalysisPlan, rows: pd.DataFrame, event: str, arms: tuple[
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             outcomes: list[str] | None = None) -> list[Comparison]:
-    """Every outcome at every visit (optionally filtered) with the plan's primary effect."""
+    """Every outcome and derived endpoint at every visit (optionally filtered) with the plan's primary effect."""
     results = []
-    for outcome in study.outcomes:
+    for outcome in study.analysed_outcomes:
         if outcomes and outcome.code not in outcomes:
             continue
         for visit in study.visits:
@@ -342,11 +348,12 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
 
 @dataclass(frozen=True, kw_only=True)
 class Verification:
-    """A published result next to its recomputation at the paper's precision."""
+    """A published result next to its recomputation, field by field at the paper's precision."""
 
     published: PublishedResult
     reproduced: Comparison | None
     mismatches: list[str]
+    fields: tuple[FieldCheck, ...] = ()
 
     @property
     def matches(self) -> bool:
@@ -354,30 +361,14 @@ class Verification:
 
 
 def verify(study: Study, frame: pd.DataFrame) -> list[Verification]:
-    """Recompute every published result of the plan and compare at its stated decimals."""
+    """Recompute every published result of the plan and check each field it gives (see ``published.check``)."""
     checks = []
     for target in _plan(study).published:
-        comparison = compare(study, frame, study.outcome_by_code[target.outcome], target.visit, target.effect)
-        checks.append(Verification(published=target, reproduced=comparison,
-                                   mismatches=_mismatches(target, comparison) if comparison else ["no data"]))
+        comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit, target.effect)
+        if comparison is None:
+            checks.append(Verification(published=target, reproduced=None, mismatches=["no data"]))
+            continue
+        fields = tuple(check_fields(target, comparison))
+        checks.append(Verification(published=target, reproduced=comparison, fields=fields,
+                                   mismatches=[field.describe() for field in fields if not field.matches]))
     return checks
-
-
-def _mismatches(target: PublishedResult, comparison: Comparison) -> list[str]:
-    found = []
-    if not comparison.effect.estimable:
-        return [comparison.effect.note]
-    for name in ("estimate", "lower", "upper"):
-        value = round(getattr(comparison.effect, name), target.decimals)
-        if value != round(getattr(target, name), target.decimals):
-            found.append(f"{name} {value} ≠ {getattr(target, name)}")
-    summary = comparison.summary
-    for index, arm in enumerate(comparison.arms):
-        if target.counts and isinstance(summary, BinarySummary):
-            got = (summary.events[index], summary.n[index])
-            if got != tuple(target.counts[arm]):
-                found.append(f"{arm} counts {got[0]}/{got[1]} ≠ {target.counts[arm][0]}/{target.counts[arm][1]}")
-        if target.medians and isinstance(summary, ContinuousSummary):
-            if round(summary.median[index], 1) != round(target.medians[arm], 1):
-                found.append(f"{arm} median {summary.median[index]:.1f} ≠ {target.medians[arm]}")
-    return found

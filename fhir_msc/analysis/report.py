@@ -64,16 +64,29 @@ def format_p(p: float | None) -> str:
 
 
 def verification_table(checks: list[Verification]) -> pd.DataFrame:
+    """One row per published result: its headline as published and recomputed, how many fields match, the mismatches."""
     rows = []
     for check in checks:
         target, got = check.published, check.reproduced
-        reproduced = "—" if got is None else ("not estimable" if not got.effect.estimable else
-                                               f"{got.effect.estimate:.{target.decimals}f} ({ci_text(got.effect, target.decimals)})")
-        rows.append({"outcome": target.outcome, "visit": target.visit, "effect": target.effect,
-                     "published": f"{target.estimate:.{target.decimals}f} ({target.lower:.{target.decimals}f}–"
-                                  f"{target.upper:.{target.decimals}f})",
-                     "reproduced": reproduced, "status": "match" if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
+        rows.append({"outcome": target.outcome, "visit": target.visit,
+                     "effect": target.effect or (got.effect.effect if got else "—"),
+                     "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
+                     "fields": f"{sum(f.matches for f in check.fields)}/{len(check.fields)}",
+                     "status": "match" if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
     return pd.DataFrame(rows)
+
+
+def _headline(check: Verification, side: str) -> str:
+    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals."""
+    found = {f.field: getattr(f, side) for f in check.fields if f.field in ("estimate", "lower", "upper", "p")}
+    if "estimate" in found:
+        text = found["estimate"] or "not estimable"
+        if "lower" in found:
+            text += f" ({found['lower'] or '—'}–{found['upper'] or '—'})"
+        return text
+    if "p" in found:
+        return f"p {found['p'] or '—'}"
+    return "—"
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
@@ -140,7 +153,7 @@ def unit_text(unit: str | None) -> str:
     """A UCUM unit for people: ``{score}`` → points, ``%`` → percentage points (a difference of %)."""
     if not unit:
         return ""
-    return {"{score}": "points", "%": "percentage points"}.get(unit, unit.strip("{}"))
+    return {"{score}": "points", "%": "percentage points"}.get(unit, re.sub(r"\{([^}]*)\}", r"\1", unit))
 
 
 def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> tuple[tuple[str, str], list[ForestPanel]]:
@@ -149,7 +162,7 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
     comparison with nothing finite to draw is left out (``left_out`` names it and why)."""
     arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
     better = study.analysis.better if study and study.analysis else {}
-    units = {o.code: o.unit for o in study.outcomes} if study else {}
+    units = {o.code: o.unit for o in study.analysed_outcomes} if study else {}
     arms = comparisons[0].arms if comparisons else ("", "")
     treatment, control = (arm_names.get(code, code) for code in arms)
     groups: dict[tuple, list[Comparison]] = {}

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from .ptests import chi2_yates_p, likelihood_ratio_p, wilcoxon_rank_sum_p
+
 Z = stats.norm.ppf
 
 
@@ -50,6 +52,8 @@ class BinarySummary:
     risk_difference_newcombe: Estimate
     fisher_p: float
     chi2_p: float
+    chi2_yates_p: float | None = None  # None: a margin of the table is empty
+    likelihood_ratio_p: float | None = None
 
     @property
     def percent(self) -> tuple[float, float]:
@@ -70,6 +74,7 @@ class ContinuousSummary:
     mean_difference_welch: Estimate
     hodges_lehmann: Estimate
     mann_whitney_p: float
+    wilcoxon_p: float | None = None  # rank-sum, normal approximation; None when every value is tied
 
 
 def _not_estimable(a: int, b: int, c: int, d: int) -> str:
@@ -209,7 +214,8 @@ def compare_binary(events: tuple[int, int], n: tuple[int, int], alpha: float = 0
                          risk_difference=risk_difference(events, n, alpha),
                          risk_difference_newcombe=risk_difference_newcombe(events, n, alpha),
                          fisher_p=float(stats.fisher_exact(table).pvalue),
-                         chi2_p=float("nan") if chi2_p is None else chi2_p)
+                         chi2_p=float("nan") if chi2_p is None else chi2_p,
+                         chi2_yates_p=chi2_yates_p(events, n), likelihood_ratio_p=likelihood_ratio_p(events, n))
 
 
 def mantel_haenszel(tables: list[list[list[int]]], alpha: float = 0.05) -> Estimate:
@@ -371,4 +377,5 @@ def compare_continuous(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Con
         q1=(float(q[0][0]), float(q[1][0])), q3=(float(q[0][2]), float(q[1][2])),
         mean_difference=mean_difference(x, y, pooled=True, alpha=alpha),
         mean_difference_welch=mean_difference(x, y, pooled=False, alpha=alpha),
-        hodges_lehmann=shift, mann_whitney_p=shift.p_value)  # type: ignore[arg-type]
+        hodges_lehmann=shift, mann_whitney_p=shift.p_value,  # type: ignore[arg-type]
+        wilcoxon_p=wilcoxon_rank_sum_p(x, y))

@@ -363,10 +363,15 @@ def _findings(ctx: _Context, source: ResourceSource, visits_only: bool = False) 
         skip(NOT_ASKED, count=rejected[0])
 
 
+DERIVED = "a derived endpoint's value (fhir-msc derive): recomputed from its sources, not read"
+
+
 def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -> FindingRecord | None:
-    outcome = ctx.study.outcome_by_code.get(_study_code(observation.get("code", {}), codesystem) or "")
+    code = _study_code(observation.get("code", {}), codesystem) or ""
+    outcome = ctx.study.outcome_by_code.get(code)
     if outcome is None:
-        skip("no outcome code of this study", _named(observation))
+        derived = code in ctx.study.analysed_outcome_by_code  # written by `fhir-msc derive`
+        skip(DERIVED if derived else "no outcome code of this study", _named(observation))
         return None
     subject = ctx.subject_of(observation)
     if subject is None:

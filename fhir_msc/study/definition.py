@@ -10,6 +10,7 @@ see ``fhir_codes``.
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
@@ -222,19 +223,92 @@ BinaryEffect = Literal["odds-ratio", "exact-odds-ratio", "odds-ratio-mh", "relat
 ContinuousEffect = Literal["mean-difference", "mean-difference-welch", "hodges-lehmann"]
 
 
+class Stated(_Model):
+    """A number as the paper writes it: its value, its decimals, and a comparator (``<0.001``).
+
+    From the YAML file a number keeps the decimals it is written with (``67.0``: one, ``0.20``: two);
+    a quoted string (``"<0.001"``) may add ``<`` or ``>``. A float built in Python has those of its repr.
+    """
+
+    value: float
+    decimals: int
+    comparator: Literal["", "<", ">"] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_scalar(cls, data: object) -> object:
+        if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+            return data
+        text = getattr(data, "text", None) or (str(data) if not isinstance(data, float) else repr(data))
+        comparator = text[0] if text[:1] in ("<", ">") else ""
+        try:
+            number = Decimal(text[len(comparator):].strip())
+        except InvalidOperation:
+            raise ValueError(f"{text!r} is not a number as a paper writes it (e.g. 46.94, 0.20, <0.001)") from None
+        if not number.is_finite():
+            raise ValueError(f"{text!r} is not a finite number")
+        return {"value": float(number), "decimals": max(0, -int(number.as_tuple().exponent)), "comparator": comparator}
+
+
+# Named tests of a published p (README "Published results verify field by field"); log-rank needs a time-to-event outcome.
+BinaryTest = Literal["fisher", "pearson-chi2", "pearson-chi2-yates", "wald", "likelihood-ratio"]
+ContinuousTest = Literal["t-pooled", "t-welch", "mann-whitney", "wilcoxon"]
+PTest = BinaryTest | ContinuousTest | Literal["log-rank"]
+
+
+class PublishedP(_Model):
+    test: PTest
+    value: Stated
+
+
 class PublishedResult(_Model):
-    """A between-arm result as the paper reports it, at the paper's precision."""
+    """A between-arm result as the paper reports it, each number at the paper's precision; every field optional
+    but outcome and visit. Per-arm fields are keyed by arm code (the plan's treatment and control)."""
 
     outcome: str
     visit: str
-    effect: BinaryEffect | ContinuousEffect
-    estimate: float
-    lower: float
-    upper: float
-    decimals: int = 2
-    counts: dict[str, tuple[int, int]] | None = None
-    medians: dict[str, float] | None = None
+    effect: BinaryEffect | ContinuousEffect | None = None  # None: the plan's effect for the outcome's type
+    estimate: Stated | None = None
+    lower: Stated | None = None
+    upper: Stated | None = None
+    decimals: int | None = None  # estimate and CI at these decimals, else as written
+    p: PublishedP | None = None
+    n: dict[str, int] | None = None
+    counts: dict[str, tuple[int, int]] | None = None  # events, n
+    proportions: dict[str, Stated] | None = None
+    percents: dict[str, Stated] | None = None
+    means: dict[str, Stated] | None = None
+    sds: dict[str, Stated] | None = None
+    medians: dict[str, Stated] | None = None
+    iqrs: dict[str, tuple[Stated, Stated]] | None = None  # first and third quartile
     source: str = ""
+
+    def problems(self, where: str, outcome: Outcome, arms: set[str]) -> list[str]:
+        """What does not fit the outcome's type or the plan's arms, each at its YAML path under ``where``."""
+        found = []
+        coded = outcome.type in ("coded", "boolean")
+        kind = ("binary (coded)" if coded else
+                "continuous (quantity)" if outcome.type in ("quantity", "integer") else outcome.type)
+        if outcome.type not in _EFFECT_TYPES:
+            return [f"{where}.effect: {self.effect!r} does not apply to {kind} outcome {outcome.code}"]
+        if self.effect is not None and (self.effect in get_args(BinaryEffect)) != coded:
+            found.append(f"{where}.effect: {self.effect!r} does not apply to {kind} outcome {outcome.code}")
+        if (self.lower is None) != (self.upper is None):
+            found.append(f"{where}: give both lower and upper of the CI, or neither")
+        if self.lower is not None and self.estimate is None:
+            found.append(f"{where}: a CI needs its estimate")
+        if self.p and self.p.test != "log-rank" and (self.p.test in get_args(BinaryTest)) != coded:
+            found.append(f"{where}.p.test: {self.p.test!r} does not apply to {kind} outcome {outcome.code}")
+        wrong = ("means", "sds", "medians", "iqrs") if coded else ("counts", "proportions", "percents")
+        for name in ("n", "counts", "proportions", "percents", "means", "sds", "medians", "iqrs"):
+            given = getattr(self, name)
+            if given is None:
+                continue
+            if name in wrong:
+                found.append(f"{where}.{name}: does not apply to {kind} outcome {outcome.code}")
+            for arm in set(given) - arms:
+                found.append(f"{where}.{name}.{arm}: not the plan's treatment or control arm ({', '.join(sorted(arms))})")
+        return found
 
 
 _EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the between-arm effects apply to
@@ -243,6 +317,92 @@ _EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the
 class Effects(_Model):
     binary: BinaryEffect = "odds-ratio"
     continuous: ContinuousEffect = "mean-difference"
+
+
+class DerivedEndpoint(_Model):
+    """One value per subject computed from that subject's values of study outcomes (README "Derived endpoints").
+
+    ``change``: value at ``visit`` − value at ``baseline`` of ``outcome``; ``percent-change``: that
+    change × 100 / the baseline value; ``ratio`` and ``difference``: ``outcomes[0]`` / (−) ``outcomes[1]``
+    at ``visit``; ``auc``: trapezoidal area under ``outcome`` over ``visits``, on the visits' planned
+    days (``visits.N.day``), belonging to the last of them. Subjects lacking a source value (or with
+    a zero denominator or baseline) have none.
+    """
+
+    code: str
+    display: str
+    kind: Literal["change", "percent-change", "ratio", "difference", "auc"]
+    outcome: str | None = None
+    outcomes: tuple[str, str] | None = None
+    baseline: str | None = None
+    visit: str | None = None
+    visits: list[str] | None = None
+    unit: Ucum | None = None  # default: the source unit; % for percent-change; a quotient for ratio; ×d for auc
+
+    @property
+    def at(self) -> str:
+        """The visit the derived value belongs to."""
+        return self.visits[-1] if self.kind == "auc" and self.visits else self.visit or ""
+
+    @property
+    def sources(self) -> list[tuple[str, str]]:
+        """The (outcome, visit) pairs a value is computed from."""
+        if self.kind == "auc":
+            return [(self.outcome or "", v) for v in self.visits or []]
+        if self.kind in ("ratio", "difference"):
+            return [(code, self.visit or "") for code in self.outcomes or ()]
+        return [(self.outcome or "", self.baseline or ""), (self.outcome or "", self.visit or "")]
+
+    def problems(self, where: str, outcomes: dict[str, Outcome], visits: dict[str, Visit]) -> list[str]:
+        """What is missing or unknown, each at its YAML path under ``where``."""
+        needs = {"change": ("outcome", "baseline", "visit"), "percent-change": ("outcome", "baseline", "visit"),
+                 "ratio": ("outcomes", "visit"), "difference": ("outcomes", "visit"), "auc": ("outcome", "visits")}[self.kind]
+        found = [f"{where}.{name}: needed for kind {self.kind}" for name in needs if getattr(self, name) is None]
+        found += [f"{where}.{name}: not used by kind {self.kind}" for name in ("outcome", "outcomes", "baseline", "visit", "visits")
+                  if name not in needs and getattr(self, name) is not None]
+        if found:
+            return found
+        if self.kind == "auc" and len(set(self.visits or [])) < 2:
+            found.append(f"{where}.visits: an area needs at least two different visits")
+        for name in ("outcome", "outcomes"):
+            for index, code in enumerate([getattr(self, name)] if name == "outcome" else getattr(self, name) or []):
+                if code is None:
+                    continue
+                path = f"{where}.{name}" + (f".{index}" if name == "outcomes" else "")
+                if code not in outcomes:
+                    found.append(f"{path}: unknown outcome {code!r}")
+                elif outcomes[code].type != "quantity":
+                    found.append(f"{path}: {code} is not a quantity outcome")
+        for name in ("baseline", "visit", "visits"):
+            for index, code in enumerate([getattr(self, name)] if name != "visits" else getattr(self, name) or []):
+                if code is not None and code not in visits:
+                    found.append(f"{where}.{name}" + (f".{index}" if name == "visits" else "") + f": unknown visit {code!r}")
+        if not found and self.kind == "auc" and [visits[v].day for v in self.visits or []] != sorted(
+                {visits[v].day for v in self.visits or []}):
+            found.append(f"{where}.visits: list the visits in the order of their planned days (visits.N.day)")
+        if not found and self.kind == "difference" and self.unit is None:
+            units = {outcomes[code].unit for code in self.outcomes or ()}
+            if len(units) > 1:
+                found.append(f"{where}.outcomes: a difference needs one unit, not {' and '.join(sorted(map(str, units)))}")
+        return found
+
+    def as_outcome(self, outcomes: dict[str, Outcome]) -> Outcome:
+        """The derived endpoint as a quantity outcome at its one visit."""
+        first = outcomes[self.outcomes[0] if self.outcomes else self.outcome or ""]
+        unit = self.unit
+        if unit is None:
+            if self.kind == "percent-change":
+                unit = "%"
+            elif self.kind == "ratio":
+                other = str(outcomes[(self.outcomes or ("", ""))[1]].unit)
+                # UCUM's / and . bind left to right: a compound divisor needs parentheses
+                unit = "1" if other == first.unit else f"{first.unit}/({other})" if set("./") & set(other) else f"{first.unit}/{other}"
+            elif self.kind == "auc":
+                unit = f"{first.unit}.d"  # (unit).d: UCUM reads ng/mL.d as (ng/mL).d
+            else:
+                unit = first.unit
+        return Outcome(code=self.code, domain=first.domain, display=self.display, category=first.category,
+                       type="quantity", unit=unit, visits=[self.at])
 
 
 class AnalysisPlan(_Model):
@@ -255,6 +415,7 @@ class AnalysisPlan(_Model):
     stratum: Literal["sex"] | None = None  # DM variable for Mantel-Haenszel (effect odds-ratio-mh)
     # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
     better: dict[str, Literal["higher", "lower"]] = {}
+    derived: list[DerivedEndpoint] = []
     published: list[PublishedResult] = []
 
 
@@ -357,18 +518,22 @@ class Study(_Model):
                 if arm not in arm_codes:
                     problems.append(f"analysis: unknown arm {arm!r}")
             for code in self.analysis.better:
-                if code not in {o.code for o in self.outcomes}:
+                if code not in {o.code for o in self.outcomes} | {d.code for d in self.analysis.derived}:
                     problems.append(f"analysis.better: unknown outcome {code!r}")
+            for index, endpoint in enumerate(self.analysis.derived):
+                problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, self.visit_by_code)
+            analysed = [o.code for o in self.outcomes] + [d.code for d in self.analysis.derived]
+            if len(analysed) != len(set(analysed)):
+                problems.append("analysis.derived: a derived code repeats an outcome's or another derived code")
+            if problems:
+                raise ValueError("; ".join(problems))
             for index, result in enumerate(self.analysis.published):
-                outcome = self.outcome_by_code.get(result.outcome)
+                outcome = self.analysed_outcome_by_code.get(result.outcome)
                 if outcome is None or result.visit not in visit_codes:
                     problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
-                elif outcome.type not in _EFFECT_TYPES or (
-                        (result.effect in get_args(BinaryEffect)) != (outcome.type in ("coded", "boolean"))):
-                    kind = ("binary (coded)" if outcome.type in ("coded", "boolean") else
-                            "continuous (quantity)" if outcome.type in ("quantity", "integer") else outcome.type)
-                    problems.append(f"analysis.published.{index}.effect: {result.effect!r} does not apply to "
-                                    f"{kind} outcome {outcome.code}")
+                else:
+                    problems += result.problems(f"analysis.published.{index}", outcome,
+                                                {self.analysis.treatment, self.analysis.control})
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -426,6 +591,16 @@ class Study(_Model):
         return {outcome.code: outcome for outcome in self.outcomes}
 
     @cached_property
+    def analysed_outcomes(self) -> list[Outcome]:
+        """The outcomes, then the derived endpoints of the analysis plan as quantity outcomes."""
+        derived = self.analysis.derived if self.analysis else []
+        return self.outcomes + [endpoint.as_outcome(self.outcome_by_code) for endpoint in derived]
+
+    @cached_property
+    def analysed_outcome_by_code(self) -> dict[str, Outcome]:
+        return {outcome.code: outcome for outcome in self.analysed_outcomes}
+
+    @cached_property
     def intervention_by_treatment(self) -> dict[str, tuple[str, Intervention]]:
         return {i.treatment: (key, i) for key, i in self.interventions.items()}
 
@@ -437,12 +612,31 @@ class Study(_Model):
         return f"{self.study.identifier_base}/{kind}"
 
 
+class _WrittenFloat(float):
+    """A YAML float that remembers how it was written (``0.20``), for :class:`Stated`."""
+
+    text: str
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """YAML's safe loader, keeping the text of floats (a paper's precision is in its trailing zeros)."""
+
+
+def _written_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    number = _WrittenFloat(loader.construct_yaml_float(node))
+    number.text = node.value
+    return number
+
+
+_StudyLoader.add_constructor("tag:yaml.org,2002:float", _written_float)
+
+
 def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
     """Read and validate a study definition YAML file."""
     path = Path(path)
     try:
         data = path.read_bytes()
-        raw = yaml.safe_load(data.decode("utf-8"))
+        raw = yaml.load(data.decode("utf-8"), Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise StudyDefinitionError(f"{path}: study definition not found; pass --study PATH to a mappings/*.yaml file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
