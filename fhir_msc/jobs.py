@@ -131,7 +131,8 @@ def _check_map_paths(study: Study, source: Path, store: Path | None, bundle: Pat
 
 
 def _table_names(study: Study) -> list[str]:
-    return [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values()]
+    ae = [study.adverse_events.file] if study.adverse_events else []
+    return [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values(), *ae]
 
 
 def _table_rows(study: Study, source: Path) -> int:
