@@ -62,7 +62,7 @@ def test_validate_detects_the_version_of_a_store(mapped):
     assert result.exit_code == 0, result.output
     expected = {"R4": "ResearchSubject.individual", "R5": "ResearchSubject.subject"}[stored_as]
     assert f"FHIR {stored_as} detected ({expected})" in result.output
-    assert f"FHIR {stored_as}: 10881 resources checked, all valid" in result.output
+    assert f"FHIR {stored_as}: 10921 resources checked, all valid" in result.output
 
 
 def test_validate_of_a_store_without_version_markers_says_it_uses_r4(tmp_path):
@@ -191,7 +191,7 @@ def test_ctrl_c_says_what_was_done_and_how_to_resume_with_exit_130(demo_store, f
     err = seen + err
     assert process.returncode == ExitCode.INTERRUPTED == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert re.search(rf"interrupted while pushing {re.escape(str(demo_store.path))}: [\d,]+ of 10,881 resources done", err)
+    assert re.search(rf"interrupted while pushing {re.escape(str(demo_store.path))}: [\d,]+ of 10,921 resources done", err)
     assert f"the journal in {tmp_path / 'state'} records every bundle the server confirmed" in err
     assert "rerun the same command" in err and out == ""
 
