@@ -26,18 +26,21 @@ StructureDefinition/extension-[element]``), so each version carries what the oth
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..study.definition import Study
 from ..tables.ae import AdverseEventRecord
+
+if TYPE_CHECKING:
+    from .mapping import FhirBuilder
 
 Resource = dict[str, Any]
 SEVERITY_R4_IN_R5 = "http://hl7.org/fhir/4.0/StructureDefinition/extension-AdverseEvent.severity"
 OCCURRENCE_R5_IN_R4 = "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.occurrence"
 
 
-def adverse_event(builder: Any, record: AdverseEventRecord, treatment: str) -> Resource:
-    """The AdverseEvent of one AE row (``builder``: a mapping.FhirBuilder; ``treatment``: the subject's EXTRT)."""
+def adverse_event(builder: FhirBuilder, record: AdverseEventRecord, treatment: str) -> Resource:
+    """The AdverseEvent of one AE row (``treatment``: the subject's EXTRT, the suspect)."""
     study: Study = builder.study
     ae = study.adverse_events
     r5 = builder.version.is_r5
@@ -66,7 +69,7 @@ def adverse_event(builder: Any, record: AdverseEventRecord, treatment: str) -> R
     resource["outcome"] = [outcome] if r5 else outcome
     resource["study"] = [{"reference": builder.study_ref}]
     related = {"coding": [ae.related[record.related].as_fhir()], "text": record.related}
-    key, intervention = study.intervention_by_treatment[treatment]
+    _, intervention = study.intervention_by_treatment[treatment]
     product = builder._study_code(treatment, intervention.display)
     if r5:
         resource["suspectEntity"] = [{"instanceCodeableConcept": {"coding": [product]},

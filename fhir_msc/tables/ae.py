@@ -7,7 +7,7 @@ AEDECOD, AESER, AESEV, AEREL and AEOUT must be terms the study file maps to code
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +97,7 @@ def reject_key(study: Study) -> list[str]:
 
 
 def read_adverse_events(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
-                        parse: object) -> Iterator[AdverseEventRecord]:
+                        parse: Callable[..., AdverseEventRecord | None]) -> Iterator[AdverseEventRecord]:
     """The valid AE rows of ``path``; bad and repeated ones (same USUBJID and AESEQ) go to ``log``.
 
     ``parse(log, path, number, header, raw, row, make)`` turns a RowError of ``make()`` into a rejection.
