@@ -74,7 +74,7 @@ def check_ucum(unit: str) -> str:
 
 
 # Required bindings on CodeableConcept elements (fhir.resources has no enum for them): element ->
-# (system, codes), from the R4 specification's value sets (tests/study/test_adverse_events.py
+# (system, codes), from the R4 specification's value sets (tests/study/test_study_adverse_events.py
 # compares them with the CodeSystems of the hl7.fhir.r4.examples package).
 REQUIRED_CODINGS = {
     "AdverseEvent.severity (R4)": ("http://terminology.hl7.org/CodeSystem/adverse-event-severity",
