@@ -49,11 +49,14 @@ class AdverseEventIncidence:
 
 
 def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | None:
-    """Adverse-event incidence by arm; None when the study file has no ``adverse_events`` or ``analysis``."""
+    """Adverse-event incidence by arm; None when the study file has no ``adverse_events`` or ``analysis``, or
+    the source holds no AdverseEvent at all (AE data not mapped or not pulled: not "no events")."""
     ae, plan = study.adverse_events, study.analysis
     if ae is None or plan is None:
         return None
     subjects, events, tally = read_adverse_event_records(study, source)
+    if not tally.read:
+        return None
     arms = (plan.treatment, plan.control)
     arm_of = {s.subject: s.actual_arm_code for s in subjects.values() if s.actual_arm_code in arms}
     n = tuple(sum(1 for arm in arm_of.values() if arm == code) for code in arms)

@@ -76,3 +76,10 @@ def test_analyze_prints_and_json_has_incidence(study, cohort, demo_store):
 def test_a_study_without_adverse_events_has_no_incidence(study, mapped):
     _, store = mapped
     assert incidence(study.model_copy(update={"adverse_events": None}), store) is None
+
+
+def test_a_source_without_adverse_events_reports_none_rather_than_zero(study, mapped, tmp_path):
+    _, store = mapped
+    copy = Store(tmp_path / "copy")
+    copy.write(r for r in store.read_all() if r["resourceType"] != "AdverseEvent")
+    assert incidence(study, copy) is None
