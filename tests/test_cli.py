@@ -39,6 +39,9 @@ def test_demo_prints_store_counts_and_lossless(tmp_path, umask_022):
     assert "round trip: lossless" in result.output
     assert "reproduced 3/3 published results" in result.output
     assert (tmp_path / "demo" / "report" / "forest.png").exists() and (tmp_path / "demo" / "report" / "report.html").exists()
+    assert re.search(r"AdverseEvent\s+40\n", result.output)
+    assert re.search(r"any adverse event\s+23/65 \(35\.4%\)\s+12/35 \(34\.3%\)\s+1\.000\n", result.output)
+    assert "Adverse events by arm" in (tmp_path / "demo" / "report" / "report.html").read_text()
 
 
 def test_map_json_output_is_machine_readable(cohort, tmp_path):
