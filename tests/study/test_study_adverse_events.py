@@ -43,7 +43,7 @@ def test_bad_adverse_event_definitions_name_their_yaml_path(tmp_path, change, sa
 
 def test_dictionary_version_goes_into_the_coding(tmp_path):
     def meddra(ae):
-        ae["terms"]["Hypertension"] = {"system": "http://terminology.hl7.org/CodeSystem/mdr", "version": "26.0",
+        ae["terms"]["Hypertension"] = {"system": "https://www.meddra.org", "version": "26.0",
                                        "code": "00000000", "display": "Hypertension"}
     study = _load_changed(tmp_path, meddra)
     assert study.adverse_events.terms["Hypertension"].as_fhir()["version"] == "26.0"
