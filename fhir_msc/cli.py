@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import jobs
 from .account import Account
+from .analysis.adverse_events import incidence_json, incidence_table
 from .analysis.export import account_json, analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
@@ -511,11 +512,17 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
                                   list(visits) or None, list(outcomes) or None, progress, unused)
     finally:
         _echo_not_used(unused)
+    events = result.adverse_events
     if as_json or fmt == "json":
-        _print_json(analyze_json(study, result.comparisons, result.observations))
+        _print_json(analyze_json(study, result.comparisons, result.observations,
+                                 incidence_json(events) if events else None))
     else:
         click.echo(render(comparison_table(result.comparisons), fmt))
+        if events and fmt != "csv":  # csv stays one table; --json has the incidence too
+            click.echo("\n" + render(incidence_table(events), fmt))
     _echo_observations(result.observations)
+    if events and events.account.skipped:
+        click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
     if plot:
         forest_plot(result.comparisons, plot, study.study.identifier.value, study=study)
         _info(f"forest plot: {plot}", err=True)
@@ -607,6 +614,8 @@ def _echo_demo(result: jobs.DemoResult) -> None:
             click.echo(f"  {line}")
     if not _output().quiet or result.reproduced < len(result.verification):
         click.echo(render(verification_table(result.verification), "table"))
+    if result.adverse_events:
+        _info(render(incidence_table(result.adverse_events), "table"))
     _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .account import Account
 from .analysis import frame as analysis
+from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
@@ -132,7 +133,8 @@ def _check_map_paths(study: Study, source: Path, store: Path | None, bundle: Pat
 
 
 def _table_names(study: Study) -> list[str]:
-    return [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values()]
+    ae = [study.adverse_events.file] if study.adverse_events else []
+    return [study.tables.dm.file, study.tables.ex.file, *study.tables.findings.files.values(), *ae]
 
 
 def _table_rows(study: Study, source: Path) -> int:
@@ -271,6 +273,7 @@ class AnalysisResult:
 
     comparisons: list[Comparison]
     observations: Account
+    adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,7 +300,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
-    return AnalysisResult(comparisons=comparisons, observations=observations)
+    events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"))
+    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events)
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
@@ -513,6 +517,7 @@ class DemoResult:
     roundtrip: RoundTripResult
     observations: Account  # of the analysis frame of the store
     verification: list[Verification]
+    adverse_events: AdverseEventIncidence | None
     report: dict[str, Path]
 
     @property
@@ -546,10 +551,12 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
         raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
                          "check the tables and that --study describes them")
     checks = analysis.verify(study, frame)
+    events = incidence(study, Store(store))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
                           else f"{study.study.identifier.value}: between-arm comparisons",
-                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
+                          study=study, source=f"trial tables {tables}, mapped into the store {store}",
+                          adverse_events=incidence_table(events) if events else None)
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip, observations=observations)
+                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events)

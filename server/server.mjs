@@ -33,7 +33,8 @@ const repo = new MemoryRepository();
 const token = process.env.FHIR_TEST_TOKEN;
 const smart = smartRegistration();
 const metadataMode = process.env.FHIR_TEST_METADATA;
-const RESOURCE_TYPES = ['ResearchStudy', 'ResearchSubject', 'Patient', 'Group', 'Encounter', 'Observation', 'MedicationAdministration'];
+const RESOURCE_TYPES = ['ResearchStudy', 'ResearchSubject', 'Patient', 'Group', 'Encounter', 'Observation', 'MedicationAdministration',
+  'AdverseEvent'];
 const bulk = bulkSettings();
 
 function capabilityStatement(base) {
@@ -145,7 +146,7 @@ const server = http.createServer(async (req, res) => {
 const NDJSON_FORMATS = ['application/fhir+ndjson', 'application/ndjson', 'ndjson'];
 // The R4 patient compartment, for the types this server holds: where each type names its patient.
 const PATIENT_COMPARTMENT = { Patient: [], Group: ['member.entity'], ResearchSubject: ['individual'], Encounter: ['subject'],
-  Observation: ['subject', 'performer'], MedicationAdministration: ['subject', 'performer.actor'] };
+  Observation: ['subject', 'performer'], MedicationAdministration: ['subject', 'performer.actor'], AdverseEvent: ['subject'] };
 
 function bulkSettings() {
   if (process.env.FHIR_TEST_BULK === 'off') return undefined;

@@ -39,6 +39,9 @@ def test_demo_prints_store_counts_and_lossless(tmp_path, umask_022):
     assert "round trip: lossless" in result.output
     assert "reproduced 3/3 published results" in result.output
     assert (tmp_path / "demo" / "report" / "forest.png").exists() and (tmp_path / "demo" / "report" / "report.html").exists()
+    assert re.search(r"AdverseEvent\s+40\n", result.output)
+    assert re.search(r"any adverse event\s+23/65 \(35\.4%\)\s+12/35 \(34\.3%\)\s+1\.000\n", result.output)
+    assert "Adverse events by arm" in (tmp_path / "demo" / "report" / "report.html").read_text()
 
 
 def test_map_json_output_is_machine_readable(cohort, tmp_path):
@@ -62,7 +65,7 @@ def test_validate_detects_the_version_of_a_store(mapped):
     assert result.exit_code == 0, result.output
     expected = {"R4": "ResearchSubject.individual", "R5": "ResearchSubject.subject"}[stored_as]
     assert f"FHIR {stored_as} detected ({expected})" in result.output
-    assert f"FHIR {stored_as}: 10881 resources checked, all valid" in result.output
+    assert f"FHIR {stored_as}: 10921 resources checked, all valid" in result.output
 
 
 def test_validate_of_a_store_without_version_markers_says_it_uses_r4(tmp_path):
@@ -191,7 +194,7 @@ def test_ctrl_c_says_what_was_done_and_how_to_resume_with_exit_130(demo_store, f
     err = seen + err
     assert process.returncode == ExitCode.INTERRUPTED == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert re.search(rf"interrupted while pushing {re.escape(str(demo_store.path))}: [\d,]+ of 10,881 resources done", err)
+    assert re.search(rf"interrupted while pushing {re.escape(str(demo_store.path))}: [\d,]+ of 10,921 resources done", err)
     assert f"the journal in {tmp_path / 'state'} records every bundle the server confirmed" in err
     assert "rerun the same command" in err and out == ""
 

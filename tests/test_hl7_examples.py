@@ -27,7 +27,7 @@ from fhir_msc.tables.sdtm import RejectLog
 
 EXAMPLES = {"R4": SERVER_DIR / "node_modules" / "hl7.fhir.r4.examples",
             "R5": SERVER_DIR / "node_modules" / "hl7.fhir.r5.examples"}
-STUDY_TYPES = ("Patient", "Observation", "ResearchStudy", "ResearchSubject", "Encounter")
+STUDY_TYPES = ("Patient", "Observation", "ResearchStudy", "ResearchSubject", "Encounter", "AdverseEvent")
 SMALL_BUNDLE = 100_000  # bytes: HL7's small example Bundles, not the definition bundles of the whole spec
 MINI = Path(__file__).parent / "data" / "mini-study"
 

@@ -45,7 +45,7 @@ def mock_study_server(study, observations: list[dict]) -> None:
     }
     responses.get(f"{BASE}/metadata", json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": []})
     for resource_type in ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encounter", "MedicationAdministration",
-                          "Observation"):
+                          "Observation", "AdverseEvent"):
         responses.get(re.compile(rf"{re.escape(BASE)}/{resource_type}(\?.*)?$"), json=answers.get(resource_type, searchset()))
 
 

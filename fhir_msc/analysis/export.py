@@ -97,10 +97,15 @@ def account_json(account: Account) -> dict[str, Any]:
             "examples": {reason: list(named) for reason, named in account.examples.items()}}
 
 
-def analyze_json(study: Study, comparisons: list[Comparison], observations: Account) -> dict[str, Any]:
-    """The ``analyze`` document (schema ``analyze.schema.json``)."""
-    return {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
-            "comparisons": [comparison_json(study, c) for c in comparisons], "observations": account_json(observations)}
+def analyze_json(study: Study, comparisons: list[Comparison], observations: Account,
+                 adverse_events: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``analyze`` document (schema ``analyze.schema.json``); ``adverse_events``: analysis.adverse_events.incidence_json."""
+    document = {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
+                "comparisons": [comparison_json(study, c) for c in comparisons],
+                "observations": account_json(observations)}
+    if adverse_events is not None:
+        document["adverse_events"] = adverse_events
+    return document
 
 
 def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:

@@ -317,12 +317,13 @@ def tool_version() -> str:
 
 
 def write_report(directory: Path, comparisons: list[Comparison], checks: list[Verification], title: str, *,
-                 study: Study, source: str, now: datetime | None = None) -> dict[str, Path]:
+                 study: Study, source: str, now: datetime | None = None,
+                 adverse_events: pd.DataFrame | None = None) -> dict[str, Path]:
     """A self-contained HTML report (the forest plot embedded), the CSV table and the forest-plot PNG in ``directory``.
 
     The report is dated, names the tool version, the input (``source``) and the study definition with its
     SHA-256, shows the published results with their reproduction, the forest plot at the published
-    results' visits, and one table for every visit compared.
+    results' visits, and one table for every visit compared; then ``adverse_events`` (the incidence table), if given.
     """
     directory.mkdir(parents=True, exist_ok=True)
     table = comparison_table(comparisons)
@@ -358,6 +359,9 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
         rows = table[table["visit"] == visit.code].drop(columns=["visit"])
         parts.append(f"<h3 id='visit-{e(visit.code)}'>{e(visit.code)} · {e(visit.name)} "
                      f"<small>day {visit.day}, {len(rows)} outcome(s)</small></h3>{_html_table(rows)}")
+    if adverse_events is not None:
+        parts.append(f"</section><section><h2 id='adverse-events'>Adverse events by arm</h2>"
+                     f"{_html_table(adverse_events)}")
     parts.append("</section><footer>Effects are treatment vs control; each row's method column names how its effect "
                  "and CI were computed, and the tests column gives Fisher exact and Pearson χ² (binary) or Mann-Whitney "
                  "(continuous) p. "

@@ -26,8 +26,9 @@ Resource = dict[str, Any]
 
 
 def conditional_url(resource: Resource) -> str:
-    """``Type?identifier=system|value`` for the resource's first identifier."""
-    identifier = resource["identifier"][0]
+    """``Type?identifier=system|value`` for the resource's first identifier (or its one: R4 AdverseEvent's is 0..1)."""
+    identifier = resource["identifier"]
+    identifier = identifier if isinstance(identifier, dict) else identifier[0]
     token = quote(f"{identifier['system']}|{identifier['value']}", safe=":/")
     return f"{resource['resourceType']}?identifier={token}"
 

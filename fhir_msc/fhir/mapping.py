@@ -18,6 +18,7 @@ Resource model (R4 names; see versions.py for R5):
                      value[x] by outcome type (the same in R4 and R5): valueQuantity, valueCodeableConcept
                      (coded; ordinal with its rank in the Coding's ordinalValue (R4) / itemWeight (R5)
                      extension), valueInteger, valueBoolean (Y/N), valueDateTime, valueString
+  AdverseEvent       one per AE row (adverse_events.py)
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..study.definition import Outcome, Study
+from ..tables.ae import read_adverse_events
+from ..tables.ae import reject_key as ae_reject_key
 from ..tables.formats import find_table
 from ..tables.reading import SPANNED, key_hashes, read_rows
 from ..tables.rejects import FileAccount, Rejection, RejectLog
@@ -52,6 +55,7 @@ from ..tables.sdtm import (
     split_comparator,
     visit_number,
 )
+from .adverse_events import adverse_event
 from .changes import ResourceChanges
 from .versions import FhirVersion
 
@@ -100,7 +104,7 @@ class FhirBuilder:
     @cached_property
     def _systems(self) -> dict[str, str]:
         return {kind: self.study.system(kind) for kind in
-                ("study", "group", "subject", "administration", "visit", "observation")}
+                ("study", "group", "subject", "administration", "visit", "observation", "adverse-event")}
 
     def _identified(self, resource_type: str, kind: str, value: str) -> Resource:
         system = self._systems[kind]
@@ -294,6 +298,8 @@ def reject_keys(study: Study) -> dict[str, list[str]]:
     for domain, name in findings.files.items():
         col = FindingColumns.of(study, domain)
         keys[name] = [col.subject, col.visitnum, col.testcd]
+    if study.adverse_events:
+        keys[study.adverse_events.file] = ae_reject_key(study)
     return keys
 
 
@@ -334,6 +340,16 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     tick(count % PROGRESS_EVERY)
     for subject, visitnum, first, last, name in spans:
         yield build.encounter(subject, visitnum, first, last, name)
+    if study.adverse_events:
+        path = find_table(source, study.adverse_events.file)
+        for event in read_adverse_events(study, path, log, subjects, _parse):
+            yield adverse_event(build, event, treatment_of(study, subjects[event.subject]))
+            tick(1)
+
+
+def treatment_of(study: Study, subject: SubjectRecord) -> str:
+    """The study treatment (EXTRT) of the subject's actual arm: the suspect of its adverse events."""
+    return study.interventions[study.arm_by_code[subject.actual_arm_code].intervention].treatment
 
 
 class VisitSpans:

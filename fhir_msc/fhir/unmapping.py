@@ -23,6 +23,7 @@ from ..account import Account, Tally
 from ..store.ndjson import Prefilter
 from ..store.source import ResourceSource
 from ..study.definition import Study
+from ..tables.ae import AdverseEventRecord, write_adverse_event
 from ..tables.sdtm import (
     COMPARATORS,
     Dataset,
@@ -35,6 +36,7 @@ from ..tables.sdtm import (
     format_number,
     visit_number,
 )
+from .adverse_events import read_adverse_event
 from .mapping import NOT_PERFORMED, SYNTHETIC_TAG
 from .versions import (
     administration_date,
@@ -143,6 +145,8 @@ def fhir_to_tables(study: Study, source: ResourceSource, out: Path, fmt: str = "
             writer.dose(dose)
         for finding in _findings(ctx, source):
             writer.finding(finding)
+        for event in _adverse_events(ctx, source):
+            write_adverse_event(writer, event)
         writer.dataset(Dataset(synthetic=ctx.synthetic))
     _account_patients(ctx)
     _account_other_types(ctx, source)
@@ -458,6 +462,42 @@ def _not_performed(observation: Resource) -> bool:
 
 def _has_value(observation: Resource) -> bool:
     return any(key.startswith("value") and key[5:6].isupper() for key in observation)
+
+
+def _adverse_events(ctx: _Context, source: ResourceSource) -> Iterator[AdverseEventRecord]:
+    """The AE rows among the AdverseEvents (none read when the study file has no adverse_events section)."""
+    if ctx.study.adverse_events is None:
+        return
+    tally = ctx.tally("AdverseEvent")
+    yield from _records(ctx, tally, source.read("AdverseEvent"), _adverse_event, tally,
+                        ctx.study.system("adverse-event"))
+
+
+def _adverse_event(ctx: _Context, resource: Resource, tally: Tally, system: str) -> AdverseEventRecord | None:
+    identifier = resource.get("identifier", [])  # R4: one Identifier (0..1); R5: a list
+    identified = {"identifier": [identifier] if isinstance(identifier, dict) else identifier}
+    subject_value, _, seq = (_identifier(identified, system) or "").rpartition("/")
+    if not seq.isdigit():
+        tally.skip("no adverse-event identifier of this study (USUBJID/AESEQ)", _named(resource))
+        return None
+    subject = ctx.subject_of(resource)
+    if subject is None or subject != subject_value:
+        tally.skip("unknown subject", _named(resource))
+        return None
+    record = read_adverse_event(ctx.study, resource, subject, int(seq))
+    if isinstance(record, str):
+        tally.skip(record, _named(resource))
+        return None
+    return record
+
+
+def read_adverse_event_records(study: Study, source: ResourceSource
+                               ) -> tuple[dict[str, SubjectRecord], list[AdverseEventRecord], Tally]:
+    """The study's subjects, its adverse events, and the AdverseEvents' tally."""
+    ctx = _Context(study)
+    _index_patients(ctx, source)
+    subjects = {record.subject: record for record in _subjects(ctx, source)}
+    return subjects, list(_adverse_events(ctx, source)), ctx.tally("AdverseEvent")
 
 
 def subjects_in(study: Study, source: ResourceSource) -> dict[str, SubjectRecord]:

@@ -4,9 +4,9 @@ The ResearchStudy and its enrollment Group are found by identifier (two searches
 paged pull does); the subjects' data come from one export: ``Group/[id]/$export`` when the
 server exports Groups and the study has its Group there, else ``Patient/$export``, else a
 system ``$export`` (``_type`` = Patient, ResearchSubject, Encounter, MedicationAdministration,
-Observation; ``_since`` = the last pull's mark). Of what comes back, the store keeps what the
+Observation, AdverseEvent; ``_since`` = the last pull's mark). Of what comes back, the store keeps what the
 paged pull would: ResearchSubjects of the study, the Patients they name (all the store's
-subjects, as in the paged pull) and the visits, infusions and Observations of those Patients.
+subjects, as in the paged pull) and the visits, infusions, Observations and AdverseEvents of those Patients.
 Files stream into the store; memory holds ids, not resources.
 
 Incremental: the resources the manifest's ``deleted`` files name (deleted on the server since
@@ -36,7 +36,7 @@ from .journal import Journal
 from .sync import PullResult, _patients_of, pull_mark
 from .sync import pull as paged_pull
 
-SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation")
+SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent")
 EXPORTED = ("Patient", "ResearchSubject", *SUBJECT_DATA)
 
 

@@ -42,7 +42,8 @@ Resource = dict[str, Any]
 Key = tuple[str, str]  # (resource type, local id)
 Advance = Callable[[int], None] | None  # called with the number of resources dealt with
 # Referenced types first, so every reference can be resolved when it is sent.
-PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter", "MedicationAdministration", "Observation"]
+PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter", "MedicationAdministration", "Observation",
+              "AdverseEvent"]
 METHODS = ("auto", "id", "conditional")
 PUSH_MODES = ("push", "full", "dry-run", "verify")
 ID_CHUNK = 100  # ids per `_id` search when checking the server (keeps URLs under ~4 KB)
@@ -211,8 +212,9 @@ class _Pusher:
         except (OperationOutcomeError, MultipleMatches) as exc:
             if len(pending) == 1:
                 resource = pending[0][0]
-                self.fail(_key(resource), f"{_label(resource)} ({resource['identifier'][0]['value']}): {exc}"
-                          if resource.get("identifier") else f"{_label(resource)}: {exc}")
+                identifier = resource.get("identifier")  # a list; one Identifier in R4 AdverseEvent
+                value = (identifier if isinstance(identifier, dict) else (identifier or [{}])[0]).get("value")
+                self.fail(_key(resource), f"{_label(resource)} ({value}): {exc}" if value else f"{_label(resource)}: {exc}")
                 self._tick(1)
                 return
             half = max(1, len(pending) // 2)
@@ -474,7 +476,8 @@ class PullResult:
 
 SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)
 MAX_EXAMPLES = 20
-PULLED_TYPES = ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encounter", "MedicationAdministration", "Observation")
+PULLED_TYPES = ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encounter", "MedicationAdministration", "Observation",
+                "AdverseEvent")
 
 
 class _Intake:
@@ -575,7 +578,7 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     patient_ids = sorted({ref_id(ref) for ref in _patients_of(store, held["ResearchSubject"])})
     holds("Patient", [{"_id": ",".join(patient_ids[i:i + SUBJECT_CHUNK])} for i in range(0, len(patient_ids), SUBJECT_CHUNK)],
           subjects)
-    for resource_type in ("Encounter", "MedicationAdministration", "Observation"):
+    for resource_type in ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent"):
         batch: list[Resource] = []
         step = subjects_per_search(study, resource_type, page_size)
         progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")

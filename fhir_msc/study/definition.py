@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from ..errors import StudyDefinitionError
+from .adverse_events import AdverseEvents
 from .fhir_codes import check_code, check_ucum
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
@@ -467,6 +468,7 @@ class Study(_Model):
     time_to_event: list[TimeToEvent] = []
     tables: Tables
     analysis: AnalysisPlan | None = None
+    adverse_events: AdverseEvents | None = None  # the AE domain (study/adverse_events.py)
     anchors: dict | None = None  # holds YAML anchors only
     _file: Path | None = PrivateAttr(None)
     _sha256: str | None = PrivateAttr(None)

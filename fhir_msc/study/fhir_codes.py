@@ -71,3 +71,22 @@ def check_ucum(unit: str) -> str:
     if problem := ucum_problem(unit):
         raise ValueError(problem)
     return unit
+
+
+# Required bindings on CodeableConcept elements (fhir.resources has no enum for them): element ->
+# (system, codes), from the R4 specification's value sets (tests/study/test_study_adverse_events.py
+# compares them with the CodeSystems of the hl7.fhir.r4.examples package).
+REQUIRED_CODINGS = {
+    "AdverseEvent.severity (R4)": ("http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+                                   ("mild", "moderate", "severe")),
+    "AdverseEvent.outcome (R4)": ("http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
+                                  ("resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown")),
+}
+
+
+def check_coding(system: str, code: str, element: str) -> None:
+    """A ValueError unless ``system|code`` is in the value set FHIR requires for ``element``."""
+    required, codes = REQUIRED_CODINGS[element]
+    if system != required or code not in codes:
+        raise ValueError(f"{system}|{code} is not in the value set FHIR requires for {element} "
+                         f"({required}: {', '.join(codes)}): use one of them")

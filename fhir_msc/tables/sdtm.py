@@ -454,7 +454,8 @@ def boolean_answer(value: bool) -> str:
 
 def numeric_columns(study: Study) -> set[str]:
     """The columns SDTM holds as numbers (AGE, EXDOSE, VISITNUM): numeric variables in XPORT and Dataset-JSON."""
-    return {study.tables.dm.columns["age"], study.tables.ex.columns["dose"], study.tables.findings.columns["visitnum"]}
+    numeric = {study.tables.dm.columns["age"], study.tables.ex.columns["dose"], study.tables.findings.columns["visitnum"]}
+    return numeric | ({study.adverse_events.columns["seq"]} if study.adverse_events else set())
 
 
 class TableWriter:
@@ -481,6 +482,10 @@ class TableWriter:
             self.rows[name] = 0
         self.rows[name] += 1
         return self._files[name][1]
+
+    def write_row(self, name: str, header: list[str], row: list[str]) -> None:
+        """One row of table ``name`` (a table not above, e.g. AE: tables/ae.py)."""
+        self._writer(name, header).writerow(row)
 
     def subject(self, record: SubjectRecord) -> None:
         self._writer(self.study.tables.dm.file, dm_columns(self.study)).writerow(subject_row(self.study, record))

@@ -31,7 +31,9 @@ def test_unmap_accounts_for_every_resource_of_the_cohort(study, mapped, tmp_path
     result = fhir_to_tables(study, store, tmp_path)
     assert {t: a.read for t, a in result.accounts.items()} == store.counts()
     assert all(a.balanced for a in result.accounts.values())
-    assert result.accounts["Observation"].used == sum(n for name, n in result.rows.items() if name not in ("dm.csv", "ex.csv"))
+    assert result.accounts["Observation"].used == sum(n for name, n in result.rows.items()
+                                                      if name not in ("dm.csv", "ex.csv", "ae.csv"))
+    assert result.accounts["AdverseEvent"].used == result.rows["ae.csv"]
     assert result.accounts["ResearchSubject"].used == result.rows["dm.csv"]
     assert result.accounts["MedicationAdministration"].used == result.rows["ex.csv"]
     assert result.skipped == 2 and set(result.accounts["Group"].skipped) == {"not a table row: DM lists the enrolled subjects"}

@@ -16,7 +16,7 @@ from medplum import SERVER_DIR
 def test_the_whole_mapped_cohort_is_valid_for_medplum(mapped, independent_validator):
     version, store = mapped
     report = independent_validator(version).validate(store.path)
-    assert report.checked == sum(store.counts().values()) == 10881
+    assert report.checked == sum(store.counts().values()) == 10921
     assert report.errors == []
 
 

@@ -1,0 +1,98 @@
+"""Adverse-event incidence by arm, from FHIR AdverseEvents.
+
+For the study's treatment and control arm (``analysis``): subjects with at least one adverse
+event — any, serious (AESER = ``adverse_events.serious_event``), and each AEDECOD term the study
+file declares — out of the subjects of the arm (as treated: ResearchSubject's actual arm), as n/N
+and %, with Fisher's exact p. Every AdverseEvent read is counted or skipped under a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..account import Account
+from ..fhir.unmapping import read_adverse_event_records
+from ..store.source import ResourceSource
+from ..study.definition import Study
+from .export import account_json, number
+from .report import format_p
+from .stats import compare_binary
+
+ANY, SERIOUS = "any adverse event", "serious adverse event"
+NOT_COMPARED = "subject in neither compared arm"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incidence:
+    """Subjects with ≥1 event of one kind per arm (treatment first), and Fisher's exact p."""
+
+    label: str  # ANY, SERIOUS, or the AEDECOD term
+    subjects: tuple[int, int]
+    n: tuple[int, int]
+    fisher_p: float
+
+    @property
+    def percent(self) -> tuple[float | None, float | None]:
+        return tuple(100 * s / n if n else None for s, n in zip(self.subjects, self.n))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdverseEventIncidence:
+    """Incidence rows (any, serious, then each term) and the account of the AdverseEvents read."""
+
+    arms: tuple[str, str]  # treatment, control arm codes
+    arm_names: tuple[str, str]
+    rows: list[Incidence]
+    account: Account
+
+
+def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | None:
+    """Adverse-event incidence by arm; None when the study file has no ``adverse_events`` or ``analysis``, or
+    the source holds no AdverseEvent at all (AE data not mapped or not pulled: not "no events")."""
+    ae, plan = study.adverse_events, study.analysis
+    if ae is None or plan is None:
+        return None
+    subjects, events, tally = read_adverse_event_records(study, source)
+    if not tally.read:
+        return None
+    arms = (plan.treatment, plan.control)
+    arm_of = {s.subject: s.actual_arm_code for s in subjects.values() if s.actual_arm_code in arms}
+    n = tuple(sum(1 for arm in arm_of.values() if arm == code) for code in arms)
+    kinds: dict[str, set[str]] = {ANY: set(), SERIOUS: set(), **{term: set() for term in ae.terms}}
+    for event in events:
+        if event.subject not in arm_of:
+            tally.used -= 1
+            tally.skip(NOT_COMPARED, f"{event.subject}/{event.seq}")
+            continue
+        kinds[ANY].add(event.subject)
+        kinds[event.decod].add(event.subject)
+        if event.serious == ae.serious_event:
+            kinds[SERIOUS].add(event.subject)
+    rows = []
+    for label, who in kinds.items():
+        counts = tuple(sum(1 for s in who if arm_of[s] == code) for code in arms)
+        rows.append(Incidence(label=label, subjects=counts, n=n,  # type: ignore[arg-type]
+                              fisher_p=compare_binary(counts, n, plan.alpha).fisher_p))  # type: ignore[arg-type]
+    names = (study.arm_by_code[arms[0]].name, study.arm_by_code[arms[1]].name)
+    return AdverseEventIncidence(arms=arms, arm_names=names, rows=rows, account=tally.account())
+
+
+def incidence_table(result: AdverseEventIncidence) -> pd.DataFrame:
+    """One row per kind of event: subjects with ≥1 event n/N (%) per arm, and Fisher's exact p."""
+    rows = []
+    for row in result.rows:
+        cells = {name: f"{s}/{n} ({p:.1f}%)" if p is not None else f"{s}/{n}"
+                 for name, s, n, p in zip(result.arm_names, row.subjects, row.n, row.percent)}
+        rows.append({"adverse events (subjects with ≥1)": row.label, **cells, "Fisher p": format_p(row.fisher_p)})
+    return pd.DataFrame(rows)
+
+
+def incidence_json(result: AdverseEventIncidence) -> dict:
+    """The ``adverse_events`` member of ``analyze --json``."""
+    return {"arms": {"treatment": result.arms[0], "control": result.arms[1]},
+            "rows": [{"label": r.label, "subjects": list(r.subjects), "n": list(r.n),
+                      "percent": [None if p is None else round(p, 4) for p in r.percent],
+                      "fisher_p": number(r.fisher_p)} for r in result.rows],
+            "account": account_json(result.account)}
