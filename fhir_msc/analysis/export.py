@@ -15,7 +15,7 @@ from importlib.resources import files
 from typing import Any
 
 from ..account import Account
-from ..study.definition import PublishedResult, Study
+from ..study.definition import PublishedResult, Study, arm_label
 from .frame import Comparison, Verification, binary_estimates, continuous_estimates
 from .stats import BinarySummary, ContinuousSummary, Estimate
 
@@ -46,10 +46,9 @@ def _estimates(comparison: Comparison) -> dict[str, Estimate]:
     found: dict[str, Estimate]
     if isinstance(s, BinarySummary):
         found = binary_estimates(s)
-        if all(e is not comparison.effect for e in found.values()):
-            found["odds-ratio-mh"] = comparison.effect
     else:
         found = continuous_estimates(s)
+    found.setdefault(comparison.key, comparison.effect)  # an effect only computed when asked for (MH, adjusted…)
     return found
 
 
@@ -69,7 +68,8 @@ def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[st
 
 def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
     code, s = comparison.arms[index], comparison.summary
-    arm: dict[str, Any] = {"role": ROLES[index], "code": code, "name": study.arm_by_code[code].name, "n": s.n[index]}
+    name = " + ".join(study.arm_by_code[arm].name for arm in comparison.groups[index]) if comparison.groups[index] else code
+    arm: dict[str, Any] = {"role": ROLES[index], "code": code, "name": name, "n": s.n[index]}
     if isinstance(s, BinarySummary):
         arm.update(events=s.events[index], percent=number(s.percent[index]))
     elif isinstance(s, ContinuousSummary):
@@ -81,7 +81,7 @@ def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
 def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
     """One outcome at one visit: both arms, the planned effect, every estimate and every p-value."""
     estimates = _estimates(comparison)
-    key = next(k for k, e in estimates.items() if e is comparison.effect)
+    key = comparison.key
     return {"outcome": comparison.outcome, "display": comparison.display, "visit": comparison.visit,
             "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
             "effect": estimate_json(key, comparison.effect),
@@ -104,8 +104,10 @@ def analyze_json(study: Study, comparisons: list[Comparison], observations: Acco
 def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
     plan = study.analysis
     assert plan is not None  # verify() needs a plan
+    pair = ((target.treatment, target.control) if target.treatment is not None and target.control is not None
+            else plan.pairs([a.code for a in study.arms])[0])
     arms = []
-    for role, code in zip(ROLES, (plan.treatment, plan.control)):
+    for role, code in zip(ROLES, (arm_label(side) for side in pair)):
         arm: dict[str, Any] = {"role": role, "code": code}
         if target.counts and code in target.counts:
             arm.update(events=target.counts[code][0], n=target.counts[code][1])
