@@ -512,9 +512,12 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     finally:
         _echo_not_used(unused)
     if as_json or fmt == "json":
-        _print_json(analyze_json(study, result.comparisons, result.observations))
+        _print_json(analyze_json(study, result.comparisons, result.observations, result.arms_not_compared))
     else:
         click.echo(render(comparison_table(result.comparisons), fmt))
+    if result.arms_not_compared:
+        click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
+                   "(add them to analysis.comparisons to compare them)", err=True)
     _echo_observations(result.observations)
     if plot:
         forest_plot(result.comparisons, plot, study.study.identifier.value, study=study)

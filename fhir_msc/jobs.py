@@ -270,6 +270,7 @@ class AnalysisResult:
 
     comparisons: list[Comparison]
     observations: Account
+    arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,7 +297,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
-    return AnalysisResult(comparisons=comparisons, observations=observations)
+    return AnalysisResult(comparisons=comparisons, observations=observations,
+                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)))
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,

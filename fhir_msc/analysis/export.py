@@ -86,7 +86,9 @@ def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
             "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
             "effect": estimate_json(key, comparison.effect),
             "estimates": {k: estimate_json(k, e) for k, e in estimates.items()},
-            "p_values": _p_values(comparison, estimates)}
+            "p_values": _p_values(comparison, estimates),
+            **({"excluded": {reason: list(subjects) for reason, subjects in comparison.excluded.items()}}
+               if comparison.excluded else {})}
 
 
 def account_json(account: Account) -> dict[str, Any]:
@@ -95,10 +97,15 @@ def account_json(account: Account) -> dict[str, Any]:
             "examples": {reason: list(named) for reason, named in account.examples.items()}}
 
 
-def analyze_json(study: Study, comparisons: list[Comparison], observations: Account) -> dict[str, Any]:
-    """The ``analyze`` document (schema ``analyze.schema.json``)."""
-    return {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
-            "comparisons": [comparison_json(study, c) for c in comparisons], "observations": account_json(observations)}
+def analyze_json(study: Study, comparisons: list[Comparison], observations: Account,
+                 arms_not_compared: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``analyze`` document (schema ``analyze.schema.json``); ``arms_not_compared`` only when there are any."""
+    document = {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
+                "comparisons": [comparison_json(study, c) for c in comparisons],
+                "observations": account_json(observations)}
+    if arms_not_compared:
+        document["arms_not_compared"] = list(arms_not_compared)
+    return document
 
 
 def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:

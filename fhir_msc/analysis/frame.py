@@ -320,7 +320,8 @@ def covariate_values(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: 
 def covariate_table(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: pd.DataFrame,
                     names: list[str]) -> tuple[pd.DataFrame, np.ndarray, dict[str, tuple[str, ...]]]:
     """The covariates of the subjects that have them all, which rows those are, and who lacks which."""
-    table = pd.DataFrame({name: covariate_values(study, frame, outcome, rows, name).to_numpy() for name in names})
+    table = pd.DataFrame({name: covariate_values(study, frame, outcome, rows, name).to_numpy() for name in names},
+                         index=range(len(rows)))
     missing = table.isna().to_numpy()
     subjects = rows["subject"].to_numpy()
     excluded = {f"no {name}": tuple(subjects[missing[:, i]]) for i, name in enumerate(names) if missing[:, i].any()}
