@@ -168,3 +168,16 @@ def test_pooled_arms_are_one_treatment(three):
     data = _wide()
     assert pooled.summary.events[0] == int(data.loc[data["ARMCD"] != "PBO", "resp"].sum())
     assert pooled.n == (28, 14)
+
+
+def test_the_table_and_forest_plot_name_each_pair(three, tmp_path):
+    from fhir_msc.analysis.report import comparison_table, forest_plot
+
+    study, store = three
+    comparisons = analyze(study, analysis_frame(study, store), visits=["W12"], outcomes=["SCORE"])
+    table = comparison_table(comparisons)
+    assert list(table["comparison"]) == ["HIGH vs PBO", "LOW vs PBO"]
+    assert list(table["n treatment"]) == [14, 14]
+    plot = forest_plot(comparisons, tmp_path / "forest.png", study=study)
+    assert [row.label for row in plot.panels[0].rows] == ["Symptom score · W12 · HIGH vs PBO", "Symptom score · W12 · LOW vs PBO"]
+    assert "treatment" in plot.panels[0].title
