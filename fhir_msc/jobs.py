@@ -292,7 +292,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     unknown = [code for code in outcomes or [] if code not in study.outcome_by_code]
     if unknown:
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.outcome_by_code)}")
-    frame, observations = frame_and_account(study, source, visits, progress, unused)
+    read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
+    frame, observations = frame_and_account(study, source, read, progress, unused)
     comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -304,7 +305,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
            unused: list[str] | None = None) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
-    visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
+    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published})
+              if study.analysis else None)
     frame, observations = frame_and_account(study, source, visits, progress, unused)
     return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
 

@@ -279,6 +279,12 @@ def _modelled(study: Study, frame: pd.DataFrame, outcome: Outcome, effect: str, 
         level = (rows["answer"] == (outcome.event or next(iter(outcome.answers)))).to_numpy(float)
     function = {"adjusted-odds-ratio": adjusted_odds_ratio, "adjusted-mean-difference": adjusted_mean_difference,
                 "proportional-odds": proportional_odds}[effect]
+    if min(int((treated[keep] == side).sum()) for side in (0, 1)) < 2:
+        estimate = Estimate(effect=effect, method=f"{effect} on covariates {', '.join(names)}",
+                            function=function.__module__ + "." + function.__name__, alpha=plan.alpha, estimate=None,
+                            se=None, lower=None, upper=None, p_value=None,
+                            note="not estimable: fewer than 2 subjects in an arm have every covariate")
+        return _with_exclusions(estimate, excluded), excluded
     estimate = function(level[keep], treated[keep], covariates, plan.alpha)
     return _with_exclusions(estimate, excluded), excluded
 
@@ -381,6 +387,23 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
                 if comparison is not None:
                     results.append(comparison)
     return results
+
+
+def visits_to_read(study: Study, visits: Collection[str]) -> list[str]:
+    """``visits`` and the visits the plan's covariates and strata read (the baseline visit, OUTCOME@VISIT)."""
+    plan = _plan(study)
+    names = [*plan.covariates, plan.stratum or ""]
+    for result in plan.published:
+        names += [*(result.covariates or []), result.stratum or ""]
+    needed = set(visits)
+    for name in names:
+        code, _, visit = name.partition("@")
+        if visit:
+            needed.add(visit)
+        elif (code == "baseline" or code in study.outcome_by_code) and plan.baseline:
+            needed.add(plan.baseline)
+    unknown = [code for code in visits if code not in study.visit_by_code]  # left for the frame to refuse
+    return unknown + [visit.code for visit in study.visits if visit.code in needed]
 
 
 def arms_not_compared(study: Study, frame: pd.DataFrame) -> list[str]:

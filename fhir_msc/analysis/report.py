@@ -67,11 +67,13 @@ def format_p(p: float | None) -> str:
 
 def verification_table(checks: list[Verification]) -> pd.DataFrame:
     rows = []
+    several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
         reproduced = "—" if got is None else ("not estimable" if not got.effect.estimable else
                                                f"{got.effect.estimate:.{target.decimals}f} ({ci_text(got.effect, target.decimals)})")
-        rows.append({"outcome": target.outcome, "visit": target.visit, "effect": target.effect,
+        rows.append({"outcome": target.outcome, "visit": target.visit,
+                     **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}), "effect": target.effect,
                      "published": f"{target.estimate:.{target.decimals}f} ({target.lower:.{target.decimals}f}–"
                                   f"{target.upper:.{target.decimals}f})",
                      "reproduced": reproduced, "status": "match" if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})

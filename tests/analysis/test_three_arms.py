@@ -181,3 +181,23 @@ def test_the_table_and_forest_plot_name_each_pair(three, tmp_path):
     plot = forest_plot(comparisons, tmp_path / "forest.png", study=study)
     assert [row.label for row in plot.panels[0].rows] == ["Symptom score · W12 · HIGH vs PBO", "Symptom score · W12 · LOW vs PBO"]
     assert "treatment" in plot.panels[0].title
+
+
+def test_verify_command_reads_the_baseline_visit_and_follows_its_schema(three):
+    import jsonschema
+    from referencing import Registry, Resource
+
+    from fhir_msc.analysis.export import schema
+
+    study, store = three
+    result = CliRunner().invoke(main, ["verify", "--store", str(store.path), "--study", str(THREE / "study.yaml"),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["counts"] == {"published": 7, "reproduced": 7, "not_reproduced": 0}
+    assert document["results"][0]["reproduced"]["excluded"] == {"no baseline": ["TRI-03"]}
+    registry = Registry().with_resources([(schema("analyze")["$id"], Resource.from_contents(schema("analyze")))])
+    jsonschema.Draft202012Validator(schema("verify"), registry=registry).validate(document)
+    analyzed = CliRunner().invoke(main, ["analyze", "--store", str(store.path), "--study", str(THREE / "study.yaml"),
+                                         "--visit", "W12", "--json"])
+    jsonschema.Draft202012Validator(schema("analyze")).validate(json.loads(analyzed.stdout))
