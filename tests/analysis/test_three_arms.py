@@ -201,3 +201,22 @@ def test_verify_command_reads_the_baseline_visit_and_follows_its_schema(three):
     analyzed = CliRunner().invoke(main, ["analyze", "--store", str(store.path), "--study", str(THREE / "study.yaml"),
                                          "--visit", "W12", "--json"])
     jsonschema.Draft202012Validator(schema("analyze")).validate(json.loads(analyzed.stdout))
+
+
+def test_an_ordered_coded_outcome_is_compared_on_its_answer_order(three):
+    study, store = three
+    frame = analysis_frame(study, store)
+    got = compare(study, frame, study.outcome_by_code["GRADE"], "W12", "mann-whitney", pair=(("LOW",), ("PBO",)))
+    data = _wide()
+    place = {"MILD": 0, "MODERATE": 1, "SEVERE": 2}
+    low, pbo = ([place[g] for g in data.loc[data["ARMCD"] == arm, "GRADE_2"]] for arm in ("LOW", "PBO"))
+    by_hand = sum((a > b) + 0.5 * (a == b) for a in low for b in pbo) / (len(low) * len(pbo))
+    assert got.effect.estimate == pytest.approx(by_hand) and got.key == "mann-whitney"
+
+
+def test_a_rate_ratio_of_values_that_are_not_counts_is_refused(three):
+    from fhir_msc.errors import StudyDefinitionError
+
+    study, store = three
+    with pytest.raises(StudyDefinitionError, match="'rate-ratio' needs counts .* outcome SCORE"):
+        compare(study, analysis_frame(study, store), study.outcome_by_code["SCORE"], "W12", "rate-ratio")
