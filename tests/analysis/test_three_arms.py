@@ -65,6 +65,11 @@ def independent_results() -> list[dict]:
     fit = smf.logit("resp ~ treated + SCORE_1 + female", pair(["HIGH", "LOW"]).dropna(subset=["SCORE_1"])).fit(disp=0)
     results.append({"outcome": "RESP", "effect": "adjusted-odds-ratio", "treatment": ["HIGH", "LOW"],
                     "covariates": ["SCORE", "sex"], "values": tuple(math.exp(v) for v in _ci(fit))})
+    part = pair(["HIGH", "LOW"])
+    (a, b), (c, d) = [[int(((part["treated"] == t) & (part["resp"] == r)).sum()) for r in (1, 0)] for t in (1, 0)]
+    se = math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)  # Woolf, by hand
+    results.append({"outcome": "RESP", "effect": "odds-ratio", "treatment": ["HIGH", "LOW"],
+                    "values": tuple(a * d / (b * c) * math.exp(k * 1.959964 * se) for k in (0, -1, 1))})
     from statsmodels.stats.contingency_tables import StratifiedTable
     for arms, by, extra in ((["HIGH"], "sev", {}), (["LOW"], "female", {"stratum": "sex"})):
         part = pair(arms)
@@ -127,7 +132,7 @@ def test_a_changed_baseline_observation_breaks_the_adjusted_results(three, tmp_p
     changed = Store(tmp_path / "store")
     changed.write(resources)
     broken = [bool(check.mismatches) for check in verify(study, analysis_frame(study, changed))]
-    assert broken == [True, False, True, False, False, False, False]
+    assert broken == [True, False, True, False, False, False, False, False]
 
 
 def test_analyze_compares_each_arm_with_the_control_by_default(three):
@@ -139,12 +144,20 @@ def test_analyze_compares_each_arm_with_the_control_by_default(three):
     assert arms_not_compared(study, frame) == []
 
 
-def test_an_arm_in_no_comparison_is_named(three):
+def test_an_arm_in_no_comparison_is_named(three, tmp_path):
     study, store = three
     only_high = study.model_copy(update={"analysis": study.analysis.model_copy(update={"treatment": "HIGH"})})
     result = jobs.analyze(only_high, store.path, ["W12"], ["SCORE"])
     assert [c.arms for c in result.comparisons] == [("HIGH", "PBO")]
     assert result.arms_not_compared == ("LOW",)
+    text = (THREE / "study.yaml").read_text().replace("  control: PBO ", "  treatment: HIGH\n  control: PBO ")
+    text = text[:text.index("  published:")]  # its published results name LOW
+    (tmp_path / "study.yaml").write_text(text)
+    shown = CliRunner().invoke(main, ["analyze", "--store", str(store.path), "--study", str(tmp_path / "study.yaml"),
+                                      "--visit", "W12", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["arms_not_compared"] == ["LOW"]
+    assert "note: arm(s) with data in no comparison of the analysis plan: LOW" in shown.stderr
 
 
 def test_analyze_json_and_the_table_carry_every_pair_and_the_left_out_subjects(three):
@@ -194,7 +207,7 @@ def test_verify_command_reads_the_baseline_visit_and_follows_its_schema(three):
                                        "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document["counts"] == {"published": 7, "reproduced": 7, "not_reproduced": 0}
+    assert document["counts"] == {"published": 8, "reproduced": 8, "not_reproduced": 0}
     assert document["results"][0]["reproduced"]["excluded"] == {"no baseline": ["TRI-03"]}
     registry = Registry().with_resources([(schema("analyze")["$id"], Resource.from_contents(schema("analyze")))])
     jsonschema.Draft202012Validator(schema("verify"), registry=registry).validate(document)

@@ -50,8 +50,8 @@ def test_declared_comparisons_replace_the_default_and_may_pool_arms(tmp_path):
     (lambda plan: plan.update(stratum="SCORE"),
      r"analysis\.stratum: stratum 'SCORE' is not a coded outcome"),
     (lambda plan: plan.update(stratum="age"), r"analysis\.stratum: 'age' cannot be a stratum"),
-    (lambda plan: plan["published"][6].update(effect="cox-hazard-ratio"),
-     r"analysis\.published\.6\.effect: 'cox-hazard-ratio' does not apply to continuous \(quantity\) outcome FLARE"),
+    (lambda plan: plan["published"][7].update(effect="cox-hazard-ratio"),
+     r"analysis\.published\.7\.effect: 'cox-hazard-ratio' does not apply to continuous \(quantity\) outcome FLARE"),
 ])
 def test_a_bad_plan_names_its_yaml_path(tmp_path, change, message):
     with pytest.raises(StudyDefinitionError, match=message):
