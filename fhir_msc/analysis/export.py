@@ -48,7 +48,8 @@ def _estimates(comparison: Comparison) -> dict[str, Estimate]:
         found = binary_estimates(s)
     else:
         found = continuous_estimates(s)
-    found.setdefault(comparison.key, comparison.effect)  # an effect only computed when asked for (MH, adjusted…)
+    if comparison.key:  # an effect only computed when asked for (MH, adjusted…)
+        found.setdefault(comparison.key, comparison.effect)
     return found
 
 
@@ -81,7 +82,7 @@ def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
 def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
     """One outcome at one visit: both arms, the planned effect, every estimate and every p-value."""
     estimates = _estimates(comparison)
-    key = comparison.key
+    key = comparison.key or next(k for k, e in estimates.items() if e is comparison.effect)
     return {"outcome": comparison.outcome, "display": comparison.display, "visit": comparison.visit,
             "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
             "effect": estimate_json(key, comparison.effect),

@@ -267,16 +267,17 @@ def _modelled(study: Study, frame: pd.DataFrame, outcome: Outcome, effect: str, 
         first = treated == 1
         return rate_ratio((int(values[first].sum()), int(values[~first].sum())),
                           (float(first.sum()), float((~first).sum())), plan.alpha), {}
-    level = (rows["answer"].cat.codes.to_numpy() if outcome.type == "coded" else rows["value"].to_numpy())
-    if outcome.type == "coded" and effect in ("proportional-odds", "mann-whitney"):
-        order = {answer: place for place, answer in enumerate(outcome.answers)}  # the YAML order is the scale
+    if outcome.type != "coded":
+        level = rows["value"].to_numpy()
+    elif effect == "adjusted-odds-ratio":
+        level = (rows["answer"] == (outcome.event or next(iter(outcome.answers)))).to_numpy(float)
+    else:  # proportional-odds, mann-whitney: the answers' YAML order is the scale
+        order = {answer: place for place, answer in enumerate(outcome.answers)}
         level = np.array([order[answer] for answer in rows["answer"]])
     if effect == "mann-whitney":
         first = treated == 1
         return mann_whitney(level[first], level[~first], plan.alpha), {}
     covariates, keep, excluded = covariate_table(study, frame, outcome, rows, names)
-    if outcome.type == "coded" and effect == "adjusted-odds-ratio":
-        level = (rows["answer"] == (outcome.event or next(iter(outcome.answers)))).to_numpy(float)
     function = {"adjusted-odds-ratio": adjusted_odds_ratio, "adjusted-mean-difference": adjusted_mean_difference,
                 "proportional-odds": proportional_odds}[effect]
     if min(int((treated[keep] == side).sum()) for side in (0, 1)) < 2:

@@ -174,13 +174,13 @@ CountEffect = Literal["rate-ratio"]
 TimeToEventEffect = Literal["cox-hazard-ratio", "log-rank", "km-median"]
 AnyEffect = BinaryEffect | ContinuousEffect | OrdinalEffect | CountEffect | TimeToEventEffect
 # Which outcome types (Outcome.type) each kind of effect applies to. A coded outcome's answers are an ordered
-# scale in their YAML order (first = lowest); a quantity's values are its own order. Time-to-event effects
-# need a time-to-event outcome type.
+# scale in their YAML order (first = lowest); a quantity's values are their own order. Time-to-event effects
+# wait for a time-to-event outcome type (their estimators are in fhir_msc.analysis.survival).
 EFFECT_OUTCOME_TYPES: dict[str, set[str]] = {
-    **{key: {"coded", "boolean"} for key in get_args(BinaryEffect)},
-    **{key: {"quantity", "integer"} for key in get_args(ContinuousEffect)},
-    **{key: {"coded", "ordinal", "quantity", "integer"} for key in get_args(OrdinalEffect)},
-    "rate-ratio": {"quantity", "integer"},
+    **{key: {"coded"} for key in get_args(BinaryEffect)},
+    **{key: {"quantity"} for key in get_args(ContinuousEffect)},
+    **{key: {"coded", "quantity"} for key in get_args(OrdinalEffect)},
+    "rate-ratio": {"quantity"},
     **{key: {"time-to-event"} for key in get_args(TimeToEventEffect)},
 }
 ArmSet = str | list[str]  # one arm code, or several pooled
