@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .stats import Z, Estimate
+from .stats import Estimate, Z
 
 
 def _design(treated: np.ndarray, covariates: pd.DataFrame | None, constant: bool = True) -> pd.DataFrame:

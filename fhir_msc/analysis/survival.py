@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .stats import Z, Estimate
+from .stats import Estimate, Z
 
 Arm = tuple[np.ndarray, np.ndarray]  # durations, event observed
 
@@ -56,7 +56,7 @@ def median_difference(treatment: Arm, control: Arm, alpha: float = 0.05) -> Esti
     medians = [kaplan_meier_median(*arm, alpha=alpha) for arm in (treatment, control)]
 
     def text(m: KaplanMeierMedian) -> str:
-        show = lambda v: "not reached" if v is None else f"{v:g}"  # noqa: E731
+        show = lambda v: "not reached" if v is None else f"{v:g}"
         return f"{show(m.median)} ({show(m.lower)}–{show(m.upper)})"
     note = f"medians (95% CI): treatment {text(medians[0])}, control {text(medians[1])}"
     reached = all(m.median is not None for m in medians)

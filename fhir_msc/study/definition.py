@@ -387,6 +387,14 @@ class Study(_Model):
                 problems.append(f"{where}: give both treatment and control, or neither")
             elif result.treatment is None and len(pairs) != 1:
                 problems.append(f"{where}: name its treatment and control: the plan compares {len(pairs)} pairs")
+            pair = ((arm_codes(result.treatment), arm_codes(result.control))
+                    if result.treatment is not None and result.control is not None else pairs[0] if pairs else None)
+            labels = {arm_label(side) for side in pair} if pair else set()
+            for field_name in ("counts", "medians"):
+                for key in getattr(result, field_name) or {}:
+                    if key not in labels:
+                        problems.append(f"{where}.{field_name}: {key!r} is neither arm compared: use "
+                                        f"{' or '.join(sorted(labels))}")
             if result.covariates is not None:
                 problems += self._covariate_problems(f"{where}.covariates", result.covariates, plan, outcome)
             problems += self._stratum_problems(f"{where}.stratum", result.stratum, plan)

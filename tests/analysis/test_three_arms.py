@@ -8,7 +8,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
@@ -21,8 +20,8 @@ from fhir_msc.cli import main
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.fhir.versions import get_version
 from fhir_msc.store.ndjson import Store
-from fhir_msc.tables.sdtm import RejectLog
 from fhir_msc.study.definition import load_study
+from fhir_msc.tables.sdtm import RejectLog
 
 THREE = Path(__file__).parents[1] / "data" / "three-arm"
 
@@ -202,7 +201,7 @@ def test_verify_command_reads_the_baseline_visit_and_follows_its_schema(three):
 
     from fhir_msc.analysis.export import schema
 
-    study, store = three
+    _, store = three
     result = CliRunner().invoke(main, ["verify", "--store", str(store.path), "--study", str(THREE / "study.yaml"),
                                        "--json"])
     assert result.exit_code == 0, result.output

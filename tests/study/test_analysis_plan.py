@@ -49,6 +49,8 @@ def test_declared_comparisons_replace_the_default_and_may_pool_arms(tmp_path):
      r"analysis\.covariates\.0: covariate 'baseline' needs analysis\.baseline"),
     (lambda plan: plan.update(stratum="SCORE"),
      r"analysis\.stratum: stratum 'SCORE' is not a coded outcome"),
+    (lambda plan: plan["published"][3].update(counts={"HIGH": [21, 28], "PBO": [7, 14]}),
+     r"analysis\.published\.3\.counts: 'HIGH' is neither arm compared: use HIGH\+LOW or PBO"),
     (lambda plan: plan.update(stratum="age"), r"analysis\.stratum: 'age' cannot be a stratum"),
     (lambda plan: plan["published"][7].update(effect="cox-hazard-ratio"),
      r"analysis\.published\.7\.effect: 'cox-hazard-ratio' does not apply to continuous \(quantity\) outcome FLARE"),
