@@ -515,11 +515,14 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     events = result.adverse_events
     if as_json or fmt == "json":
         _print_json(analyze_json(study, result.comparisons, result.observations,
-                                 incidence_json(events) if events else None))
+                                 incidence_json(events) if events else None, result.arms_not_compared))
     else:
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
             click.echo("\n" + render(incidence_table(events), fmt))
+    if result.arms_not_compared:
+        click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
+                   "(add them to analysis.comparisons to compare them)", err=True)
     _echo_observations(result.observations)
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)

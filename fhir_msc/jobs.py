@@ -274,6 +274,7 @@ class AnalysisResult:
     comparisons: list[Comparison]
     observations: Account
     adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
+    arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,19 +296,22 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
     if unknown:
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
-    frame, observations = frame_and_account(study, source, visits, progress, unused)
+    read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
+    frame, observations = frame_and_account(study, source, read, progress, unused)
     comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"))
-    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events)
+    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
+                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)))
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
            unused: list[str] | None = None) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
-    visits = sorted({result.visit for result in study.analysis.published}) if study.analysis else None
+    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published})
+              if study.analysis else None)
     frame, observations = frame_and_account(study, source, visits, progress, unused)
     return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
 

@@ -15,7 +15,7 @@ from importlib.resources import files
 from typing import Any
 
 from ..account import Account
-from ..study.definition import PublishedResult, Stated, Study
+from ..study.definition import PublishedResult, Stated, Study, arm_label
 from .frame import Comparison, Verification, binary_estimates, continuous_estimates
 from .published import FieldCheck
 from .stats import BinarySummary, ContinuousSummary, Estimate
@@ -47,10 +47,10 @@ def _estimates(comparison: Comparison) -> dict[str, Estimate]:
     found: dict[str, Estimate]
     if isinstance(s, BinarySummary):
         found = binary_estimates(s)
-        if all(e is not comparison.effect for e in found.values()):
-            found["odds-ratio-mh"] = comparison.effect
     else:
         found = continuous_estimates(s)
+    if comparison.key:  # an effect only computed when asked for (MH, adjusted…)
+        found.setdefault(comparison.key, comparison.effect)
     return found
 
 
@@ -71,7 +71,8 @@ def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[st
 
 def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
     code, s = comparison.arms[index], comparison.summary
-    arm: dict[str, Any] = {"role": ROLES[index], "code": code, "name": study.arm_by_code[code].name, "n": s.n[index]}
+    name = " + ".join(study.arm_by_code[arm].name for arm in comparison.groups[index]) if comparison.groups[index] else code
+    arm: dict[str, Any] = {"role": ROLES[index], "code": code, "name": name, "n": s.n[index]}
     if isinstance(s, BinarySummary):
         arm.update(events=s.events[index], percent=number(s.percent[index]))
     elif isinstance(s, ContinuousSummary):
@@ -83,12 +84,14 @@ def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
 def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
     """One outcome at one visit: both arms, the planned effect, every estimate and every p-value."""
     estimates = _estimates(comparison)
-    key = next(k for k, e in estimates.items() if e is comparison.effect)
+    key = comparison.key or next(k for k, e in estimates.items() if e is comparison.effect)
     return {"outcome": comparison.outcome, "display": comparison.display, "visit": comparison.visit,
             "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
             "effect": estimate_json(key, comparison.effect),
             "estimates": {k: estimate_json(k, e) for k, e in estimates.items()},
-            "p_values": _p_values(comparison, estimates)}
+            "p_values": _p_values(comparison, estimates),
+            **({"excluded": {reason: list(subjects) for reason, subjects in comparison.excluded.items()}}
+               if comparison.excluded else {})}
 
 
 def account_json(account: Account) -> dict[str, Any]:
@@ -98,23 +101,28 @@ def account_json(account: Account) -> dict[str, Any]:
 
 
 def analyze_json(study: Study, comparisons: list[Comparison], observations: Account,
-                 adverse_events: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``analyze`` document (schema ``analyze.schema.json``); ``adverse_events``: analysis.adverse_events.incidence_json."""
+                 adverse_events: dict[str, Any] | None = None, arms_not_compared: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``analyze`` document (schema ``analyze.schema.json``); ``adverse_events``: analysis.adverse_events.incidence_json;
+    ``arms_not_compared`` only when there are any."""
     document = {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
                 "comparisons": [comparison_json(study, c) for c in comparisons],
                 "observations": account_json(observations)}
     if adverse_events is not None:
         document["adverse_events"] = adverse_events
+    if arms_not_compared:
+        document["arms_not_compared"] = list(arms_not_compared)
     return document
 
 
 def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
     plan = study.analysis
     assert plan is not None  # verify() needs a plan
+    pair = ((target.treatment, target.control) if target.treatment is not None and target.control is not None
+            else plan.pairs([a.code for a in study.arms])[0])
     arms = []
     per_arm = {"proportion": target.proportions, "percent": target.percents, "mean": target.means, "sd": target.sds,
                "median": target.medians}
-    for role, code in zip(ROLES, (plan.treatment, plan.control)):
+    for role, code in zip(ROLES, (arm_label(side) for side in pair)):
         arm: dict[str, Any] = {"role": role, "code": code}
         if target.n and code in target.n:
             arm.update(n=target.n[code])

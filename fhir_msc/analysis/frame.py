@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from sys import intern
 from typing import Any
 
@@ -25,11 +25,12 @@ import pandas as pd
 from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError, StudyDefinitionError
 from ..fhir.unmapping import NOT_ASKED, ResourceSource, read_records
-from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study
+from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study, arm_codes, arm_label
 from ..tables.sdtm import FindingRecord
 from .derived import add_derived, visits_needed
 from .published import FieldCheck
 from .published import check as check_fields
+from .models import adjusted_mean_difference, adjusted_odds_ratio, mann_whitney, proportional_odds, rate_ratio
 from .stats import (
     BinarySummary,
     ContinuousSummary,
@@ -246,15 +247,18 @@ def frame_categories(study: Study) -> dict[str, list[str]]:
 
 @dataclass(frozen=True, kw_only=True)
 class Comparison:
-    """One outcome at one visit, treatment vs control."""
+    """One outcome at one visit, treatment vs control (each one arm or several pooled)."""
 
     outcome: str
     display: str
     visit: str
     kind: str  # "binary" or "continuous"
-    arms: tuple[str, str]
+    arms: tuple[str, str]  # labels: an arm code, or pooled codes joined by '+'
     effect: Estimate
     summary: BinarySummary | ContinuousSummary
+    key: str = ""  # the effect's key in the study definition
+    groups: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the arm codes of treatment and control
+    excluded: dict[str, tuple[str, ...]] = field(default_factory=dict)  # reason -> subjects left out of the effect
 
     @property
     def n(self) -> tuple[int, int]:
@@ -274,35 +278,139 @@ def _plan(study: Study) -> AnalysisPlan:
     return study.analysis
 
 
-def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, effect: str | None = None) -> Comparison | None:
-    """Compare the arms for one outcome at one visit; None when an arm has fewer than 2 values, or for an
-    outcome type no between-arm effect here applies to (ordinal, datetime, text)."""
+Pair = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, effect: str | None = None, *,
+            pair: Pair | None = None, covariates: list[str] | None = None,
+            stratum: str | None = None) -> Comparison | None:
+    """Compare treatment and control for one outcome at one visit; None when an arm has fewer than 2 values,
+    for an outcome type no between-arm effect here applies to (datetime, text), and for an ordinal outcome
+    unless ``effect`` is one for ordered scales (proportional-odds, mann-whitney: on its ranks).
+
+    ``pair`` (treatment and control arm codes) defaults to the plan's first comparison,
+    ``covariates`` and ``stratum`` to the plan's. Subjects an adjusted or stratified effect
+    leaves out for a missing covariate or stratum are named in ``excluded`` and the effect's note.
+    """
     plan = _plan(study)
-    if outcome.type not in ("coded", "boolean", "quantity", "integer"):
+    if outcome.type not in ("coded", "boolean", "quantity", "integer", "ordinal") or (
+            outcome.type == "ordinal" and effect not in ("proportional-odds", "mann-whitney")):
         return None
+    pair = pair or plan.pairs([a.code for a in study.arms])[0]
     rows = frame[(frame["outcome"] == outcome.code) & (frame["visit"] == visit)]
-    arms = (plan.treatment, plan.control)
-    groups = [rows[rows["arm"] == arm] for arm in arms]
+    groups = [rows[rows["arm"].isin(codes)] for codes in pair]
     if min(len(g) for g in groups) < 2:
         return None
+    both = pd.concat(groups)
+    treated = np.r_[np.ones(len(groups[0])), np.zeros(len(groups[1]))]
+    excluded: dict[str, tuple[str, ...]] = {}
     if outcome.type in ("coded", "boolean"):
         event = outcome.event_answer
         counts = tuple(int((g["answer"] == event).sum()) for g in groups)
-        summary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
+        summary: BinarySummary | ContinuousSummary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
         chosen = effect or plan.effects.binary
-        estimate = binary_estimates(summary).get(chosen)
-        if chosen == "odds-ratio-mh":
-            estimate = _stratified(plan, rows, event, arms)
+        estimates: dict[str, Estimate] = binary_estimates(summary)  # type: ignore[arg-type]
         kind = "binary"
     else:
         summary = compare_continuous(groups[0]["value"].to_numpy(), groups[1]["value"].to_numpy(), plan.alpha)
         chosen = effect or plan.effects.continuous
-        estimate = continuous_estimates(summary).get(chosen)
+        estimates = continuous_estimates(summary)
         kind = "continuous"
+    if chosen in MODEL_EFFECTS:
+        names = plan.covariates if covariates is None else covariates
+        estimate, excluded = _modelled(study, frame, outcome, chosen, both, treated, names, plan)
+    elif chosen == "odds-ratio-mh":
+        estimate, excluded = _stratified(study, frame, plan, both, outcome, pair, stratum or plan.stratum)
+    else:
+        estimate = estimates.get(chosen)  # type: ignore[assignment]
     if estimate is None:
         raise StudyDefinitionError(f"effect {chosen!r} does not apply to {kind} outcome {outcome.code}")
-    return Comparison(outcome=outcome.code, display=outcome.display, visit=visit, kind=kind, arms=arms,
-                      effect=estimate, summary=summary)
+    return Comparison(outcome=outcome.code, display=outcome.display, visit=visit, kind=kind,
+                      arms=(arm_label(pair[0]), arm_label(pair[1])), effect=estimate, summary=summary, key=chosen,
+                      groups=pair, excluded=excluded)
+
+
+MODEL_EFFECTS = {"adjusted-odds-ratio", "adjusted-mean-difference", "proportional-odds", "mann-whitney", "rate-ratio"}
+
+
+def _modelled(study: Study, frame: pd.DataFrame, outcome: Outcome, effect: str, rows: pd.DataFrame,
+              treated: np.ndarray, names: list[str], plan: AnalysisPlan) -> tuple[Estimate, dict[str, tuple[str, ...]]]:
+    """An effect of :mod:`.models` on the compared rows (treatment's first), with the subjects it left out."""
+    if effect == "rate-ratio":
+        values = rows["value"].to_numpy()
+        if outcome.type != "quantity" or np.any(values < 0) or np.any(values != np.round(values)):
+            raise StudyDefinitionError(f"effect 'rate-ratio' needs counts (whole numbers ≥ 0): outcome {outcome.code} "
+                                       "has other values")
+        first = treated == 1
+        return rate_ratio((int(values[first].sum()), int(values[~first].sum())),
+                          (float(first.sum()), float((~first).sum())), plan.alpha), {}
+    if outcome.type != "coded":
+        level = rows["value"].to_numpy()
+    elif effect == "adjusted-odds-ratio":
+        level = (rows["answer"] == outcome.event_answer).to_numpy(float)
+    else:  # proportional-odds, mann-whitney: the answers' YAML order is the scale
+        order = {answer: place for place, answer in enumerate(outcome.answers)}
+        level = np.array([order[answer] for answer in rows["answer"]])
+    if effect == "mann-whitney":
+        first = treated == 1
+        return mann_whitney(level[first], level[~first], plan.alpha), {}
+    covariates, keep, excluded = covariate_table(study, frame, outcome, rows, names)
+    function = {"adjusted-odds-ratio": adjusted_odds_ratio, "adjusted-mean-difference": adjusted_mean_difference,
+                "proportional-odds": proportional_odds}[effect]
+    if min(int((treated[keep] == side).sum()) for side in (0, 1)) < 2:
+        estimate = Estimate(effect=effect, method=f"{effect} on covariates {', '.join(names)}",
+                            function=function.__module__ + "." + function.__name__, alpha=plan.alpha, estimate=None,
+                            se=None, lower=None, upper=None, p_value=None,
+                            note="not estimable: fewer than 2 subjects in an arm have every covariate")
+        return _with_exclusions(estimate, excluded), excluded
+    estimate = function(level[keep], treated[keep], covariates, plan.alpha)
+    return _with_exclusions(estimate, excluded), excluded
+
+
+def _with_exclusions(estimate: Estimate, excluded: dict[str, tuple[str, ...]]) -> Estimate:
+    if not excluded:
+        return estimate
+    count = len({s for subjects in excluded.values() for s in subjects})
+    named = "; ".join(f"{reason}: {', '.join(subjects[:MAX_EXAMPLES])}"
+                      f"{f' and {len(subjects) - MAX_EXAMPLES} more' if len(subjects) > MAX_EXAMPLES else ''}"
+                      for reason, subjects in excluded.items())
+    note = f"{count} subject(s) left out ({named})"
+    return replace(estimate, note=f"{estimate.note}; {note}" if estimate.note else note)
+
+
+def covariate_values(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: pd.DataFrame, name: str) -> pd.Series:
+    """One covariate for the compared ``rows``, by row (NaN where the subject has none).
+
+    ``age``; ``sex`` (0/1: the first sex of ``terms.sex`` is 0); ``baseline`` (this outcome at the
+    plan's baseline visit); an outcome code (at the baseline visit) or ``OUTCOME@VISIT``. A coded
+    finding is 1 when its answer is the outcome's event (or first answer), else 0.
+    """
+    if name == "age":
+        return rows["age"].astype(float)
+    if name == "sex":
+        return pd.Series(np.where(rows["sex"].isna(), np.nan, (rows["sex"].cat.codes > 0).astype(float)), index=rows.index)
+    code, _, visit = (outcome.code if name == "baseline" else name).partition("@")
+    visit = visit or _plan(study).baseline or ""
+    source = study.outcome_by_code[code]
+    found = frame[(frame["outcome"] == code) & (frame["visit"] == visit)]
+    if source.type == "coded":
+        values = (found["answer"] == source.event_answer).astype(float)
+        values[found["answer"].isna().to_numpy()] = np.nan
+    else:
+        values = found["value"]
+    return rows["subject"].map(dict(zip(found["subject"], values))).astype(float)
+
+
+def covariate_table(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: pd.DataFrame,
+                    names: list[str]) -> tuple[pd.DataFrame, np.ndarray, dict[str, tuple[str, ...]]]:
+    """The covariates of the subjects that have them all, which rows those are, and who lacks which."""
+    table = pd.DataFrame({name: covariate_values(study, frame, outcome, rows, name).to_numpy() for name in names},
+                         index=range(len(rows)))
+    missing = table.isna().to_numpy()
+    subjects = rows["subject"].to_numpy()
+    excluded = {f"no {name}": tuple(subjects[missing[:, i]]) for i, name in enumerate(names) if missing[:, i].any()}
+    keep = ~missing.any(axis=1) if names else np.ones(len(rows), bool)
+    return table[keep].reset_index(drop=True), keep, excluded
 
 
 def binary_estimates(summary: BinarySummary) -> dict[str, Estimate]:
@@ -318,32 +426,69 @@ def continuous_estimates(summary: ContinuousSummary) -> dict[str, Estimate]:
             "hodges-lehmann": summary.hodges_lehmann}
 
 
-def _stratified(plan: AnalysisPlan, rows: pd.DataFrame, event: str, arms: tuple[str, str]) -> Estimate:
-    if plan.stratum is None:
+def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.DataFrame, outcome: Outcome,
+                pair: Pair, stratum: str | None) -> tuple[Estimate, dict[str, tuple[str, ...]]]:
+    """Mantel-Haenszel OR over the strata of ``stratum`` (sex, or a coded finding's answer at a visit)."""
+    if stratum is None:
         raise StudyDefinitionError("effect odds-ratio-mh needs analysis.stratum in the study definition")
+    event = outcome.event or next(iter(outcome.answers))
+    if stratum == "sex":
+        strata = rows["sex"].astype(object)
+    else:
+        code, _, visit = stratum.partition("@")
+        found = frame[(frame["outcome"] == code) & (frame["visit"] == (visit or plan.baseline))]
+        strata = rows["subject"].map(dict(zip(found["subject"], found["answer"].astype(object))))
+    lacking = strata.isna().to_numpy()
+    excluded = {f"no {stratum}": tuple(rows["subject"].to_numpy()[lacking])} if lacking.any() else {}
     tables = []
-    for _, stratum in rows.groupby(plan.stratum):
-        table = [[int(((stratum["arm"] == arm) & (stratum["answer"] == event)).sum()),
-                  int(((stratum["arm"] == arm) & (stratum["answer"] != event)).sum())] for arm in arms]
+    for _, group in rows[~lacking].groupby(strata[~lacking].to_numpy()):
+        table = [[int((group["arm"].isin(codes) & (group["answer"] == event)).sum()),
+                  int((group["arm"].isin(codes) & (group["answer"] != event)).sum())] for codes in pair]
         if all(sum(r) > 0 for r in table):
             tables.append(table)
-    return mantel_haenszel(tables, plan.alpha)
+    return _with_exclusions(mantel_haenszel(tables, plan.alpha), excluded), excluded
 
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             outcomes: list[str] | None = None) -> list[Comparison]:
-    """Every outcome and derived endpoint at every visit (optionally filtered) with the plan's primary effect."""
+    """Every outcome at every visit (optionally filtered), for every pair of arms the plan compares; derived endpoints too."""
     results = []
+    pairs = _plan(study).pairs([a.code for a in study.arms])
     for outcome in study.analysed_outcomes:
         if outcomes and outcome.code not in outcomes:
             continue
         for visit in study.visits:
             if visits and visit.code not in visits:
                 continue
-            comparison = compare(study, frame, outcome, visit.code)
-            if comparison is not None:
-                results.append(comparison)
+            for pair in pairs:
+                comparison = compare(study, frame, outcome, visit.code, pair=pair)
+                if comparison is not None:
+                    results.append(comparison)
     return results
+
+
+def visits_to_read(study: Study, visits: Collection[str]) -> list[str]:
+    """``visits`` and the visits the plan's covariates and strata read (the baseline visit, OUTCOME@VISIT)."""
+    plan = _plan(study)
+    names = [*plan.covariates, plan.stratum or ""]
+    for result in plan.published:
+        names += [*(result.covariates or []), result.stratum or ""]
+    needed = set(visits)
+    for name in names:
+        code, _, visit = name.partition("@")
+        if visit:
+            needed.add(visit)
+        elif (code == "baseline" or code in study.outcome_by_code) and plan.baseline:
+            needed.add(plan.baseline)
+    unknown = [code for code in visits if code not in study.visit_by_code]  # left for the frame to refuse
+    return unknown + [visit.code for visit in study.visits if visit.code in needed]
+
+
+def arms_not_compared(study: Study, frame: pd.DataFrame) -> list[str]:
+    """Arms with findings in ``frame`` that no comparison of the plan includes (never dropped silently)."""
+    compared = {code for pair in _plan(study).pairs([a.code for a in study.arms]) for side in pair for code in side}
+    present = set(frame["arm"].dropna().unique())
+    return [arm.code for arm in study.arms if arm.code in present and arm.code not in compared]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,7 +509,10 @@ def verify(study: Study, frame: pd.DataFrame) -> list[Verification]:
     """Recompute every published result of the plan and check each field it gives (see ``published.check``)."""
     checks = []
     for target in _plan(study).published:
-        comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit, target.effect)
+        pair = ((arm_codes(target.treatment), arm_codes(target.control))
+                if target.treatment is not None and target.control is not None else None)
+        comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit, target.effect,
+                             pair=pair, covariates=target.covariates, stratum=target.stratum)
         if comparison is None:
             checks.append(Verification(published=target, reproduced=None, mismatches=["no data"]))
             continue

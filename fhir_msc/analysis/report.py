@@ -27,10 +27,12 @@ def comparison_table(comparisons: list[Comparison]) -> pd.DataFrame:
     An effect the data cannot estimate reads "not estimable" (the method column says why).
     """
     rows = []
+    several = len({c.arms for c in comparisons}) > 1  # several pairs of arms: columns by role, a comparison column
     for c in comparisons:
-        treatment, control = c.arms
+        treatment, control = ("treatment", "control") if several else c.arms
         rows.append({
-            "outcome": c.outcome, "visit": c.visit, f"n {treatment}": c.n[0], f"n {control}": c.n[1],
+            "outcome": c.outcome, "visit": c.visit, **({"comparison": " vs ".join(c.arms)} if several else {}),
+            f"n {treatment}": c.n[0], f"n {control}": c.n[1],
             treatment: c.arm_summary(0), control: c.arm_summary(1), "effect": c.effect.effect,
             "estimate": round(c.effect.estimate, 2) if c.effect.estimable else "not estimable",
             "ci": ci_text(c.effect), "p": format_p(c.effect.p_value), "tests p": tests_text(c),
@@ -66,9 +68,11 @@ def format_p(p: float | None) -> str:
 def verification_table(checks: list[Verification]) -> pd.DataFrame:
     """One row per published result: its headline as published and recomputed, how many fields match, the mismatches."""
     rows = []
+    several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
         rows.append({"outcome": target.outcome, "visit": target.visit,
+                     **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}),
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
                      "fields": f"{sum(f.matches for f in check.fields)}/{len(check.fields)}",
@@ -163,7 +167,8 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
     arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
     better = study.analysis.better if study and study.analysis else {}
     units = {o.code: o.unit for o in study.analysed_outcomes} if study else {}
-    arms = comparisons[0].arms if comparisons else ("", "")
+    several = len({c.arms for c in comparisons}) > 1  # several pairs of arms: each row names its own
+    arms = ("treatment", "control") if several else comparisons[0].arms if comparisons else ("", "")
     treatment, control = (arm_names.get(code, code) for code in arms)
     groups: dict[tuple, list[Comparison]] = {}
     for c in comparisons:
@@ -190,7 +195,7 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
         favours = {"higher": (f"← favours {control}", f"favours {treatment} →"),
                    "lower": (f"← favours {treatment}", f"favours {control} →")}.get(direction or "", neutral)
         panels.append(ForestPanel(title=title + kind, axis=axis, null=null, log=log, favours=favours,
-                                  rows=[_forest_row(c, len(effects) > 1) for c in rows]))
+                                  rows=[_forest_row(c, len(effects) > 1, several) for c in rows]))
     return (treatment, control), panels
 
 
@@ -211,10 +216,11 @@ def left_out(comparisons: list[Comparison]) -> list[str]:
             for c in comparisons if not drawable(c.effect)]
 
 
-def _forest_row(c: Comparison, name_effect: bool) -> ForestRow:
+def _forest_row(c: Comparison, name_effect: bool, name_arms: bool = False) -> ForestRow:
     e = c.effect
     short = {"difference of means": "mean", "median difference (Hodges-Lehmann)": "median, HL"}.get(e.effect, e.effect)
-    label = f"{c.display} · {c.visit}" + (f" ({short})" if name_effect else "")
+    label = (f"{c.display} · {c.visit}" + (f" · {' vs '.join(c.arms)}" if name_arms else "")
+             + (f" ({short})" if name_effect else ""))
     return ForestRow(outcome=c.outcome, label=label, visit=c.visit, effect=e.effect, n=c.n, estimate=e.estimate,
                      lower=e.lower, upper=e.upper, p=e.p_value,
                      text=f"{_number(e.estimate)} ({_number(e.lower)} to {_number(e.upper)})")

@@ -218,10 +218,37 @@ class Outcome(_Model):
 
 
 # Effect keys (README "Analysis" lists each with its method): Woolf OR, exact conditional OR, Mantel-Haenszel OR,
-# relative risk (Katz), risk difference (Wald, Newcombe); difference of means (pooled, Welch t), Hodges-Lehmann.
+# relative risk (Katz), risk difference (Wald, Newcombe), adjusted OR (logistic); difference of means (pooled, Welch t),
+# Hodges-Lehmann, adjusted difference of means (ANCOVA); proportional-odds OR, Mann-Whitney (ordered answers or
+# values); rate ratio (counts); Cox hazard ratio, log-rank, Kaplan-Meier medians (time to event).
 BinaryEffect = Literal["odds-ratio", "exact-odds-ratio", "odds-ratio-mh", "relative-risk", "risk-difference",
-                       "risk-difference-newcombe"]
-ContinuousEffect = Literal["mean-difference", "mean-difference-welch", "hodges-lehmann"]
+                       "risk-difference-newcombe", "adjusted-odds-ratio"]
+ContinuousEffect = Literal["mean-difference", "mean-difference-welch", "hodges-lehmann", "adjusted-mean-difference"]
+OrdinalEffect = Literal["proportional-odds", "mann-whitney"]
+CountEffect = Literal["rate-ratio"]
+TimeToEventEffect = Literal["cox-hazard-ratio", "log-rank", "km-median"]
+AnyEffect = BinaryEffect | ContinuousEffect | OrdinalEffect | CountEffect | TimeToEventEffect
+# Which outcome types (Outcome.type) each kind of effect applies to. A coded outcome's answers are an ordered
+# scale in their YAML order (first = lowest); a quantity's values are their own order. Time-to-event effects
+# wait for a time-to-event outcome type (their estimators are in fhir_msc.analysis.survival).
+EFFECT_OUTCOME_TYPES: dict[str, set[str]] = {
+    **{key: {"coded", "boolean"} for key in get_args(BinaryEffect)},
+    **{key: {"quantity", "integer"} for key in get_args(ContinuousEffect)},
+    **{key: {"coded", "ordinal", "quantity", "integer"} for key in get_args(OrdinalEffect)},
+    "rate-ratio": {"quantity", "integer"},
+    **{key: {"time-to-event"} for key in get_args(TimeToEventEffect)},
+}
+ArmSet = str | list[str]  # one arm code, or several pooled
+
+
+def arm_codes(arms: ArmSet) -> tuple[str, ...]:
+    """The arm codes of a treatment or control: one arm, or several pooled."""
+    return (arms,) if isinstance(arms, str) else tuple(arms)
+
+
+def arm_label(arms: ArmSet | tuple[str, ...]) -> str:
+    """How a treatment or control is named in results: its arm code, or the pooled codes joined by '+'."""
+    return "+".join(arm_codes(arms) if isinstance(arms, str) else arms)
 
 
 class Stated(_Model):
@@ -264,11 +291,15 @@ class PublishedP(_Model):
 
 class PublishedResult(_Model):
     """A between-arm result as the paper reports it, each number at the paper's precision; every field optional
-    but outcome and visit. Per-arm fields are keyed by arm code (the plan's treatment and control)."""
+    but outcome and visit. Per-arm fields are keyed by the arms compared (an arm code, or pooled arms joined by +).
+
+    ``treatment`` and ``control`` name the arms compared (default: the plan's one comparison);
+    ``covariates`` and ``stratum`` override the plan's for this result.
+    """
 
     outcome: str
     visit: str
-    effect: BinaryEffect | ContinuousEffect | None = None  # None: the plan's effect for the outcome's type
+    effect: AnyEffect | None = None  # None: the plan's effect for the outcome's type
     estimate: Stated | None = None
     lower: Stated | None = None
     upper: Stated | None = None
@@ -282,6 +313,10 @@ class PublishedResult(_Model):
     sds: dict[str, Stated] | None = None
     medians: dict[str, Stated] | None = None
     iqrs: dict[str, tuple[Stated, Stated]] | None = None  # first and third quartile
+    treatment: ArmSet | None = None
+    control: ArmSet | None = None
+    covariates: list[str] | None = None
+    stratum: str | None = None
     source: str = ""
 
     def problems(self, where: str, outcome: Outcome, arms: set[str]) -> list[str]:
@@ -290,10 +325,6 @@ class PublishedResult(_Model):
         coded = outcome.type in ("coded", "boolean")
         kind = ("binary (coded)" if coded else
                 "continuous (quantity)" if outcome.type in ("quantity", "integer") else outcome.type)
-        if outcome.type not in _EFFECT_TYPES:
-            return [f"{where}.effect: {self.effect!r} does not apply to {kind} outcome {outcome.code}"]
-        if self.effect is not None and (self.effect in get_args(BinaryEffect)) != coded:
-            found.append(f"{where}.effect: {self.effect!r} does not apply to {kind} outcome {outcome.code}")
         if (self.lower is None) != (self.upper is None):
             found.append(f"{where}: give both lower and upper of the CI, or neither")
         if self.lower is not None and self.estimate is None:
@@ -307,8 +338,8 @@ class PublishedResult(_Model):
                 continue
             if name in wrong:
                 found.append(f"{where}.{name}: does not apply to {kind} outcome {outcome.code}")
-            for arm in set(given) - arms:
-                found.append(f"{where}.{name}.{arm}: not the plan's treatment or control arm ({', '.join(sorted(arms))})")
+            for arm in sorted(set(given) - arms):
+                found.append(f"{where}.{name}: {arm!r} is neither arm compared: use {' or '.join(sorted(arms))}")
         return found
 
 
@@ -406,18 +437,46 @@ class DerivedEndpoint(_Model):
                        type="quantity", unit=unit, visits=[self.at])
 
 
+class ArmPair(_Model):
+    """One comparison: a treatment and a control, each an arm code or a list of arms pooled."""
+
+    treatment: ArmSet
+    control: ArmSet
+
+
 class AnalysisPlan(_Model):
-    treatment: str
-    control: str
+    """What ``analyze`` compares: the pairs of arms, the effects, and what they are adjusted or stratified by.
+
+    The pairs are ``comparisons`` when given; else ``treatment`` vs ``control``; else, with only
+    ``control`` given, each other arm vs the control.
+    """
+
+    treatment: ArmSet | None = None
+    control: ArmSet
+    comparisons: list[ArmPair] = []
     alpha: float = 0.05
     # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
     windows: dict[str, AnalysisWindow] = {}
     effects: Effects = Effects()
-    stratum: Literal["sex"] | None = None  # DM variable for Mantel-Haenszel (effect odds-ratio-mh)
+    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME)
+    covariates: list[str] = []  # for adjusted-odds-ratio / adjusted-mean-difference
+    stratum: str | None = None  # for odds-ratio-mh: a DM column (sex) or a coded baseline finding
     # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
     better: dict[str, Literal["higher", "lower"]] = {}
     derived: list[DerivedEndpoint] = []
     published: list[PublishedResult] = []
+
+    def pairs(self, arms: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Every comparison as (treatment codes, control codes), given the study's arm codes in order."""
+        if self.comparisons:
+            return [(arm_codes(p.treatment), arm_codes(p.control)) for p in self.comparisons]
+        control = arm_codes(self.control)
+        if self.treatment is not None:
+            return [(arm_codes(self.treatment), control)]
+        return [((arm,), control) for arm in arms if arm not in control]
+
+
+DM_COVARIATES = ("age", "sex")  # the DM columns the analysis frame carries
 
 
 class TimeToEvent(_Model):
@@ -515,27 +574,14 @@ class Study(_Model):
             if len(codes) != len(set(codes)):
                 problems.append(f"duplicate {label} codes")
         if self.analysis:
-            arm_codes = {a.code for a in self.arms}
-            for arm in (self.analysis.treatment, self.analysis.control):
-                if arm not in arm_codes:
-                    problems.append(f"analysis: unknown arm {arm!r}")
-            for code in self.analysis.better:
-                if code not in {o.code for o in self.outcomes} | {d.code for d in self.analysis.derived}:
-                    problems.append(f"analysis.better: unknown outcome {code!r}")
             for index, endpoint in enumerate(self.analysis.derived):
                 problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, self.visit_by_code)
             analysed = [o.code for o in self.outcomes] + [d.code for d in self.analysis.derived]
             if len(analysed) != len(set(analysed)):
                 problems.append("analysis.derived: a derived code repeats an outcome's or another derived code")
-            if problems:
+            if problems:  # the plan's checks below read the derived endpoints as outcomes
                 raise ValueError("; ".join(problems))
-            for index, result in enumerate(self.analysis.published):
-                outcome = self.analysed_outcome_by_code.get(result.outcome)
-                if outcome is None or result.visit not in visit_codes:
-                    problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
-                else:
-                    problems += result.problems(f"analysis.published.{index}", outcome,
-                                                {self.analysis.treatment, self.analysis.control})
+            problems += self._plan_problems(self.analysis, visit_codes)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -562,6 +608,96 @@ class Study(_Model):
             if tte.code in self.outcome_by_code:
                 problems.append(f"time_to_event.{index}.code: {tte.code!r} is also an outcome code")
         return problems
+
+    def _plan_problems(self, plan: AnalysisPlan, visit_codes: set[str]) -> list[str]:
+        problems = []
+        known = {a.code for a in self.arms}
+        sides = [("analysis.treatment", plan.treatment), ("analysis.control", plan.control)]
+        sides += [(f"analysis.comparisons.{i}.{role}", getattr(pair, role))
+                  for i, pair in enumerate(plan.comparisons) for role in ("treatment", "control")]
+        sides += [(f"analysis.published.{i}.{role}", getattr(result, role))
+                  for i, result in enumerate(plan.published) for role in ("treatment", "control")]
+        for where, arms in sides:
+            for code in arm_codes(arms) if arms is not None else ():
+                if code not in known:
+                    problems.append(f"{where}: unknown arm {code!r}: use one of {', '.join(sorted(known))}")
+        pairs = plan.pairs([a.code for a in self.arms])
+        for index, (treatment, control) in enumerate(pairs):
+            if set(treatment) & set(control) or not treatment:
+                problems.append(f"analysis: comparison {index} ({arm_label(treatment)} vs {arm_label(control)}) "
+                                "needs a treatment and a control without an arm in both")
+        if plan.baseline is not None and plan.baseline not in visit_codes:
+            problems.append(f"analysis.baseline: unknown visit {plan.baseline!r}")
+        for code in plan.better:
+            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived}:
+                problems.append(f"analysis.better: unknown outcome {code!r}")
+        problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
+        problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
+        for index, result in enumerate(plan.published):
+            where = f"analysis.published.{index}"
+            outcome = self.analysed_outcome_by_code.get(result.outcome)
+            if outcome is None or result.visit not in visit_codes:
+                problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
+                continue
+            if outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
+                kind = {"coded": "binary (coded)", "boolean": "binary (coded)", "quantity": "continuous (quantity)",
+                        "integer": "continuous (quantity)"}.get(outcome.type, outcome.type)
+                problems.append(f"{where}.effect: {result.effect!r} does not apply to {kind} outcome {outcome.code}")
+                continue
+            if (result.treatment is None) != (result.control is None):
+                problems.append(f"{where}: give both treatment and control, or neither")
+            elif result.treatment is None and len(pairs) != 1:
+                problems.append(f"{where}: name its treatment and control: the plan compares {len(pairs)} pairs")
+            pair = ((arm_codes(result.treatment), arm_codes(result.control))
+                    if result.treatment is not None and result.control is not None else pairs[0] if pairs else None)
+            labels = {arm_label(side) for side in pair} if pair else set()
+            problems += result.problems(where, outcome, labels)
+            if result.covariates is not None:
+                problems += self._covariate_problems(f"{where}.covariates", result.covariates, plan, outcome)
+            problems += self._stratum_problems(f"{where}.stratum", result.stratum, plan)
+        return problems
+
+    def _covariate_problems(self, where: str, covariates: list[str], plan: AnalysisPlan,
+                            outcome: Outcome | None) -> list[str]:
+        problems = []
+        for index, name in enumerate(covariates):
+            problem = self.covariate_problem(name, plan)
+            if problem:
+                problems.append(f"{where}.{index}: {problem}")
+            elif outcome is not None and name in (outcome.code, f"{outcome.code}@{plan.baseline}"):
+                problems.append(f"{where}.{index}: write 'baseline' for the outcome's own baseline value")
+        return problems
+
+    def covariate_problem(self, name: str, plan: AnalysisPlan) -> str:
+        """Why ``name`` is not a covariate (or stratum) of this study; "" when it is.
+
+        A covariate is a DM column (``age``, ``sex``), ``baseline`` (the analysed outcome at the
+        plan's baseline visit), an outcome code (that outcome at the baseline visit) or
+        ``OUTCOME@VISIT``.
+        """
+        code, _, visit = name.partition("@")
+        use = "use age, sex, baseline, an outcome code (at analysis.baseline) or OUTCOME@VISIT"
+        if name in DM_COVARIATES:
+            return ""
+        if code not in self.outcome_by_code and name != "baseline":
+            return f"unknown covariate {name!r}: {use}"
+        if visit and visit not in self.visit_by_code:
+            return f"unknown visit {visit!r} in covariate {name!r}: use one of {', '.join(self.visit_by_code)}"
+        if not visit and plan.baseline is None:
+            return f"covariate {name!r} needs analysis.baseline (the baseline visit), or write {name}@VISIT"
+        return ""
+
+    def _stratum_problems(self, where: str, stratum: str | None, plan: AnalysisPlan) -> list[str]:
+        if stratum is None or stratum == "sex":
+            return []
+        if stratum in ("age", "baseline"):
+            return [f"{where}: {stratum!r} cannot be a stratum: use sex, or a coded outcome (at analysis.baseline "
+                    "or as OUTCOME@VISIT)"]
+        if problem := self.covariate_problem(stratum, plan):
+            return [f"{where}: {problem.replace('covariate', 'stratum')}"]
+        if self.outcome_by_code[stratum.partition("@")[0]].type != "coded":
+            return [f"{where}: stratum {stratum!r} is not a coded outcome: strata need categories"]
+        return []
 
     # --- look-ups used by the mappers -------------------------------------------------
 

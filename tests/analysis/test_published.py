@@ -138,7 +138,7 @@ def test_every_p_verify_checks_is_in_analyze_json(mini_store):
     ("{outcome: SCORE, visit: W12, percents: {TRT: 50.0}}",
      "analysis.published.2.percents: does not apply to continuous (quantity) outcome SCORE"),
     ("{outcome: SCORE, visit: W12, means: {XYZ: 5.0}}",
-     "analysis.published.2.means.XYZ: not the plan's treatment or control arm (CTL, TRT)"),
+     "analysis.published.2.means: 'XYZ' is neither arm compared: use CTL or TRT"),
     ("{outcome: SCORE, visit: W12, means: {TRT: fifteen}}", "analysis.published.2.means.TRT"),
     ("{outcome: SCORE, visit: W12, estimate: 1.0, lower: 0.5}",
      "analysis.published.2: give both lower and upper of the CI, or neither"),
