@@ -83,6 +83,10 @@ class Store:
                                      f"not an object); run `fhir-msc repair {path.parent}` to drop it, or fix the line")
                 yield resource
 
+    def file_of(self, resource_type: str) -> Path | None:
+        """The NDJSON file that holds one type now (for engines that read the files themselves), or None."""
+        return self._current(resource_type)
+
     def read_all(self) -> Iterator[Resource]:
         for resource_type in self.resource_types():
             yield from self.read(resource_type)
