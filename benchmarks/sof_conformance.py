@@ -37,7 +37,10 @@ def python_runner() -> Runner:
 
 
 def spark_runner(master: str | None = None) -> Runner:
-    from fhir_msc.analysis.views.spark_engine import run_view_on_resources, spark_session
+    from fhir_msc.analysis.views.spark_engine import (
+        run_view_on_resources,
+        spark_session,
+    )
 
     session = spark_session(master)
 
@@ -64,9 +67,9 @@ class _NoInstall:
 
 
 def fhir4ds_runner() -> Runner:
-    import duckdb
     import logging
 
+    import duckdb
     from fhir4ds.datastore import FHIRDataStore
     from fhir4ds.dialects import DuckDBDialect
 

@@ -47,7 +47,14 @@ from .server import sync as _sync
 from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
-from .server.sync import PullResult, PushResult, StoreInPushOrder, SyncResult, in_push_order, server_profile
+from .server.sync import (
+    PullResult,
+    PushResult,
+    StoreInPushOrder,
+    SyncResult,
+    in_push_order,
+    server_profile,
+)
 from .store.files import private_dir, private_open
 from .store.lock import spool_dir, sweep_debris
 from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store

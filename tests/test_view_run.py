@@ -113,7 +113,7 @@ def test_view_run_reads_a_server_by_search(fhir_server, tmp_path):
 def test_spark_engine_gives_the_python_engines_table(demo_store, spark, tmp_path):
     jobs.view_run(SCORES, demo_store.path, tmp_path / "p.parquet")
     result = jobs.view_run(SCORES, demo_store.path, tmp_path / "s.parquet", engine="spark")
-    by_id = lambda table: sorted(table.to_pylist(), key=lambda row: row["id"])  # noqa: E731
+    by_id = lambda table: sorted(table.to_pylist(), key=lambda row: row["id"])
     python, spark_rows = pq.read_table(tmp_path / "p.parquet"), pq.read_table(tmp_path / "s.parquet")
     assert spark_rows.schema == python.schema
     assert by_id(spark_rows) == by_id(python)

@@ -18,6 +18,7 @@ from typing import Any
 
 from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
+from antlr4.error.Errors import RecognitionException
 from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy.engine import do_eval
 from fhirpathpy.engine.invocations.constants import constants as _now_constants
@@ -32,7 +33,7 @@ Evaluator = Callable[[Any, Mapping[str, Any]], list]
 
 
 class _Raising(ErrorListener):
-    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802 (antlr's name)
+    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):
         raise SyntaxError(f"column {column + 1}: {msg}")
 
 
@@ -48,7 +49,7 @@ def parse(expression: str) -> dict:
     listener = ASTPathListener()
     try:
         tree = parser.expression()
-    except Exception as error:  # the lexer raises its own errors
+    except RecognitionException as error:  # what the listener does not turn into a SyntaxError
         raise SyntaxError(str(error)) from None
     if tokens.LA(1) != Token.EOF:
         raise SyntaxError(f"unexpected {tokens.LT(1).text!r} at column {tokens.LT(1).column + 1}")

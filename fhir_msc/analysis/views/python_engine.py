@@ -160,7 +160,7 @@ class CompiledView:
             return evaluator(node, variables)
         except ViewDefinitionError:
             raise
-        except Exception as error:  # fhirpathpy raises plain exceptions for type errors at run time
+        except Exception as error:  # noqa: BLE001 (fhirpathpy raises plain exceptions for errors at run time)
             raise ViewDefinitionError(f"{at}: cannot be evaluated on {_named(resource)} ({error}); "
                                       "fix the expression") from None
 

@@ -55,7 +55,7 @@ def spark_session(master: str | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local workers: this interpreter and its packages
     try:
         session = builder.getOrCreate()
-    except Exception as error:  # the JVM did not start: Java missing, wrong version, or no such master
+    except Exception as error:  # noqa: BLE001 (the JVM did not start: Java missing or too old, or no such master)
         raise EngineUnavailable(f"Spark did not start ({str(error).splitlines()[0][:200]}); check Java 17/21 "
                                 "and --spark-master") from None
     session.sparkContext.setLogLevel("ERROR")
@@ -85,7 +85,7 @@ class SparkCounts:
             def zero(self, value):
                 return {}
 
-            def addInPlace(self, first, second):  # noqa: N802 (Spark's name)
+            def addInPlace(self, first, second):
                 for key, count in second.items():
                     first[key] = first.get(key, 0) + count
                 return first

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fhir_msc.analysis.views.python_engine import arrow_schema, run_view
 from fhir_msc.analysis.views.definition import load_view
+from fhir_msc.analysis.views.python_engine import arrow_schema, run_view
 from fhir_msc.errors import ViewDefinitionError
 
 CASES = Path(__file__).parent / "cases"
