@@ -898,8 +898,8 @@ def view_run_command(view: Path, source: str | None, server: str | None, ca_bund
     """
     if source is not None and "://" not in source and not Path(source).exists():
         raise click.BadParameter(f"{source}: no such store directory or bundle file", param_hint="--store")
-    where = _source(None if source is None else Path(source) if "://" not in source else source,  # type: ignore[arg-type]
-                    server, config, ca_bundle, timeout)
+    location = None if source is None else source if "://" in source else Path(source)
+    where = _source(location, server, config, ca_bundle, timeout)  # type: ignore[arg-type]  (a URL: see jobs.view_run)
     result = jobs.view_run(view, where, out, engine=engine, spark_master=spark_master)
     if as_json:
         _print_json(result)

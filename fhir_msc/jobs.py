@@ -561,6 +561,8 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     if engine not in VIEW_ENGINES:
         raise BadUsage(f"--engine {engine}: use one of {', '.join(VIEW_ENGINES)}")
     output_format(out)
+    if isinstance(source, str) and "://" in source and engine != "spark":
+        raise BadUsage(f"--store {source}: only --engine spark reads URLs; give a store directory or bundle file")
     checked = load_view(view)
     run = ViewRun()
     if engine == "spark":

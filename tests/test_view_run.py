@@ -127,3 +127,9 @@ def test_spark_without_java_says_what_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(EngineUnavailable, match=r"^--engine spark needs Java 17 or 21 and none was found: install"):
         spark_session()
+
+
+def test_a_store_url_needs_the_spark_engine(scores_view, tmp_path):
+    result = invoke("view", "run", str(scores_view), "--store", "s3a://bucket/store", "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 2
+    assert "only --engine spark reads URLs" in result.stderr
