@@ -182,7 +182,7 @@ class _Select:
     @classmethod
     def build(cls, select: Mapping[str, Any], compiled, at: str) -> _Select:
         columns = []
-        for i, column in enumerate(select.get("column", [])):
+        for i, column in enumerate(_list(select, "column")):
             checked = Column(name=column["name"], type=_short_type(column.get("type")),
                              collection=column.get("collection", False), path=column["path"])
             columns.append((checked, compiled(column["path"]), f"{at}.column[{i}].path"))
@@ -199,7 +199,7 @@ class _Select:
 
 def _names(select: Mapping[str, Any], *, row_index: bool = False) -> list[str]:
     """The names of the columns a select produces (``row_index``: only those whose path is ``%rowIndex``)."""
-    names = [column["name"] for column in select.get("column", [])
+    names = [column["name"] for column in _list(select, "column")
              if not row_index or column["path"].strip() == "%rowIndex"]
     for nested in _list(select, "select"):
         names.extend(_names(nested, row_index=row_index))
