@@ -133,3 +133,11 @@ def test_a_store_url_needs_the_spark_engine(scores_view, tmp_path):
     result = invoke("view", "run", str(scores_view), "--store", "s3a://bucket/store", "--out", str(tmp_path / "o.csv"))
     assert result.exit_code == 2
     assert "only --engine spark reads URLs" in result.stderr
+
+
+def test_view_run_help_explains_every_option():
+    result = invoke("view", "run", "--help")
+    assert result.exit_code == 0 and "view run [OPTIONS] VIEW" in result.output
+    for param in main.commands["view"].commands["run"].params:
+        if param.name != "help" and hasattr(param, "help"):
+            assert param.help and param.help.endswith("."), param.name
