@@ -33,6 +33,12 @@ class StudyDefinitionError(FhirMscError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class ViewDefinitionError(FhirMscError):
+    """A SQL-on-FHIR ViewDefinition is malformed, or cannot be applied to a resource as written."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
 class InputError(FhirMscError):
     """Input tables or FHIR files cannot be read at all."""
 

@@ -22,6 +22,9 @@ from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence
 from .analysis.frame import Comparison, Verification
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
+from .analysis.views.definition import ViewDefinition, load_view
+from .analysis.views.output import output_format, write_table
+from .analysis.views.python_engine import ViewRun, run_view
 from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
@@ -46,7 +49,14 @@ from .server import sync as _sync
 from .server.client import FhirClient
 from .server.hospital import HospitalPullResult
 from .server.journal import open_journal
-from .server.sync import PullResult, PushResult, StoreInPushOrder, SyncResult, in_push_order, server_profile
+from .server.sync import (
+    PullResult,
+    PushResult,
+    StoreInPushOrder,
+    SyncResult,
+    in_push_order,
+    server_profile,
+)
 from .store.files import private_dir, private_open
 from .store.lock import spool_dir, sweep_debris
 from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
@@ -564,3 +574,62 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
                       validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events)
+
+
+VIEW_ENGINES = ["python", "spark"]  # --engine choices of `view run`
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewRunResult:
+    """A view written to a file: its rows and columns, resources read per type, and those skipped with why."""
+
+    out: Path
+    engine: str
+    resource: str
+    columns: list[str]
+    rows: int
+    read: dict[str, int]
+    skipped: dict[str, int]
+
+
+def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = "python",
+             spark_master: str | None = None) -> ViewRunResult:
+    """Run a SQL-on-FHIR ViewDefinition over a store, bundle file or server, writing Parquet, CSV or NDJSON.
+
+    Only the view's resource type is read (a server is searched for it, every page). With
+    ``engine="spark"`` a store's NDJSON file (or ``source`` given as a URL Spark reads, e.g.
+    ``s3a://bucket/store``) is read by Spark itself.
+    """
+    if engine not in VIEW_ENGINES:
+        raise BadUsage(f"--engine {engine}: use one of {', '.join(VIEW_ENGINES)}")
+    output_format(out)
+    if isinstance(source, str) and "://" in source and engine != "spark":
+        raise BadUsage(f"--store {source}: only --engine spark reads URLs; give a store directory or bundle file")
+    checked = load_view(view)
+    run = ViewRun()
+    if engine == "spark":
+        table = _spark_view(checked, source, run, spark_master)
+    elif isinstance(source, FhirClient):
+        table = run_view(checked, source.search(checked.resource), run)
+    else:
+        table = run_view(checked, open_resources(source).read(checked.resource), run)
+    write_table(table, out)
+    return ViewRunResult(out=out, engine=engine, resource=checked.resource, columns=checked.column_names,
+                         rows=table.num_rows, read=run.read, skipped=run.skipped)
+
+
+def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: ViewRun, master: str | None):
+    from .analysis.views import spark_engine
+
+    session = spark_engine.spark_session(master)
+    if isinstance(source, FhirClient):
+        return spark_engine.run_view_on_resources(session, view, source.search(view.resource), run)
+    if isinstance(source, str) and "://" in source:
+        return spark_engine.run_view_on_paths(session, view, [f"{source.rstrip('/')}/{view.resource}{SUFFIX}"], run)
+    path = Path(source)
+    if path.is_dir():
+        held = Store(path).current_file(view.resource)
+        if held is None:
+            return spark_engine.run_view_on_resources(session, view, [], run)
+        return spark_engine.run_view_on_paths(session, view, [str(held)], run)
+    return spark_engine.run_view_on_resources(session, view, open_resources(path).read(view.resource), run)

@@ -122,3 +122,15 @@ def server_holds():
         responses.add_callback(responses.GET, re.compile(rf"{re.escape(base)}/[A-Z]\w*(\?.*)?$"), callback=answer)
 
     return register
+
+
+# --- Spark (local mode, loopback only) ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def spark():
+    """One Spark session for every Spark test of the session (starting one takes seconds)."""
+    from fhir_msc.analysis.views.spark_engine import spark_session
+
+    session = spark_session()
+    yield session
+    session.stop()

@@ -46,9 +46,18 @@ def keys(value) -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize("command", sorted(main.commands))
+def _commands() -> dict[str, click.Command]:
+    """Every command, those of a group (``view run``) included."""
+    found = {}
+    for name, command in main.commands.items():
+        subcommands = command.commands.items() if isinstance(command, click.Group) else [("", command)]
+        found.update({f"{name} {sub}".strip(): leaf for sub, leaf in subcommands})
+    return found
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
 def test_every_command_takes_json(command):
-    assert "as_json" in {p.name for p in main.commands[command].params if isinstance(p, click.Option)}
+    assert "as_json" in {p.name for p in _commands()[command].params if isinstance(p, click.Option)}
 
 
 def test_analyze_json_follows_the_schema_with_numbers(demo_store):

@@ -88,7 +88,8 @@ class Store:
             yield from self.read(resource_type)
 
     def current_file(self, resource_type: str) -> Path | None:
-        """The NDJSON file that holds one type now (None if the store has none of it)."""
+        """The NDJSON file that holds one type now (None if the store has none of it), for engines that read
+        the files themselves and for the columnar projection's stamps."""
         return self._current(resource_type)
 
     def counts(self) -> dict[str, int]:

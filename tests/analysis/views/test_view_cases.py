@@ -1,0 +1,74 @@
+"""fhir-msc's own view cases (tests/analysis/views/cases/*.json, in the official SQL-on-FHIR test format) on every engine.
+
+Each case is one behaviour. A case passes as in the official suite's runner: the rows equal
+``expect`` in any order (values compared as JSON, so true is not 1 and "1" is not 1), the
+column names equal ``expectColumns`` in order, or the view is refused (``expectError``) with a
+ViewDefinitionError. Add an engine by adding it to ENGINES and to ``_runner``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fhir_msc.analysis.views.definition import load_view
+from fhir_msc.analysis.views.python_engine import arrow_schema, run_view
+from fhir_msc.errors import ViewDefinitionError
+
+CASES = Path(__file__).parent / "cases"
+ENGINES = ["python", "spark"]
+
+
+def _runner(engine: str, request):
+    if engine == "python":
+        return lambda view, resources: run_view(view, resources)
+    if engine == "spark":
+        from fhir_msc.analysis.views.spark_engine import run_view_on_resources
+
+        session = request.getfixturevalue("spark")
+        return lambda view, resources: run_view_on_resources(session, view, resources)
+    raise AssertionError(f"no runner for engine {engine}")
+
+
+def _cases() -> list[tuple[str, dict, list[dict]]]:
+    cases = []
+    for path in sorted(CASES.glob("*.json")):
+        suite = json.loads(path.read_text(encoding="utf-8"))
+        cases.extend((f"{path.name}: {test['title']}", test, suite["resources"]) for test in suite["tests"])
+    return cases
+
+
+def _key(row: dict) -> str:
+    return json.dumps(row, sort_keys=True)
+
+
+def _failure(run, test: dict, resources: list[dict]) -> str | None:
+    try:
+        table = run(test["view"], resources)
+    except ViewDefinitionError as error:
+        return None if test.get("expectError") else f"refused: {error}"
+    if test.get("expectError"):
+        return "ran, but should have been refused"
+    if table.schema != arrow_schema(load_view(test["view"])):
+        return f"schema {table.schema} is not the view's"
+    if "expectColumns" in test:
+        return None if table.column_names == test["expectColumns"] else f"columns {table.column_names}"
+    got, want = sorted(map(_key, table.to_pylist())), sorted(map(_key, test["expect"]))
+    return None if got == want else f"rows {got}, expected {want}"
+
+
+def test_there_are_cases_of_every_kind():
+    tests = [test for _, test, _ in _cases()]
+    assert len(tests) >= 30
+    assert {kind for test in tests for kind in ("expect", "expectError", "expectColumns") if kind in test} == {
+        "expect", "expectError", "expectColumns"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_view_cases(engine, request):
+    run = _runner(engine, request)
+    failures = [f"{name}: {why}" for name, test, resources in _cases()
+                if (why := _failure(run, test, resources)) is not None]
+    assert failures == []

@@ -1,0 +1,144 @@
+"""`fhir-msc view run`: a ViewDefinition over the fixture store or a server, written as Parquet, CSV or NDJSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import click
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from fhir_msc import jobs
+from fhir_msc.analysis.views.spark_engine import EngineUnavailable, spark_session
+from fhir_msc.cli import main
+from fhir_msc.server.client import FhirClient
+
+SCORES = {"resourceType": "ViewDefinition", "name": "scores", "resource": "Observation",
+          "where": [{"path": "value.ofType(Quantity).exists()"}],
+          "select": [{"column": [
+              {"name": "id", "path": "getResourceKey()", "type": "id"},
+              {"name": "patient", "path": "subject.getReferenceKey(Patient)", "type": "id"},
+              {"name": "code", "path": "code.coding.first().code", "type": "code"},
+              {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"}]}]}
+
+
+def invoke(*argv: str):
+    return CliRunner().invoke(main, list(argv))
+
+
+@pytest.fixture
+def scores_view(tmp_path):
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(SCORES))
+    return path
+
+
+def _scores_in(store) -> dict[str, tuple[str, str, float]]:
+    """The expected rows, read straight from the store's NDJSON (not through any view engine)."""
+    rows = {}
+    for line in (store.path / "Observation.ndjson").read_text().splitlines():
+        observation = json.loads(line)
+        if "valueQuantity" in observation:
+            rows[observation["id"]] = (observation["subject"]["reference"].split("/")[1],
+                                       observation["code"]["coding"][0]["code"], observation["valueQuantity"]["value"])
+    return rows
+
+
+def test_view_run_writes_the_views_rows_to_parquet(demo_store, scores_view, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = invoke("view", "run", str(scores_view), "--store", str(demo_store.path), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "patient", "code", "value"]
+    assert {row["id"]: (row["patient"], row["code"], row["value"]) for row in table.to_pylist()} == _scores_in(demo_store)
+    assert table.num_rows == len(_scores_in(demo_store)) > 0
+    assert os.stat(out).st_mode & 0o077 == 0
+
+
+def test_view_run_json_accounts_for_every_resource_read(demo_store, scores_view, tmp_path):
+    result = invoke("view", "run", str(scores_view), "--store", str(demo_store.path), "--out", str(tmp_path / "s.ndjson"),
+                    "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    observations = demo_store.counts()["Observation"]
+    assert summary["read"] == {"Observation": observations}
+    assert summary["rows"] == len(_scores_in(demo_store))
+    assert summary["skipped"] == {"where not true": observations - summary["rows"]}
+
+
+def test_csv_and_ndjson_hold_the_same_rows_as_parquet(demo_store, scores_view, tmp_path):
+    for suffix in ("parquet", "csv", "ndjson"):
+        assert invoke("view", "run", str(scores_view), "--store", str(demo_store.path),
+                      "--out", str(tmp_path / f"s.{suffix}")).exit_code == 0
+    expected = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    lines = [json.loads(line) for line in (tmp_path / "s.ndjson").read_text().splitlines()]
+    assert lines == expected
+    with open(tmp_path / "s.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["id"], float(r["value"])) for r in rows] == [(r["id"], r["value"]) for r in expected]
+
+
+def test_a_bad_view_exits_4_with_one_line_naming_the_json_path(demo_store, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**SCORES, "select": [{"column": [{"name": "id", "path": "id"},
+                                                                {"name": "x", "path": "code.("}]}]}))
+    result = invoke("view", "run", str(bad), "--store", str(demo_store.path), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 4
+    assert result.stderr.startswith(f"fhir-msc: error: {bad}: select[0].column[1].path: 'code.(' is not valid FHIRPath")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_an_output_file_of_another_format_is_refused(demo_store, scores_view, tmp_path):
+    result = invoke("view", "run", str(scores_view), "--store", str(demo_store.path), "--out", str(tmp_path / "o.xlsx"))
+    assert result.exit_code == 2
+    assert "name a file ending in .parquet, .csv, .ndjson" in result.stderr
+
+
+def test_view_run_reads_a_server_by_search(fhir_server, tmp_path):
+    client = FhirClient(fhir_server.base)
+    for i, value in enumerate([5, 7.5]):
+        client.request("PUT", f"Observation/o{i}", json={
+            "resourceType": "Observation", "id": f"o{i}", "status": "final", "code": {"coding": [{"code": "SCORE"}]},
+            "subject": {"reference": f"Patient/p{i}"}, "valueQuantity": {"value": value}})
+    result = jobs.view_run(SCORES, client, tmp_path / "s.parquet")
+    assert sorted(pq.read_table(tmp_path / "s.parquet").to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "o0", "patient": "p0", "code": "SCORE", "value": 5.0},
+        {"id": "o1", "patient": "p1", "code": "SCORE", "value": 7.5}]
+    assert result.read == {"Observation": 2} and result.rows == 2
+
+
+def test_spark_engine_gives_the_python_engines_table(demo_store, spark, tmp_path):
+    jobs.view_run(SCORES, demo_store.path, tmp_path / "p.parquet")
+    result = jobs.view_run(SCORES, demo_store.path, tmp_path / "s.parquet", engine="spark")
+    by_id = lambda table: sorted(table.to_pylist(), key=lambda row: row["id"])
+    python, spark_rows = pq.read_table(tmp_path / "p.parquet"), pq.read_table(tmp_path / "s.parquet")
+    assert spark_rows.schema == python.schema
+    assert by_id(spark_rows) == by_id(python)
+    observations = demo_store.counts()["Observation"]
+    assert result.read == {"Observation": observations}
+    assert result.skipped == {"where not true": observations - result.rows}
+
+
+def test_spark_without_java_says_what_to_install(monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(EngineUnavailable, match=r"^--engine spark needs Java 17 or 21 and none was found: install"):
+        spark_session()
+
+
+def test_a_store_url_needs_the_spark_engine(scores_view, tmp_path):
+    result = invoke("view", "run", str(scores_view), "--store", "s3a://bucket/store", "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 2
+    assert "only --engine spark reads URLs" in result.stderr
+
+
+def test_view_run_help_explains_every_option():
+    result = invoke("view", "run", "--help")
+    assert result.exit_code == 0 and "view run [OPTIONS] VIEW" in result.output
+    for param in main.commands["view"].commands["run"].params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help and param.help.endswith("."), param.name
