@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test bench bench-quick fixtures clean
+.PHONY: demo test java-check bench bench-quick fixtures clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ server/node_modules/.installed: server/package.json server/package-lock.json
 	cd server && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: $(BIN)/.installed server/node_modules/.installed
+# The Spark engine's tests start a local JVM: Java 17 or 21 must be on the machine.
+java-check:
+	@command -v java >/dev/null || [ -n "$$JAVA_HOME" ] || { echo "make test: the Spark engine's tests need Java 17 or 21: install it (Debian: apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2; exit 1; }
+
+test: java-check $(BIN)/.installed server/node_modules/.installed
 	@$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
