@@ -126,10 +126,13 @@ def compile_view(view: dict, source: Store | str | Path) -> CompiledView:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InputError(f"column name {', '.join(repeated)} is used more than once in the view")
-    conditions = [f"coalesce(fp_bool({compiler.expr(w.get('path', ''), ROOT, scope)}), false)"
-                  for w in view.get("where", [])]
+    conditions = [compiler.let(compiler.expr(w.get("path", ""), ROOT, scope), lambda v: (
+        f"CASE WHEN len({v}) > 0 AND json_type({v}[1]) <> 'BOOLEAN' THEN "
+        f"error({_literal('fhir-msc: a where path must give a boolean: ' + str(w.get('path')))}) "
+        f"ELSE coalesce(fp_bool({v}), false) END")) for w in view.get("where", [])]
     path = _file(source, resource)
-    fields = sorted(compiler.fields | {"id"})
+    whole = ROOT in rows or any(ROOT in c for c in conditions)  # the resource itself as a value
+    fields = sorted(compiler.fields | {"id"} | (compiler.names if whole else set()))
     root = "[json_object(" + ", ".join(f"'{f}', r.{_quote(f)}" for f in fields) + ")]"
     rows = rows.replace(ROOT, root)
     conditions = [c.replace(ROOT, root) for c in conditions]
@@ -196,6 +199,7 @@ def _constants(constants: list[dict]) -> dict[str, str]:
 class _Scope:
     this: str  # the focus collection (SQL JSON[], or ROOT)
     row_index: str  # SQL integer: index of the focus in the closest forEach/forEachOrNull/repeat
+    kind: str | None = None  # the FHIR type of the column being computed (lowBoundary() needs it)
 
 
 class _Compiler:
@@ -205,6 +209,7 @@ class _Compiler:
         self.resource = resource
         self.constants = constants
         self.fields: set[str] = set()  # top-level fields of the resource read
+        self.names: set[str] = set()  # every element name the view reads, at any depth
         self.count = 0
 
     def var(self) -> str:
@@ -272,7 +277,7 @@ class _Compiler:
         return rows
 
     def cell(self, column: dict, focus: str, scope: _Scope) -> str:
-        values = self.expr(column.get("path", ""), focus, scope)
+        values = self.expr(column.get("path", ""), focus, replace(scope, kind=column.get("type")))
         if column.get("collection"):
             return f"to_json({values})"
         message = _literal(f"fhir-msc: column {column.get('name')} has several values: mark it collection: true, "
@@ -435,6 +440,7 @@ class _Compiler:
         raise InputError(f"FHIRPath {kind} is not supported")
 
     def member(self, items: str, name: str) -> str:
+        self.names.add(name)
         if items == ROOT:
             self.fields.add(name)
             return f"fp_arr(r.{_quote(name)})"
@@ -494,18 +500,30 @@ class _Compiler:
                 return f"list_filter({items_sql}, lambda {item}: ({item} ->> 'resourceType') = {_literal(_type_name(invocation))})"
             return f"list_filter({items_sql}, lambda {item}: json_type({item}) IN ({json_types}))"
         if name in ("lowBoundary", "highBoundary"):
-            return self.boundary(name == "lowBoundary", items_sql)
+            return self.boundary(name == "lowBoundary", items_sql, scope.kind)
         raise InputError(f"FHIRPath function {name}() is not supported")
 
-    def boundary(self, low: bool, items: str) -> str:
-        """lowBoundary()/highBoundary() of decimals (by their written precision) and partial dates."""
+    def boundary(self, low: bool, items: str, kind: str | None) -> str:
+        """lowBoundary()/highBoundary(): decimals by their written precision; dates, dateTimes and times
+        (told apart by the column's type) to their first or last instant."""
         item = self.var()
-        edge = "low" if low else "high"
-        return (f"list_transform({items}, lambda {item}: CASE WHEN fp_num({item}) THEN "
-                f"to_json(CAST({item} AS DOUBLE) {'-' if low else '+'} 0.5 * pow(10, -(CASE WHEN contains(CAST({item} AS VARCHAR), '.') "
-                f"THEN length(split_part(CAST({item} AS VARCHAR), '.', 2)) ELSE 0 END) - 1))) "
-                f"ELSE to_json(fp_{edge}_date(fp_text({item}))) END)")
-
+        text = f"fp_text({item})"
+        if kind in ("date", "dateTime", "instant"):
+            month = f"{text} || '-01'" if low else f"strftime(last_day(CAST({text} || '-01' AS DATE)), '%Y-%m-%d')"
+            year = f"{text} || '{'-01-01' if low else '-12-31'}'"
+            day = f"CASE length({text}) WHEN 4 THEN {year} WHEN 7 THEN {month} ELSE left({text}, 10) END"
+            value = day if kind == "date" else (
+                f"CASE WHEN length({text}) <= 10 THEN {day} || '{'T00:00:00.000+14:00' if low else 'T23:59:59.999-12:00'}' "
+                f"ELSE {text} END")
+        elif kind == "time":
+            pad = "00:00:00.000" if low else "59:59:59.999"
+            value = f"CASE WHEN length({text}) < 12 THEN {text} || right({_literal(pad)}, 12 - length({text})) ELSE {text} END"
+        else:
+            digits = (f"CASE WHEN contains(CAST({item} AS VARCHAR), '.') "
+                      f"THEN length(split_part(CAST({item} AS VARCHAR), '.', 2)) ELSE 0 END")
+            return (f"list_transform(list_filter({items}, lambda {item}: fp_num({item})), lambda {item}: "
+                    f"to_json(round(CAST({item} AS DOUBLE) {'-' if low else '+'} 0.5 * pow(10, -({digits})), CAST(({digits}) + 1 AS INTEGER))))")
+        return f"list_transform(list_filter({items}, lambda {item}: json_type({item}) = 'VARCHAR'), lambda {item}: to_json({value}))"
 
 def _identifier(n: dict) -> str:
     text = n["terminalNodeText"][0] if n.get("terminalNodeText") else n["text"]
