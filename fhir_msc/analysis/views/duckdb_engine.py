@@ -110,11 +110,15 @@ class CompiledView:
                 values = [None if v is None else orjson.loads(v) for v in array.to_pylist()]
                 array = pa.array(values)
             arrays.append(array)
-        return pa.table(arrays, names=[c.name for c in self.columns])
+        extra = table.column_names[len(self.columns):]  # the ordinal, if asked for
+        return pa.table(arrays + [table[name] for name in extra], names=[c.name for c in self.columns] + extra)
 
 
-def compile_view(view: dict, source: Store | str | Path) -> CompiledView:
-    """The query of ``view`` over the store ``source`` (see :func:`run_view`)."""
+def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = None) -> CompiledView:
+    """The query of ``view`` over the store ``source`` (see :func:`run_view`).
+
+    ``ordinal`` names an extra last column (not in the view): the resource's line number in its file, from 1.
+    """
     resource = view.get("resource")
     if not isinstance(resource, str) or not isinstance(view.get("select"), list) or not view["select"]:
         raise InputError("a ViewDefinition needs a resource type (resource) and at least one select")
@@ -138,7 +142,10 @@ def compile_view(view: dict, source: Store | str | Path) -> CompiledView:
     conditions = [c.replace(ROOT, root) for c in conditions]
     where = " AND ".join(conditions) or "true"
     selected = ", ".join(f"{_typed(c, f'row[{i}]')} AS {_quote(c.name)}" for i, c in enumerate(columns, start=1))
-    sql = (f"SELECT {selected} FROM (SELECT unnest({rows}) AS row FROM {_read(path, fields)} AS r WHERE {where})")
+    line = f", r.ordinality AS {_quote(ordinal)}" if ordinal else ""
+    selected += f", {_quote(ordinal)}" if ordinal else ""
+    sql = (f"SELECT {selected} FROM (SELECT unnest({rows}) AS row{line} "
+           f"FROM {_read(path, fields)} AS r WHERE {where})")
     return CompiledView(sql=sql, columns=columns)
 
 
@@ -154,10 +161,10 @@ def _file(source: Store | str | Path, resource_type: str) -> Path | None:
 def _read(path: Path | None, fields: list[str]) -> str:
     """The resources as rows with one JSON column per top-level field the view reads."""
     if path is None:
-        return "(SELECT " + ", ".join(f"NULL::JSON AS {_quote(f)}" for f in fields) + " WHERE false)"
+        return "(SELECT " + ", ".join(f"NULL::JSON AS {_quote(f)}" for f in fields) + ", 0 AS ordinality WHERE false)"
     columns = "{" + ", ".join(f"{_literal(f)}: 'JSON'" for f in fields) + "}"
     return (f"read_json({_literal(str(path))}, format='newline_delimited', columns={columns}, "
-            "maximum_object_size=1073741824)")
+            "maximum_object_size=1073741824) WITH ORDINALITY")
 
 
 def _typed(column: Column, cell: str) -> str:
@@ -426,7 +433,11 @@ class _Compiler:
                 base, name = member
                 type_name = _type_name(invocation)
                 inner = scope.this if base is None else self.node(base, scope)
-                return self.member(inner, name + type_name[:1].upper() + type_name[1:])
+                choice = self.member(inner, name + type_name[:1].upper() + type_name[1:])
+                if type_name[:1].isupper():
+                    return choice
+                # a primitive: the choice element (valueString), or an element of that JSON type (Quantity.value)
+                return f"list_concat({choice}, {self.function(invocation, self.member(inner, name), scope)})"
         return self.apply(invocation, self.node(left, scope), scope)
 
     def apply(self, invocation: dict, items: str, scope: _Scope) -> str:
@@ -458,6 +469,9 @@ class _Compiler:
             test = self.node(params[0], replace(scope, this=f"[{item}]"))
             filtered = f"list_filter({items_sql}, lambda {item}: coalesce(fp_bool({test}), false))"
             return filtered if name == "where" else f"[to_json(len({filtered}) > 0)]"
+        if name == "select":
+            item = self.var()
+            return f"flatten(list_transform({items_sql}, lambda {item}: {self.node(params[0], replace(scope, this=f'[{item}]'))}))"
         if name == "first":
             return f"list_slice({items_sql}, 1, 1)"
         if name == "last":
