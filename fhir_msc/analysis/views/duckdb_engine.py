@@ -124,7 +124,11 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
         raise InputError("a ViewDefinition needs a resource type (resource) and at least one select")
     compiler = _Compiler(resource, _constants(view.get("constant", [])))
     scope = _Scope(this=ROOT, row_index="0")
-    rows = compiler.node_rows({"select": view["select"]}, ROOT, scope)
+    flat = _flat_columns(view["select"])
+    if flat is None:
+        rows = compiler.node_rows({"select": view["select"]}, ROOT, scope)
+    else:  # one row per resource: the cells are the columns, no list of rows to unnest
+        rows = "\x00".join(compiler.cell(column, ROOT, scope) for column in flat)
     columns = compiler.columns({"select": view["select"]})
     names = [c.name for c in columns]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -141,12 +145,29 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     rows = rows.replace(ROOT, root)
     conditions = [c.replace(ROOT, root) for c in conditions]
     where = " AND ".join(conditions) or "true"
-    selected = ", ".join(f"{_typed(c, f'row[{i}]')} AS {_quote(c.name)}" for i, c in enumerate(columns, start=1))
     line = f", r.ordinality AS {_quote(ordinal)}" if ordinal else ""
+    if flat is not None:
+        cells = rows.split("\x00")
+        selected = ", ".join(f"{_typed(c, cell)} AS {_quote(c.name)}" for c, cell in zip(columns, cells))
+        return CompiledView(sql=f"SELECT {selected}{line} FROM {_read(path, fields)} AS r WHERE {where}", columns=columns)
+    selected = ", ".join(f"{_typed(c, f'row[{i}]')} AS {_quote(c.name)}" for i, c in enumerate(columns, start=1))
     selected += f", {_quote(ordinal)}" if ordinal else ""
     sql = (f"SELECT {selected} FROM (SELECT unnest({rows}) AS row{line} "
            f"FROM {_read(path, fields)} AS r WHERE {where})")
     return CompiledView(sql=sql, columns=columns)
+
+
+def _flat_columns(selects: list[dict]) -> list[dict] | None:
+    """The columns of selects that give exactly one row per resource (no forEach, repeat or unionAll), in order."""
+    found = []
+    for select in selects:
+        if any(key in select for key in ("forEach", "forEachOrNull", "repeat", "unionAll")):
+            return None
+        inner = _flat_columns(select.get("select", []))
+        if inner is None:
+            return None
+        found += select.get("column", []) + inner
+    return found
 
 
 def _file(source: Store | str | Path, resource_type: str) -> Path | None:
