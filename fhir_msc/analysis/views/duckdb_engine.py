@@ -31,6 +31,8 @@ from ...store.ndjson import Store
 
 REPEAT_DEPTH = 12
 COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_SINGLE = re.compile(r"\[(v\d+)\]")
+_CONSTANT = re.compile(r"\[CAST\(('(?:[^']|'')*') AS JSON\)\]")
 ROOT = "__ROOT__"  # placeholder for the resource itself as a collection, filled in once its fields are known
 
 # FHIR primitive type -> (DuckDB type, Arrow type); every other type name (or none) is read as text.
@@ -387,6 +389,11 @@ class _Compiler:
                 f"CASE WHEN len({a}) = 0 OR len({b}) = 0 THEN []::JSON[] ELSE {body(f'{a}[1]', f'{b}[1]')} END")))
         if op in ("=", "!="):
             negate = "NOT " if op == "!=" else ""
+            constant = _CONSTANT.fullmatch(right)
+            if constant and constant.group(1).startswith("'\""):  # a string: its JSON text compared
+                return self.let(left, lambda a: (
+                    f"CASE WHEN len({a}) = 0 THEN []::JSON[] ELSE [to_json({negate}(len({a}) = 1 AND "
+                    f"coalesce(CAST({a}[1] AS VARCHAR) = {constant.group(1)}, false)))] END"))
             return self.let(left, lambda a: self.let(right, lambda b: (
                 f"CASE WHEN len({a}) = 0 OR len({b}) = 0 THEN []::JSON[] WHEN len({a}) <> len({b}) "
                 f"THEN [to_json({negate}false)] ELSE [to_json({negate}list_bool_and(list_transform({a}, "
@@ -476,8 +483,12 @@ class _Compiler:
         if items == ROOT:
             self.fields.add(name)
             return f"fp_arr(r.{_quote(name)})"
+        path = _literal(f"$.{_quote(name)}")
+        single = _SINGLE.fullmatch(items)
+        if single:  # one item (a lambda variable): no list to map over
+            return f"fp_arr(json_extract({single.group(1)}, {path}))"
         item = self.var()
-        return f"flatten(list_transform({items}, lambda {item}: fp_arr(json_extract({item}, {_literal(f'$.{_quote(name)}')}))))"
+        return f"flatten(list_transform({items}, lambda {item}: fp_arr(json_extract({item}, {path}))))"
 
     def function(self, invocation: dict, items: str, scope: _Scope) -> str:
         name = _function_name(invocation)
