@@ -37,8 +37,10 @@ def _rows(view: dict, store: Path) -> list[dict]:
 
 def test_duckdb_never_downloads_an_extension():
     con = connect()
-    settings = dict(con.sql("SELECT name, value FROM duckdb_settings() WHERE name LIKE 'auto%_known_extensions'").fetchall())
-    assert settings == {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+    settings = dict(con.sql("SELECT name, value FROM duckdb_settings() WHERE name LIKE 'auto%_known_extensions' "
+                            "OR name = 'enable_progress_bar'").fetchall())
+    assert settings == {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false",
+                        "enable_progress_bar": "false"}
     modes = dict(con.sql("SELECT extension_name, install_mode FROM duckdb_extensions() "
                          "WHERE extension_name IN ('json', 'parquet')").fetchall())
     assert modes == {"json": "STATICALLY_LINKED", "parquet": "STATICALLY_LINKED"}
