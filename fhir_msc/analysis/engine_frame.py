@@ -54,7 +54,8 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
         for name, resource_type in VIEWS.items():
             view = _with_study_constants(shipped_view(name), study)
             con.execute(f"CREATE TEMP VIEW {name} AS {compile_view(view, store, ordinal=LINE).sql}")
-        con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits)}")
+        lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
+        con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
         try:
             return _frame(study, con), _account(con)
         except duckdb.Error as error:
@@ -101,8 +102,12 @@ def _ref_id(column: str) -> str:
     return f"regexp_extract(coalesce({column}, ''), '[^/:]*$')"
 
 
-def _placed_sql(study: Study, visits: Collection[str] | None) -> str:
-    """Each Observation with its reason to be dropped (NULL: a row) and the frame's columns as category codes."""
+def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> str:
+    """Each Observation with its reason to be dropped (NULL: a row) and the frame's columns as category codes.
+
+    With ``visits`` and a source of raw ``lines`` (a store), an Observation referring plainly to any
+    Encounter not of those visits is not asked for, as ``encounter_prefilter`` decides before parsing.
+    """
     categories = frame_categories(study)
     arm_names = {arm.name: arm.code for arm in study.arms}
     arm_name_by_code = {arm.code: arm.name for arm in study.arms}
@@ -129,7 +134,7 @@ def _placed_sql(study: Study, visits: Collection[str] | None) -> str:
                    "ELSE CAST(o.scaled AS VARCHAR) END")
     named = "'Observation/' || coalesce(o.id, 'None')"
     finding = "o.subject_id || '/' || o.visit_code || '/' || o.code"
-    prefiltered = "false" if visits is None else (
+    prefiltered = "false" if visits is None or not lines else (
         "(o.encounter LIKE 'Encounter/%' AND o.encounter NOT IN (SELECT 'Encounter/' || id FROM wanted_visits))")
     not_performed = f"(NOT coalesce(o.has_value, false) AND coalesce(o.not_performed, false))"
     return f"""

@@ -229,3 +229,14 @@ def test_verify_json_carries_the_observations_account(tmp_path):
     data = json.loads(result.stdout)
     assert len(data["results"]) == 2 and data["observations"]["read"] == Store(tmp_path / "s").counts()["Observation"]
     assert data["observations"]["used"] + sum(data["observations"]["skipped"].values()) == data["observations"]["read"]
+
+
+def test_an_unknown_encounter_at_chosen_visits_is_counted_as_each_source_reads_it(study, demo_store, tmp_path, frames):
+    def nowhere(resources):
+        next(r for r in resources if r["resourceType"] == "Observation")["encounter"] = {"reference": "Encounter/nowhere"}
+        return resources
+    bundle = _cohort_with(demo_store, nowhere)
+    assert frames(study, bundle, ["M36"])[1].skipped.get("unknown visit") == 1  # a bundle has no lines to skip unread
+    store = Store(tmp_path / "s")
+    store.write(bundle.read_all())
+    assert "unknown visit" not in frames(study, store, ["M36"])[1].skipped  # a store's line is skipped unparsed
