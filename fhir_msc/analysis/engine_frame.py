@@ -26,12 +26,19 @@ import pandas as pd
 
 from ..account import MAX_EXAMPLES, Account
 from ..errors import InputError
-from ..fhir.unmapping import NOT_ASKED, NOT_A_NUMBER, ResourceSource
+from ..fhir.unmapping import NOT_A_NUMBER, NOT_ASKED, ResourceSource
 from ..store.files import private_open
 from ..store.ndjson import Store
 from ..study.definition import Study
 from ..tables.sdtm import COMPARATORS
-from .frame import CENSORED, DUPLICATE, FRAME_COLUMNS, NOT_DONE, NOT_RANDOMIZED, frame_categories
+from .frame import (
+    CENSORED,
+    DUPLICATE,
+    FRAME_COLUMNS,
+    NOT_DONE,
+    NOT_RANDOMIZED,
+    frame_categories,
+)
 from .views.duckdb_engine import compile_view, connect
 
 VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "visits": "Encounter", "observations": "Observation"}
@@ -51,7 +58,7 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
     with _as_store(source) as store, connect() as con:
-        for name, resource_type in VIEWS.items():
+        for name in VIEWS:
             view = _with_study_constants(shipped_view(name), study)
             con.execute(f"CREATE TEMP VIEW {name} AS {compile_view(view, store, ordinal=LINE).sql}")
         lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
@@ -136,7 +143,7 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
     finding = "o.subject_id || '/' || o.visit_code || '/' || o.code"
     prefiltered = "false" if visits is None or not lines else (
         "(o.encounter LIKE 'Encounter/%' AND o.encounter NOT IN (SELECT 'Encounter/' || id FROM wanted_visits))")
-    not_performed = f"(NOT coalesce(o.has_value, false) AND coalesce(o.not_performed, false))"
+    not_performed = "(NOT coalesce(o.has_value, false) AND coalesce(o.not_performed, false))"
     return f"""
 WITH patient AS (
   SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL

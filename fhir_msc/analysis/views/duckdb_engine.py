@@ -14,7 +14,6 @@ parquet are built into the wheels, and autoinstall is off.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+from antlr4.error.Errors import RecognitionException
 from fhirpathpy.parser import parse
 
 from ...errors import InputError
@@ -46,17 +46,17 @@ _TEXT = ("VARCHAR", pa.string())
 
 MACROS = [
     # A JSON value as a FHIRPath collection: an array's items (JSON nulls dropped), nothing for null/missing.
-    "fp_arr(j) AS CASE coalesce(json_type(j), 'NULL') WHEN 'ARRAY' THEN "
-    "list_filter(CAST(j AS JSON[]), lambda e: coalesce(json_type(e), 'NULL') <> 'NULL') "
-    "WHEN 'NULL' THEN []::JSON[] ELSE [j] END",
+    ("fp_arr(j) AS CASE coalesce(json_type(j), 'NULL') WHEN 'ARRAY' THEN "
+     "list_filter(CAST(j AS JSON[]), lambda e: coalesce(json_type(e), 'NULL') <> 'NULL') "
+     "WHEN 'NULL' THEN []::JSON[] ELSE [j] END"),
     "fp_num(j) AS coalesce(json_type(j) IN ('BIGINT', 'UBIGINT', 'DOUBLE'), false)",
     "fp_int(j) AS coalesce(json_type(j) IN ('BIGINT', 'UBIGINT'), false)",
     # A collection in a boolean context: empty -> NULL, a boolean -> itself, any other single item -> true.
-    "fp_bool(c) AS CASE WHEN len(c) = 0 THEN NULL WHEN json_type(c[1]) = 'BOOLEAN' THEN CAST(c[1] AS BOOLEAN) "
-    "ELSE true END",
+    ("fp_bool(c) AS CASE WHEN len(c) = 0 THEN NULL WHEN json_type(c[1]) = 'BOOLEAN' THEN CAST(c[1] AS BOOLEAN) "
+     "ELSE true END"),
     "fp_of_bool(b) AS CASE WHEN b IS NULL THEN []::JSON[] ELSE [to_json(b)] END",
-    "fp_eq1(x, y) AS CASE WHEN fp_num(x) AND fp_num(y) THEN CAST(x AS DOUBLE) = CAST(y AS DOUBLE) "
-    "ELSE CAST(x AS VARCHAR) = CAST(y AS VARCHAR) END",
+    ("fp_eq1(x, y) AS CASE WHEN fp_num(x) AND fp_num(y) THEN CAST(x AS DOUBLE) = CAST(y AS DOUBLE) "
+     "ELSE CAST(x AS VARCHAR) = CAST(y AS VARCHAR) END"),
     "fp_text(j) AS CASE WHEN json_type(j) = 'VARCHAR' THEN j ->> '$' ELSE CAST(j AS VARCHAR) END",
 ]
 
@@ -137,10 +137,7 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InputError(f"column name {', '.join(repeated)} is used more than once in the view")
-    conditions = [compiler.let(compiler.expr(w.get("path", ""), ROOT, scope), lambda v: (
-        f"CASE WHEN len({v}) > 0 AND json_type({v}[1]) <> 'BOOLEAN' THEN "
-        f"error({_literal('fhir-msc: a where path must give a boolean: ' + str(w.get('path')))}) "
-        f"ELSE coalesce(fp_bool({v}), false) END")) for w in view.get("where", [])]
+    conditions = [_condition(compiler, w.get("path", ""), scope) for w in view.get("where", [])]
     path = _file(source, resource)
     whole = ROOT in rows or any(ROOT in c for c in conditions)  # the resource itself as a value
     fields = sorted(compiler.fields | {"id"} | (compiler.names if whole else set()))
@@ -158,6 +155,14 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     sql = (f"SELECT {selected} FROM (SELECT unnest({rows}) AS row{line} "
            f"FROM {_read(path, fields)} AS r WHERE {where})")
     return CompiledView(sql=sql, columns=columns)
+
+
+def _condition(compiler: _Compiler, path: str, scope: _Scope) -> str:
+    """A view's ``where`` path: true keeps the resource; a path giving anything but a boolean is an error."""
+    message = _literal(f"fhir-msc: a where path must give a boolean: {path}")
+    return compiler.let(compiler.expr(path, ROOT, scope), lambda v: (
+        f"CASE WHEN len({v}) > 0 AND json_type({v}[1]) <> 'BOOLEAN' THEN error({message}) "
+        f"ELSE coalesce(fp_bool({v}), false) END"))
 
 
 def _flat_columns(selects: list[dict]) -> list[dict] | None:
@@ -348,7 +353,7 @@ class _Compiler:
             raise InputError(f"path {path!r} is not a FHIRPath expression")
         try:
             tree = parse(path)
-        except Exception as error:  # fhirpathpy raises its own and ANTLR's errors for bad syntax
+        except RecognitionException as error:  # ANTLR's, for text its lexer cannot read
             raise InputError(f"path {path!r} is not a FHIRPath expression: {error}") from None
         return self.node(tree["children"][0], replace(scope, this=focus))
 
@@ -405,7 +410,7 @@ class _Compiler:
                 f"[to_json(CASE WHEN fp_num({x}) AND fp_num({y}) THEN CAST({x} AS DOUBLE) {op} CAST({y} AS DOUBLE) "
                 f"ELSE fp_text({x}) {op} fp_text({y}) END)]"))
         if op in ("+", "-", "*"):
-            text = f"to_json(concat(fp_text(x), fp_text(y)))" if op == "+" else "NULL"
+            text = "to_json(concat(fp_text(x), fp_text(y)))" if op == "+" else "NULL"
             return singletons(lambda x, y: (
                 f"[CASE WHEN fp_int({x}) AND fp_int({y}) THEN to_json(CAST({x} AS BIGINT) {op} CAST({y} AS BIGINT)) "
                 f"WHEN fp_num({x}) AND fp_num({y}) THEN to_json(CAST({x} AS DOUBLE) {op} CAST({y} AS DOUBLE)) "
