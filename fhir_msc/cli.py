@@ -479,6 +479,12 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
     return source if source is not None else _client(server, config, ca_bundle, timeout)
 
 
+_engine_option = click.option(
+    "--engine", type=click.Choice(jobs.ENGINES), default=jobs.DEFAULT_ENGINE, show_default=True,
+    help="What builds the analysis frame: duckdb runs the shipped SQL-on-FHIR ViewDefinitions and joins them in "
+         "SQL, python reads the resources one by one; both give the same frame and account.")
+
+
 @main.command("analyze")
 @_source_option
 @_server_option
@@ -490,10 +496,11 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
               help="Also write a forest plot of the effects to this PNG file.")
 @_study_option
+@_engine_option
 @_json_option
 def analyze_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
                     visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None, study_path: Path,
-                    as_json: bool) -> None:
+                    engine: str, as_json: bool) -> None:
     """Compare the arms for every outcome and visit in the FHIR data at --store or --server.
 
     Each row gives n and a summary per arm, the effect the study definition plans for the
@@ -509,7 +516,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     try:
         with _progress(not as_json, _RERUN) as progress:
             result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                                  list(visits) or None, list(outcomes) or None, progress, unused)
+                                  list(visits) or None, list(outcomes) or None, progress, unused, engine)
     finally:
         _echo_not_used(unused)
     events = result.adverse_events
@@ -536,9 +543,10 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
 @_server_option
 @_server_options
 @_study_option
+@_engine_option
 @_json_option
 def verify_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
-                   study_path: Path, as_json: bool) -> None:
+                   study_path: Path, engine: str, as_json: bool) -> None:
     """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
     Compares at the paper's precision and exits 6 if any result does not match, 4 if the
@@ -549,7 +557,7 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused)
+            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused, engine)
     finally:
         _echo_not_used(unused)
     checks = result.checks

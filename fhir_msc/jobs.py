@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .account import Account
+from .analysis import engine_frame
 from .analysis import frame as analysis
 from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
@@ -62,6 +63,7 @@ from .store.lock import spool_dir, sweep_debris
 from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
+from .store.source import ResourceSource
 from .study.definition import Study, package_data
 from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
@@ -245,30 +247,44 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
     return dataclasses.replace(validate_resources(resources, version, progress.advance), not_used=not_used(opened))
 
 
+ENGINES = ("duckdb", "python")  # the frame from the shipped ViewDefinitions in DuckDB, or read in Python
+DEFAULT_ENGINE = "python"
+
+
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-                   progress: Progress = NO_PROGRESS) -> pd.DataFrame:
+                   progress: Progress = NO_PROGRESS, engine: str = DEFAULT_ENGINE) -> pd.DataFrame:
     """The analysis DataFrame from a store directory, a bundle file, or a server (pulled in full)."""
-    return frame_and_account(study, source, visits, progress)[0]
+    return frame_and_account(study, source, visits, progress, engine=engine)[0]
+
+
+def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None, engine: str
+                  ) -> tuple[pd.DataFrame, Account]:
+    if engine not in ENGINES:
+        raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    run = engine_frame.frame_and_account if engine == "duckdb" else analysis.frame_and_account
+    return run(study, source, visits)
 
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-                      progress: Progress = NO_PROGRESS, unused: list[str] | None = None) -> tuple[pd.DataFrame, Account]:
+                      progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
+                      engine: str = DEFAULT_ENGINE) -> tuple[pd.DataFrame, Account]:
     """The analysis DataFrame and the account of the Observations read, from a store, bundle or server.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
-    entries without one) are appended to ``unused``, before any error.
+    entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
+    builds the frame; both give the same frame and account.
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
-            frame, observations = analysis.frame_and_account(study, Store(Path(tmp) / "store"), visits)
+            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
-        frame, observations = analysis.frame_and_account(study, opened, visits)
+        frame, observations = _engine_frame(study, opened, visits, engine)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -301,13 +317,13 @@ class VerifyResult:
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
-            unused: list[str] | None = None) -> AnalysisResult:
+            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
     unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
     if unknown:
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
-    frame, observations = frame_and_account(study, source, read, progress, unused)
+    frame, observations = frame_and_account(study, source, read, progress, unused, engine)
     comparisons = analysis.analyze(study, frame, visits, outcomes)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -318,11 +334,11 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
-           unused: list[str] | None = None) -> VerifyResult:
+           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
     visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published})
               if study.analysis else None)
-    frame, observations = frame_and_account(study, source, visits, progress, unused)
+    frame, observations = frame_and_account(study, source, visits, progress, unused, engine)
     return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
 
 

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_msc import Store, get_version, jobs
+from fhir_msc.analysis import engine_frame
 from fhir_msc.analysis.frame import NOT_DONE, frame_and_account
 from fhir_msc.cli import main
 from fhir_msc.fhir.roundtrip import check_roundtrip
@@ -55,9 +56,11 @@ def test_unmapping_writes_not_done_and_the_reason(study, tmp_path):
     assert (tmp_path / "tables" / "re.csv").read_text().splitlines()[0].count(",") == 8  # no row not done: as before
 
 
-def test_analysis_counts_a_row_not_done_instead_of_using_it(study, tmp_path):
+@pytest.mark.parametrize("frames", [frame_and_account, engine_frame.frame_and_account], ids=["python", "duckdb"])
+def test_analysis_counts_a_row_not_done_instead_of_using_it(study, tmp_path, frames):
     store = _mapped(study, tmp_path)
-    frame, account = frame_and_account(study, store)
+    frame, account = frames(study, store)
+    assert frame.equals(frame_and_account(study, store)[0])
     assert account.skipped == {NOT_DONE: 1} and account.balanced
     assert len(frame[(frame.subject == "NCT04288102-003") & (frame.outcome == "SF36VT")]) == 0
     analyzed = CliRunner().invoke(main, ["analyze", "--store", str(store.path)])

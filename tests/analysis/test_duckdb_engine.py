@@ -1,0 +1,113 @@
+"""The DuckDB engine for SQL-on-FHIR v2 ViewDefinitions, one small store per feature."""
+
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from fhir_msc.analysis.engine_frame import VIEWS, shipped_view
+from fhir_msc.analysis.views.duckdb_engine import connect, run_view
+from fhir_msc.cli import main
+from fhir_msc.errors import InputError
+
+MINI = Path(__file__).parents[1] / "data" / "mini-study"
+PATIENTS = [
+    {"resourceType": "Patient", "id": "p1", "active": True, "birthDate": "1970-06",
+     "name": [{"use": "official", "family": "Smith", "given": ["Ann", "B"]}, {"family": "Jones"}],
+     "extension": [{"url": "http://example.org/race", "valueString": "x"}],
+     "managingOrganization": {"reference": "Organization/o1"}},
+    {"resourceType": "Patient", "id": "p2", "active": False},
+]
+ITEMS = {"resourceType": "QuestionnaireResponse", "id": "q1",
+         "item": [{"linkId": "1", "item": [{"linkId": "1.1"}]}, {"linkId": "2"}]}
+
+
+def _store(tmp_path: Path, *resources: dict) -> Path:
+    for resource in resources:
+        with open(tmp_path / f"{resource['resourceType']}.ndjson", "ab") as handle:
+            handle.write(orjson.dumps(resource) + b"\n")
+    return tmp_path
+
+
+def _rows(view: dict, store: Path) -> list[dict]:
+    return run_view({"resource": "Patient", **view}, store).to_pylist()
+
+
+def test_duckdb_never_downloads_an_extension():
+    con = connect()
+    settings = dict(con.sql("SELECT name, value FROM duckdb_settings() WHERE name LIKE 'auto%_known_extensions' "
+                            "OR name = 'enable_progress_bar'").fetchall())
+    assert settings == {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false",
+                        "enable_progress_bar": "false"}
+    modes = dict(con.sql("SELECT extension_name, install_mode FROM duckdb_extensions() "
+                         "WHERE extension_name IN ('json', 'parquet')").fetchall())
+    assert modes == {"json": "STATICALLY_LINKED", "parquet": "STATICALLY_LINKED"}
+
+
+def test_columns_are_typed_from_their_fhir_type(tmp_path):
+    store = _store(tmp_path, *PATIENTS)
+    table = run_view({"resource": "Patient", "select": [{"column": [
+        {"name": "id", "path": "getResourceKey()", "type": "id"}, {"name": "active", "path": "active", "type": "boolean"},
+        {"name": "given", "path": "name.given", "type": "string", "collection": True}]}]}, store)
+    assert table.schema.types == [pa.string(), pa.bool_(), pa.list_(pa.string())]
+    assert table.to_pylist() == [{"id": "p1", "active": True, "given": ["Ann", "B"]},
+                                 {"id": "p2", "active": False, "given": []}]
+
+
+def test_for_each_or_null_row_index_and_where(tmp_path):
+    store = _store(tmp_path, *PATIENTS)
+    rows = _rows({"where": [{"path": "active.exists()"}], "select": [
+        {"column": [{"name": "id", "path": "id", "type": "id"}]},
+        {"forEachOrNull": "name", "column": [{"name": "n", "path": "%rowIndex", "type": "integer"},
+                                             {"name": "family", "path": "family", "type": "string"}]}]}, store)
+    assert rows == [{"id": "p1", "n": 0, "family": "Smith"}, {"id": "p1", "n": 1, "family": "Jones"},
+                    {"id": "p2", "n": 0, "family": None}]
+
+
+def test_union_all_constants_and_functions(tmp_path):
+    store = _store(tmp_path, *PATIENTS)
+    rows = _rows({"constant": [{"name": "use", "valueCode": "official"}], "where": [{"path": "id = 'p1'"}], "select": [{
+        "unionAll": [
+            {"column": [{"name": "v", "path": "name.where(use = %use).given.join(' ')", "type": "string"}]},
+            {"column": [{"name": "v", "path": "extension('http://example.org/race').value.ofType(string)", "type": "string"}]},
+            {"column": [{"name": "v", "path": "managingOrganization.getReferenceKey(Organization)", "type": "string"}]},
+            {"column": [{"name": "v", "path": "birthDate.highBoundary()", "type": "date"}]}]}]}, store)
+    assert rows == [{"v": "Ann B"}, {"v": "x"}, {"v": "o1"}, {"v": "1970-06-30"}]
+
+
+def test_repeat_walks_items_depth_first(tmp_path):
+    store = _store(tmp_path, ITEMS)
+    table = run_view({"resource": "QuestionnaireResponse", "select": [
+        {"repeat": ["item"], "column": [{"name": "link", "path": "linkId", "type": "string"}]}]}, store)
+    assert table.column("link").to_pylist() == ["1", "1.1", "2"]
+
+
+def test_several_values_in_a_single_column_are_an_error(tmp_path):
+    store = _store(tmp_path, *PATIENTS)
+    with pytest.raises(InputError, match="column family has several values"):
+        _rows({"select": [{"column": [{"name": "family", "path": "name.family", "type": "string"}]}]}, store)
+
+
+def test_a_missing_resource_file_is_an_empty_table(tmp_path):
+    table = run_view({"resource": "Encounter", "select": [{"column": [{"name": "id", "path": "id", "type": "id"}]}]},
+                     tmp_path)
+    assert table.num_rows == 0 and table.column_names == ["id"]
+
+
+def test_each_shipped_view_gives_one_row_per_resource(demo_store):
+    counts = demo_store.counts()
+    for name, resource_type in VIEWS.items():
+        view = shipped_view(name)
+        assert view["resource"] == resource_type
+        assert run_view(view, demo_store).num_rows == counts[resource_type]
+
+
+def test_analyze_prints_the_same_table_with_either_engine(tmp_path):
+    runner = CliRunner()
+    runner.invoke(main, ["map", str(MINI / "tables"), "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml")])
+    outputs = [runner.invoke(main, ["analyze", "--store", str(tmp_path / "s"), "--study", str(MINI / "study.yaml"),
+                                    "--engine", engine]) for engine in ("python", "duckdb")]
+    assert [o.exit_code for o in outputs] == [0, 0] and outputs[0].output == outputs[1].output
+    assert "difference of means" in outputs[1].output
