@@ -38,6 +38,7 @@ LOCAL = [
     ("analyze M36 duckdb, 1st run vs python", "analyze-duckdb", "analyze", ">=3x faster at 10k", None),
     ("analyze M36 duckdb, projected vs floor", "analyze-duckdb-projected", "floor-duckdb-m36", "<2 s at 100k", None),
     ("analyze M36 duckdb, projected vs python", "analyze-duckdb-projected", "analyze", ">=3x faster at 10k", None),
+    ("M36 frame only: duckdb projected vs python", "frame-m36-duckdb", "frame-m36", "", None),
     ("analyze M36 spark local vs python", "analyze-spark", "analyze", "time, memory reported", None),
 ]
 # Peers that cannot run at every size: fhiry needs ~110 s per 100 subjects (10,881 resources)

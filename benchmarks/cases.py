@@ -211,6 +211,25 @@ def case_analyze_spark(tables: Path, store: Path, url: str | None) -> tuple[floa
     return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"], engine="spark").comparisons))
 
 
+def case_frame_m36(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: only the frame and account analyze builds for --visit M36 (python engine), no statistics."""
+    return _timed(lambda: _frame_m36(store, "python"))
+
+
+def case_frame_m36_duckdb(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: only the frame and account for --visit M36 with --engine duckdb, its projection built by an untimed run first."""
+    subprocess.run([sys.executable, "-m", "benchmarks.cases", "analyze-duckdb-again", str(tables), str(store)],
+                   check=True, capture_output=True)
+    return _timed(lambda: _frame_m36(store, "duckdb"))
+
+
+def _frame_m36(store: Path, engine: str) -> int:
+    from fhir_msc.analysis.frame import visits_to_read
+
+    study = load_study()
+    return len(jobs.frame_and_account(study, store, visits_to_read(study, ["M36"]), engine=engine)[0])
+
+
 # The floor for analyze: one hand-written DuckDB query over the store's NDJSON files, month-36
 # n and mean per arm × outcome × answer (no accounting, censored values not set apart).
 FLOOR_M36 = """
