@@ -39,7 +39,7 @@ LOCAL = [
     ("analyze M36 duckdb, projected vs floor", "analyze-duckdb-projected", "floor-duckdb-m36", "<2 s at 100k", None),
     ("analyze M36 duckdb, projected vs python", "analyze-duckdb-projected", "analyze", ">=3x faster at 10k", None),
     ("M36 frame only: duckdb projected vs python", "frame-m36-duckdb", "frame-m36", "", None),
-    ("analyze M36 spark local vs python", "analyze-spark", "analyze", "time, memory reported", None),
+    ("analyze M36 spark local vs python", "analyze-spark", "analyze", "time, memory reported", 1000),
 ]
 # Peers that cannot run at every size: fhiry needs ~110 s per 100 subjects (10,881 resources)
 # here, and the view engines that evaluate FHIRPath per resource in Python (python, and spark,
@@ -88,6 +88,8 @@ def _summary(case: str, runs: list[dict]) -> dict:
         return runs[0]
     summary = {"case": case, "seconds": statistics.median(r["seconds"] for r in ok), "items": ok[0]["items"],
                "peak_rss_mb": max(r["peak_rss_mb"] for r in ok), "runs": len(ok), "load": [r["load"] for r in ok]}
+    if all("cpu_seconds" in r for r in ok):
+        summary["cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in ok)
     for key in ("tree_peak_rss_mb", "tree_hwm_sum_mb", "tree_processes"):
         if key in ok[0]:
             summary[key] = max(r[key] for r in ok)
@@ -125,27 +127,35 @@ def row(label: str, size: int, ours: dict, peer_name: str | None, peer: dict | N
         result["rate"] = ours["items"] / ours["seconds"] if ours["seconds"] else None
     if peer and "seconds" in peer and "seconds" in ours and ours["seconds"]:
         result["ratio"] = peer["seconds"] / ours["seconds"]
+    if peer and peer.get("cpu_seconds") and ours.get("cpu_seconds"):
+        result["cpu_ratio"] = peer["cpu_seconds"] / ours["cpu_seconds"]
     return result
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'comparison':<38} {'subjects':>8} {'fhir-msc s':>10} {'items/s':>9} {'RSS MB':>7} {'peer/floor':<19} {'peer s':>8} {'RSS MB':>7} {'peer÷ours':>9} {'load':>9}  target"
+    header = (f"{'comparison':<44} {'subjects':>8} {'fhir-msc s':>10} {'cpu s':>7} {'RSS MB':>7} {'peer/floor':<26} "
+              f"{'peer s':>8} {'cpu s':>7} {'RSS MB':>7} {'peer÷ours':>9} {'cpu ÷':>7} {'load':>9}  target")
     print(header)
     print("-" * len(header))
     for r in rows:
         ours, peer = r["fhir_msc"], r.get("peer") or {}
         ours_s = f"{ours['seconds']:.2f}" if "seconds" in ours else "error"
-        rate = f"{r['rate']:.0f}" if r.get("rate") else ""
         peer_s = f"{peer['seconds']:.2f}" if "seconds" in peer else ("error" if peer else "")
         ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else ""
-        load = "/".join(f"{max(side.get('load', [0]) if isinstance(side.get('load'), list) else [side.get('load', 0)]):.1f}"
-                        for side in (ours, peer) if side)
-        print(f"{r['comparison']:<38} {r['subjects']:>8} {ours_s:>10} {rate:>9} {ours.get('peak_rss_mb', 0):>7.0f} "
-              f"{(r['peer_case'] or ''):<19} {peer_s:>8} {peer.get('peak_rss_mb', 0) if peer else 0:>7.0f} {ratio:>9} {load:>9}  {r['target']}")
+        cpu_ratio = f"{r['cpu_ratio']:.2f}x" if r.get("cpu_ratio") else ""
+        load = "/".join(f"{max(side['load']) if isinstance(side['load'], list) else side['load']:.1f}"
+                        for side in (ours, peer) if side and "load" in side)
+        print(f"{r['comparison']:<44} {r['subjects']:>8} {ours_s:>10} {_cpu(ours):>7} {ours.get('peak_rss_mb', 0):>7.0f} "
+              f"{(r['peer_case'] or ''):<26} {peer_s:>8} {_cpu(peer):>7} {peer.get('peak_rss_mb', 0) if peer else 0:>7.0f} "
+              f"{ratio:>9} {cpu_ratio:>7} {load:>9}  {r['target']}")
     for r in rows:
         for side in ("fhir_msc", "peer"):
             if r.get(side) and "error" in r[side]:
                 print(f"  {r['comparison']} ({side}, {r['subjects']}): {r[side]['error']}")
+
+
+def _cpu(result: dict) -> str:
+    return f"{result['cpu_seconds']:.2f}" if "cpu_seconds" in result else ""
 
 
 def main() -> None:
@@ -225,19 +235,25 @@ def targets(done: dict[tuple[str, int], dict]) -> list[str]:
         first, floor = get("analyze-duckdb", size), get("floor-duckdb-m36", size)
         if first is not None and floor is not None:
             lines.append(f"analyze M36 at {size}, first run {first:.2f} s vs floor {floor:.2f} s ({first / floor:.2f}x the floor; "
+                         f"CPU {_ratio(get('analyze-duckdb', size, 'cpu_seconds'), get('floor-duckdb-m36', size, 'cpu_seconds'))}; "
                          f"target <= floor): {'met' if first <= floor else 'missed'}")
     python = get("analyze", 10000)
     for case in ("analyze-duckdb", "analyze-duckdb-projected"):
         ours = get(case, 10000)
         if python is not None and ours is not None:
             lines.append(f"analyze M36 at 10k, {case} {ours:.2f} s vs python {python:.2f} s: {python / ours:.2f}x "
-                         f"(target >= 3x): {'met' if python / ours >= 3 else 'missed'}")
+                         f"(CPU {_ratio(get('analyze', 10000, 'cpu_seconds'), get(case, 10000, 'cpu_seconds'))}; "
+                         f"target >= 3x): {'met' if python / ours >= 3 else 'missed'}")
     for case in ("analyze-duckdb", "analyze-duckdb-projected", "analyze-spark", "analyze"):
         large, small = get(case, 100000, "peak_rss_mb"), get(case, 10000, "peak_rss_mb")
         if large is not None and small is not None:
             lines.append(f"{case} peak RSS 100k {large:.0f} MB / 10k {small:.0f} MB = {large / small:.2f}x "
                          f"(target <= 1.2x): {'met' if large <= 1.2 * small else 'missed'}")
     return lines
+
+
+def _ratio(top: float | None, bottom: float | None) -> str:
+    return f"{top / bottom:.2f}x" if top and bottom else "n/a"
 
 
 def _with_url(case: str, tables: Path, store: Path, repeat: int, server: LoopbackServer) -> dict:

@@ -31,9 +31,13 @@ COLUMNAR = ".columnar"  # the store's Parquet projection (removed before a first
 TREE_CASES = {"analyze-spark", "flatten-view-spark"}
 
 
+CPU = {"seconds": 0.0}  # CPU time (user + system, all threads) of this process during the last timed work
+
+
 def _timed(work: Callable[[], int]) -> tuple[float, int]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     items = work()
+    CPU["seconds"] = time.process_time() - cpu
     return time.perf_counter() - started, items
 
 
@@ -379,10 +383,11 @@ def main() -> None:
     url = sys.argv[4] if len(sys.argv) > 4 else None
     tree = TreeMemory() if name in TREE_CASES else None
     seconds, items = CASES[name](tables, store, url)
-    result = {"case": name, "seconds": seconds, "items": items, "peak_rss_mb": peak_rss_mb()}
+    result = {"case": name, "seconds": seconds, "items": items, "peak_rss_mb": peak_rss_mb(), "cpu_seconds": CPU["seconds"]}
     if tree:
         result.update(tree.stop())
         result["peak_rss_mb"] = max(result["peak_rss_mb"], result["tree_peak_rss_mb"])
+        result["cpu_seconds"] += result.pop("children_cpu_seconds")
     print(json.dumps(result))
 
 
@@ -391,7 +396,9 @@ class TreeMemory:
 
     A thread sums VmRSS over the process tree every 0.1 s and keeps the largest sum
     (``tree_peak_rss_mb``); at the end the VmHWM of every process still alive is summed too
-    (``tree_hwm_sum_mb``, an upper bound: each process's own peak, whenever it was).
+    (``tree_hwm_sum_mb``, an upper bound: each process's own peak, whenever it was), and so is
+    the CPU time of the descendants (``children_cpu_seconds``: user + system, with that of
+    their own children already ended).
     """
 
     def __init__(self, interval: float = 0.1):
@@ -409,7 +416,7 @@ class TreeMemory:
         self._thread.join()
         pids = _tree(os.getpid())
         return {"tree_peak_rss_mb": self.peak_kb / 1024, "tree_hwm_sum_mb": sum(_status_kb(p, "VmHWM:") for p in pids) / 1024,
-                "tree_processes": len(pids)}
+                "tree_processes": len(pids), "children_cpu_seconds": sum(_cpu_seconds(p) for p in pids[1:])}
 
 
 def _tree(root: int) -> list[int]:
@@ -428,6 +435,15 @@ def _tree(root: int) -> list[int]:
         found.append(pid)
         todo.extend(parents.get(pid, []))
     return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` (/proc/PID/stat fields 14-17), in seconds."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kb(pid: int, field: str) -> int:
