@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from fhir_msc import Store, load_study
+from fhir_msc.errors import FhirMscError
 from fhir_msc.progress import Progress
 from fhir_msc.server.client import FhirClient
 from fhir_msc.server.journal import Journal
@@ -56,7 +58,7 @@ def main() -> None:
     server = loaded_server(store)
     loaded_s = time.perf_counter() - loading
     recorder = Recorder()
-    finished = False
+    finished, error = False, None
 
     def stop(*_: object) -> None:
         raise _Stop
@@ -70,13 +72,18 @@ def main() -> None:
         finished = True
     except _Stop:
         pass
-    finally:
-        signal.alarm(0)
-        elapsed = time.perf_counter() - recorder.started
-        server.stop()
+    except FhirMscError as exc:  # e.g. a search the server did not answer in time: recorded, not lost
+        error = str(exc)
+    signal.alarm(0)
+    elapsed = time.perf_counter() - recorder.started
     result = {"machine": machine(), "case": "pull-paged", "subjects": size, "server_load_seconds": round(loaded_s, 1),
-              "finished": finished, "seconds_run": round(elapsed, 1), "peak_rss_mb": peak_rss_mb(), "stages": recorder.stages}
+              "finished": finished, "error": error, "seconds_run": round(elapsed, 1), "peak_rss_mb": peak_rss_mb(),
+              "stages": recorder.stages}
     out.write_text(json.dumps(result, indent=2))
+    try:
+        server.stop()
+    except subprocess.TimeoutExpired:  # busy in a long search: SIGTERM waits for it
+        server.process.kill()
     print(json.dumps(result))
 
 
