@@ -566,8 +566,9 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
         held[resource_type] = got if not since else _held_by(client, resource_type, queries,
                                                              before_ids.get(resource_type, set()) | got, page_size)
 
+    scope = StudyScope(frozenset(held["ResearchStudy"]))
     group_query = {"identifier": f"{study.system('group')}|{key}"}
-    subject_query = {"study": ",".join(f"ResearchStudy/{i}" for i in sorted(held["ResearchStudy"]))}
+    subject_query = scope.subject_query()
     groups = client.search_complete("Group", {**group_query, **changes})
     subjects = client.search_complete("ResearchSubject", {**subject_query, "_include": "ResearchSubject:individual", **changes})
     subjects += _missing_patients(client, subjects, page_size)
@@ -575,10 +576,10 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     intake.store(store, fetched)
     holds("Group", [group_query], groups)
     holds("ResearchSubject", [subject_query], subjects)
-    patient_ids = sorted({ref_id(ref) for ref in _patients_of(store, held["ResearchSubject"])})
+    patient_ids = study_patients(store, held["ResearchSubject"])
     holds("Patient", [{"_id": ",".join(patient_ids[i:i + SUBJECT_CHUNK])} for i in range(0, len(patient_ids), SUBJECT_CHUNK)],
           subjects)
-    for resource_type in ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent"):
+    for resource_type in SUBJECT_DATA:
         batch: list[Resource] = []
         step = subjects_per_search(study, resource_type, page_size)
         progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")
@@ -599,9 +600,42 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     return result(removed, high_water)
 
 
+# --- what a pull of a study keeps: asked for by search (paged pull), or filtered out of an export (bulk pull) ---
+
+SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent")  # each names its Patient in `subject`
+
+
+@dataclass(frozen=True)
+class StudyScope:
+    """The ResearchSubjects of the studies ``study_ids`` (the ResearchStudy ids on the server)."""
+
+    study_ids: frozenset[str]
+
+    def subject_query(self) -> dict[str, str]:
+        """The search for them."""
+        return {"study": ",".join(f"ResearchStudy/{i}" for i in sorted(self.study_ids))}
+
+    def has_subject(self, subject: Resource) -> bool:
+        """Whether a ResearchSubject is one of them (what ``subject_query`` finds)."""
+        return ref_id((subject.get("study") or {}).get("reference", "")) in self.study_ids
+
+
+def study_patients(store: Store, subject_ids: set[str]) -> list[str]:
+    """Ids of the Patients the store's ResearchSubjects among ``subject_ids`` name, sorted: whose data a pull keeps."""
+    return sorted({ref_id(ref) for ref in _patients_of(store, subject_ids)})
+
+
 def _by_subject(patient_ids: list[str], step: int) -> list[dict[str, str]]:
+    """Searches for the SUBJECT_DATA of these Patients, ``step`` Patients each."""
     return [{"subject": ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])}
             for start in range(0, len(patient_ids), step)]
+
+
+def of_patients(resources: Iterable[Resource], patient_ids: set[str]) -> Iterator[Resource]:
+    """The SUBJECT_DATA among ``resources`` of these Patients (what ``_by_subject``'s searches find)."""
+    for resource in resources:
+        if ref_id((resource.get("subject") or {}).get("reference", "")) in patient_ids:
+            yield resource
 
 
 def _held_by(client: FhirClient, resource_type: str, queries: list[dict[str, str]], known: set[str],
