@@ -19,7 +19,6 @@ from typing import Annotated, Literal, get_args
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     PrivateAttr,
     ValidationError,
@@ -29,6 +28,8 @@ from pydantic import (
 from ..errors import StudyDefinitionError
 from .adverse_events import AdverseEvents
 from .fhir_codes import check_code, check_ucum
+from .model import Coding
+from .model import StudyModel as _Model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
 
@@ -56,19 +57,6 @@ SubjectStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 Resear
 Gender = Annotated[str, AfterValidator(lambda v: check_code(
     v, "Patient.gender", (_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
 Ucum = Annotated[str, AfterValidator(check_ucum)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Coding(_Model):
-    system: str
-    code: str
-    display: str | None = None
-
-    def as_fhir(self) -> dict:
-        return self.model_dump(exclude_none=True)
 
 
 class Identifier(_Model):
