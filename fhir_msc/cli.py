@@ -515,7 +515,8 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     events = result.adverse_events
     if as_json or fmt == "json":
         _print_json(analyze_json(study, result.comparisons, result.observations,
-                                 incidence_json(events) if events else None, result.arms_not_compared))
+                                 incidence_json(events) if events else None, result.arms_not_compared,
+                                 result.not_compared))
     else:
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
@@ -523,6 +524,9 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
+    if result.not_compared:
+        click.echo("note: outcome(s) not compared: " + "; ".join(f"{code} ({why})" for code, _, why in result.not_compared),
+                   err=True)
     _echo_observations(result.observations)
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)

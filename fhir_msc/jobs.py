@@ -20,6 +20,7 @@ from .account import Account
 from .analysis import frame as analysis
 from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
+from .analysis.outcomes import time_to_event
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
@@ -252,8 +253,10 @@ def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | 
 
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
-                      progress: Progress = NO_PROGRESS, unused: list[str] | None = None) -> tuple[pd.DataFrame, Account]:
-    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server.
+                      progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
+                      events: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, Account]:
+    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
+    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
@@ -264,17 +267,24 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
             frame, observations = analysis.frame_and_account(study, Store(Path(tmp) / "store"), visits)
+            _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
         frame, observations = analysis.frame_and_account(study, opened, visits)
+        _time_to_event_tables(study, opened, events)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: no findings of {study.study.identifier.value} subjects{where} "
                          f"(Observations: {observations.describe()}): map or pull the study first, or check --study")
     return frame, observations
+
+
+def _time_to_event_tables(study: Study, source, events: dict[str, pd.DataFrame] | None) -> None:
+    if events is not None:
+        events.update({entry.code: time_to_event(study, source, entry.code) for entry in study.time_to_event})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +295,7 @@ class AnalysisResult:
     observations: Account
     adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
+    not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,27 +314,31 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
             unused: list[str] | None = None) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
-    unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
+    known = [*study.analysed_outcome_by_code, *(entry.code for entry in study.time_to_event)]
+    unknown = [code for code in outcomes or [] if code not in known]
     if unknown:
-        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
+        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
-    frame, observations = frame_and_account(study, source, read, progress, unused)
-    comparisons = analysis.analyze(study, frame, visits, outcomes)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, source, read, progress, unused, events)
+    comparisons = analysis.analyze(study, frame, visits, outcomes, events)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"))
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
-                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)))
+                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
+                          not_compared=tuple(analysis.not_compared(study, outcomes)))
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
            unused: list[str] | None = None) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
-    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published})
-              if study.analysis else None)
-    frame, observations = frame_and_account(study, source, visits, progress, unused)
-    return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
+    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
+              if study.analysis and any(result.visit for result in study.analysis.published) else None)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, source, visits, progress, unused, events)
+    return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
 
 
 @dataclass(frozen=True, kw_only=True)
