@@ -74,7 +74,7 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
     several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
-        rows.append({"outcome": target.outcome, "visit": target.visit,
+        rows.append({"outcome": target.outcome, "visit": target.visit or "",
                      **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}),
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
