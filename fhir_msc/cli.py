@@ -401,14 +401,14 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     """
     study: Study = load_study(study_path)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
-        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress)
+        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress, examples=tables is None)
     if as_json:
         _print_json(_demo_json(study, result))
     else:
         _echo_demo(result)
     if not all(r.ok for r in result.validation.values()):
         sys.exit(ExitCode.INVALID)
-    if not result.roundtrip.lossless or result.reproduced < len(result.verification):
+    if not result.roundtrip.lossless or not result.all_reproduced:
         sys.exit(ExitCode.MISMATCH)  # also when rows were rejected: the round trip lost them
 
 
@@ -624,6 +624,12 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     if result.adverse_events:
         _info(render(incidence_table(result.adverse_events), "table"))
     _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    for example in result.examples:
+        if example.reproduced < len(example.verification):
+            click.echo(render(verification_table(example.verification), "table"))
+        click.echo(f"example {example.study.study.identifier.value} ({example.study.file.name if example.study.file else ''}): "
+                   f"mapped {example.mapped.total} resources, reproduced {example.reproduced}/{len(example.verification)} "
+                   f"published results; report {example.report['html']}")
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
 
 
@@ -638,6 +644,9 @@ def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
         "roundtrip": {**_to_jsonable(result.roundtrip), "lossless": result.roundtrip.lossless},
         "verify": verify_json(study, result.verification, result.observations),
         "report": _to_jsonable(result.report),
+        "examples": [{"definition": str(e.study.file), "tables": str(e.tables), "store": str(e.store),
+                      "mapped": e.mapped.total, "verify": verify_json(e.study, e.verification, e.observations),
+                      "report": _to_jsonable(e.report)} for e in result.examples],
     }
 
 

@@ -63,12 +63,16 @@ from .store.lock import spool_dir, sweep_debris
 from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
-from .study.definition import Study, package_data
+from .study.definition import Study, load_study, package_data
 from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
 from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
 DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
+# the example studies the demo runs too: (study definition, synthetic tables)
+EXAMPLE_STUDIES = tuple((package_data("mappings", "mappings") / f"{name}.yaml",
+                         package_data(name.replace("-", "_"), f"fixtures/{name}"))
+                        for name in ("example-dose-ranging", "example-zero-cell"))
 
 
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
@@ -548,14 +552,56 @@ class DemoResult:
     verification: list[Verification]
     adverse_events: AdverseEventIncidence | None
     report: dict[str, Path]
+    examples: tuple[ExampleResult, ...] = ()  # the example studies, when asked for
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.verification)
+
+    @property
+    def all_reproduced(self) -> bool:
+        """Every published result of the study and of each example study reproduced."""
+        return all(c.matches for c in self.verification) and all(e.reproduced == len(e.verification) for e in self.examples)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleResult:
+    """One example study the demo mapped into its own store, analysed, verified and reported."""
+
+    study: Study
+    tables: Path
+    store: Path
+    mapped: MapResult
+    observations: Account
+    verification: list[Verification]
+    report: dict[str, Path]
 
     @property
     def reproduced(self) -> int:
         return sum(check.matches for check in self.verification)
 
 
-def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS) -> DemoResult:
-    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify."""
+def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress = NO_PROGRESS) -> ExampleResult:
+    """Map an example study's tables into ``workdir``/store, analyze and verify them there, and write its report."""
+    private_dir(workdir)
+    store = workdir / "store"
+    Store(store).clear()
+    mapped = map_tables(study, tables, store=store, version=get_version("R4"), progress=progress)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, store, None, progress, None, events)
+    comparisons = analysis.analyze(study, frame, events=events)
+    checks = analysis.verify(study, frame, events)
+    report = write_report(workdir / "report", comparisons, checks,
+                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
+                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
+    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=observations,
+                         verification=checks, report=report)
+
+
+def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS,
+         examples: bool = False) -> DemoResult:
+    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify;
+    with ``examples``, also each of EXAMPLE_STUDIES under ``workdir``/examples/KEY (see :func:`example_demo`)."""
     private_dir(workdir)
     store = workdir / "store"
     Store(store).clear()
@@ -586,9 +632,14 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                           else f"{study.study.identifier.value}: between-arm comparisons",
                           study=study, source=f"trial tables {tables}, mapped into the store {store}",
                           adverse_events=incidence_table(events) if events else None)
+    shown = []
+    for definition, example_tables in EXAMPLE_STUDIES if examples else ():
+        example = load_study(definition)
+        shown.append(example_demo(example, example_tables, workdir / "examples" / example.study.key, progress))
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events)
+                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events,
+                      examples=tuple(shown))
 
 
 VIEW_ENGINES = ["python", "spark"]  # --engine choices of `view run`

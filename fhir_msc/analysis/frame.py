@@ -512,7 +512,9 @@ def not_compared(study: Study, outcomes: list[str] | None = None) -> list[tuple[
     if plan.effects.ordinal is None:
         why["ordinal"] = ("ordinal: set analysis.effects.ordinal (proportional-odds or mann-whitney) to compare it "
                           "(a published entry may name either)")
-    return [(o.code, o.type, why[o.type]) for o in study.outcomes
+    entries = {t.event: t.code for t in study.time_to_event}
+    return [(o.code, o.type, f"an event date: compared as time_to_event {entries[o.code]}"
+             if o.type == "datetime" and o.code in entries else why[o.type]) for o in study.outcomes
             if o.type in why and (not outcomes or o.code in outcomes)]
 
 

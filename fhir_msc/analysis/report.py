@@ -215,7 +215,7 @@ def drawable(e: Estimate) -> bool:
 
 def left_out(comparisons: list[Comparison]) -> list[str]:
     """The comparisons ``forest_panels`` does not draw, each with why."""
-    return [f"{c.display} · {c.visit}: " + (c.effect.note if not c.effect.estimable else
+    return [f"{c.display} · {c.visit or 'follow-up'}: " + (c.effect.note if not c.effect.estimable else
                                              "the estimate or a CI limit is 0 or unbounded, which a log axis cannot show"
                                              if c.effect.effect.startswith(RATIOS)
                                              else "a CI limit is unbounded")
@@ -225,7 +225,7 @@ def left_out(comparisons: list[Comparison]) -> list[str]:
 def _forest_row(c: Comparison, name_effect: bool, name_arms: bool = False) -> ForestRow:
     e = c.effect
     short = {"difference of means": "mean", "median difference (Hodges-Lehmann)": "median, HL"}.get(e.effect, e.effect)
-    label = (f"{c.display} · {c.visit}" + (f" · {' vs '.join(c.arms)}" if name_arms else "")
+    label = (f"{c.display} · {c.visit or 'follow-up'}" + (f" · {' vs '.join(c.arms)}" if name_arms else "")
              + (f" ({short})" if name_effect else ""))
     return ForestRow(outcome=c.outcome, label=label, visit=c.visit, effect=e.effect, n=c.n, estimate=e.estimate,
                      lower=e.lower, upper=e.upper, p=e.p_value,

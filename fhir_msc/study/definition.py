@@ -649,7 +649,7 @@ class Study(_Model):
         if plan.baseline is not None and plan.baseline not in visit_codes:
             problems.append(f"analysis.baseline: unknown visit {plan.baseline!r}")
         for code in plan.better:
-            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived}:
+            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived} | {t.code for t in self.time_to_event}:
                 problems.append(f"analysis.better: unknown outcome {code!r}")
         problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
