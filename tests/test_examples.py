@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from fhir_msc import Store, get_version, jobs, load_study
 from fhir_msc.cli import main
 from fhir_msc.study.definition import DEFAULT_STUDY
+from test_json import valid
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = {"example-dose-ranging": 7, "example-zero-cell": 3}  # name -> published results
@@ -41,7 +42,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
 def verify_json(study: Path, store: Path) -> dict:
     result = CliRunner().invoke(main, ["verify", "--study", str(study), "--store", str(store), "--json"])
     assert result.exit_code in (0, 6), result.output
-    return json.loads(result.stdout)
+    return valid(json.loads(result.stdout), "verify")
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -121,7 +122,7 @@ def test_analyze_reports_the_zero_cell_as_exact_and_no_events_as_not_estimable(s
     result = CliRunner().invoke(main, ["analyze", "--study", str(definition("example-zero-cell")), "--store",
                                        str(stores["example-zero-cell"]), "--json"])
     assert result.exit_code == 0, result.output
-    death, bleed = json.loads(result.stdout)["comparisons"]
+    death, bleed = valid(json.loads(result.stdout), "analyze")["comparisons"]
     assert death["effect"]["effect"] == "exact-odds-ratio" and death["effect"]["estimate"] == 0.0
     assert death["effect"]["lower"] == 0.0 and 0 < death["effect"]["upper"] < 1 and "zero cell" in death["effect"]["note"]
     assert "0.5 added" in death["estimates"]["odds-ratio"]["note"] or "Haldane" in death["estimates"]["odds-ratio"]["note"]
@@ -133,7 +134,7 @@ def test_analyze_compares_time_to_event_and_names_what_it_does_not_compare(store
     result = CliRunner().invoke(main, ["analyze", "--study", str(definition("example-dose-ranging")), "--store",
                                        str(stores["example-dose-ranging"]), "--json"])
     assert result.exit_code == 0, result.output
-    document = json.loads(result.stdout)
+    document = valid(json.loads(result.stdout), "analyze")
     events = [c for c in document["comparisons"] if c["type"] == "time-to-event"]
     assert [(c["outcome"], c["visit"], c["arms"][0]["code"]) for c in events] == [("TTRECOV", "", "HIGH"), ("TTRECOV", "", "LOW")]
     assert set(events[0]["estimates"]) == {"cox-hazard-ratio", "log-rank", "km-median"}
@@ -151,7 +152,7 @@ def test_analyze_names_ordinal_datetime_and_text_outcomes_it_does_not_compare(tm
                     version=get_version("R4"))
     result = CliRunner().invoke(main, ["analyze", "--study", str(study), "--store", str(tmp_path / "store"), "--json"])
     assert result.exit_code == 0, result.output
-    named = {entry["outcome"]: entry["reason"] for entry in json.loads(result.stdout)["not_compared"]}
+    named = {entry["outcome"]: entry["reason"] for entry in valid(json.loads(result.stdout), "analyze")["not_compared"]}
     assert named == {"WHO": "ordinal: set analysis.effects.ordinal (proportional-odds or mann-whitney) to compare it "
                             "(a published entry may name either)",
                      "RECOVDT": "an event date: compared as time_to_event TTRECOV",
