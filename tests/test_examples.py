@@ -158,3 +158,39 @@ def test_analyze_names_ordinal_datetime_and_text_outcomes_it_does_not_compare(tm
                      "RECOVDT": "an event date: compared as time_to_event TTRECOV",
                      "COMMENT": "free text: mapped and round-tripped, not analysed"}
     assert "WHO (ordinal: set analysis.effects.ordinal" in result.stderr
+
+
+def _readme_time_to_event_yaml() -> str:
+    text = (REPO / "README.md").read_text()
+    part = text[text.index("### Time to event\n"):]
+    block = part[part.index("```yaml\n") + 8:]
+    return block[:block.index("```\n")].removeprefix("analysis:\n")
+
+
+def test_readme_time_to_event_snippet_verifies_on_the_example(stores, tmp_path):
+    text = definition("example-dose-ranging").read_text()
+    plan = text[:text.index("  effects:")] + text[text.index("  derived:"):text.index("  published:")]
+    (tmp_path / "study.yaml").write_text(plan + _readme_time_to_event_yaml())
+    document = verify_json(tmp_path / "study.yaml", stores["example-dose-ranging"])
+    assert document["result"] == "reproduced" and [len(r["fields"]) for r in document["results"]] == [10, 1, 4]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{outcome: TTRECOV, visit: D28, estimate: 2.0}",
+     "analysis.published.0.visit: time-to-event TTRECOV is over the whole follow-up: give no visit"),
+    ("{outcome: TTRECOV, p: {test: fisher, value: 0.5}}",
+     "analysis.published.0.p.test: 'fisher' does not apply to time-to-event TTRECOV: use log-rank"),
+    ("{outcome: TTRECOV, means: {HIGH: 3.0}}",
+     "analysis.published.0.means: does not apply to time-to-event TTRECOV (n, counts, medians do)"),
+    ("{outcome: TTRECOV, effect: hodges-lehmann}",
+     "analysis.published.0.effect: 'hodges-lehmann' does not apply to time-to-event outcome TTRECOV: use "
+     "cox-hazard-ratio, log-rank, km-median"),
+    ("{outcome: WHOCPS, estimate: 2.0}", "analysis.published.0.visit: give the visit of WHOCPS"),
+])
+def test_a_time_to_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, entry, message):
+    text = definition("example-dose-ranging").read_text()
+    pair = "treatment: HIGH, control: PBO, " if "TTRECOV" in entry or "WHOCPS" in entry else ""
+    (tmp_path / "study.yaml").write_text(text[:text.index("  published:")]
+                                         + f"  published:\n    - {entry[:1]}{pair}{entry[1:]}\n")
+    result = CliRunner().invoke(main, ["verify", "--study", str(tmp_path / "study.yaml"), "--store", str(tmp_path)])
+    assert result.exit_code == 4 and message in result.output, result.output

@@ -661,6 +661,9 @@ class Study(_Model):
                     problems.append(f"{where}.effect: {result.effect!r} does not apply to time-to-event outcome "
                                     f"{outcome.code}: use {', '.join(get_args(TimeToEventEffect))}")
                     continue
+            elif outcome is not None and result.visit is None:
+                problems.append(f"{where}.visit: give the visit of {outcome.code} (only a time_to_event entry has none)")
+                continue
             elif outcome is None or result.visit not in visit_codes:
                 problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
                 continue
