@@ -395,7 +395,8 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
     Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
-    under --workdir and prints where. --tables DIR --study YAML runs it on another
+    under --workdir and prints where; then maps, verifies and reports the two example
+    studies shipped with fhir-msc under --workdir/examples, one line each. --tables DIR --study YAML runs it on another
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
     lost something (rejected rows included) or a published result was not reproduced.
     """

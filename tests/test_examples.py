@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_msc import Store, get_version, jobs, load_study
+from fhir_msc.analysis.report import forest_panels
 from fhir_msc.cli import main
 from fhir_msc.study.definition import DEFAULT_STUDY
 from test_json import valid
@@ -194,3 +195,18 @@ def test_a_time_to_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, en
                                          + f"  published:\n    - {entry[:1]}{pair}{entry[1:]}\n")
     result = CliRunner().invoke(main, ["verify", "--study", str(tmp_path / "study.yaml"), "--store", str(tmp_path)])
     assert result.exit_code == 4 and message in result.output, result.output
+
+
+def test_time_to_event_rows_in_the_table_the_forest_plot_and_the_report(stores, tmp_path):
+    study = load_study(definition("example-dose-ranging"))
+    result = CliRunner().invoke(main, ["analyze", "--study", str(definition("example-dose-ranging")), "--store",
+                                       str(stores["example-dose-ranging"]), "--outcome", "TTRECOV"])
+    assert result.exit_code == 0, result.output
+    assert "17 events/18; KM median 7 d" in result.stdout and "log-rank 0.062" in result.stdout
+    comparisons = jobs.analyze(study, stores["example-dose-ranging"], outcomes=["TTRECOV"]).comparisons
+    (panel,) = forest_panels(comparisons, study)[1]
+    assert panel.log and panel.title == "Hazard ratio, treatment vs control · the event is good"
+    assert [row.label for row in panel.rows] == ["Time to recovery · follow-up · HIGH vs PBO",
+                                                 "Time to recovery · follow-up · LOW vs PBO"]
+    example = jobs.example_demo(study, REPO / "fixtures" / "example-dose-ranging", tmp_path / "demo")
+    assert "<h3 id='time-to-event'>Time to event" in example.report["html"].read_text()
