@@ -187,6 +187,8 @@ def test_readme_time_to_event_snippet_verifies_on_the_example(stores, tmp_path):
      "analysis.published.0.effect: 'hodges-lehmann' does not apply to time-to-event outcome TTRECOV: use "
      "cox-hazard-ratio, log-rank, km-median"),
     ("{outcome: WHOCPS, estimate: 2.0}", "analysis.published.0.visit: give the visit of WHOCPS"),
+    ("{outcome: TTRECOV, covariates: [age]}",
+     "analysis.published.0: covariates and stratum do not apply to time-to-event TTRECOV (unadjusted)"),
 ])
 def test_a_time_to_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, entry, message):
     text = definition("example-dose-ranging").read_text()
@@ -204,6 +206,8 @@ def test_time_to_event_rows_in_the_table_the_forest_plot_and_the_report(stores, 
     assert result.exit_code == 0, result.output
     assert "17 events/18; KM median 7 d" in result.stdout and "log-rank 0.062" in result.stdout
     comparisons = jobs.analyze(study, stores["example-dose-ranging"], outcomes=["TTRECOV"]).comparisons
+    at_d0 = jobs.analyze(study, stores["example-dose-ranging"], visits=["D0"]).comparisons  # --visit: still there
+    assert [(c.outcome, c.visit) for c in at_d0][-2:] == [("TTRECOV", ""), ("TTRECOV", "")]
     (panel,) = forest_panels(comparisons, study)[1]
     assert panel.log and panel.title == "Hazard ratio, treatment vs control · the event is good"
     assert [row.label for row in panel.rows] == ["Time to recovery · follow-up · HIGH vs PBO",

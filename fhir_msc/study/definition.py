@@ -350,6 +350,8 @@ class PublishedResult(_Model):
             found.append(f"{where}.visit: time-to-event {outcome.code} is over the whole follow-up: give no visit")
         if self.p and self.p.test != "log-rank":
             found.append(f"{where}.p.test: {self.p.test!r} does not apply to time-to-event {outcome.code}: use log-rank")
+        if self.covariates is not None or self.stratum is not None:
+            found.append(f"{where}: covariates and stratum do not apply to time-to-event {outcome.code} (unadjusted)")
         for name in ("n", "counts", "proportions", "percents", "means", "sds", "medians", "iqrs"):
             given = getattr(self, name)
             if given is None:
