@@ -395,20 +395,21 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
     Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
-    under --workdir and prints where. --tables DIR --study YAML runs it on another
+    under --workdir and prints where; then maps, verifies and reports the two example
+    studies shipped with fhir-msc under --workdir/examples, one line each. --tables DIR --study YAML runs it on another
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
     lost something (rejected rows included) or a published result was not reproduced.
     """
     study: Study = load_study(study_path)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
-        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress)
+        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress, examples=tables is None)
     if as_json:
         _print_json(_demo_json(study, result))
     else:
         _echo_demo(result)
     if not all(r.ok for r in result.validation.values()):
         sys.exit(ExitCode.INVALID)
-    if not result.roundtrip.lossless or result.reproduced < len(result.verification):
+    if not result.roundtrip.lossless or not result.all_reproduced:
         sys.exit(ExitCode.MISMATCH)  # also when rows were rejected: the round trip lost them
 
 
@@ -522,7 +523,8 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     events = result.adverse_events
     if as_json or fmt == "json":
         _print_json(analyze_json(study, result.comparisons, result.observations,
-                                 incidence_json(events) if events else None, result.arms_not_compared))
+                                 incidence_json(events) if events else None, result.arms_not_compared,
+                                 result.not_compared))
     else:
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
@@ -530,6 +532,9 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
+    if result.not_compared:
+        click.echo("note: outcome(s) not compared: " + "; ".join(f"{code} ({why})" for code, _, why in result.not_compared),
+                   err=True)
     _echo_observations(result.observations)
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
@@ -628,6 +633,12 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     if result.adverse_events:
         _info(render(incidence_table(result.adverse_events), "table"))
     _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    for example in result.examples:
+        if example.reproduced < len(example.verification):
+            click.echo(render(verification_table(example.verification), "table"))
+        click.echo(f"example {example.study.study.identifier.value} ({example.study.file.name if example.study.file else ''}): "
+                   f"mapped {example.mapped.total} resources, reproduced {example.reproduced}/{len(example.verification)} "
+                   f"published results; report {example.report['html']}")
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
 
 
@@ -642,6 +653,9 @@ def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
         "roundtrip": {**_to_jsonable(result.roundtrip), "lossless": result.roundtrip.lossless},
         "verify": verify_json(study, result.verification, result.observations),
         "report": _to_jsonable(result.report),
+        "examples": [{"definition": str(e.study.file), "tables": str(e.tables), "store": str(e.store),
+                      "mapped": e.mapped.total, "verify": verify_json(e.study, e.verification, e.observations),
+                      "report": _to_jsonable(e.report)} for e in result.examples],
     }
 
 

@@ -21,6 +21,7 @@ from .analysis import engine_frame
 from .analysis import frame as analysis
 from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
+from .analysis.outcomes import time_to_event
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
@@ -64,12 +65,16 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .store.source import ResourceSource
-from .study.definition import Study, package_data
+from .study.definition import Study, load_study, package_data
 from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
 from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
 DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
+# the example studies the demo runs too: (study definition, synthetic tables)
+EXAMPLE_STUDIES = tuple((package_data("mappings", "mappings") / f"{name}.yaml",
+                         package_data(name.replace("-", "_"), f"fixtures/{name}"))
+                        for name in ("example-dose-ranging", "example-zero-cell"))
 
 
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
@@ -267,8 +272,10 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
                       progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
-                      engine: str = DEFAULT_ENGINE) -> tuple[pd.DataFrame, Account]:
-    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server.
+                      engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None
+                      ) -> tuple[pd.DataFrame, Account]:
+    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
+    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
@@ -280,17 +287,24 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine)
+            _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
         frame, observations = _engine_frame(study, opened, visits, engine)
+        _time_to_event_tables(study, opened, events)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: no findings of {study.study.identifier.value} subjects{where} "
                          f"(Observations: {observations.describe()}): map or pull the study first, or check --study")
     return frame, observations
+
+
+def _time_to_event_tables(study: Study, source, events: dict[str, pd.DataFrame] | None) -> None:
+    if events is not None:
+        events.update({entry.code: time_to_event(study, source, entry.code) for entry in study.time_to_event})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,6 +315,7 @@ class AnalysisResult:
     observations: Account
     adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
+    not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,27 +334,31 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
             unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
-    unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
+    known = [*study.analysed_outcome_by_code, *(entry.code for entry in study.time_to_event)]
+    unknown = [code for code in outcomes or [] if code not in known]
     if unknown:
-        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
+        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine)
-    comparisons = analysis.analyze(study, frame, visits, outcomes)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events)
+    comparisons = analysis.analyze(study, frame, visits, outcomes, events)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"))
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
-                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)))
+                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
+                          not_compared=tuple(analysis.not_compared(study, outcomes)))
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
-    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published})
-              if study.analysis else None)
-    frame, observations = frame_and_account(study, source, visits, progress, unused, engine)
-    return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
+    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
+              if study.analysis and any(result.visit for result in study.analysis.published) else None)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events)
+    return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -549,14 +568,56 @@ class DemoResult:
     verification: list[Verification]
     adverse_events: AdverseEventIncidence | None
     report: dict[str, Path]
+    examples: tuple[ExampleResult, ...] = ()  # the example studies, when asked for
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.verification)
+
+    @property
+    def all_reproduced(self) -> bool:
+        """Every published result of the study and of each example study reproduced."""
+        return all(c.matches for c in self.verification) and all(e.reproduced == len(e.verification) for e in self.examples)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleResult:
+    """One example study the demo mapped into its own store, analysed, verified and reported."""
+
+    study: Study
+    tables: Path
+    store: Path
+    mapped: MapResult
+    observations: Account
+    verification: list[Verification]
+    report: dict[str, Path]
 
     @property
     def reproduced(self) -> int:
         return sum(check.matches for check in self.verification)
 
 
-def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS) -> DemoResult:
-    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify."""
+def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress = NO_PROGRESS) -> ExampleResult:
+    """Map an example study's tables into ``workdir``/store, analyze and verify them there, and write its report."""
+    private_dir(workdir)
+    store = workdir / "store"
+    Store(store).clear()
+    mapped = map_tables(study, tables, store=store, version=get_version("R4"), progress=progress)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, store, None, progress, None, events=events)
+    comparisons = analysis.analyze(study, frame, events=events)
+    checks = analysis.verify(study, frame, events)
+    report = write_report(workdir / "report", comparisons, checks,
+                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
+                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
+    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=observations,
+                         verification=checks, report=report)
+
+
+def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS,
+         examples: bool = False) -> DemoResult:
+    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify;
+    with ``examples``, also each of EXAMPLE_STUDIES under ``workdir``/examples/KEY (see :func:`example_demo`)."""
     private_dir(workdir)
     store = workdir / "store"
     Store(store).clear()
@@ -587,9 +648,14 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                           else f"{study.study.identifier.value}: between-arm comparisons",
                           study=study, source=f"trial tables {tables}, mapped into the store {store}",
                           adverse_events=incidence_table(events) if events else None)
+    shown = []
+    for definition, example_tables in EXAMPLE_STUDIES if examples else ():
+        example = load_study(definition)
+        shown.append(example_demo(example, example_tables, workdir / "examples" / example.study.key, progress))
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events)
+                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events,
+                      examples=tuple(shown))
 
 
 VIEW_ENGINES = ["python", "spark"]  # --engine choices of `view run`
