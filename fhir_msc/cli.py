@@ -933,8 +933,9 @@ def view_group() -> None:
 @_server_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
               help="Output file; its suffix picks the format: .parquet, .csv or .ndjson.")
-@click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default="python", show_default=True,
-              help="Engine that runs the view: python (the reference engine) or spark (PySpark).")
+@click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default=jobs.DEFAULT_VIEW_ENGINE, show_default=True,
+              help="Engine that runs the view: duckdb (embedded, one SQL query), python (the reference engine) or "
+                   "spark (PySpark); all give the same table.")
 @click.option("--spark-master", metavar="URL",
               help="Spark master URL for --engine spark (default: local mode on this machine).")
 @_json_option

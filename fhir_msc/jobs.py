@@ -26,6 +26,7 @@ from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
 from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
+from .analysis.views.tables import duckdb_table, spooled
 from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
@@ -592,7 +593,8 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                       validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events)
 
 
-VIEW_ENGINES = ["python", "spark"]  # --engine choices of `view run`
+VIEW_ENGINES = ["duckdb", "python", "spark"]  # --engine choices of `view run`, `export`; identical tables
+DEFAULT_VIEW_ENGINE = "duckdb"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -608,13 +610,15 @@ class ViewRunResult:
     skipped: dict[str, int]
 
 
-def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = "python",
+def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = DEFAULT_VIEW_ENGINE,
              spark_master: str | None = None) -> ViewRunResult:
     """Run a SQL-on-FHIR ViewDefinition over a store, bundle file or server, writing Parquet, CSV or NDJSON.
 
     Only the view's resource type is read (a server is searched for it, every page). With
-    ``engine="spark"`` a store's NDJSON file (or ``source`` given as a URL Spark reads, e.g.
-    ``s3a://bucket/store``) is read by Spark itself.
+    ``engine="duckdb"`` DuckDB reads a store's NDJSON file (a bundle's or server's resources of
+    that type are spooled into an owner-only temporary store first); with ``engine="spark"`` a
+    store's NDJSON file (or ``source`` given as a URL Spark reads, e.g. ``s3a://bucket/store``) is
+    read by Spark itself. Every engine gives the same table.
     """
     if engine not in VIEW_ENGINES:
         raise BadUsage(f"--engine {engine}: use one of {', '.join(VIEW_ENGINES)}")
@@ -625,6 +629,8 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     run = ViewRun()
     if engine == "spark":
         table = _spark_view(checked, source, run, spark_master)
+    elif engine == "duckdb":
+        table = _duckdb_view(checked, source, run)
     elif isinstance(source, FhirClient):
         table = run_view(checked, source.search(checked.resource), run)
     else:
@@ -632,6 +638,15 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     write_table(table, out)
     return ViewRunResult(out=out, engine=engine, resource=checked.resource, columns=checked.column_names,
                          rows=table.num_rows, read=run.read, skipped=run.skipped)
+
+
+def _duckdb_view(view: ViewDefinition, source: Path | FhirClient, run: ViewRun):
+    """The view by DuckDB over a store's file, or over a bundle's or server's resources spooled into a temporary store."""
+    if isinstance(source, Path) and source.is_dir():
+        return duckdb_table(view, Store(source), run)
+    resources = source.search(view.resource) if isinstance(source, FhirClient) else open_resources(source).read(view.resource)
+    with spooled(resources) as store:
+        return duckdb_table(view, store, run)
 
 
 def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: ViewRun, master: str | None):
