@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from .account import Account
 from .analysis import engine_frame
@@ -26,7 +27,8 @@ from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
 from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
-from .analysis.views.tables import duckdb_table, spooled
+from .analysis.views.query import query as query_views
+from .analysis.views.tables import duckdb_table, named_views, spooled
 from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
@@ -664,3 +666,69 @@ def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: View
             return spark_engine.run_view_on_resources(session, view, [], run)
         return spark_engine.run_view_on_paths(session, view, [str(held)], run)
     return spark_engine.run_view_on_resources(session, view, open_resources(path).read(view.resource), run)
+
+
+EXPORT_FORMATS = ("parquet", "csv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """Views written as tables: one file per view, its rows, and the resources read per type."""
+
+    out: Path
+    format: str
+    files: dict[str, Path]  # per view name, in order: the shipped views, then those given
+    rows: dict[str, int]
+    read: dict[str, int]  # resources read per type (each type's file is read once per view that reads it)
+    skipped: dict[str, dict[str, int]]  # per view: resources its where left out
+
+
+def export(study: Study, store: Path, out: Path, fmt: str = "parquet", views: Iterable[Path | dict] = ()) -> ExportResult:
+    """Write the shipped analysis views and any ``views`` given as Parquet or CSV files ``out/NAME.parquet|csv``.
+
+    DuckDB runs them over the store's NDJSON files. Each file is owner-only and written through a
+    temporary file beside it (never half-written); ``out`` is created owner-only if missing. CSV
+    holds a collection column as a JSON array. The store is only read.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise BadUsage(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
+    source = _view_store(store)
+    if out.resolve() == store.resolve():
+        raise BadUsage(f"--out {out}: is the store itself; give the tables a directory of their own")
+    named = named_views(study, views)
+    private_dir(out)
+    files, rows, read, skipped = {}, {}, {}, {}
+    for name, view in named.items():
+        run = ViewRun()
+        table = duckdb_table(view, source, run)
+        files[name] = out / f"{name}.{fmt}"
+        write_table(table, files[name])
+        rows[name] = table.num_rows
+        read.update(run.read)
+        skipped[name] = run.skipped
+    return ExportResult(out=out, format=fmt, files=files, rows=rows, read=read, skipped=skipped)
+
+
+def _view_store(store: Path) -> Store:
+    if not store.is_dir():
+        raise InputError(f"{store}: no such store directory: give --store the directory `fhir-msc map` or `pull` wrote")
+    return Store(store)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqlResult:
+    """A query's result over the views' tables, and the tables it could use."""
+
+    table: pa.Table
+    tables: list[str]
+
+
+def sql(study: Study, query: str, store: Path, views: Iterable[Path | dict] = ()) -> SqlResult:
+    """Run one SELECT over the shipped analysis views and any ``views`` given, each a table named by its ``name``.
+
+    DuckDB computes the views from the store's NDJSON files, then runs the query shut off from
+    files and network: anything but a single SELECT is refused (BadUsage), a query DuckDB cannot
+    run is one line (InputError), and nothing is written anywhere.
+    """
+    named = named_views(study, views)
+    return SqlResult(table=query_views(query, named, _view_store(store)), tables=list(named))

@@ -18,11 +18,12 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from ...errors import BadUsage
 from ...store.files import private_open
 from ...store.ndjson import SUFFIX, Store
 from ...study.definition import Study
 from . import duckdb_engine
-from .definition import ViewDefinition
+from .definition import ViewDefinition, load_view
 from .python_engine import ViewRun, arrow_schema, as_text
 
 SHIPPED = ("patients", "subjects", "visits", "observations")  # the analysis views shipped in this package
@@ -90,3 +91,22 @@ def spooled(resources: Iterable[Mapping[str, Any]]) -> Iterator[Store]:
             for handle in handles.values():
                 handle.close()
         yield Store(tmp)
+
+
+def named_views(study: Study, extra: Iterable[Path | Mapping[str, Any]] = ()) -> dict[str, ViewDefinition]:
+    """The shipped analysis views, then the ``extra`` ViewDefinitions, checked, by name (unique, SQL names).
+
+    An extra view needs a ``name`` (the spec's sql-name: letters, digits and _, from a letter)
+    that no other view has: it names the view's file and table.
+    """
+    views = {name: load_view(shipped_view(name, study)) for name in SHIPPED}
+    for source in extra:
+        view = load_view(source)
+        where = f"{source}: " if isinstance(source, Path) else ""
+        if not view.name:
+            raise BadUsage(f"{where}the ViewDefinition has no name: give it one (it names the table)")
+        if view.name.lower() in {name.lower() for name in views}:  # SQL names ignore case
+            raise BadUsage(f"{where}a view named {view.name!r} is already there (shipped views: "
+                           f"{', '.join(SHIPPED)}): rename it")
+        views[view.name] = view
+    return views
