@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .account import Account
-from .analysis import engine_frame
+from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
 from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
@@ -250,7 +250,7 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
     return dataclasses.replace(validate_resources(resources, version, progress.advance), not_used=not_used(opened))
 
 
-ENGINES = ("duckdb", "python")  # the frame from the shipped ViewDefinitions in DuckDB, or read in Python
+ENGINES = ("duckdb", "python", "spark")  # the shipped ViewDefinitions in DuckDB or in Spark (joined in DuckDB), or Python
 DEFAULT_ENGINE = "python"
 
 
@@ -264,7 +264,8 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
                   ) -> tuple[pd.DataFrame, Account]:
     if engine not in ENGINES:
         raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    run = engine_frame.frame_and_account if engine == "duckdb" else analysis.frame_and_account
+    run = {"duckdb": engine_frame.frame_and_account, "spark": spark_frame.frame_and_account}.get(
+        engine, analysis.frame_and_account)
     return run(study, source, visits)
 
 
@@ -276,7 +277,7 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
-    builds the frame; both give the same frame and account.
+    builds the frame; all give the same frame and account.
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
