@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_msc import jobs
-from fhir_msc.analysis.views.tables import SHIPPED, shipped_view
-from fhir_msc.fhir.bundle import write_bundle
 from fhir_msc.analysis.views.spark_engine import EngineUnavailable, spark_session
+from fhir_msc.analysis.views.tables import SHIPPED, shipped_view
 from fhir_msc.cli import main
+from fhir_msc.fhir.bundle import write_bundle
 from fhir_msc.server.client import FhirClient
 
 SCORES = {"resourceType": "ViewDefinition", "name": "scores", "resource": "Observation",

@@ -22,9 +22,9 @@ from ..store.ndjson import Store
 from ..study.definition import Study
 from . import engine_frame
 from .derived import add_derived, visits_needed
+from .views.definition import load_view
 from .views.duckdb_engine import connect
 from .views.python_engine import arrow_schema
-from .views.definition import load_view
 from .views.tables import shipped_view
 
 
