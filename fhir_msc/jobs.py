@@ -680,7 +680,7 @@ class ExportResult:
     format: str
     files: dict[str, Path]  # per view name, in order: the shipped views, then those given
     rows: dict[str, int]
-    read: dict[str, int]  # resources read per type (each type's file is read once per view that reads it)
+    read: dict[str, int]  # resources per type in the store files the views read
     skipped: dict[str, dict[str, int]]  # per view: resources its where left out
 
 

@@ -170,3 +170,14 @@ def test_help_teaches_with_an_example(command):
     for param in main.commands[command].params:
         if isinstance(param, click.Option) and param.name != "help":
             assert param.help and param.help.endswith("."), param.name
+
+
+def test_sql_computes_only_the_views_the_query_names(tmp_path):
+    (tmp_path / "Patient.ndjson").write_text(
+        "\n".join(json.dumps({"resourceType": "Patient", "id": f"p{i}", "gender": "female"}) for i in range(3)) + "\n")
+    (tmp_path / "Observation.ndjson").write_text("not JSON\n")
+    result = invoke("sql", "SELECT gender, count(*) AS n FROM patients GROUP BY 1", "--store", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"] == [{"gender": "female", "n": 3}]
+    broken = invoke("sql", "SELECT count(*) FROM observations", "--store", str(tmp_path))
+    assert broken.exit_code == 4 and len(broken.stderr.strip().splitlines()) == 1

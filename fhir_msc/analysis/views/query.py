@@ -9,6 +9,7 @@ statement is run. DuckDB spills to a temporary directory of its own, never to th
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Mapping
 
@@ -25,6 +26,8 @@ from .tables import duckdb_table
 def query(text: str, views: Mapping[str, ViewDefinition], store: Store) -> pa.Table:
     """The result of one SELECT statement over the views' tables (named by the keys of ``views``).
 
+    Only the views whose names the query mentions are computed.
+
     BadUsage for anything but a single SELECT (COPY, ATTACH, INSTALL, LOAD, SET, CREATE, …);
     InputError, in one line, for a query DuckDB cannot run.
     """
@@ -32,6 +35,8 @@ def query(text: str, views: Mapping[str, ViewDefinition], store: Store) -> pa.Ta
         _check_statements(con, text)
         con.execute(f"SET temp_directory = '{spill.replace(chr(39), chr(39) * 2)}'")
         for name, view in views.items():
+            if not re.search(rf"\b{re.escape(name)}\b", text, re.IGNORECASE):
+                continue  # a view the query does not name is not computed
             table = duckdb_table(view, store)
             con.register("fhir_msc_view", table)
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM fhir_msc_view')

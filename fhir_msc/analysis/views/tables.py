@@ -57,7 +57,7 @@ def duckdb_table(view: ViewDefinition, store: Store, run: ViewRun | None = None)
     """
     table = conformed(duckdb_engine.run_view(dict(view.json), store), view)
     if run is not None:
-        held = store.counts().get(view.resource, 0)
+        held = _resources_held(store, view.resource)
         if held:
             run.read[view.resource] = run.read.get(view.resource, 0) + held
             kept = _kept(view, store) if view.json.get("where") else held
@@ -65,6 +65,15 @@ def duckdb_table(view: ViewDefinition, store: Store, run: ViewRun | None = None)
                 run.skipped["where not true"] = run.skipped.get("where not true", 0) + held - kept
         run.rows = table.num_rows
     return table
+
+
+def _resources_held(store: Store, resource_type: str) -> int:
+    """The lines holding something in the store's file of one type (as ``Store.counts``, that file only)."""
+    path = store.current_file(resource_type)
+    if path is None:
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
 
 
 def _kept(view: ViewDefinition, store: Store) -> int:
