@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from .account import Account
-from .analysis import engine_frame
+from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
 from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
@@ -27,6 +28,8 @@ from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
 from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
+from .analysis.views.query import query as query_views
+from .analysis.views.tables import duckdb_table, named_views, spooled
 from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
@@ -252,7 +255,7 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
     return dataclasses.replace(validate_resources(resources, version, progress.advance), not_used=not_used(opened))
 
 
-ENGINES = ("duckdb", "python")  # the frame from the shipped ViewDefinitions in DuckDB, or read in Python
+ENGINES = ("duckdb", "python", "spark")  # the shipped ViewDefinitions in DuckDB or in Spark (joined in DuckDB), or Python
 DEFAULT_ENGINE = "python"
 
 
@@ -266,7 +269,8 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
                   ) -> tuple[pd.DataFrame, Account]:
     if engine not in ENGINES:
         raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    run = engine_frame.frame_and_account if engine == "duckdb" else analysis.frame_and_account
+    run = {"duckdb": engine_frame.frame_and_account, "spark": spark_frame.frame_and_account}.get(
+        engine, analysis.frame_and_account)
     return run(study, source, visits)
 
 
@@ -280,7 +284,7 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
-    builds the frame; both give the same frame and account.
+    builds the frame; all give the same frame and account.
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
@@ -658,7 +662,8 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                       examples=tuple(shown))
 
 
-VIEW_ENGINES = ["python", "spark"]  # --engine choices of `view run`
+VIEW_ENGINES = ["duckdb", "python", "spark"]  # --engine choices of `view run`, `export`; identical tables
+DEFAULT_VIEW_ENGINE = "duckdb"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -674,13 +679,15 @@ class ViewRunResult:
     skipped: dict[str, int]
 
 
-def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = "python",
+def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = DEFAULT_VIEW_ENGINE,
              spark_master: str | None = None) -> ViewRunResult:
     """Run a SQL-on-FHIR ViewDefinition over a store, bundle file or server, writing Parquet, CSV or NDJSON.
 
     Only the view's resource type is read (a server is searched for it, every page). With
-    ``engine="spark"`` a store's NDJSON file (or ``source`` given as a URL Spark reads, e.g.
-    ``s3a://bucket/store``) is read by Spark itself.
+    ``engine="duckdb"`` DuckDB reads a store's NDJSON file (a bundle's or server's resources of
+    that type are spooled into an owner-only temporary store first); with ``engine="spark"`` a
+    store's NDJSON file (or ``source`` given as a URL Spark reads, e.g. ``s3a://bucket/store``) is
+    read by Spark itself. Every engine gives the same table.
     """
     if engine not in VIEW_ENGINES:
         raise BadUsage(f"--engine {engine}: use one of {', '.join(VIEW_ENGINES)}")
@@ -691,6 +698,8 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     run = ViewRun()
     if engine == "spark":
         table = _spark_view(checked, source, run, spark_master)
+    elif engine == "duckdb":
+        table = _duckdb_view(checked, source, run)
     elif isinstance(source, FhirClient):
         table = run_view(checked, source.search(checked.resource), run)
     else:
@@ -698,6 +707,15 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     write_table(table, out)
     return ViewRunResult(out=out, engine=engine, resource=checked.resource, columns=checked.column_names,
                          rows=table.num_rows, read=run.read, skipped=run.skipped)
+
+
+def _duckdb_view(view: ViewDefinition, source: Path | FhirClient, run: ViewRun):
+    """The view by DuckDB over a store's file, or over a bundle's or server's resources spooled into a temporary store."""
+    if isinstance(source, Path) and source.is_dir():
+        return duckdb_table(view, Store(source), run)
+    resources = source.search(view.resource) if isinstance(source, FhirClient) else open_resources(source).read(view.resource)
+    with spooled(resources) as store:
+        return duckdb_table(view, store, run)
 
 
 def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: ViewRun, master: str | None):
@@ -715,3 +733,69 @@ def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: View
             return spark_engine.run_view_on_resources(session, view, [], run)
         return spark_engine.run_view_on_paths(session, view, [str(held)], run)
     return spark_engine.run_view_on_resources(session, view, open_resources(path).read(view.resource), run)
+
+
+EXPORT_FORMATS = ("parquet", "csv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """Views written as tables: one file per view, its rows, and the resources read per type."""
+
+    out: Path
+    format: str
+    files: dict[str, Path]  # per view name, in order: the shipped views, then those given
+    rows: dict[str, int]
+    read: dict[str, int]  # resources per type in the store files the views read
+    skipped: dict[str, dict[str, int]]  # per view: resources its where left out
+
+
+def export(study: Study, store: Path, out: Path, fmt: str = "parquet", views: Iterable[Path | dict] = ()) -> ExportResult:
+    """Write the shipped analysis views and any ``views`` given as Parquet or CSV files ``out/NAME.parquet|csv``.
+
+    DuckDB runs them over the store's NDJSON files. Each file is owner-only and written through a
+    temporary file beside it (never half-written); ``out`` is created owner-only if missing. CSV
+    holds a collection column as a JSON array. The store is only read.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise BadUsage(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
+    source = _view_store(store)
+    if out.resolve() == store.resolve():
+        raise BadUsage(f"--out {out}: is the store itself; give the tables a directory of their own")
+    named = named_views(study, views)
+    private_dir(out)
+    files, rows, read, skipped = {}, {}, {}, {}
+    for name, view in named.items():
+        run = ViewRun()
+        table = duckdb_table(view, source, run)
+        files[name] = out / f"{name}.{fmt}"
+        write_table(table, files[name])
+        rows[name] = table.num_rows
+        read.update(run.read)
+        skipped[name] = run.skipped
+    return ExportResult(out=out, format=fmt, files=files, rows=rows, read=read, skipped=skipped)
+
+
+def _view_store(store: Path) -> Store:
+    if not store.is_dir():
+        raise InputError(f"{store}: no such store directory: give --store the directory `fhir-msc map` or `pull` wrote")
+    return Store(store)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqlResult:
+    """A query's result over the views' tables, and the tables it could use."""
+
+    table: pa.Table
+    tables: list[str]
+
+
+def sql(study: Study, query: str, store: Path, views: Iterable[Path | dict] = ()) -> SqlResult:
+    """Run one SELECT over the shipped analysis views and any ``views`` given, each a table named by its ``name``.
+
+    DuckDB computes the views from the store's NDJSON files, then runs the query shut off from
+    files and network: anything but a single SELECT is refused (BadUsage), a query DuckDB cannot
+    run is one line (InputError), and nothing is written anywhere.
+    """
+    named = named_views(study, views)
+    return SqlResult(table=query_views(query, named, _view_store(store)), tables=list(named))

@@ -111,3 +111,10 @@ def test_analyze_prints_the_same_table_with_either_engine(tmp_path):
                                     "--engine", engine]) for engine in ("python", "duckdb")]
     assert [o.exit_code for o in outputs] == [0, 0] and outputs[0].output == outputs[1].output
     assert "difference of means" in outputs[1].output
+
+
+def test_duckdb_types_columns_as_every_engine_does():
+    from fhir_msc.analysis.views.duckdb_engine import TYPES
+    from fhir_msc.analysis.views.python_engine import ARROW_TYPES
+
+    assert {kind: arrow for kind, (_, arrow) in TYPES.items()} == ARROW_TYPES

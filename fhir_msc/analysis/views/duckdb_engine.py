@@ -567,7 +567,7 @@ class _Compiler:
             day = f"CASE length({text}) WHEN 4 THEN {year} WHEN 7 THEN {month} ELSE left({text}, 10) END"
             value = day if kind == "date" else (
                 f"CASE WHEN length({text}) <= 10 THEN {day} || '{'T00:00:00.000+14:00' if low else 'T23:59:59.999-12:00'}' "
-                f"ELSE {text} END")
+                f"ELSE {self.instant(text, low)} END")
         elif kind == "time":
             pad = "00:00:00.000" if low else "59:59:59.999"
             value = f"CASE WHEN length({text}) < 12 THEN {text} || right({_literal(pad)}, 12 - length({text})) ELSE {text} END"
@@ -577,6 +577,18 @@ class _Compiler:
             return (f"list_transform(list_filter({items}, lambda {item}: fp_num({item})), lambda {item}: "
                     f"to_json(round(CAST({item} AS DOUBLE) {'-' if low else '+'} 0.5 * pow(10, -({digits})), CAST(({digits}) + 1 AS INTEGER))))")
         return f"list_transform(list_filter({items}, lambda {item}: json_type({item}) = 'VARCHAR'), lambda {item}: to_json({value}))"
+
+    def instant(self, text: str, low: bool) -> str:
+        """A dateTime with a time to its first or last millisecond (seconds, fraction, zone filled in)."""
+        pattern = _literal(r"^(\d{4}-\d{2}-\d{2}T\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+        def part(group: int, default: str) -> str:
+            return f"coalesce(nullif(regexp_extract({text}, {pattern}, {group}), ''), '{default}')"
+        fraction = f"regexp_extract({text}, {pattern}, 4)"
+        fraction = f"CASE WHEN length({fraction}) >= 3 THEN {fraction} ELSE rpad({fraction}, 3, '{'0' if low else '9'}') END"
+        filled = (f"regexp_extract({text}, {pattern}, 1) || ':' || {part(2, '00' if low else '59')} || ':' || "
+                  f"{part(3, '00' if low else '59')} || '.' || {fraction} || {part(5, '+14:00' if low else '-12:00')}")
+        return f"CASE WHEN regexp_matches({text}, {pattern}) THEN {filled} ELSE {text} END"
 
 def _identifier(n: dict) -> str:
     text = n["terminalNodeText"][0] if n.get("terminalNodeText") else n["text"]
