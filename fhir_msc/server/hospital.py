@@ -17,7 +17,12 @@ partial date (``2023-05``) is placed when every day it may mean lies in one visi
 By bulk export (``Patient/$export``, or system level, with ``_type=Patient,Observation`` and a
 ``_typeFilter`` per study code), the patients are matched by identifier in the exported
 Patients and their Observations go through the same placement and account as the paged
-ones; Observations with other codes are not exported, so they are not in that account.
+ones; Observations with other codes are not exported, so they are not in that account. The
+export's results are placed as they stream from its files and the nearest to each visit day
+is chosen out of core (DuckDB, in a file under the state directory, with a memory limit), the
+study's values alongside: memory does not grow with the number of patients (only the findings
+and conflicts returned do). Results, accounts (examples included) and conflicts are the same as
+in memory.
 """
 
 from __future__ import annotations
@@ -26,19 +31,25 @@ import calendar
 import csv
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..account import Account, Tally
 from ..errors import InputError
 from ..fhir.unmapping import ref_id
 from ..progress import NO_PROGRESS, Progress
+from ..store.lock import spool_dir
 from ..study.definition import Outcome, Study, Visit
 from ..tables.sdtm import COMPARATORS, FindingRecord, SubjectRecord, format_number
 from . import bulk
 from .client import FhirClient
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 PREFER = ("study", "hospital")
@@ -47,7 +58,10 @@ SAME = "same as the study value (nothing to change)"
 SUPERSEDED = "superseded by a result closer to the visit day"
 UNUSED_CODE = "code not used by the study"
 
-StudyValues = dict[tuple[str, int, str], tuple[str, str]]  # (subject, visitnum, testcd) -> (result, date)
+Key = tuple[str, int | float, str]  # (subject, visitnum, testcd)
+StudyValues = Mapping[Key, tuple[str, str]] | Iterable[tuple[Key, tuple[str, str]]]  # key -> (result, date); pairs: last wins
+DUCKDB_MEMORY = "64MB"  # the out-of-core choice's memory limit: it spills to its temp directory beyond that
+BATCH = 10_000  # rows handed to DuckDB at a time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +166,7 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
             for observation in client.search("Observation", {"subject": f"Patient/{patient_id}"}):
                 yield patient_id, observation
 
-    result = _account(study, by_code, len(enrollment), patients, found, observations(), study_values, prefer)
+    result = _account(study, by_code, len(enrollment), patients, found, observations(), dict(_pairs(study_values)), prefer)
     return dataclasses.replace(result, notes=notes)
 
 
@@ -172,7 +186,8 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
     found = _found(enrollment, subjects, patients, lambda person: holders.get((person.system, person.value), []), progress)
     observations = ((patient_id, o) for o in done.resources("Observation")
                     if (patient_id := ref_id((o.get("subject") or {}).get("reference", ""))) in found)
-    result = _account(study, by_code, len(enrollment), patients, found, observations, study_values, prefer)
+    result = _account_out_of_core(study, by_code, len(enrollment), patients, found, observations, study_values, prefer,
+                                  state_dir)
     bulk.finish(client, done)
     notes = [f"pulled by bulk export ({level} level, {done.downloaded} files"
              f"{f', {done.reused} already downloaded' if done.reused else ''}); only Observations with the study's "
@@ -208,7 +223,7 @@ def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: in
     (ties: the first Observation by reference), and account for each one: used, or not used by reason."""
     tally = Tally()
     unused: Counter[str] = Counter()
-    best: dict[tuple[str, int, str], _Placed] = {}
+    best: dict[Key, _Placed] = {}
     for patient_id, observation in observations:
         for subject, start in found[patient_id]:
             tally.read += 1
@@ -224,27 +239,132 @@ def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: in
                 if loser is placed:
                     continue
             best[key] = placed
+    chosen = ((placed.record, placed.observation, study_values.get(key)) for key, placed in sorted(best.items()))
+    findings, conflicts = _judge(chosen, tally, prefer)
+    return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
+                              findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
+                              prefer=prefer)
+
+
+def _judge(chosen: Iterable[tuple[FindingRecord, str, tuple[str, str] | None]], tally: Tally, prefer: str
+           ) -> tuple[list[FindingRecord], list[Conflict]]:
+    """The findings and conflicts of the results chosen (each with its Observation and the study's value, if any)."""
     findings, conflicts = [], []
-    for key in sorted(best):
-        placed = best[key]
-        record = placed.record
-        held = study_values.get(key)
+    for record, observation, held in chosen:
         if held is not None and held[0] == record.result:
-            tally.skip(SAME, placed.observation)
+            tally.skip(SAME, observation)
             continue
         if held is not None:
             conflicts.append(Conflict(subject=record.subject, testcd=record.testcd, visitnum=record.visitnum,
                                       unit=record.unit, study_result=held[0], study_date=held[1],
                                       hospital_result=record.result, hospital_date=record.date,
-                                      hospital_observation=placed.observation, kept=prefer))
+                                      hospital_observation=observation, kept=prefer))
             if prefer != "hospital":
-                tally.skip(CONFLICT, placed.observation)
+                tally.skip(CONFLICT, observation)
                 continue
         tally.used += 1
         findings.append(record)
+    return findings, conflicts
+
+
+def _pairs(study_values: StudyValues) -> Iterable[tuple[Key, tuple[str, str]]]:
+    return study_values.items() if isinstance(study_values, Mapping) else study_values
+
+
+_PLACED = ("seq BIGINT, subject VARCHAR, visit INTEGER, visitnum DOUBLE, testcd VARCHAR, distance BIGINT, "
+           "observation VARCHAR, result VARCHAR, date VARCHAR")
+_HELD = "seq BIGINT, subject VARCHAR, visitnum DOUBLE, testcd VARCHAR, result VARCHAR, date VARCHAR"
+# Each placed result after the first of its subject, outcome and visit supersedes the best so far or is superseded
+# by it (ties: the best so far stays), as in _account; the loser's Observation, in the order results arrived.
+_SUPERSEDED = """
+    SELECT CASE WHEN {'d': distance, 'o': observation} < best THEN best.o ELSE observation END
+    FROM (SELECT seq, distance, observation,
+                 min({'d': distance, 'o': observation}) OVER (PARTITION BY subject, visitnum, testcd ORDER BY seq
+                                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best
+          FROM placed)
+    WHERE best IS NOT NULL ORDER BY seq"""
+_CHOSEN = """
+    WITH held_last AS (SELECT * FROM held QUALIFY row_number() OVER (PARTITION BY subject, visitnum, testcd
+                                                                     ORDER BY seq DESC) = 1),
+         chosen AS (SELECT * FROM placed QUALIFY row_number() OVER (PARTITION BY subject, visitnum, testcd
+                                                                    ORDER BY distance, observation, seq) = 1)
+    SELECT c.subject, c.visit, c.testcd, c.result, c.date, c.observation, h.result, h.date
+    FROM chosen c LEFT JOIN held_last h USING (subject, visitnum, testcd)
+    ORDER BY c.subject, c.visitnum, c.testcd"""
+
+
+def _account_out_of_core(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: int, patients: Tally,
+                         found: dict[str, list[tuple[str, date]]], observations: Iterable[tuple[str, dict]],
+                         study_values: StudyValues, prefer: str, work: Path) -> HospitalPullResult:
+    """:func:`_account` with the placed results and the study's values in DuckDB (a file in a spool
+    directory under ``work``, memory-limited), not in memory: the same result, account and conflicts."""
+    import duckdb  # only here: the paged hospital pull does not need it
+
+    outcomes = {outcome.code: outcome for outcome in by_code.values()}
+    visit_index = {visit.visitnum: n for n, visit in enumerate(study.visits)}
+    tally = Tally()
+    unused: Counter[str] = Counter()
+    with spool_dir(work, ".hospital-") as spool, duckdb.connect(str(spool / "placed.duckdb")) as con:
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET threads = 1; SET preserve_insertion_order = false; "
+                    f"SET temp_directory = '{spool / 'duckdb.tmp'}'")
+        con.execute(f"CREATE TABLE placed ({_PLACED}); CREATE TABLE held ({_HELD})")
+
+        def placed_rows() -> Iterator[tuple]:
+            for patient_id, observation in observations:
+                for subject, start in found[patient_id]:
+                    tally.read += 1
+                    placed = _place(study, by_code, observation, subject, start, unused)
+                    if isinstance(placed, str):
+                        tally.skip(placed, f"Observation/{observation.get('id')}")
+                        continue
+                    r = placed.record
+                    yield (r.subject, visit_index[r.visitnum], r.visitnum, r.testcd, placed.distance, placed.observation,
+                           r.result, r.date)
+
+        held_rows = ((s, float(v), t, result, when) for (s, v, t), (result, when) in _pairs(study_values))
+        _insert(con, "placed", _PLACED, placed_rows())
+        _insert(con, "held", _HELD, held_rows)
+        losers = con.execute(_SUPERSEDED)
+        while batch := losers.fetchmany(BATCH):
+            for (observation,) in batch:
+                tally.skip(SUPERSEDED, observation)
+
+        def chosen() -> Iterator[tuple[FindingRecord, str, tuple[str, str] | None]]:
+            rows = con.execute(_CHOSEN)
+            while batch := rows.fetchmany(BATCH):
+                for subject, visit, testcd, result, when, observation, held_result, held_date in batch:
+                    outcome = outcomes[testcd]
+                    record = FindingRecord(subject=subject, domain=outcome.domain, testcd=testcd, test=outcome.display,
+                                           result=result, unit=outcome.unit, visitnum=study.visits[visit].visitnum,
+                                           date=when)
+                    yield record, observation, None if held_result is None else (held_result, held_date)
+
+        findings, conflicts = _judge(chosen(), tally, prefer)
     return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
                               findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
                               prefer=prefer)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: str, rows: Iterable[tuple]) -> None:
+    """Append ``rows`` (the columns after ``seq``) to ``table``, ``BATCH`` at a time, ``seq`` numbering them in order."""
+    import pyarrow as pa
+
+    names = [column.split()[0] for column in columns.split(", ")]
+    seq, batch = 0, []
+    for row in rows:
+        batch.append((seq, *row))
+        seq += 1
+        if len(batch) == BATCH:
+            _append(con, table, pa.table(dict(zip(names, map(list, zip(*batch))))))
+            batch = []
+    if batch:
+        _append(con, table, pa.table(dict(zip(names, map(list, zip(*batch))))))
+
+
+def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    con.register("batch", rows)
+    con.execute(f"INSERT INTO {table} SELECT * FROM batch")
+    con.unregister("batch")
 
 
 def _place(study: Study, by_code: dict[tuple[str, str], Outcome], observation: dict, subject: str, start: date,
