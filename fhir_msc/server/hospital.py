@@ -350,10 +350,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: str, rows: Iter
     import pyarrow as pa
 
     names = [column.split()[0] for column in columns.split(", ")]
-    seq, batch = 0, []
-    for row in rows:
+    batch = []
+    for seq, row in enumerate(rows):
         batch.append((seq, *row))
-        seq += 1
         if len(batch) == BATCH:
             _append(con, table, pa.table(dict(zip(names, map(list, zip(*batch))))))
             batch = []
