@@ -4,8 +4,9 @@ Starts the loopback server preloaded with the SIZE-subject cohort, runs the page
 `pull-paged` case's call) with a progress recorder, and stops it after MINUTES. OUT (JSON)
 gets every stage with its start time and how far it got, the time the server took to load,
 and this process's peak RSS so far. TIMEOUT (seconds, default the client's 30) is how long the
-client waits for one answer: a server scanning every resource per search may need longer. What it records is measured; any estimate of the whole
-pull made from it is an extrapolation and must be labelled so wherever it is quoted.
+client waits for one answer: a server scanning every resource per search may need longer. What
+it records is measured; any estimate of the whole pull made from it is an extrapolation and
+must be labelled so wherever it is quoted.
 """
 
 from __future__ import annotations
