@@ -18,11 +18,11 @@ By bulk export (``Patient/$export``, or system level, with ``_type=Patient,Obser
 ``_typeFilter`` per study code), the patients are matched by identifier in the exported
 Patients and their Observations go through the same placement and account as the paged
 ones; Observations with other codes are not exported, so they are not in that account. The
-export's results are placed as they stream from its files and the nearest to each visit day
-is chosen out of core (DuckDB, in a file under the state directory, with a memory limit), the
-study's values alongside: memory does not grow with the number of patients (only the findings
-and conflicts returned do). Results, accounts (examples included) and conflicts are the same as
-in memory.
+export's results are placed as they stream from its files and spooled under the state
+directory with the study's values, in parts of at least 1,000 subjects; the result closest to
+each visit day is then chosen part by part, so memory does not grow with the number of
+patients (only the findings and conflicts returned do). Results, accounts (examples included)
+and conflicts are the same as in memory.
 """
 
 from __future__ import annotations
@@ -32,24 +32,23 @@ import csv
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..account import Account, Tally
+import orjson
+
+from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError
 from ..fhir.unmapping import ref_id
 from ..progress import NO_PROGRESS, Progress
+from ..store.files import private_open
 from ..store.lock import spool_dir
 from ..study.definition import Outcome, Study, Visit
 from ..tables.sdtm import COMPARATORS, FindingRecord, SubjectRecord, format_number
 from . import bulk
 from .client import FhirClient
-
-if TYPE_CHECKING:
-    import duckdb
-    import pyarrow as pa
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 PREFER = ("study", "hospital")
@@ -60,8 +59,8 @@ UNUSED_CODE = "code not used by the study"
 
 Key = tuple[str, int | float, str]  # (subject, visitnum, testcd)
 StudyValues = Mapping[Key, tuple[str, str]] | Iterable[tuple[Key, tuple[str, str]]]  # key -> (result, date); pairs: last wins
-DUCKDB_MEMORY = "64MB"  # the out-of-core choice's memory limit: it spills to its temp directory beyond that
-BATCH = 10_000  # rows handed to DuckDB at a time
+SUBJECTS_PER_PART = 1000  # the bulk path's results are chosen this many subjects at a time (at least) ...
+MAX_PARTS = 200  # ... in at most this many parts (files open at once while spooling)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,99 +270,80 @@ def _pairs(study_values: StudyValues) -> Iterable[tuple[Key, tuple[str, str]]]:
     return study_values.items() if isinstance(study_values, Mapping) else study_values
 
 
-_PLACED = ("seq BIGINT, subject VARCHAR, visit INTEGER, visitnum DOUBLE, testcd VARCHAR, distance BIGINT, "
-           "observation VARCHAR, result VARCHAR, date VARCHAR")
-_HELD = "seq BIGINT, subject VARCHAR, visitnum DOUBLE, testcd VARCHAR, result VARCHAR, date VARCHAR"
-# Each placed result after the first of its subject, outcome and visit supersedes the best so far or is superseded
-# by it (ties: the best so far stays), as in _account; the loser's Observation, in the order results arrived.
-_SUPERSEDED = """
-    SELECT CASE WHEN {'d': distance, 'o': observation} < best THEN best.o ELSE observation END
-    FROM (SELECT seq, distance, observation,
-                 min({'d': distance, 'o': observation}) OVER (PARTITION BY subject, visitnum, testcd ORDER BY seq
-                                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best
-          FROM placed)
-    WHERE best IS NOT NULL ORDER BY seq"""
-_CHOSEN = """
-    WITH held_last AS (SELECT * FROM held QUALIFY row_number() OVER (PARTITION BY subject, visitnum, testcd
-                                                                     ORDER BY seq DESC) = 1),
-         chosen AS (SELECT * FROM placed QUALIFY row_number() OVER (PARTITION BY subject, visitnum, testcd
-                                                                    ORDER BY distance, observation, seq) = 1)
-    SELECT c.subject, c.visit, c.testcd, c.result, c.date, c.observation, h.result, h.date
-    FROM chosen c LEFT JOIN held_last h USING (subject, visitnum, testcd)
-    ORDER BY c.subject, c.visitnum, c.testcd"""
-
-
 def _account_out_of_core(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: int, patients: Tally,
                          found: dict[str, list[tuple[str, date]]], observations: Iterable[tuple[str, dict]],
                          study_values: StudyValues, prefer: str, work: Path) -> HospitalPullResult:
-    """:func:`_account` with the placed results and the study's values in DuckDB (a file in a spool
-    directory under ``work``, memory-limited), not in memory: the same result, account and conflicts."""
-    import duckdb  # only here: the paged hospital pull does not need it
-
-    outcomes = {outcome.code: outcome for outcome in by_code.values()}
+    """:func:`_account` with the placed results and the study's values spooled to disk (a spool directory
+    under ``work``) in parts of at least SUBJECTS_PER_PART subjects in their sorted order, then chosen
+    part by part: memory holds one part, and the result, account and conflicts are the same."""
+    subjects = sorted({subject for enrolled_as in found.values() for subject, _ in enrolled_as})
+    size = max(SUBJECTS_PER_PART, -(-len(subjects) // MAX_PARTS))
+    part_of = {subject: n // size for n, subject in enumerate(subjects)}
+    parts = -(-len(subjects) // size)
     visit_index = {visit.visitnum: n for n, visit in enumerate(study.visits)}
     tally = Tally()
     unused: Counter[str] = Counter()
-    with spool_dir(work, ".hospital-") as spool, duckdb.connect(str(spool / "placed.duckdb")) as con:
-        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET threads = 1; SET preserve_insertion_order = false; "
-                    f"SET temp_directory = '{spool / 'duckdb.tmp'}'")
-        con.execute(f"CREATE TABLE placed ({_PLACED}); CREATE TABLE held ({_HELD})")
-
-        def placed_rows() -> Iterator[tuple]:
+    with spool_dir(work, ".hospital-") as spool:
+        with ExitStack() as stack:
+            placed = [stack.enter_context(private_open(spool / f"placed-{n}.ndjson", "wb")) for n in range(parts)]
+            seq = 0
             for patient_id, observation in observations:
                 for subject, start in found[patient_id]:
                     tally.read += 1
-                    placed = _place(study, by_code, observation, subject, start, unused)
-                    if isinstance(placed, str):
-                        tally.skip(placed, f"Observation/{observation.get('id')}")
+                    result = _place(study, by_code, observation, subject, start, unused)
+                    if isinstance(result, str):
+                        tally.skip(result, f"Observation/{observation.get('id')}")
                         continue
-                    r = placed.record
-                    yield (r.subject, visit_index[r.visitnum], r.visitnum, r.testcd, placed.distance, placed.observation,
-                           r.result, r.date)
-
-        held_rows = ((s, float(v), t, result, when) for (s, v, t), (result, when) in _pairs(study_values))
-        _insert(con, "placed", _PLACED, placed_rows())
-        _insert(con, "held", _HELD, held_rows)
-        losers = con.execute(_SUPERSEDED)
-        while batch := losers.fetchmany(BATCH):
-            for (observation,) in batch:
-                tally.skip(SUPERSEDED, observation)
-
-        def chosen() -> Iterator[tuple[FindingRecord, str, tuple[str, str] | None]]:
-            rows = con.execute(_CHOSEN)
-            while batch := rows.fetchmany(BATCH):
-                for subject, visit, testcd, result, when, observation, held_result, held_date in batch:
-                    outcome = outcomes[testcd]
-                    record = FindingRecord(subject=subject, domain=outcome.domain, testcd=testcd, test=outcome.display,
-                                           result=result, unit=outcome.unit, visitnum=study.visits[visit].visitnum,
-                                           date=when)
-                    yield record, observation, None if held_result is None else (held_result, held_date)
-
-        findings, conflicts = _judge(chosen(), tally, prefer)
+                    r = result.record
+                    placed[part_of[subject]].write(orjson.dumps(
+                        [seq, visit_index[r.visitnum], r.testcd, result.distance, result.observation, r.result, r.date, subject],
+                        option=orjson.OPT_APPEND_NEWLINE))
+                    seq += 1
+        with ExitStack() as stack:
+            held = [stack.enter_context(private_open(spool / f"held-{n}.ndjson", "wb")) for n in range(parts)]
+            for (subject, visitnum, testcd), value in _pairs(study_values):
+                if subject in part_of:
+                    held[part_of[subject]].write(orjson.dumps([subject, visitnum, testcd, *value],
+                                                              option=orjson.OPT_APPEND_NEWLINE))
+        first_losers: list[tuple[int, str]] = []  # (when, Observation) of the earliest superseded results
+        chosen = (row for n in range(parts) for row in _chosen_in_part(study, by_code, spool, n, tally, first_losers))
+        findings, conflicts = _judge(chosen, tally, prefer)
+    for _, observation in sorted(first_losers)[:MAX_EXAMPLES]:
+        tally.skip(SUPERSEDED, observation, count=0)  # counted part by part; named here in the order they came
     return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
                               findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
                               prefer=prefer)
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: str, rows: Iterable[tuple]) -> None:
-    """Append ``rows`` (the columns after ``seq``) to ``table``, ``BATCH`` at a time, ``seq`` numbering them in order."""
-    import pyarrow as pa
-
-    names = [column.split()[0] for column in columns.split(", ")]
-    batch = []
-    for seq, row in enumerate(rows):
-        batch.append((seq, *row))
-        if len(batch) == BATCH:
-            _append(con, table, pa.table(dict(zip(names, map(list, zip(*batch))))))
-            batch = []
-    if batch:
-        _append(con, table, pa.table(dict(zip(names, map(list, zip(*batch))))))
-
-
-def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-    con.register("batch", rows)
-    con.execute(f"INSERT INTO {table} SELECT * FROM batch")
-    con.unregister("batch")
+def _chosen_in_part(study: Study, by_code: dict[tuple[str, str], Outcome], spool: Path, part: int, tally: Tally,
+                    first_losers: list[tuple[int, str]]) -> Iterator[tuple[FindingRecord, str, tuple[str, str] | None]]:
+    """One part's results closest to their visit day (as :func:`_account` chooses them), in key order, each
+    with its Observation and the study's value; superseded ones are counted (the first few noted)."""
+    outcomes = {outcome.code: outcome for outcome in by_code.values()}
+    with open(spool / f"held-{part}.ndjson", "rb") as handle:
+        held = {(s, v, t): (result, when) for s, v, t, result, when in map(orjson.loads, handle)}
+    best: dict[Key, tuple[int, str, int, list]] = {}  # key -> (distance, Observation, seq, row)
+    losers = 0
+    with open(spool / f"placed-{part}.ndjson", "rb") as handle:
+        for row in map(orjson.loads, handle):
+            seq, visit, testcd, distance, observation = row[:5]
+            key = (row[7], study.visits[visit].visitnum, testcd)
+            earlier = best.get(key)
+            if earlier is not None:
+                superseded = earlier[:2] <= (distance, observation)  # ties: the earlier stays
+                tally.skip(SUPERSEDED)
+                if losers < MAX_EXAMPLES:
+                    first_losers.append((seq, observation if superseded else earlier[1]))
+                    losers += 1
+                if superseded:
+                    continue
+            best[key] = (distance, observation, seq, row)
+    for key in sorted(best):
+        _, observation, _, (_, visit, testcd, _, _, result, when, subject) = best[key]
+        outcome = outcomes[testcd]
+        record = FindingRecord(subject=subject, domain=outcome.domain, testcd=testcd, test=outcome.display, result=result,
+                               unit=outcome.unit, visitnum=study.visits[visit].visitnum, date=when)
+        yield record, observation, held.get(key)
 
 
 def _place(study: Study, by_code: dict[tuple[str, str], Outcome], observation: dict, subject: str, start: date,

@@ -208,14 +208,16 @@ def test_hospital_pull_bulk_falls_back_to_paged_search_without_export(demo_store
         server.stop()
 
 
-@pytest.mark.parametrize("prefer", ["study", "hospital"])
-def test_the_out_of_core_choice_equals_the_in_memory_one_on_the_fixture(demo_store, prefer, tmp_path):
-    """The bulk path's DuckDB choice gives the in-memory path's findings, conflicts and account (examples included),
-    on the hospital fixture with each Observation also sent again as a copy (earlier, in reverse order): ties and
-    more than MAX_EXAMPLES superseded results."""
+@pytest.mark.parametrize(("prefer", "per_part"), [("study", 1), ("hospital", 1), ("study", 1000)])
+def test_the_out_of_core_choice_equals_the_in_memory_one_on_the_fixture(demo_store, prefer, per_part, tmp_path, monkeypatch):
+    """The bulk path's choice part by part (one subject per part, or all in one) gives the in-memory path's findings,
+    conflicts and account (examples included), on the hospital fixture with each Observation also sent again as a
+    copy (earlier, in reverse order) and with its own id and another value (later): ties, which the first one wins,
+    and more than MAX_EXAMPLES superseded results."""
     from fhir_msc import jobs
     from fhir_msc.server import hospital
 
+    monkeypatch.setattr(hospital, "SUBJECTS_PER_PART", per_part)
     study = load_study()
     people = read_enrollment(HOSPITAL / "enrollment.csv")
     subjects, values = jobs._held_values(study, demo_store, {person.subject for person in people})
@@ -229,6 +231,9 @@ def test_the_out_of_core_choice_equals_the_in_memory_one_on_the_fixture(demo_sto
     observations = [(e["resource"]["subject"]["reference"], {**e["resource"], "id": f"h{n:03d}"}) for n, e in enumerate(bundle)
                     if e["resource"]["resourceType"] == "Observation" and e["resource"]["subject"]["reference"] in found]
     copies = [(patient, {**o, "id": f"{o['id']}-copy"}) for patient, o in reversed(observations)]
+    changed = [(patient, {**o, "valueQuantity": {**o["valueQuantity"], "value": o["valueQuantity"]["value"] * 1.1}})
+               for patient, o in observations if isinstance(o.get("valueQuantity", {}).get("value"), (int, float))]
+    observations += changed
     by_code = hospital.hospital_outcomes(study)
     args = (study, by_code, len(people))
     in_memory = hospital._account(*args, Tally(), found, copies + observations, dict(values), prefer)
