@@ -1,10 +1,12 @@
-"""A paged pull too long to finish, measured as far as it gets: `python -m benchmarks.paged_rate SIZE MINUTES OUT`.
+"""A paged pull too long to finish, measured as far as it gets: `python -m benchmarks.paged_rate SIZE MINUTES OUT [TIMEOUT]`.
 
 Starts the loopback server preloaded with the SIZE-subject cohort, runs the paged pull (the
 `pull-paged` case's call) with a progress recorder, and stops it after MINUTES. OUT (JSON)
 gets every stage with its start time and how far it got, the time the server took to load,
-and this process's peak RSS so far. What it records is measured; any estimate of the whole
-pull made from it is an extrapolation and must be labelled so wherever it is quoted.
+and this process's peak RSS so far. TIMEOUT (seconds, default the client's 30) is how long the
+client waits for one answer: a server scanning every resource per search may need longer. What
+it records is measured; any estimate of the whole pull made from it is an extrapolation and
+must be labelled so wherever it is quoted.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Recorder(Progress):
 
 def main() -> None:
     size, minutes, out = int(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3])
+    timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
     store = mapped_store(scaled_cohort(size), size)
     loading = time.perf_counter()
     server = loaded_server(store)
@@ -67,7 +70,7 @@ def main() -> None:
     signal.alarm(int(minutes * 60))
     try:
         target = Store(tempfile.mkdtemp(prefix="bench-paged-rate-"))
-        pull(FhirClient(server.base), load_study(), target, Journal(Path(tempfile.mkdtemp(prefix="bench-pr-"))),
+        pull(FhirClient(server.base, timeout=timeout), load_study(), target, Journal(Path(tempfile.mkdtemp(prefix="bench-pr-"))),
              progress=recorder)
         finished = True
     except _Stop:
@@ -76,7 +79,8 @@ def main() -> None:
         error = str(exc)
     signal.alarm(0)
     elapsed = time.perf_counter() - recorder.started
-    result = {"machine": machine(), "case": "pull-paged", "subjects": size, "server_load_seconds": round(loaded_s, 1),
+    result = {"machine": machine(), "case": "pull-paged", "subjects": size, "client_timeout_s": timeout,
+              "server_load_seconds": round(loaded_s, 1),
               "finished": finished, "error": error, "seconds_run": round(elapsed, 1), "peak_rss_mb": peak_rss_mb(),
               "stages": recorder.stages}
     out.write_text(json.dumps(result, indent=2))

@@ -538,11 +538,11 @@ def repair(store: Path, *, dry_run: bool = False) -> RepairResult:
 
 
 def _held_values(study: Study, store: Store, enrolled: set[str]) -> tuple[dict, _hospital.StudyValues]:
-    """The store's subjects, and its values of the enrolled subjects for the outcomes a hospital can give."""
+    """The store's subjects, and a stream of its values of the enrolled subjects for the outcomes a hospital can give."""
     codes = {outcome.code for outcome in _hospital.hospital_outcomes(study).values()}
     subjects, findings, _ = read_records(study, store)
-    values = {(f.subject, f.visitnum, f.testcd): (f.result, f.date) for f in findings
-              if f.testcd in codes and f.subject in enrolled}
+    values = (((f.subject, f.visitnum, f.testcd), (f.result, f.date)) for f in findings
+              if f.testcd in codes and f.subject in enrolled)
     return subjects, values
 
 

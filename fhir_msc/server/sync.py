@@ -489,22 +489,24 @@ class _Intake:
         self.invalid: dict[str, int] = {}
         self.examples: list[str] = []
 
-    def store(self, store: Store, resources: list[Resource]) -> None:
-        valid = []
-        for resource in _dedupe(resources):
+    def store(self, store: Store, resources: Iterable[Resource]) -> None:
+        """Write the valid ones of ``resources`` (streamed: one store write) and count the others."""
+        for resource_type, n in store.write(self._valid(resources)).items():
+            self.counts[resource_type] = self.counts.get(resource_type, 0) + n
+
+    def _valid(self, resources: Iterable[Resource]) -> Iterator[Resource]:
+        for resource in resources:
             if resource.get("resourceType") == "OperationOutcome":  # a search's warnings, not data
                 continue
             problem = self._problem(resource)
             if problem is None:
-                valid.append(resource)
+                yield resource
                 continue
             label, _, reason = problem.partition(": ")
             reason = f"{resource.get('resourceType')}: {reason}" if reason else problem
             self.invalid[reason] = self.invalid.get(reason, 0) + 1
             if len(self.examples) < MAX_EXAMPLES:
                 self.examples.append(problem)
-        for resource_type, n in store.write(valid).items():
-            self.counts[resource_type] = self.counts.get(resource_type, 0) + n
 
     def _problem(self, resource: Resource) -> str | None:
         resource_type = resource.get("resourceType")
@@ -573,28 +575,27 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     subjects = client.search_complete("ResearchSubject", {**subject_query, "_include": "ResearchSubject:individual", **changes})
     subjects += _missing_patients(client, subjects, page_size)
     fetched = [s for s in studies if not since or s.get("meta", {}).get("lastUpdated", "") > since] + groups + subjects
-    intake.store(store, fetched)
+    intake.store(store, _dedupe(fetched))
+    newest = [max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="")]
     holds("Group", [group_query], groups)
     holds("ResearchSubject", [subject_query], subjects)
     patient_ids = study_patients(store, held["ResearchSubject"])
     holds("Patient", [{"_id": ",".join(patient_ids[i:i + SUBJECT_CHUNK])} for i in range(0, len(patient_ids), SUBJECT_CHUNK)],
           subjects)
     for resource_type in SUBJECT_DATA:
-        batch: list[Resource] = []
         step = subjects_per_search(study, resource_type, page_size)
         progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")
-        for start, query in zip(range(0, len(patient_ids), step), _by_subject(patient_ids, step)):
-            batch += client.search_complete(resource_type, {**query, **changes})
-            progress.advance(min(step, len(patient_ids) - start))
-        intake.store(store, batch)
-        holds(resource_type, _by_subject(patient_ids, SUBJECT_CHUNK), batch)  # counts need no page: fewer, longer searches
-        fetched += batch
+        got: set[str] = set()
+        searches = zip(range(0, len(patient_ids), step), _by_subject(patient_ids, step))
+        intake.store(store, _searched(client, resource_type, searches, changes, step, len(patient_ids), got, newest, progress))
+        held[resource_type] = got if not since else _held_by(client, resource_type, _by_subject(patient_ids, SUBJECT_CHUNK),
+                                                             before_ids.get(resource_type, set()) | got, page_size)
     removed = {}
     for resource_type, ids in before_ids.items():
         if n := store.remove(resource_type, ids - held.get(resource_type, set())):
             removed[resource_type] = n
     journal.record_pulled_ids(source, mark, held)
-    high_water = max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="") or since
+    high_water = newest[0] or since
     if high_water:
         journal.record_pull(source, mark, high_water)
     return result(removed, high_water)
@@ -680,6 +681,24 @@ def _patients_of(store: Store, subject_ids: set[str]) -> Iterator[str]:
         ref = (subject.get("individual") or subject.get("subject") or {}).get("reference")
         if ref:
             yield ref
+
+
+def _searched(client: FhirClient, resource_type: str, searches: Iterable[tuple[int, dict[str, str]]], changes: dict[str, str],
+              step: int, total: int, got: set[str], newest: list[str], progress: Progress) -> Iterator[Resource]:
+    """Each search's resources as they come, once each (the last fetched within a search, the first across
+    searches); memory keeps their ids (``got``) and the newest ``meta.lastUpdated`` (``newest[0]``), not them."""
+    others: set[tuple[Any, str]] = set()  # ids of other types a server may add (not OperationOutcomes)
+    for start, query in searches:
+        for resource in _dedupe(client.search_complete(resource_type, {**query, **changes})):
+            id_, kind = resource.get("id"), resource.get("resourceType")
+            if isinstance(id_, str) and kind != "OperationOutcome":
+                seen, key = (got, id_) if kind == resource_type else (others, (kind, id_))
+                if key in seen:
+                    continue
+                seen.add(key)  # type: ignore[arg-type]
+            newest[0] = max(newest[0], resource.get("meta", {}).get("lastUpdated", ""))
+            yield resource
+        progress.advance(min(step, total - start))
 
 
 def _dedupe(resources: list[Resource]) -> list[Resource]:
