@@ -11,7 +11,10 @@ Python reader counts as not readable; a view reads them as absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from ..account import MAX_EXAMPLES, Account
 from ..errors import BadUsage, InputError
 from ..fhir.unmapping import NOT_A_NUMBER, NOT_ASKED, ResourceSource
 from ..store.files import private_open
+from ..store.columnar import ColumnarProjection, Projection
 from ..store.ndjson import Store
 from ..study.definition import Study
 from ..tables.sdtm import COMPARATORS
@@ -40,10 +44,14 @@ from .frame import (
     frame_categories,
 )
 from .derived import add_derived, visits_needed
-from .views.duckdb_engine import compile_view, connect
+from .views.duckdb_engine import _reason, compile_view, connect
+
+log = logging.getLogger(__name__)
 
 VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "visits": "Encounter", "observations": "Observation"}
 LINE = "_line"  # each view's extra column: the resource's line in its file (reading order)
+ENGINE_VERSION = "duckdb-1"  # part of each projected table's key: change it when compile_view's output changes
+MEMORY_LIMIT = "1GB"  # DuckDB spills (to an owner-only temporary directory) beyond this
 
 
 def shipped_view(name: str) -> dict:
@@ -64,16 +72,54 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
     _check_supported(study)
     visits = visits_needed(study, visits)
-    with _as_store(source) as store, connect() as con:
-        for name in VIEWS:
-            view = _with_study_constants(shipped_view(name), study)
-            con.execute(f"CREATE TEMP VIEW {name} AS {compile_view(view, store, ordinal=LINE).sql}")
-        lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
-        con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
+    with _as_store(source) as store, _connection() as con:
         try:
+            for name, projection in project(study, store, con).items():
+                con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
+            lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
+            con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
             return add_derived(study, _frame(study, con)), _account(con)
         except duckdb.Error as error:
-            raise InputError(f"{getattr(store, 'path', source)}: {str(error).splitlines()[0]}") from None
+            raise InputError(f"{getattr(store, 'path', source)}: {_reason(error)}") from None
+
+
+def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[str, Projection]:
+    """Each shipped view of ``study`` over ``store`` as a Parquet table of the store's columnar projection.
+
+    A table is computed (streamed by DuckDB from the NDJSON into Parquet) when it is missing or stale:
+    its key is a digest of the view with the study's constants and of ``ENGINE_VERSION``, its stamp the
+    NDJSON file it reads (see :mod:`fhir_msc.store.columnar`). A store whose directory is not writable
+    gets its tables in a temporary directory, for this run only.
+    """
+    directory = None if os.access(store.path, os.W_OK) else Path(_scratch(con)) / "columnar"
+    projection = ColumnarProjection(store, directory)
+    found = {}
+    for name, resource_type in VIEWS.items():
+        view = _with_study_constants(shipped_view(name), study)
+        key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
+        sql = compile_view(view, store, ordinal=LINE).sql
+
+        def write(path: Path, metadata: dict[bytes, bytes], sql: str = sql) -> None:
+            kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
+            con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
+        found[name] = projection.table_written(name, [resource_type], key, write)
+        log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
+                 found[name].rows)
+    return found
+
+
+@contextmanager
+def _connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection spilling, when memory runs short, into an owner-only temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="fhir-msc-duckdb-") as scratch, connect() as con:
+        con.execute(f"SET temp_directory = {_text(scratch)}")
+        con.execute(f"SET memory_limit = {_text(MEMORY_LIMIT)}")
+        con.execute("SET preserve_insertion_order = false")  # every query orders by the resources' lines itself
+        yield con
+
+
+def _scratch(con: duckdb.DuckDBPyConnection) -> str:
+    return con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
 
 
 def _check_supported(study: Study) -> None:

@@ -30,6 +30,7 @@ from ...errors import InputError
 from ...store.ndjson import Store
 
 REPEAT_DEPTH = 12
+MAX_RESOURCE_BYTES = 64 * 2**20  # one NDJSON line (resource) at most; DuckDB's read buffers are sized by it
 COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SINGLE = re.compile(r"\[(v\d+)\]")
 _CONSTANT = re.compile(r"\[CAST\(('(?:[^']|'')*') AS JSON\)\]")
@@ -194,7 +195,7 @@ def _read(path: Path | None, fields: list[str]) -> str:
         return "(SELECT " + ", ".join(f"NULL::JSON AS {_quote(f)}" for f in fields) + ", 0 AS ordinality WHERE false)"
     columns = "{" + ", ".join(f"{_literal(f)}: 'JSON'" for f in fields) + "}"
     return (f"read_json({_literal(str(path))}, format='newline_delimited', columns={columns}, "
-            "maximum_object_size=1073741824) WITH ORDINALITY")
+            f"maximum_object_size={MAX_RESOURCE_BYTES}) WITH ORDINALITY")
 
 
 def _typed(column: Column, cell: str) -> str:
