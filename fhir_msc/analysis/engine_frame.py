@@ -97,9 +97,9 @@ def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[
     for name, resource_type in VIEWS.items():
         view = _with_study_constants(shipped_view(name), study)
         key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
-        sql = compile_view(view, store, ordinal=LINE).sql
 
-        def write(path: Path, metadata: dict[bytes, bytes], sql: str = sql) -> None:
+        def write(path: Path, metadata: dict[bytes, bytes], view: dict = view) -> None:
+            sql = compile_view(view, store, ordinal=LINE).sql
             kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
             con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
         found[name] = projection.table_written(name, [resource_type], key, write)
