@@ -176,7 +176,8 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
     """Each Observation with its reason to be dropped (NULL: a row) and the frame's columns as category codes.
 
     With ``visits`` and a source of raw ``lines`` (a store), an Observation referring plainly to any
-    Encounter not of those visits is not asked for, as ``encounter_prefilter`` decides before parsing.
+    Encounter not of those visits is not asked for, as ``encounter_prefilter`` decides before parsing:
+    it is left out here (only counted, by :func:`_account`), so the query holds only what was asked for.
     """
     categories = frame_categories(study)
     arm_names = {arm.name: arm.code for arm in study.arms}
@@ -240,7 +241,8 @@ read AS (
   FROM observations o
   LEFT JOIN study_patient p ON p.id = {_ref_id('o.subject')}
   LEFT JOIN wanted_visits w ON w.id = {_ref_id('o.encounter')}
-  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}),
+  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}
+  WHERE NOT coalesce({prefiltered}, false)),
 valued AS (
   SELECT o.*, {per_outcome(factor)} AS factor, {per_outcome(answer)} AS answer,
          {per_outcome(lambda o: _text(o.type))} AS outcome_type, {not_performed} AS not_done
@@ -248,7 +250,6 @@ valued AS (
 scaled AS (SELECT o.*, round(o.value * o.factor, 6) AS scaled FROM valued o),
 checked AS (
   SELECT o.*, CASE
-    WHEN {prefiltered} THEN {_text(NOT_ASKED)}
     WHEN o.code IS NULL OR NOT list_contains({_list([x.code for x in outcomes])}, o.code) THEN 'no outcome code of this study'
     WHEN o.subject_id IS NULL THEN 'unknown subject'
     WHEN o.visit_code IS NULL AND o.other_visit THEN {_text(NOT_ASKED)}
@@ -316,12 +317,15 @@ def _frame(study: Study, con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def _account(con: duckdb.DuckDBPyConnection) -> Account:
-    read = con.sql("SELECT count(*) FROM placed").fetchall()[0][0]
+    read = con.sql("SELECT count(*) FROM observations").fetchall()[0][0]
+    unasked = read - con.sql("SELECT count(*) FROM placed").fetchall()[0][0]  # left out by the prefilter
     used = con.sql("SELECT count(*) FROM ordered WHERE NOT repeated").fetchall()[0][0]
     found = con.sql(f"""
         SELECT dropped, count(*), list(example ORDER BY {LINE}) FILTER (WHERE example IS NOT NULL)
         FROM placed WHERE dropped IS NOT NULL GROUP BY dropped""").fetchall()
     skipped = {reason: count for reason, count, _ in found}
+    if unasked:
+        skipped[NOT_ASKED] = skipped.get(NOT_ASKED, 0) + unasked
     examples = {reason: named[:MAX_EXAMPLES] for reason, _, named in found if named}
     repeats = con.sql(f"""SELECT subject || '/' || visit || '/' || outcome FROM ordered WHERE repeated
                           ORDER BY outcome_order, CAST(visitnum AS BIGINT), subject, {LINE}""").fetchall()
