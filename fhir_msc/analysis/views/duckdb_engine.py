@@ -126,7 +126,8 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     resource = view.get("resource")
     if not isinstance(resource, str) or not isinstance(view.get("select"), list) or not view["select"]:
         raise InputError("a ViewDefinition needs a resource type (resource) and at least one select")
-    compiler = _Compiler(resource, _constants(view.get("constant", [])))
+    compiler = _Compiler(resource, _constants(view.get("constant", [])), {
+        c["name"]: next(v for k, v in c.items() if k.startswith("value")) for c in view.get("constant", [])})
     scope = _Scope(this=ROOT, row_index="0")
     flat = _flat_columns(view["select"])
     if flat is None:
@@ -243,9 +244,10 @@ class _Scope:
 class _Compiler:
     """Translates one view's selects and FHIRPath expressions into DuckDB SQL."""
 
-    def __init__(self, resource: str, constants: dict[str, str]):
+    def __init__(self, resource: str, constants: dict[str, str], raw_constants: dict[str, Any] | None = None):
         self.resource = resource
         self.constants = constants
+        self.raw_constants = raw_constants or {}  # the constants' values, for the fast path
         self.fields: set[str] = set()  # top-level fields of the resource read
         self.names: set[str] = set()  # every element name the view reads, at any depth
         self.count = 0
@@ -320,7 +322,104 @@ class _Compiler:
             return f"to_json({values})"
         message = _literal(f"fhir-msc: column {column.get('name')} has several values: mark it collection: true, "
                            "or pick one (first())")
-        return self.let(values, lambda v: f"CASE WHEN len({v}) > 1 THEN error({message}) ELSE {v}[1] END")
+        general = self.let(values, lambda v: f"CASE WHEN len({v}) > 1 THEN error({message}) ELSE {v}[1] END")
+        fast = self.scalar(column["path"], scope) if focus == ROOT else None
+        return general if fast is None else f"CASE WHEN {fast[1]} THEN {fast[0]} ELSE {general} END"
+
+    # --- the fast path: one JSON value per resource ----------------------------------------------------
+
+    def scalar(self, path: str, scope: _Scope) -> tuple[str, str] | None:
+        """(value, guard): the cell of a column whose ``path`` is a chain from the resource of members,
+        ``first()``, ``where(…)``, ``ofType(T)``, ``exists()`` and ``join()``, as ONE JSON value (or SQL NULL)
+        computed without lists of JSON; ``guard`` is true where that value is the general one (each
+        element on the way has the expected shape: no array where one item is read, no JSON null).
+        None for any other path: the general translation alone is used."""
+        tree = parse(path)["children"][0]
+        members = _union_exists(tree)
+        if members:  # (a | b | …).exists() over the resource's own elements
+            values = [self.member_field(m) for m in members]
+            guard = " AND ".join(f"coalesce(json_type({v}), 'NULL') <> 'ARRAY'" for v in values)
+            return "to_json(" + " OR ".join(f"coalesce(json_type({v}), 'NULL') <> 'NULL'" for v in values) + ")", guard
+        steps = _steps(tree)
+        if not steps or steps[0][0] not in ("member", "choice") or steps[0][1] == self.resource:
+            return None
+        guards: list[str] = []
+        cur, is_list = "", False  # the value so far: one JSON value (or SQL NULL), or a JSON[] after where()
+
+        def single(value: str) -> None:  # reading one item from ``value``: it must not be an array
+            guards.append(f"coalesce(json_type({value}), 'NULL') <> 'ARRAY'")
+
+        for index, step in enumerate(steps):
+            kind = step[0]
+            if (is_list and kind not in ("first", "exists")) or (kind in ("exists", "join") and index < len(steps) - 1):
+                return None
+            if kind in ("member", "choice"):
+                name = step[1]
+                get = (lambda n: self.member_field(n)) if index == 0 else (lambda n, c=cur: self.json_member(c, n))
+                if index:
+                    single(cur)
+                if kind == "member" or step[2][:1].isupper():
+                    cur = get(name if kind == "member" else name + step[2][:1].upper() + step[2][1:])
+                    continue
+                choice, plain = get(name + step[2][:1].upper() + step[2][1:]), get(name)
+                guards += [f"(coalesce(json_type({plain}), 'NULL') = 'NULL' OR coalesce(json_type({choice}), 'NULL') = 'NULL')"]
+                single(choice)
+                single(plain)
+                cur = f"CASE WHEN coalesce(json_type({plain}), 'NULL') = 'NULL' THEN {choice} ELSE {self.of_type_one(plain, step[2])} END"
+            elif kind == "first":
+                if is_list:
+                    cur, is_list = f"{cur}[1]", False
+                else:
+                    guards.append(f"coalesce(json_type({cur}, '$[0]'), '') <> 'NULL'")
+                    cur = f"CASE WHEN json_type({cur}) = 'ARRAY' THEN json_extract({cur}, '$[0]') ELSE {cur} END"
+            elif kind == "where":
+                guards.append(f"({cur} IS NULL OR json_type({cur}) = 'ARRAY')")
+                item = self.var()
+                test = self.test(step[1], item, scope)
+                cur, is_list = f"list_filter(CAST({cur} AS JSON[]), lambda {item}: json_type({item}) <> 'NULL' AND {test})", True
+            elif kind == "exists":
+                if is_list:
+                    return f"to_json(coalesce(len({cur}), 0) > 0)", " AND ".join(guards) or "true"
+                single(cur)
+                return f"to_json(coalesce(json_type({cur}), 'NULL') <> 'NULL')", " AND ".join(guards) or "true"
+            elif kind == "join":
+                guards.append(f"coalesce(json_type({cur}), 'MISSING') NOT IN ('ARRAY', 'NULL')")
+                return f"to_json(coalesce(fp_text({cur}), ''))", " AND ".join(guards)
+        if is_list:
+            return None
+        guards.append(f"coalesce(json_type({cur}), 'MISSING') NOT IN ('ARRAY', 'NULL')")
+        return cur, " AND ".join(guards)
+
+    def test(self, n: dict, item: str, scope: _Scope) -> str:
+        """A where() criterion on one JSON ``item`` as a SQL boolean; ``member = 'text'`` (or a string constant)
+        and ``and`` of such compare JSON texts directly, where the member is not an array."""
+        if n["type"] == "AndExpression" and n["terminalNodeText"][0] == "and":
+            return " AND ".join(f"({self.test(k, item, scope)})" for k in n["children"])
+        general = f"coalesce(fp_bool({self.node(n, replace(scope, this=f'[{item}]'))}), false)"
+        text = _member_equals_text(n, self.raw_constants)
+        if text is None:
+            return general
+        value = self.json_member(item, text[0])
+        return (f"CASE WHEN json_type({value}) = 'ARRAY' THEN {general} "
+                f"ELSE coalesce(CAST({value} AS VARCHAR) = {_literal(orjson.dumps(text[1]).decode())}, false) END")
+
+    def member_field(self, name: str) -> str:
+        self.names.add(name)
+        self.fields.add(name)
+        return f"r.{_quote(name)}"
+
+    def json_member(self, value: str, name: str) -> str:
+        self.names.add(name)
+        return f"json_extract({value}, {_literal(f'$.{_quote(name)}')})"
+
+    @staticmethod
+    def of_type_one(value: str, type_name: str) -> str:
+        """``value`` (one JSON value) if ``ofType(type_name)`` keeps it, as the general ofType() decides."""
+        json_types = {"string": "'VARCHAR'", "boolean": "'BOOLEAN'", "integer": "'BIGINT', 'UBIGINT'",
+                      "decimal": "'DOUBLE', 'BIGINT', 'UBIGINT'"}.get(type_name)
+        keep = (f"json_type({value}) IN ({json_types})" if json_types
+                else f"({value} ->> 'resourceType') = {_literal(type_name)}")
+        return f"CASE WHEN {keep} THEN {value} END"
 
     def repeat(self, paths: list[str], focus: str, scope: _Scope) -> str:
         """The items reached from ``focus`` by following ``paths`` again and again, depth first."""
@@ -578,6 +677,81 @@ class _Compiler:
             return (f"list_transform(list_filter({items}, lambda {item}: fp_num({item})), lambda {item}: "
                     f"to_json(round(CAST({item} AS DOUBLE) {'-' if low else '+'} 0.5 * pow(10, -({digits})), CAST(({digits}) + 1 AS INTEGER))))")
         return f"list_transform(list_filter({items}, lambda {item}: json_type({item}) = 'VARCHAR'), lambda {item}: to_json({value}))"
+
+def _steps(n: dict) -> list[tuple] | None:
+    """A path as a chain of steps (see ``_Compiler.scalar``), or None when it is not one."""
+    if n["type"] == "TermExpression":
+        term = n["children"][0]
+        if term["type"] != "InvocationTerm":
+            return None
+        step = _step(term["children"][0])
+        return None if step is None or step[0] not in ("member",) else [step]
+    if n["type"] != "InvocationExpression":
+        return None
+    left = _steps(n["children"][0])
+    step = _step(n["children"][1])
+    if left is None or step is None:
+        return None
+    if step[0] == "ofType":
+        if left[-1][0] != "member" or len(left[-1]) > 2:
+            return None
+        return left[:-1] + [("choice", left[-1][1], step[1])]
+    return left + [step]
+
+
+def _union_exists(n: dict) -> list[str] | None:
+    """The member names of ``(a | b | …).exists()``, or None for any other path."""
+    if n["type"] != "InvocationExpression" or _step(n["children"][1]) != ("exists",):
+        return None
+    term = n["children"][0]
+    if term["type"] != "TermExpression" or term["children"][0]["type"] != "ParenthesizedTerm":
+        return None
+
+    def names(u: dict) -> list[str] | None:
+        if u["type"] == "UnionExpression":
+            left, right = (names(k) for k in u["children"])
+            return None if left is None or right is None else left + right
+        steps = _steps(u)
+        return [steps[0][1]] if steps and len(steps) == 1 and len(steps[0]) == 2 and steps[0][0] == "member" else None
+    found = names(term["children"][0]["children"][0])
+    return found if found and len(found) > 1 else None
+
+
+def _member_equals_text(n: dict, constants: dict[str, Any]) -> tuple[str, str] | None:
+    """(member, text) for ``member = 'text'`` or ``member = %constant`` holding a string, else None."""
+    if n["type"] != "EqualityExpression" or n["terminalNodeText"][0] != "=":
+        return None
+    left, right = _steps(n["children"][0]), n["children"][1]
+    if not left or len(left) != 1 or len(left[0]) != 2 or left[0][0] != "member" or right["type"] != "TermExpression":
+        return None
+    term = right["children"][0]
+    if term["type"] == "LiteralTerm" and term["children"][0]["type"] == "StringLiteral":
+        return left[0][1], _unescape(term["children"][0]["text"][1:-1])
+    if term["type"] == "ExternalConstantTerm":
+        value = constants.get(_identifier(term["children"][0]["children"][0]))
+        return (left[0][1], value) if isinstance(value, str) else None
+    return None
+
+
+def _step(invocation: dict) -> tuple | None:
+    if invocation["type"] == "MemberInvocation":
+        return ("member", _identifier(invocation["children"][0]))
+    if invocation["type"] != "FunctionInvocation":
+        return None
+    name, params = _function_name(invocation), _params(invocation)
+    if name == "getResourceKey" and not params:
+        return ("member", "id", "key")  # read as the member id, but no choice element: ofType() applies to it
+    if name in ("first", "exists") and not params:
+        return (name,)
+    if name == "where" and len(params) == 1:
+        return ("where", params[0])
+    if name == "ofType" and len(params) == 1:
+        return ("ofType", _type_name(invocation))
+    if name == "join" and (not params or (len(params) == 1 and params[0]["type"] == "TermExpression"
+                                          and params[0]["children"][0]["type"] == "LiteralTerm")):
+        return ("join",)
+    return None
+
 
 def _identifier(n: dict) -> str:
     text = n["terminalNodeText"][0] if n.get("terminalNodeText") else n["text"]
