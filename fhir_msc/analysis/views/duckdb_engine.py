@@ -319,7 +319,9 @@ class _Compiler:
     def cell(self, column: dict, focus: str, scope: _Scope) -> str:
         values = self.expr(column.get("path", ""), focus, replace(scope, kind=column.get("type")))
         if column.get("collection"):
-            return f"to_json({values})"
+            fast_list = self.selected(column["path"], scope) if focus == ROOT else None
+            general_list = f"to_json({values})"
+            return general_list if fast_list is None else f"CASE WHEN {fast_list[1]} THEN {fast_list[0]} ELSE {general_list} END"
         message = _literal(f"fhir-msc: column {column.get('name')} has several values: mark it collection: true, "
                            "or pick one (first())")
         general = self.let(values, lambda v: f"CASE WHEN len({v}) > 1 THEN error({message}) ELSE {v}[1] END")
@@ -328,14 +330,44 @@ class _Compiler:
 
     # --- the fast path: one JSON value per resource ----------------------------------------------------
 
-    def scalar(self, path: str, scope: _Scope) -> tuple[str, str] | None:
+    def selected(self, path: str, scope: _Scope) -> tuple[str, str] | None:
+        """(value, guard) of a collection column ``chain.select(expression)``: the chain read as by
+        :meth:`scalar` up to an array, each of its items mapped by an expression :meth:`scalar` reads."""
+        tree = parse(path)["children"][0]
+        if tree["type"] != "InvocationExpression" or tree["children"][1]["type"] != "FunctionInvocation" \
+                or _function_name(tree["children"][1]) != "select" or len(_params(tree["children"][1])) != 1:
+            return None
+        chain = self.scalar(tree["children"][0], scope, array=True)
+        if chain is None:
+            return None
+        item = self.var()
+        body = self.scalar(_params(tree["children"][1])[0], scope, start=item)
+        if body is None:
+            return None
+        items = f"CAST({chain[0]} AS JSON[])"
+        mapped = f"list_transform({items}, lambda {item}: CASE WHEN json_type({item}) = 'NULL' THEN NULL ELSE {body[0]} END)"
+        each = f"coalesce(list_bool_and(list_transform({items}, lambda {item}: json_type({item}) = 'NULL' OR ({body[1]}))), true)"
+        return (f"to_json(coalesce(list_filter({mapped}, lambda v: v IS NOT NULL), []::JSON[]))",
+                f"{chain[1]} AND ({chain[0]} IS NULL OR json_type({chain[0]}) = 'ARRAY') AND {each}")
+
+    def scalar(self, path: str | dict, scope: _Scope, start: str | None = None, array: bool = False
+               ) -> tuple[str, str] | None:
         """(value, guard): the cell of a column whose ``path`` is a chain from the resource of members,
         ``first()``, ``where(…)``, ``ofType(T)``, ``exists()`` and ``join()``, as ONE JSON value (or SQL NULL)
         computed without lists of JSON; ``guard`` is true where that value is the general one (each
         element on the way has the expected shape: no array where one item is read, no JSON null).
         None for any other path: the general translation alone is used."""
-        tree = parse(path)["children"][0]
-        members = _union_exists(tree)
+        tree = parse(path)["children"][0] if isinstance(path, str) else path
+        if tree["type"] == "AdditiveExpression" and tree["terminalNodeText"][0] == "&":
+            parts = [self.scalar(k, scope, start) for k in tree["children"]]
+            if None in parts or array:
+                return None
+            (a, ga), (b, gb) = parts  # type: ignore[misc]
+            return f"to_json(concat(coalesce(fp_text({a}), ''), coalesce(fp_text({b}), '')))", f"({ga}) AND ({gb})"
+        if tree["type"] == "TermExpression" and tree["children"][0]["type"] == "LiteralTerm" and not array \
+                and tree["children"][0]["children"][0]["type"] == "StringLiteral":
+            return _json_literal(_unescape(tree["children"][0]["children"][0]["text"][1:-1])), "true"
+        members = None if start or array else _union_exists(tree)
         if members:  # (a | b | …).exists() over the resource's own elements
             values = [self.member_field(m) for m in members]
             guard = " AND ".join(f"coalesce(json_type({v}), 'NULL') <> 'ARRAY'" for v in values)
@@ -351,11 +383,13 @@ class _Compiler:
 
         for index, step in enumerate(steps):
             kind = step[0]
-            if (is_list and kind not in ("first", "exists")) or (kind in ("exists", "join") and index < len(steps) - 1):
+            if (is_list and kind not in ("first", "exists")) or (kind in ("exists", "join") and index < len(steps) - 1) \
+                    or (array and kind in ("exists", "join")):
                 return None
             if kind in ("member", "choice"):
                 name = step[1]
-                get = (lambda n: self.member_field(n)) if index == 0 else (lambda n, c=cur: self.json_member(c, n))
+                base = cur if index else start
+                get = (lambda n: self.member_field(n)) if base is None else (lambda n, c=base: self.json_member(c, n))
                 if index:
                     single(cur)
                 if kind == "member" or step[2][:1].isupper():
@@ -387,6 +421,8 @@ class _Compiler:
                 return f"to_json(coalesce(fp_text({cur}), ''))", " AND ".join(guards)
         if is_list:
             return None
+        if array:  # the caller reads the items of this value
+            return cur, " AND ".join(guards) or "true"
         guards.append(f"coalesce(json_type({cur}), 'MISSING') NOT IN ('ARRAY', 'NULL')")
         return cur, " AND ".join(guards)
 
