@@ -345,8 +345,8 @@ class _Compiler:
         if body is None:
             return None
         items = f"CAST({chain[0]} AS JSON[])"
-        mapped = f"list_transform({items}, lambda {item}: CASE WHEN json_type({item}) = 'NULL' THEN NULL ELSE {body[0]} END)"
-        each = f"coalesce(list_bool_and(list_transform({items}, lambda {item}: json_type({item}) = 'NULL' OR ({body[1]}))), true)"
+        mapped = f"list_transform({items}, lambda {item}: CASE WHEN coalesce(json_type({item}), 'NULL') = 'NULL' THEN NULL ELSE {body[0]} END)"
+        each = f"coalesce(list_bool_and(list_transform({items}, lambda {item}: coalesce(json_type({item}), 'NULL') = 'NULL' OR ({body[1]}))), true)"
         return (f"to_json(coalesce(list_filter({mapped}, lambda v: v IS NOT NULL), []::JSON[]))",
                 f"{chain[1]} AND ({chain[0]} IS NULL OR json_type({chain[0]}) = 'ARRAY') AND {each}")
 
@@ -410,7 +410,7 @@ class _Compiler:
                 guards.append(f"({cur} IS NULL OR json_type({cur}) = 'ARRAY')")
                 item = self.var()
                 test = self.test(step[1], item, scope)
-                cur, is_list = f"list_filter(CAST({cur} AS JSON[]), lambda {item}: json_type({item}) <> 'NULL' AND {test})", True
+                cur, is_list = f"list_filter(CAST({cur} AS JSON[]), lambda {item}: coalesce(json_type({item}), 'NULL') <> 'NULL' AND {test})", True
             elif kind == "exists":
                 if is_list:
                     return f"to_json(coalesce(len({cur}), 0) > 0)", " AND ".join(guards) or "true"
