@@ -359,6 +359,36 @@ def case_pull_bulk(tables: Path, store: Path, url: str) -> tuple[float, int]:
     return _timed(work)
 
 
+def case_hospital_pull_bulk(tables: Path, store: Path, url: str) -> tuple[float, int]:
+    """fhir-msc: hospital-pull --bulk of every subject of the cohort (items: Observations accounted for).
+
+    The loopback server holding the cohort stands in for the hospital: each subject is enrolled
+    by its Patient identifier, and the hospital's values are the study's own (each one, placed
+    at its visit, is "same as the study value"). The store is copied first (not timed): the job
+    holds its lock and would map findings into it.
+    """
+    import shutil
+
+    from fhir_msc.server.client import FhirClient
+
+    study = load_study()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-hospital-"))
+    target = scratch / "store"
+    shutil.copytree(store, target, ignore=shutil.ignore_patterns(".*", "done"))
+    enrollment = scratch / "enrollment.csv"
+    with open(enrollment, "w", encoding="utf-8") as handle:
+        handle.write("USUBJID,PATIENT_IDENTIFIER\n")
+        for patient in Store(store).read("Patient"):
+            identifier = patient["identifier"][0]
+            handle.write(f"{identifier['value']},{identifier['system']}|{identifier['value']}\n")
+
+    def work() -> int:
+        result = jobs.hospital_pull(study, FhirClient(url), enrollment, target, scratch / "out", bulk_state=scratch / "state")
+        assert result.method == "bulk" and result.patients.used == result.enrolled, result.patients
+        return result.observations.read
+    return _timed(work)
+
+
 def case_pull_fhirpy(tables: Path, store: Path, url: str) -> tuple[float, int]:
     """Peer: fhirpy fetching every page of each resource type, pandas json_normalize on Observations."""
     import pandas as pd

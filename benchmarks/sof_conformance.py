@@ -2,7 +2,7 @@
 
 Export the suite's JSON files from https://github.com/FHIR/sql-on-fhir-v2 (``tests/*.json``) and run::
 
-    python -m benchmarks.sof_conformance --tests DIR [--engine python|spark|fhir4ds]
+    python -m benchmarks.sof_conformance --tests DIR [--engine python|duckdb|spark|fhir4ds]
 
 Each test is passed as the suite's own runner (sof-js ``tests/compliance.test.js``) passes it: the
 rows equal the expected ones in any order (``expect``), the column names equal ``expectColumns``
@@ -31,6 +31,19 @@ def python_runner() -> Runner:
 
     def run(view: dict, resources: list[dict]) -> tuple[list[str], list[dict]]:
         table = run_view(view, resources)
+        return table.column_names, table.to_pylist()
+
+    return run
+
+
+def duckdb_runner() -> Runner:
+    """fhir-msc's DuckDB engine: each test's resources spooled into a temporary store, the table as every engine gives it."""
+    from fhir_msc.analysis.views.definition import load_view
+    from fhir_msc.analysis.views.tables import duckdb_table, spooled
+
+    def run(view: dict, resources: list[dict]) -> tuple[list[str], list[dict]]:
+        with spooled(resources) as store:
+            table = duckdb_table(load_view(view), store)
         return table.column_names, table.to_pylist()
 
     return run
@@ -137,12 +150,12 @@ def passes(run: Runner, test: dict, resources: list[dict]) -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=Path, required=True, help="Directory of the suite's JSON files.")
-    parser.add_argument("--engine", choices=["python", "spark", "fhir4ds"], default="python",
+    parser.add_argument("--engine", choices=["python", "duckdb", "spark", "fhir4ds"], default="python",
                         help="Engine to run the suite on.")
     parser.add_argument("--spark-master", default=None, help="Spark master URL (default: local).")
     parser.add_argument("-v", "--verbose", action="store_true", help="Print each failing test and why.")
     args = parser.parse_args(argv)
-    run = {"python": python_runner, "fhir4ds": fhir4ds_runner,
+    run = {"python": python_runner, "duckdb": duckdb_runner, "fhir4ds": fhir4ds_runner,
            "spark": lambda: spark_runner(args.spark_master)}[args.engine]()
     total = passed = 0
     for path in sorted(args.tests.glob("*.json")):

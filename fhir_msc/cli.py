@@ -395,20 +395,21 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
     Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
-    under --workdir and prints where. --tables DIR --study YAML runs it on another
+    under --workdir and prints where; then maps, verifies and reports the two example
+    studies shipped with fhir-msc under --workdir/examples, one line each. --tables DIR --study YAML runs it on another
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
     lost something (rejected rows included) or a published result was not reproduced.
     """
     study: Study = load_study(study_path)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
-        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress)
+        result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress, examples=tables is None)
     if as_json:
         _print_json(_demo_json(study, result))
     else:
         _echo_demo(result)
     if not all(r.ok for r in result.validation.values()):
         sys.exit(ExitCode.INVALID)
-    if not result.roundtrip.lossless or result.reproduced < len(result.verification):
+    if not result.roundtrip.lossless or not result.all_reproduced:
         sys.exit(ExitCode.MISMATCH)  # also when rows were rejected: the round trip lost them
 
 
@@ -482,7 +483,8 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 _engine_option = click.option(
     "--engine", type=click.Choice(jobs.ENGINES), default=jobs.DEFAULT_ENGINE, show_default=True,
     help="What builds the analysis frame: duckdb runs the shipped SQL-on-FHIR ViewDefinitions and joins them in "
-         "SQL, python reads the resources one by one; both give the same frame and account.")
+         "SQL, spark runs those views in Spark (local mode) and joins them in DuckDB, python reads the resources "
+         "one by one; all give the same frame and account.")
 
 
 @main.command("analyze")
@@ -522,7 +524,8 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     events = result.adverse_events
     if as_json or fmt == "json":
         _print_json(analyze_json(study, result.comparisons, result.observations,
-                                 incidence_json(events) if events else None, result.arms_not_compared))
+                                 incidence_json(events) if events else None, result.arms_not_compared,
+                                 result.not_compared))
     else:
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
@@ -530,6 +533,9 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
+    if result.not_compared:
+        click.echo("note: outcome(s) not compared: " + "; ".join(f"{code} ({why})" for code, _, why in result.not_compared),
+                   err=True)
     _echo_observations(result.observations)
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
@@ -628,6 +634,12 @@ def _echo_demo(result: jobs.DemoResult) -> None:
     if result.adverse_events:
         _info(render(incidence_table(result.adverse_events), "table"))
     _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    for example in result.examples:
+        if example.reproduced < len(example.verification):
+            click.echo(render(verification_table(example.verification), "table"))
+        click.echo(f"example {example.study.study.identifier.value} ({example.study.file.name if example.study.file else ''}): "
+                   f"mapped {example.mapped.total} resources, reproduced {example.reproduced}/{len(example.verification)} "
+                   f"published results; report {example.report['html']}")
     click.echo(f"reproduced {result.reproduced}/{len(result.verification)} published results")
 
 
@@ -642,6 +654,9 @@ def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
         "roundtrip": {**_to_jsonable(result.roundtrip), "lossless": result.roundtrip.lossless},
         "verify": verify_json(study, result.verification, result.observations),
         "report": _to_jsonable(result.report),
+        "examples": [{"definition": str(e.study.file), "tables": str(e.tables), "store": str(e.store),
+                      "mapped": e.mapped.total, "verify": verify_json(e.study, e.verification, e.observations),
+                      "report": _to_jsonable(e.report)} for e in result.examples],
     }
 
 
@@ -933,8 +948,9 @@ def view_group() -> None:
 @_server_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
               help="Output file; its suffix picks the format: .parquet, .csv or .ndjson.")
-@click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default="python", show_default=True,
-              help="Engine that runs the view: python (the reference engine) or spark (PySpark).")
+@click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default=jobs.DEFAULT_VIEW_ENGINE, show_default=True,
+              help="Engine that runs the view: duckdb (embedded, one SQL query), python (the reference engine) or "
+                   "spark (PySpark); all give the same table.")
 @click.option("--spark-master", metavar="URL",
               help="Spark master URL for --engine spark (default: local mode on this machine).")
 @_json_option
@@ -962,3 +978,90 @@ def view_run_command(view: Path, source: str | None, server: str | None, ca_bund
     _info(f"  read: {read}")
     for reason, count in sorted(result.skipped.items()):
         _info(f"  skipped: {count:,} ({reason})")
+
+
+_views_option = click.option(
+    "--view", "views", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+    help="Another ViewDefinition JSON file to add to the shipped views, named by its \"name\"; repeatable.")
+_view_store_option = click.option(
+    "--store", "store", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+    help="The NDJSON store to read (it is only read).")
+
+
+@main.command("export")
+@_view_store_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="Directory to write one file per view into (created owner-only if missing).")
+@click.option("--format", "fmt", type=click.Choice(jobs.EXPORT_FORMATS), default="parquet", show_default=True,
+              help="File format of the tables; CSV writes a collection column as a JSON array.")
+@_views_option
+@_study_option
+@_json_option
+def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], study_path: Path, as_json: bool) -> None:
+    """Write the analysis views of --store as tables for your own tools: one file per view in --out.
+
+    The shipped SQL-on-FHIR views are patients, subjects (with arm), visits and observations
+    (value, unit, answer, visit); --view adds your own ViewDefinitions. DuckDB runs them over
+    the store's NDJSON files; each file (e.g. OUT/observations.parquet) is owner-only and
+    replaced whole, never half-written. Prints rows per view and the resources read per type.
+    Exit code 4 means the store or a view cannot be read; 2 a view name taken twice.
+
+    \b
+    Example:
+        fhir-msc export --store fhir-msc-demo/store --out tables --format parquet
+        python -c "import pandas; print(pandas.read_parquet('tables/observations.parquet'))"
+    """
+    result = jobs.export(load_study(study_path), store, out, fmt, views)
+    if as_json:
+        _print_json(result)
+        return
+    for name, path in result.files.items():
+        click.echo(f"{name}: {result.rows[name]:,} rows written to {path}")
+    _info("  read: " + (", ".join(f"{kind} {count:,}" for kind, count in result.read.items()) or "none"))
+    for name, skipped in result.skipped.items():
+        for reason, count in sorted(skipped.items()):
+            _info(f"  {name}: skipped {count:,} ({reason})")
+
+
+SQL_FORMATS = ("table", "csv", "markdown", "json")
+
+
+@main.command("sql")
+@click.argument("query")
+@_view_store_option
+@_views_option
+@click.option("--format", "fmt", type=click.Choice(SQL_FORMATS), default="table", show_default=True,
+              help="Output format of the result; json is the same document as --json.")
+@_study_option
+@_json_option
+def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path, as_json: bool) -> None:
+    """Run one SELECT (DuckDB SQL) over the analysis views of --store, each a table named by its view.
+
+    Tables: patients, subjects, visits, observations (see `fhir-msc export`), and each --view
+    FILE by its "name". Read-only: only a single SELECT runs, with files and network shut off
+    (COPY, ATTACH, INSTALL, LOAD, SET and file readers are refused); nothing is written. The
+    row count goes to stderr. Exit code 4 means the query cannot be run (one line says why);
+    2 that it is not a single SELECT.
+
+    \b
+    Example:
+        fhir-msc sql "SELECT s.assigned_arm, count(*) AS n FROM subjects s GROUP BY 1" \\
+            --store fhir-msc-demo/store --format markdown
+    """
+    result = jobs.sql(load_study(study_path), query, store, views)
+    table = result.table
+    if as_json or fmt == "json":
+        _print_json({"columns": table.column_names, "rows": [_to_jsonable_cells(row) for row in table.to_pylist()]})
+    else:
+        frame = table.to_pandas()
+        for name in frame.columns:  # lists as JSON arrays, as in the exported CSV
+            if frame[name].map(lambda v: isinstance(v, (list, dict))).any():
+                frame[name] = frame[name].map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
+        click.echo(render(frame, fmt).rstrip("\n") if len(frame) or fmt == "csv" else " | ".join(table.column_names))
+    _info(f"{table.num_rows:,} rows", err=True)
+
+
+def _to_jsonable_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row with values JSON has no type for (dates, decimals) as their text."""
+    return {name: value if value is None or isinstance(value, (bool, int, float, str, list, dict)) else str(value)
+            for name, value in row.items()}

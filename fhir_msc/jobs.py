@@ -15,17 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from .account import Account
-from .analysis import engine_frame
+from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
 from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
 from .analysis.frame import Comparison, Verification
+from .analysis.outcomes import time_to_event
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
 from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
+from .analysis.views.query import query as query_views
+from .analysis.views.tables import duckdb_table, named_views, spooled
 from .errors import BadUsage, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
@@ -64,12 +68,16 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .store.source import ResourceSource
-from .study.definition import Study, package_data
+from .study.definition import Study, load_study, package_data
 from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
 from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
 DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NCT04288102 cohort
+# the example studies the demo runs too: (study definition, synthetic tables)
+EXAMPLE_STUDIES = tuple((package_data("mappings", "mappings") / f"{name}.yaml",
+                         package_data(name.replace("-", "_"), f"fixtures/{name}"))
+                        for name in ("example-dose-ranging", "example-zero-cell"))
 
 
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
@@ -247,7 +255,7 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
     return dataclasses.replace(validate_resources(resources, version, progress.advance), not_used=not_used(opened))
 
 
-ENGINES = ("duckdb", "python")  # the frame from the shipped ViewDefinitions in DuckDB, or read in Python
+ENGINES = ("duckdb", "python", "spark")  # the shipped ViewDefinitions in DuckDB or in Spark (joined in DuckDB), or Python
 DEFAULT_ENGINE = "python"
 
 
@@ -261,36 +269,46 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
                   ) -> tuple[pd.DataFrame, Account]:
     if engine not in ENGINES:
         raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    run = engine_frame.frame_and_account if engine == "duckdb" else analysis.frame_and_account
+    run = {"duckdb": engine_frame.frame_and_account, "spark": spark_frame.frame_and_account}.get(
+        engine, analysis.frame_and_account)
     return run(study, source, visits)
 
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
                       progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
-                      engine: str = DEFAULT_ENGINE) -> tuple[pd.DataFrame, Account]:
-    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server.
+                      engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None
+                      ) -> tuple[pd.DataFrame, Account]:
+    """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
+    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
-    builds the frame; both give the same frame and account.
+    builds the frame; all give the same frame and account.
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine)
+            _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
         frame, observations = _engine_frame(study, opened, visits, engine)
+        _time_to_event_tables(study, opened, events)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: no findings of {study.study.identifier.value} subjects{where} "
                          f"(Observations: {observations.describe()}): map or pull the study first, or check --study")
     return frame, observations
+
+
+def _time_to_event_tables(study: Study, source, events: dict[str, pd.DataFrame] | None) -> None:
+    if events is not None:
+        events.update({entry.code: time_to_event(study, source, entry.code) for entry in study.time_to_event})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,6 +319,7 @@ class AnalysisResult:
     observations: Account
     adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
+    not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,27 +338,31 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
             unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
-    unknown = [code for code in outcomes or [] if code not in study.analysed_outcome_by_code]
+    known = [*study.analysed_outcome_by_code, *(entry.code for entry in study.time_to_event)]
+    unknown = [code for code in outcomes or [] if code not in known]
     if unknown:
-        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(study.analysed_outcome_by_code)}")
+        raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine)
-    comparisons = analysis.analyze(study, frame, visits, outcomes)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events)
+    comparisons = analysis.analyze(study, frame, visits, outcomes, events)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"))
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
-                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)))
+                          arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
+                          not_compared=tuple(analysis.not_compared(study, outcomes)))
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
-    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published})
-              if study.analysis else None)
-    frame, observations = frame_and_account(study, source, visits, progress, unused, engine)
-    return VerifyResult(checks=analysis.verify(study, frame), observations=observations)
+    visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
+              if study.analysis and any(result.visit for result in study.analysis.published) else None)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events)
+    return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,11 +538,11 @@ def repair(store: Path, *, dry_run: bool = False) -> RepairResult:
 
 
 def _held_values(study: Study, store: Store, enrolled: set[str]) -> tuple[dict, _hospital.StudyValues]:
-    """The store's subjects, and its values of the enrolled subjects for the outcomes a hospital can give."""
+    """The store's subjects, and a stream of its values of the enrolled subjects for the outcomes a hospital can give."""
     codes = {outcome.code for outcome in _hospital.hospital_outcomes(study).values()}
     subjects, findings, _ = read_records(study, store)
-    values = {(f.subject, f.visitnum, f.testcd): (f.result, f.date) for f in findings
-              if f.testcd in codes and f.subject in enrolled}
+    values = (((f.subject, f.visitnum, f.testcd), (f.result, f.date)) for f in findings
+              if f.testcd in codes and f.subject in enrolled)
     return subjects, values
 
 
@@ -549,14 +572,56 @@ class DemoResult:
     verification: list[Verification]
     adverse_events: AdverseEventIncidence | None
     report: dict[str, Path]
+    examples: tuple[ExampleResult, ...] = ()  # the example studies, when asked for
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.verification)
+
+    @property
+    def all_reproduced(self) -> bool:
+        """Every published result of the study and of each example study reproduced."""
+        return all(c.matches for c in self.verification) and all(e.reproduced == len(e.verification) for e in self.examples)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleResult:
+    """One example study the demo mapped into its own store, analysed, verified and reported."""
+
+    study: Study
+    tables: Path
+    store: Path
+    mapped: MapResult
+    observations: Account
+    verification: list[Verification]
+    report: dict[str, Path]
 
     @property
     def reproduced(self) -> int:
         return sum(check.matches for check in self.verification)
 
 
-def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS) -> DemoResult:
-    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify."""
+def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress = NO_PROGRESS) -> ExampleResult:
+    """Map an example study's tables into ``workdir``/store, analyze and verify them there, and write its report."""
+    private_dir(workdir)
+    store = workdir / "store"
+    Store(store).clear()
+    mapped = map_tables(study, tables, store=store, version=get_version("R4"), progress=progress)
+    events: dict[str, pd.DataFrame] = {}
+    frame, observations = frame_and_account(study, store, None, progress, None, events=events)
+    comparisons = analysis.analyze(study, frame, events=events)
+    checks = analysis.verify(study, frame, events)
+    report = write_report(workdir / "report", comparisons, checks,
+                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
+                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
+    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=observations,
+                         verification=checks, report=report)
+
+
+def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS,
+         examples: bool = False) -> DemoResult:
+    """Map trial tables (default: the synthetic cohort), validate them (R4, R5), round-trip, export a bundle, analyze, verify;
+    with ``examples``, also each of EXAMPLE_STUDIES under ``workdir``/examples/KEY (see :func:`example_demo`)."""
     private_dir(workdir)
     store = workdir / "store"
     Store(store).clear()
@@ -587,12 +652,18 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                           else f"{study.study.identifier.value}: between-arm comparisons",
                           study=study, source=f"trial tables {tables}, mapped into the store {store}",
                           adverse_events=incidence_table(events) if events else None)
+    shown = []
+    for definition, example_tables in EXAMPLE_STUDIES if examples else ():
+        example = load_study(definition)
+        shown.append(example_demo(example, example_tables, workdir / "examples" / example.study.key, progress))
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
                       infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events)
+                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events,
+                      examples=tuple(shown))
 
 
-VIEW_ENGINES = ["python", "spark"]  # --engine choices of `view run`
+VIEW_ENGINES = ["duckdb", "python", "spark"]  # --engine choices of `view run`, `export`; identical tables
+DEFAULT_VIEW_ENGINE = "duckdb"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -608,13 +679,15 @@ class ViewRunResult:
     skipped: dict[str, int]
 
 
-def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = "python",
+def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, engine: str = DEFAULT_VIEW_ENGINE,
              spark_master: str | None = None) -> ViewRunResult:
     """Run a SQL-on-FHIR ViewDefinition over a store, bundle file or server, writing Parquet, CSV or NDJSON.
 
     Only the view's resource type is read (a server is searched for it, every page). With
-    ``engine="spark"`` a store's NDJSON file (or ``source`` given as a URL Spark reads, e.g.
-    ``s3a://bucket/store``) is read by Spark itself.
+    ``engine="duckdb"`` DuckDB reads a store's NDJSON file (a bundle's or server's resources of
+    that type are spooled into an owner-only temporary store first); with ``engine="spark"`` a
+    store's NDJSON file (or ``source`` given as a URL Spark reads, e.g. ``s3a://bucket/store``) is
+    read by Spark itself. Every engine gives the same table.
     """
     if engine not in VIEW_ENGINES:
         raise BadUsage(f"--engine {engine}: use one of {', '.join(VIEW_ENGINES)}")
@@ -625,6 +698,8 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     run = ViewRun()
     if engine == "spark":
         table = _spark_view(checked, source, run, spark_master)
+    elif engine == "duckdb":
+        table = _duckdb_view(checked, source, run)
     elif isinstance(source, FhirClient):
         table = run_view(checked, source.search(checked.resource), run)
     else:
@@ -632,6 +707,15 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     write_table(table, out)
     return ViewRunResult(out=out, engine=engine, resource=checked.resource, columns=checked.column_names,
                          rows=table.num_rows, read=run.read, skipped=run.skipped)
+
+
+def _duckdb_view(view: ViewDefinition, source: Path | FhirClient, run: ViewRun):
+    """The view by DuckDB over a store's file, or over a bundle's or server's resources spooled into a temporary store."""
+    if isinstance(source, Path) and source.is_dir():
+        return duckdb_table(view, Store(source), run)
+    resources = source.search(view.resource) if isinstance(source, FhirClient) else open_resources(source).read(view.resource)
+    with spooled(resources) as store:
+        return duckdb_table(view, store, run)
 
 
 def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: ViewRun, master: str | None):
@@ -649,3 +733,69 @@ def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: View
             return spark_engine.run_view_on_resources(session, view, [], run)
         return spark_engine.run_view_on_paths(session, view, [str(held)], run)
     return spark_engine.run_view_on_resources(session, view, open_resources(path).read(view.resource), run)
+
+
+EXPORT_FORMATS = ("parquet", "csv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """Views written as tables: one file per view, its rows, and the resources read per type."""
+
+    out: Path
+    format: str
+    files: dict[str, Path]  # per view name, in order: the shipped views, then those given
+    rows: dict[str, int]
+    read: dict[str, int]  # resources per type in the store files the views read
+    skipped: dict[str, dict[str, int]]  # per view: resources its where left out
+
+
+def export(study: Study, store: Path, out: Path, fmt: str = "parquet", views: Iterable[Path | dict] = ()) -> ExportResult:
+    """Write the shipped analysis views and any ``views`` given as Parquet or CSV files ``out/NAME.parquet|csv``.
+
+    DuckDB runs them over the store's NDJSON files. Each file is owner-only and written through a
+    temporary file beside it (never half-written); ``out`` is created owner-only if missing. CSV
+    holds a collection column as a JSON array. The store is only read.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise BadUsage(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
+    source = _view_store(store)
+    if out.resolve() == store.resolve():
+        raise BadUsage(f"--out {out}: is the store itself; give the tables a directory of their own")
+    named = named_views(study, views)
+    private_dir(out)
+    files, rows, read, skipped = {}, {}, {}, {}
+    for name, view in named.items():
+        run = ViewRun()
+        table = duckdb_table(view, source, run)
+        files[name] = out / f"{name}.{fmt}"
+        write_table(table, files[name])
+        rows[name] = table.num_rows
+        read.update(run.read)
+        skipped[name] = run.skipped
+    return ExportResult(out=out, format=fmt, files=files, rows=rows, read=read, skipped=skipped)
+
+
+def _view_store(store: Path) -> Store:
+    if not store.is_dir():
+        raise InputError(f"{store}: no such store directory: give --store the directory `fhir-msc map` or `pull` wrote")
+    return Store(store)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqlResult:
+    """A query's result over the views' tables, and the tables it could use."""
+
+    table: pa.Table
+    tables: list[str]
+
+
+def sql(study: Study, query: str, store: Path, views: Iterable[Path | dict] = ()) -> SqlResult:
+    """Run one SELECT over the shipped analysis views and any ``views`` given, each a table named by its ``name``.
+
+    DuckDB computes the views from the store's NDJSON files, then runs the query shut off from
+    files and network: anything but a single SELECT is refused (BadUsage), a query DuckDB cannot
+    run is one line (InputError), and nothing is written anywhere.
+    """
+    named = named_views(study, views)
+    return SqlResult(table=query_views(query, named, _view_store(store)), tables=list(named))

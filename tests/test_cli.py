@@ -37,7 +37,13 @@ def test_demo_prints_store_counts_and_lossless(tmp_path, umask_022):
     assert re.search(r"MedicationAdministration\s+300\n", result.output)
     assert "MSC 65" in result.output and "Placebo 35" in result.output
     assert "round trip: lossless" in result.output
-    assert "reproduced 3/3 published results" in result.output
+    assert result.output.endswith("reproduced 3/3 published results\n")
+    for key, line in (("example-dose-ranging", "example EXDR-001 (example-dose-ranging.yaml): mapped 469 resources, "
+                                               "reproduced 7/7 published results; report "),
+                      ("example-zero-cell", "example EXZC-001 (example-zero-cell.yaml): mapped 194 resources, "
+                                            "reproduced 3/3 published results; report ")):
+        report = tmp_path / "demo" / "examples" / key / "report" / "report.html"
+        assert f"{line}{report}\n" in result.output and report.is_file()
     assert (tmp_path / "demo" / "report" / "forest.png").exists() and (tmp_path / "demo" / "report" / "report.html").exists()
     assert re.search(r"AdverseEvent\s+40\n", result.output)
     assert re.search(r"any adverse event\s+23/65 \(35\.4%\)\s+12/35 \(34\.3%\)\s+1\.000\n", result.output)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def test_demo_runs_on_another_study(tmp_path):
     assert result.exit_code == 0, result.output
     assert "subjects by arm: Treatment 8, Control 6" in result.stdout
     assert "round trip: lossless" in result.stdout and "reproduced 2/2 published results" in result.stdout
+    assert "example " not in result.stdout and not (tmp_path / "demo" / "examples").exists()  # only with the default cohort
 
 
 def test_demo_names_rejected_rows(tmp_path):
@@ -41,3 +43,21 @@ def test_demo_on_tables_with_nothing_to_compare_is_exit_4(tmp_path):
     result = demo(DATA / "bad" / "good", DEFAULT_STUDY, tmp_path / "demo")
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert "nothing to compare" in result.stderr and "Traceback" not in result.output
+
+
+def test_demo_lists_the_example_studies_and_fails_when_one_is_not_reproduced(tmp_path, monkeypatch):
+    """The default demo also maps, verifies and reports each example study; a published number changed in one
+    example's definition makes the demo exit 6 and show that study's table."""
+    from fhir_msc import jobs
+
+    changed = tmp_path / "example-zero-cell.yaml"
+    original, tables = jobs.EXAMPLE_STUDIES[1]
+    changed.write_text(original.read_text().replace("value: 0.043}", "value: 0.050}"))
+    monkeypatch.setattr(jobs, "EXAMPLE_STUDIES", (jobs.EXAMPLE_STUDIES[0], (changed, tables)))
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo"), "--json"])
+    assert result.exit_code == ExitCode.MISMATCH, result.output
+    examples = json.loads(result.stdout)["examples"]
+    assert [(e["verify"]["study"], e["verify"]["counts"]["reproduced"], e["verify"]["counts"]["published"])
+            for e in examples] == [("EXDR-001", 7, 7), ("EXZC-001", 2, 3)]
+    (mismatch,) = [r for r in examples[1]["verify"]["results"] if not r["matches"]]
+    assert mismatch["mismatches"] == ["p (fisher): expected 0.050, got 0.043 (3 decimals)"]

@@ -65,6 +65,10 @@ def test_wheel_holds_every_module_the_data_and_the_license(built):
     cohort = {f"fhir_msc/_data/cohort/{p.name}" for p in (REPO / "fixtures" / "msc-covid19").iterdir()}
     schemas = {f"fhir_msc/schemas/{p.name}" for p in (REPO / "fhir_msc" / "schemas").glob("*.schema.json")}
     assert cohort | schemas | {"fhir_msc/_data/mappings/msc-covid19.yaml", "fhir_msc/py.typed"} <= names
+    for example in ("example-dose-ranging", "example-zero-cell"):  # definition and synthetic tables; not the scripts
+        data = {f"fhir_msc/_data/{example.replace('-', '_')}/{p.name}" for p in (REPO / "fixtures" / example).iterdir()
+                if p.suffix in (".csv", ".yaml")}
+        assert len(data) >= 4 and data | {f"fhir_msc/_data/mappings/{example}.yaml"} <= names
     dist_info = wheel.name.split("-py3")[0] + ".dist-info"
     assert f"{dist_info}/licenses/LICENSE" in names
     metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
@@ -83,6 +87,8 @@ def test_installed_wheel_runs_the_demo_and_analyze_outside_the_checkout(venv, tm
     demo = run([fhir_msc, "demo"], cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "round trip: lossless" in demo.stdout and "reproduced 3/3 published results" in demo.stdout
+    assert "example EXDR-001 (example-dose-ranging.yaml): mapped 469 resources, reproduced 7/7" in demo.stdout
+    assert "example EXZC-001 (example-zero-cell.yaml): mapped 194 resources, reproduced 3/3" in demo.stdout
     analyze = run([fhir_msc, "analyze", "--store", "fhir-msc-demo/store", "--visit", "M36", "--outcome", "CTNORM",
                    "--json"], cwd=tmp_path)
     assert analyze.returncode == 0, analyze.stderr

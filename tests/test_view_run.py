@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 
 import click
 import pyarrow.parquet as pq
@@ -13,7 +14,9 @@ from click.testing import CliRunner
 
 from fhir_msc import jobs
 from fhir_msc.analysis.views.spark_engine import EngineUnavailable, spark_session
+from fhir_msc.analysis.views.tables import SHIPPED, shipped_view
 from fhir_msc.cli import main
+from fhir_msc.fhir.bundle import write_bundle
 from fhir_msc.server.client import FhirClient
 
 SCORES = {"resourceType": "ViewDefinition", "name": "scores", "resource": "Observation",
@@ -111,16 +114,34 @@ def test_view_run_reads_a_server_by_search(fhir_server, tmp_path):
     assert result.read == {"Observation": 2} and result.rows == 2
 
 
-def test_spark_engine_gives_the_python_engines_table(demo_store, spark, tmp_path):
-    jobs.view_run(SCORES, demo_store.path, tmp_path / "p.parquet")
-    result = jobs.view_run(SCORES, demo_store.path, tmp_path / "s.parquet", engine="spark")
-    by_id = lambda table: sorted(table.to_pylist(), key=lambda row: row["id"])
-    python, spark_rows = pq.read_table(tmp_path / "p.parquet"), pq.read_table(tmp_path / "s.parquet")
-    assert spark_rows.schema == python.schema
-    assert by_id(spark_rows) == by_id(python)
-    observations = demo_store.counts()["Observation"]
-    assert result.read == {"Observation": observations}
-    assert result.skipped == {"where not true": observations - result.rows}
+def _sorted(table):
+    return sorted(table.to_pylist(), key=lambda row: json.dumps(row, sort_keys=True))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_three_engines_give_identical_tables_of_each_shipped_view(name, study, demo_store, spark, tmp_path):
+    view = shipped_view(name, study)
+    results = {engine: jobs.view_run(view, demo_store.path, tmp_path / f"{engine}.parquet", engine=engine)
+               for engine in ("python", "duckdb", "spark")}
+    tables = {engine: pq.read_table(tmp_path / f"{engine}.parquet") for engine in results}
+    assert tables["python"].num_rows > 0
+    for engine in ("duckdb", "spark"):
+        assert tables[engine].schema == tables["python"].schema, engine
+        assert _sorted(tables[engine]) == _sorted(tables["python"]), engine
+        assert (results[engine].read, results[engine].skipped, results[engine].rows) == (
+            results["python"].read, results["python"].skipped, results["python"].rows), engine
+
+
+def test_duckdb_reads_a_bundle_as_it_reads_the_store(demo_store, scores_view, tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    bundle = tmp_path / "bundle.json"
+    write_bundle(demo_store.read_all(), bundle)
+    from_store = jobs.view_run(scores_view, demo_store.path, tmp_path / "store.parquet", engine="duckdb")
+    from_bundle = jobs.view_run(scores_view, bundle, tmp_path / "bundle.parquet", engine="duckdb")
+    assert _sorted(pq.read_table(tmp_path / "bundle.parquet")) == _sorted(pq.read_table(tmp_path / "store.parquet"))
+    assert (from_bundle.read, from_bundle.skipped) == (from_store.read, from_store.skipped)
+    assert not list((tmp_path / "tmp").iterdir())  # the spooled store is gone
 
 
 def test_spark_without_java_says_what_to_install(monkeypatch):

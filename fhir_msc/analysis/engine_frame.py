@@ -11,7 +11,10 @@ Python reader counts as not readable; a view reads them as absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -28,6 +31,7 @@ from ..account import MAX_EXAMPLES, Account
 from ..errors import BadUsage, InputError
 from ..fhir.unmapping import NOT_A_NUMBER, NOT_ASKED, ResourceSource
 from ..store.files import private_open
+from ..store.columnar import ColumnarProjection, Projection
 from ..store.ndjson import Store
 from ..study.definition import Study
 from ..tables.sdtm import COMPARATORS
@@ -40,10 +44,14 @@ from .frame import (
     frame_categories,
 )
 from .derived import add_derived, visits_needed
-from .views.duckdb_engine import compile_view, connect
+from .views.duckdb_engine import _reason, compile_view, connect
+
+log = logging.getLogger(__name__)
 
 VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "visits": "Encounter", "observations": "Observation"}
 LINE = "_line"  # each view's extra column: the resource's line in its file (reading order)
+ENGINE_VERSION = "duckdb-4"  # part of each projected table's key: change it when compile_view's output changes
+MEMORY_LIMIT = "1GB"  # DuckDB spills (to an owner-only temporary directory) beyond this
 
 
 def shipped_view(name: str) -> dict:
@@ -64,16 +72,54 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
     _check_supported(study)
     visits = visits_needed(study, visits)
-    with _as_store(source) as store, connect() as con:
-        for name in VIEWS:
-            view = _with_study_constants(shipped_view(name), study)
-            con.execute(f"CREATE TEMP VIEW {name} AS {compile_view(view, store, ordinal=LINE).sql}")
-        lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
-        con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
+    with _as_store(source) as store, _connection() as con:
         try:
+            for name, projection in project(study, store, con).items():
+                con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
+            lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
+            con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
             return add_derived(study, _frame(study, con)), _account(con)
         except duckdb.Error as error:
-            raise InputError(f"{getattr(store, 'path', source)}: {str(error).splitlines()[0]}") from None
+            raise InputError(f"{getattr(store, 'path', source)}: {_reason(error)}") from None
+
+
+def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[str, Projection]:
+    """Each shipped view of ``study`` over ``store`` as a Parquet table of the store's columnar projection.
+
+    A table is computed (streamed by DuckDB from the NDJSON into Parquet) when it is missing or stale:
+    its key is a digest of the view with the study's constants and of ``ENGINE_VERSION``, its stamp the
+    NDJSON file it reads (see :mod:`fhir_msc.store.columnar`). A store whose directory is not writable
+    gets its tables in a temporary directory, for this run only.
+    """
+    directory = None if os.access(store.path, os.W_OK) else Path(_scratch(con)) / "columnar"
+    projection = ColumnarProjection(store, directory)
+    found = {}
+    for name, resource_type in VIEWS.items():
+        view = _with_study_constants(shipped_view(name), study)
+        key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+        def write(path: Path, metadata: dict[bytes, bytes], view: dict = view) -> None:
+            sql = compile_view(view, store, ordinal=LINE).sql
+            kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
+            con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
+        found[name] = projection.table_written(name, [resource_type], key, write)
+        log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
+                 found[name].rows)
+    return found
+
+
+@contextmanager
+def _connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection spilling, when memory runs short, into an owner-only temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="fhir-msc-duckdb-") as scratch, connect() as con:
+        con.execute(f"SET temp_directory = {_text(scratch)}")
+        con.execute(f"SET memory_limit = {_text(MEMORY_LIMIT)}")
+        con.execute("SET preserve_insertion_order = false")  # every query orders by the resources' lines itself
+        yield con
+
+
+def _scratch(con: duckdb.DuckDBPyConnection) -> str:
+    return con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
 
 
 def _check_supported(study: Study) -> None:
@@ -130,7 +176,8 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
     """Each Observation with its reason to be dropped (NULL: a row) and the frame's columns as category codes.
 
     With ``visits`` and a source of raw ``lines`` (a store), an Observation referring plainly to any
-    Encounter not of those visits is not asked for, as ``encounter_prefilter`` decides before parsing.
+    Encounter not of those visits is not asked for, as ``encounter_prefilter`` decides before parsing:
+    it is left out here (only counted, by :func:`_account`), so the query holds only what was asked for.
     """
     categories = frame_categories(study)
     arm_names = {arm.name: arm.code for arm in study.arms}
@@ -194,7 +241,8 @@ read AS (
   FROM observations o
   LEFT JOIN study_patient p ON p.id = {_ref_id('o.subject')}
   LEFT JOIN wanted_visits w ON w.id = {_ref_id('o.encounter')}
-  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}),
+  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}
+  WHERE NOT coalesce({prefiltered}, false)),
 valued AS (
   SELECT o.*, {per_outcome(factor)} AS factor, {per_outcome(answer)} AS answer,
          {per_outcome(lambda o: _text(o.type))} AS outcome_type, {not_performed} AS not_done
@@ -202,7 +250,6 @@ valued AS (
 scaled AS (SELECT o.*, round(o.value * o.factor, 6) AS scaled FROM valued o),
 checked AS (
   SELECT o.*, CASE
-    WHEN {prefiltered} THEN {_text(NOT_ASKED)}
     WHEN o.code IS NULL OR NOT list_contains({_list([x.code for x in outcomes])}, o.code) THEN 'no outcome code of this study'
     WHEN o.subject_id IS NULL THEN 'unknown subject'
     WHEN o.visit_code IS NULL AND o.other_visit THEN {_text(NOT_ASKED)}
@@ -270,12 +317,15 @@ def _frame(study: Study, con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def _account(con: duckdb.DuckDBPyConnection) -> Account:
-    read = con.sql("SELECT count(*) FROM placed").fetchall()[0][0]
+    read = con.sql("SELECT count(*) FROM observations").fetchall()[0][0]
+    unasked = read - con.sql("SELECT count(*) FROM placed").fetchall()[0][0]  # left out by the prefilter
     used = con.sql("SELECT count(*) FROM ordered WHERE NOT repeated").fetchall()[0][0]
     found = con.sql(f"""
         SELECT dropped, count(*), list(example ORDER BY {LINE}) FILTER (WHERE example IS NOT NULL)
         FROM placed WHERE dropped IS NOT NULL GROUP BY dropped""").fetchall()
     skipped = {reason: count for reason, count, _ in found}
+    if unasked:
+        skipped[NOT_ASKED] = skipped.get(NOT_ASKED, 0) + unasked
     examples = {reason: named[:MAX_EXAMPLES] for reason, _, named in found if named}
     repeats = con.sql(f"""SELECT subject || '/' || visit || '/' || outcome FROM ordered WHERE repeated
                           ORDER BY outcome_order, CAST(visitnum AS BIGINT), subject, {LINE}""").fetchall()

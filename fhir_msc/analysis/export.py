@@ -19,6 +19,7 @@ from ..study.definition import PublishedResult, Stated, Study, arm_label
 from .frame import Comparison, Verification, binary_estimates, continuous_estimates
 from .published import FieldCheck
 from .stats import BinarySummary, ContinuousSummary, Estimate
+from .survival import TimeToEventSummary
 
 SCHEMA_BASE = "https://fhir-msc.org/schemas/"
 ROLES = ("treatment", "control")
@@ -47,6 +48,8 @@ def _estimates(comparison: Comparison) -> dict[str, Estimate]:
     found: dict[str, Estimate]
     if isinstance(s, BinarySummary):
         found = binary_estimates(s)
+    elif isinstance(s, TimeToEventSummary):
+        found = {"cox-hazard-ratio": s.cox_hazard_ratio, "log-rank": s.log_rank, "km-median": s.km_median}
     else:
         found = continuous_estimates(s)
     if comparison.key:  # an effect only computed when asked for (MH, adjusted…)
@@ -63,6 +66,8 @@ def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[st
              "wald_risk_difference": s.risk_difference.p_value, "wald_relative_risk": s.relative_risk.p_value}
         if "odds-ratio-mh" in estimates:
             p["mantel_haenszel"] = estimates["odds-ratio-mh"].p_value
+    elif isinstance(s, TimeToEventSummary):
+        p = {"log_rank": s.log_rank_p, "wald_cox": s.cox_hazard_ratio.p_value}
     else:
         p = {"t_pooled": s.mean_difference.p_value, "t_welch": s.mean_difference_welch.p_value,
              "mann_whitney": s.mann_whitney_p, "wilcoxon": s.wilcoxon_p}
@@ -78,6 +83,10 @@ def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
     elif isinstance(s, ContinuousSummary):
         arm.update(mean=number(s.mean[index]), sd=number(s.sd[index]), median=number(s.median[index]),
                    q1=number(s.q1[index]), q3=number(s.q3[index]))
+    elif isinstance(s, TimeToEventSummary):
+        km = s.medians[index]
+        arm.update(events=s.events[index], median=number(km.median), median_lower=number(km.lower),
+                   median_upper=number(km.upper))
     return arm
 
 
@@ -101,9 +110,10 @@ def account_json(account: Account) -> dict[str, Any]:
 
 
 def analyze_json(study: Study, comparisons: list[Comparison], observations: Account,
-                 adverse_events: dict[str, Any] | None = None, arms_not_compared: tuple[str, ...] = ()) -> dict[str, Any]:
+                 adverse_events: dict[str, Any] | None = None, arms_not_compared: tuple[str, ...] = (),
+                 not_compared: tuple[tuple[str, str, str], ...] = ()) -> dict[str, Any]:
     """The ``analyze`` document (schema ``analyze.schema.json``); ``adverse_events``: analysis.adverse_events.incidence_json;
-    ``arms_not_compared`` only when there are any."""
+    ``arms_not_compared`` and ``not_compared`` (outcomes compared at no visit, with why) only when there are any."""
     document = {"$schema": SCHEMA_BASE + "analyze.schema.json", "study": study.study.identifier.value,
                 "comparisons": [comparison_json(study, c) for c in comparisons],
                 "observations": account_json(observations)}
@@ -111,6 +121,8 @@ def analyze_json(study: Study, comparisons: list[Comparison], observations: Acco
         document["adverse_events"] = adverse_events
     if arms_not_compared:
         document["arms_not_compared"] = list(arms_not_compared)
+    if not_compared:
+        document["not_compared"] = [{"outcome": code, "type": kind, "reason": why} for code, kind, why in not_compared]
     return document
 
 

@@ -39,6 +39,7 @@ from .stats import (
     compare_continuous,
     mantel_haenszel,
 )
+from .survival import TimeToEventSummary, summarize
 from .windows import WindowChooser, study_day
 
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
@@ -252,10 +253,10 @@ class Comparison:
     outcome: str
     display: str
     visit: str
-    kind: str  # "binary" or "continuous"
+    kind: str  # "binary", "continuous" or "time-to-event" (visit "": over the whole follow-up)
     arms: tuple[str, str]  # labels: an arm code, or pooled codes joined by '+'
     effect: Estimate
-    summary: BinarySummary | ContinuousSummary
+    summary: BinarySummary | ContinuousSummary | TimeToEventSummary
     key: str = ""  # the effect's key in the study definition
     groups: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the arm codes of treatment and control
     excluded: dict[str, tuple[str, ...]] = field(default_factory=dict)  # reason -> subjects left out of the effect
@@ -268,6 +269,9 @@ class Comparison:
         s = self.summary
         if isinstance(s, BinarySummary):
             return f"{s.events[index]}/{s.n[index]} ({s.percent[index]:.2f}%)"
+        if isinstance(s, TimeToEventSummary):
+            median = s.medians[index].median
+            return f"{s.events[index]} events/{s.n[index]}; KM median {'not reached' if median is None else f'{median:g}'} d"
         return (f"{s.mean[index]:.2f} ± {s.sd[index]:.2f}; median {s.median[index]:.1f} "
                 f"({s.q1[index]:.1f}–{s.q3[index]:.1f})")
 
@@ -450,21 +454,68 @@ def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.
 
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
-            outcomes: list[str] | None = None) -> list[Comparison]:
-    """Every outcome at every visit (optionally filtered), for every pair of arms the plan compares; derived endpoints too."""
+            outcomes: list[str] | None = None, events: dict[str, pd.DataFrame] | None = None) -> list[Comparison]:
+    """Every outcome at every visit (optionally filtered), for every pair of arms the plan compares; derived endpoints
+    too; then each time_to_event entry whose table is in ``events`` (code -> ``outcomes.time_to_event``)."""
     results = []
-    pairs = _plan(study).pairs([a.code for a in study.arms])
+    plan = _plan(study)
+    pairs = plan.pairs([a.code for a in study.arms])
     for outcome in study.analysed_outcomes:
         if outcomes and outcome.code not in outcomes:
             continue
+        effect = plan.effects.ordinal if outcome.type == "ordinal" else None
         for visit in study.visits:
             if visits and visit.code not in visits:
                 continue
             for pair in pairs:
-                comparison = compare(study, frame, outcome, visit.code, pair=pair)
+                comparison = compare(study, frame, outcome, visit.code, effect, pair=pair)
                 if comparison is not None:
                     results.append(comparison)
+    for code, table in (events or {}).items():
+        if outcomes and code not in outcomes:
+            continue
+        results += [c for pair in pairs if (c := compare_time_to_event(study, table, code, pair=pair)) is not None]
     return results
+
+
+def compare_time_to_event(study: Study, table: pd.DataFrame, code: str, effect: str | None = None, *,
+                          pair: Pair | None = None) -> Comparison | None:
+    """Treatment vs control on a time_to_event entry over the whole follow-up (``table``: its
+    ``outcomes.time_to_event`` rows); None when an arm has fewer than 2 subjects.
+
+    ``effect``: cox-hazard-ratio, log-rank or km-median (default ``analysis.effects.time_to_event``);
+    every one is computed (``summary``), with each arm's Kaplan-Meier median.
+    """
+    plan = _plan(study)
+    outcome = study.time_to_event_outcome(code)
+    if outcome is None:
+        raise StudyDefinitionError(f"no time_to_event entry {code!r} in the study definition")
+    pair = pair or plan.pairs([a.code for a in study.arms])[0]
+    groups = [table[table["arm"].isin(codes)] for codes in pair]
+    if min(len(g) for g in groups) < 2:
+        return None
+    arms = [(g["duration_days"].to_numpy(float), g["event"].to_numpy(bool)) for g in groups]
+    summary = summarize(arms[0], arms[1], plan.alpha)
+    chosen = effect or plan.effects.time_to_event
+    estimate = {"cox-hazard-ratio": summary.cox_hazard_ratio, "log-rank": summary.log_rank,
+                "km-median": summary.km_median}[chosen]
+    return Comparison(outcome=code, display=outcome.display, visit="", kind="time-to-event",
+                      arms=(arm_label(pair[0]), arm_label(pair[1])), effect=estimate, summary=summary, key=chosen,
+                      groups=pair)
+
+
+def not_compared(study: Study, outcomes: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """The outcomes ``analyze`` compares at no visit, as (code, type, why): never left out silently."""
+    plan = _plan(study)
+    why = {"datetime": "an event date: declare a time_to_event entry on it to compare the arms",
+           "text": "free text: mapped and round-tripped, not analysed"}
+    if plan.effects.ordinal is None:
+        why["ordinal"] = ("ordinal: set analysis.effects.ordinal (proportional-odds or mann-whitney) to compare it "
+                          "(a published entry may name either)")
+    entries = {t.event: t.code for t in study.time_to_event}
+    return [(o.code, o.type, f"an event date: compared as time_to_event {entries[o.code]}"
+             if o.type == "datetime" and o.code in entries else why[o.type]) for o in study.outcomes
+            if o.type in why and (not outcomes or o.code in outcomes)]
 
 
 def visits_to_read(study: Study, visits: Collection[str]) -> list[str]:
@@ -505,14 +556,20 @@ class Verification:
         return self.reproduced is not None and not self.mismatches
 
 
-def verify(study: Study, frame: pd.DataFrame) -> list[Verification]:
-    """Recompute every published result of the plan and check each field it gives (see ``published.check``)."""
+def verify(study: Study, frame: pd.DataFrame, events: dict[str, pd.DataFrame] | None = None) -> list[Verification]:
+    """Recompute every published result of the plan and check each field it gives (see ``published.check``);
+    ``events``: the time_to_event tables by code (``outcomes.time_to_event``), for results on them."""
     checks = []
     for target in _plan(study).published:
         pair = ((arm_codes(target.treatment), arm_codes(target.control))
                 if target.treatment is not None and target.control is not None else None)
-        comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit, target.effect,
-                             pair=pair, covariates=target.covariates, stratum=target.stratum)
+        if target.visit is None:  # a time_to_event entry (the study definition allows no other)
+            table = (events or {}).get(target.outcome)
+            comparison = None if table is None else compare_time_to_event(study, table, target.outcome, target.effect,
+                                                                          pair=pair)
+        else:
+            comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit,
+                                 target.effect, pair=pair, covariates=target.covariates, stratum=target.stratum)
         if comparison is None:
             checks.append(Verification(published=target, reproduced=None, mismatches=["no data"]))
             continue

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..study.definition import PublishedResult, Stated
 from .stats import BinarySummary, ContinuousSummary
+from .survival import TimeToEventSummary
 
 if TYPE_CHECKING:
     from .frame import Comparison
@@ -71,6 +72,10 @@ def _count_check(field: str, arm: str, expected: int, got: int) -> FieldCheck:
 def p_value(comparison: Comparison, test: str) -> tuple[float | None, str]:
     """The p of the named test for this comparison, or None and why it is not computable."""
     s = comparison.summary
+    if isinstance(s, TimeToEventSummary):
+        if test != "log-rank":
+            return None, f"not computable for this outcome: {test} does not apply to a time-to-event comparison"
+        return (s.log_rank_p, "") if s.log_rank_p is not None else (None, "not computable: no events")
     if test == "log-rank":
         return None, LOG_RANK
     if isinstance(s, BinarySummary):
@@ -117,6 +122,13 @@ def check(target: PublishedResult, comparison: Comparison) -> list[FieldCheck]:
                 checks.append(_number_check("proportion", arm, target.proportions[arm], share))
             if target.percents and arm in target.percents:
                 checks.append(_number_check("percent", arm, target.percents[arm], None if share is None else 100 * share))
+        elif isinstance(s, TimeToEventSummary):
+            if target.counts and arm in target.counts:
+                events, n = target.counts[arm]
+                checks += [_count_check("events", arm, events, s.events[index]), _count_check("n", arm, n, s.n[index])]
+            if target.medians and arm in target.medians:
+                checks.append(_number_check("median", arm, target.medians[arm], s.medians[index].median,
+                                            note="not computable: the Kaplan-Meier median is not reached"))
         elif isinstance(s, ContinuousSummary):
             for name, given, got in (("mean", target.means, s.mean), ("sd", target.sds, s.sd), ("median", target.medians, s.median)):
                 if given and arm in given:

@@ -17,6 +17,7 @@ import pandas as pd
 from ..study.definition import Study
 from .frame import Comparison, Verification
 from .stats import BinarySummary, Estimate
+from .survival import TimeToEventSummary
 
 FORMATS = ("table", "csv", "json", "markdown", "html")
 
@@ -55,6 +56,8 @@ def tests_text(c: Comparison) -> str:
     s = c.summary
     if isinstance(s, BinarySummary):
         return f"Fisher {format_p(s.fisher_p)}; χ² {format_p(s.chi2_p)}"
+    if isinstance(s, TimeToEventSummary):
+        return f"log-rank {format_p(s.log_rank_p)}"
     return f"Mann-Whitney {format_p(s.mann_whitney_p)}"
 
 
@@ -71,7 +74,7 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
     several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
-        rows.append({"outcome": target.outcome, "visit": target.visit,
+        rows.append({"outcome": target.outcome, "visit": target.visit or "",
                      **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}),
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
@@ -174,8 +177,8 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
     for c in comparisons:
         if not drawable(c.effect):
             continue
-        ratio = c.effect.effect.startswith(("odds ratio", "relative risk"))
-        scale = ("ratio", "relative risk" if c.effect.effect == "relative risk" else "odds ratio") if ratio else ("risk" if c.kind == "binary" else unit_text(units.get(c.outcome)))
+        ratio = c.effect.effect.startswith(RATIOS)
+        scale = ("ratio", next(r for r in RATIOS if c.effect.effect.startswith(r))) if ratio else ("risk" if c.kind == "binary" else unit_text(units.get(c.outcome)))
         groups.setdefault((scale, better.get(c.outcome)), []).append(c)
     panels = []
     for (scale, direction), rows in groups.items():
@@ -199,19 +202,22 @@ def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> 
     return (treatment, control), panels
 
 
+RATIOS = ("odds ratio", "relative risk", "hazard ratio")  # drawn on a log axis, one panel each
+
+
 def drawable(e: Estimate) -> bool:
     """Whether the estimate and both CI limits are finite numbers (positive, for a ratio on a log axis)."""
     values = (e.estimate, e.lower, e.upper)
     if any(v is None or not math.isfinite(v) for v in values):
         return False
-    return not e.effect.startswith(("odds ratio", "relative risk")) or min(values) > 0  # type: ignore[type-var]
+    return not e.effect.startswith(RATIOS) or min(values) > 0  # type: ignore[type-var]
 
 
 def left_out(comparisons: list[Comparison]) -> list[str]:
     """The comparisons ``forest_panels`` does not draw, each with why."""
-    return [f"{c.display} · {c.visit}: " + (c.effect.note if not c.effect.estimable else
+    return [f"{c.display} · {c.visit or 'follow-up'}: " + (c.effect.note if not c.effect.estimable else
                                              "the estimate or a CI limit is 0 or unbounded, which a log axis cannot show"
-                                             if c.effect.effect.startswith(("odds ratio", "relative risk"))
+                                             if c.effect.effect.startswith(RATIOS)
                                              else "a CI limit is unbounded")
             for c in comparisons if not drawable(c.effect)]
 
@@ -219,7 +225,7 @@ def left_out(comparisons: list[Comparison]) -> list[str]:
 def _forest_row(c: Comparison, name_effect: bool, name_arms: bool = False) -> ForestRow:
     e = c.effect
     short = {"difference of means": "mean", "median difference (Hodges-Lehmann)": "median, HL"}.get(e.effect, e.effect)
-    label = (f"{c.display} · {c.visit}" + (f" · {' vs '.join(c.arms)}" if name_arms else "")
+    label = (f"{c.display} · {c.visit or 'follow-up'}" + (f" · {' vs '.join(c.arms)}" if name_arms else "")
              + (f" ({short})" if name_effect else ""))
     return ForestRow(outcome=c.outcome, label=label, visit=c.visit, effect=e.effect, n=c.n, estimate=e.estimate,
                      lower=e.lower, upper=e.upper, p=e.p_value,
@@ -335,7 +341,7 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
     table = comparison_table(comparisons)
     paths = {"csv": directory / "analysis.csv", "png": directory / "forest.png", "html": directory / "report.html"}
     paths["csv"].write_text(render(table, "csv"), encoding="utf-8")
-    published_visits = {check.published.visit for check in checks}
+    published_visits = {check.published.visit or "" for check in checks}  # "": a time-to-event result
     shown = [c for c in comparisons if c.visit in published_visits] or comparisons
     plot = forest_plot(shown, paths["png"], study=study)
     image = base64.b64encode(paths["png"].read_bytes()).decode("ascii")
@@ -355,7 +361,7 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
         + "".join(f"<dt>{e(k)}</dt><dd>{v if k.startswith('SHA') else e(v)}</dd>" for k, v in facts) + "</dl></header>",
         f"<section><h2>Published results <span class='badge {'ok' if matched == len(checks) else 'bad'}'>"
         f"{matched}/{len(checks)} reproduced</span></h2>{_html_table(verification_table(checks), status=True)}</section>",
-        f"<section><h2>Forest plot: {e(', '.join(sorted({c.visit for c in shown}, key=_visit_order(study))))}</h2>"
+        f"<section><h2>Forest plot: {e(', '.join(sorted({c.visit or 'follow-up' for c in shown}, key=_visit_order(study))))}</h2>"
         f"<figure><img alt='forest plot of the between-arm effects' src='data:image/png;base64,{image}'>"
         f"<figcaption>{_plot_caption(plot)}</figcaption></figure></section>",
         "<section><h2>Between-arm comparisons by visit</h2><nav>"
@@ -365,6 +371,10 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
         rows = table[table["visit"] == visit.code].drop(columns=["visit"])
         parts.append(f"<h3 id='visit-{e(visit.code)}'>{e(visit.code)} · {e(visit.name)} "
                      f"<small>day {visit.day}, {len(rows)} outcome(s)</small></h3>{_html_table(rows)}")
+    over_follow_up = table[table["visit"] == ""].drop(columns=["visit"])
+    if len(over_follow_up):
+        parts.append(f"<h3 id='time-to-event'>Time to event <small>over the whole follow-up</small></h3>"
+                     f"{_html_table(over_follow_up)}")
     if adverse_events is not None:
         parts.append(f"</section><section><h2 id='adverse-events'>Adverse events by arm</h2>"
                      f"{_html_table(adverse_events)}")

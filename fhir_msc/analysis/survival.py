@@ -121,3 +121,28 @@ def cox_hazard_ratio(treatment: Arm, control: Arm, covariates: pd.DataFrame | No
     return Estimate(effect="hazard ratio (Cox)", method=method, function="lifelines.CoxPHFitter", alpha=alpha,
                     estimate=math.exp(coef), se=se, lower=math.exp(coef - z * se), upper=math.exp(coef + z * se),
                     p_value=float(fit.summary.loc["treated", "p"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeToEventSummary:
+    """Subjects, events and the Kaplan-Meier median per arm (treatment first), and the three effects."""
+
+    n: tuple[int, int]
+    events: tuple[int, int]
+    medians: tuple[KaplanMeierMedian, KaplanMeierMedian]
+    cox_hazard_ratio: Estimate
+    log_rank: Estimate
+    km_median: Estimate
+
+    @property
+    def log_rank_p(self) -> float | None:
+        return self.log_rank.p_value
+
+
+def summarize(treatment: Arm, control: Arm, alpha: float = 0.05) -> TimeToEventSummary:
+    """Every time-to-event statistic of two arms (each ``(durations, events)``)."""
+    return TimeToEventSummary(
+        n=(len(treatment[0]), len(control[0])), events=(int(np.sum(treatment[1])), int(np.sum(control[1]))),
+        medians=(kaplan_meier_median(*treatment, alpha=alpha), kaplan_meier_median(*control, alpha=alpha)),
+        cox_hazard_ratio=cox_hazard_ratio(treatment, control, alpha=alpha), log_rank=log_rank(treatment, control, alpha),
+        km_median=median_difference(treatment, control, alpha))

@@ -21,22 +21,19 @@ from __future__ import annotations
 import dataclasses
 
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadUsage
-from ..fhir.unmapping import ref_id
 from ..progress import NO_PROGRESS, Progress
 from ..store.ndjson import Resource, Store
 from ..study.definition import Study
 from . import bulk
 from .client import FhirClient
 from .journal import Journal
-from .sync import PullResult, _patients_of, pull_mark
+from .sync import SUBJECT_DATA, PullResult, StudyScope, of_patients, pull_mark, study_patients
 from .sync import pull as paged_pull
 
-SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent")
 EXPORTED = ("Patient", "ResearchSubject", *SUBJECT_DATA)
 
 
@@ -92,15 +89,13 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
                        policy=policy, progress=progress)
     counts: dict[str, int] = {}
     _add(counts, store.write([r for r in studies + groups if changed(r)]))
-    study_refs = {s["id"] for s in studies}
-    _add(counts, store.write(r for r in done.resources("ResearchSubject") if ref_id(r.get("study", {}).get("reference", "")) in study_refs))
-    subject_ids = {r["id"] for r in store.read("ResearchSubject")
-                   if ref_id(r.get("study", {}).get("reference", "")) in study_refs}
-    patients = {ref_id(ref) for ref in _patients_of(store, subject_ids)}
+    scope = StudyScope(frozenset(s["id"] for s in studies))  # the paged pull's, as a filter
+    _add(counts, store.write(filter(scope.has_subject, done.resources("ResearchSubject"))))
+    patients = set(study_patients(store, {r["id"] for r in store.read("ResearchSubject") if scope.has_subject(r)}))
     progress.start("storing the export", len(EXPORTED), "resource types")
     _add(counts, store.write(r for r in done.resources("Patient") if r["id"] in patients))
     for resource_type in SUBJECT_DATA:
-        _add(counts, store.write(_of_patients(done.resources(resource_type), patients)))
+        _add(counts, store.write(of_patients(done.resources(resource_type), patients)))
         progress.advance(1)
     removed = _remove_deleted(store, done)
     high_water = since if done.errors else done.manifest.transaction_time
@@ -128,12 +123,6 @@ def _level(levels: set[str], groups: list[Resource]) -> str:
     if "Group" in levels and len(groups) == 1 and groups[0].get("member"):
         return f"Group/{groups[0]['id']}"
     return "Patient" if "Patient" in levels else "system"
-
-
-def _of_patients(resources: Iterable[Resource], patients: set[str]) -> Iterator[Resource]:
-    for resource in resources:
-        if ref_id((resource.get("subject") or {}).get("reference", "")) in patients:
-            yield resource
 
 
 def _add(counts: dict[str, int], written: dict[str, int]) -> None:

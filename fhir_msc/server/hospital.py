@@ -17,7 +17,12 @@ partial date (``2023-05``) is placed when every day it may mean lies in one visi
 By bulk export (``Patient/$export``, or system level, with ``_type=Patient,Observation`` and a
 ``_typeFilter`` per study code), the patients are matched by identifier in the exported
 Patients and their Observations go through the same placement and account as the paged
-ones; Observations with other codes are not exported, so they are not in that account.
+ones; Observations with other codes are not exported, so they are not in that account. The
+export's results are placed as they stream from its files and spooled under the state
+directory with the study's values, in parts of at least 1,000 subjects; the result closest to
+each visit day is then chosen part by part, so memory does not grow with the number of
+patients (only the findings and conflicts returned do). Results, accounts (examples included)
+and conflicts are the same as in memory.
 """
 
 from __future__ import annotations
@@ -26,15 +31,20 @@ import calendar
 import csv
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from ..account import Account, Tally
+import orjson
+
+from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError
 from ..fhir.unmapping import ref_id
 from ..progress import NO_PROGRESS, Progress
+from ..store.files import private_open
+from ..store.lock import spool_dir
 from ..study.definition import Outcome, Study, Visit
 from ..tables.sdtm import COMPARATORS, FindingRecord, SubjectRecord, format_number
 from . import bulk
@@ -47,7 +57,10 @@ SAME = "same as the study value (nothing to change)"
 SUPERSEDED = "superseded by a result closer to the visit day"
 UNUSED_CODE = "code not used by the study"
 
-StudyValues = dict[tuple[str, int, str], tuple[str, str]]  # (subject, visitnum, testcd) -> (result, date)
+Key = tuple[str, int | float, str]  # (subject, visitnum, testcd)
+StudyValues = Mapping[Key, tuple[str, str]] | Iterable[tuple[Key, tuple[str, str]]]  # key -> (result, date); pairs: last wins
+SUBJECTS_PER_PART = 1000  # the bulk path's results are chosen this many subjects at a time (at least) ...
+MAX_PARTS = 200  # ... in at most this many parts (files open at once while spooling)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +165,7 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
             for observation in client.search("Observation", {"subject": f"Patient/{patient_id}"}):
                 yield patient_id, observation
 
-    result = _account(study, by_code, len(enrollment), patients, found, observations(), study_values, prefer)
+    result = _account(study, by_code, len(enrollment), patients, found, observations(), dict(_pairs(study_values)), prefer)
     return dataclasses.replace(result, notes=notes)
 
 
@@ -172,7 +185,8 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
     found = _found(enrollment, subjects, patients, lambda person: holders.get((person.system, person.value), []), progress)
     observations = ((patient_id, o) for o in done.resources("Observation")
                     if (patient_id := ref_id((o.get("subject") or {}).get("reference", ""))) in found)
-    result = _account(study, by_code, len(enrollment), patients, found, observations, study_values, prefer)
+    result = _account_out_of_core(study, by_code, len(enrollment), patients, found, observations, study_values, prefer,
+                                  state_dir)
     bulk.finish(client, done)
     notes = [f"pulled by bulk export ({level} level, {done.downloaded} files"
              f"{f', {done.reused} already downloaded' if done.reused else ''}); only Observations with the study's "
@@ -208,7 +222,7 @@ def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: in
     (ties: the first Observation by reference), and account for each one: used, or not used by reason."""
     tally = Tally()
     unused: Counter[str] = Counter()
-    best: dict[tuple[str, int, str], _Placed] = {}
+    best: dict[Key, _Placed] = {}
     for patient_id, observation in observations:
         for subject, start in found[patient_id]:
             tally.read += 1
@@ -224,27 +238,112 @@ def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: in
                 if loser is placed:
                     continue
             best[key] = placed
+    chosen = ((placed.record, placed.observation, study_values.get(key)) for key, placed in sorted(best.items()))
+    findings, conflicts = _judge(chosen, tally, prefer)
+    return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
+                              findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
+                              prefer=prefer)
+
+
+def _judge(chosen: Iterable[tuple[FindingRecord, str, tuple[str, str] | None]], tally: Tally, prefer: str
+           ) -> tuple[list[FindingRecord], list[Conflict]]:
+    """The findings and conflicts of the results chosen (each with its Observation and the study's value, if any)."""
     findings, conflicts = [], []
-    for key in sorted(best):
-        placed = best[key]
-        record = placed.record
-        held = study_values.get(key)
+    for record, observation, held in chosen:
         if held is not None and held[0] == record.result:
-            tally.skip(SAME, placed.observation)
+            tally.skip(SAME, observation)
             continue
         if held is not None:
             conflicts.append(Conflict(subject=record.subject, testcd=record.testcd, visitnum=record.visitnum,
                                       unit=record.unit, study_result=held[0], study_date=held[1],
                                       hospital_result=record.result, hospital_date=record.date,
-                                      hospital_observation=placed.observation, kept=prefer))
+                                      hospital_observation=observation, kept=prefer))
             if prefer != "hospital":
-                tally.skip(CONFLICT, placed.observation)
+                tally.skip(CONFLICT, observation)
                 continue
         tally.used += 1
         findings.append(record)
+    return findings, conflicts
+
+
+def _pairs(study_values: StudyValues) -> Iterable[tuple[Key, tuple[str, str]]]:
+    return study_values.items() if isinstance(study_values, Mapping) else study_values
+
+
+def _account_out_of_core(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: int, patients: Tally,
+                         found: dict[str, list[tuple[str, date]]], observations: Iterable[tuple[str, dict]],
+                         study_values: StudyValues, prefer: str, work: Path) -> HospitalPullResult:
+    """:func:`_account` with the placed results and the study's values spooled to disk (a spool directory
+    under ``work``) in parts of at least SUBJECTS_PER_PART subjects in their sorted order, then chosen
+    part by part: memory holds one part, and the result, account and conflicts are the same."""
+    subjects = sorted({subject for enrolled_as in found.values() for subject, _ in enrolled_as})
+    size = max(SUBJECTS_PER_PART, -(-len(subjects) // MAX_PARTS))
+    part_of = {subject: n // size for n, subject in enumerate(subjects)}
+    parts = -(-len(subjects) // size)
+    visit_index = {visit.visitnum: n for n, visit in enumerate(study.visits)}
+    tally = Tally()
+    unused: Counter[str] = Counter()
+    with spool_dir(work, ".hospital-") as spool:
+        with ExitStack() as stack:
+            placed = [stack.enter_context(private_open(spool / f"placed-{n}.ndjson", "wb")) for n in range(parts)]
+            seq = 0
+            for patient_id, observation in observations:
+                for subject, start in found[patient_id]:
+                    tally.read += 1
+                    result = _place(study, by_code, observation, subject, start, unused)
+                    if isinstance(result, str):
+                        tally.skip(result, f"Observation/{observation.get('id')}")
+                        continue
+                    r = result.record
+                    placed[part_of[subject]].write(orjson.dumps(
+                        [seq, visit_index[r.visitnum], r.testcd, result.distance, result.observation, r.result, r.date, subject],
+                        option=orjson.OPT_APPEND_NEWLINE))
+                    seq += 1
+        with ExitStack() as stack:
+            held = [stack.enter_context(private_open(spool / f"held-{n}.ndjson", "wb")) for n in range(parts)]
+            for (subject, visitnum, testcd), value in _pairs(study_values):
+                if subject in part_of:
+                    held[part_of[subject]].write(orjson.dumps([subject, visitnum, testcd, *value],
+                                                              option=orjson.OPT_APPEND_NEWLINE))
+        first_losers: list[tuple[int, str]] = []  # (when, Observation) of the earliest superseded results
+        chosen = (row for n in range(parts) for row in _chosen_in_part(study, by_code, spool, n, tally, first_losers))
+        findings, conflicts = _judge(chosen, tally, prefer)
+    for _, observation in sorted(first_losers)[:MAX_EXAMPLES]:
+        tally.skip(SUPERSEDED, observation, count=0)  # counted part by part; named here in the order they came
     return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
                               findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
                               prefer=prefer)
+
+
+def _chosen_in_part(study: Study, by_code: dict[tuple[str, str], Outcome], spool: Path, part: int, tally: Tally,
+                    first_losers: list[tuple[int, str]]) -> Iterator[tuple[FindingRecord, str, tuple[str, str] | None]]:
+    """One part's results closest to their visit day (as :func:`_account` chooses them), in key order, each
+    with its Observation and the study's value; superseded ones are counted (the first few noted)."""
+    outcomes = {outcome.code: outcome for outcome in by_code.values()}
+    with open(spool / f"held-{part}.ndjson", "rb") as handle:
+        held = {(s, v, t): (result, when) for s, v, t, result, when in map(orjson.loads, handle)}
+    best: dict[Key, tuple[int, str, int, list]] = {}  # key -> (distance, Observation, seq, row)
+    losers = 0
+    with open(spool / f"placed-{part}.ndjson", "rb") as handle:
+        for row in map(orjson.loads, handle):
+            seq, visit, testcd, distance, observation = row[:5]
+            key = (row[7], study.visits[visit].visitnum, testcd)
+            earlier = best.get(key)
+            if earlier is not None:
+                superseded = earlier[:2] <= (distance, observation)  # ties: the earlier stays
+                tally.skip(SUPERSEDED)
+                if losers < MAX_EXAMPLES:
+                    first_losers.append((seq, observation if superseded else earlier[1]))
+                    losers += 1
+                if superseded:
+                    continue
+            best[key] = (distance, observation, seq, row)
+    for key in sorted(best):
+        _, observation, _, (_, visit, testcd, _, _, result, when, subject) = best[key]
+        outcome = outcomes[testcd]
+        record = FindingRecord(subject=subject, domain=outcome.domain, testcd=testcd, test=outcome.display, result=result,
+                               unit=outcome.unit, visitnum=study.visits[visit].visitnum, date=when)
+        yield record, observation, held.get(key)
 
 
 def _place(study: Study, by_code: dict[tuple[str, str], Outcome], observation: dict, subject: str, start: date,

@@ -489,22 +489,24 @@ class _Intake:
         self.invalid: dict[str, int] = {}
         self.examples: list[str] = []
 
-    def store(self, store: Store, resources: list[Resource]) -> None:
-        valid = []
-        for resource in _dedupe(resources):
+    def store(self, store: Store, resources: Iterable[Resource]) -> None:
+        """Write the valid ones of ``resources`` (streamed: one store write) and count the others."""
+        for resource_type, n in store.write(self._valid(resources)).items():
+            self.counts[resource_type] = self.counts.get(resource_type, 0) + n
+
+    def _valid(self, resources: Iterable[Resource]) -> Iterator[Resource]:
+        for resource in resources:
             if resource.get("resourceType") == "OperationOutcome":  # a search's warnings, not data
                 continue
             problem = self._problem(resource)
             if problem is None:
-                valid.append(resource)
+                yield resource
                 continue
             label, _, reason = problem.partition(": ")
             reason = f"{resource.get('resourceType')}: {reason}" if reason else problem
             self.invalid[reason] = self.invalid.get(reason, 0) + 1
             if len(self.examples) < MAX_EXAMPLES:
                 self.examples.append(problem)
-        for resource_type, n in store.write(valid).items():
-            self.counts[resource_type] = self.counts.get(resource_type, 0) + n
 
     def _problem(self, resource: Resource) -> str | None:
         resource_type = resource.get("resourceType")
@@ -566,42 +568,75 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
         held[resource_type] = got if not since else _held_by(client, resource_type, queries,
                                                              before_ids.get(resource_type, set()) | got, page_size)
 
+    scope = StudyScope(frozenset(held["ResearchStudy"]))
     group_query = {"identifier": f"{study.system('group')}|{key}"}
-    subject_query = {"study": ",".join(f"ResearchStudy/{i}" for i in sorted(held["ResearchStudy"]))}
+    subject_query = scope.subject_query()
     groups = client.search_complete("Group", {**group_query, **changes})
     subjects = client.search_complete("ResearchSubject", {**subject_query, "_include": "ResearchSubject:individual", **changes})
     subjects += _missing_patients(client, subjects, page_size)
     fetched = [s for s in studies if not since or s.get("meta", {}).get("lastUpdated", "") > since] + groups + subjects
-    intake.store(store, fetched)
+    intake.store(store, _dedupe(fetched))
+    newest = [max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="")]
     holds("Group", [group_query], groups)
     holds("ResearchSubject", [subject_query], subjects)
-    patient_ids = sorted({ref_id(ref) for ref in _patients_of(store, held["ResearchSubject"])})
+    patient_ids = study_patients(store, held["ResearchSubject"])
     holds("Patient", [{"_id": ",".join(patient_ids[i:i + SUBJECT_CHUNK])} for i in range(0, len(patient_ids), SUBJECT_CHUNK)],
           subjects)
-    for resource_type in ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent"):
-        batch: list[Resource] = []
+    for resource_type in SUBJECT_DATA:
         step = subjects_per_search(study, resource_type, page_size)
         progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")
-        for start, query in zip(range(0, len(patient_ids), step), _by_subject(patient_ids, step)):
-            batch += client.search_complete(resource_type, {**query, **changes})
-            progress.advance(min(step, len(patient_ids) - start))
-        intake.store(store, batch)
-        holds(resource_type, _by_subject(patient_ids, SUBJECT_CHUNK), batch)  # counts need no page: fewer, longer searches
-        fetched += batch
+        got: set[str] = set()
+        searches = zip(range(0, len(patient_ids), step), _by_subject(patient_ids, step))
+        intake.store(store, _searched(client, resource_type, searches, changes, step, len(patient_ids), got, newest, progress))
+        held[resource_type] = got if not since else _held_by(client, resource_type, _by_subject(patient_ids, SUBJECT_CHUNK),
+                                                             before_ids.get(resource_type, set()) | got, page_size)
     removed = {}
     for resource_type, ids in before_ids.items():
         if n := store.remove(resource_type, ids - held.get(resource_type, set())):
             removed[resource_type] = n
     journal.record_pulled_ids(source, mark, held)
-    high_water = max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="") or since
+    high_water = newest[0] or since
     if high_water:
         journal.record_pull(source, mark, high_water)
     return result(removed, high_water)
 
 
+# --- what a pull of a study keeps: asked for by search (paged pull), or filtered out of an export (bulk pull) ---
+
+SUBJECT_DATA = ("Encounter", "MedicationAdministration", "Observation", "AdverseEvent")  # each names its Patient in `subject`
+
+
+@dataclass(frozen=True)
+class StudyScope:
+    """The ResearchSubjects of the studies ``study_ids`` (the ResearchStudy ids on the server)."""
+
+    study_ids: frozenset[str]
+
+    def subject_query(self) -> dict[str, str]:
+        """The search for them."""
+        return {"study": ",".join(f"ResearchStudy/{i}" for i in sorted(self.study_ids))}
+
+    def has_subject(self, subject: Resource) -> bool:
+        """Whether a ResearchSubject is one of them (what ``subject_query`` finds)."""
+        return ref_id((subject.get("study") or {}).get("reference", "")) in self.study_ids
+
+
+def study_patients(store: Store, subject_ids: set[str]) -> list[str]:
+    """Ids of the Patients the store's ResearchSubjects among ``subject_ids`` name, sorted: whose data a pull keeps."""
+    return sorted({ref_id(ref) for ref in _patients_of(store, subject_ids)})
+
+
 def _by_subject(patient_ids: list[str], step: int) -> list[dict[str, str]]:
+    """Searches for the SUBJECT_DATA of these Patients, ``step`` Patients each."""
     return [{"subject": ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])}
             for start in range(0, len(patient_ids), step)]
+
+
+def of_patients(resources: Iterable[Resource], patient_ids: set[str]) -> Iterator[Resource]:
+    """The SUBJECT_DATA among ``resources`` of these Patients (what ``_by_subject``'s searches find)."""
+    for resource in resources:
+        if ref_id((resource.get("subject") or {}).get("reference", "")) in patient_ids:
+            yield resource
 
 
 def _held_by(client: FhirClient, resource_type: str, queries: list[dict[str, str]], known: set[str],
@@ -646,6 +681,24 @@ def _patients_of(store: Store, subject_ids: set[str]) -> Iterator[str]:
         ref = (subject.get("individual") or subject.get("subject") or {}).get("reference")
         if ref:
             yield ref
+
+
+def _searched(client: FhirClient, resource_type: str, searches: Iterable[tuple[int, dict[str, str]]], changes: dict[str, str],
+              step: int, total: int, got: set[str], newest: list[str], progress: Progress) -> Iterator[Resource]:
+    """Each search's resources as they come, once each (the last fetched within a search, the first across
+    searches); memory keeps their ids (``got``) and the newest ``meta.lastUpdated`` (``newest[0]``), not them."""
+    others: set[tuple[Any, str]] = set()  # ids of other types a server may add (not OperationOutcomes)
+    for start, query in searches:
+        for resource in _dedupe(client.search_complete(resource_type, {**query, **changes})):
+            id_, kind = resource.get("id"), resource.get("resourceType")
+            if isinstance(id_, str) and kind != "OperationOutcome":
+                seen, key = (got, id_) if kind == resource_type else (others, (kind, id_))
+                if key in seen:
+                    continue
+                seen.add(key)  # type: ignore[arg-type]
+            newest[0] = max(newest[0], resource.get("meta", {}).get("lastUpdated", ""))
+            yield resource
+        progress.advance(min(step, total - start))
 
 
 def _dedupe(resources: list[Resource]) -> list[Resource]:

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .files import private_dir, private_open
+from .files import FILE_MODE, private_dir, private_open
 from .lock import spool_dir, sweep_debris
 from .ndjson import Store
 
@@ -44,11 +44,11 @@ class Projection:
 
 
 class ColumnarProjection:
-    """The Parquet tables kept for one store (``Store.path / .columnar``)."""
+    """The Parquet tables kept for one store (in ``Store.path / .columnar`` unless told another directory)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, directory: Path | None = None):
         self.store = store
-        self.directory = store.path / DIRECTORY
+        self.directory = directory or store.path / DIRECTORY  # elsewhere: e.g. for a read-only store
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.parquet"
@@ -80,20 +80,32 @@ class ColumnarProjection:
     def table(self, name: str, resource_types: Iterable[str], key: str,
               build: Callable[[], pa.Table]) -> Projection:
         """The fresh table ``name``: the kept Parquet file, or ``build()`` written there first."""
+        def write(path: Path, metadata: dict[bytes, bytes]) -> None:
+            table = build()
+            with private_open(path, "wb") as out:
+                pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), out)
+        return self.table_written(name, resource_types, key, write)
+
+    def table_written(self, name: str, resource_types: Iterable[str], key: str,
+                      write: Callable[[Path, dict[bytes, bytes]], None]) -> Projection:
+        """As :meth:`table`, built by ``write(path, metadata)``: a Parquet file at ``path`` carrying ``metadata``.
+
+        ``write`` may stream (an engine writing Parquet itself); the file is made owner-only before it is
+        renamed into place.
+        """
         types = list(resource_types)
         if self.is_fresh(name, types, key):
             return Projection(name, self.path(name), pq.read_metadata(self.path(name)).num_rows, rebuilt=False)
         stamp = self.stamp(types, key)  # taken before the build: a write meanwhile leaves the table stale
-        table = build()
         private_dir(self.directory)
         sweep_debris(self.directory, BUILD_PREFIX)
         with spool_dir(self.directory, BUILD_PREFIX) as spool:
             built = spool / f"{name}.parquet"
-            metadata = {**(table.schema.metadata or {}), STAMP: orjson.dumps(stamp)}
-            with private_open(built, "wb") as out:
-                pq.write_table(table.replace_schema_metadata(metadata), out)
+            write(built, {STAMP: orjson.dumps(stamp)})
+            os.chmod(built, FILE_MODE)
+            rows = pq.read_metadata(built).num_rows
             os.replace(built, self.path(name))
-        return Projection(name, self.path(name), table.num_rows, rebuilt=True)
+        return Projection(name, self.path(name), rows, rebuilt=True)
 
     def names(self) -> list[str]:
         """The tables kept now (fresh or not)."""

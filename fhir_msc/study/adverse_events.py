@@ -8,29 +8,15 @@ AEREL and AEOUT. AESEV and AEOUT land in R4 elements with a required binding
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 
 from .fhir_codes import check_coding
+from .model import Coding
+from .model import StudyModel as _Model
 
 # The AE variables fhir-msc reads (keys of ``columns``); ``end`` (AEENDTC) may be left out of a table.
 AE_FIELDS = ("study", "subject", "seq", "term", "decod", "serious", "severity", "related", "outcome", "start", "end")
 AE_OPTIONAL = ("end",)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AeCoding(_Model):
-    """A Coding a controlled term of the AE table maps to (``version``: the dictionary's, e.g. MedDRA 26.0)."""
-
-    system: str
-    code: str
-    display: str | None = None
-    version: str | None = None
-
-    def as_fhir(self) -> dict:
-        return self.model_dump(exclude_none=True)
 
 
 class AdverseEvents(_Model):
@@ -43,12 +29,12 @@ class AdverseEvents(_Model):
 
     file: str = "ae.csv"
     columns: dict[str, str]
-    terms: dict[str, AeCoding]
-    serious: dict[str, AeCoding]
+    terms: dict[str, Coding]
+    serious: dict[str, Coding]
     serious_event: str = "Y"  # the AESER value counted as serious in the incidence table
-    severity: dict[str, AeCoding]
-    related: dict[str, AeCoding]
-    outcome: dict[str, AeCoding]
+    severity: dict[str, Coding]
+    related: dict[str, Coding]
+    outcome: dict[str, Coding]
 
     @model_validator(mode="after")
     def _complete(self) -> AdverseEvents:

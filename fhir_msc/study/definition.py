@@ -19,7 +19,6 @@ from typing import Annotated, Literal, get_args
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     PrivateAttr,
     ValidationError,
@@ -29,6 +28,8 @@ from pydantic import (
 from ..errors import StudyDefinitionError
 from .adverse_events import AdverseEvents
 from .fhir_codes import check_code, check_ucum
+from .model import Coding
+from .model import StudyModel as _Model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
 
@@ -56,19 +57,6 @@ SubjectStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 Resear
 Gender = Annotated[str, AfterValidator(lambda v: check_code(
     v, "Patient.gender", (_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
 Ucum = Annotated[str, AfterValidator(check_ucum)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Coding(_Model):
-    system: str
-    code: str
-    display: str | None = None
-
-    def as_fhir(self) -> dict:
-        return self.model_dump(exclude_none=True)
 
 
 class Identifier(_Model):
@@ -229,8 +217,8 @@ CountEffect = Literal["rate-ratio"]
 TimeToEventEffect = Literal["cox-hazard-ratio", "log-rank", "km-median"]
 AnyEffect = BinaryEffect | ContinuousEffect | OrdinalEffect | CountEffect | TimeToEventEffect
 # Which outcome types (Outcome.type) each kind of effect applies to. A coded outcome's answers are an ordered
-# scale in their YAML order (first = lowest); a quantity's values are their own order. Time-to-event effects
-# wait for a time-to-event outcome type (their estimators are in fhir_msc.analysis.survival).
+# scale in their YAML order (first = lowest); a quantity's values are their own order. Time-to-event effects apply
+# to a time_to_event entry (Study.time_to_event_outcome; estimators in fhir_msc.analysis.survival).
 EFFECT_OUTCOME_TYPES: dict[str, set[str]] = {
     **{key: {"coded", "boolean"} for key in get_args(BinaryEffect)},
     **{key: {"quantity", "integer"} for key in get_args(ContinuousEffect)},
@@ -297,8 +285,8 @@ class PublishedResult(_Model):
     ``covariates`` and ``stratum`` override the plan's for this result.
     """
 
-    outcome: str
-    visit: str
+    outcome: str  # an outcome, a derived endpoint or a time_to_event entry's code
+    visit: str | None = None  # required but for a time_to_event entry (over the whole follow-up: no visit)
     effect: AnyEffect | None = None  # None: the plan's effect for the outcome's type
     estimate: Stated | None = None
     lower: Stated | None = None
@@ -323,6 +311,8 @@ class PublishedResult(_Model):
         """What does not fit the outcome's type or the plan's arms, each at its YAML path under ``where``."""
         found = []
         coded = outcome.type in ("coded", "boolean")
+        if outcome.type == "time-to-event":
+            return found + self._time_to_event_problems(where, outcome, arms)
         kind = ("binary (coded)" if coded else
                 "continuous (quantity)" if outcome.type in ("quantity", "integer") else outcome.type)
         if (self.lower is None) != (self.upper is None):
@@ -342,6 +332,24 @@ class PublishedResult(_Model):
                 found.append(f"{where}.{name}: {arm!r} is neither arm compared: use {' or '.join(sorted(arms))}")
         return found
 
+    def _time_to_event_problems(self, where: str, outcome: Outcome, arms: set[str]) -> list[str]:
+        found = []
+        if self.visit is not None:
+            found.append(f"{where}.visit: time-to-event {outcome.code} is over the whole follow-up: give no visit")
+        if self.p and self.p.test != "log-rank":
+            found.append(f"{where}.p.test: {self.p.test!r} does not apply to time-to-event {outcome.code}: use log-rank")
+        if self.covariates is not None or self.stratum is not None:
+            found.append(f"{where}: covariates and stratum do not apply to time-to-event {outcome.code} (unadjusted)")
+        for name in ("n", "counts", "proportions", "percents", "means", "sds", "medians", "iqrs"):
+            given = getattr(self, name)
+            if given is None:
+                continue
+            if name not in ("n", "counts", "medians"):
+                found.append(f"{where}.{name}: does not apply to time-to-event {outcome.code} (n, counts, medians do)")
+            for arm in sorted(set(given) - arms):
+                found.append(f"{where}.{name}: {arm!r} is neither arm compared: use {' or '.join(sorted(arms))}")
+        return found
+
 
 _EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the between-arm effects apply to
 
@@ -349,6 +357,8 @@ _EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the
 class Effects(_Model):
     binary: BinaryEffect = "odds-ratio"
     continuous: ContinuousEffect = "mean-difference"
+    ordinal: OrdinalEffect | None = None  # None: ordinal outcomes are compared only where a published entry asks
+    time_to_event: TimeToEventEffect = "cox-hazard-ratio"
 
 
 class DerivedEndpoint(_Model):
@@ -629,17 +639,25 @@ class Study(_Model):
         if plan.baseline is not None and plan.baseline not in visit_codes:
             problems.append(f"analysis.baseline: unknown visit {plan.baseline!r}")
         for code in plan.better:
-            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived}:
+            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived} | {t.code for t in self.time_to_event}:
                 problems.append(f"analysis.better: unknown outcome {code!r}")
         problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
         for index, result in enumerate(plan.published):
             where = f"analysis.published.{index}"
-            outcome = self.analysed_outcome_by_code.get(result.outcome)
-            if outcome is None or result.visit not in visit_codes:
+            outcome = self.analysed_outcome_by_code.get(result.outcome) or self.time_to_event_outcome(result.outcome)
+            if outcome is not None and outcome.type == "time-to-event":
+                if result.effect is not None and "time-to-event" not in EFFECT_OUTCOME_TYPES[result.effect]:
+                    problems.append(f"{where}.effect: {result.effect!r} does not apply to time-to-event outcome "
+                                    f"{outcome.code}: use {', '.join(get_args(TimeToEventEffect))}")
+                    continue
+            elif outcome is not None and result.visit is None:
+                problems.append(f"{where}.visit: give the visit of {outcome.code} (only a time_to_event entry has none)")
+                continue
+            elif outcome is None or result.visit not in visit_codes:
                 problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
                 continue
-            if outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
+            elif outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
                 kind = {"coded": "binary (coded)", "boolean": "binary (coded)", "quantity": "continuous (quantity)",
                         "integer": "continuous (quantity)"}.get(outcome.type, outcome.type)
                 problems.append(f"{where}.effect: {result.effect!r} does not apply to {kind} outcome {outcome.code}")
@@ -737,6 +755,14 @@ class Study(_Model):
     @cached_property
     def analysed_outcome_by_code(self) -> dict[str, Outcome]:
         return {outcome.code: outcome for outcome in self.analysed_outcomes}
+
+    def time_to_event_outcome(self, code: str) -> Outcome | None:
+        """A time_to_event entry as an outcome of type ``time-to-event`` (for published results), None if no such entry."""
+        entry = next((t for t in self.time_to_event if t.code == code), None)
+        if entry is None:
+            return None
+        return Outcome.model_construct(code=entry.code, domain="", display=entry.display, category="", type="time-to-event",
+                                       unit=None, unit_aliases={}, range=None, answers={}, event=None, standard=[], visits=[])
 
     @cached_property
     def intervention_by_treatment(self) -> dict[str, tuple[str, Intervention]]:

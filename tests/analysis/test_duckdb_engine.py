@@ -111,3 +111,36 @@ def test_analyze_prints_the_same_table_with_either_engine(tmp_path):
                                     "--engine", engine]) for engine in ("python", "duckdb")]
     assert [o.exit_code for o in outputs] == [0, 0] and outputs[0].output == outputs[1].output
     assert "difference of means" in outputs[1].output
+
+
+def test_duckdb_types_columns_as_every_engine_does():
+    from fhir_msc.analysis.views.duckdb_engine import TYPES
+    from fhir_msc.analysis.views.python_engine import ARROW_TYPES
+
+    assert {kind: arrow for kind, (_, arrow) in TYPES.items()} == ARROW_TYPES
+
+
+def test_the_fast_path_falls_back_where_an_element_has_another_shape(tmp_path, monkeypatch):
+    """Each shipped Observation column, on resources whose elements break the fast path's expected
+    shapes (an object for an array, an array for an object, JSON nulls), equals the general translation's."""
+    from fhir_msc.analysis.views import duckdb_engine
+
+    base = {"resourceType": "Observation", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "s", "code": "A"}]}}
+    odd = [
+        {**base, "id": "o1", "valueQuantity": {"value": 1.5, "unit": "L"}, "effectiveDateTime": "2020-01-01"},
+        {**base, "id": "o2", "subject": [{"reference": "Patient/p2"}], "code": {"coding": {"system": "s", "code": "B"}}},
+        {**base, "id": "o3", "identifier": [None, {"value": "x"}], "valueQuantity": [{"value": 7}]},
+        {**base, "id": "o4", "code": {"coding": [None, {"system": ["s"], "code": "C"}]}, "subject": None},
+        {**base, "id": "o5", "valueCodeableConcept": {"coding": [{"system": "a", "code": "1"}, None, {"code": "2"}]},
+         "dataAbsentReason": {"coding": {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                         "code": "not-performed"}}},
+        {**base, "id": "o6", "valueCodeableConcept": {"coding": {"system": "a", "code": "1"}}, "valueString": "t"},
+    ]
+    view = {**shipped_view("observations"), "constant": [{"name": "studyCodeSystem", "valueUri": "s"}]}
+    store = _store(tmp_path, *odd)
+    fast = run_view(view, store).to_pylist()
+    monkeypatch.setattr(duckdb_engine._Compiler, "scalar", lambda *a, **k: None)
+    monkeypatch.setattr(duckdb_engine._Compiler, "selected", lambda *a, **k: None)
+    assert fast == run_view(view, store).to_pylist()
+    assert [row["code"] for row in fast] == ["A", "B", "A", "C", "A", "A"] and fast[1]["subject"] == "Patient/p2"

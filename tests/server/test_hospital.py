@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from storesafety import not_owner_only
 
 from fhir_msc import Store, load_study
+from fhir_msc.account import MAX_EXAMPLES, Tally
 from fhir_msc.cli import main
 from fhir_msc.errors import InputError
 from fhir_msc.server.hospital import CONFLICT, SAME, SUPERSEDED, UNUSED_CODE, Enrollment, pull_hospital, read_enrollment
@@ -205,3 +206,39 @@ def test_hospital_pull_bulk_falls_back_to_paged_search_without_export(demo_store
         assert len(data["notes"]) == 1 and data["notes"][0].endswith("declares no $export: pulled by paged search")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("prefer", "per_part"), [("study", 1), ("hospital", 1), ("study", 1000)])
+def test_the_out_of_core_choice_equals_the_in_memory_one_on_the_fixture(demo_store, prefer, per_part, tmp_path, monkeypatch):
+    """The bulk path's choice part by part (one subject per part, or all in one) gives the in-memory path's findings,
+    conflicts and account (examples included), on the hospital fixture with each Observation also sent again as a
+    copy (earlier, in reverse order) and with its own id and another value (later): ties, which the first one wins,
+    and more than MAX_EXAMPLES superseded results."""
+    from fhir_msc import jobs
+    from fhir_msc.server import hospital
+
+    monkeypatch.setattr(hospital, "SUBJECTS_PER_PART", per_part)
+    study = load_study()
+    people = read_enrollment(HOSPITAL / "enrollment.csv")
+    subjects, values = jobs._held_values(study, demo_store, {person.subject for person in people})
+    values = list(values)
+    bundle = [e for e in json.loads((HOSPITAL / "bundle.json").read_text())["entry"]]
+    by_mrn = {e["resource"]["identifier"][0]["value"]: e["fullUrl"] for e in bundle if e["resource"]["resourceType"] == "Patient"}
+    found = {}
+    for person in people:
+        if person.value in by_mrn:
+            found.setdefault(by_mrn[person.value], []).append((person.subject, date.fromisoformat(subjects[person.subject].start[:10])))
+    observations = [(e["resource"]["subject"]["reference"], {**e["resource"], "id": f"h{n:03d}"}) for n, e in enumerate(bundle)
+                    if e["resource"]["resourceType"] == "Observation" and e["resource"]["subject"]["reference"] in found]
+    copies = [(patient, {**o, "id": f"{o['id']}-copy"}) for patient, o in reversed(observations)]
+    changed = [(patient, {**o, "valueQuantity": {**o["valueQuantity"], "value": o["valueQuantity"]["value"] * 1.1}})
+               for patient, o in observations if isinstance(o.get("valueQuantity", {}).get("value"), (int, float))]
+    observations += changed
+    by_code = hospital.hospital_outcomes(study)
+    args = (study, by_code, len(people))
+    in_memory = hospital._account(*args, Tally(), found, copies + observations, dict(values), prefer)
+    out_of_core = hospital._account_out_of_core(*args, Tally(), found, copies + observations, values, prefer, tmp_path)
+    assert out_of_core == in_memory
+    assert in_memory.observations.skipped[SUPERSEDED] > MAX_EXAMPLES and in_memory.conflicts and in_memory.findings
+    assert SAME in in_memory.observations.skipped and in_memory.observations.balanced
+    assert list(tmp_path.iterdir()) == []  # the spool is removed

@@ -30,6 +30,7 @@ from ...errors import InputError
 from ...store.ndjson import Store
 
 REPEAT_DEPTH = 12
+MAX_RESOURCE_BYTES = 64 * 2**20  # one NDJSON line (resource) at most; DuckDB's read buffers are sized by it
 COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SINGLE = re.compile(r"\[(v\d+)\]")
 _CONSTANT = re.compile(r"\[CAST\(('(?:[^']|'')*') AS JSON\)\]")
@@ -125,7 +126,8 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     resource = view.get("resource")
     if not isinstance(resource, str) or not isinstance(view.get("select"), list) or not view["select"]:
         raise InputError("a ViewDefinition needs a resource type (resource) and at least one select")
-    compiler = _Compiler(resource, _constants(view.get("constant", [])))
+    compiler = _Compiler(resource, _constants(view.get("constant", [])), {
+        c["name"]: next(v for k, v in c.items() if k.startswith("value")) for c in view.get("constant", [])})
     scope = _Scope(this=ROOT, row_index="0")
     flat = _flat_columns(view["select"])
     if flat is None:
@@ -194,7 +196,7 @@ def _read(path: Path | None, fields: list[str]) -> str:
         return "(SELECT " + ", ".join(f"NULL::JSON AS {_quote(f)}" for f in fields) + ", 0 AS ordinality WHERE false)"
     columns = "{" + ", ".join(f"{_literal(f)}: 'JSON'" for f in fields) + "}"
     return (f"read_json({_literal(str(path))}, format='newline_delimited', columns={columns}, "
-            "maximum_object_size=1073741824) WITH ORDINALITY")
+            f"maximum_object_size={MAX_RESOURCE_BYTES}) WITH ORDINALITY")
 
 
 def _typed(column: Column, cell: str) -> str:
@@ -242,9 +244,10 @@ class _Scope:
 class _Compiler:
     """Translates one view's selects and FHIRPath expressions into DuckDB SQL."""
 
-    def __init__(self, resource: str, constants: dict[str, str]):
+    def __init__(self, resource: str, constants: dict[str, str], raw_constants: dict[str, Any] | None = None):
         self.resource = resource
         self.constants = constants
+        self.raw_constants = raw_constants or {}  # the constants' values, for the fast path
         self.fields: set[str] = set()  # top-level fields of the resource read
         self.names: set[str] = set()  # every element name the view reads, at any depth
         self.count = 0
@@ -316,10 +319,143 @@ class _Compiler:
     def cell(self, column: dict, focus: str, scope: _Scope) -> str:
         values = self.expr(column.get("path", ""), focus, replace(scope, kind=column.get("type")))
         if column.get("collection"):
-            return f"to_json({values})"
+            fast_list = self.selected(column["path"], scope) if focus == ROOT else None
+            general_list = f"to_json({values})"
+            return general_list if fast_list is None else f"CASE WHEN {fast_list[1]} THEN {fast_list[0]} ELSE {general_list} END"
         message = _literal(f"fhir-msc: column {column.get('name')} has several values: mark it collection: true, "
                            "or pick one (first())")
-        return self.let(values, lambda v: f"CASE WHEN len({v}) > 1 THEN error({message}) ELSE {v}[1] END")
+        general = self.let(values, lambda v: f"CASE WHEN len({v}) > 1 THEN error({message}) ELSE {v}[1] END")
+        fast = self.scalar(column["path"], scope) if focus == ROOT else None
+        return general if fast is None else f"CASE WHEN {fast[1]} THEN {fast[0]} ELSE {general} END"
+
+    # --- the fast path: one JSON value per resource ----------------------------------------------------
+
+    def selected(self, path: str, scope: _Scope) -> tuple[str, str] | None:
+        """(value, guard) of a collection column ``chain.select(expression)``: the chain read as by
+        :meth:`scalar` up to an array, each of its items mapped by an expression :meth:`scalar` reads."""
+        tree = parse(path)["children"][0]
+        if tree["type"] != "InvocationExpression" or tree["children"][1]["type"] != "FunctionInvocation" \
+                or _function_name(tree["children"][1]) != "select" or len(_params(tree["children"][1])) != 1:
+            return None
+        chain = self.scalar(tree["children"][0], scope, array=True)
+        if chain is None:
+            return None
+        item = self.var()
+        body = self.scalar(_params(tree["children"][1])[0], scope, start=item)
+        if body is None:
+            return None
+        items = f"CAST({chain[0]} AS JSON[])"
+        mapped = f"list_transform({items}, lambda {item}: CASE WHEN coalesce(json_type({item}), 'NULL') = 'NULL' THEN NULL ELSE {body[0]} END)"
+        each = f"coalesce(list_bool_and(list_transform({items}, lambda {item}: coalesce(json_type({item}), 'NULL') = 'NULL' OR ({body[1]}))), true)"
+        return (f"to_json(coalesce(list_filter({mapped}, lambda v: v IS NOT NULL), []::JSON[]))",
+                f"{chain[1]} AND ({chain[0]} IS NULL OR json_type({chain[0]}) = 'ARRAY') AND {each}")
+
+    def scalar(self, path: str | dict, scope: _Scope, start: str | None = None, array: bool = False
+               ) -> tuple[str, str] | None:
+        """(value, guard): the cell of a column whose ``path`` is a chain from the resource of members,
+        ``first()``, ``where(…)``, ``ofType(T)``, ``exists()`` and ``join()``, as ONE JSON value (or SQL NULL)
+        computed without lists of JSON; ``guard`` is true where that value is the general one (each
+        element on the way has the expected shape: no array where one item is read, no JSON null).
+        None for any other path: the general translation alone is used."""
+        tree = parse(path)["children"][0] if isinstance(path, str) else path
+        if tree["type"] == "AdditiveExpression" and tree["terminalNodeText"][0] == "&":
+            parts = [self.scalar(k, scope, start) for k in tree["children"]]
+            if None in parts or array:
+                return None
+            (a, ga), (b, gb) = parts  # type: ignore[misc]
+            return f"to_json(concat(coalesce(fp_text({a}), ''), coalesce(fp_text({b}), '')))", f"({ga}) AND ({gb})"
+        if tree["type"] == "TermExpression" and tree["children"][0]["type"] == "LiteralTerm" and not array \
+                and tree["children"][0]["children"][0]["type"] == "StringLiteral":
+            return _json_literal(_unescape(tree["children"][0]["children"][0]["text"][1:-1])), "true"
+        members = None if start or array else _union_exists(tree)
+        if members:  # (a | b | …).exists() over the resource's own elements
+            values = [self.member_field(m) for m in members]
+            guard = " AND ".join(f"coalesce(json_type({v}), 'NULL') <> 'ARRAY'" for v in values)
+            return "to_json(" + " OR ".join(f"coalesce(json_type({v}), 'NULL') <> 'NULL'" for v in values) + ")", guard
+        steps = _steps(tree)
+        if not steps or steps[0][0] not in ("member", "choice") or steps[0][1] == self.resource:
+            return None
+        guards: list[str] = []
+        cur, is_list = "", False  # the value so far: one JSON value (or SQL NULL), or a JSON[] after where()
+
+        def single(value: str) -> None:  # reading one item from ``value``: it must not be an array
+            guards.append(f"coalesce(json_type({value}), 'NULL') <> 'ARRAY'")
+
+        for index, step in enumerate(steps):
+            kind = step[0]
+            if (is_list and kind not in ("first", "exists")) or (kind in ("exists", "join") and index < len(steps) - 1) \
+                    or (array and kind in ("exists", "join")):
+                return None
+            if kind in ("member", "choice"):
+                name = step[1]
+                base = cur if index else start
+                get = (lambda n: self.member_field(n)) if base is None else (lambda n, c=base: self.json_member(c, n))
+                if index:
+                    single(cur)
+                if kind == "member" or step[2][:1].isupper():
+                    cur = get(name if kind == "member" else name + step[2][:1].upper() + step[2][1:])
+                    continue
+                choice, plain = get(name + step[2][:1].upper() + step[2][1:]), get(name)
+                guards += [f"(coalesce(json_type({plain}), 'NULL') = 'NULL' OR coalesce(json_type({choice}), 'NULL') = 'NULL')"]
+                single(choice)
+                single(plain)
+                cur = f"CASE WHEN coalesce(json_type({plain}), 'NULL') = 'NULL' THEN {choice} ELSE {self.of_type_one(plain, step[2])} END"
+            elif kind == "first":
+                if is_list:
+                    cur, is_list = f"{cur}[1]", False
+                else:
+                    guards.append(f"coalesce(json_type({cur}, '$[0]'), '') <> 'NULL'")
+                    cur = f"CASE WHEN json_type({cur}) = 'ARRAY' THEN json_extract({cur}, '$[0]') ELSE {cur} END"
+            elif kind == "where":
+                guards.append(f"({cur} IS NULL OR json_type({cur}) = 'ARRAY')")
+                item = self.var()
+                test = self.test(step[1], item, scope)
+                cur, is_list = f"list_filter(CAST({cur} AS JSON[]), lambda {item}: coalesce(json_type({item}), 'NULL') <> 'NULL' AND {test})", True
+            elif kind == "exists":
+                if is_list:
+                    return f"to_json(coalesce(len({cur}), 0) > 0)", " AND ".join(guards) or "true"
+                single(cur)
+                return f"to_json(coalesce(json_type({cur}), 'NULL') <> 'NULL')", " AND ".join(guards) or "true"
+            elif kind == "join":
+                guards.append(f"coalesce(json_type({cur}), 'MISSING') NOT IN ('ARRAY', 'NULL')")
+                return f"to_json(coalesce(fp_text({cur}), ''))", " AND ".join(guards)
+        if is_list:
+            return None
+        if array:  # the caller reads the items of this value
+            return cur, " AND ".join(guards) or "true"
+        guards.append(f"coalesce(json_type({cur}), 'MISSING') NOT IN ('ARRAY', 'NULL')")
+        return cur, " AND ".join(guards)
+
+    def test(self, n: dict, item: str, scope: _Scope) -> str:
+        """A where() criterion on one JSON ``item`` as a SQL boolean; ``member = 'text'`` (or a string constant)
+        and ``and`` of such compare JSON texts directly, where the member is not an array."""
+        if n["type"] == "AndExpression" and n["terminalNodeText"][0] == "and":
+            return " AND ".join(f"({self.test(k, item, scope)})" for k in n["children"])
+        general = f"coalesce(fp_bool({self.node(n, replace(scope, this=f'[{item}]'))}), false)"
+        text = _member_equals_text(n, self.raw_constants)
+        if text is None:
+            return general
+        value = self.json_member(item, text[0])
+        return (f"CASE WHEN json_type({value}) = 'ARRAY' THEN {general} "
+                f"ELSE coalesce(CAST({value} AS VARCHAR) = {_literal(orjson.dumps(text[1]).decode())}, false) END")
+
+    def member_field(self, name: str) -> str:
+        self.names.add(name)
+        self.fields.add(name)
+        return f"r.{_quote(name)}"
+
+    def json_member(self, value: str, name: str) -> str:
+        self.names.add(name)
+        return f"json_extract({value}, {_literal(f'$.{_quote(name)}')})"
+
+    @staticmethod
+    def of_type_one(value: str, type_name: str) -> str:
+        """``value`` (one JSON value) if ``ofType(type_name)`` keeps it, as the general ofType() decides."""
+        json_types = {"string": "'VARCHAR'", "boolean": "'BOOLEAN'", "integer": "'BIGINT', 'UBIGINT'",
+                      "decimal": "'DOUBLE', 'BIGINT', 'UBIGINT'"}.get(type_name)
+        keep = (f"json_type({value}) IN ({json_types})" if json_types
+                else f"({value} ->> 'resourceType') = {_literal(type_name)}")
+        return f"CASE WHEN {keep} THEN {value} END"
 
     def repeat(self, paths: list[str], focus: str, scope: _Scope) -> str:
         """The items reached from ``focus`` by following ``paths`` again and again, depth first."""
@@ -567,7 +703,7 @@ class _Compiler:
             day = f"CASE length({text}) WHEN 4 THEN {year} WHEN 7 THEN {month} ELSE left({text}, 10) END"
             value = day if kind == "date" else (
                 f"CASE WHEN length({text}) <= 10 THEN {day} || '{'T00:00:00.000+14:00' if low else 'T23:59:59.999-12:00'}' "
-                f"ELSE {text} END")
+                f"ELSE {self.instant(text, low)} END")
         elif kind == "time":
             pad = "00:00:00.000" if low else "59:59:59.999"
             value = f"CASE WHEN length({text}) < 12 THEN {text} || right({_literal(pad)}, 12 - length({text})) ELSE {text} END"
@@ -577,6 +713,94 @@ class _Compiler:
             return (f"list_transform(list_filter({items}, lambda {item}: fp_num({item})), lambda {item}: "
                     f"to_json(round(CAST({item} AS DOUBLE) {'-' if low else '+'} 0.5 * pow(10, -({digits})), CAST(({digits}) + 1 AS INTEGER))))")
         return f"list_transform(list_filter({items}, lambda {item}: json_type({item}) = 'VARCHAR'), lambda {item}: to_json({value}))"
+
+    def instant(self, text: str, low: bool) -> str:
+        """A dateTime with a time to its first or last millisecond (seconds, fraction, zone filled in)."""
+        pattern = _literal(r"^(\d{4}-\d{2}-\d{2}T\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+        def part(group: int, default: str) -> str:
+            return f"coalesce(nullif(regexp_extract({text}, {pattern}, {group}), ''), '{default}')"
+        fraction = f"regexp_extract({text}, {pattern}, 4)"
+        fraction = f"CASE WHEN length({fraction}) >= 3 THEN {fraction} ELSE rpad({fraction}, 3, '{'0' if low else '9'}') END"
+        filled = (f"regexp_extract({text}, {pattern}, 1) || ':' || {part(2, '00' if low else '59')} || ':' || "
+                  f"{part(3, '00' if low else '59')} || '.' || {fraction} || {part(5, '+14:00' if low else '-12:00')}")
+        return f"CASE WHEN regexp_matches({text}, {pattern}) THEN {filled} ELSE {text} END"
+
+
+def _steps(n: dict) -> list[tuple] | None:
+    """A path as a chain of steps (see ``_Compiler.scalar``), or None when it is not one."""
+    if n["type"] == "TermExpression":
+        term = n["children"][0]
+        if term["type"] != "InvocationTerm":
+            return None
+        step = _step(term["children"][0])
+        return None if step is None or step[0] not in ("member",) else [step]
+    if n["type"] != "InvocationExpression":
+        return None
+    left = _steps(n["children"][0])
+    step = _step(n["children"][1])
+    if left is None or step is None:
+        return None
+    if step[0] == "ofType":
+        if left[-1][0] != "member" or len(left[-1]) > 2:
+            return None
+        return left[:-1] + [("choice", left[-1][1], step[1])]
+    return left + [step]
+
+
+def _union_exists(n: dict) -> list[str] | None:
+    """The member names of ``(a | b | …).exists()``, or None for any other path."""
+    if n["type"] != "InvocationExpression" or _step(n["children"][1]) != ("exists",):
+        return None
+    term = n["children"][0]
+    if term["type"] != "TermExpression" or term["children"][0]["type"] != "ParenthesizedTerm":
+        return None
+
+    def names(u: dict) -> list[str] | None:
+        if u["type"] == "UnionExpression":
+            left, right = (names(k) for k in u["children"])
+            return None if left is None or right is None else left + right
+        steps = _steps(u)
+        return [steps[0][1]] if steps and len(steps) == 1 and len(steps[0]) == 2 and steps[0][0] == "member" else None
+    found = names(term["children"][0]["children"][0])
+    return found if found and len(found) > 1 else None
+
+
+def _member_equals_text(n: dict, constants: dict[str, Any]) -> tuple[str, str] | None:
+    """(member, text) for ``member = 'text'`` or ``member = %constant`` holding a string, else None."""
+    if n["type"] != "EqualityExpression" or n["terminalNodeText"][0] != "=":
+        return None
+    left, right = _steps(n["children"][0]), n["children"][1]
+    if not left or len(left) != 1 or len(left[0]) != 2 or left[0][0] != "member" or right["type"] != "TermExpression":
+        return None
+    term = right["children"][0]
+    if term["type"] == "LiteralTerm" and term["children"][0]["type"] == "StringLiteral":
+        return left[0][1], _unescape(term["children"][0]["text"][1:-1])
+    if term["type"] == "ExternalConstantTerm":
+        value = constants.get(_identifier(term["children"][0]["children"][0]))
+        return (left[0][1], value) if isinstance(value, str) else None
+    return None
+
+
+def _step(invocation: dict) -> tuple | None:
+    if invocation["type"] == "MemberInvocation":
+        return ("member", _identifier(invocation["children"][0]))
+    if invocation["type"] != "FunctionInvocation":
+        return None
+    name, params = _function_name(invocation), _params(invocation)
+    if name == "getResourceKey" and not params:
+        return ("member", "id", "key")  # read as the member id, but no choice element: ofType() applies to it
+    if name in ("first", "exists") and not params:
+        return (name,)
+    if name == "where" and len(params) == 1:
+        return ("where", params[0])
+    if name == "ofType" and len(params) == 1:
+        return ("ofType", _type_name(invocation))
+    if name == "join" and (not params or (len(params) == 1 and params[0]["type"] == "TermExpression"
+                                          and params[0]["children"][0]["type"] == "LiteralTerm")):
+        return ("join",)
+    return None
+
 
 def _identifier(n: dict) -> str:
     text = n["terminalNodeText"][0] if n.get("terminalNodeText") else n["text"]

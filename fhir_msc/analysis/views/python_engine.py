@@ -23,12 +23,13 @@ from .definition import Column, ViewDefinition, load_view
 from .fhirpath import Evaluator, compile_path, constant_value, node_for, plain
 
 INTEGER_TYPES = ("integer", "positiveInt", "unsignedInt")
-# FHIR primitive type → Arrow type. Integers as the spec's INT/BIGINT; decimal as float64 (the spec's
-# default is text, kept for lossless exchange; numbers are what the analysis needs); dates, times and
-# instants as the FHIR text (partial dates and time zones survive); anything else, untyped columns
-# and complex types (as JSON) as text, as the spec allows.
+# FHIR primitive type → Arrow type, the same for every engine (duckdb_engine.TYPES; a test checks):
+# every integer type as int64 (the spec's BIGINT, which holds integer64 too); decimal as float64 (the
+# spec's default is text, kept for lossless exchange; numbers are what the analysis needs); dates,
+# times and instants as the FHIR text (partial dates and time zones survive); anything else, untyped
+# columns and complex types (as JSON) as text, as the spec allows.
 ARROW_TYPES: dict[str, pa.DataType] = {
-    "boolean": pa.bool_(), "integer": pa.int32(), "positiveInt": pa.int32(), "unsignedInt": pa.int32(),
+    "boolean": pa.bool_(), "integer": pa.int64(), "positiveInt": pa.int64(), "unsignedInt": pa.int64(),
     "integer64": pa.int64(), "decimal": pa.float64(),
 }
 
@@ -243,12 +244,13 @@ def _typed(column: Column, value: Any, at: str) -> Any:
         if isinstance(value, (int, Decimal, float)) and not isinstance(value, bool):
             return float(value)
     else:
-        return _text(value)
-    raise ViewDefinitionError(f"{at}: gives {_text(value)!r}, which is not a FHIR {kind}; fix the path or set "
+        return as_text(value)
+    raise ViewDefinitionError(f"{at}: gives {as_text(value)!r}, which is not a FHIR {kind}; fix the path or set "
                               f"the column's \"type\"")
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value of an untyped or text column as the engines write it (booleans as true/false, JSON for complex values)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

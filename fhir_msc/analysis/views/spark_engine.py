@@ -99,21 +99,26 @@ class SparkCounts:
         run.rows = rows
 
 
-def view_dataframe(session: SparkSession, view: ViewDefinition | Mapping[str, Any], lines
-                   ) -> tuple[DataFrame, SparkCounts]:
-    """The view over an RDD of NDJSON lines, as a Spark DataFrame with the view's schema, and its counts."""
+def view_dataframe(session: SparkSession, view: ViewDefinition | Mapping[str, Any], lines,
+                   ordinal: str | None = None) -> tuple[DataFrame, SparkCounts]:
+    """The view over an RDD of NDJSON lines, as a Spark DataFrame with the view's schema, and its counts.
+
+    ``ordinal`` names an extra last column (not in the view): each row's resource's line number in
+    the RDD, from 1 (as ``duckdb_engine.compile_view`` gives it).
+    """
     checked = view if isinstance(view, ViewDefinition) else load_view(view)
     source = dict(checked.json)
     counts = SparkCounts(session)
     read, skipped = counts.read, counts.skipped
 
-    def partition(rows: Iterable[str]) -> Iterator[tuple]:
+    def partition(rows: Iterable[Any]) -> Iterator[tuple]:
         from .python_engine import CompiledView
 
         compiled = CompiledView(source)
         seen: dict[str, int] = {}
         dropped: dict[str, int] = {}
-        for line in rows:
+        for row in rows:
+            line, number = row if ordinal else (row, None)
             if not line.strip():
                 continue
             try:
@@ -131,12 +136,20 @@ def view_dataframe(session: SparkSession, view: ViewDefinition | Mapping[str, An
                 label = f"not {compiled.view.resource}" if reason == "type" else "where not true"
                 dropped[label] = dropped.get(label, 0) + 1
                 continue
-            yield from compiled.rows(resource, checked=True)
+            if ordinal:
+                yield from (tuple(values) + (number + 1,) for values in compiled.rows(resource, checked=True))
+            else:
+                yield from compiled.rows(resource, checked=True)
         read.add(seen)
         skipped.add(dropped)
 
-    frame = session.createDataFrame(lines.mapPartitions(partition), schema=spark_schema(checked),
-                                    verifySchema=False)
+    schema = spark_schema(checked)
+    if ordinal:
+        from pyspark.sql import types as T
+
+        schema = schema.add(T.StructField(ordinal, T.LongType(), nullable=False))
+        lines = lines.zipWithIndex()
+    frame = session.createDataFrame(lines.mapPartitions(partition), schema=schema, verifySchema=False)
     return frame, counts
 
 
@@ -150,16 +163,18 @@ def _collected(frame: DataFrame, counts: SparkCounts, view: ViewDefinition, run:
         raise
     if run is not None:
         counts.into(run, table.num_rows)
-    return table.cast(arrow_schema(view))
+    schema = arrow_schema(view)
+    extra = [pa.field(name, pa.int64()) for name in table.column_names[len(schema):]]  # the ordinal, if asked for
+    return table.cast(pa.schema([*schema, *extra]))
 
 
 def run_view_on_paths(session: SparkSession, view: ViewDefinition | Mapping[str, Any], paths: list[str],
-                      run: ViewRun | None = None) -> pa.Table:
-    """The view over NDJSON files (paths or globs Spark reads), collected to an Arrow table."""
+                      run: ViewRun | None = None, ordinal: str | None = None) -> pa.Table:
+    """The view over NDJSON files (paths or globs Spark reads), collected to an Arrow table (``ordinal``: see view_dataframe)."""
     checked = view if isinstance(view, ViewDefinition) else load_view(view)
     if not paths:
         raise InputError(f"no NDJSON files to read for {checked.resource}")
-    frame, counts = view_dataframe(session, checked, session.sparkContext.textFile(",".join(paths)))
+    frame, counts = view_dataframe(session, checked, session.sparkContext.textFile(",".join(paths)), ordinal)
     return _collected(frame, counts, checked, run)
 
 

@@ -1,6 +1,7 @@
 """fhir-msc's own view cases (tests/analysis/views/cases/*.json, in the official SQL-on-FHIR test format) on every engine.
 
-Each case is one behaviour. A case passes as in the official suite's runner: the rows equal
+Each case is one behaviour, run on every engine (python, the reference; duckdb; spark), and each
+engine's table must be identical to the reference engine's (schema and rows). A case passes as in the official suite's runner: the rows equal
 ``expect`` in any order (values compared as JSON, so true is not 1 and "1" is not 1), the
 column names equal ``expectColumns`` in order, or the view is refused (``expectError``) with a
 ViewDefinitionError. Add an engine by adding it to ENGINES and to ``_runner``.
@@ -15,15 +16,22 @@ import pytest
 
 from fhir_msc.analysis.views.definition import load_view
 from fhir_msc.analysis.views.python_engine import arrow_schema, run_view
-from fhir_msc.errors import ViewDefinitionError
+from fhir_msc.errors import InputError, ViewDefinitionError
 
 CASES = Path(__file__).parent / "cases"
-ENGINES = ["python", "spark"]
+ENGINES = ["python", "duckdb", "spark"]
 
 
 def _runner(engine: str, request):
     if engine == "python":
         return lambda view, resources: run_view(view, resources)
+    if engine == "duckdb":
+        from fhir_msc.analysis.views.tables import duckdb_table, spooled
+
+        def duckdb_run(view, resources):
+            with spooled(resources) as store:
+                return duckdb_table(load_view(view), store)
+        return duckdb_run
     if engine == "spark":
         from fhir_msc.analysis.views.spark_engine import run_view_on_resources
 
@@ -47,15 +55,19 @@ def _key(row: dict) -> str:
 def _failure(run, test: dict, resources: list[dict]) -> str | None:
     try:
         table = run(test["view"], resources)
-    except ViewDefinitionError as error:
+    except (ViewDefinitionError, InputError) as error:  # DuckDB meets a bad row in its query: InputError
         return None if test.get("expectError") else f"refused: {error}"
     if test.get("expectError"):
         return "ran, but should have been refused"
-    if table.schema != arrow_schema(load_view(test["view"])):
-        return f"schema {table.schema} is not the view's"
+    reference = run_view(test["view"], resources)
+    if table.schema != reference.schema or table.schema != arrow_schema(load_view(test["view"])):
+        return f"schema {table.schema} is not the view's and the reference engine's {reference.schema}"
+    got = sorted(map(_key, table.to_pylist()))
+    if got != sorted(map(_key, reference.to_pylist())):  # identical tables: the reference engine's rows
+        return f"rows {got}, the reference engine's {sorted(map(_key, reference.to_pylist()))}"
     if "expectColumns" in test:
         return None if table.column_names == test["expectColumns"] else f"columns {table.column_names}"
-    got, want = sorted(map(_key, table.to_pylist())), sorted(map(_key, test["expect"]))
+    want = sorted(map(_key, test["expect"]))
     return None if got == want else f"rows {got}, expected {want}"
 
 
