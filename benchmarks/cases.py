@@ -6,9 +6,13 @@ Prints one JSON line: seconds, items (what was processed) and peak RSS of this p
 from __future__ import annotations
 
 import json
+import os
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +26,18 @@ from fhir_msc.fhir.validate import validate_resources
 from fhir_msc.tables.sdtm import RejectLog
 
 R4 = get_version("R4")
+COLUMNAR = ".columnar"  # the store's Parquet projection (removed before a first run)
+# Cases whose work runs in child processes (Spark's JVM and Python workers): memory is the process tree's.
+TREE_CASES = {"analyze-spark", "flatten-view-spark"}
+
+
+CPU = {"seconds": 0.0}  # CPU time (user + system, all threads) of this process during the last timed work
 
 
 def _timed(work: Callable[[], int]) -> tuple[float, int]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     items = work()
+    CPU["seconds"] = time.process_time() - cpu
     return time.perf_counter() - started, items
 
 
@@ -95,22 +106,132 @@ def case_flatten(tables: Path, store: Path, url: str | None) -> tuple[float, int
     return _timed(lambda: len(analysis_frame(load_study(), Store(store))))
 
 
-def case_flatten_fhiry(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
-    """Peer: fhiry flattening the same NDJSON folder into a DataFrame."""
+# The like-for-like flatten: one ViewDefinition (15 columns of every Observation, paths every peer
+# here evaluates correctly), run by each engine over the store's Observation.ndjson.
+FLAT_VIEW = Path(__file__).parent / "views" / "observation_flat.json"
+# fhiry's columns for the view's columns (fhiry names nested fields by their dotted path, joins codings' codes).
+FHIRY_COLUMNS = {"id": "id", "identifier": "identifier", "status": "status", "code": "code.coding.codes",
+                 "code_text": "code.text", "subject": "subject.reference", "encounter": "encounter.reference",
+                 "date": "effectiveDateTime", "value": "valueQuantity.value", "unit": "valueQuantity.unit",
+                 "unit_code": "valueQuantity.code", "comparator": "valueQuantity.comparator",
+                 "answer": "valueCodeableConcept.coding.codes", "answer_text": "valueCodeableConcept.text",
+                 "absent_reason": "dataAbsentReason.text"}
+
+
+def _flat_view() -> dict:
+    return json.loads(FLAT_VIEW.read_text())
+
+
+def case_flatten_view_duckdb(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc DuckDB engine: the flat Observation view over the store's NDJSON, to Arrow."""
+    from fhir_msc.analysis.views import duckdb_engine
+
+    return _timed(lambda: duckdb_engine.run_view(_flat_view(), Store(store)).num_rows)
+
+
+def case_flatten_view_python(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc python (reference) engine: the flat Observation view over the store's Observations, to Arrow."""
+    from fhir_msc.analysis.views import python_engine
+
+    return _timed(lambda: python_engine.run_view(_flat_view(), Store(store).read("Observation")).num_rows)
+
+
+def case_flatten_view_spark(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc Spark engine (local[*]): the flat Observation view over Observation.ndjson, session start included."""
+    def work() -> int:
+        from fhir_msc.analysis.views import spark_engine
+
+        session = spark_engine.spark_session()
+        return spark_engine.run_view_on_paths(session, _flat_view(), [str(store / "Observation.ndjson")]).num_rows
+    return _timed(work)
+
+
+def case_flatten_view_fhir4ds(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Peer: fhir4ds 0.5.1 running the same view; the NDJSON is loaded into its resource table by DuckDB read_json_objects."""
+    import logging
+
+    import duckdb
+    from fhir4ds.datastore import FHIRDataStore
+    from fhir4ds.dialects import DuckDBDialect
+
+    from .sof_conformance import _NoInstall
+
+    logging.getLogger("fhir4ds").setLevel(logging.CRITICAL)
+
+    def work() -> int:
+        connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "threads": 2})
+        datastore = FHIRDataStore(dialect=DuckDBDialect(connection=_NoInstall(connection)))
+        connection.execute(f"INSERT INTO {datastore.table_name} ({datastore.json_col}) SELECT json FROM "
+                           f"read_json_objects('{store / 'Observation.ndjson'}', format='newline_delimited')")
+        return len(datastore.view_runner().execute_view_definition(_flat_view()).fetchall())
+    return _timed(work)
+
+
+def case_flatten_fhiry_observations(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """Peer: fhiry flattening the store's Observations only (a folder holding Observation.ndjson), then the view's columns."""
     from fhiry import Fhirndjson
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-fhiry-"))
+    (folder / "Observation.ndjson").symlink_to(store / "Observation.ndjson")
 
     def work() -> int:
         reader = Fhirndjson()
-        reader.folder = str(store)
+        reader.folder = str(folder)
         reader.process_source()
-        return len(reader.df)
+        frame = reader.df.reindex(columns=list(FHIRY_COLUMNS.values()))
+        frame["identifier"] = frame["identifier"].map(lambda ids: ids[0].get("value") if isinstance(ids, list) and ids else None)
+        return len(frame.set_axis(list(FHIRY_COLUMNS), axis=1))
     return _timed(work)
 
 
 def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
-    """fhir-msc: month-36 between-arm table from the embedded store, as `fhir-msc analyze --visit M36` does it."""
+    """fhir-msc: month-36 between-arm table from the embedded store, as `fhir-msc analyze --visit M36` does it (python engine)."""
     study = load_study()
     return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"]).comparisons))
+
+
+def case_analyze_duckdb(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: the same month-36 table with --engine duckdb, first run from the raw NDJSON (STORE/.columnar removed first)."""
+    shutil.rmtree(store / COLUMNAR, ignore_errors=True)
+    return case_analyze_duckdb_again(tables, store, url)
+
+
+def case_analyze_duckdb_again(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: month-36 table with --engine duckdb on the store as it is (its projection, if any, kept)."""
+    study = load_study()
+    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"], engine="duckdb").comparisons))
+
+
+def case_analyze_duckdb_projected(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: month-36 table with --engine duckdb once the projection exists (built by an untimed run in another process)."""
+    subprocess.run([sys.executable, "-m", "benchmarks.cases", "analyze-duckdb-again", str(tables), str(store)],
+                   check=True, capture_output=True)
+    return case_analyze_duckdb_again(tables, store, url)
+
+
+def case_analyze_spark(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: month-36 table with --engine spark (local[*]; the Spark session's start is included)."""
+    study = load_study()
+    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"], engine="spark").comparisons))
+
+
+def case_frame_m36(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: only the frame and account analyze builds for --visit M36 (python engine), no statistics."""
+    return _timed(lambda: _frame_m36(store, "python"))
+
+
+def case_frame_m36_duckdb(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
+    """fhir-msc: only the frame and account for --visit M36 with --engine duckdb, its projection built by an untimed run first."""
+    subprocess.run([sys.executable, "-m", "benchmarks.cases", "analyze-duckdb-again", str(tables), str(store)],
+                   check=True, capture_output=True)
+    return _timed(lambda: _frame_m36(store, "duckdb"))
+
+
+def _frame_m36(store: Path, engine: str) -> int:
+    from fhir_msc.analysis.frame import visits_to_read
+
+    study = load_study()
+    return len(jobs.frame_and_account(study, store, visits_to_read(study, ["M36"]), engine=engine)[0])
 
 
 # The floor for analyze: one hand-written DuckDB query over the store's NDJSON files, month-36
@@ -290,8 +411,79 @@ CASES = {name[len("case_"):].replace("_", "-"): fn for name, fn in globals().ite
 def main() -> None:
     name, tables, store = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     url = sys.argv[4] if len(sys.argv) > 4 else None
+    tree = TreeMemory() if name in TREE_CASES else None
     seconds, items = CASES[name](tables, store, url)
-    print(json.dumps({"case": name, "seconds": seconds, "items": items, "peak_rss_mb": peak_rss_mb()}))
+    result = {"case": name, "seconds": seconds, "items": items, "peak_rss_mb": peak_rss_mb(), "cpu_seconds": CPU["seconds"]}
+    if tree:
+        result.update(tree.stop())
+        result["peak_rss_mb"] = max(result["peak_rss_mb"], result["tree_peak_rss_mb"])
+        result["cpu_seconds"] += result.pop("children_cpu_seconds")
+    print(json.dumps(result))
+
+
+class TreeMemory:
+    """Peak memory of this process and all its descendants (Spark's JVM, its Python workers).
+
+    A thread sums VmRSS over the process tree every 0.1 s and keeps the largest sum
+    (``tree_peak_rss_mb``); at the end the VmHWM of every process still alive is summed too
+    (``tree_hwm_sum_mb``, an upper bound: each process's own peak, whenever it was), and so is
+    the CPU time of the descendants (``children_cpu_seconds``: user + system, with that of
+    their own children already ended).
+    """
+
+    def __init__(self, interval: float = 0.1):
+        self.peak_kb = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        while not self._done.wait(interval):
+            self.peak_kb = max(self.peak_kb, sum(_status_kb(pid, "VmRSS:") for pid in _tree(os.getpid())))
+
+    def stop(self) -> dict:
+        self._done.set()
+        self._thread.join()
+        pids = _tree(os.getpid())
+        return {"tree_peak_rss_mb": self.peak_kb / 1024, "tree_hwm_sum_mb": sum(_status_kb(p, "VmHWM:") for p in pids) / 1024,
+                "tree_processes": len(pids), "children_cpu_seconds": sum(_cpu_seconds(p) for p in pids[1:])}
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process descending from it (from /proc/*/stat parent ids)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` (/proc/PID/stat fields 14-17), in seconds."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def peak_rss_mb() -> float:
