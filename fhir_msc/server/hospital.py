@@ -223,6 +223,27 @@ def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: in
     tally = Tally()
     unused: Counter[str] = Counter()
     best: dict[Key, _Placed] = {}
+    for _, placed in _placed_results(study, by_code, found, observations, tally, unused):
+        key = (placed.record.subject, placed.record.visitnum, placed.record.testcd)
+        earlier = best.get(key)
+        if earlier is not None:
+            loser = placed if (earlier.distance, earlier.observation) <= (placed.distance, placed.observation) else earlier
+            tally.skip(SUPERSEDED, loser.observation)
+            if loser is placed:
+                continue
+        best[key] = placed
+    chosen = ((placed.record, placed.observation, study_values.get(key)) for key, placed in sorted(best.items()))
+    findings, conflicts = _judge(chosen, tally, prefer)
+    return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
+                              findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
+                              prefer=prefer)
+
+
+def _placed_results(study: Study, by_code: dict[tuple[str, str], Outcome], found: dict[str, list[tuple[str, date]]],
+                    observations: Iterable[tuple[str, dict]], tally: Tally, unused: Counter[str]
+                    ) -> Iterator[tuple[str, _Placed]]:
+    """Each (patient id, Observation) placed for every study subject enrolled as that patient, as (subject,
+    placed result); each is counted as read, and one that cannot be placed is skipped under its reason."""
     for patient_id, observation in observations:
         for subject, start in found[patient_id]:
             tally.read += 1
@@ -230,19 +251,7 @@ def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: in
             if isinstance(placed, str):
                 tally.skip(placed, f"Observation/{observation.get('id')}")
                 continue
-            key = (placed.record.subject, placed.record.visitnum, placed.record.testcd)
-            earlier = best.get(key)
-            if earlier is not None:
-                loser = placed if (earlier.distance, earlier.observation) <= (placed.distance, placed.observation) else earlier
-                tally.skip(SUPERSEDED, loser.observation)
-                if loser is placed:
-                    continue
-            best[key] = placed
-    chosen = ((placed.record, placed.observation, study_values.get(key)) for key, placed in sorted(best.items()))
-    findings, conflicts = _judge(chosen, tally, prefer)
-    return HospitalPullResult(enrolled=enrolled, patients=patients.account(), observations=tally.account(),
-                              findings=findings, conflicts=conflicts, unused_codes=dict(unused.most_common()),
-                              prefer=prefer)
+            yield subject, placed
 
 
 def _judge(chosen: Iterable[tuple[FindingRecord, str, tuple[str, str] | None]], tally: Tally, prefer: str
@@ -286,19 +295,12 @@ def _account_out_of_core(study: Study, by_code: dict[tuple[str, str], Outcome], 
     with spool_dir(work, ".hospital-") as spool:
         with ExitStack() as stack:
             placed = [stack.enter_context(private_open(spool / f"placed-{n}.ndjson", "wb")) for n in range(parts)]
-            seq = 0
-            for patient_id, observation in observations:
-                for subject, start in found[patient_id]:
-                    tally.read += 1
-                    result = _place(study, by_code, observation, subject, start, unused)
-                    if isinstance(result, str):
-                        tally.skip(result, f"Observation/{observation.get('id')}")
-                        continue
-                    r = result.record
-                    placed[part_of[subject]].write(orjson.dumps(
-                        [seq, visit_index[r.visitnum], r.testcd, result.distance, result.observation, r.result, r.date, subject],
-                        option=orjson.OPT_APPEND_NEWLINE))
-                    seq += 1
+            results = _placed_results(study, by_code, found, observations, tally, unused)
+            for seq, (subject, result) in enumerate(results):
+                r = result.record
+                placed[part_of[subject]].write(orjson.dumps(
+                    [seq, visit_index[r.visitnum], r.testcd, result.distance, result.observation, r.result, r.date, subject],
+                    option=orjson.OPT_APPEND_NEWLINE))
         with ExitStack() as stack:
             held = [stack.enter_context(private_open(spool / f"held-{n}.ndjson", "wb")) for n in range(parts)]
             for (subject, visitnum, testcd), value in _pairs(study_values):
