@@ -187,7 +187,7 @@ def case_flatten_fhiry_observations(tables: Path, store: Path, url: str | None) 
 def case_analyze(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
     """fhir-msc: month-36 between-arm table from the embedded store, as `fhir-msc analyze --visit M36` does it (python engine)."""
     study = load_study()
-    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"]).comparisons))
+    return _timed(lambda: len(jobs.analyze(study, store, visits=["M36"], engine="python").comparisons))
 
 
 def case_analyze_duckdb(tables: Path, store: Path, url: str | None) -> tuple[float, int]:
