@@ -18,7 +18,7 @@ from ..store.source import ResourceSource
 from ..study.definition import Study
 from .export import account_json, number
 from .report import format_p
-from .stats import compare_binary
+from .stats import fisher_p
 
 ANY, SERIOUS = "any adverse event", "serious adverse event"
 NOT_COMPARED = "subject in neither compared arm"
@@ -74,7 +74,7 @@ def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | N
     for label, who in kinds.items():
         counts = tuple(sum(1 for s in who if arm_of[s] == code) for code in arms)
         rows.append(Incidence(label=label, subjects=counts, n=n,  # type: ignore[arg-type]
-                              fisher_p=compare_binary(counts, n, plan.alpha).fisher_p))  # type: ignore[arg-type]
+                              fisher_p=fisher_p(counts[0], n[0] - counts[0], counts[1], n[1] - counts[1])))
     names = (study.arm_by_code[arms[0]].name, study.arm_by_code[arms[1]].name)
     return AdverseEventIncidence(arms=arms, arm_names=names, rows=rows, account=tally.account())
 

@@ -287,7 +287,7 @@ Pair = tuple[tuple[str, ...], tuple[str, ...]]
 
 def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, effect: str | None = None, *,
             pair: Pair | None = None, covariates: list[str] | None = None,
-            stratum: str | None = None) -> Comparison | None:
+            stratum: str | None = None, exact_odds_ratio: bool = False) -> Comparison | None:
     """Compare treatment and control for one outcome at one visit; None when an arm has fewer than 2 values,
     for an outcome type no between-arm effect here applies to (datetime, text), and for an ordinal outcome
     unless ``effect`` is one for ordered scales (proportional-odds, mann-whitney: on its ranks).
@@ -295,6 +295,8 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
     ``pair`` (treatment and control arm codes) defaults to the plan's first comparison,
     ``covariates`` and ``stratum`` to the plan's. Subjects an adjusted or stratified effect
     leaves out for a missing covariate or stratum are named in ``excluded`` and the effect's note.
+    The exact conditional OR of a binary outcome is computed when it is the effect or ``exact_odds_ratio``
+    asks for it; otherwise its note says it was not computed (``stats.compare_binary``).
     """
     plan = _plan(study)
     if outcome.type not in ("coded", "boolean", "quantity", "integer", "ordinal") or (
@@ -311,8 +313,9 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
     if outcome.type in ("coded", "boolean"):
         event = outcome.event_answer
         counts = tuple(int((g["answer"] == event).sum()) for g in groups)
-        summary: BinarySummary | ContinuousSummary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
         chosen = effect or plan.effects.binary
+        exact = exact_odds_ratio or chosen == "exact-odds-ratio"
+        summary: BinarySummary | ContinuousSummary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha, exact=exact)  # type: ignore[arg-type]
         estimates: dict[str, Estimate] = binary_estimates(summary)  # type: ignore[arg-type]
         kind = "binary"
     else:
@@ -454,9 +457,11 @@ def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.
 
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
-            outcomes: list[str] | None = None, events: dict[str, pd.DataFrame] | None = None) -> list[Comparison]:
+            outcomes: list[str] | None = None, events: dict[str, pd.DataFrame] | None = None, *,
+            exact_odds_ratio: bool = False) -> list[Comparison]:
     """Every outcome at every visit (optionally filtered), for every pair of arms the plan compares; derived endpoints
-    too; then each time_to_event entry whose table is in ``events`` (code -> ``outcomes.time_to_event``)."""
+    too; then each time_to_event entry whose table is in ``events`` (code -> ``outcomes.time_to_event``).
+    ``exact_odds_ratio``: compute the exact conditional OR of every binary comparison (see :func:`compare`)."""
     results = []
     plan = _plan(study)
     pairs = plan.pairs([a.code for a in study.arms])
@@ -468,7 +473,8 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             if visits and visit.code not in visits:
                 continue
             for pair in pairs:
-                comparison = compare(study, frame, outcome, visit.code, effect, pair=pair)
+                comparison = compare(study, frame, outcome, visit.code, effect, pair=pair,
+                                     exact_odds_ratio=exact_odds_ratio)
                 if comparison is not None:
                     results.append(comparison)
     for code, table in (events or {}).items():
