@@ -335,8 +335,7 @@ def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int =
     bounds (counting them with searchsorted), then selects exactly among those: memory is
     O(n1 + n2 + window), not O(n1·n2).
     """
-    x_values, x_counts = np.unique(xs, return_counts=True)
-    y_values, y_counts = np.unique(ys, return_counts=True)
+    (x_values, x_counts), (y_values, y_counts) = _distinct(xs), _distinct(ys)
     if len(x_values) * len(y_values) <= window:  # few distinct values (scores): weigh each distinct difference
         differences = np.subtract.outer(x_values, y_values).ravel()
         order = np.argsort(differences, kind="stable")
@@ -367,6 +366,15 @@ def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int =
     # Ties: more pairs than the window share a few values. Count each value chunk by chunk.
     values, counts = _tally(xs, ys, start, stop, window)
     return float(values[np.searchsorted(np.cumsum(counts), rank - below, side="right")])
+
+
+def _distinct(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a sorted array and how often each occurs: ``np.unique(..., return_counts=True)``
+    without sorting again."""
+    if not len(ordered):
+        return ordered, np.zeros(0, dtype=np.intp)
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    return ordered[starts], np.diff(np.r_[starts, len(ordered)])
 
 
 def _differences(xs: np.ndarray, ys: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
