@@ -116,7 +116,7 @@ def odds_ratio_woolf(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> Est
 EXACT_METHOD = "conditional MLE, exact (Cornfield) CI, Fisher exact test"
 EXACT_FUNCTION = 'scipy.stats.contingency.odds_ratio(kind="conditional"); p from scipy.stats.fisher_exact'
 EXACT_NOT_ASKED = ("not computed (its exact CI takes seconds at 10,000 subjects per arm, over a minute at 100,000): "
-                   "name exact-odds-ratio in the analysis plan or a published result, or run analyze --exact-odds-ratio")
+                   "set analysis.effects.binary to exact-odds-ratio, or run analyze --exact-odds-ratio")
 
 
 def odds_ratio_exact(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> Estimate:

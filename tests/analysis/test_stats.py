@@ -1,6 +1,7 @@
 """Each statistic against an independent reference: hand formulas, scipy or statsmodels on the same arrays."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from statsmodels.stats.contingency_tables import StratifiedTable, Table2x2
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from fhir_msc.analysis.stats import (
+    EXACT_NOT_ASKED,
     compare_binary,
     compare_continuous,
     exact_mann_whitney_rank,
@@ -56,6 +58,18 @@ def test_binary_tests_match_scipy():
     assert summary.fisher_p == pytest.approx(stats.fisher_exact([[23, 26], [10, 19]]).pvalue)
     assert summary.chi2_p == pytest.approx(stats.chi2_contingency([[23, 26], [10, 19]], correction=False).pvalue)
     assert summary.percent == pytest.approx((46.94, 34.48), abs=0.005)
+
+
+def test_the_exact_or_is_computed_only_when_asked_for_and_otherwise_says_why():
+    skipped, asked = compare_binary((23, 10), (49, 29)), compare_binary((23, 10), (49, 29), exact=True)
+    left = skipped.exact_odds_ratio
+    assert (left.estimate, left.se, left.lower, left.upper, left.p_value) == (None,) * 5
+    assert left.note == EXACT_NOT_ASKED and left.note.startswith("not computed") and "--exact-odds-ratio" in left.note
+    assert (left.effect, left.method, left.function) == (asked.exact_odds_ratio.effect, asked.exact_odds_ratio.method,
+                                                         asked.exact_odds_ratio.function)
+    assert asked.exact_odds_ratio == odds_ratio_exact(23, 26, 10, 19) and asked.exact_odds_ratio.estimable
+    assert replace(skipped, exact_odds_ratio=asked.exact_odds_ratio) == asked  # nothing else depends on it
+    assert compare_binary((0, 0), (10, 12)).exact_odds_ratio.note == "not estimable: no events in either arm"
 
 
 def test_risk_difference_wald():
