@@ -59,7 +59,8 @@ def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | N
     if not tally.read:
         return None
     arms = (plan.treatment, plan.control)
-    side = {s.subject: arms.index(s.actual_arm_code) for s in subjects.values() if s.actual_arm_code in arms}
+    place = {code: index for index, code in enumerate(arms)}
+    side = {s.subject: place[s.actual_arm_code] for s in subjects.values() if s.actual_arm_code in place}
     counted = Counter(side.values())
     n = (counted[0], counted[1])
     kinds: dict[str, tuple[set[str], set[str]]] = {label: (set(), set()) for label in (ANY, SERIOUS, *ae.terms)}

@@ -340,7 +340,8 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
 
 def _rows_of(frame: pd.DataFrame, outcome: str, visit: str) -> np.ndarray:
     """Positions of the frame's rows of ``outcome`` at ``visit``, in frame order."""
-    return np.flatnonzero(_holds(frame["outcome"], (outcome,)) & _holds(frame["visit"], (visit,)))
+    rows = np.flatnonzero(_holds(frame["outcome"], (outcome,)))
+    return rows[_holds(frame["visit"], (visit,), rows)]
 
 
 def _holds(column: pd.Series, values: Collection[str], rows: np.ndarray | None = None) -> np.ndarray:

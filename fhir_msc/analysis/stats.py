@@ -288,11 +288,13 @@ def hodges_lehmann(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Estimat
         k = max(int(math.floor(total / 2 - Z(1 - alpha / 2) * math.sqrt(total * (n1 + n2 + 1) / 12))), 1)
         method = "distribution-free CI from the normal approximation to the Mann-Whitney critical value"
     middle = [(total - 1) // 2, total // 2]  # the median is the mean of these two order statistics
-    median = float(np.mean([pairwise_difference(xs, ys, rank) for rank in middle]))
+    limits = [k - 1, total - k] if k >= 1 else []
+    found = pairwise_differences(xs, ys, middle + limits)
+    median = float(np.mean(found[:2]))
     p = float(stats.mannwhitneyu(xs, ys, alternative="two-sided", method="exact" if exact else "asymptotic").pvalue)
     note, lower, upper = "", -math.inf, math.inf
-    if k >= 1:
-        lower, upper = pairwise_difference(xs, ys, k - 1), pairwise_difference(xs, ys, total - k)
+    if limits:
+        lower, upper = found[2:]
     else:
         note = f"arms too small for a {100 * (1 - alpha):g}% exact CI: it is unbounded"
     return Estimate(effect="median difference (Hodges-Lehmann)", method=method,
@@ -327,12 +329,11 @@ def exact_mann_whitney_rank(n1: int, n2: int, alpha: float) -> int:
     return k
 
 
-def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int = 1_000_000) -> float:
-    """The ``rank``-th smallest (from 0) of all differences x − y, for sorted ``xs`` and ``ys``.
+def pairwise_differences(xs: np.ndarray, ys: np.ndarray, ranks: list[int], window: int = 1_000_000) -> list[float]:
+    """The ``ranks``-th smallest (from 0) of all differences x − y, for sorted ``xs`` and ``ys``.
 
-    With few distinct values, each distinct difference is weighed by how often it occurs.
-    Otherwise bisects on the value until at most ``window`` differences lie between the
-    bounds (counting them with searchsorted), then selects exactly among those: memory is
+    With few distinct values, each distinct difference is weighed by how often it occurs (one
+    table for every rank). Otherwise each rank is selected by :func:`_select`. Memory is
     O(n1 + n2 + window), not O(n1·n2).
     """
     (x_values, x_counts), (y_values, y_counts) = _distinct(xs), _distinct(ys)
@@ -340,7 +341,13 @@ def pairwise_difference(xs: np.ndarray, ys: np.ndarray, rank: int, window: int =
         differences = np.subtract.outer(x_values, y_values).ravel()
         order = np.argsort(differences, kind="stable")
         weights = np.outer(x_counts, y_counts).ravel()[order]
-        return float(differences[order][np.searchsorted(np.cumsum(weights), rank, side="right")])
+        return differences[order][np.searchsorted(np.cumsum(weights), ranks, side="right")].tolist()
+    return [_select(xs, ys, rank, window) for rank in ranks]
+
+
+def _select(xs: np.ndarray, ys: np.ndarray, rank: int, window: int) -> float:
+    """The ``rank``-th smallest of all differences x − y: bisects on the value until at most ``window``
+    differences lie between the bounds (counting them with searchsorted), then selects exactly among those."""
     m = len(ys)
     lo, hi = float(xs[0] - ys[-1]), float(xs[-1] - ys[0])  # every difference is in [lo, hi]
 

@@ -21,7 +21,7 @@ from fhir_msc.analysis.stats import (
     mean_difference,
     odds_ratio_exact,
     odds_ratio_woolf,
-    pairwise_difference,
+    pairwise_differences,
     relative_risk,
     risk_difference,
     risk_difference_newcombe,
@@ -103,15 +103,15 @@ def test_mean_difference_pooled_and_welch_match_hand_formulas():
 
 @pytest.mark.parametrize("window", [1, 50, 1_000_000])
 @pytest.mark.parametrize("data", ["continuous", "integer scores", "one-decimal scores"])
-def test_pairwise_difference_selects_exactly_what_sorting_all_differences_gives(window, data):
+def test_pairwise_differences_select_exactly_what_sorting_all_differences_gives(window, data):
     rng = np.random.default_rng(7)
     x, y = {"continuous": (rng.normal(60, 20, 40), rng.normal(50, 20, 31)),
             "integer scores": (rng.integers(0, 6, 40).astype(float), rng.integers(0, 6, 31).astype(float)),
             "one-decimal scores": (np.round(rng.uniform(0, 3, 40), 1), np.round(rng.uniform(0, 3, 31), 1))}[data]
     xs, ys = np.sort(x), np.sort(y)
     every = np.sort(np.subtract.outer(xs, ys).ravel())
-    for rank in (0, 1, 300, 620, 621, len(every) - 2, len(every) - 1):
-        assert pairwise_difference(xs, ys, rank, window) == every[rank]
+    ranks = [0, 1, 300, 620, 621, len(every) - 2, len(every) - 1, 300]
+    assert pairwise_differences(xs, ys, ranks, window) == [every[rank] for rank in ranks]
 
 
 def test_hodges_lehmann_is_the_median_pairwise_difference():
