@@ -336,8 +336,10 @@ class VerifyResult:
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
-            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> AnalysisResult:
-    """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
+            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *,
+            exact_odds_ratio: bool = False) -> AnalysisResult:
+    """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account);
+    ``exact_odds_ratio``: also the exact conditional OR of every binary comparison (see ``analysis.compare``)."""
     known = [*study.analysed_outcome_by_code, *(entry.code for entry in study.time_to_event)]
     unknown = [code for code in outcomes or [] if code not in known]
     if unknown:
@@ -345,7 +347,7 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
     frame, observations = frame_and_account(study, source, read, progress, unused, engine, events)
-    comparisons = analysis.analyze(study, frame, visits, outcomes, events)
+    comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")

@@ -17,7 +17,7 @@ from fhir_msc.account import Account
 from fhir_msc.analysis.export import analyze_json, schema
 from fhir_msc.analysis.frame import Comparison
 from fhir_msc.analysis.report import comparison_table, format_p, render
-from fhir_msc.analysis.stats import compare_binary
+from fhir_msc.analysis.stats import EXACT_NOT_ASKED, compare_binary, odds_ratio_exact
 from fhir_msc.cli import MAX_SHOWN, main
 from fhir_msc.errors import ExitCode
 
@@ -171,6 +171,21 @@ def test_unmap_json_counts_rows(tmp_path):
     assert json.loads(result.stdout)["rows"]["dm.csv"] == 14
 
 
+def test_analyze_json_says_why_the_exact_odds_ratio_is_missing_and_computes_it_when_asked(demo_store):
+    args = ("analyze", "--store", str(demo_store.path), "--visit", "M36", "--outcome", "CTNORM", "--json")
+    plain, asked = (invoke(*args, *extra) for extra in ((), ("--exact-odds-ratio",)))
+    assert plain.exit_code == asked.exit_code == 0, plain.stderr + asked.stderr
+    (left,), (computed,) = (valid(json.loads(r.stdout), "analyze")["comparisons"] for r in (plain, asked))
+    missing = left["estimates"].pop("exact-odds-ratio")
+    assert (missing["estimate"], missing["lower"], missing["upper"], missing["p"]) == (None, None, None, None)
+    assert missing["note"] == EXACT_NOT_ASKED
+    exact = odds_ratio_exact(23, 26, 10, 19)  # CTNORM at M36: 23/49 vs 10/29
+    got = computed["estimates"].pop("exact-odds-ratio")
+    assert (got["estimate"], got["lower"], got["upper"], got["p"], got["note"]) == (
+        exact.estimate, exact.lower, exact.upper, exact.p_value, "")
+    assert left == computed and left["effect"]["effect"] == "odds-ratio"  # the rest is the same; the plan's effect stays
+
+
 def test_what_was_not_computed_is_null(study):
     summary = compare_binary((0, 0), (5, 4))  # no events at all: χ² undefined
     comparison = Comparison(outcome="CTNORM", display="CT", visit="M36", kind="binary", arms=("MSC", "PBO"),
@@ -188,7 +203,7 @@ def test_what_was_not_computed_is_null(study):
 
 
 def test_a_corrected_zero_cell_and_an_open_exact_ci_are_said_and_valid(study):
-    summary = compare_binary((0, 5), (10, 12))
+    summary = compare_binary((0, 5), (10, 12), exact=True)
     comparison = Comparison(outcome="CTNORM", display="CT", visit="M36", kind="binary", arms=("MSC", "PBO"),
                             effect=summary.exact_odds_ratio, summary=summary)
     document = valid(analyze_json(study, [comparison], Account(read=22, used=22)), "analyze")

@@ -8,6 +8,7 @@ and %, with Fisher's exact p. Every AdverseEvent read is counted or skipped unde
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,7 +19,7 @@ from ..store.source import ResourceSource
 from ..study.definition import Study
 from .export import account_json, number
 from .report import format_p
-from .stats import compare_binary
+from .stats import fisher_p
 
 ANY, SERIOUS = "any adverse event", "serious adverse event"
 NOT_COMPARED = "subject in neither compared arm"
@@ -58,23 +59,26 @@ def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | N
     if not tally.read:
         return None
     arms = (plan.treatment, plan.control)
-    arm_of = {s.subject: s.actual_arm_code for s in subjects.values() if s.actual_arm_code in arms}
-    n = tuple(sum(1 for arm in arm_of.values() if arm == code) for code in arms)
-    kinds: dict[str, set[str]] = {ANY: set(), SERIOUS: set(), **{term: set() for term in ae.terms}}
+    place = {code: index for index, code in enumerate(arms)}
+    side = {s.subject: place[s.actual_arm_code] for s in subjects.values() if s.actual_arm_code in place}
+    counted = Counter(side.values())
+    n = (counted[0], counted[1])
+    kinds: dict[str, tuple[set[str], set[str]]] = {label: (set(), set()) for label in (ANY, SERIOUS, *ae.terms)}
     for event in events:
-        if event.subject not in arm_of:
+        held = side.get(event.subject)
+        if held is None:
             tally.used -= 1
             tally.skip(NOT_COMPARED, f"{event.subject}/{event.seq}")
             continue
-        kinds[ANY].add(event.subject)
-        kinds[event.decod].add(event.subject)
+        kinds[ANY][held].add(event.subject)
+        kinds[event.decod][held].add(event.subject)
         if event.serious == ae.serious_event:
-            kinds[SERIOUS].add(event.subject)
+            kinds[SERIOUS][held].add(event.subject)
     rows = []
-    for label, who in kinds.items():
-        counts = tuple(sum(1 for s in who if arm_of[s] == code) for code in arms)
-        rows.append(Incidence(label=label, subjects=counts, n=n,  # type: ignore[arg-type]
-                              fisher_p=compare_binary(counts, n, plan.alpha).fisher_p))  # type: ignore[arg-type]
+    for label, (treated, control) in kinds.items():
+        counts = (len(treated), len(control))
+        rows.append(Incidence(label=label, subjects=counts, n=n,
+                              fisher_p=fisher_p(counts[0], n[0] - counts[0], counts[1], n[1] - counts[1])))
     names = (study.arm_by_code[arms[0]].name, study.arm_by_code[arms[1]].name)
     return AdverseEventIncidence(arms=arms, arm_names=names, rows=rows, account=tally.account())
 

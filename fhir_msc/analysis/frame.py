@@ -287,7 +287,7 @@ Pair = tuple[tuple[str, ...], tuple[str, ...]]
 
 def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, effect: str | None = None, *,
             pair: Pair | None = None, covariates: list[str] | None = None,
-            stratum: str | None = None) -> Comparison | None:
+            stratum: str | None = None, exact_odds_ratio: bool = False) -> Comparison | None:
     """Compare treatment and control for one outcome at one visit; None when an arm has fewer than 2 values,
     for an outcome type no between-arm effect here applies to (datetime, text), and for an ordinal outcome
     unless ``effect`` is one for ordered scales (proportional-odds, mann-whitney: on its ranks).
@@ -295,31 +295,35 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
     ``pair`` (treatment and control arm codes) defaults to the plan's first comparison,
     ``covariates`` and ``stratum`` to the plan's. Subjects an adjusted or stratified effect
     leaves out for a missing covariate or stratum are named in ``excluded`` and the effect's note.
+    The exact conditional OR of a binary outcome is computed when it is the effect or ``exact_odds_ratio``
+    asks for it; otherwise its note says it was not computed (``stats.compare_binary``).
     """
     plan = _plan(study)
     if outcome.type not in ("coded", "boolean", "quantity", "integer", "ordinal") or (
             outcome.type == "ordinal" and effect not in ("proportional-odds", "mann-whitney")):
         return None
     pair = pair or plan.pairs([a.code for a in study.arms])[0]
-    rows = frame[(frame["outcome"] == outcome.code) & (frame["visit"] == visit)]
-    groups = [rows[rows["arm"].isin(codes)] for codes in pair]
+    cell = _rows_of(frame, outcome.code, visit)
+    groups = [cell[_holds(frame["arm"], codes, cell)] for codes in pair]  # positions, treatment first
     if min(len(g) for g in groups) < 2:
         return None
-    both = pd.concat(groups)
-    treated = np.r_[np.ones(len(groups[0])), np.zeros(len(groups[1]))]
     excluded: dict[str, tuple[str, ...]] = {}
     if outcome.type in ("coded", "boolean"):
-        event = outcome.event_answer
-        counts = tuple(int((g["answer"] == event).sum()) for g in groups)
-        summary: BinarySummary | ContinuousSummary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha)  # type: ignore[arg-type]
+        counts = tuple(int(_holds(frame["answer"], (outcome.event_answer,), g).sum()) for g in groups)
         chosen = effect or plan.effects.binary
+        exact = exact_odds_ratio or chosen == "exact-odds-ratio"
+        summary: BinarySummary | ContinuousSummary = compare_binary(counts, tuple(len(g) for g in groups), plan.alpha, exact=exact)  # type: ignore[arg-type]
         estimates: dict[str, Estimate] = binary_estimates(summary)  # type: ignore[arg-type]
         kind = "binary"
     else:
-        summary = compare_continuous(groups[0]["value"].to_numpy(), groups[1]["value"].to_numpy(), plan.alpha)
+        values = frame["value"].to_numpy()
+        summary = compare_continuous(values[groups[0]], values[groups[1]], plan.alpha)
         chosen = effect or plan.effects.continuous
         estimates = continuous_estimates(summary)
         kind = "continuous"
+    if chosen in MODEL_EFFECTS or chosen == "odds-ratio-mh":
+        both = frame.iloc[np.concatenate(groups)]
+        treated = np.r_[np.ones(len(groups[0])), np.zeros(len(groups[1]))]
     if chosen in MODEL_EFFECTS:
         names = plan.covariates if covariates is None else covariates
         estimate, excluded = _modelled(study, frame, outcome, chosen, both, treated, names, plan)
@@ -332,6 +336,24 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
     return Comparison(outcome=outcome.code, display=outcome.display, visit=visit, kind=kind,
                       arms=(arm_label(pair[0]), arm_label(pair[1])), effect=estimate, summary=summary, key=chosen,
                       groups=pair, excluded=excluded)
+
+
+def _rows_of(frame: pd.DataFrame, outcome: str, visit: str) -> np.ndarray:
+    """Positions of the frame's rows of ``outcome`` at ``visit``, in frame order."""
+    rows = np.flatnonzero(_holds(frame["outcome"], (outcome,)))
+    return rows[_holds(frame["visit"], (visit,), rows)]
+
+
+def _holds(column: pd.Series, values: Collection[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """``column.isin(values)`` for a categorical ``column`` (at the positions ``rows``, if given), on its codes."""
+    codes = column.cat.codes.to_numpy()
+    if rows is not None:
+        codes = codes[rows]
+    found = np.zeros(len(codes), dtype=bool)
+    for code in column.cat.categories.get_indexer(list(values)):
+        if code >= 0:
+            found |= codes == code
+    return found
 
 
 MODEL_EFFECTS = {"adjusted-odds-ratio", "adjusted-mean-difference", "proportional-odds", "mann-whitney", "rate-ratio"}
@@ -396,7 +418,7 @@ def covariate_values(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: 
     code, _, visit = (outcome.code if name == "baseline" else name).partition("@")
     visit = visit or _plan(study).baseline or ""
     source = study.outcome_by_code[code]
-    found = frame[(frame["outcome"] == code) & (frame["visit"] == visit)]
+    found = frame.iloc[_rows_of(frame, code, visit)]
     if source.type == "coded":
         values = (found["answer"] == source.event_answer).astype(float)
         values[found["answer"].isna().to_numpy()] = np.nan
@@ -440,7 +462,7 @@ def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.
         strata = rows["sex"].astype(object)
     else:
         code, _, visit = stratum.partition("@")
-        found = frame[(frame["outcome"] == code) & (frame["visit"] == (visit or plan.baseline))]
+        found = frame.iloc[_rows_of(frame, code, visit or plan.baseline)]
         strata = rows["subject"].map(dict(zip(found["subject"], found["answer"].astype(object))))
     lacking = strata.isna().to_numpy()
     excluded = {f"no {stratum}": tuple(rows["subject"].to_numpy()[lacking])} if lacking.any() else {}
@@ -454,9 +476,11 @@ def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.
 
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
-            outcomes: list[str] | None = None, events: dict[str, pd.DataFrame] | None = None) -> list[Comparison]:
+            outcomes: list[str] | None = None, events: dict[str, pd.DataFrame] | None = None, *,
+            exact_odds_ratio: bool = False) -> list[Comparison]:
     """Every outcome at every visit (optionally filtered), for every pair of arms the plan compares; derived endpoints
-    too; then each time_to_event entry whose table is in ``events`` (code -> ``outcomes.time_to_event``)."""
+    too; then each time_to_event entry whose table is in ``events`` (code -> ``outcomes.time_to_event``).
+    ``exact_odds_ratio``: compute the exact conditional OR of every binary comparison (see :func:`compare`)."""
     results = []
     plan = _plan(study)
     pairs = plan.pairs([a.code for a in study.arms])
@@ -468,7 +492,8 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             if visits and visit.code not in visits:
                 continue
             for pair in pairs:
-                comparison = compare(study, frame, outcome, visit.code, effect, pair=pair)
+                comparison = compare(study, frame, outcome, visit.code, effect, pair=pair,
+                                     exact_odds_ratio=exact_odds_ratio)
                 if comparison is not None:
                     results.append(comparison)
     for code, table in (events or {}).items():
@@ -538,7 +563,8 @@ def visits_to_read(study: Study, visits: Collection[str]) -> list[str]:
 def arms_not_compared(study: Study, frame: pd.DataFrame) -> list[str]:
     """Arms with findings in ``frame`` that no comparison of the plan includes (never dropped silently)."""
     compared = {code for pair in _plan(study).pairs([a.code for a in study.arms]) for side in pair for code in side}
-    present = set(frame["arm"].dropna().unique())
+    codes = frame["arm"].cat.codes.to_numpy()
+    present = set(frame["arm"].cat.categories[np.unique(codes[codes >= 0])])
     return [arm.code for arm in study.arms if arm.code in present and arm.code not in compared]
 
 

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import orjson
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -13,11 +15,14 @@ from fhir_msc.analysis.frame import (
     CENSORED,
     DUPLICATE,
     NOT_RANDOMIZED,
+    _holds,
     analysis_frame,
     analyze,
+    compare,
     frame_and_account,
     verify,
 )
+from fhir_msc.analysis.stats import EXACT_NOT_ASKED, odds_ratio_exact
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, InputError
 from fhir_msc.fhir.bundle import open_resources, write_bundle
@@ -116,6 +121,30 @@ def test_other_month36_outcomes_are_not_significant(study, mapped):
     rows = analyze(study, analysis_frame(study, store), visits=["M36"])
     assert {r.outcome for r in rows} >= {"CTTSS", "SIXMWD", "FVC", "CEA"}
     assert all(r.effect.p_value > 0.05 for r in rows if r.outcome not in published)
+
+
+def test_compare_computes_the_exact_odds_ratio_only_as_the_effect_or_when_asked(study, mapped):
+    _, store = mapped
+    frame, ctnorm = analysis_frame(study, store, ["M36"]), study.outcome_by_code["CTNORM"]
+    planned = compare(study, frame, ctnorm, "M36")
+    assert planned.summary.exact_odds_ratio.note == EXACT_NOT_ASKED and planned.key == "odds-ratio"
+    (a, c), (n1, n2) = planned.summary.events, planned.n
+    exact = odds_ratio_exact(a, n1 - a, c, n2 - c)
+    as_effect = compare(study, frame, ctnorm, "M36", "exact-odds-ratio")
+    asked = compare(study, frame, ctnorm, "M36", exact_odds_ratio=True)
+    assert as_effect.effect == as_effect.summary.exact_odds_ratio == asked.summary.exact_odds_ratio == exact
+    assert asked.effect == planned.effect and asked.key == "odds-ratio"
+    binary = [c for c in analyze(study, frame, ["M36"], exact_odds_ratio=True) if c.kind == "binary"]
+    assert len(binary) > 1 and all(c.summary.exact_odds_ratio == odds_ratio_exact(
+        c.summary.events[0], c.n[0] - c.summary.events[0], c.summary.events[1], c.n[1] - c.summary.events[1])
+        for c in binary)
+
+
+def test_a_cells_rows_are_found_on_the_category_codes_as_isin_finds_them():
+    column = pd.Series(pd.Categorical(["MSC", None, "PBO", "LOW", "MSC", None], categories=["MSC", "PBO", "LOW"]))
+    for values in (("MSC",), ("PBO", "LOW"), ("NONE",), ("MSC", "NONE"), ()):
+        assert _holds(column, values).tolist() == column.isin(values).tolist()
+        assert _holds(column, values, np.array([1, 3, 4])).tolist() == column.isin(values).to_numpy()[[1, 3, 4]].tolist()
 
 
 def test_a_second_study_needs_only_its_yaml(tmp_path):

@@ -1,6 +1,7 @@
 """Each statistic against an independent reference: hand formulas, scipy or statsmodels on the same arrays."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from statsmodels.stats.contingency_tables import StratifiedTable, Table2x2
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from fhir_msc.analysis.stats import (
+    EXACT_NOT_ASKED,
     compare_binary,
     compare_continuous,
     exact_mann_whitney_rank,
@@ -19,7 +21,7 @@ from fhir_msc.analysis.stats import (
     mean_difference,
     odds_ratio_exact,
     odds_ratio_woolf,
-    pairwise_difference,
+    pairwise_differences,
     relative_risk,
     risk_difference,
     risk_difference_newcombe,
@@ -58,6 +60,18 @@ def test_binary_tests_match_scipy():
     assert summary.percent == pytest.approx((46.94, 34.48), abs=0.005)
 
 
+def test_the_exact_or_is_computed_only_when_asked_for_and_otherwise_says_why():
+    skipped, asked = compare_binary((23, 10), (49, 29)), compare_binary((23, 10), (49, 29), exact=True)
+    left = skipped.exact_odds_ratio
+    assert (left.estimate, left.se, left.lower, left.upper, left.p_value) == (None,) * 5
+    assert left.note == EXACT_NOT_ASKED and left.note.startswith("not computed") and "--exact-odds-ratio" in left.note
+    assert (left.effect, left.method, left.function) == (asked.exact_odds_ratio.effect, asked.exact_odds_ratio.method,
+                                                         asked.exact_odds_ratio.function)
+    assert asked.exact_odds_ratio == odds_ratio_exact(23, 26, 10, 19) and asked.exact_odds_ratio.estimable
+    assert replace(skipped, exact_odds_ratio=asked.exact_odds_ratio) == asked  # nothing else depends on it
+    assert compare_binary((0, 0), (10, 12)).exact_odds_ratio.note == "not estimable: no events in either arm"
+
+
 def test_risk_difference_wald():
     est = risk_difference((23, 10), (49, 29))
     p1, p2 = 23 / 49, 10 / 29
@@ -89,15 +103,15 @@ def test_mean_difference_pooled_and_welch_match_hand_formulas():
 
 @pytest.mark.parametrize("window", [1, 50, 1_000_000])
 @pytest.mark.parametrize("data", ["continuous", "integer scores", "one-decimal scores"])
-def test_pairwise_difference_selects_exactly_what_sorting_all_differences_gives(window, data):
+def test_pairwise_differences_select_exactly_what_sorting_all_differences_gives(window, data):
     rng = np.random.default_rng(7)
     x, y = {"continuous": (rng.normal(60, 20, 40), rng.normal(50, 20, 31)),
             "integer scores": (rng.integers(0, 6, 40).astype(float), rng.integers(0, 6, 31).astype(float)),
             "one-decimal scores": (np.round(rng.uniform(0, 3, 40), 1), np.round(rng.uniform(0, 3, 31), 1))}[data]
     xs, ys = np.sort(x), np.sort(y)
     every = np.sort(np.subtract.outer(xs, ys).ravel())
-    for rank in (0, 1, 300, 620, 621, len(every) - 2, len(every) - 1):
-        assert pairwise_difference(xs, ys, rank, window) == every[rank]
+    ranks = [0, 1, 300, 620, 621, len(every) - 2, len(every) - 1, 300]
+    assert pairwise_differences(xs, ys, ranks, window) == [every[rank] for rank in ranks]
 
 
 def test_hodges_lehmann_is_the_median_pairwise_difference():
