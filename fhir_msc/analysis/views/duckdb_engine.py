@@ -193,7 +193,7 @@ def _typed_query(compiler: _Compiler, flat: list[dict], columns: list[Column], p
     if None in cells:
         return None
     types = {name: typed.read_type((name,)) for name in sorted({p[0] for p in typed.reads})}
-    selected = ", ".join(f"{_typed(c, cell)} AS {_quote(c.name)}" for c, cell in zip(columns, cells))  # type: ignore[arg-type]
+    selected = ", ".join(f"{cell} AS {_quote(c.name)}" for c, cell in zip(columns, cells))
     return f"SELECT {selected}{line} FROM {_read(path, types)} AS r"
 
 
@@ -772,19 +772,23 @@ FALLBACK = "fhir-msc: a resource of another shape than the typed read expects"
 
 @dataclass(frozen=True)
 class _Value:
-    """One element read by the typed query: ``kind`` is "struct" (one item), "list" (``STRUCT[]``, maybe
-    holding NULLs for JSON nulls) or "json" (a JSON leaf: a primitive, or an element of no agreed shape)."""
+    """SQL for what the typed query reads or computes. ``kind``: "struct" (one item), "list" (``STRUCT[]``,
+    NULL items for JSON nulls), "text" (a primitive JSON writes as a string, read as VARCHAR), "json" (any
+    other leaf: a number, a boolean, an element of no agreed shape) or "bool" (a computed SQL boolean)."""
 
     sql: str
-    path: tuple[str, ...]
     kind: str
+    path: tuple[str, ...] = ()
+
+
+Cell = tuple[_Value, list[str]]  # a value and the guards (SQL booleans) that it is the general path's
 
 
 class _Typed:
-    """Compiles the columns of a flat view against columns read as STRUCTs of the elements the view reads,
-    their leaves as JSON (so each keeps its JSON text). Each cell is (value, guard) as in
-    ``_Compiler.scalar``: where a guard fails, the query raises ``FALLBACK`` and the general query runs.
-    ``structured`` holds the element paths read below each STRUCT; None while they are being collected."""
+    """Compiles the columns of a flat view against columns read as STRUCTs of the elements the view reads
+    (their leaves VARCHAR or JSON, see ``_Value``). Where a guard fails (a row of another shape: an array
+    where one item is read, a JSON null in a list) the query raises ``FALLBACK`` and the general query runs.
+    ``structured`` holds the element paths read; None while they are being collected."""
 
     def __init__(self, resource: str, raw_constants: dict[str, Any], structured: frozenset | None):
         self.resource = resource
@@ -799,30 +803,49 @@ class _Typed:
 
     def kind(self, path: tuple[str, ...]) -> str:
         found = shape(self.resource, path)
-        if found is None or found.data_type is None or (self.parents is not None and path not in self.parents):
+        if found is None:
+            return "json"
+        if found.data_type is None:
+            return "text" if found.text and not found.repeats else "json"
+        if self.parents is not None and path not in self.parents:
             return "json"
         return "list" if found.repeats else "struct"
 
     def read_type(self, path: tuple[str, ...]) -> str:
-        """The DuckDB type ``path`` is read as: a STRUCT of the elements read below it (a list of them if it
-        repeats), or JSON."""
+        """The DuckDB type ``path`` is read as: a STRUCT of the elements read below it (a list of them if
+        it repeats), VARCHAR or JSON."""
         kind = self.kind(path)
-        if kind == "json":
-            return "JSON"
+        if kind in ("json", "text"):
+            return "JSON" if kind == "json" else "VARCHAR"
         names = sorted({p[len(path)] for p in self.reads if len(p) > len(path) and p[:len(path)] == path})
         struct = "STRUCT(" + ", ".join(f"{_quote(n)} {self.read_type(path + (n,))}" for n in names) + ")"
         return struct + ("[]" if kind == "list" else "")
 
     def cell(self, column: dict) -> str | None:
-        """The cell of ``column`` (a JSON value, or SQL NULL), or None when it is not read typed."""
+        """The cell of ``column`` in its SQL type (as ``_typed`` gives the general one), or None when it is not
+        read typed."""
         tree = parse(column.get("path", ""))["children"][0]
-        found = self.selected(tree) if column.get("collection") else self.scalar(tree)
-        if found is None:
+        sql_type = (TYPES.get(column.get("type") or "") or _TEXT)[0]
+        if column.get("collection"):
+            found = self.selected(tree, sql_type)
+        else:
+            cell = self.scalar(tree)
+            found = None if cell is None else (self.output(cell[0], column.get("type"), sql_type), cell[1])
+        if found is None or found[0] is None:
             return None
         value, guards = found
         return f"CASE WHEN {' AND '.join(guards) or 'true'} THEN {value} ELSE error({_literal(FALLBACK)}) END"
 
-    def selected(self, tree: dict) -> tuple[str, list[str]] | None:
+    @staticmethod
+    def output(value: _Value, fhir_type: str | None, sql_type: str) -> str | None:
+        """``value`` as the column's SQL type, or None where it could differ from the general cell."""
+        if value.kind == "json":
+            return value.sql if fhir_type is None else _cast(value.sql, sql_type)
+        if value.kind == "text" and fhir_type is not None and sql_type == "VARCHAR":
+            return value.sql
+        return value.sql if value.kind == "bool" and sql_type == "BOOLEAN" and fhir_type else None
+
+    def selected(self, tree: dict, sql_type: str) -> tuple[str, list[str]] | None:
         """A collection ``chain.select(expression)``: the items of a repeating element, each mapped."""
         if tree["type"] != "InvocationExpression" or tree["children"][1]["type"] != "FunctionInvocation" \
                 or _function_name(tree["children"][1]) != "select" or len(_params(tree["children"][1])) != 1:
@@ -831,41 +854,44 @@ class _Typed:
         if chain is None or chain[0].kind != "list":
             return None
         (items, guards), item = chain, self.var()
-        body = self.scalar(_params(tree["children"][1])[0], _Value(item, items.path, "struct"))
-        if body is None:
+        body = self.scalar(_params(tree["children"][1])[0], _Value(item, "struct", items.path))
+        if body is None or body[0].kind not in ("text", "json") or (body[0].kind == "text" and sql_type != "VARCHAR"):
             return None
-        mapped = f"list_transform({items.sql}, lambda {item}: CASE WHEN {item} IS NULL THEN NULL ELSE {body[0]} END)"
+        mapped = f"list_transform({items.sql}, lambda {item}: CASE WHEN {item} IS NULL THEN NULL ELSE {body[0].sql} END)"
+        values = f"coalesce(list_filter({mapped}, lambda v: v IS NOT NULL), [])"
+        if body[0].kind == "json":
+            values = f"list_transform({values}, lambda e: {_cast('e', sql_type)})"
         each = f"list_bool_and(list_transform({items.sql}, lambda {item}: {item} IS NULL OR ({' AND '.join(body[1]) or 'true'})))"
-        return (f"to_json(coalesce(list_filter({mapped}, lambda v: v IS NOT NULL), []::JSON[]))",
-                guards + [f"coalesce({each}, true)"])
+        return values, guards + [f"coalesce({each}, true)"]
 
-    def scalar(self, tree: dict, start: _Value | None = None) -> tuple[str, list[str]] | None:
-        """One JSON value: ``a & b``, a string literal, ``(a | b | …).exists()`` or a chain (see ``chain``)."""
+    def scalar(self, tree: dict, start: _Value | None = None) -> Cell | None:
+        """One value: ``a & b``, a string literal, ``(a | b | …).exists()`` or a chain (see ``chain``) ending
+        in a leaf, ``exists()`` or ``join()``."""
         if tree["type"] == "AdditiveExpression" and tree["terminalNodeText"][0] == "&":
             parts = [self.scalar(k, start) for k in tree["children"]]
-            if None in parts:
+            if any(p is None or p[0].kind not in ("text", "json") for p in parts):
                 return None
-            (a, ga), (b, gb) = parts  # type: ignore[misc]
-            return f"to_json(concat(coalesce(fp_text({a}), ''), coalesce(fp_text({b}), '')))", ga + gb
+            texts = [p[0].sql if p[0].kind == "text" else f"fp_text({p[0].sql})" for p in parts]  # type: ignore[index]
+            return _Value(f"concat(coalesce({texts[0]}, ''), coalesce({texts[1]}, ''))", "text"), \
+                parts[0][1] + parts[1][1]  # type: ignore[index]
         if tree["type"] == "TermExpression" and tree["children"][0]["type"] == "LiteralTerm" \
                 and tree["children"][0]["children"][0]["type"] == "StringLiteral":
-            return _json_literal(_unescape(tree["children"][0]["children"][0]["text"][1:-1])), []
+            return _Value(_literal(_unescape(tree["children"][0]["children"][0]["text"][1:-1])), "text"), []
         members = None if start else _union_exists(tree)
         if members:
             found = [self.exists(self.member(None, m), []) for m in members]
-            return "to_json(" + " OR ".join(f"({v})" for v, _ in found) + ")", [g for _, gs in found for g in gs]  # type: ignore[misc]
+            return _Value(" OR ".join(f"({v.sql})" for v, _ in found), "bool"), [g for _, gs in found for g in gs]
         steps = _steps(tree)
         if steps and steps[-1][0] in ("exists", "join"):
             chain = self.chain(steps[:-1], start)
-            found = None if chain is None else (self.exists if steps[-1][0] == "exists" else self.join)(*chain)
-            return None if found is None else (f"to_json({found[0]})", found[1])
+            return None if chain is None else (self.exists if steps[-1][0] == "exists" else self.join)(*chain)
         chain = self.chain(tree, start)
-        if chain is None or chain[0].kind != "json":
+        if chain is None or chain[0].kind not in ("text", "json"):
             return None
         value, guards = chain
-        return value.sql, guards + [f"fp_one({value.sql})"]
+        return value, guards + [f"fp_one({value.sql})"]
 
-    def chain(self, tree: dict | list, start: _Value | None) -> tuple[_Value, list[str]] | None:
+    def chain(self, tree: dict | list, start: _Value | None) -> Cell | None:
         """The element reached from ``start`` (the resource when None) by members, ``first()``, ``where(…)``
         and ``ofType(T)``, with the guards that it is the general one."""
         steps = _steps(tree) if isinstance(tree, dict) else tree
@@ -891,10 +917,10 @@ class _Typed:
     def member(self, base: _Value | None, name: str) -> _Value | None:
         if base is not None and base.kind != "struct":
             return None
-        path = (base.path if base else ()) + (name,)
+        path = base.path + (name,) if base else (name,)
         self.reads.add(path)
         sql = f"r.{_quote(name)}" if base is None else f"struct_extract({base.sql}, {_literal(name)})"
-        return _Value(sql, path, self.kind(path))
+        return _Value(sql, self.kind(path), path)
 
     def choice(self, base: _Value | None, name: str, type_name: str, guards: list[str]) -> _Value | None:
         """``name.ofType(type_name)``: the element ``name<Type>``; for a primitive type also the element
@@ -903,63 +929,75 @@ class _Typed:
         if choice is None or type_name[:1].isupper():
             return choice
         plain = self.member(base, name)
-        if plain is None or plain.kind != "json" or choice.kind != "json":
+        if plain is None or plain.kind != "json" or choice.kind not in ("json", "text"):
             return None
         guards += [f"fp_one({choice.sql})", f"fp_one({plain.sql})", f"({plain.sql} IS NULL OR {choice.sql} IS NULL)"]
-        value = f"CASE WHEN {plain.sql} IS NULL THEN {choice.sql} ELSE {_Compiler.of_type_one(plain.sql, type_name)} END"
-        return _Value(value, choice.path, "json")
+        if choice.kind == "text":  # the general ofType() of a JSON leaf gives JSON: read typed only without one
+            guards.append(f"{plain.sql} IS NULL")
+            return choice
+        kept = _Compiler.of_type_one(plain.sql, type_name)
+        return _Value(f"CASE WHEN {plain.sql} IS NULL THEN {choice.sql} ELSE {kept} END", "json", choice.path)
 
     @staticmethod
     def first(cur: _Value, guards: list[str]) -> _Value:
         if cur.kind == "list":  # a JSON null first would be skipped by the general path
             guards.append(f"coalesce(len({cur.sql}) = 0 OR {cur.sql}[1] IS NOT NULL, true)")
-            return _Value(f"{cur.sql}[1]", cur.path, "struct")
-        if cur.kind == "json":
+            return _Value(f"{cur.sql}[1]", "struct", cur.path)
+        if cur.kind in ("json", "text"):
             guards.append(f"fp_one({cur.sql})")
         return cur
 
     def where(self, cur: _Value, criteria: dict, guards: list[str]) -> _Value | None:
-        """``where(member = 'text' and …)`` over a repeating element: its items whose members' JSON texts match."""
+        """``where(member = 'text' and …)`` over a repeating element: its items whose members match."""
         if cur.kind != "list":
             return None
         item = self.var()
-        tests = self.tests(criteria, _Value(item, cur.path, "struct"))
+        tests = self.tests(criteria, _Value(item, "struct", cur.path))
         if tests is None:
             return None
         leaves = " AND ".join(f"fp_one({leaf})" for leaf, _ in tests)
         guards.append(f"coalesce(list_bool_and(list_transform({cur.sql}, lambda {item}: {item} IS NULL OR ({leaves}))), true)")
-        test = " AND ".join(f"coalesce(CAST({leaf} AS VARCHAR) = {_literal(text)}, false)" for leaf, text in tests)
-        return _Value(f"list_filter({cur.sql}, lambda {item}: {item} IS NOT NULL AND {test})", cur.path, "list")
+        test = " AND ".join(f"coalesce({leaf} = {text}, false)" for leaf, text in tests)
+        return _Value(f"list_filter({cur.sql}, lambda {item}: {item} IS NOT NULL AND {test})", "list", cur.path)
 
     def tests(self, n: dict, item: _Value) -> list[tuple[str, str]] | None:
-        """(leaf, JSON text) of each ``member = 'text'`` in an ``and`` of them, or None for other criteria."""
+        """(leaf, SQL text it must equal) of each ``member = 'text'`` in an ``and`` of them; None for other
+        criteria. A JSON leaf is compared by its JSON text; a VARCHAR leaf only with text no other JSON
+        value reads as (a number, true, an object … read as VARCHAR would)."""
         if n["type"] == "AndExpression" and n["terminalNodeText"][0] == "and":
             parts = [self.tests(k, item) for k in n["children"]]
             return None if None in parts else [t for p in parts for t in p]  # type: ignore[union-attr]
         found = _member_equals_text(n, self.raw_constants)
         leaf = None if found is None else self.member(item, found[0])
-        if leaf is None or leaf.kind != "json":
-            return None
-        return [(leaf.sql, orjson.dumps(found[1]).decode())]
+        if leaf is None or leaf.kind == "json":
+            return None if leaf is None else [(leaf.sql, _literal(orjson.dumps(found[1]).decode()))]  # type: ignore[index]
+        return [(leaf.sql, _literal(found[1]))] if leaf.kind == "text" and _only_text(found[1]) else None  # type: ignore[index]
 
     @staticmethod
-    def exists(cur: _Value | None, guards: list[str]) -> tuple[str, list[str]] | None:
-        """``exists()`` as a SQL boolean."""
+    def exists(cur: _Value | None, guards: list[str]) -> Cell | None:
         if cur is None:
             return None
         if cur.kind == "list":
-            return f"coalesce(len(list_filter({cur.sql}, lambda e: e IS NOT NULL)) > 0, false)", guards
-        if cur.kind == "json":
+            return _Value(f"coalesce(len(list_filter({cur.sql}, lambda e: e IS NOT NULL)) > 0, false)", "bool"), guards
+        if cur.kind in ("json", "text"):
             guards = guards + [f"fp_one({cur.sql})"]
-        return f"{cur.sql} IS NOT NULL", guards
+        return _Value(f"({cur.sql} IS NOT NULL)", "bool"), guards
 
     @staticmethod
-    def join(cur: _Value | None, guards: list[str]) -> tuple[str, list[str]] | None:
-        """``join()`` of one leaf as SQL text ('' for none)."""
-        if cur is None or cur.kind != "json":
+    def join(cur: _Value, guards: list[str]) -> Cell | None:
+        if cur.kind not in ("json", "text"):
             return None
-        return f"coalesce(fp_text({cur.sql}), '')", guards + [f"fp_one({cur.sql})"]
+        text = cur.sql if cur.kind == "text" else f"fp_text({cur.sql})"
+        return _Value(f"coalesce({text}, '')", "text"), guards + [f"fp_one({cur.sql})"]
 
+
+def _only_text(text: str) -> bool:
+    """Whether only a JSON string reads into VARCHAR as ``text`` (no number, boolean, null, object or array)."""
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return not text.startswith(("{", "["))
+    return False
 
 def _steps(n: dict) -> list[tuple] | None:
     """A path as a chain of steps (see ``_Compiler.scalar``), or None when it is not one."""
