@@ -773,7 +773,7 @@ FALLBACK = "fhir-msc: a resource of another shape than the typed read expects"
 @dataclass(frozen=True)
 class _Value:
     """SQL for what the typed query reads or computes. ``kind``: "struct" (one item), "list" (``STRUCT[]``,
-    NULL items for JSON nulls), "text" (a primitive JSON writes as a string, read as VARCHAR), "json" (any
+    NULL items for JSON nulls), "items" (a list without NULLs, from where()), "text" (a primitive JSON writes as a string, read as VARCHAR), "json" (any
     other leaf: a number, a boolean, an element of no agreed shape) or "bool" (a computed SQL boolean)."""
 
     sql: str
@@ -851,7 +851,7 @@ class _Typed:
                 or _function_name(tree["children"][1]) != "select" or len(_params(tree["children"][1])) != 1:
             return None
         chain = self.chain(tree["children"][0], None)
-        if chain is None or chain[0].kind != "list":
+        if chain is None or chain[0].kind not in ("list", "items"):
             return None
         (items, guards), item = chain, self.var()
         body = self.scalar(_params(tree["children"][1])[0], _Value(item, "struct", items.path))
@@ -940,8 +940,9 @@ class _Typed:
 
     @staticmethod
     def first(cur: _Value, guards: list[str]) -> _Value:
-        if cur.kind == "list":  # a JSON null first would be skipped by the general path
-            guards.append(f"coalesce(len({cur.sql}) = 0 OR {cur.sql}[1] IS NOT NULL, true)")
+        if cur.kind in ("list", "items"):
+            if cur.kind == "list":  # a JSON null first would be skipped by the general path
+                guards.append(f"coalesce(len({cur.sql}) = 0 OR {cur.sql}[1] IS NOT NULL, true)")
             return _Value(f"{cur.sql}[1]", "struct", cur.path)
         if cur.kind in ("json", "text"):
             guards.append(f"fp_one({cur.sql})")
@@ -949,7 +950,7 @@ class _Typed:
 
     def where(self, cur: _Value, criteria: dict, guards: list[str]) -> _Value | None:
         """``where(member = 'text' and …)`` over a repeating element: its items whose members match."""
-        if cur.kind != "list":
+        if cur.kind not in ("list", "items"):
             return None
         item = self.var()
         tests = self.tests(criteria, _Value(item, "struct", cur.path))
@@ -958,7 +959,7 @@ class _Typed:
         leaves = " AND ".join(f"fp_one({leaf})" for leaf, _ in tests)
         guards.append(f"coalesce(list_bool_and(list_transform({cur.sql}, lambda {item}: {item} IS NULL OR ({leaves}))), true)")
         test = " AND ".join(f"coalesce({leaf} = {text}, false)" for leaf, text in tests)
-        return _Value(f"list_filter({cur.sql}, lambda {item}: {item} IS NOT NULL AND {test})", "list", cur.path)
+        return _Value(f"list_filter({cur.sql}, lambda {item}: {item} IS NOT NULL AND {test})", "items", cur.path)
 
     def tests(self, n: dict, item: _Value) -> list[tuple[str, str]] | None:
         """(leaf, SQL text it must equal) of each ``member = 'text'`` in an ``and`` of them; None for other
@@ -977,8 +978,9 @@ class _Typed:
     def exists(cur: _Value | None, guards: list[str]) -> Cell | None:
         if cur is None:
             return None
-        if cur.kind == "list":
-            return _Value(f"coalesce(len(list_filter({cur.sql}, lambda e: e IS NOT NULL)) > 0, false)", "bool"), guards
+        if cur.kind in ("list", "items"):
+            items = cur.sql if cur.kind == "items" else f"list_filter({cur.sql}, lambda e: e IS NOT NULL)"
+            return _Value(f"coalesce(len({items}) > 0, false)", "bool"), guards
         if cur.kind in ("json", "text"):
             guards = guards + [f"fp_one({cur.sql})"]
         return _Value(f"({cur.sql} IS NOT NULL)", "bool"), guards
