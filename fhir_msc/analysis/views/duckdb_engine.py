@@ -7,6 +7,11 @@ with list lambdas (``forEach``/``forEachOrNull``/``repeat`` iterate, nested sele
 cross-joined, ``unionAll`` concatenates), and the query unnests the rows of every resource
 that passes the view's ``where``. Columns come out typed from their FHIR ``type``.
 
+A view of one row per resource whose paths the fast path covers also gets a typed query (``_Typed``):
+the elements it reads come from ``read_json`` as STRUCTs shaped by the FHIR models (``shapes``), and
+the cells are struct field access, list indexing and ``list_filter`` instead of JSON functions. It
+raises where a resource has another shape than it expects; the general query then reads the file.
+
 ``repeat`` follows its paths at most ``REPEAT_DEPTH`` levels deep; a deeper resource is an
 error, not a silently shorter table. DuckDB never downloads an extension here: json and
 parquet are built into the wheels, and autoinstall is off.
