@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "visits": "Encounter", "observations": "Observation"}
 LINE = "_line"  # each view's extra column: the resource's line in its file (reading order)
-ENGINE_VERSION = "duckdb-4"  # part of each projected table's key: change it when compile_view's output changes
+ENGINE_VERSION = "duckdb-5"  # part of each projected table's key: change it when compile_view's output changes
 MEMORY_LIMIT = "1GB"  # DuckDB spills (to an owner-only temporary directory) beyond this
 
 
@@ -99,9 +99,9 @@ def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[
         key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
         def write(path: Path, metadata: dict[bytes, bytes], view: dict = view) -> None:
-            sql = compile_view(view, store, ordinal=LINE).sql
             kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
-            con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
+            compile_view(view, store, ordinal=LINE).run(
+                lambda sql: con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})"))
         found[name] = projection.table_written(name, [resource_type], key, write)
         log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
                  found[name].rows)
