@@ -48,11 +48,15 @@ if TYPE_CHECKING:
 _ERROR = re.compile(r"(ViewDefinitionError|InputError): (.*)")
 PARTITION_LINES = 2**32  # ordinal = partition number × this + the line's number in its partition
 # Each line of a partition: its resource type (kind), or why it holds no resource (skip); blank lines neither.
-_KINDS = """
-SELECT CASE WHEN NOT blank AND valid AND object THEN coalesce(value ->> 'resourceType', 'None') END AS kind,
-       CASE WHEN blank THEN NULL WHEN NOT valid THEN 'not JSON' WHEN NOT object THEN 'not a resource' END AS skip
-FROM (SELECT value, trim(value, E' \\t\\r\\n') = '' AS blank, json_valid(value) AS valid,
-             starts_with(ltrim(value, E' \\t\\r\\n'), '{') AS object FROM lines)"""
+# The type is read by one JSON parse; only a line without one is checked further.
+_BLANK = "trim(value, E' \\t\\r\\n') = ''"
+_OBJECT = "starts_with(ltrim(value, E' \\t\\r\\n'), '{')"
+_KINDS = f"""
+SELECT CASE WHEN kind IS NOT NULL THEN kind WHEN {_BLANK} OR NOT json_valid(value) OR NOT {_OBJECT} THEN NULL
+            ELSE 'None' END AS kind,
+       CASE WHEN kind IS NOT NULL OR {_BLANK} THEN NULL WHEN NOT json_valid(value) THEN 'not JSON'
+            WHEN NOT {_OBJECT} THEN 'not a resource' END AS skip
+FROM (SELECT value, try(value ->> 'resourceType') AS kind FROM lines)"""
 
 
 class EngineUnavailable(BadUsage):
