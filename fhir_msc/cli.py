@@ -522,7 +522,8 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     try:
         with _progress(not as_json, _RERUN) as progress:
             result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
-                                  list(visits) or None, list(outcomes) or None, progress, unused, engine, spark_master)
+                                  list(visits) or None, list(outcomes) or None, progress, unused, engine,
+                                  spark_master=spark_master)
     finally:
         _echo_not_used(unused)
     events = result.adverse_events
@@ -569,7 +570,7 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     try:
         with _progress(not as_json, _RERUN) as progress:
             result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused, engine,
-                                 spark_master)
+                                 spark_master=spark_master)
     finally:
         _echo_not_used(unused)
     checks = result.checks

@@ -279,7 +279,7 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
                       progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
-                      engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None,
+                      engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None, *,
                       spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
     """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
     ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
@@ -340,7 +340,7 @@ class VerifyResult:
 
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
-            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, spark_master: str | None = None
+            unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *, spark_master: str | None = None
             ) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account)."""
     known = [*study.analysed_outcome_by_code, *(entry.code for entry in study.time_to_event)]
@@ -349,7 +349,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events, spark_master)
+    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
+                                            spark_master=spark_master)
     comparisons = analysis.analyze(study, frame, visits, outcomes, events)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -361,13 +362,14 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
-           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, spark_master: str | None = None
+           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *, spark_master: str | None = None
            ) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
     visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
               if study.analysis and any(result.visit for result in study.analysis.published) else None)
     events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events, spark_master)
+    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events,
+                                            spark_master=spark_master)
     return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
 
 
