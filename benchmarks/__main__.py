@@ -39,14 +39,12 @@ LOCAL = [
     ("analyze M36 duckdb, projected vs floor", "analyze-duckdb-projected", "floor-duckdb-m36", "<2 s at 100k", None),
     ("analyze M36 duckdb, projected vs python", "analyze-duckdb-projected", "analyze", ">=3x faster at 10k", None),
     ("M36 frame only: duckdb projected vs python", "frame-m36-duckdb", "frame-m36", "", None),
-    ("analyze M36 spark local vs python", "analyze-spark", "analyze", "time, memory reported", 1000),
+    ("analyze M36 spark local vs python", "analyze-spark", "analyze", "time, memory reported", None),
 ]
 # Peers that cannot run at every size: fhiry needs ~110 s per 100 subjects (10,881 resources)
-# here, and the view engines that evaluate FHIRPath per resource in Python (python, and spark,
-# which runs the python engine in its workers) ~10 s per 100 subjects' 9,554 Observations;
-# the orjson floor holds every built dict in memory (4.2 GB at 10,000 subjects).
-SLOW_PEERS = {"flatten-fhiry-observations": 100, "floor-json": 10000, "flatten-view-python": 1000,
-              "flatten-view-spark": 1000}
+# here, and the python view engine, which evaluates FHIRPath per resource, ~10 s per 100 subjects'
+# 9,554 Observations; the orjson floor holds every built dict in memory (4.2 GB at 10,000 subjects).
+SLOW_PEERS = {"flatten-fhiry-observations": 100, "floor-json": 10000, "flatten-view-python": 1000}
 ONCE = {"flatten-fhiry-observations"}  # run once at every size (too slow to repeat)
 SERVER = [
     ("push: transactions vs 1 PUT/resource", "push-transactions", "push-single", ">=10x"),

@@ -483,8 +483,11 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 _engine_option = click.option(
     "--engine", type=click.Choice(jobs.ENGINES), default=jobs.DEFAULT_ENGINE, show_default=True,
     help="What builds the analysis frame: duckdb runs the shipped SQL-on-FHIR ViewDefinitions and joins them in "
-         "SQL, spark runs those views in Spark (local mode) and joins them in DuckDB, python reads the resources "
-         "one by one; all give the same frame and account.")
+         "SQL, spark runs those views in Spark (local mode unless --spark-master) and joins them in DuckDB, python "
+         "reads the resources one by one; all give the same frame and account.")
+_spark_master_option = click.option(
+    "--spark-master", metavar="URL",
+    help="Spark master URL for --engine spark (default: local mode on this machine).")
 
 
 @main.command("analyze")
@@ -503,10 +506,12 @@ _engine_option = click.option(
                    "where the analysis plan names exact-odds-ratio.")
 @_study_option
 @_engine_option
+@_spark_master_option
 @_json_option
 def analyze_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
                     visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None,
-                    exact_odds_ratio: bool, study_path: Path, engine: str, as_json: bool) -> None:
+                    exact_odds_ratio: bool, study_path: Path, engine: str, spark_master: str | None,
+                    as_json: bool) -> None:
     """Compare the arms for every outcome and visit in the FHIR data at --store or --server.
 
     Each row gives n and a summary per arm, the effect the study definition plans for the
@@ -525,7 +530,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
         with _progress(not as_json, _RERUN) as progress:
             result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
                                   list(visits) or None, list(outcomes) or None, progress, unused, engine,
-                                  exact_odds_ratio=exact_odds_ratio)
+                                  exact_odds_ratio=exact_odds_ratio, spark_master=spark_master)
     finally:
         _echo_not_used(unused)
     events = result.adverse_events
@@ -557,9 +562,10 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
 @_server_options
 @_study_option
 @_engine_option
+@_spark_master_option
 @_json_option
 def verify_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
-                   study_path: Path, engine: str, as_json: bool) -> None:
+                   study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
     """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
     Compares at the paper's precision and exits 6 if any result does not match, 4 if the
@@ -570,7 +576,8 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused, engine)
+            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused, engine,
+                                 spark_master=spark_master)
     finally:
         _echo_not_used(unused)
     checks = result.checks
@@ -958,8 +965,7 @@ def view_group() -> None:
 @click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default=jobs.DEFAULT_VIEW_ENGINE, show_default=True,
               help="Engine that runs the view: duckdb (embedded, one SQL query), python (the reference engine) or "
                    "spark (PySpark); all give the same table.")
-@click.option("--spark-master", metavar="URL",
-              help="Spark master URL for --engine spark (default: local mode on this machine).")
+@_spark_master_option
 @_json_option
 def view_run_command(view: Path, source: str | None, server: str | None, ca_bundle: str | None, timeout: float,
                      config: str | None, out: Path, engine: str, spark_master: str | None, as_json: bool) -> None:

@@ -265,38 +265,42 @@ def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | 
     return frame_and_account(study, source, visits, progress, engine=engine)[0]
 
 
-def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None, engine: str
-                  ) -> tuple[pd.DataFrame, Account]:
+def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None, engine: str,
+                  spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
     if engine not in ENGINES:
         raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    run = {"duckdb": engine_frame.frame_and_account, "spark": spark_frame.frame_and_account}.get(
-        engine, analysis.frame_and_account)
+    if spark_master is not None and engine != "spark":
+        raise BadUsage(f"--spark-master is for --engine spark, not --engine {engine}: add --engine spark or leave it out")
+    if engine == "spark":
+        return spark_frame.frame_and_account(study, source, visits, spark_master)
+    run = engine_frame.frame_and_account if engine == "duckdb" else analysis.frame_and_account
     return run(study, source, visits)
 
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
                       progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
-                      engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None
-                      ) -> tuple[pd.DataFrame, Account]:
+                      engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None, *,
+                      spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
     """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
     ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
-    builds the frame; all give the same frame and account.
+    builds the frame; all give the same frame and account (``spark_master``: the Spark master URL of
+    ``engine="spark"``, local mode if None).
     """
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
-            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine)
+            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
-        frame, observations = _engine_frame(study, opened, visits, engine)
+        frame, observations = _engine_frame(study, opened, visits, engine, spark_master)
         _time_to_event_tables(study, opened, events)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
@@ -337,7 +341,7 @@ class VerifyResult:
 def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
             outcomes: list[str] | None = None, progress: Progress = NO_PROGRESS,
             unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *,
-            exact_odds_ratio: bool = False) -> AnalysisResult:
+            exact_odds_ratio: bool = False, spark_master: str | None = None) -> AnalysisResult:
     """Between-arm comparisons for the FHIR data in a store, bundle or on a server (``unused``: see frame_and_account);
     ``exact_odds_ratio``: also the exact conditional OR of every binary comparison (see ``analysis.compare``)."""
     known = [*study.analysed_outcome_by_code, *(entry.code for entry in study.time_to_event)]
@@ -346,7 +350,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events)
+    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
+                                            spark_master=spark_master)
     comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -358,12 +363,14 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
-           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE) -> VerifyResult:
+           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *, spark_master: str | None = None
+           ) -> VerifyResult:
     """Recompute the study's published results from a store, bundle or server (``unused``: see frame_and_account)."""
     visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
               if study.analysis and any(result.visit for result in study.analysis.published) else None)
     events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events)
+    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events,
+                                            spark_master=spark_master)
     return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
 
 

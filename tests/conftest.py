@@ -128,9 +128,9 @@ def server_holds():
 
 @pytest.fixture(scope="session")
 def spark():
-    """One Spark session for every Spark test of the session (starting one takes seconds)."""
+    """A Spark session for the Spark tests (starting one takes seconds); a test giving another master replaces it,
+    so take the running one with ``spark_session()``."""
     from fhir_msc.analysis.views.spark_engine import spark_session
 
-    session = spark_session()
-    yield session
-    session.stop()
+    yield spark_session()
+    spark_session().stop()

@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 
@@ -60,7 +61,7 @@ def duckdb_table(view: ViewDefinition, store: Store, run: ViewRun | None = None)
         held = _resources_held(store, view.resource)
         if held:
             run.read[view.resource] = run.read.get(view.resource, 0) + held
-            kept = _kept(view, store) if view.json.get("where") else held
+            kept = resources_kept(view, store) if view.json.get("where") else held
             if held > kept:
                 run.skipped["where not true"] = run.skipped.get("where not true", 0) + held - kept
         run.rows = table.num_rows
@@ -76,11 +77,11 @@ def _resources_held(store: Store, resource_type: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def _kept(view: ViewDefinition, store: Store) -> int:
+def resources_kept(view: ViewDefinition, store: Store, connection: duckdb.DuckDBPyConnection | None = None) -> int:
     """Resources of the store that the view's ``where`` keeps (one row each in a view of their id)."""
     keys = {"resource": view.resource, "where": view.json["where"], "constant": view.json.get("constant", []),
             "select": [{"column": [{"name": "key", "path": "getResourceKey()"}]}]}
-    return duckdb_engine.run_view(keys, store).num_rows
+    return duckdb_engine.run_view(keys, store, connection=connection).num_rows
 
 
 @contextmanager

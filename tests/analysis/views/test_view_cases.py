@@ -33,10 +33,10 @@ def _runner(engine: str, request):
                 return duckdb_table(load_view(view), store)
         return duckdb_run
     if engine == "spark":
-        from fhir_msc.analysis.views.spark_engine import run_view_on_resources
+        from fhir_msc.analysis.views.spark_engine import run_view_on_resources, spark_session
 
-        session = request.getfixturevalue("spark")
-        return lambda view, resources: run_view_on_resources(session, view, resources)
+        request.getfixturevalue("spark")
+        return lambda view, resources: run_view_on_resources(spark_session(), view, resources)
     raise AssertionError(f"no runner for engine {engine}")
 
 
