@@ -95,9 +95,14 @@ def _as_store(source: Any) -> Iterator[Store]:
         yield spool
 
 
-def _term(codings: str, terms: dict[str, Any]) -> str:
-    """The first study term (in the study file's order) whose Coding is among ``codings`` ('system|code' texts)."""
-    whens = " ".join(f"WHEN list_contains({codings}, {_text(f'{c.system}|{c.code}')}) THEN {_text(term)}"
+def _keys(codings: str) -> str:
+    """The Codings (a JSON array) as 'system|code' texts."""
+    return f"list_transform(CAST({codings} AS JSON[]), lambda c: (c ->> 'system') || '|' || (c ->> 'code'))"
+
+
+def _term(keys: str, terms: dict[str, Any]) -> str:
+    """The first study term (in the study file's order) whose Coding is among ``keys`` ('system|code' texts)."""
+    whens = " ".join(f"WHEN list_contains({keys}, {_text(f'{c.system}|{c.code}')}) THEN {_text(term)}"
                      for term, c in terms.items())
     return f"CASE {whens} ELSE NULL END" if whens else "NULL"
 
@@ -133,24 +138,26 @@ WHERE list_contains({_list(list(arms))}, actual_arm)
 def _placed_sql(study: Study) -> str:
     """Each AdverseEvent with its subject, side, AEDECOD, whether serious, and its reason to be skipped (NULL: used)."""
     ae = study.adverse_events
-    prefix = study.system("adverse-event") + "|"
-    terms = {"AEDECOD": _term("CASE WHEN e.r5 THEN e.code_codings ELSE e.event_codings END", ae.terms),
-             "AESER": _term("e.seriousness_codings", ae.serious),
-             "AESEV": _term("CASE WHEN e.r5 THEN e.severity_extension_codings ELSE e.severity_codings END",
-                            ae.severity),
-             "AEOUT": _term("e.outcome_codings", ae.outcome),
-             "AEREL": _term("CASE WHEN e.r5 THEN e.relatedness_codings ELSE e.assessment_codings END", ae.related)}
-    missing = ", ".join(f"CASE WHEN {name} IS NULL THEN {_text(name)} END" for name in terms)
+    system = _text(study.system("adverse-event"))
+    codings = {"AEDECOD": ("CASE WHEN r5 THEN code_codings ELSE event_codings END", ae.terms),
+               "AESER": ("seriousness_codings", ae.serious),
+               "AESEV": ("CASE WHEN r5 THEN severity_extension_codings ELSE severity_codings END", ae.severity),
+               "AEOUT": ("outcome_codings", ae.outcome),
+               "AEREL": ("CASE WHEN r5 THEN relatedness_codings ELSE assessment_codings END", ae.related)}
+    keys = ", ".join(f"{_keys(sql)} AS {name}_keys" for name, (sql, _) in codings.items())
+    terms = ", ".join(f"{_term(f'e.{name}_keys', known)} AS {name}" for name, (_, known) in codings.items())
+    missing = ", ".join(f"CASE WHEN {name} IS NULL THEN {_text(name)} END" for name in codings)
     return f"""
 WITH {_STUDY_PATIENT},
 identified AS (
-  SELECT *, coalesce(substr(list_filter(identifiers, lambda i: starts_with(i, {_text(prefix)}))[1],
-                            {len(prefix) + 1}), '') AS business_identifier
+  SELECT *, {keys},
+         coalesce(list_filter(CAST(identifiers AS JSON[]), lambda i: (i ->> 'system') = {system})[1] ->> 'value', '')
+           AS business_identifier
   FROM adverse_events),
 coded AS (
   SELECT e.*, regexp_extract(e.business_identifier, '^(.*)/', 1) AS identified_subject,
          regexp_extract(e.business_identifier, '[^/]*$') AS seq, p.subject AS subject_id,
-         {', '.join(f'{sql} AS {name}' for name, sql in terms.items())},
+         {terms},
          CASE WHEN e.r5 THEN CASE WHEN e.period_start IS NOT NULL OR e.period_end IS NOT NULL THEN e.period_start
                                   ELSE e.occurrence_date_time END
               ELSE CASE WHEN e.extension_start IS NOT NULL OR e.extension_end IS NOT NULL THEN e.extension_start
@@ -168,7 +175,7 @@ checked AS (
 SELECT e.{LINE}, e.subject_id AS subject, c.side, e.AEDECOD AS decod, e.AESER = {_text(ae.serious_event)} AS serious,
   coalesce(e.reason, CASE WHEN c.side IS NULL THEN {_text(NOT_COMPARED)} END) AS reason,
   CASE WHEN e.reason IS NOT NULL THEN 'AdverseEvent/' || coalesce(e.id, 'None')
-       WHEN c.side IS NULL THEN e.subject_id || '/' || CAST(CAST(e.seq AS HUGEINT) AS VARCHAR) END AS example
+       WHEN c.side IS NULL THEN e.subject_id || '/' || coalesce(nullif(ltrim(e.seq, '0'), ''), '0') END AS example
 FROM checked e LEFT JOIN compared c ON c.subject = e.subject_id
 """
 
