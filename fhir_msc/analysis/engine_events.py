@@ -1,7 +1,7 @@
 """Adverse events per compared arm from the shipped ViewDefinitions, run by DuckDB and joined in SQL.
 
 ``patients``, ``subjects`` and ``adverse_events`` (``fhir_msc/analysis/views/*.json``) are kept in
-the store's columnar projection like the frame's views (same keys, same stamps); one SQL query
+the store's columnar projection like the frame's views (same keys, same stamps); SQL joins them and
 gives each AdverseEvent its subject or its reason to be skipped, in the order of checks of the
 Python reader (``fhir_msc.fhir.unmapping.read_adverse_event_records``), so the counts and the
 Account are the same. Not checked here: elements of the wrong JSON shape, which the Python reader
@@ -187,15 +187,13 @@ def _by_side(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, int]:
 
 def _counts(study: Study, con: duckdb.DuckDBPyConnection) -> EventCounts:
     """Subjects per arm, those with ≥1 used event of each kind, and the account, from ``compared`` and ``placed``."""
-    used = "SELECT side, count(DISTINCT subject) FROM placed WHERE reason IS NULL"
-    by_term = con.sql(f"SELECT decod, side, count(DISTINCT subject) FROM placed WHERE reason IS NULL "
-                      f"GROUP BY decod, side").fetchall()
+    used = "count(DISTINCT subject) FROM placed WHERE reason IS NULL"
     terms = {term: [0, 0] for term in study.adverse_events.terms}
-    for term, side, subjects in by_term:
+    for term, side, subjects in con.sql(f"SELECT decod, side, {used} GROUP BY decod, side").fetchall():
         terms[term][side] = subjects
     return EventCounts(n=_by_side(con, "SELECT side, count(*) FROM compared GROUP BY side"),
-                       any=_by_side(con, f"{used} GROUP BY side"),
-                       serious=_by_side(con, f"{used} AND serious GROUP BY side"),
+                       any=_by_side(con, f"SELECT side, {used} GROUP BY side"),
+                       serious=_by_side(con, f"SELECT side, {used} AND serious GROUP BY side"),
                        terms={term: (counts[0], counts[1]) for term, counts in terms.items()},
                        account=_account(con))
 
