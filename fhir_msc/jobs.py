@@ -356,7 +356,8 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
-    events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"))
+    events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"),
+                                                                    engine)
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
                           arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
                           not_compared=tuple(analysis.not_compared(study, outcomes)))

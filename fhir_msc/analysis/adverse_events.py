@@ -17,12 +17,12 @@ from ..account import Account
 from ..fhir.unmapping import read_adverse_event_records
 from ..store.source import ResourceSource
 from ..study.definition import Study
+from .engine_events import NOT_COMPARED, EventCounts, event_counts
 from .export import account_json, number
 from .report import format_p
 from .stats import fisher_p
 
 ANY, SERIOUS = "any adverse event", "serious adverse event"
-NOT_COMPARED = "subject in neither compared arm"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,21 +49,38 @@ class AdverseEventIncidence:
     account: Account
 
 
-def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | None:
+def incidence(study: Study, source: ResourceSource, engine: str = "python") -> AdverseEventIncidence | None:
     """Adverse-event incidence by arm; None when the study file has no ``adverse_events`` or ``analysis``, or
-    the source holds no AdverseEvent at all (AE data not mapped or not pulled: not "no events")."""
+    the source holds no AdverseEvent at all (AE data not mapped or not pulled: not "no events").
+
+    ``engine`` "duckdb" or "spark": counted by DuckDB from the shipped views (``engine_events``); "python":
+    by the Python reader, the reference. Both give the same rows and account.
+    """
     ae, plan = study.adverse_events, study.analysis
     if ae is None or plan is None:
         return None
+    arms = (plan.treatment, plan.control)
+    counts = (event_counts if engine in ("duckdb", "spark") else _event_counts)(study, source, arms)
+    if counts is None:
+        return None
+    kinds = {ANY: counts.any, SERIOUS: counts.serious, **counts.terms}
+    n = counts.n
+    rows = [Incidence(label=label, subjects=subjects, n=n,
+                      fisher_p=fisher_p(subjects[0], n[0] - subjects[0], subjects[1], n[1] - subjects[1]))
+            for label, subjects in kinds.items()]
+    names = (study.arm_by_code[arms[0]].name, study.arm_by_code[arms[1]].name)
+    return AdverseEventIncidence(arms=arms, arm_names=names, rows=rows, account=counts.account)
+
+
+def _event_counts(study: Study, source: ResourceSource, arms: tuple[str, str]) -> EventCounts | None:
+    """The counts of :func:`engine_events.event_counts`, from the Python reader."""
     subjects, events, tally = read_adverse_event_records(study, source)
     if not tally.read:
         return None
-    arms = (plan.treatment, plan.control)
     place = {code: index for index, code in enumerate(arms)}
     side = {s.subject: place[s.actual_arm_code] for s in subjects.values() if s.actual_arm_code in place}
     counted = Counter(side.values())
-    n = (counted[0], counted[1])
-    kinds: dict[str, tuple[set[str], set[str]]] = {label: (set(), set()) for label in (ANY, SERIOUS, *ae.terms)}
+    kinds: dict[str, tuple[set[str], set[str]]] = {label: (set(), set()) for label in (ANY, SERIOUS, *study.adverse_events.terms)}
     for event in events:
         held = side.get(event.subject)
         if held is None:
@@ -72,15 +89,11 @@ def incidence(study: Study, source: ResourceSource) -> AdverseEventIncidence | N
             continue
         kinds[ANY][held].add(event.subject)
         kinds[event.decod][held].add(event.subject)
-        if event.serious == ae.serious_event:
+        if event.serious == study.adverse_events.serious_event:
             kinds[SERIOUS][held].add(event.subject)
-    rows = []
-    for label, (treated, control) in kinds.items():
-        counts = (len(treated), len(control))
-        rows.append(Incidence(label=label, subjects=counts, n=n,
-                              fisher_p=fisher_p(counts[0], n[0] - counts[0], counts[1], n[1] - counts[1])))
-    names = (study.arm_by_code[arms[0]].name, study.arm_by_code[arms[1]].name)
-    return AdverseEventIncidence(arms=arms, arm_names=names, rows=rows, account=tally.account())
+    subjects_with = {label: (len(treated), len(control)) for label, (treated, control) in kinds.items()}
+    return EventCounts(n=(counted[0], counted[1]), any=subjects_with.pop(ANY), serious=subjects_with.pop(SERIOUS),
+                       terms=subjects_with, account=tally.account())
 
 
 def incidence_table(result: AdverseEventIncidence) -> pd.DataFrame:

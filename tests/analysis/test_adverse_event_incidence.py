@@ -4,6 +4,7 @@ import json
 
 import jsonschema
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from scipy import stats
 
@@ -28,9 +29,13 @@ def _expected(cohort, study) -> dict[str, tuple[tuple[int, int], tuple[int, int]
     return expected
 
 
-def test_incidence_equals_the_tables_counted_by_pandas(study, cohort, mapped):
+ENGINES = ("python", "duckdb")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_incidence_equals_the_tables_counted_by_pandas(study, cohort, mapped, engine):
     _, store = mapped
-    result = incidence(study, store)
+    result = incidence(study, store, engine)
     got = {row.label: (row.subjects, row.n, row.fisher_p) for row in result.rows}
     assert got == _expected(cohort, study)
     assert list(got)[:2] == [ANY, SERIOUS] and result.arm_names == ("MSC", "Placebo")
@@ -43,27 +48,30 @@ def test_no_significant_difference_in_new_onset_complications(study, mapped):
     assert all(row.fisher_p > 0.1 for row in incidence(study, store).rows)
 
 
-def test_adverse_events_not_counted_are_accounted_for(study, mapped, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_adverse_events_not_counted_are_accounted_for(study, mapped, tmp_path, engine):
     _, store = mapped
     copy = Store(tmp_path / "copy")
     copy.write(store.read_all())
     event = next(iter(store.read("AdverseEvent")))
     copy.write([{**event, "id": "no-identifier", "identifier": {"system": "http://elsewhere", "value": "1"}}])
-    account = incidence(study, copy).account
+    account = incidence(study, copy, engine).account
     assert (account.read, account.used) == (41, 40) and account.balanced
     assert account.skipped == {"no adverse-event identifier of this study (USUBJID/AESEQ)": 1}
 
 
-def test_analyze_prints_and_json_has_incidence(study, cohort, demo_store):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_analyze_prints_and_json_has_incidence(study, cohort, demo_store, engine):
     runner = CliRunner()
-    text = runner.invoke(main, ["analyze", "--store", str(demo_store.path), "--visit", "M36", "--outcome", "CTNORM"])
+    text = runner.invoke(main, ["analyze", "--store", str(demo_store.path), "--visit", "M36", "--outcome", "CTNORM",
+                                "--engine", engine])
     assert text.exit_code == 0, text.output
     assert "adverse events (subjects with ≥1)" in text.stdout
     expected = _expected(cohort, study)
     any_msc, any_pbo = expected[ANY][0]
     assert f"{any_msc}/65 ({100 * any_msc / 65:.1f}%)" in text.stdout and f"{any_pbo}/35" in text.stdout
     document = json.loads(runner.invoke(main, ["analyze", "--store", str(demo_store.path), "--visit", "M36",
-                                               "--json"]).stdout)
+                                               "--json", "--engine", engine]).stdout)
     jsonschema.Draft202012Validator(schema("analyze")).validate(document)
     rows = {row["label"]: row for row in document["adverse_events"]["rows"]}
     assert rows["Hypertension"]["subjects"] == list(expected["Hypertension"][0])
@@ -73,13 +81,15 @@ def test_analyze_prints_and_json_has_incidence(study, cohort, demo_store):
     assert "adverse events" not in csv_out.stdout  # csv stays one table
 
 
-def test_a_study_without_adverse_events_has_no_incidence(study, mapped):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_study_without_adverse_events_has_no_incidence(study, mapped, engine):
     _, store = mapped
-    assert incidence(study.model_copy(update={"adverse_events": None}), store) is None
+    assert incidence(study.model_copy(update={"adverse_events": None}), store, engine) is None
 
 
-def test_a_source_without_adverse_events_reports_none_rather_than_zero(study, mapped, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_source_without_adverse_events_reports_none_rather_than_zero(study, mapped, tmp_path, engine):
     _, store = mapped
     copy = Store(tmp_path / "copy")
     copy.write(r for r in store.read_all() if r["resourceType"] != "AdverseEvent")
-    assert incidence(study, copy) is None
+    assert incidence(study, copy, engine) is None

@@ -1,0 +1,210 @@
+"""Adverse events per compared arm from the shipped ViewDefinitions, run by DuckDB and joined in SQL.
+
+``patients``, ``subjects`` and ``adverse_events`` (``fhir_msc/analysis/views/*.json``) are kept in
+the store's columnar projection like the frame's views (same keys, same stamps); SQL joins them and
+gives each AdverseEvent its subject or its reason to be skipped, in the order of checks of the
+Python reader (``fhir_msc.fhir.unmapping.read_adverse_event_records``), so the counts and the
+Account are the same. Not checked here: elements of the wrong JSON shape, which the Python reader
+counts as not readable; a view reads them as absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from ..account import MAX_EXAMPLES, Account
+from ..errors import InputError
+from ..store.columnar import ColumnarProjection, Projection
+from ..store.ndjson import Store
+from ..study.definition import Study
+from .engine_frame import ENGINE_VERSION, LINE, _case, _connection, _list, _ref_id, _scratch, _text
+from .views.duckdb_engine import _reason, compile_view
+from .views.tables import shipped_view, spooled
+
+log = logging.getLogger(__name__)
+
+EVENT_VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "adverse_events": "AdverseEvent"}
+NOT_COMPARED = "subject in neither compared arm"
+NO_IDENTIFIER = "no adverse-event identifier of this study (USUBJID/AESEQ)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventCounts:
+    """Subjects per compared arm (treatment first), those with ≥1 event of each kind, and the AdverseEvents' account."""
+
+    n: tuple[int, int]
+    any: tuple[int, int]
+    serious: tuple[int, int]
+    terms: dict[str, tuple[int, int]]  # AEDECOD term -> subjects with ≥1 event, in the study file's order
+    account: Account
+
+
+def event_counts(study: Study, source: Any, arms: tuple[str, str]) -> EventCounts | None:
+    """The counts for the compared ``arms`` (treatment, control codes) from DuckDB; None when ``source`` holds
+    no AdverseEvent. ``source``: a store (its projection is used and kept) or any resource source."""
+    with _as_store(source) as store, _connection() as con:
+        try:
+            for name, projection in project_events(study, store, con).items():
+                con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
+            con.execute(f"CREATE TEMP TABLE compared AS {_compared_sql(study, arms)}")
+            con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study)}")
+            return _counts(study, con) if con.sql("SELECT count(*) FROM placed").fetchall()[0][0] else None
+        except duckdb.Error as error:
+            raise InputError(f"{store.path}: {_reason(error)}") from None
+
+
+def project_events(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[str, Projection]:
+    """The three views of ``EVENT_VIEWS`` as tables of the store's columnar projection, computed when missing or
+    stale, keyed as :func:`fhir_msc.analysis.engine_frame.project` keys its tables (shared with it)."""
+    directory = None if os.access(store.path, os.W_OK) else Path(_scratch(con)) / "columnar"
+    projection = ColumnarProjection(store, directory)
+    found = {}
+    for name, resource_type in EVENT_VIEWS.items():
+        view = shipped_view(name, study)
+        key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+        def write(path: Path, metadata: dict[bytes, bytes], view: dict = view) -> None:
+            sql = compile_view(view, store, ordinal=LINE).sql
+            kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
+            con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
+        found[name] = projection.table_written(name, [resource_type], key, write)
+        log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
+                 found[name].rows)
+    return found
+
+
+@contextmanager
+def _as_store(source: Any) -> Iterator[Store]:
+    """The source as a store: itself, or its Patients, ResearchSubjects and AdverseEvents in a temporary one."""
+    store = getattr(source, "store", source)  # a metered store reads as the store itself
+    if isinstance(store, Store):
+        yield store
+        return
+    with spooled(chain.from_iterable(source.read(t) for t in EVENT_VIEWS.values())) as spool:
+        yield spool
+
+
+def _keys(codings: str) -> str:
+    """The Codings (a JSON array) as 'system|code' texts."""
+    return f"list_transform(CAST({codings} AS JSON[]), lambda c: (c ->> 'system') || '|' || (c ->> 'code'))"
+
+
+def _term(keys: str, terms: dict[str, Any]) -> str:
+    """The first study term (in the study file's order) whose Coding is among ``keys`` ('system|code' texts)."""
+    whens = " ".join(f"WHEN list_contains({keys}, {_text(f'{c.system}|{c.code}')}) THEN {_text(term)}"
+                     for term, c in terms.items())
+    return f"CASE {whens} ELSE NULL END" if whens else "NULL"
+
+
+_STUDY_PATIENT = f"""study_patient AS (
+  SELECT id, subject FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
+  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1)"""
+
+
+def _compared_sql(study: Study, arms: tuple[str, str]) -> str:
+    """Each study subject whose actual arm is a compared one, with its side (0: treatment, 1: control)."""
+    arm_names = {arm.name: arm.code for arm in study.arms}
+    arm_name_by_code = {arm.code: arm.name for arm in study.arms}
+    return f"""
+WITH {_STUDY_PATIENT},
+arm_named AS (
+  SELECT *, CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case('assigned_group', arm_name_by_code)}, assigned_group)
+                 ELSE coalesce(assigned_arm, '') END AS assigned_name,
+            CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case("coalesce(actual_group, '')", arm_name_by_code)},
+                                                               actual_group, '')
+                 ELSE coalesce(actual_arm, '') END AS actual_name
+  FROM subjects),
+study_subject AS (
+  SELECT p.subject, {_case('r.actual_name', arm_names)} AS actual_arm
+  FROM arm_named r JOIN study_patient p ON p.id = {_ref_id('r.patient')}
+  WHERE list_contains({_list(list(arm_names))}, r.assigned_name) AND list_contains({_list(list(arm_names))}, r.actual_name)
+  QUALIFY row_number() OVER (PARTITION BY p.subject ORDER BY r.{LINE} DESC) = 1)
+SELECT subject, list_position({_list(list(arms))}, actual_arm) - 1 AS side FROM study_subject
+WHERE list_contains({_list(list(arms))}, actual_arm)
+"""
+
+
+def _placed_sql(study: Study) -> str:
+    """Each AdverseEvent with its subject, side, AEDECOD, whether serious, and its reason to be skipped (NULL: used)."""
+    ae = study.adverse_events
+    system = _text(study.system("adverse-event"))
+    codings = {"AEDECOD": ("CASE WHEN r5 THEN code_codings ELSE event_codings END", ae.terms),
+               "AESER": ("seriousness_codings", ae.serious),
+               "AESEV": ("CASE WHEN r5 THEN severity_extension_codings ELSE severity_codings END", ae.severity),
+               "AEOUT": ("outcome_codings", ae.outcome),
+               "AEREL": ("CASE WHEN r5 THEN relatedness_codings ELSE assessment_codings END", ae.related)}
+    keys = ", ".join(f"{_keys(sql)} AS {name}_keys" for name, (sql, _) in codings.items())
+    terms = ", ".join(f"{_term(f'e.{name}_keys', known)} AS {name}" for name, (_, known) in codings.items())
+    missing = ", ".join(f"CASE WHEN {name} IS NULL THEN {_text(name)} END" for name in codings)
+    return f"""
+WITH {_STUDY_PATIENT},
+identified AS (
+  SELECT *, {keys},
+         coalesce(list_filter(CAST(identifiers AS JSON[]), lambda i: (i ->> 'system') = {system})[1] ->> 'value', '')
+           AS business_identifier
+  FROM adverse_events),
+coded AS (
+  SELECT e.*, regexp_extract(e.business_identifier, '^(.*)/', 1) AS identified_subject,
+         regexp_extract(e.business_identifier, '[^/]*$') AS seq, p.subject AS subject_id,
+         {terms},
+         CASE WHEN e.r5 THEN CASE WHEN e.period_start IS NOT NULL OR e.period_end IS NOT NULL THEN e.period_start
+                                  ELSE e.occurrence_date_time END
+              ELSE CASE WHEN e.extension_start IS NOT NULL OR e.extension_end IS NOT NULL THEN e.extension_start
+                        ELSE e.date END END AS onset
+  FROM identified e LEFT JOIN study_patient p ON p.id = {_ref_id('e.subject')}),
+checked AS (
+  SELECT *, CASE
+    WHEN NOT regexp_full_match(seq, '[0-9]+') THEN {_text(NO_IDENTIFIER)}
+    WHEN subject_id IS NULL OR subject_id <> identified_subject THEN 'unknown subject'
+    WHEN AEDECOD IS NULL OR AESER IS NULL OR AESEV IS NULL OR AEOUT IS NULL OR AEREL IS NULL
+      THEN 'no code of this study''s adverse_events terms (' || concat_ws(', ', {missing}) || ')'
+    WHEN coalesce(onset, '') = '' THEN 'no onset date (AESTDTC)'
+    END AS reason
+  FROM coded)
+SELECT e.{LINE}, e.subject_id AS subject, c.side, e.AEDECOD AS decod, e.AESER = {_text(ae.serious_event)} AS serious,
+  coalesce(e.reason, CASE WHEN c.side IS NULL THEN {_text(NOT_COMPARED)} END) AS reason,
+  CASE WHEN e.reason IS NOT NULL THEN 'AdverseEvent/' || coalesce(e.id, 'None')
+       WHEN c.side IS NULL THEN e.subject_id || '/' || coalesce(nullif(ltrim(e.seq, '0'), ''), '0') END AS example
+FROM checked e LEFT JOIN compared c ON c.subject = e.subject_id
+"""
+
+
+def _by_side(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, int]:
+    found = dict(con.sql(sql).fetchall())
+    return found.get(0, 0), found.get(1, 0)
+
+
+def _counts(study: Study, con: duckdb.DuckDBPyConnection) -> EventCounts:
+    """Subjects per arm, those with ≥1 used event of each kind, and the account, from ``compared`` and ``placed``."""
+    used = "count(DISTINCT subject) FROM placed WHERE reason IS NULL"
+    terms = {term: [0, 0] for term in study.adverse_events.terms}
+    for term, side, subjects in con.sql(f"SELECT decod, side, {used} GROUP BY decod, side").fetchall():
+        terms[term][side] = subjects
+    return EventCounts(n=_by_side(con, "SELECT side, count(*) FROM compared GROUP BY side"),
+                       any=_by_side(con, f"SELECT side, {used} GROUP BY side"),
+                       serious=_by_side(con, f"SELECT side, {used} AND serious GROUP BY side"),
+                       terms={term: (counts[0], counts[1]) for term, counts in terms.items()},
+                       account=_account(con))
+
+
+def _account(con: duckdb.DuckDBPyConnection) -> Account:
+    """Read, used, and skipped by reason (by count, then name) with examples in the reader's order: the reasons met
+    while reading by their first AdverseEvent, then NOT_COMPARED (counted once every event is read)."""
+    read, used = con.sql("SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM placed").fetchall()[0]
+    found = con.sql(f"""SELECT reason, count(*), list_slice(list(example ORDER BY {LINE}), 1, {MAX_EXAMPLES})
+                        FROM placed WHERE reason IS NOT NULL
+                        GROUP BY reason ORDER BY reason = {_text(NOT_COMPARED)}, min({LINE})""").fetchall()
+    skipped = dict(sorted(((reason, count) for reason, count, _ in found), key=lambda item: (-item[1], item[0])))
+    return Account(read=read, used=used, skipped=skipped,
+                   examples={reason: named for reason, _, named in found})
