@@ -1013,8 +1013,8 @@ _view_store_option = click.option(
 def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], study_path: Path, as_json: bool) -> None:
     """Write the analysis views of --store as tables for your own tools: one file per view in --out.
 
-    The shipped SQL-on-FHIR views are patients, subjects (with arm), visits and observations
-    (value, unit, answer, visit); --view adds your own ViewDefinitions. DuckDB runs them over
+    The shipped SQL-on-FHIR views are patients, subjects (with arm), visits, observations
+    (value, unit, answer, visit) and adverse_events; --view adds your own ViewDefinitions. DuckDB runs them over
     the store's NDJSON files; each file (e.g. OUT/observations.parquet) is owner-only and
     replaced whole, never half-written. Prints rows per view and the resources read per type.
     Exit code 4 means the store or a view cannot be read; 2 a view name taken twice.
@@ -1050,7 +1050,7 @@ SQL_FORMATS = ("table", "csv", "markdown", "json")
 def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path, as_json: bool) -> None:
     """Run one SELECT (DuckDB SQL) over the analysis views of --store, each a table named by its view.
 
-    Tables: patients, subjects, visits, observations (see `fhir-msc export`), and each --view
+    Tables: patients, subjects, visits, observations, adverse_events (see `fhir-msc export`), and each --view
     FILE by its "name". Read-only: only a single SELECT runs, with files and network shut off
     (COPY, ATTACH, INSTALL, LOAD, SET and file readers are refused); nothing is written. The
     row count goes to stderr. Exit code 4 means the query cannot be run (one line says why);

@@ -53,7 +53,7 @@ def test_export_writes_each_shipped_view_as_the_reference_engine_computes_it(stu
     summary = json.loads(result.stdout)
     assert list(summary["files"]) == list(SHIPPED)
     counts = demo_store.counts()
-    assert summary["read"] == {kind: counts[kind] for kind in ("Patient", "ResearchSubject", "Encounter", "Observation")}
+    assert summary["read"] == {kind: counts[kind] for kind in ("Patient", "ResearchSubject", "Encounter", "Observation", "AdverseEvent")}
     for name in SHIPPED:
         path = tmp_path / "tables" / f"{name}.parquet"
         table = pq.read_table(path)
@@ -86,7 +86,7 @@ def test_a_given_view_with_a_shipped_views_name_is_refused(demo_store, tmp_path)
     result = invoke("export", "--store", str(demo_store.path), "--out", str(tmp_path / "t"), "--view", str(path))
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"fhir-msc: error: {path}: a view named 'Patients' is already there "
-                                     "(shipped views: patients, subjects, visits, observations): rename it")
+                                     "(shipped views: patients, subjects, visits, observations, adverse_events): rename it")
     assert not (tmp_path / "t").exists()
 
 

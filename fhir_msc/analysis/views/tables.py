@@ -27,7 +27,7 @@ from . import duckdb_engine
 from .definition import ViewDefinition, load_view
 from .python_engine import ViewRun, arrow_schema, as_text
 
-SHIPPED = ("patients", "subjects", "visits", "observations")  # the analysis views shipped in this package
+SHIPPED = ("patients", "subjects", "visits", "observations", "adverse_events")  # the analysis views shipped in this package
 
 
 def shipped_view(name: str, study: Study) -> dict:
