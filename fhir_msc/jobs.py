@@ -256,7 +256,7 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
 
 
 ENGINES = ("duckdb", "python", "spark")  # the shipped ViewDefinitions in DuckDB or in Spark (joined in DuckDB), or Python
-DEFAULT_ENGINE = "python"
+DEFAULT_ENGINE = "duckdb"  # python: the reference engine the others are tested against
 
 
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
