@@ -472,7 +472,9 @@ def _account(con: duckdb.DuckDBPyConnection) -> Account:
     used = con.sql("SELECT count(*) FROM ordered WHERE NOT repeated").fetchall()[0][0]
     found = con.sql("""
         SELECT dropped, count(*), list(example ORDER BY example_phase, example_at) FILTER (WHERE example IS NOT NULL)
-        FROM placed WHERE dropped IS NOT NULL GROUP BY dropped""").fetchall()
+        FROM placed WHERE dropped IS NOT NULL GROUP BY dropped
+        ORDER BY min(example_phase * 1099511627776 + example_at) FILTER (WHERE example IS NOT NULL), dropped
+        """).fetchall()  # reasons with examples in the order the reader names the first of each (2**40 lines at most)
     skipped = {reason: count for reason, count, _ in found}
     if unasked:
         skipped[NOT_ASKED] = skipped.get(NOT_ASKED, 0) + unasked

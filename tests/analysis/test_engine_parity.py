@@ -42,6 +42,7 @@ def same_on_both(study, source, visits=None) -> Account:
     frame, account = engine_frame.frame_and_account(study, source, visits)
     assert_frame_equal(frame, expected_frame)
     assert account == expected and list(account.skipped) == list(expected.skipped)
+    assert list(account.examples) == list(expected.examples)  # as `--json` lists them
     return account
 
 
