@@ -265,12 +265,13 @@ def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | 
     return frame_and_account(study, source, visits, progress, engine=engine)[0]
 
 
-def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None, engine: str
-                  ) -> tuple[pd.DataFrame, Account]:
+def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None, engine: str,
+                  progress: Progress = NO_PROGRESS) -> tuple[pd.DataFrame, Account]:
     if engine not in ENGINES:
         raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    run = {"duckdb": engine_frame.frame_and_account, "spark": spark_frame.frame_and_account}.get(
-        engine, analysis.frame_and_account)
+    if engine == "duckdb":  # the others report progress as the source is read (a metered store)
+        return engine_frame.frame_and_account(study, source, visits, progress)
+    run = spark_frame.frame_and_account if engine == "spark" else analysis.frame_and_account
     return run(study, source, visits)
 
 
@@ -290,13 +291,13 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
-            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine)
+            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
-        frame, observations = _engine_frame(study, opened, visits, engine)
+        frame, observations = _engine_frame(study, opened, visits, engine, progress)
         _time_to_event_tables(study, opened, events)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""

@@ -30,6 +30,7 @@ import pandas as pd
 from ..account import MAX_EXAMPLES, Account
 from ..errors import InputError
 from ..fhir.unmapping import DERIVED, NOT_A_NUMBER, NOT_ASKED, VALUE_ELEMENT, ResourceSource
+from ..progress import NO_PROGRESS, Progress
 from ..store.files import private_open
 from ..store.columnar import ColumnarProjection, Projection
 from ..store.ndjson import Store
@@ -63,11 +64,13 @@ def shipped_view(name: str) -> dict:
     return json.loads(files("fhir_msc.analysis.views").joinpath(f"{name}.json").read_text())
 
 
-def frame_and_account(study: Study, source: ResourceSource, visits: Collection[str] | None = None
-                      ) -> tuple[pd.DataFrame, Account]:
+def frame_and_account(study: Study, source: ResourceSource, visits: Collection[str] | None = None,
+                      progress: Progress = NO_PROGRESS) -> tuple[pd.DataFrame, Account]:
     """The frame and Observations' account of :func:`fhir_msc.analysis.frame.frame_and_account`, from DuckDB.
 
-    Derived endpoints are appended as the Python reader does.
+    Derived endpoints are appended as the Python reader does. A line of the store DuckDB cannot read
+    is named as the store's reader names it (file, line, what to do). ``progress`` gets one stage per
+    view, counted in bytes of the NDJSON file it reads.
     """
     if visits is not None:
         unknown = [code for code in visits if code not in study.visit_by_code]
@@ -76,16 +79,25 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
     visits = visits_needed(study, visits)
     with _as_store(source) as store, _connection() as con:
         try:
-            for name, projection in project(study, store, con).items():
+            for name, projection in project(study, store, con, progress).items():
                 con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
             lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
             con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
             return add_derived(study, _frame(study, con)), _account(con)
         except duckdb.Error as error:
+            _raise_unreadable_line(store)
             raise InputError(f"{getattr(store, 'path', source)}: {_reason(error)}") from None
 
 
-def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[str, Projection]:
+def _raise_unreadable_line(store: Store) -> None:
+    """The store reader's InputError for the first line it cannot read, in the order the Python reader reads the types."""
+    for resource_type in ("Patient", "Encounter", "ResearchSubject", "Observation"):
+        for _ in store.read(resource_type):
+            pass
+
+
+def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection, progress: Progress = NO_PROGRESS
+            ) -> dict[str, Projection]:
     """Each shipped view of ``study`` over ``store`` as a Parquet table of the store's columnar projection.
 
     A table is computed (streamed by DuckDB from the NDJSON into Parquet) when it is missing or stale:
@@ -104,7 +116,11 @@ def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[
             sql = compile_view(view, store, ordinal=LINE).sql
             kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
             con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
+        held = store.current_file(resource_type)
+        size = held.stat().st_size if held is not None else 0
+        progress.start(f"reading {resource_type}", size, "B")
         found[name] = projection.table_written(name, [resource_type], key, write)
+        progress.advance(size)
         log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
                  found[name].rows)
     return found

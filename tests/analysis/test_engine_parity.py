@@ -17,6 +17,7 @@ from fhir_msc.account import Account
 from fhir_msc.analysis import engine_frame
 from fhir_msc.analysis.frame import DUPLICATE, UNSCHEDULED, frame_and_account
 from fhir_msc.analysis.windows import NO_DAY, NOT_NEAREST, OUTSIDE_WINDOWS
+from fhir_msc.errors import InputError
 from fhir_msc.fhir.unmapping import DERIVED
 from fhir_msc.study.definition import AnalysisWindow
 from fhir_msc.store.source import BundleSource
@@ -228,3 +229,16 @@ def test_a_derived_endpoints_observation_is_counted_not_read(tmp_path):
         account = same_on_both(study, BundleSource([*resources, observation]), visits)
         assert account.skipped[DERIVED] == 1 and account.examples[DERIVED] == ["Observation/derived-change"]
 
+
+
+@pytest.mark.parametrize("line", [b'{"resourceType": "Observation", "id": "cut', b"[1, 2]"])
+def test_a_line_the_store_cannot_read_is_named_alike_by_both_engines(types_study, types_resources, tmp_path, line):
+    store = _store(copy.deepcopy(types_resources), tmp_path / "s")
+    with open(store.current_file("Observation"), "ab") as handle:
+        handle.write(line + b"\n")
+    errors = []
+    for frames in (frame_and_account, engine_frame.frame_and_account):
+        with pytest.raises(InputError) as raised:
+            frames(types_study, store)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1] and "Observation.ndjson, line 43: not" in errors[0]
