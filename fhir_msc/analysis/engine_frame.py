@@ -290,14 +290,14 @@ def _findings_sql(study: Study, prefiltered: bool) -> str:
                 if prefiltered else "false")
     not_performed = "(NOT coalesce(o.has_value, false) AND coalesce(o.not_performed, false))"
     return f"""
+passed AS (SELECT * FROM observations o WHERE NOT coalesce({left_out}, false)),  -- the prefilter, before the joins
 read AS (
   SELECT o.*, p.subject AS subject_id, v.scheduled, v.visitnum, ov.id IS NOT NULL AS other_visit,
          coalesce(nullif(o.unit_code, ''), o.unit) AS unit_used
-  FROM observations o
+  FROM passed o
   LEFT JOIN study_patient p ON p.id = {_ref_id('o.subject')}
   LEFT JOIN indexed v ON v.id = {_ref_id('o.encounter')}
-  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}
-  WHERE NOT coalesce({left_out}, false)),
+  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}),
 valued AS (
   SELECT o.*, {per_outcome(factor)} AS factor, {per_outcome(answer)} AS answer,
          {per_outcome(lambda o: _text(o.type))} AS outcome_type, {not_performed} AS not_done,
