@@ -482,9 +482,10 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 
 _engine_option = click.option(
     "--engine", type=click.Choice(jobs.ENGINES), default=jobs.DEFAULT_ENGINE, show_default=True,
-    help="What builds the analysis frame: duckdb runs the shipped SQL-on-FHIR ViewDefinitions and joins them in "
-         "SQL, spark runs those views in Spark (local mode unless --spark-master) and joins them in DuckDB, python "
-         "reads the resources one by one; all give the same frame and account.")
+    help="What builds the analysis frame: duckdb (the embedded default) runs the shipped SQL-on-FHIR "
+         "ViewDefinitions and joins them in SQL, spark runs those views in Spark (local mode unless --spark-master) "
+         "and joins them in DuckDB, python (the reference engine) reads the resources one by one; all give the same "
+         "frame and account.")
 _spark_master_option = click.option(
     "--spark-master", metavar="URL",
     help="Spark master URL for --engine spark (default: local mode on this machine).")

@@ -256,7 +256,7 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
 
 
 ENGINES = ("duckdb", "python", "spark")  # the shipped ViewDefinitions in DuckDB or in Spark (joined in DuckDB), or Python
-DEFAULT_ENGINE = "python"
+DEFAULT_ENGINE = "duckdb"  # python: the reference engine the others are tested against
 
 
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
@@ -266,15 +266,16 @@ def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | 
 
 
 def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None, engine: str,
-                  spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
+                  progress: Progress = NO_PROGRESS, spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
     if engine not in ENGINES:
         raise BadUsage(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if spark_master is not None and engine != "spark":
         raise BadUsage(f"--spark-master is for --engine spark, not --engine {engine}: add --engine spark or leave it out")
     if engine == "spark":
         return spark_frame.frame_and_account(study, source, visits, spark_master)
-    run = engine_frame.frame_and_account if engine == "duckdb" else analysis.frame_and_account
-    return run(study, source, visits)
+    if engine == "duckdb":  # python reports progress as the source is read (a metered store)
+        return engine_frame.frame_and_account(study, source, visits, progress)
+    return analysis.frame_and_account(study, source, visits)
 
 
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
@@ -294,13 +295,14 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
-            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, spark_master)
+            frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress,
+                                                spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
-        frame, observations = _engine_frame(study, opened, visits, engine, spark_master)
+        frame, observations = _engine_frame(study, opened, visits, engine, progress, spark_master)
         _time_to_event_tables(study, opened, events)
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""

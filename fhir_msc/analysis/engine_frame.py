@@ -28,23 +28,28 @@ import orjson
 import pandas as pd
 
 from ..account import MAX_EXAMPLES, Account
-from ..errors import BadUsage, InputError
-from ..fhir.unmapping import NOT_A_NUMBER, NOT_ASKED, ResourceSource
+from ..errors import InputError
+from ..fhir.unmapping import DERIVED, NOT_A_NUMBER, NOT_ASKED, VALUE_ELEMENT, ResourceSource
+from ..progress import NO_PROGRESS, Progress
 from ..store.files import private_open
 from ..store.columnar import ColumnarProjection, Projection
 from ..store.ndjson import Store
-from ..study.definition import Study
+from ..study.definition import BOOLEAN_ANSWERS, Study
 from ..tables.sdtm import COMPARATORS
 from .frame import (
     CENSORED,
     DUPLICATE,
     FRAME_COLUMNS,
+    FREE_TEXT,
     NOT_DONE,
     NOT_RANDOMIZED,
+    UNSCHEDULED,
     frame_categories,
 )
 from .derived import add_derived, visits_needed
 from .views.duckdb_engine import _reason, compile_view, connect
+from .views.tables import shipped_view as study_view
+from .windows import NO_DAY, NOT_NEAREST, OUTSIDE_WINDOWS
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +64,40 @@ def shipped_view(name: str) -> dict:
     return json.loads(files("fhir_msc.analysis.views").joinpath(f"{name}.json").read_text())
 
 
-def frame_and_account(study: Study, source: ResourceSource, visits: Collection[str] | None = None
-                      ) -> tuple[pd.DataFrame, Account]:
+def frame_and_account(study: Study, source: ResourceSource, visits: Collection[str] | None = None,
+                      progress: Progress = NO_PROGRESS) -> tuple[pd.DataFrame, Account]:
     """The frame and Observations' account of :func:`fhir_msc.analysis.frame.frame_and_account`, from DuckDB.
 
-    Derived endpoints are appended as the Python reader does; outcome types other than quantity and
-    coded, unscheduled visits and analysis windows are not read by these views yet (BadUsage says so).
+    Derived endpoints are appended as the Python reader does. A line of the store DuckDB cannot read
+    is named as the store's reader names it (file, line, what to do). ``progress`` gets one stage per
+    view, counted in bytes of the NDJSON file it reads.
     """
     if visits is not None:
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
-    _check_supported(study)
     visits = visits_needed(study, visits)
     with _as_store(source) as store, _connection() as con:
         try:
-            for name, projection in project(study, store, con).items():
+            for name, projection in project(study, store, con, progress).items():
                 con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
             lines = isinstance(getattr(source, "store", source), Store)  # raw lines: the reader prefilters them
             con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study, visits, lines)}")
             return add_derived(study, _frame(study, con)), _account(con)
         except duckdb.Error as error:
+            _raise_unreadable_line(store)
             raise InputError(f"{getattr(store, 'path', source)}: {_reason(error)}") from None
 
 
-def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[str, Projection]:
+def _raise_unreadable_line(store: Store) -> None:
+    """The store reader's InputError for the first line it cannot read, in the order the Python reader reads the types."""
+    for resource_type in ("Patient", "Encounter", "ResearchSubject", "Observation"):
+        for _ in store.read(resource_type):
+            pass
+
+
+def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection, progress: Progress = NO_PROGRESS
+            ) -> dict[str, Projection]:
     """Each shipped view of ``study`` over ``store`` as a Parquet table of the store's columnar projection.
 
     A table is computed (streamed by DuckDB from the NDJSON into Parquet) when it is missing or stale:
@@ -95,14 +109,18 @@ def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[
     projection = ColumnarProjection(store, directory)
     found = {}
     for name, resource_type in VIEWS.items():
-        view = _with_study_constants(shipped_view(name), study)
+        view = study_view(name, study)
         key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
         def write(path: Path, metadata: dict[bytes, bytes], view: dict = view) -> None:
             kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
             compile_view(view, store, ordinal=LINE).run(
                 lambda sql: con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})"))
+        held = store.current_file(resource_type)
+        size = held.stat().st_size if held is not None else 0
+        progress.start(f"reading {resource_type}", size, "B")
         found[name] = projection.table_written(name, [resource_type], key, write)
+        progress.advance(size)
         log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
                  found[name].rows)
     return found
@@ -120,22 +138,6 @@ def _connection() -> Iterator[duckdb.DuckDBPyConnection]:
 
 def _scratch(con: duckdb.DuckDBPyConnection) -> str:
     return con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]
-
-
-def _check_supported(study: Study) -> None:
-    """Refuse, in one line, a study using what the shipped views and this join do not read yet."""
-    other = [f"{o.code} ({o.type})" for o in study.outcomes if o.type not in ("quantity", "coded")]
-    features = ([f"outcome types other than quantity and coded: {', '.join(other)}"] if other else []) + \
-        (["unscheduled visits"] if study.unscheduled else []) + \
-        (["analysis windows"] if study.analysis and study.analysis.windows else [])
-    if features:
-        raise BadUsage(f"--engine duckdb does not read {'; '.join(features)} yet: use --engine python")
-
-
-def _with_study_constants(view: dict, study: Study) -> dict:
-    values = {"studyCodeSystem": study.study.codesystem, "subjectSystem": study.system("subject")}
-    constants = [{"name": c["name"], "valueUri": values[c["name"]]} for c in view.get("constant", [])]
-    return {**view, "constant": constants}
 
 
 @contextmanager
@@ -173,20 +175,98 @@ def _ref_id(column: str) -> str:
 
 
 def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> str:
-    """Each Observation with its reason to be dropped (NULL: a row) and the frame's columns as category codes.
+    """Each Observation with its reason to be dropped (NULL: a row) and the frame's columns.
 
-    With ``visits`` and a source of raw ``lines`` (a store), an Observation referring plainly to any
-    Encounter not of those visits is not asked for, as ``encounter_prefilter`` decides before parsing:
-    it is left out here (only counted, by :func:`_account`), so the query holds only what was asked for.
+    The checks come in the Python reader's order: reading a finding (study code, subject, visit,
+    value by outcome type), then the frame's (randomized, not done, censored, free text, visit asked
+    for), then, for a finding at an unscheduled or windowed visit, its analysis window. ``example``
+    names a dropped Observation as the reader does; (``example_phase``, ``example_at``) orders one
+    reason's examples as the reader meets them; (``phase``, ``add_order``) is the order the reader
+    adds rows in. With ``visits`` and a source of raw ``lines`` (a store), an Observation referring
+    plainly to an Encounter not of those visits is left out here, as ``encounter_prefilter`` leaves
+    it unparsed (only counted, by :func:`_account`). With analysis windows every visit is read.
     """
-    categories = frame_categories(study)
+    windowed = bool(study.analysis and study.analysis.windows)
+    read_visits = None if windowed else visits
+    prefiltered = read_visits is not None and lines
+    ctes = [_subjects_sql(study), _encounters_sql(study, read_visits), _findings_sql(study, prefiltered),
+            _framed_sql(study, visits)]
+    if windowed:
+        ctes.append(_windowed_sql(study, visits))
+    rows = "SELECT * FROM framed WHERE dropped IS DISTINCT FROM 'window'" + (
+        " UNION ALL SELECT * FROM windowed" if windowed else "")
+    return f"WITH {', '.join(ctes)}\n{rows}"
+
+
+def _subjects_sql(study: Study) -> str:
+    """``randomized``: each study subject's arm, sex, age and RFSTDTC, from its last ResearchSubject with arms of the study."""
     arm_names = {arm.name: arm.code for arm in study.arms}
     arm_name_by_code = {arm.code: arm.name for arm in study.arms}
     gender_to_sex = {gender: sex for sex, gender in study.terms.sex.items()}
+    return f"""
+study_patient AS (
+  SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
+  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1),
+arm_named AS (
+  SELECT *, CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case('assigned_group', arm_name_by_code)}, assigned_group)
+                 ELSE coalesce(assigned_arm, '') END AS assigned_name,
+            CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case("coalesce(actual_group, '')", arm_name_by_code)},
+                                                               actual_group, '')
+                 ELSE coalesce(actual_arm, '') END AS actual_name
+  FROM subjects),
+randomized AS (
+  SELECT p.subject, {_case('r.assigned_name', arm_names)} AS arm, {_case('p.gender', gender_to_sex)} AS sex,
+         CASE WHEN regexp_full_match(left(coalesce(r.start, ''), 4), '[0-9]{{4}}')
+                   AND regexp_full_match(left(coalesce(p.birth_date, ''), 4), '[0-9]+')
+              THEN CAST(left(r.start, 4) AS BIGINT) - CAST(left(p.birth_date, 4) AS BIGINT) ELSE 0 END AS age,
+         coalesce(r.start, '') AS start
+  FROM arm_named r JOIN study_patient p ON p.id = {_ref_id('r.patient')}
+  WHERE r.assigned_name IN (SELECT unnest({_list(list(arm_names))})) AND r.actual_name IN (SELECT unnest({_list(list(arm_names))}))
+  QUALIFY row_number() OVER (PARTITION BY p.subject ORDER BY r.{LINE} DESC) = 1)"""
+
+
+def _encounters_sql(study: Study, read_visits: Collection[str] | None) -> str:
+    """``indexed``: each study-visit Encounter id read (only ``read_visits``, by code, if given) with its VISITNUM and
+    scheduled visit (NULL: unscheduled), the last of one id winning; ``other_visits``: those of the visits not read."""
     visit_codes = [visit.code for visit in study.visits]
-    visitnum = {visit.code: str(visit.visitnum) for visit in study.visits}
-    wanted = visit_codes if visits is None else [code for code in visit_codes if code in set(visits)]
+    visitnum = {visit.code: repr(float(visit.visitnum)) for visit in study.visits}
+    read = "true" if read_visits is None else f"list_contains({_list(list(read_visits))}, scheduled)"
+    unscheduled = _unscheduled_sql(study)
+    return f"""
+encounter AS (
+  SELECT id, {LINE}, scheduled, CASE {" ".join(f"WHEN scheduled = {_text(c)} THEN {n}" for c, n in visitnum.items())}
+         ELSE unscheduled END AS visitnum
+  FROM (SELECT *, list_filter(type_codes, lambda c: list_contains({_list(visit_codes)}, c))[1] AS scheduled,
+               {unscheduled} AS unscheduled
+        FROM visits WHERE id IS NOT NULL)
+  WHERE scheduled IS NOT NULL OR unscheduled IS NOT NULL),
+indexed AS (
+  SELECT id, scheduled, visitnum FROM encounter WHERE {read if read_visits is None else f"scheduled IS NOT NULL AND {read}"}
+  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE} DESC) = 1),
+other_visits AS (SELECT DISTINCT id FROM encounter WHERE {"false" if read_visits is None else f"NOT coalesce({read}, false)"})"""
+
+
+def _unscheduled_sql(study: Study) -> str:
+    """An unscheduled-visit Encounter's VISITNUM, from its identifier (…/UNSCHEDULED-3.1), when it also has a VISIT
+    (its type's text) and the number is fractional and no scheduled visit's; else NULL."""
+    if study.unscheduled is None:
+        return "NULL::DOUBLE"
+    code = study.unscheduled.code
+    marker = _text(f"/{code}-")
+    text = f"list_last(string_split(visit_identifier, {marker}))"
+    number = f"TRY_CAST({text} AS DOUBLE)"
+    valid = (f"list_contains(type_codes, {_text(code)}) AND contains(coalesce(visit_identifier, ''), {marker}) "
+             f"AND regexp_full_match({text}, '[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?') "
+             f"AND isfinite({number}) AND {number} <> trunc({number}) "
+             f"AND NOT list_contains({_list([float(v.visitnum) for v in study.visits])}, {number}) "
+             f"AND coalesce(unscheduled_text, '') <> ''")
+    return f"CASE WHEN {valid} THEN {number} END"
+
+
+def _findings_sql(study: Study, prefiltered: bool) -> str:
+    """``checked``: each Observation read, its subject, visit and value, and why reading it as a finding fails (NULL: it does not)."""
     outcomes = study.outcomes
+    derived = [code for code in study.analysed_outcome_by_code if code not in study.outcome_by_code]
 
     def per_outcome(choose: Any, default: str = "NULL") -> str:
         whens = " ".join(f"WHEN {_text(o.code)} THEN {choose(o)}" for o in outcomes)
@@ -201,136 +281,224 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
         whens = " ".join(f"WHEN {_text(u)} THEN {float(f)!r}" for u, f in aliases.items())
         return f"CASE coalesce(o.unit_used, '') {whens} ELSE NULL END" if whens else "NULL"
 
-    number_text = ("CASE WHEN o.scaled = trunc(o.scaled) AND abs(o.scaled) < 1e15 THEN CAST(CAST(o.scaled AS BIGINT) AS VARCHAR) "
-                   "ELSE CAST(o.scaled AS VARCHAR) END")
-    named = "'Observation/' || coalesce(o.id, 'None')"
-    finding = "o.subject_id || '/' || o.visit_code || '/' || o.code"
-    prefiltered = "false" if visits is None or not lines else (
-        "(o.encounter LIKE 'Encounter/%' AND o.encounter NOT IN (SELECT 'Encounter/' || id FROM wanted_visits))")
+    plain = {"integer": "o.value_integer IS NOT NULL", "boolean": "o.value_boolean IS NOT NULL",
+             "datetime": _valid_datetime("o.value_datetime"), "text": "coalesce(o.value_string, '') <> ''"}
+    not_plain = " ".join(f"WHEN o.outcome_type = {_text(kind)} AND NOT coalesce({test}, false) THEN "
+                         f"{_text(f'value not interpretable as {kind} (value{VALUE_ELEMENT[kind]} expected)')}"
+                         for kind, test in plain.items())
+    left_out = ("(o.encounter LIKE 'Encounter/%' AND o.encounter NOT IN (SELECT 'Encounter/' || id FROM indexed))"
+                if prefiltered else "false")
     not_performed = "(NOT coalesce(o.has_value, false) AND coalesce(o.not_performed, false))"
     return f"""
-WITH patient AS (
-  SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL
-  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1),
-study_patient AS (SELECT * FROM patient WHERE subject IS NOT NULL),
-arm_named AS (
-  SELECT *, CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case('assigned_group', arm_name_by_code)}, assigned_group)
-                 ELSE coalesce(assigned_arm, '') END AS assigned_name,
-            CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case("coalesce(actual_group, '')", arm_name_by_code)},
-                                                               actual_group, '')
-                 ELSE coalesce(actual_arm, '') END AS actual_name
-  FROM subjects),
-randomized AS (
-  SELECT p.subject, {_case('r.assigned_name', arm_names)} AS arm, {_case('p.gender', gender_to_sex)} AS sex,
-         CASE WHEN regexp_full_match(left(coalesce(r.start, ''), 4), '[0-9]{{4}}')
-                   AND regexp_full_match(left(coalesce(p.birth_date, ''), 4), '[0-9]+')
-              THEN CAST(left(r.start, 4) AS BIGINT) - CAST(left(p.birth_date, 4) AS BIGINT) ELSE 0 END AS age
-  FROM arm_named r JOIN study_patient p ON p.id = {_ref_id('r.patient')}
-  WHERE r.assigned_name IN (SELECT unnest({_list(list(arm_names))})) AND r.actual_name IN (SELECT unnest({_list(list(arm_names))}))
-  QUALIFY row_number() OVER (PARTITION BY p.subject ORDER BY r.{LINE} DESC) = 1),
-visit AS (
-  SELECT id, list_filter(type_codes, lambda c: list_contains({_list(visit_codes)}, c))[1] AS visit_code, {LINE}
-  FROM visits WHERE id IS NOT NULL),
-wanted_visits AS (
-  SELECT id, visit_code FROM visit WHERE list_contains({_list(wanted)}, visit_code)
-  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE} DESC) = 1),
-other_visits AS (SELECT DISTINCT id FROM visit WHERE visit_code IS NOT NULL AND NOT list_contains({_list(wanted)}, visit_code)),
+passed AS (SELECT * FROM observations o WHERE NOT coalesce({left_out}, false)),  -- the prefilter, before the joins
 read AS (
-  SELECT o.*, p.subject AS subject_id, w.visit_code, ov.id IS NOT NULL AS other_visit,
+  SELECT o.*, p.subject AS subject_id, v.scheduled, v.visitnum, ov.id IS NOT NULL AS other_visit,
          coalesce(nullif(o.unit_code, ''), o.unit) AS unit_used
-  FROM observations o
+  FROM passed o
   LEFT JOIN study_patient p ON p.id = {_ref_id('o.subject')}
-  LEFT JOIN wanted_visits w ON w.id = {_ref_id('o.encounter')}
-  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}
-  WHERE NOT coalesce({prefiltered}, false)),
+  LEFT JOIN indexed v ON v.id = {_ref_id('o.encounter')}
+  LEFT JOIN other_visits ov ON ov.id = {_ref_id('o.encounter')}),
 valued AS (
   SELECT o.*, {per_outcome(factor)} AS factor, {per_outcome(answer)} AS answer,
-         {per_outcome(lambda o: _text(o.type))} AS outcome_type, {not_performed} AS not_done
+         {per_outcome(lambda o: _text(o.type))} AS outcome_type, {not_performed} AS not_done,
+         {per_outcome(lambda o: "list_position(" + _list(list(o.answers)) + ", answer)" if o.answers else "NULL")} AS rank
   FROM read o),
 scaled AS (SELECT o.*, round(o.value * o.factor, 6) AS scaled FROM valued o),
 checked AS (
   SELECT o.*, CASE
-    WHEN o.code IS NULL OR NOT list_contains({_list([x.code for x in outcomes])}, o.code) THEN 'no outcome code of this study'
+    WHEN o.code IS NULL OR NOT list_contains({_list([x.code for x in outcomes])}, o.code) THEN
+      CASE WHEN list_contains({_list(derived)}, o.code) THEN {_text(DERIVED)} ELSE 'no outcome code of this study' END
     WHEN o.subject_id IS NULL THEN 'unknown subject'
-    WHEN o.visit_code IS NULL AND o.other_visit THEN {_text(NOT_ASKED)}
-    WHEN o.visit_code IS NULL THEN 'unknown visit'
+    WHEN o.visitnum IS NULL AND o.other_visit THEN {_text(NOT_ASKED)}
+    WHEN o.visitnum IS NULL THEN 'unknown visit'
     WHEN o.not_done THEN NULL
-    WHEN o.outcome_type = 'coded' AND o.answer IS NULL THEN 'unknown answer code'
-    WHEN o.outcome_type = 'coded' THEN NULL
+    {not_plain}
+    WHEN o.outcome_type IN ('coded', 'ordinal') AND o.answer IS NULL THEN 'unknown answer code'
+    WHEN o.outcome_type <> 'quantity' THEN NULL
     WHEN o.has_number AND o.value IS NULL THEN {_text(NOT_A_NUMBER)}
     WHEN o.factor IS NULL OR NOT coalesce(o.has_number, false)
          OR (coalesce(o.comparator, '') <> '' AND NOT list_contains({_list(list(COMPARATORS))}, o.comparator))
       THEN 'value not interpretable (no value, unit not convertible or comparator unknown)'
     END AS reason
-  FROM scaled o),
+  FROM scaled o)"""
+
+
+def _valid_datetime(column: str) -> str:
+    """Whether ``column`` is a date or date-time ``check_date`` accepts (a calendar day; a time with seconds and zone)."""
+    day = (f"(left({column}, 4) <> '0000' AND TRY_CAST(CASE length({column}) WHEN 4 THEN {column} || '-01-01' "
+           f"WHEN 7 THEN {column} || '-01' ELSE left({column}, 10) END AS DATE) IS NOT NULL)")
+    date = f"regexp_full_match({column}, '[0-9]{{4}}(-[0-9]{{2}}(-[0-9]{{2}})?)?')"
+    moment = (f"(regexp_full_match({column}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+              f"([.][0-9]{{1,9}})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)'))")
+    return f"(({date} OR {moment}) AND {day})"
+
+
+def _framed_sql(study: Study, visits: Collection[str] | None) -> str:
+    """``framed``: each Observation with its reason to be dropped, in the reader's order of checks, and its row's
+    columns; 'window' marks a finding the analysis windows place (see :func:`_windowed_sql`)."""
+    categories = frame_categories(study)
+    windows = study.analysis.windows if study.analysis else {}
+    nominal = [v.code for v in study.visits if v.code not in windows]  # analysed at their own visit
+    asked = "false" if visits is None else f"NOT list_contains({_list(list(visits))}, o.visit)"
+    unscheduled = study.unscheduled.code if study.unscheduled else "UNSCHEDULED"
+    number_text = ("CASE WHEN o.scaled = trunc(o.scaled) AND abs(o.scaled) < 1e15 THEN CAST(CAST(o.scaled AS BIGINT) AS VARCHAR) "
+                   "ELSE CAST(o.scaled AS VARCHAR) END")
+    named = "'Observation/' || coalesce(o.id, 'None')"
+    value = ("CASE o.outcome_type WHEN 'quantity' THEN o.scaled WHEN 'integer' THEN CAST(o.value_integer AS DOUBLE) "
+             "WHEN 'ordinal' THEN CAST(o.rank AS DOUBLE) WHEN 'boolean' THEN CASE WHEN o.value_boolean THEN 1.0 ELSE 0.0 END "
+             f"WHEN 'datetime' THEN CAST({_study_day('o.value_datetime', 'o.start')} AS DOUBLE) END")
+    yes, no = (key for key, flag in sorted(BOOLEAN_ANSWERS.items(), key=lambda item: not item[1]))
+    answer = (f"CASE o.outcome_type WHEN 'coded' THEN o.answer WHEN 'ordinal' THEN o.answer "
+              f"WHEN 'boolean' THEN CASE WHEN o.value_boolean THEN {_text(yes)} ELSE {_text(no)} END END")
+    units = _case("o.code", {o.code: o.unit for o in study.outcomes if o.unit})
+    return f"""
+labelled AS (
+  SELECT o.*, s.arm, s.sex, s.age, s.start, s.subject IS NOT NULL AS randomized,
+         CASE WHEN list_contains({_list(nominal)}, o.scheduled) THEN o.scheduled END AS visit,
+         o.subject_id || '/' || coalesce(o.scheduled, {_text(unscheduled + '-')} || CAST(o.visitnum AS VARCHAR))
+           || '/' || o.code AS label
+  FROM checked o LEFT JOIN randomized s ON s.subject = o.subject_id),
 framed AS (
-  SELECT o.*, s.arm, s.sex, s.age, coalesce(o.comparator, '') <> '' AS censored, CASE
-    WHEN o.reason IS NOT NULL THEN o.reason
-    WHEN s.subject IS NULL THEN {_text(NOT_RANDOMIZED)}
-    WHEN o.not_done THEN {_text(NOT_DONE)}
-    WHEN o.outcome_type <> 'coded' AND coalesce(o.comparator, '') <> '' THEN {_text(CENSORED)}
-    END AS dropped
-  FROM checked o LEFT JOIN randomized s ON s.subject = o.subject_id)
-SELECT o.{LINE}, o.dropped, CASE
-    WHEN o.dropped IN ('no outcome code of this study', 'unknown subject', 'unknown visit',
-                       {_text(NOT_A_NUMBER)}) THEN {named}
-    WHEN o.dropped = 'unknown answer code' THEN {named} || ' (' || o.code || ': ' ||
-         coalesce(nullif(array_to_string(list_sort(list_distinct(o.answers)), ', '), ''), 'no coding') || ')'
-    WHEN o.dropped LIKE 'value not interpretable%' THEN {named} || ' (' || o.code || ': ' || coalesce(o.comparator, '') ||
-         coalesce(o.value_text, '') || ' ' || coalesce(o.unit_used, 'None') || ')'
-    WHEN o.dropped = {_text(NOT_RANDOMIZED)} THEN o.subject_id
-    WHEN o.dropped = {_text(NOT_DONE)} THEN {finding}
-    WHEN o.dropped = {_text(CENSORED)} THEN {finding} || ' ' || o.comparator || {number_text}
-    END AS example,
-  o.subject_id AS subject, o.visit_code AS visit, o.code AS outcome, o.arm, o.sex, o.age,
-  CASE WHEN o.outcome_type = 'coded' THEN NULL ELSE o.scaled END AS value,
-  CASE WHEN o.outcome_type = 'coded' THEN o.answer END AS answer,
-  CASE WHEN o.outcome_type <> 'coded' THEN {per_outcome(lambda x: _text(x.unit) if x.unit else 'NULL')} END AS unit,
-  coalesce(o.date, '') AS date,
-  {_case('o.visit_code', visitnum)} AS visitnum,
-  list_position({_list(categories['outcome'])}, o.code) AS outcome_order
-FROM framed o
-"""
+  SELECT o.{LINE}, o.dropped, CASE
+      WHEN o.dropped IN ('no outcome code of this study', {_text(DERIVED)}, 'unknown subject', 'unknown visit',
+                         {_text(NOT_A_NUMBER)}) OR o.dropped LIKE 'value not interpretable as %' THEN {named}
+      WHEN o.dropped = 'unknown answer code' THEN {named} || ' (' || o.code || ': ' ||
+           coalesce(nullif(array_to_string(list_sort(list_distinct(o.answers)), ', '), ''), 'no coding') || ')'
+      WHEN o.dropped LIKE 'value not interpretable%' THEN {named} || ' (' || o.code || ': ' ||
+           coalesce(o.comparator, '') || coalesce(o.value_text, '') || ' ' || coalesce(o.unit_used, 'None') || ')'
+      WHEN o.dropped = {_text(NOT_RANDOMIZED)} THEN o.subject_id
+      WHEN o.dropped IN ({_text(NOT_DONE)}, {_text(FREE_TEXT)}, {_text(UNSCHEDULED)})
+           OR (o.dropped = {_text(NOT_ASKED)} AND o.visit IS NOT NULL) THEN o.label
+      WHEN o.dropped = {_text(CENSORED)} THEN o.label || ' ' || o.comparator || {number_text}
+      END AS example,
+    0 AS example_phase, o.{LINE} AS example_at,
+    o.subject_id AS subject, o.visit, o.code AS outcome, o.arm, o.sex, o.age,
+    {value} AS value, {answer} AS answer,
+    CASE WHEN o.outcome_type = 'quantity' THEN {units} END AS unit,
+    coalesce(o.date, '') AS date, o.visitnum, list_position({_list(categories['outcome'])}, o.code) AS outcome_order,
+    0 AS phase, o.{LINE} AS add_order, o.label, o.start
+  FROM (SELECT o.*, CASE
+      WHEN o.reason IS NOT NULL THEN o.reason
+      WHEN NOT o.randomized THEN {_text(NOT_RANDOMIZED)}
+      WHEN o.not_done THEN {_text(NOT_DONE)}
+      WHEN o.outcome_type = 'quantity' AND coalesce(o.comparator, '') <> '' THEN {_text(CENSORED)}
+      WHEN o.outcome_type = 'text' THEN {_text(FREE_TEXT)}
+      WHEN o.visit IS NOT NULL AND {asked} THEN {_text(NOT_ASKED)}
+      WHEN o.visit IS NOT NULL THEN NULL
+      ELSE {_text('window' if windows else UNSCHEDULED)}
+      END AS dropped FROM labelled o) o)"""
+
+
+def _windowed_sql(study: Study, visits: Collection[str] | None) -> str:
+    """``windowed``: the findings ``framed`` marks 'window', placed as :class:`.windows.WindowChooser` places them.
+
+    Of one subject's findings of an outcome at one VISITNUM the first is offered; it needs a day
+    (from RFSTDTC) in a window; of one window's findings the nearest its target day is kept (ties: the
+    earlier day, then the first read). A finding loses when a later one beats it, or on arrival
+    (``lost_at``); the chosen ones are added in the order their window was first offered one.
+    """
+    windows = [(code, w.from_day, w.to_day, study.visit_by_code[code].day if w.target_day is None else w.target_day)
+               for code, w in study.analysis.windows.items()]
+    in_window = " ".join(f"WHEN day BETWEEN {low} AND {high} THEN {_text(code)}" for code, low, high, _ in windows)
+    target = " ".join(f"WHEN day BETWEEN {low} AND {high} THEN {day}" for _, low, high, day in windows)
+    asked = "false" if visits is None else f"NOT list_contains({_list(list(visits))}, in_window)"
+    key = "PARTITION BY subject, outcome, in_window"
+    return f"""
+offered AS (
+  SELECT *, row_number() OVER (PARTITION BY subject, visitnum, outcome ORDER BY {LINE}) > 1 AS again,
+         {_study_day('date', 'start')} AS day
+  FROM framed WHERE dropped = 'window'),
+placed_in AS (
+  SELECT *, CASE WHEN NOT again THEN CASE {in_window} END END AS in_window, CASE {target} END AS target FROM offered),
+ranked AS (  -- the rank (distance to the target day, then the day) as one number: days lie within ±5,000,000
+  SELECT *, abs(day - target) * 10000000 + day + 5000000 AS rank_key FROM placed_in),
+contending AS (
+  SELECT *, coalesce(rank_key < min(rank_key) OVER ({key} ORDER BY {LINE} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                     true) AS best_so_far,
+         min({LINE}) OVER ({key}) AS key_line
+  FROM ranked),
+chosen AS (
+  SELECT *, CASE WHEN best_so_far THEN lead({LINE}) OVER ({key}, best_so_far ORDER BY {LINE}) ELSE {LINE} END AS lost_at
+  FROM contending),
+decided AS (
+  SELECT *, CASE
+      WHEN again THEN {_text(DUPLICATE)}
+      WHEN day IS NULL THEN {_text(NO_DAY)}
+      WHEN in_window IS NULL THEN {_text(OUTSIDE_WINDOWS)}
+      WHEN lost_at IS NOT NULL THEN {_text(NOT_NEAREST)}
+      WHEN {asked} THEN {_text(NOT_ASKED)}
+      END AS placed
+  FROM chosen),
+windowed AS (
+  SELECT {LINE}, placed AS dropped, CASE placed
+      WHEN {_text(DUPLICATE)} THEN label
+      WHEN {_text(NO_DAY)} THEN label || ' ' || date
+      WHEN {_text(OUTSIDE_WINDOWS)} THEN label || ' day ' || CAST(day AS VARCHAR)
+      WHEN {_text(NOT_NEAREST)} THEN label || ' ' || date
+      WHEN {_text(NOT_ASKED)} THEN subject || '/' || in_window || '/' || outcome
+      END AS example,
+    CASE WHEN placed IS NULL OR placed = {_text(NOT_ASKED)} THEN 1 ELSE 0 END AS example_phase,
+    CASE WHEN placed = {_text(NOT_NEAREST)} THEN lost_at WHEN placed IS NULL OR placed = {_text(NOT_ASKED)} THEN key_line
+         ELSE {LINE} END AS example_at,
+    subject, in_window AS visit, outcome, arm, sex, age, value, answer, unit, date, visitnum, outcome_order,
+    1 AS phase, key_line AS add_order, label, start
+  FROM decided)"""
+
+
+def _study_day(when: str, start: str) -> str:
+    """:func:`.windows.study_day` in SQL: days from RFSTDTC to ``when`` (NULL if either has no day)."""
+    return (f"CASE WHEN length({when}) >= 10 AND length({start}) >= 10 "
+            f"THEN TRY_CAST(left({when}, 10) AS DATE) - TRY_CAST(left({start}, 10) AS DATE) END")
+
+
+ORDER = "outcome_order, visitnum, subject, phase, add_order"  # the reader's: (outcome, VISITNUM, subject), then as added
 
 
 def _frame(study: Study, con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """The rows in (outcome, visit number, subject) order, the first read of each subject, visit and outcome kept."""
-    con.execute(f"""CREATE TEMP TABLE ordered AS
-        SELECT *, row_number() OVER (PARTITION BY subject, visitnum, outcome ORDER BY {LINE}) > 1 AS repeated
-        FROM placed WHERE dropped IS NULL ORDER BY outcome_order, CAST(visitnum AS BIGINT), subject, {LINE}""")
-    table = con.sql(f"SELECT subject, arm, sex, age, visit, CAST(visitnum AS BIGINT) AS visitnum, outcome, value, "
-                    f"answer, unit, date FROM ordered WHERE NOT repeated ORDER BY outcome_order, "
-                    f"CAST(visitnum AS BIGINT), subject, {LINE}").to_arrow_table()
+    """The rows in (outcome, visit number, subject) order, the first added of each subject, visit and outcome kept.
+
+    VISITNUM is a whole number where every row's is (3.1 makes the column decimal), as the reader makes it.
+    """
+    con.execute("""CREATE TEMP TABLE ordered AS
+        SELECT *, row_number() OVER (PARTITION BY subject, visit, outcome ORDER BY phase, add_order) > 1 AS repeated
+        FROM placed WHERE dropped IS NULL""")
+    table = con.sql(f"SELECT subject, arm, sex, age, visit, visitnum, outcome, value, answer, unit, date "
+                    f"FROM ordered WHERE NOT repeated ORDER BY {ORDER}").to_arrow_table()
     categories = frame_categories(study)
     columns: dict[str, Any] = {}
     for name in FRAME_COLUMNS:
         values = table[name].to_numpy(zero_copy_only=False)
         if name in categories:
             columns[name] = pd.Categorical(values, categories=categories[name])
-        elif name in ("age", "visitnum"):
+        elif name == "age":
             columns[name] = values.astype(np.int64)
-        elif name == "value":
+        elif name in ("value", "visitnum"):
             columns[name] = np.asarray(values, dtype=float)
         else:
             columns[name] = values.astype(object)
+    if np.all(np.mod(columns["visitnum"], 1) == 0):
+        columns["visitnum"] = columns["visitnum"].astype(np.int64)
     return pd.DataFrame(columns, columns=FRAME_COLUMNS)
 
 
 def _account(con: duckdb.DuckDBPyConnection) -> Account:
+    """The Observations' account: each reason's examples in the order the reader meets them, repeated rows last."""
     read = con.sql("SELECT count(*) FROM observations").fetchall()[0][0]
     unasked = read - con.sql("SELECT count(*) FROM placed").fetchall()[0][0]  # left out by the prefilter
     used = con.sql("SELECT count(*) FROM ordered WHERE NOT repeated").fetchall()[0][0]
-    found = con.sql(f"""
-        SELECT dropped, count(*), list(example ORDER BY {LINE}) FILTER (WHERE example IS NOT NULL)
-        FROM placed WHERE dropped IS NOT NULL GROUP BY dropped""").fetchall()
+    found = con.sql("""
+        SELECT dropped, count(*), list(example ORDER BY example_phase, example_at) FILTER (WHERE example IS NOT NULL)
+        FROM placed WHERE dropped IS NOT NULL GROUP BY dropped
+        ORDER BY min(example_phase * 1099511627776 + example_at) FILTER (WHERE example IS NOT NULL), dropped
+        """).fetchall()  # reasons with examples in the order the reader names the first of each (2**40 lines at most)
     skipped = {reason: count for reason, count, _ in found}
     if unasked:
         skipped[NOT_ASKED] = skipped.get(NOT_ASKED, 0) + unasked
     examples = {reason: named[:MAX_EXAMPLES] for reason, _, named in found if named}
     repeats = con.sql(f"""SELECT subject || '/' || visit || '/' || outcome FROM ordered WHERE repeated
-                          ORDER BY outcome_order, CAST(visitnum AS BIGINT), subject, {LINE}""").fetchall()
+                          ORDER BY {ORDER}""").fetchall()
     if repeats:
-        skipped[DUPLICATE] = len(repeats)
-        examples[DUPLICATE] = [row[0] for row in repeats[:MAX_EXAMPLES]]
+        skipped[DUPLICATE] = skipped.get(DUPLICATE, 0) + len(repeats)
+        examples[DUPLICATE] = (examples.get(DUPLICATE, []) + [row[0] for row in repeats])[:MAX_EXAMPLES]
     ordered = dict(sorted(skipped.items(), key=lambda item: (-item[1], item[0])))
     return Account(read=read, used=used, skipped=ordered, examples=examples)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..account import Account
-from ..errors import BadUsage, InputError
+from ..errors import InputError
 from ..fhir.unmapping import NOT_ASKED, ResourceSource
 from ..store.ndjson import Store
 from ..study.definition import Study
@@ -41,10 +41,6 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
         unknown = [code for code in visits if code not in study.visit_by_code]
         if unknown:
             raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
-    try:
-        engine_frame._check_supported(study)
-    except BadUsage as error:
-        raise BadUsage(str(error).replace("--engine duckdb", "--engine spark")) from None
     visits = visits_needed(study, visits)
     session = spark_session(master)
     lines = isinstance(getattr(source, "store", source), Store)

@@ -395,7 +395,7 @@ def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -
     elif outcome.type not in ("quantity", "coded", "ordinal"):
         result, unit = _plain_value(outcome.type, observation), ""
         if result is None:
-            skip(f"value not interpretable as {outcome.type} (value{_VALUE_ELEMENT[outcome.type]} expected)",
+            skip(f"value not interpretable as {outcome.type} (value{VALUE_ELEMENT[outcome.type]} expected)",
                  _named(observation))
             return None
     elif outcome.type in ("coded", "ordinal"):
@@ -432,12 +432,12 @@ def _finding(ctx: _Context, observation: Resource, skip: Any, codesystem: str) -
                          visit=ctx.unscheduled.get(encounter, ""))
 
 
-_VALUE_ELEMENT = {"integer": "Integer", "boolean": "Boolean", "datetime": "DateTime", "text": "String"}
+VALUE_ELEMENT = {"integer": "Integer", "boolean": "Boolean", "datetime": "DateTime", "text": "String"}
 
 
 def _plain_value(kind: str, observation: Resource) -> str | None:
     """The table result of an integer, boolean, datetime or text outcome's value[x]; None if it has not that type."""
-    value = observation.get("value" + _VALUE_ELEMENT[kind])
+    value = observation.get("value" + VALUE_ELEMENT[kind])
     if kind == "integer":
         return str(value) if type(value) is int else None
     if kind == "boolean":

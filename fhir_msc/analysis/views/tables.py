@@ -31,10 +31,15 @@ SHIPPED = ("patients", "subjects", "visits", "observations", "adverse_events")  
 
 
 def shipped_view(name: str, study: Study) -> dict:
-    """A shipped analysis view with the study's constants (its study CodeSystem and subject identifier system)."""
+    """A shipped analysis view with the study's constants (its study CodeSystem, subject and visit identifier
+    systems, and the code of its unscheduled visits: UNSCHEDULED when it declares none)."""
     view = json.loads(files("fhir_msc.analysis.views").joinpath(f"{name}.json").read_text(encoding="utf-8"))
-    values = {"studyCodeSystem": study.study.codesystem, "subjectSystem": study.system("subject")}
-    return {**view, "constant": [{"name": c["name"], "valueUri": values[c["name"]]} for c in view.get("constant", [])]}
+    values = {"studyCodeSystem": study.study.codesystem, "subjectSystem": study.system("subject"),
+              "visitSystem": study.system("visit"),
+              "unscheduledCode": study.unscheduled.code if study.unscheduled else "UNSCHEDULED"}
+    constants = [{"name": c["name"], kind: values[c["name"]]} for c in view.get("constant", [])
+                 for kind in c if kind.startswith("value")]
+    return {**view, "constant": constants}
 
 
 def conformed(table: pa.Table, view: ViewDefinition) -> pa.Table:
