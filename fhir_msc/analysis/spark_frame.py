@@ -44,12 +44,14 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
     visits = visits_needed(study, visits)
     session = spark_session(master)
     lines = isinstance(getattr(source, "store", source), Store)
+    windowed = bool(study.analysis and study.analysis.windows)  # then a finding of any visit may count
+    asked_only = visits is not None and lines and not windowed
     unasked = 0
     with engine_frame._as_store(source) as store, connect() as con:
         for name, resource_type in engine_frame.VIEWS.items():
             view = load_view(shipped_view(name, study))
             held = store.current_file(resource_type)
-            keep = _asked(study, visits, con) if name == "observations" and visits is not None and lines else None
+            keep = _asked(study, visits, con) if name == "observations" and asked_only else None
             run = ViewRun()
             table = (run_view_on_paths(session, view, [str(held)], run, ordinal=engine_frame.LINE, keep=keep)
                      if held is not None

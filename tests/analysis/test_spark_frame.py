@@ -1,9 +1,12 @@
 """`analyze --engine spark`: the shipped views run by Spark (local), joined as engine_frame joins them."""
 
+from pathlib import Path
+
 from click.testing import CliRunner
 from pandas.testing import assert_frame_equal
 
-from fhir_msc import jobs
+from fhir_msc import Store, get_version, jobs, load_study
+from fhir_msc.analysis.frame import frame_and_account
 from fhir_msc.analysis import spark_frame
 from fhir_msc.analysis.views.spark_engine import spark_session
 from fhir_msc.cli import main
@@ -47,3 +50,17 @@ def test_a_spark_master_needs_the_spark_engine(demo_store):
                                        "--spark-master", "local[1]"])
     assert result.exit_code == 2
     assert "--spark-master is for --engine spark, not --engine duckdb" in result.stderr
+
+
+def test_spark_reads_every_visit_when_analysis_windows_may_place_a_finding_elsewhere(spark, tmp_path):
+    """With analysis windows a finding of any visit may count for the one asked: Spark leaves nothing out."""
+    types = Path(__file__).parents[1] / "data" / "types-study"
+    study = load_study(types / "study.yaml")
+    assert study.analysis.windows
+    jobs.map_tables(study, types / "tables", store=tmp_path / "store", version=get_version("R4"))
+    store = Store(tmp_path / "store")
+    visit = study.visits[-1].code
+    expected_frame, expected = frame_and_account(study, store, [visit])
+    frame, account = spark_frame.frame_and_account(study, store, [visit])
+    assert_frame_equal(frame, expected_frame)
+    assert account == expected and len(frame) > 0
