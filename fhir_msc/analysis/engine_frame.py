@@ -12,13 +12,11 @@ Python reader counts as not readable; a view reads them as absent.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +55,6 @@ VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "visits": "Encoun
 LINE = "_line"  # each view's extra column: the resource's line in its file (reading order)
 ENGINE_VERSION = "duckdb-5"  # part of each projected table's key: change it when compile_view's output changes
 MEMORY_LIMIT = "1GB"  # DuckDB spills (to an owner-only temporary directory) beyond this
-
-
-def shipped_view(name: str) -> dict:
-    """One of the ViewDefinitions shipped in ``fhir_msc/analysis/views`` (patients, subjects, visits, observations)."""
-    return json.loads(files("fhir_msc.analysis.views").joinpath(f"{name}.json").read_text())
 
 
 def frame_and_account(study: Study, source: ResourceSource, visits: Collection[str] | None = None,

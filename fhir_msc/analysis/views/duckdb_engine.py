@@ -193,7 +193,7 @@ def _typed_query(compiler: _Compiler, flat: list[dict], columns: list[Column], p
     collecting = _Typed(compiler.resource, compiler.raw_constants, None)
     if any(collecting.cell(column) is None for column in flat):
         return None
-    typed = _Typed(compiler.resource, compiler.raw_constants, frozenset(collecting.reads))
+    typed = _Typed(compiler.resource, compiler.raw_constants, frozenset(collecting.reads), collecting.json_leaves)
     cells = [typed.cell(column) for column in flat]
     if None in cells:
         return None
@@ -795,13 +795,16 @@ class _Typed:
     """Compiles the columns of a flat view against columns read as STRUCTs of the elements the view reads
     (their leaves VARCHAR or JSON, see ``_Value``). Where a guard fails (a row of another shape: an array
     where one item is read, a JSON null in a list) the query raises ``FALLBACK`` and the general query runs.
-    ``structured`` holds the element paths read; None while they are being collected."""
+    ``structured`` holds the element paths read; None while they are being collected. ``json_leaves``: the
+    text elements read as JSON all the same (``valueString.ofType(string)`` must see a JSON string)."""
 
-    def __init__(self, resource: str, raw_constants: dict[str, Any], structured: frozenset | None):
+    def __init__(self, resource: str, raw_constants: dict[str, Any], structured: frozenset | None,
+                 json_leaves: set[tuple[str, ...]] | None = None):
         self.resource = resource
         self.raw_constants = raw_constants
         self.parents = None if structured is None else {p[:i] for p in structured for i in range(1, len(p))}
         self.reads: set[tuple[str, ...]] = set()
+        self.json_leaves = set(json_leaves or ())
         self.count = 0
 
     def var(self) -> str:
@@ -810,7 +813,7 @@ class _Typed:
 
     def kind(self, path: tuple[str, ...]) -> str:
         found = shape(self.resource, path)
-        if found is None:
+        if found is None or path in self.json_leaves:
             return "json"
         if found.data_type is None:
             return "text" if found.text and not found.repeats else "json"
@@ -935,6 +938,7 @@ class _Typed:
         choice = self.member(base, name + type_name[:1].upper() + type_name[1:])
         if choice is None or type_name[:1].isupper():
             return choice
+        self.json_leaves.add((base.path if base else ()) + (name,))  # ofType() of a primitive tests its JSON type
         plain = self.member(base, name)
         if plain is None or plain.kind != "json" or choice.kind not in ("json", "text"):
             return None
@@ -963,23 +967,29 @@ class _Typed:
         tests = self.tests(criteria, _Value(item, "struct", cur.path))
         if tests is None:
             return None
-        leaves = " AND ".join(f"fp_one({leaf})" for leaf, _ in tests)
+        leaves = " AND ".join(f"fp_one({leaf})" for leaf, _, _ in tests)
+        leaves = " AND ".join([leaves, *(g for _, _, item_guards in tests for g in item_guards)])
         guards.append(f"coalesce(list_bool_and(list_transform({cur.sql}, lambda {item}: {item} IS NULL OR ({leaves}))), true)")
-        test = " AND ".join(f"coalesce({leaf} = {text}, false)" for leaf, text in tests)
+        test = " AND ".join(f"coalesce({leaf} = {text}, false)" for leaf, text, _ in tests)
         return _Value(f"list_filter({cur.sql}, lambda {item}: {item} IS NOT NULL AND {test})", "items", cur.path)
 
-    def tests(self, n: dict, item: _Value) -> list[tuple[str, str]] | None:
-        """(leaf, SQL text it must equal) of each ``member = 'text'`` in an ``and`` of them; None for other
-        criteria. A JSON leaf is compared by its JSON text; a VARCHAR leaf only with text no other JSON
-        value reads as (a number, true, an object … read as VARCHAR would)."""
+    def tests(self, n: dict, item: _Value) -> list[tuple[str, str, list[str]]] | None:
+        """(leaf, SQL text it must equal, guards on the item) of each ``chain = 'text'`` in an ``and`` of them,
+        the chain read from the item as :meth:`chain` reads (``code``, ``coding.where(…).first().code``); None
+        for other criteria. A JSON leaf is compared by its JSON text; a VARCHAR leaf only with text no other
+        JSON value reads as (a number, true, an object … read as VARCHAR would)."""
         if n["type"] == "AndExpression" and n["terminalNodeText"][0] == "and":
             parts = [self.tests(k, item) for k in n["children"]]
             return None if None in parts else [t for p in parts for t in p]  # type: ignore[union-attr]
-        found = _member_equals_text(n, self.raw_constants)
-        leaf = None if found is None else self.member(item, found[0])
-        if leaf is None or leaf.kind == "json":
-            return None if leaf is None else [(leaf.sql, _literal(orjson.dumps(found[1]).decode()))]  # type: ignore[index]
-        return [(leaf.sql, _literal(found[1]))] if leaf.kind == "text" and _only_text(found[1]) else None  # type: ignore[index]
+        found = _equals_text(n, self.raw_constants)
+        steps = None if found is None else _steps(found[0])
+        cell = None if not steps else self.chain(steps, item)
+        if cell is None or cell[0].kind not in ("json", "text"):
+            return None
+        (leaf, guards), text = cell, found[1]  # type: ignore[index]
+        if leaf.kind == "json":
+            return [(leaf.sql, _literal(orjson.dumps(text).decode()), guards)]
+        return [(leaf.sql, _literal(text), guards)] if _only_text(text) else None
 
     @staticmethod
     def exists(cur: _Value | None, guards: list[str]) -> Cell | None:
@@ -1049,17 +1059,26 @@ def _union_exists(n: dict) -> list[str] | None:
 
 def _member_equals_text(n: dict, constants: dict[str, Any]) -> tuple[str, str] | None:
     """(member, text) for ``member = 'text'`` or ``member = %constant`` holding a string, else None."""
+    found = _equals_text(n, constants)
+    left = None if found is None else _steps(found[0])
+    if not left or len(left) != 1 or len(left[0]) != 2 or left[0][0] != "member":
+        return None
+    return left[0][1], found[1]  # type: ignore[index]
+
+
+def _equals_text(n: dict, constants: dict[str, Any]) -> tuple[dict, str] | None:
+    """(left expression, text) for ``left = 'text'`` or ``left = %constant`` holding a string, else None."""
     if n["type"] != "EqualityExpression" or n["terminalNodeText"][0] != "=":
         return None
-    left, right = _steps(n["children"][0]), n["children"][1]
-    if not left or len(left) != 1 or len(left[0]) != 2 or left[0][0] != "member" or right["type"] != "TermExpression":
+    right = n["children"][1]
+    if right["type"] != "TermExpression":
         return None
     term = right["children"][0]
     if term["type"] == "LiteralTerm" and term["children"][0]["type"] == "StringLiteral":
-        return left[0][1], _unescape(term["children"][0]["text"][1:-1])
+        return n["children"][0], _unescape(term["children"][0]["text"][1:-1])
     if term["type"] == "ExternalConstantTerm":
         value = constants.get(_identifier(term["children"][0]["children"][0]))
-        return (left[0][1], value) if isinstance(value, str) else None
+        return (n["children"][0], value) if isinstance(value, str) else None
     return None
 
 
