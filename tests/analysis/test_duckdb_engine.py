@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from fhir_msc.analysis.engine_frame import VIEWS, shipped_view
+from fhir_msc.analysis.engine_frame import VIEWS
+from fhir_msc.analysis.views.tables import shipped_view
 from fhir_msc.analysis.views.duckdb_engine import connect, run_view
 from fhir_msc.cli import main
 from fhir_msc.errors import InputError
@@ -96,10 +97,10 @@ def test_a_missing_resource_file_is_an_empty_table(tmp_path):
     assert table.num_rows == 0 and table.column_names == ["id"]
 
 
-def test_each_shipped_view_gives_one_row_per_resource(demo_store):
+def test_each_shipped_view_gives_one_row_per_resource(study, demo_store):
     counts = demo_store.counts()
     for name, resource_type in VIEWS.items():
-        view = shipped_view(name)
+        view = shipped_view(name, study)
         assert view["resource"] == resource_type
         assert run_view(view, demo_store).num_rows == counts[resource_type]
 
@@ -120,7 +121,7 @@ def test_duckdb_types_columns_as_every_engine_does():
     assert {kind: arrow for kind, (_, arrow) in TYPES.items()} == ARROW_TYPES
 
 
-def test_the_fast_path_falls_back_where_an_element_has_another_shape(tmp_path, monkeypatch):
+def test_the_fast_path_falls_back_where_an_element_has_another_shape(study, tmp_path, monkeypatch):
     """Each shipped Observation column, on resources whose elements break the fast path's expected
     shapes (an object for an array, an array for an object, JSON nulls), equals the general translation's."""
     from fhir_msc.analysis.views import duckdb_engine
@@ -137,7 +138,8 @@ def test_the_fast_path_falls_back_where_an_element_has_another_shape(tmp_path, m
                                          "code": "not-performed"}}},
         {**base, "id": "o6", "valueCodeableConcept": {"coding": {"system": "a", "code": "1"}}, "valueString": "t"},
     ]
-    view = {**shipped_view("observations"), "constant": [{"name": "studyCodeSystem", "valueUri": "s"}]}
+    view = shipped_view("observations", study)
+    view["constant"] = [{**c, "valueUri": "s"} if c["name"] == "studyCodeSystem" else c for c in view["constant"]]
     store = _store(tmp_path, *odd)
     fast = run_view(view, store).to_pylist()
     monkeypatch.setattr(duckdb_engine._Compiler, "scalar", lambda *a, **k: None)
