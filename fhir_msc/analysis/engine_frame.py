@@ -451,18 +451,23 @@ def _frame(study: Study, con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """The rows in (outcome, visit number, subject) order, the first added of each subject, visit and outcome kept.
 
     VISITNUM is a whole number where every row's is (3.1 makes the column decimal), as the reader makes it.
+    Coded columns come as their categories' codes (-1: not a category), computed in SQL.
     """
-    con.execute("""CREATE TEMP TABLE ordered AS
-        SELECT *, row_number() OVER (PARTITION BY subject, visit, outcome ORDER BY phase, add_order) > 1 AS repeated
+    con.execute(f"""CREATE TEMP TABLE ordered AS
+        SELECT {', '.join(FRAME_COLUMNS)}, outcome_order, phase, add_order,
+               row_number() OVER (PARTITION BY subject, visit, outcome ORDER BY phase, add_order) > 1 AS repeated
         FROM placed WHERE dropped IS NULL""")
-    table = con.sql(f"SELECT subject, arm, sex, age, visit, visitnum, outcome, value, answer, unit, date "
-                    f"FROM ordered WHERE NOT repeated ORDER BY {ORDER}").to_arrow_table()
     categories = frame_categories(study)
+    selected = [f"coalesce(list_position({_list(categories[name])}, {name}) - 1, -1) AS {name}"
+                if name in categories and categories[name] else name for name in FRAME_COLUMNS]
+    table = con.sql(f"SELECT {', '.join(selected)} FROM ordered WHERE NOT repeated ORDER BY {ORDER}").to_arrow_table()
     columns: dict[str, Any] = {}
     for name in FRAME_COLUMNS:
         values = table[name].to_numpy(zero_copy_only=False)
-        if name in categories:
-            columns[name] = pd.Categorical(values, categories=categories[name])
+        if name in categories and categories[name]:
+            columns[name] = pd.Categorical.from_codes(values.astype(np.int64), categories=categories[name])
+        elif name in categories:
+            columns[name] = pd.Categorical(values, categories=[])
         elif name == "age":
             columns[name] = values.astype(np.int64)
         elif name in ("value", "visitnum"):
