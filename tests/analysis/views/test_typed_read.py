@@ -60,13 +60,25 @@ def _same_as_reference(view: dict, store: Path, *resources: dict) -> None:
     assert run_view(view, store).to_pylist() == python_engine.run_view(view, resources).to_pylist()
 
 
+PATIENT = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "http://example.org/subject", "value": "S-1"}],
+           "gender": "female", "birthDate": "1960-01-01"}
+
+
 def test_the_shipped_views_are_read_typed(tmp_path):
-    for view, resources in ((OBSERVATIONS, [OBSERVATION, ANSWERED]), (VISITS, [ENCOUNTER])):
+    patients = shipped_view("patients")
+    for view, resources in ((OBSERVATIONS, [OBSERVATION, ANSWERED]), (VISITS, [ENCOUNTER]), (patients, [PATIENT])):
         store = _store(tmp_path, *resources)
         sql = compile_view(view, store).typed_sql
         assert sql is not None and "STRUCT(" in sql and "json_extract" not in sql
         assert not _typed_raises(view, store)
         _same_as_reference(view, store, *resources)
+
+
+@pytest.mark.parametrize("name", ["subjects", "adverse_events"])
+def test_the_other_shipped_views_use_the_general_query(name, tmp_path):
+    """``(individual | subject).first()`` and the AdverseEvent's R4/R5 shapes are not read typed (yet)."""
+    view = shipped_view(name)
+    assert compile_view(view, _store(tmp_path, {"resourceType": view["resource"], "id": "x"})).typed_sql is None
 
 
 def test_a_view_the_typed_read_does_not_cover_has_only_the_general_query(tmp_path):
