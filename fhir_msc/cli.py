@@ -495,7 +495,8 @@ _spark_master_option = click.option(
 @_source_option
 @_server_option
 @_server_options
-@click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable. Other visits are not read.")
+@click.option("--visit", "visits", multiple=True, metavar="CODE", help="Only this visit (e.g. M36); repeatable. Other visits' findings are counted, not analysed "
+                   "(with analysis windows every visit is read).")
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format of the between-arm table; json is the same document as --json.")
@@ -1015,7 +1016,7 @@ def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], st
     """Write the analysis views of --store as tables for your own tools: one file per view in --out.
 
     The shipped SQL-on-FHIR views are patients, subjects (with arm), visits, observations
-    (value, unit, answer, visit) and adverse_events; --view adds your own ViewDefinitions. DuckDB runs them over
+    (value, unit, answers, encounter) and adverse_events; --view adds your own ViewDefinitions. DuckDB runs them over
     the store's NDJSON files; each file (e.g. OUT/observations.parquet) is owner-only and
     replaced whole, never half-written. Prints rows per view and the resources read per type.
     Exit code 4 means the store or a view cannot be read; 2 a view name taken twice.

@@ -674,7 +674,7 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                       examples=tuple(shown))
 
 
-VIEW_ENGINES = ["duckdb", "python", "spark"]  # --engine choices of `view run`, `export`; identical tables
+VIEW_ENGINES = ["duckdb", "python", "spark"]  # --engine choices of `view run`; identical tables
 DEFAULT_VIEW_ENGINE = "duckdb"
 
 

@@ -10,29 +10,22 @@ counts as not readable; a view reads them as absent.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 import duckdb
-import orjson
 
 from ..account import MAX_EXAMPLES, Account
 from ..errors import InputError
-from ..store.columnar import ColumnarProjection, Projection
 from ..store.ndjson import Store
 from ..study.definition import Study
-from .engine_frame import ENGINE_VERSION, LINE, _case, _connection, _list, _ref_id, _scratch, _text
-from .views.duckdb_engine import _reason, compile_view
-from .views.tables import shipped_view, spooled
+from .engine_frame import LINE, _case, _connection, _list, _ref_id, _text, project
+from .views.duckdb_engine import _reason
+from .views.tables import spooled
 
-log = logging.getLogger(__name__)
 
 EVENT_VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "adverse_events": "AdverseEvent"}
 NOT_COMPARED = "subject in neither compared arm"
@@ -55,33 +48,13 @@ def event_counts(study: Study, source: Any, arms: tuple[str, str]) -> EventCount
     no AdverseEvent. ``source``: a store (its projection is used and kept) or any resource source."""
     with _as_store(source) as store, _connection() as con:
         try:
-            for name, projection in project_events(study, store, con).items():
+            for name, projection in project(study, store, con, views=EVENT_VIEWS).items():
                 con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
             con.execute(f"CREATE TEMP TABLE compared AS {_compared_sql(study, arms)}")
             con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study)}")
             return _counts(study, con) if con.sql("SELECT count(*) FROM placed").fetchall()[0][0] else None
         except duckdb.Error as error:
             raise InputError(f"{store.path}: {_reason(error)}") from None
-
-
-def project_events(study: Study, store: Store, con: duckdb.DuckDBPyConnection) -> dict[str, Projection]:
-    """The three views of ``EVENT_VIEWS`` as tables of the store's columnar projection, computed when missing or
-    stale, keyed as :func:`fhir_msc.analysis.engine_frame.project` keys its tables (shared with it)."""
-    directory = None if os.access(store.path, os.W_OK) else Path(_scratch(con)) / "columnar"
-    projection = ColumnarProjection(store, directory)
-    found = {}
-    for name, resource_type in EVENT_VIEWS.items():
-        view = shipped_view(name, study)
-        key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-        def write(path: Path, metadata: dict[bytes, bytes], view: dict = view) -> None:
-            sql = compile_view(view, store, ordinal=LINE).sql
-            kv = ", ".join(f"{_text(k.decode())}: {_text(v.decode())}" for k, v in metadata.items())
-            con.execute(f"COPY ({sql}) TO {_text(str(path))} (FORMAT parquet, KV_METADATA {{{kv}}})")
-        found[name] = projection.table_written(name, [resource_type], key, write)
-        log.info("columnar projection: %s %s (%d rows)", name, "rebuilt" if found[name].rebuilt else "used",
-                 found[name].rows)
-    return found
 
 
 @contextmanager

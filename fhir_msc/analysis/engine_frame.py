@@ -89,9 +89,10 @@ def _raise_unreadable_line(store: Store) -> None:
             pass
 
 
-def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection, progress: Progress = NO_PROGRESS
-            ) -> dict[str, Projection]:
-    """Each shipped view of ``study`` over ``store`` as a Parquet table of the store's columnar projection.
+def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection, progress: Progress = NO_PROGRESS,
+            views: dict[str, str] = VIEWS) -> dict[str, Projection]:
+    """Each shipped view of ``views`` (name: resource type) over ``store`` as a Parquet table of the store's
+    columnar projection.
 
     A table is computed (streamed by DuckDB from the NDJSON into Parquet) when it is missing or stale:
     its key is a digest of the view with the study's constants and of ``ENGINE_VERSION``, its stamp the
@@ -101,7 +102,7 @@ def project(study: Study, store: Store, con: duckdb.DuckDBPyConnection, progress
     directory = None if os.access(store.path, os.W_OK) else Path(_scratch(con)) / "columnar"
     projection = ColumnarProjection(store, directory)
     found = {}
-    for name, resource_type in VIEWS.items():
+    for name, resource_type in views.items():
         view = study_view(name, study)
         key = hashlib.sha256(orjson.dumps([ENGINE_VERSION, view], option=orjson.OPT_SORT_KEYS)).hexdigest()
 

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from fhir_msc import Store
-from fhir_msc.analysis import engine_events, engine_frame
+from fhir_msc.analysis import engine_frame
 from fhir_msc.analysis.adverse_events import incidence
 from fhir_msc.analysis.views.python_engine import run_view
 from fhir_msc.analysis.views.definition import load_view
@@ -83,7 +83,7 @@ def test_a_second_count_reads_only_the_projection_and_shares_the_frames_tables(s
 
     def no_json(*args, **kwargs):
         raise AssertionError("a view was compiled over the NDJSON again")
-    monkeypatch.setattr(engine_events, "compile_view", no_json)
+    monkeypatch.setattr(engine_frame, "compile_view", no_json)
     assert incidence(study, own, "duckdb") == first
 
 

@@ -4,5 +4,5 @@ An engine is ``run_view(view, source) -> pyarrow.Table`` (columns in the view's 
 types from each column's FHIR ``type``): ``python_engine`` (the reference, on fhirpathpy),
 ``duckdb_engine`` (one DuckDB query over the store's NDJSON files) and ``spark_engine`` (PySpark,
 each partition flattened by the DuckDB query). The ViewDefinitions that define the analysis frame
-are shipped in this package (``*.json``).
+and the adverse-event incidence are shipped in this package (``*.json``).
 """
