@@ -10,21 +10,16 @@ counts as not readable; a view reads them as absent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import duckdb
 
 from ..account import MAX_EXAMPLES, Account
 from ..errors import InputError
-from ..store.ndjson import Store
 from ..study.definition import Study
-from .engine_frame import LINE, _case, _connection, _list, _ref_id, _text, project
+from .engine_frame import LINE, _as_store, _case, _connection, _list, _ref_id, _text, arm_named_sql, project
 from .views.duckdb_engine import _reason
-from .views.tables import spooled
 
 
 EVENT_VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "adverse_events": "AdverseEvent"}
@@ -46,7 +41,7 @@ class EventCounts:
 def event_counts(study: Study, source: Any, arms: tuple[str, str]) -> EventCounts | None:
     """The counts for the compared ``arms`` (treatment, control codes) from DuckDB; None when ``source`` holds
     no AdverseEvent. ``source``: a store (its projection is used and kept) or any resource source."""
-    with _as_store(source) as store, _connection() as con:
+    with _as_store(source, EVENT_VIEWS.values()) as store, _connection() as con:
         try:
             for name, projection in project(study, store, con, views=EVENT_VIEWS).items():
                 con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
@@ -55,17 +50,6 @@ def event_counts(study: Study, source: Any, arms: tuple[str, str]) -> EventCount
             return _counts(study, con) if con.sql("SELECT count(*) FROM placed").fetchall()[0][0] else None
         except duckdb.Error as error:
             raise InputError(f"{store.path}: {_reason(error)}") from None
-
-
-@contextmanager
-def _as_store(source: Any) -> Iterator[Store]:
-    """The source as a store: itself, or its Patients, ResearchSubjects and AdverseEvents in a temporary one."""
-    store = getattr(source, "store", source)  # a metered store reads as the store itself
-    if isinstance(store, Store):
-        yield store
-        return
-    with spooled(chain.from_iterable(source.read(t) for t in EVENT_VIEWS.values())) as spool:
-        yield spool
 
 
 def _keys(codings: str) -> str:
@@ -88,16 +72,9 @@ _STUDY_PATIENT = f"""study_patient AS (
 def _compared_sql(study: Study, arms: tuple[str, str]) -> str:
     """Each study subject whose actual arm is a compared one, with its side (0: treatment, 1: control)."""
     arm_names = {arm.name: arm.code for arm in study.arms}
-    arm_name_by_code = {arm.code: arm.name for arm in study.arms}
     return f"""
 WITH {_STUDY_PATIENT},
-arm_named AS (
-  SELECT *, CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case('assigned_group', arm_name_by_code)}, assigned_group)
-                 ELSE coalesce(assigned_arm, '') END AS assigned_name,
-            CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case("coalesce(actual_group, '')", arm_name_by_code)},
-                                                               actual_group, '')
-                 ELSE coalesce(actual_arm, '') END AS actual_name
-  FROM subjects),
+{arm_named_sql(study)},
 study_subject AS (
   SELECT p.subject, {_case('r.actual_name', arm_names)} AS actual_arm
   FROM arm_named r JOIN study_patient p ON p.id = {_ref_id('r.patient')}

@@ -135,14 +135,15 @@ def _scratch(con: duckdb.DuckDBPyConnection) -> str:
 
 
 @contextmanager
-def _as_store(source: Any) -> Iterator[Store]:
-    """The source as a store: itself, or its resources of the four types spooled into an owner-only temporary one."""
+def _as_store(source: Any, resource_types: Collection[str] = tuple(VIEWS.values())) -> Iterator[Store]:
+    """The source as a store: itself, or its resources of ``resource_types`` (the four views' by default)
+    spooled into an owner-only temporary one."""
     store = getattr(source, "store", source)  # a metered store reads as the store itself
     if isinstance(store, Store):
         yield store
         return
     with tempfile.TemporaryDirectory(prefix="fhir-msc-views-") as tmp:
-        for resource_type in VIEWS.values():
+        for resource_type in resource_types:
             with private_open(Path(tmp) / f"{resource_type}.ndjson", "wb") as handle:
                 for resource in source.read(resource_type):
                     handle.write(orjson.dumps(resource) + b"\n")
@@ -192,22 +193,28 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
     return f"WITH {', '.join(ctes)}\n{rows}"
 
 
-def _subjects_sql(study: Study) -> str:
-    """``randomized``: each study subject's arm, sex, age and RFSTDTC, from its last ResearchSubject with arms of the study."""
-    arm_names = {arm.name: arm.code for arm in study.arms}
+def arm_named_sql(study: Study) -> str:
+    """``arm_named``: each ResearchSubject row with the names of its assigned and actual arms (R4 arm names, or
+    R5 comparison-group codes turned into the study's arm names; '' when it has none)."""
     arm_name_by_code = {arm.code: arm.name for arm in study.arms}
-    gender_to_sex = {gender: sex for sex, gender in study.terms.sex.items()}
-    return f"""
-study_patient AS (
-  SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
-  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1),
-arm_named AS (
+    return f"""arm_named AS (
   SELECT *, CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case('assigned_group', arm_name_by_code)}, assigned_group)
                  ELSE coalesce(assigned_arm, '') END AS assigned_name,
             CASE WHEN assigned_group IS NOT NULL THEN coalesce({_case("coalesce(actual_group, '')", arm_name_by_code)},
                                                                actual_group, '')
                  ELSE coalesce(actual_arm, '') END AS actual_name
-  FROM subjects),
+  FROM subjects)"""
+
+
+def _subjects_sql(study: Study) -> str:
+    """``randomized``: each study subject's arm, sex, age and RFSTDTC, from its last ResearchSubject with arms of the study."""
+    arm_names = {arm.name: arm.code for arm in study.arms}
+    gender_to_sex = {gender: sex for sex, gender in study.terms.sex.items()}
+    return f"""
+study_patient AS (
+  SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
+  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1),
+{arm_named_sql(study)},
 randomized AS (
   SELECT p.subject, {_case('r.assigned_name', arm_names)} AS arm, {_case('p.gender', gender_to_sex)} AS sex,
          CASE WHEN regexp_full_match(left(coalesce(r.start, ''), 4), '[0-9]{{4}}')
