@@ -709,16 +709,18 @@ def view_run(view: Path | dict, source: Path | str | FhirClient, out: Path, *, e
     checked = load_view(view)
     run = ViewRun()
     if engine == "spark":
-        table = _spark_view(checked, source, run, spark_master)
-    elif engine == "duckdb":
-        table = _duckdb_view(checked, source, run)
-    elif isinstance(source, FhirClient):
-        table = run_view(checked, source.search(checked.resource), run)
+        rows = _spark_view(checked, source, out, run, spark_master)
     else:
-        table = run_view(checked, open_resources(source).read(checked.resource), run)
-    write_table(table, out)
+        if engine == "duckdb":
+            table = _duckdb_view(checked, source, run)
+        elif isinstance(source, FhirClient):
+            table = run_view(checked, source.search(checked.resource), run)
+        else:
+            table = run_view(checked, open_resources(source).read(checked.resource), run)
+        write_table(table, out)
+        rows = table.num_rows
     return ViewRunResult(out=out, engine=engine, resource=checked.resource, columns=checked.column_names,
-                         rows=table.num_rows, read=run.read, skipped=run.skipped)
+                         rows=rows, read=run.read, skipped=run.skipped)
 
 
 def _duckdb_view(view: ViewDefinition, source: Path | FhirClient, run: ViewRun):
@@ -730,21 +732,31 @@ def _duckdb_view(view: ViewDefinition, source: Path | FhirClient, run: ViewRun):
         return duckdb_table(view, store, run)
 
 
-def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, run: ViewRun, master: str | None):
+def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, out: Path, run: ViewRun,
+                master: str | None) -> int:
+    """The view run by Spark and written to ``out``; the rows written. NDJSON files are written by Spark in
+    parts and streamed into ``out`` on a local master (never collected whole to this process), collected
+    from a cluster's; resources read here (a server's, a bundle's) are collected."""
     from .analysis.views import spark_engine
 
     session = spark_engine.spark_session(master)
+    paths: list[str] = []
+    resources: Iterable[dict] = []
     if isinstance(source, FhirClient):
-        return spark_engine.run_view_on_resources(session, view, source.search(view.resource), run)
-    if isinstance(source, str) and "://" in source:
-        return spark_engine.run_view_on_paths(session, view, [f"{source.rstrip('/')}/{view.resource}{SUFFIX}"], run)
-    path = Path(source)
-    if path.is_dir():
-        held = Store(path).current_file(view.resource)
-        if held is None:
-            return spark_engine.run_view_on_resources(session, view, [], run)
-        return spark_engine.run_view_on_paths(session, view, [str(held)], run)
-    return spark_engine.run_view_on_resources(session, view, open_resources(path).read(view.resource), run)
+        resources = source.search(view.resource)
+    elif isinstance(source, str) and "://" in source:
+        paths = [f"{source.rstrip('/')}/{view.resource}{SUFFIX}"]
+    elif Path(source).is_dir():
+        held = Store(Path(source)).current_file(view.resource)
+        paths = [str(held)] if held is not None else []
+    else:
+        resources = open_resources(Path(source)).read(view.resource)
+    if paths and session.sparkContext.master.startswith("local"):
+        return spark_engine.write_view_on_paths(session, view, paths, out, run)
+    table = (spark_engine.run_view_on_paths(session, view, paths, run) if paths
+             else spark_engine.run_view_on_resources(session, view, resources, run))
+    write_table(table, out)
+    return table.num_rows
 
 
 EXPORT_FORMATS = ("parquet", "csv")

@@ -163,3 +163,21 @@ def test_view_run_help_explains_every_option():
     for param in main.commands["view"].commands["run"].params:
         if isinstance(param, click.Option) and param.name != "help":
             assert param.help and param.help.endswith("."), param.name
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".ndjson"])
+def test_spark_writes_a_stores_view_in_parts_without_collecting_it_in_the_resources_order(
+        suffix, study, demo_store, spark, tmp_path, monkeypatch):
+    """On a local master the rows go from Spark's part files into the output, never whole into this process."""
+    from fhir_msc.analysis.views import spark_engine
+
+    view = shipped_view("observations", study)
+    jobs.view_run(view, demo_store.path, tmp_path / f"duckdb{suffix}", engine="duckdb")
+    monkeypatch.setattr(spark_engine, "_collected", lambda *a: pytest.fail("the view was collected to the driver"))
+    result = jobs.view_run(view, demo_store.path, tmp_path / f"spark{suffix}", engine="spark")
+    if suffix == ".parquet":
+        assert pq.read_table(tmp_path / "spark.parquet") == pq.read_table(tmp_path / "duckdb.parquet")
+    else:
+        assert (tmp_path / f"spark{suffix}").read_bytes() == (tmp_path / f"duckdb{suffix}").read_bytes()
+    assert result.rows == demo_store.counts()["Observation"]
+    assert oct(os.stat(tmp_path / f"spark{suffix}").st_mode & 0o777) == "0o600"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,25 +26,41 @@ def output_format(out: Path) -> str:
 
 
 def write_table(table: pa.Table, out: Path) -> None:
-    """Write the table to ``out`` (through a temporary file beside it, then renamed: never half-written).
+    """Write the table to ``out``, as :func:`write_batches` writes."""
+    write_batches(table.to_batches(), table.schema, out)
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Path) -> int:
+    """Write the batches (cast to ``schema``) to ``out`` one by one, through a temporary file beside it, then
+    renamed: never half-written, never held whole. Returns the rows written.
 
     CSV has no lists: collection columns are written as JSON arrays there. NDJSON has one JSON
     object per row, with the view's columns in order.
     """
     suffix = output_format(out)
     partial = out.with_name(f".{out.name}.partial")
+    rows = 0
     try:
         with private_open(partial, "wb") as handle:
             if suffix == ".parquet":
-                pq.write_table(table, handle)
+                with pq.ParquetWriter(handle, schema) as writer:
+                    for batch in batches:
+                        writer.write_batch(batch.cast(schema))
+                        rows += batch.num_rows
             elif suffix == ".csv":
-                pa_csv.write_csv(_lists_as_json(table), handle)
+                with pa_csv.CSVWriter(handle, _lists_as_json(schema.empty_table()).schema) as writer:
+                    for batch in batches:
+                        writer.write_table(_lists_as_json(pa.Table.from_batches([batch.cast(schema)])))
+                        rows += batch.num_rows
             else:
-                for row in table.to_pylist():
-                    handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                for batch in batches:
+                    for row in batch.cast(schema).to_pylist():
+                        handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                    rows += batch.num_rows
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+    return rows
 
 
 def _lists_as_json(table: pa.Table) -> pa.Table:

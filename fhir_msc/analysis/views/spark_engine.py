@@ -28,23 +28,26 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ...errors import BadUsage, InputError, ViewDefinitionError
 from ...store.files import private_open
 from ...store.ndjson import SUFFIX, Store
 from .definition import ViewDefinition, load_view
 from .duckdb_engine import _reason, compile_view, connect
+from .output import write_batches
 from .python_engine import CompiledView, ViewRun, arrow_schema, rows_to_table
 from .tables import conformed, resources_kept
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+T_ = TypeVar("T_")
 _ERROR = re.compile(r"(ViewDefinitionError|InputError): (.*)")
 PARTITION_LINES = 2**32  # ordinal = partition number × this + the line's number in its partition
 # Each line of a partition: its resource type (kind), or why it holds no resource (skip); blank lines neither.
@@ -280,14 +283,7 @@ def view_dataframe(session: SparkSession, view: ViewDefinition | Mapping[str, An
 
 
 def _collected(frame: DataFrame, counts: SparkCounts, view: ViewDefinition, run: ViewRun | None) -> pa.Table:
-    try:
-        table = frame.toArrow()
-    except Exception as error:  # an error in a partition comes back wrapped in Spark's exception
-        found = _ERROR.search(str(error))
-        if found:
-            raise (ViewDefinitionError if found.group(1) == "ViewDefinitionError" else InputError)(
-                found.group(2).strip()) from None
-        raise
+    table = _in_spark(frame.toArrow)
     if run is not None:
         counts.into(run, table.num_rows)
     schema = arrow_schema(view)
@@ -298,17 +294,50 @@ def _collected(frame: DataFrame, counts: SparkCounts, view: ViewDefinition, run:
 def run_view_on_paths(session: SparkSession, view: ViewDefinition | Mapping[str, Any], paths: list[str],
                       run: ViewRun | None = None, ordinal: str | None = None, keep: RowFilter | None = None) -> pa.Table:
     """The view over NDJSON files (paths or globs Spark reads), collected to an Arrow table (see view_dataframe)."""
+    checked = view if isinstance(view, ViewDefinition) else load_view(view)
+    frame, counts = view_dataframe(session, checked, _lines(session, checked, paths), ordinal, keep)
+    return _collected(frame, counts, checked, run)
+
+
+def write_view_on_paths(session: SparkSession, view: ViewDefinition | Mapping[str, Any], paths: list[str], out: Path,
+                        run: ViewRun | None = None) -> int:
+    """The view over NDJSON files written to ``out`` (Parquet, CSV or NDJSON by its suffix) without collecting
+    it to the driver: Spark writes Parquet parts into an owner-only temporary directory of this machine
+    (so a local master only), streamed into ``out`` in partition order. Returns the rows written."""
+    checked = view if isinstance(view, ViewDefinition) else load_view(view)
+    frame, counts = view_dataframe(session, checked, _lines(session, checked, paths))
+    with tempfile.TemporaryDirectory(prefix="fhir-msc-spark-") as tmp:
+        parts = Path(tmp) / "parts"
+        _in_spark(lambda: frame.write.parquet(str(parts)))
+        files = sorted(parts.glob("part-*.parquet"))
+        rows = write_batches((b for part in files for b in pq.ParquetFile(part).iter_batches()), arrow_schema(checked), out)
+    if run is not None:
+        counts.into(run, rows)
+    return rows
+
+
+def _lines(session: SparkSession, view: ViewDefinition, paths: list[str]) -> DataFrame:
+    """The NDJSON files' lines as a DataFrame (InputError when there are none or Spark cannot read them)."""
     from pyspark.errors import AnalysisException
 
-    checked = view if isinstance(view, ViewDefinition) else load_view(view)
     if not paths:
-        raise InputError(f"no NDJSON files to read for {checked.resource}")
+        raise InputError(f"no NDJSON files to read for {view.resource}")
     try:
-        lines = session.read.text(paths)
+        return session.read.text(paths)
     except AnalysisException as error:
         raise InputError(f"{', '.join(paths)}: Spark cannot read it ({str(error).splitlines()[0][:200]})") from None
-    frame, counts = view_dataframe(session, checked, lines, ordinal, keep)
-    return _collected(frame, counts, checked, run)
+
+
+def _in_spark(action: Callable[[], T_]) -> T_:
+    """``action()``, an error in a partition (wrapped in Spark's exception) raised as the view's own error."""
+    try:
+        return action()
+    except Exception as error:  # noqa: BLE001 (Spark wraps the partition's exception in its own)
+        found = _ERROR.search(str(error))
+        if found:
+            raise (ViewDefinitionError if found.group(1) == "ViewDefinitionError" else InputError)(
+                found.group(2).strip()) from None
+        raise
 
 
 def run_view_on_resources(session: SparkSession, view: ViewDefinition | Mapping[str, Any],
