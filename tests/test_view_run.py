@@ -181,3 +181,10 @@ def test_spark_writes_a_stores_view_in_parts_without_collecting_it_in_the_resour
         assert (tmp_path / f"spark{suffix}").read_bytes() == (tmp_path / f"duckdb{suffix}").read_bytes()
     assert result.rows == demo_store.counts()["Observation"]
     assert oct(os.stat(tmp_path / f"spark{suffix}").st_mode & 0o777) == "0o600"
+
+
+def test_a_local_spark_session_stays_on_loopback_and_its_jvm_logs_errors_only(spark):
+    conf = spark_session().sparkContext.getConf()
+    assert os.environ["SPARK_LOCAL_IP"] == conf.get("spark.driver.bindAddress") == "127.0.0.1"
+    log_config = conf.get("spark.driver.extraJavaOptions").split("-Dlog4j2.configurationFile=file:", 1)[1]
+    assert "rootLogger.level = error" in open(log_config, encoding="utf-8").read()
