@@ -8,6 +8,7 @@ done where items are read, used and skipped, so a balanced account is a check, n
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 MAX_EXAMPLES = 5  # items named per reason; the count is always complete
@@ -28,12 +29,13 @@ class Account:
 
     def describe(self, used: str = "used") -> str:
         """``9556 read = 9554 used + 2 unknown answer code + …`` (reasons by count, then name)."""
-        parts = [f"{self.used} {used}"] + [f"{n} {reason}" for reason, n in _by_count(self.skipped)]
+        parts = [f"{self.used} {used}"] + [f"{n} {reason}" for reason, n in by_count(self.skipped).items()]
         return f"{self.read} read = " + " + ".join(parts)
 
 
-def _by_count(skipped: dict[str, int]) -> list[tuple[str, int]]:
-    return sorted(skipped.items(), key=lambda item: (-item[1], item[0]))
+def by_count(skipped: Mapping[str, int]) -> dict[str, int]:
+    """The reasons in an account's order: by count (most first), then by name."""
+    return dict(sorted(skipped.items(), key=lambda item: (-item[1], item[0])))
 
 
 class Tally:
@@ -55,5 +57,5 @@ class Tally:
                 named.append(example)
 
     def account(self) -> Account:
-        return Account(read=self.read, used=self.used, skipped=dict(_by_count(dict(self.skipped))),
+        return Account(read=self.read, used=self.used, skipped=by_count(self.skipped),
                        examples={reason: list(named) for reason, named in self.examples.items()})

@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from ..account import MAX_EXAMPLES, Account
+from ..account import MAX_EXAMPLES, Account, by_count
 from ..errors import InputError
 from ..study.definition import Study
 from .engine_frame import LINE, _as_store, _case, _connection, _list, _ref_id, _text, arm_named_sql, project
@@ -155,6 +155,6 @@ def _account(con: duckdb.DuckDBPyConnection) -> Account:
     found = con.sql(f"""SELECT reason, count(*), list_slice(list(example ORDER BY {LINE}), 1, {MAX_EXAMPLES})
                         FROM placed WHERE reason IS NOT NULL
                         GROUP BY reason ORDER BY reason = {_text(NOT_COMPARED)}, min({LINE})""").fetchall()
-    skipped = dict(sorted(((reason, count) for reason, count, _ in found), key=lambda item: (-item[1], item[0])))
+    skipped = by_count({reason: count for reason, count, _ in found})
     return Account(read=read, used=used, skipped=skipped,
                    examples={reason: named for reason, _, named in found})

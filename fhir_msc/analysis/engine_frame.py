@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..account import MAX_EXAMPLES, Account
+from ..account import MAX_EXAMPLES, Account, by_count
 from ..errors import InputError
 from ..fhir.unmapping import DERIVED, NOT_A_NUMBER, NOT_ASKED, VALUE_ELEMENT, ResourceSource
 from ..progress import NO_PROGRESS, Progress
@@ -506,5 +506,5 @@ def _account(con: duckdb.DuckDBPyConnection) -> Account:
     if repeats:
         skipped[DUPLICATE] = skipped.get(DUPLICATE, 0) + len(repeats)
         examples[DUPLICATE] = (examples.get(DUPLICATE, []) + [row[0] for row in repeats])[:MAX_EXAMPLES]
-    ordered = dict(sorted(skipped.items(), key=lambda item: (-item[1], item[0])))
+    ordered = by_count(skipped)
     return Account(read=read, used=used, skipped=ordered, examples=examples)

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..account import Account
+from ..account import Account, by_count
 from ..errors import InputError
 from ..fhir.unmapping import NOT_ASKED, ResourceSource
 from ..store.ndjson import Store
@@ -90,4 +90,4 @@ def _with_unasked(account: Account, unasked: int) -> Account:
         return account
     skipped = {**account.skipped, NOT_ASKED: account.skipped.get(NOT_ASKED, 0) + unasked}
     return dataclasses.replace(account, read=account.read + unasked,
-                               skipped=dict(sorted(skipped.items(), key=lambda item: (-item[1], item[0]))))
+                               skipped=by_count(skipped))
