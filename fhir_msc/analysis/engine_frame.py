@@ -42,6 +42,7 @@ from .frame import (
     NOT_DONE,
     NOT_RANDOMIZED,
     UNSCHEDULED,
+    check_visits,
     frame_categories,
 )
 from .derived import add_derived, visits_needed
@@ -65,10 +66,7 @@ def frame_and_account(study: Study, source: ResourceSource, visits: Collection[s
     is named as the store's reader names it (file, line, what to do). ``progress`` gets one stage per
     view, counted in bytes of the NDJSON file it reads.
     """
-    if visits is not None:
-        unknown = [code for code in visits if code not in study.visit_by_code]
-        if unknown:
-            raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
+    check_visits(study, visits)
     visits = visits_needed(study, visits)
     with _as_store(source) as store, _connection() as con:
         try:

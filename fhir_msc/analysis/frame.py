@@ -58,6 +58,13 @@ def analysis_frame(study: Study, source: ResourceSource, visits: Collection[str]
     return frame_and_account(study, source, visits)[0]
 
 
+def check_visits(study: Study, visits: Collection[str] | None) -> None:
+    """InputError naming the visits asked for that the study does not have, and the ones it has."""
+    unknown = [code for code in visits or () if code not in study.visit_by_code]
+    if unknown:
+        raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
+
+
 def frame_and_account(study: Study, source: ResourceSource,
                       visits: Collection[str] | None = None) -> tuple[pd.DataFrame, Account]:
     """One row per subject × visit × outcome: arm from ResearchSubject, value and unit from the Observation;
@@ -71,10 +78,7 @@ def frame_and_account(study: Study, source: ResourceSource,
     frame and appended as rows (``derived.add_derived``); the visits their sources are at are read
     too when ``visits`` asks for the visit of one. The account counts Observations, not derived rows.
     """
-    if visits is not None:
-        unknown = [code for code in visits if code not in study.visit_by_code]
-        if unknown:
-            raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
+    check_visits(study, visits)
     windowed = bool(study.analysis and study.analysis.windows)
     needed = visits_needed(study, visits)  # the visits asked for and those their derived endpoints need
     # with windows, a finding of any visit may count for an asked visit: all are read, then filtered

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..account import Account, by_count
-from ..errors import InputError
 from ..fhir.unmapping import NOT_ASKED, ResourceSource
 from ..store.ndjson import Store
 from ..study.definition import Study
 from . import engine_frame
 from .derived import add_derived, visits_needed
+from .frame import check_visits
 from .views.definition import load_view
 from .views.duckdb_engine import connect
 from .views.python_engine import ViewRun, arrow_schema
@@ -37,10 +37,7 @@ from .views.tables import shipped_view
 def frame_and_account(study: Study, source: ResourceSource, visits: Collection[str] | None = None,
                       master: str | None = None) -> tuple[pd.DataFrame, Account]:
     """The frame and Observations' account of :func:`engine_frame.frame_and_account`, the views run by Spark on ``master``."""
-    if visits is not None:
-        unknown = [code for code in visits if code not in study.visit_by_code]
-        if unknown:
-            raise InputError(f"unknown visit {', '.join(unknown)}: use one of {', '.join(study.visit_by_code)}")
+    check_visits(study, visits)
     visits = visits_needed(study, visits)
     session = spark_session(master)
     lines = isinstance(getattr(source, "store", source), Store)
