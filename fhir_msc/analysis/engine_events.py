@@ -18,7 +18,17 @@ import duckdb
 from ..account import MAX_EXAMPLES, Account, by_count
 from ..errors import InputError
 from ..study.definition import Study
-from .engine_frame import LINE, _as_store, _case, _connection, _list, _ref_id, _text, arm_named_sql, project
+from .engine_frame import (
+    LINE,
+    STUDY_PATIENT_SQL,
+    _as_store,
+    _connection,
+    _list,
+    _ref_id,
+    _text,
+    project,
+    subjects_sql,
+)
 from .views.duckdb_engine import _reason
 
 
@@ -64,23 +74,11 @@ def _term(keys: str, terms: dict[str, Any]) -> str:
     return f"CASE {whens} ELSE NULL END" if whens else "NULL"
 
 
-_STUDY_PATIENT = f"""study_patient AS (
-  SELECT id, subject FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
-  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1)"""
-
-
 def _compared_sql(study: Study, arms: tuple[str, str]) -> str:
     """Each study subject whose actual arm is a compared one, with its side (0: treatment, 1: control)."""
-    arm_names = {arm.name: arm.code for arm in study.arms}
     return f"""
-WITH {_STUDY_PATIENT},
-{arm_named_sql(study)},
-study_subject AS (
-  SELECT p.subject, {_case('r.actual_name', arm_names)} AS actual_arm
-  FROM arm_named r JOIN study_patient p ON p.id = {_ref_id('r.patient')}
-  WHERE list_contains({_list(list(arm_names))}, r.assigned_name) AND list_contains({_list(list(arm_names))}, r.actual_name)
-  QUALIFY row_number() OVER (PARTITION BY p.subject ORDER BY r.{LINE} DESC) = 1)
-SELECT subject, list_position({_list(list(arms))}, actual_arm) - 1 AS side FROM study_subject
+WITH {subjects_sql(study)}
+SELECT subject, list_position({_list(list(arms))}, actual_arm) - 1 AS side FROM randomized
 WHERE list_contains({_list(list(arms))}, actual_arm)
 """
 
@@ -98,7 +96,7 @@ def _placed_sql(study: Study) -> str:
     terms = ", ".join(f"{_term(f'e.{name}_keys', known)} AS {name}" for name, (_, known) in codings.items())
     missing = ", ".join(f"CASE WHEN {name} IS NULL THEN {_text(name)} END" for name in codings)
     return f"""
-WITH {_STUDY_PATIENT},
+WITH {STUDY_PATIENT_SQL},
 identified AS (
   SELECT *, {keys},
          coalesce(list_filter(CAST(identifiers AS JSON[]), lambda i: (i ->> 'system') = {system})[1] ->> 'value', '')

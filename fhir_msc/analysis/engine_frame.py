@@ -182,7 +182,7 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
     windowed = bool(study.analysis and study.analysis.windows)
     read_visits = None if windowed else visits
     prefiltered = read_visits is not None and lines
-    ctes = [_subjects_sql(study), _encounters_sql(study, read_visits), _findings_sql(study, prefiltered),
+    ctes = [subjects_sql(study), _encounters_sql(study, read_visits), _findings_sql(study, prefiltered),
             _framed_sql(study, visits)]
     if windowed:
         ctes.append(_windowed_sql(study, visits))
@@ -191,7 +191,7 @@ def _placed_sql(study: Study, visits: Collection[str] | None, lines: bool) -> st
     return f"WITH {', '.join(ctes)}\n{rows}"
 
 
-def arm_named_sql(study: Study) -> str:
+def _arm_named_sql(study: Study) -> str:
     """``arm_named``: each ResearchSubject row with the names of its assigned and actual arms (R4 arm names, or
     R5 comparison-group codes turned into the study's arm names; '' when it has none)."""
     arm_name_by_code = {arm.code: arm.name for arm in study.arms}
@@ -204,17 +204,22 @@ def arm_named_sql(study: Study) -> str:
   FROM subjects)"""
 
 
-def _subjects_sql(study: Study) -> str:
-    """``randomized``: each study subject's arm, sex, age and RFSTDTC, from its last ResearchSubject with arms of the study."""
+STUDY_PATIENT_SQL = f"""study_patient AS (
+  SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
+  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1)"""  # each Patient id's first row with a subject
+
+
+def subjects_sql(study: Study) -> str:
+    """``randomized``: each study subject's arm, actual arm, sex, age and RFSTDTC, from its last ResearchSubject
+    with arms of the study (as the Python reader's subjects); ``study_patient``: see ``STUDY_PATIENT_SQL``."""
     arm_names = {arm.name: arm.code for arm in study.arms}
     gender_to_sex = {gender: sex for sex, gender in study.terms.sex.items()}
     return f"""
-study_patient AS (
-  SELECT id, subject, gender, birth_date FROM patients WHERE id IS NOT NULL AND subject IS NOT NULL
-  QUALIFY row_number() OVER (PARTITION BY id ORDER BY {LINE}) = 1),
-{arm_named_sql(study)},
+{STUDY_PATIENT_SQL},
+{_arm_named_sql(study)},
 randomized AS (
-  SELECT p.subject, {_case('r.assigned_name', arm_names)} AS arm, {_case('p.gender', gender_to_sex)} AS sex,
+  SELECT p.subject, {_case('r.assigned_name', arm_names)} AS arm, {_case('r.actual_name', arm_names)} AS actual_arm,
+         {_case('p.gender', gender_to_sex)} AS sex,
          CASE WHEN regexp_full_match(left(coalesce(r.start, ''), 4), '[0-9]{{4}}')
                    AND regexp_full_match(left(coalesce(p.birth_date, ''), 4), '[0-9]+')
               THEN CAST(left(r.start, 4) AS BIGINT) - CAST(left(p.birth_date, 4) AS BIGINT) ELSE 0 END AS age,
