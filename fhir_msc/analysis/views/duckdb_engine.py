@@ -83,10 +83,11 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     return connection
 
 
-def run_view(view: dict, source: Store | str | Path, *, connection: duckdb.DuckDBPyConnection | None = None
-             ) -> pa.Table:
-    """The rows of ``view`` over the resources of the store ``source``, as an Arrow table."""
-    compiled = compile_view(view, source)
+def run_view(view: dict, source: Store | str | Path, *, connection: duckdb.DuckDBPyConnection | None = None,
+             ordinal: str | None = None) -> pa.Table:
+    """The rows of ``view`` over the resources of the store ``source``, as an Arrow table (``ordinal``: an extra
+    last column of that name, each row's resource's line in the file, see :func:`compile_view`)."""
+    compiled = compile_view(view, source, ordinal=ordinal)
     con = connection or connect()
     try:
         table = compiled.run(lambda sql: con.sql(sql).to_arrow_table())

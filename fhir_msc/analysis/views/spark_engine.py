@@ -40,7 +40,7 @@ from ...errors import BadUsage, InputError, ViewDefinitionError
 from ...store.files import private_open
 from ...store.ndjson import SUFFIX, Store
 from .definition import ViewDefinition, load_view
-from .duckdb_engine import _reason, compile_view, connect
+from .duckdb_engine import compile_view, connect, run_view
 from .output import write_batches
 from .python_engine import CompiledView, ViewRun, arrow_schema, rows_to_table
 from .tables import conformed, resources_kept
@@ -181,12 +181,8 @@ def _by_duckdb(view: ViewDefinition, batches: Iterable[pa.RecordBatch], first: i
 
 
 def _duckdb_rows(view: ViewDefinition, store: Store, con: duckdb.DuckDBPyConnection, ordinal: str | None) -> pa.Table:
-    """The view over the store's file of its type by the query of ``duckdb_engine`` (``ordinal``: the file's line numbers)."""
-    compiled = compile_view(dict(view.json), store, ordinal=ordinal)
-    try:
-        table = compiled.finish(con.sql(compiled.sql).to_arrow_table())
-    except duckdb.Error as error:
-        raise InputError(f"view {view.name or view.resource!r} cannot be run: {_reason(error)}") from None
+    """The view over the store's file of its type by ``duckdb_engine.run_view`` (``ordinal``: the file's line numbers)."""
+    table = run_view(dict(view.json), store, connection=con, ordinal=ordinal)
     rows = conformed(table, view)
     return rows.append_column(ordinal, table[ordinal].cast(pa.int64())) if ordinal else rows
 
