@@ -14,7 +14,7 @@ from fhir_msc.errors import ExitCode, InvalidResponse
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.server.client import FhirClient, RetryPolicy
 from fhir_msc.server.journal import Journal
-from fhir_msc.server.sync import lacking, push, server_profile
+from fhir_msc.server.sync import push, server_check, server_profile
 from fhir_msc.tables.sdtm import RejectLog
 
 BASE = "http://127.0.0.1:9998/fhir"
@@ -124,7 +124,8 @@ def test_pull_keeps_invalid_resources_out_of_the_store_and_counts_them(study, tm
 def test_server_check_asks_by_id_when_the_server_holds_much_more(server_holds):
     server_holds(BASE, {"Patient": [f"p{i}" for i in range(12000) if i != 7]})
     expected = {("Patient", f"p{i}"): f"p{i}" for i in range(150)}
-    assert lacking(make_client(), expected) == {("Patient", "p7")}
+    check = server_check(make_client(), expected)
+    assert check.lacking == check.absent == {("Patient", "p7")} and check.notes == []
     searches = [call.request.url for call in responses.calls]
     assert "_summary=count" in searches[0] and len(searches) == 3 and all("_id=" in url for url in searches[1:])
 
