@@ -453,9 +453,9 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
 
     With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
     ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
-    paged pull keeps local changes the server does not have unless ``prefer`` is "server",
-    and lists every such conflict in ``state/pull-conflicts.csv``. The store's write lock is
-    held throughout.
+    paged pull keeps local data the server does not have unless ``prefer`` is "server", and
+    lists such conflicts in ``state/pull-conflicts.csv``. The store's write lock is held
+    throughout.
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
@@ -502,7 +502,10 @@ PULL_CONFLICT_COLUMNS = ["RESOURCE_TYPE", "ID", "WHAT_DIFFERS", "SERVER_LAST_UPD
 
 
 def _with_conflicts_file(result: PullResult, state: Path) -> PullResult:
-    """Write the pull's conflicts to ``state/pull-conflicts.csv`` (header only if none) and name the file in the result."""
+    """A pull that met conflicts lists them in ``state/pull-conflicts.csv`` (replacing the last such list), named in
+    the result; one without conflicts leaves the file as it is."""
+    if not result.conflicts:
+        return result
     path = state / PULL_CONFLICTS_FILE
     _write_csv(path, PULL_CONFLICT_COLUMNS, ([c.resource_type, c.id, c.differs, c.server_last_updated, c.kept]
                                              for c in result.conflicts))

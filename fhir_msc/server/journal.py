@@ -3,7 +3,7 @@
 A SQLite file (one per state directory) records, per target server, each pushed
 resource's local id, the id the server gave it, and a hash of its content; and per
 source server the high-water mark of the last successful pull and the ids the server
-held for the study then, each with the hash of the version fetched (so a later pull can
+held for the study then, each with a hash of the version fetched (so a later pull can
 tell what was deleted there, and what was changed here since). A job killed
 mid-way loses at most the bundle in flight; the rerun skips everything recorded.
 The journal is only what fhir-msc believes: push checks the server against it.
@@ -16,7 +16,7 @@ import hashlib
 import sqlite3
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 
@@ -38,6 +38,22 @@ def content_hash(resource: dict) -> str:
     """Hash of a resource without id and meta (what the server may rewrite)."""
     body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def value_hash(resource: dict) -> str:
+    """``content_hash`` with numbers taken by value: 103.0 and 103 alike (servers written in JavaScript
+    send back 103 for 103.0), for telling whether a store's version of a resource is the server's."""
+    return content_hash(_by_value(resource))
+
+
+def _by_value(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
 
 
 class Journal:
@@ -73,8 +89,8 @@ class Journal:
                                  [(target, *k) for k in keys])
 
     def pulled(self, source: str, study: str) -> dict[str, dict[str, str | None]]:
-        """Per resource type, the ids the server held for the study at the last pull, each with the content
-        hash of the server's version last fetched (None in journals written before hashes were kept)."""
+        """Per resource type, the ids the server held for the study at the last pull, each with the ``value_hash``
+        of the server's version last fetched (None in journals written before hashes were kept)."""
         held: dict[str, dict[str, str | None]] = {}
         for resource_type, id_, digest in self._db.execute(
                 "select resource_type, id, hash from pulled_ids where source=? and study=?", (source, study)):

@@ -36,7 +36,7 @@ from ..progress import NO_PROGRESS, Progress
 from ..store.ndjson import Store
 from ..study.definition import Study
 from .client import FhirClient, Listing
-from .journal import Journal, content_hash
+from .journal import Journal, content_hash, value_hash
 
 Resource = dict[str, Any]
 Key = tuple[str, str]  # (resource type, local id)
@@ -524,7 +524,7 @@ class PullResult:
     conflicts: list[PullConflict] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
     prefer: str = "local"
-    conflicts_file: str | None = None  # where the conflicts are listed (written by the job that ran the pull)
+    conflicts_file: str | None = None  # where the job that ran the pull listed its conflicts (None: it met none)
     recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
 
     @property
@@ -553,7 +553,7 @@ class _Intake:
         self.counts: dict[str, int] = {}
         self.invalid: dict[str, int] = {}
         self.examples: list[str] = []
-        self.fetched: dict[str, dict[str, str]] = {}  # per type: id → content hash of the server's version fetched
+        self.fetched: dict[str, dict[str, str]] = {}  # per type: id → value_hash of the server's version fetched
         self.conflicts: list[PullConflict] = []
         self._edited: dict[str, dict[str, str]] = {}
         self._theirs: dict[str, dict[str, Resource]] = {}  # per type: the server's versions in conflict, until settled
@@ -593,7 +593,7 @@ class _Intake:
     def _in_conflict(self, resource: Resource) -> bool:
         """Record the server's version; True (and set it aside) if the store's differs and the server does not have it."""
         resource_type, id_ = resource["resourceType"], resource["id"]
-        digest = content_hash(resource)
+        digest = value_hash(resource)
         self.fetched.setdefault(resource_type, {})[id_] = digest
         local = self.edited(resource_type).get(id_)
         if local is None or local == digest:
@@ -602,13 +602,13 @@ class _Intake:
         return True
 
     def edited(self, resource_type: str) -> dict[str, str]:
-        """The store's resources of one type that a pull from this server did not leave as they are (id → content
-        hash): never pulled from it, or changed here since. Read once, before this pull writes the type."""
+        """The store's resources of one type that a pull from this server did not leave as they are (id →
+        value_hash): never pulled from it, or changed here since. Read once, before this pull writes the type."""
         if resource_type not in self._edited:
             pulled = self.pulled.get(resource_type, {})
             edited = {}
             for resource in self.store.read(resource_type):
-                id_, digest = resource.get("id"), content_hash(resource)
+                id_, digest = resource.get("id"), value_hash(resource)
                 if isinstance(id_, str) and not (id_ in pulled and pulled[id_] in (None, digest)):
                     edited[id_] = digest
             self._edited[resource_type] = edited
