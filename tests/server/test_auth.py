@@ -196,6 +196,23 @@ def test_a_401_gets_one_new_token(es_key, tmp_path):
         ["Bearer first", "Bearer second"]
 
 
+@responses.activate
+def test_asking_for_write_after_a_read_token_gets_a_new_token_with_the_write_scope(es_key, tmp_path):
+    responses.get(f"{BASE}/.well-known/smart-configuration", json=_configuration(capabilities=["permission-v2"]))
+    responses.post(TOKEN_URL, json={"access_token": "read", "expires_in": 300})
+    responses.post(TOKEN_URL, json={"access_token": "write", "expires_in": 300})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client = _smart_client(_pem(tmp_path / "k.pem", es_key))
+    client.read("Patient", "1")
+    client.need_access("write")
+    client.need_access("read")  # never narrows again: the job still writes
+    client.read("Patient", "1")
+    asked = [dict(parse_qsl(c.request.body))["scope"] for c in responses.calls if c.request.url == TOKEN_URL]
+    assert asked == ["system/*.rs", "system/*.cruds"]
+    assert [c.request.headers["Authorization"] for c in responses.calls if "/Patient/" in c.request.url] == \
+        ["Bearer read", "Bearer write"]
+
+
 @pytest.mark.parametrize("configuration,match", [
     (_configuration(token_endpoint_auth_methods_supported=["client_secret_basic"]), "does not accept private_key_jwt"),
     (_configuration(token_endpoint_auth_signing_alg_values_supported=["RS384"]), "the key signs ES384"),
