@@ -17,7 +17,12 @@ that resource. Resources whose content hash is in the journal for this server ar
 sent again, but the journal is only what fhir-msc believes: every push ends by checking
 that the server holds each resource of the source (see :func:`server_check`), sends the
 missing ones again (with, for ``conditional``, the resources that refer to them) and
-checks those once more; what is still missing is a failure.
+checks those once more; what is still missing is a failure. A listing proves absence only
+when it is complete (its matches add up to Bundle.total); what one that falls short left
+out is proven by ``_id`` searches and reads (``FhirClient.presence``).
+
+pull fetches the study by search, mirrors deletions only with proof, and keeps local data
+the server does not have as conflicts (see :func:`pull`).
 """
 
 from __future__ import annotations
