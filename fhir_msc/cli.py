@@ -3,7 +3,9 @@
 Exit codes (see fhir_msc.errors.ExitCode): 0 success, 1 internal error, 2 bad usage,
 3 some input rows rejected, 4 input unusable, 5 FHIR validation failed, 6 a round trip
 or verification did not reproduce its source, 7 some resources failed on a server, 8 the
-server could not be used, 9 another job holds the store or --state, 130 interrupted (Ctrl-C).
+server could not be used, 9 another job holds the store or --state, 10 a pull kept local data
+that differs from the server's, 11 a file or directory could not be read or written, 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -33,7 +36,7 @@ from .analysis.report import (
     render,
     verification_table,
 )
-from .errors import ExitCode, FhirMscError
+from .errors import ExitCode, FhirMscError, NoAccess
 from .fhir.unmapping import NOT_ASKED, NOT_READ
 from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
@@ -48,7 +51,8 @@ MAX_SHOWN = 20
 
 
 class _Cli(click.Group):
-    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors.
+    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors. A file or
+    directory fhir-msc may not read or write (permission denied, a read-only file system) is one line too (exit 11).
 
     Ctrl-C ends with what was done, how to resume, and exit code 130.
     """
@@ -59,6 +63,12 @@ class _Cli(click.Group):
         except FhirMscError as exc:
             click.echo(f"fhir-msc: error: {exc}", err=True)
             ctx.exit(int(exc.exit_code))
+        except OSError as exc:
+            denied = NoAccess.of(exc)
+            if denied is None:
+                raise
+            click.echo(f"fhir-msc: error: {denied}", err=True)
+            ctx.exit(int(denied.exit_code))
         except KeyboardInterrupt:
             output = ctx.find_object(_Output) or _Output()
             click.echo(f"\nfhir-msc: interrupted{output.bar.done_so_far() if output.bar else ''}.", err=True)
@@ -188,9 +198,21 @@ _RERUN = "nothing was changed: rerun the same command"
 
 
 _study_option = click.option(
-    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STUDY,
-    envvar="FHIR_MSC_STUDY", show_default=True, metavar="YAML",
-    help="Study definition YAML file, also read from FHIR_MSC_STUDY.")
+    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FHIR_MSC_STUDY", metavar="YAML",
+    help="Study definition YAML file, also read from FHIR_MSC_STUDY. Default: the one the store records (map and pull "
+         "record theirs), else the bundled NCT04288102 definition, with a note; one the store does not record is refused.")
+_demo_study_option = click.option(
+    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FHIR_MSC_STUDY", metavar="YAML",
+    help="Study definition YAML file of --tables, also read from FHIR_MSC_STUDY. Default: the bundled NCT04288102 "
+         "definition.")
+
+
+def _study(study_path: Path | None, store: Path | None = None, *, recording: bool = False) -> Study:
+    """The study definition of a command on ``store`` (see jobs.choose_study); its notes on stderr (not with --quiet)."""
+    choice = jobs.choose_study(study_path, store, recording=recording)
+    for note in choice.notes:
+        _info(f"note: {note}", err=True)
+    return choice.study
 _version_option = click.option(
     "--fhir-version", type=click.Choice(VERSIONS, case_sensitive=False), default="R4", show_default=True,
     help="FHIR version to write or validate against.")
@@ -217,7 +239,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
     3 some rows rejected, 4 input or study definition unusable, 5 FHIR validation failed,
     6 round trip lossy or a published result not reproduced, 7 some resources failed on a
     server, 8 server unusable, 9 another job is writing the same store or --state, 10 a
-    pull kept local data that differs from the server's, 130 interrupted.
+    pull kept local data that differs from the server's, 11 a file or directory could not be
+    read or written (permissions, a read-only file system), 130 interrupted.
     """
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other: give one")
@@ -241,7 +264,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
 @_study_option
 @_json_option
 def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: Path | None,
-                fhir_version: str, study_path: Path, as_json: bool) -> None:
+                fhir_version: str, study_path: Path | None, as_json: bool) -> None:
     """Map the trial tables in SOURCE (dm.csv, ex.csv, findings) to FHIR.
 
     Every row read is mapped or rejected: bad rows are reported (file, row, column, value,
@@ -251,7 +274,7 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped;
     9 that another job is writing the store.
     """
-    study = load_study(study_path)
+    study = _study(study_path, store, recording=True)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
                                 "rerun the same command") as progress:
         result = jobs.map_tables(study, source, store=store, bundle=bundle, version=get_version(fhir_version),
@@ -259,14 +282,14 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     if as_json:
         _print_json(result)
     else:
-        _echo_map(result, store, bundle)
+        _echo_map(result, store, bundle, study)
     if result.unusable_files:
         sys.exit(ExitCode.BAD_INPUT)
     if result.rejections:
         sys.exit(ExitCode.REJECTED)
 
 
-def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
+def _echo_map(result: Any, store: Path | None, bundle: Path | None, study: Study) -> None:
     _echo_notes([*result.recovered, *result.notes])
     _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
     target = store or bundle
@@ -282,15 +305,22 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
     if result.accounts:
         _info("rows read = mapped + rejected: " + "; ".join(
             f"{Path(a.file).name} {a.read} = {a.mapped} + {a.rejected}{' (file unusable)' if a.unusable else ''}"
+            + (f" (columns not read: {', '.join(f'{c} with {n} value(s)' for c, n in a.unread_columns.items())})"
+               if a.unread_columns else "")
             for a in result.accounts))
     if result.rejects_files:
         folder = result.rejects_files[0].parent
-        option = f"--store {store}" if store else f"--bundle {bundle}"
         files = ", ".join(f.name for f in result.rejects_files)
         what = (f"{result.rows_rejected} row(s) rejected; fix them" if result.rows_rejected
                 else "rows rejected by earlier runs are waiting; fix them")
-        _info(f"{what} in {folder}/ ({files}) and replay with:\n"
-              f"  fhir-msc map {folder} {option}")
+        _info(f"{what} in {folder}/ ({files}) and replay with:\n  {_replay_command(folder, store, bundle, study)}")
+
+
+def _replay_command(rejects: Path, store: Path | None, bundle: Path | None, study: Study) -> str:
+    """The map command that replays ``rejects`` as printed: a store knows its study, a bundle is given --study."""
+    target = ["--store", str(store)] if store else ["--bundle", str(bundle)]
+    given = [] if store or study.file in (None, DEFAULT_STUDY.resolve()) else ["--study", str(study.file)]
+    return shlex.join(["fhir-msc", "map", str(rejects), *target, *given])
 
 
 @main.command("unmap")
@@ -301,14 +331,15 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
               help="Table file format: CSV, SAS XPORT v5 (.xpt) or CDISC Dataset-JSON v1.1 (.json).")
 @_study_option
 @_json_option
-def unmap_command(source: Path, out: Path, fmt: str, study_path: Path, as_json: bool) -> None:
+def unmap_command(source: Path, out: Path, fmt: str, study_path: Path | None, as_json: bool) -> None:
     """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables.
 
     Every resource read is used or skipped, by reason; the account is printed (and is in
     --json). Exit code 4 means SOURCE or the study definition could not be read.
     """
+    study = _study(study_path, source)
     with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
-        result = jobs.unmap(load_study(study_path), source, out, progress, fmt)
+        result = jobs.unmap(study, source, out, progress, fmt)
     if as_json:
         _print_json(result)
         return
@@ -389,9 +420,9 @@ def _echo_validation(report: ValidationReport) -> None:
               show_default=True, metavar="DIR", help="Where the store, bundle, round-trip files and report go.")
 @click.option("--tables", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
               help="Trial tables to run on instead of the synthetic cohort shipped with fhir-msc (pair with --study).")
-@_study_option
+@_demo_study_option
 @_json_option
-def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
+def demo_command(workdir: Path, tables: Path | None, study_path: Path | None, as_json: bool) -> None:
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
     Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
@@ -400,7 +431,10 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
     lost something (rejected rows included) or a published result was not reproduced.
     """
-    study: Study = load_study(study_path)
+    if tables is not None and study_path is None:
+        _info(f"note: no --study given: running {tables} with the bundled definition ({DEFAULT_STUDY}); "
+              "pass --study FILE for another study's tables", err=True)
+    study: Study = load_study(study_path or DEFAULT_STUDY)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
         result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress, examples=tables is None)
     if as_json:
@@ -512,7 +546,7 @@ _spark_master_option = click.option(
 @_json_option
 def analyze_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
                     visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None,
-                    exact_odds_ratio: bool, study_path: Path, engine: str, spark_master: str | None,
+                    exact_odds_ratio: bool, study_path: Path | None, engine: str, spark_master: str | None,
                     as_json: bool) -> None:
     """Compare the arms for every outcome and visit in the FHIR data at --store or --server.
 
@@ -526,7 +560,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Exit code 4 means the data hold no findings of the study's subjects, or --visit or
     --outcome is unknown; 8 that the server could not be used.
     """
-    study = load_study(study_path)
+    study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
@@ -567,14 +601,14 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
 @_spark_master_option
 @_json_option
 def verify_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
-                   study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
+                   study_path: Path | None, engine: str, spark_master: str | None, as_json: bool) -> None:
     """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
     Compares at the paper's precision and exits 6 if any result does not match, 4 if the
     data hold no findings of the study's subjects, 8 if the server could not be used.
     --json follows fhir_msc/schemas/verify.schema.json.
     """
-    study = load_study(study_path)
+    study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
@@ -599,7 +633,7 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
               help="The NDJSON store to read the Observations from and write the derived Observations to.")
 @_study_option
 @_json_option
-def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
+def derive_command(store: Path, study_path: Path | None, as_json: bool) -> None:
     """Write the study's derived endpoints (analysis.derived) into --store as FHIR Observations.
 
     Each derived value is computed from the store's Observations and upserted as an
@@ -609,7 +643,7 @@ def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
     if the study declares no derived endpoints or the store holds no findings of its
     subjects, 9 if another job is writing the store.
     """
-    study = load_study(study_path)
+    study = _study(study_path, store)
     with _progress(not as_json, _RERUN) as progress:
         result = jobs.derive(study, store, progress)
     changes = result.changes
@@ -777,7 +811,7 @@ _method_option = click.option(
 @_json_option
 def push_command(source: Path, server: str, bundle_size: int, method: str, dry_run: bool, verify: bool, full: bool,
                  fhir_version: str | None, state: Path, ca_bundle: str | None, timeout: float, config: str | None,
-                 study_path: Path, as_json: bool) -> None:
+                 study_path: Path | None, as_json: bool) -> None:
     """Push SOURCE (store directory, bundle file or trial tables) to a FHIR server.
 
     Idempotent and resumable: the journal in --state records what reached the server, so a
@@ -790,10 +824,11 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     if dry_run + verify + full > 1:
         raise click.UsageError("give at most one of --dry-run, --verify and --full")
     mode = "dry-run" if dry_run else "verify" if verify else "full" if full else "push"
+    study = _study(study_path, source)
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"the journal in {state} records every bundle the server confirmed: "
                                 "rerun the same command to send the rest") as progress:
-        result = jobs.push(load_study(study_path), source, client, state, bundle_size=bundle_size, method=method,
+        result = jobs.push(study, source, client, state, bundle_size=bundle_size, method=method,
                            mode=mode, fhir_version=fhir_version, progress=progress)
     _print_json(result) if as_json else _echo_push(result)
     _exit_for(result.ok)
@@ -815,7 +850,7 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
 @_json_option
 def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, bulk: bool, since: str | None, prefer: str,
                  state: Path, ca_bundle: str | None,
-                 timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+                 timeout: float, config: str | None, study_path: Path | None, as_json: bool) -> None:
     """Pull the study's ResearchStudy, subjects, Patients, visits, infusions and Observations from a server.
 
     Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
@@ -832,11 +867,12 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     """
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
+    study = _study(study_path, store, recording=True)
     client = _client(server, config, ca_bundle, timeout)
     resume = (f"the export job and the files already verified are journaled in {state / 'bulk'}: rerun the same command to resume"
               if bulk else f"what was pulled is in {store}; the next pull starts after the last complete one: rerun the same command")
     with _progress(not as_json, resume) as progress:
-        result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
+        result = jobs.pull(study, client, store, state, full=full, fhir_version=fhir_version,
                            bulk=bulk, since=since, prefer=prefer, progress=progress)
     if isinstance(result, BulkPullResult) and not as_json:
         _echo_bulk_pull(result, store)
@@ -874,7 +910,7 @@ def _echo_bulk_pull(result, store: Path) -> None:
 @_study_option
 @_json_option
 def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_version: str | None, prefer: str,
-                 state: Path, ca_bundle: str | None, timeout: float, config: str | None, study_path: Path,
+                 state: Path, ca_bundle: str | None, timeout: float, config: str | None, study_path: Path | None,
                  as_json: bool) -> None:
     """Bring --to up to date with --from: store → server, server → store, or server → server.
 
@@ -883,9 +919,11 @@ def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_v
     (0), partial failure (7), failure (8) or local data kept in conflicts with the server's
     (10; see pull).
     """
+    local = target if not jobs.is_server(target) else source if not jobs.is_server(source) else None
+    study = _study(study_path, Path(local) if local else None, recording=local == target)
     with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
                                 "to move the rest") as progress:
-        result = jobs.sync(load_study(study_path), source, target, state,
+        result = jobs.sync(study, source, target, state,
                            lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size,
                            method=method, fhir_version=fhir_version, prefer=prefer, progress=progress)
     if as_json:
@@ -948,7 +986,8 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
 @_study_option
 @_json_option
 def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, prefer: str, bulk: bool, state: Path,
-                          ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+                          ca_bundle: str | None, timeout: float, config: str | None, study_path: Path | None,
+                          as_json: bool) -> None:
     """Fetch enrolled patients' results from a hospital FHIR server and add them at the right study visits.
 
     All Observations of each enrolled patient are read; those with the standard codes of the
@@ -961,10 +1000,11 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     done (conflicts and unused results included); 8 that the server could not be used; 9
     that another job is writing the store.
     """
+    study = _study(study_path, store, recording=True)
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
                                 "rerun the same command") as progress:
-        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, prefer, progress,
+        result = jobs.hospital_pull(study, client, enrollment, store, out, prefer, progress,
                                     bulk_state=state if bulk else None)
     if as_json:
         _print_json(result)
@@ -1049,7 +1089,8 @@ _view_store_option = click.option(
 @_views_option
 @_study_option
 @_json_option
-def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], study_path: Path, as_json: bool) -> None:
+def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], study_path: Path | None,
+                   as_json: bool) -> None:
     """Write the analysis views of --store as tables for your own tools: one file per view in --out.
 
     The shipped SQL-on-FHIR views are patients, subjects (with arm), visits, observations
@@ -1063,7 +1104,7 @@ def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], st
         fhir-msc export --store fhir-msc-demo/store --out tables --format parquet
         python -c "import pandas; print(pandas.read_parquet('tables/observations.parquet'))"
     """
-    result = jobs.export(load_study(study_path), store, out, fmt, views)
+    result = jobs.export(_study(study_path, store), store, out, fmt, views)
     if as_json:
         _print_json(result)
         return
@@ -1086,7 +1127,8 @@ SQL_FORMATS = ("table", "csv", "markdown", "json")
               help="Output format of the result; json is the same document as --json.")
 @_study_option
 @_json_option
-def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path, as_json: bool) -> None:
+def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path | None,
+                as_json: bool) -> None:
     """Run one SELECT (DuckDB SQL) over the analysis views of --store, each a table named by its view.
 
     Tables: patients, subjects, visits, observations, adverse_events (see `fhir-msc export`), and each --view
@@ -1100,7 +1142,7 @@ def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, stud
         fhir-msc sql "SELECT s.assigned_arm, count(*) AS n FROM subjects s GROUP BY 1" \\
             --store fhir-msc-demo/store --format markdown
     """
-    result = jobs.sql(load_study(study_path), query, store, views)
+    result = jobs.sql(_study(study_path, store), query, store, views)
     table = result.table
     if as_json or fmt == "json":
         _print_json({"columns": table.column_names, "rows": [_to_jsonable_cells(row) for row in table.to_pylist()]})

@@ -15,13 +15,14 @@ from click.testing import CliRunner
 from fhir_msc import Store
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode
+from fhir_msc.study.definition import DEFAULT_STUDY
 
 BAD = Path(__file__).parent / "data" / "bad"
 CASES = sorted(p.name for p in BAD.iterdir() if p.name != "good")
 
 
 def run_map(source: Path, store: Path, *extra: str):
-    return CliRunner().invoke(main, ["map", str(source), "--store", str(store), *extra])
+    return CliRunner().invoke(main, ["map", str(source), "--store", str(store), "--study", str(DEFAULT_STUDY), *extra])
 
 
 def good_counts(tmp_path: Path) -> dict[str, int]:
@@ -67,8 +68,14 @@ def test_a_rejected_row_does_not_make_its_valid_repeat_a_duplicate(tmp_path):
 
 
 def test_rejected_subject_takes_its_rows_with_it(tmp_path):
+    """A bad DM row rejects its own subject's rows (each naming that DM row), and only those."""
     result = run_map(BAD / "unknown-arm", tmp_path / "store")
-    assert "unknown subject" in result.output
+    cascaded = [line for line in result.output.splitlines() if "'NCT04288102-001'" in line]
+    subject_rows = sum(line.split(",")[1] == "NCT04288102-001" for name in ("ex.csv", "qs.csv", "re.csv")
+                       for line in (BAD / "unknown-arm" / name).read_text().splitlines())
+    assert len(cascaded) == subject_rows > 0
+    assert all("the subject's DM row was rejected (dm.csv, row 2, column ARMCD)" in line for line in cascaded)
+    assert "NCT04288102-002" not in result.output and "NCT04288102-003" not in result.output
     assert Store(tmp_path / "store").counts()["Patient"] == 2
 
 
@@ -122,7 +129,8 @@ def test_missing_source_says_it_does_not_exist(tmp_path):
 
 def test_bundle_into_a_missing_directory_is_one_line(tmp_path):
     """Defect: `map --bundle` into a missing directory gave a traceback."""
-    result = CliRunner().invoke(main, ["map", str(BAD / "good"), "--bundle", str(tmp_path / "no" / "b.json")])
+    result = CliRunner().invoke(main, ["map", str(BAD / "good"), "--bundle", str(tmp_path / "no" / "b.json"),
+                                       "--study", str(DEFAULT_STUDY)])
     assert result.exit_code == ExitCode.BAD_INPUT
     assert result.output.startswith(f"fhir-msc: error: {tmp_path / 'no'}: no such directory for the bundle b.json")
     assert len(result.output.splitlines()) == 1 and not (tmp_path / "no").exists()

@@ -17,7 +17,7 @@ from storesafety import lock_held_elsewhere, not_owner_only
 from fhir_msc import Store
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, InputError
-from fhir_msc.study.definition import REPO_ROOT
+from fhir_msc.study.definition import DEFAULT_STUDY, REPO_ROOT
 
 BAD = Path(__file__).parent / "data" / "bad"
 BASE = "http://127.0.0.1:9999/fhir"  # never reached: responses answers, or the job stops before asking
@@ -103,7 +103,7 @@ def test_a_killed_map_leaves_debris_that_the_next_map_reports_and_removes(study,
 def test_a_map_to_a_bundle_removes_a_killed_maps_rejects_spool_beside_it(tmp_path):
     (tmp_path / ".rejects-killed").mkdir()
     (tmp_path / ".rejects-killed" / "qs.csv").write_text("half a row")
-    result = invoke("map", BAD / "good", "--bundle", tmp_path / "bundle.json")
+    result = invoke("map", BAD / "good", "--bundle", tmp_path / "bundle.json", "--study", DEFAULT_STUDY)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"note: removed {tmp_path / '.rejects-killed'}: left by a killed job"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.json"]

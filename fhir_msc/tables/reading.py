@@ -225,7 +225,8 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
                         fmt.header, rows)
         return
     header, width, strip = fmt.header, len(fmt.header), str.strip
-    keyed = bool(key_columns and log.waiting.get(path.name))  # keys matter only against rows waiting in the rejects
+    keyed = bool(key_columns and log.waiting.get(log.table(display)))  # keys matter only against rows waiting in the rejects
+    unread = UnreadColumns(header, used or required)
     for row in raw_rows(path, fmt):
         raw = row.fields
         log.read(display, row_key(header, raw, key_columns) if keyed else None)
@@ -252,7 +253,9 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
         values = dict(zip(header, map(strip, raw)))
         if row.last_line > row.first_line:
             values[SPANNED] = _spanned(row, raw)
+        unread.count(raw)
         yield row.number, values, header, raw
+    log.unread(display, unread.counts)
 
 
 def _read_structured(path: Path, kind: str, required: list[str], used: list[str], log: RejectLog,
@@ -271,6 +274,7 @@ def _read_structured(path: Path, kind: str, required: list[str], used: list[str]
         return
     width, strip = len(header), str.strip
     keyed = bool(key_columns and log.waiting.get(log.table(display)))
+    unread = UnreadColumns(header, used)
     for number, raw in enumerate(rows, start=1):
         log.read(display, row_key(header, raw, key_columns) if keyed else None)
         if len(raw) != width:
@@ -278,7 +282,23 @@ def _read_structured(path: Path, kind: str, required: list[str], used: list[str]
                                  problem=f"row has {len(raw)} values but there are {width} columns: "
                                          "export the file again"), header, raw)
             continue
+        unread.count(raw)
         yield number, dict(zip(header, map(strip, raw))), header, raw
+    log.unread(display, unread.counts)
+
+
+class UnreadColumns:
+    """The columns of a table the study does not read, each with how many rows hold a value there."""
+
+    def __init__(self, header: list[str], used: list[str]):
+        wanted = set(used)
+        self._index = {i: name or f"column {i + 1} (no name)" for i, name in enumerate(header) if name not in wanted}
+        self.counts = dict.fromkeys(self._index.values(), 0)
+
+    def count(self, raw: list[str]) -> None:
+        for index, name in self._index.items():
+            if raw[index].strip():
+                self.counts[name] += 1
 
 
 SPANNED = "\0spanned"  # a key of a row's values: how the row spans physical lines, for messages

@@ -248,7 +248,7 @@ def test_pull_bulk_with_a_token_and_fallback_to_paged_without_export(study, tmp_
         pulled = runner.invoke(main, ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "a"),
                                       "--state", str(tmp_path / "s1"), "--json"])
         assert pulled.exit_code == 0, pulled.output
-        assert json.loads(pulled.output)["method"] == "bulk" and json.loads(pulled.output)["counts"]["Observation"] == 34
+        assert json.loads(pulled.stdout)["method"] == "bulk" and json.loads(pulled.stdout)["counts"]["Observation"] == 34
         status = requests.get(f"{server.base}/$export", headers={"Prefer": "respond-async"}, timeout=10)
         assert status.status_code == 401  # no token, no export
     finally:

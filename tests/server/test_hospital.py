@@ -55,7 +55,7 @@ def test_hospital_results_fill_gaps_and_never_overwrite_study_values(hospital, d
     before = Store(store).counts()
     result = _pull(hospital, store, tmp_path / "found")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert (data["enrolled"], data["patients"]["used"]) == (6, 5)
     assert data["patients"]["skipped"] == {"no hospital patient has this identifier": 1}
     observations = data["observations"]
@@ -92,7 +92,7 @@ def test_hospital_results_fill_gaps_and_never_overwrite_study_values(hospital, d
     # again, preferring the hospital: the conflicts are taken, the gaps filled last time are the same now
     again = _pull(hospital, store, tmp_path / "found", "--prefer", "hospital")
     assert again.exit_code == 0, again.output
-    data = json.loads(again.output)
+    data = json.loads(again.stdout)
     assert data["observations"]["skipped"][SAME] == 5 and CONFLICT not in data["observations"]["skipped"]
     assert data["observations"]["used"] == len(data["findings"]) == len(data["conflicts"]) == 15
     assert _stored(store, "NCT04288102-001/M36/FVC")["valueQuantity"]["value"] == 3.25
@@ -178,10 +178,10 @@ def test_hospital_findings_never_go_into_the_trial_tables(cohort, demo_store):
 def test_hospital_pull_bulk_gives_the_paged_findings_conflicts_and_account(hospital, demo_store, tmp_path):
     for name in ("paged", "bulk"):
         shutil.copytree(demo_store.path, tmp_path / name)
-    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").output)
+    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").stdout)
     result = _pull(hospital, tmp_path / "bulk", tmp_path / "found-bulk", "--bulk", "--state", str(tmp_path / "state"))
     assert result.exit_code == 0, result.output
-    by_bulk = json.loads(result.output)
+    by_bulk = json.loads(result.stdout)
     assert (by_bulk["method"], paged["method"]) == ("bulk", "search")
     assert by_bulk["findings"] == paged["findings"] and by_bulk["conflicts"] == paged["conflicts"]
     assert by_bulk["patients"] == paged["patients"]
@@ -201,7 +201,7 @@ def test_hospital_pull_bulk_falls_back_to_paged_search_without_export(demo_store
     try:
         requests.post(server.base, json=json.loads((HOSPITAL / "bundle.json").read_text()), timeout=60).raise_for_status()
         shutil.copytree(demo_store.path, tmp_path / "store")
-        data = json.loads(_pull(server, tmp_path / "store", tmp_path / "found", "--bulk", "--state", str(tmp_path / "s")).output)
+        data = json.loads(_pull(server, tmp_path / "store", tmp_path / "found", "--bulk", "--state", str(tmp_path / "s")).stdout)
         assert data["method"] == "search" and data["observations"]["read"] == 43 and len(data["findings"]) == 4
         assert len(data["notes"]) == 1 and data["notes"][0].endswith("declares no $export: pulled by paged search")
     finally:
