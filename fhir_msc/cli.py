@@ -282,14 +282,15 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     if as_json:
         _print_json(result)
     else:
-        _echo_map(result, store, bundle, study)
+        _echo_map(result, source, store, bundle, rejects, study)
     if result.unusable_files:
         sys.exit(ExitCode.BAD_INPUT)
     if result.rejections:
         sys.exit(ExitCode.REJECTED)
 
 
-def _echo_map(result: Any, store: Path | None, bundle: Path | None, study: Study) -> None:
+def _echo_map(result: Any, source: Path, store: Path | None, bundle: Path | None, rejects: Path | None,
+              study: Study) -> None:
     _echo_notes([*result.recovered, *result.notes])
     _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
     target = store or bundle
@@ -311,16 +312,22 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None, study: Study
     if result.rejects_files:
         folder = result.rejects_files[0].parent
         files = ", ".join(f.name for f in result.rejects_files)
-        what = (f"{result.rows_rejected} row(s) rejected; fix them" if result.rows_rejected
-                else "rows rejected by earlier runs are waiting; fix them")
-        _info(f"{what} in {folder}/ ({files}) and replay with:\n  {_replay_command(folder, store, bundle, study)}")
+        what = (f"{result.rows_rejected} row(s) rejected" if result.rows_rejected
+                else "rows rejected by earlier runs are waiting")
+        if store:  # the store holds their subjects and knows its study: the rejects replay on their own
+            again = ["map", str(folder), "--store", str(store), *(["--rejects", str(rejects)] if rejects else [])]
+            _info(f"{what}; fix them in {folder}/ ({files}) and replay with:\n  {_command(again)}")
+        else:  # a bundle is written whole: the corrected tables are mapped again
+            given = [] if study.file in (None, DEFAULT_STUDY.resolve()) else ["--study", str(study.file)]
+            again = ["map", str(source), "--bundle", str(bundle), *(["--rejects", str(rejects)] if rejects else []),
+                     *given]
+            _info(f"{what}, each with its reason in {folder}/ ({files}); fix them in {source} and map it again "
+                  f"(the bundle is written whole) with:\n  {_command(again)}")
 
 
-def _replay_command(rejects: Path, store: Path | None, bundle: Path | None, study: Study) -> str:
-    """The map command that replays ``rejects`` as printed: a store knows its study, a bundle is given --study."""
-    target = ["--store", str(store)] if store else ["--bundle", str(bundle)]
-    given = [] if store or study.file in (None, DEFAULT_STUDY.resolve()) else ["--study", str(study.file)]
-    return shlex.join(["fhir-msc", "map", str(rejects), *target, *given])
+def _command(argv: list[str]) -> str:
+    """A fhir-msc command line as a shell reads it back (paths quoted where they need it)."""
+    return shlex.join(["fhir-msc", *argv])
 
 
 @main.command("unmap")

@@ -1,6 +1,7 @@
 """Jobs that write a store: one at a time (exit 9), killed ones cleaned up after, repair, evil servers, owner-only files."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -174,3 +175,56 @@ def test_what_map_pull_and_unmap_write_is_owner_only_under_umask_022(study, tmp_
     assert (work / "state" / "journal.sqlite").exists() and (work / "pulled" / "Observation.ndjson").exists()
     assert (work / "out" / "bundle.json.rejects").is_dir()
     assert not_owner_only(work) == []
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+# root passes every permission check; without these capabilities it meets them as a user does
+_AS_A_USER = (["setpriv", "--inh-caps=-dac_override,-dac_read_search,-fowner",
+               "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"] if os.geteuid() == 0 else [])
+
+
+def run_as_a_user(*argv: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*_AS_A_USER, FHIR_MSC, *map(str, argv)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A directory holding a mapped store, both read-only (made writable again afterwards, for pytest to remove)."""
+    directory = tmp_path / "read-only"
+    assert invoke("map", BAD / "good", "--store", directory / "store", "--study", DEFAULT_STUDY).exit_code == 0
+    for path in (directory / "store", directory):
+        path.chmod(0o555)
+    yield directory
+    for path in (directory, directory / "store"):
+        path.chmod(0o700)
+
+
+@pytest.mark.parametrize(("argv", "unwritable"), [
+    (["map", BAD / "good", "--store", "{dir}/store"], "{dir}/store"),  # a read-only store
+    (["map", BAD / "good", "--store", "{dir}/new", "--study", DEFAULT_STUDY], "{dir}"),  # a new store in it
+    (["unmap", "{dir}/store", "--out", "{dir}/tables"], "{dir}"),
+    (["export", "--store", "{dir}/store", "--out", "{dir}/views"], "{dir}"),
+])
+def test_a_directory_that_cannot_be_written_is_one_line_and_exit_11(read_only, argv, unwritable):
+    before = sorted(p.relative_to(read_only) for p in read_only.rglob("*"))
+    result = run_as_a_user(*(str(a).format(dir=read_only) for a in argv))
+    assert result.returncode == ExitCode.NO_ACCESS, result.stderr
+    assert result.stderr == (f"fhir-msc: error: {unwritable.format(dir=read_only)}: cannot write there (permission "
+                             "denied): give a directory you may write to, or make it writable for you\n")
+    assert sorted(p.relative_to(read_only) for p in read_only.rglob("*")) == before
+
+
+def test_an_input_that_cannot_be_read_is_one_line_and_exit_11(tmp_path):
+    tables = tmp_path / "tables"
+    shutil.copytree(BAD / "good", tables)
+    (tables / "dm.csv").chmod(0)
+    result = run_as_a_user("map", tables, "--store", tmp_path / "store", "--study", DEFAULT_STUDY)
+    assert result.returncode == ExitCode.NO_ACCESS, result.stderr
+    assert result.stderr == (f"fhir-msc: error: {tables / 'dm.csv'}: permission denied: give a path you may read "
+                             "(or write, for an output), or change its permissions\n")
+
+
+def test_a_read_only_store_is_still_analysed(read_only):
+    result = run_as_a_user("validate", read_only / "store")
+    assert result.returncode == 0, result.stderr
