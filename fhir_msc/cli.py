@@ -265,14 +265,17 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
 @_json_option
 def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: Path | None,
                 fhir_version: str, study_path: Path | None, as_json: bool) -> None:
-    """Map the trial tables in SOURCE (dm.csv, ex.csv, findings) to FHIR.
+    """Map the trial tables in SOURCE (dm.csv, ex.csv, findings; names in any case) to FHIR.
 
     Every row read is mapped or rejected: bad rows are reported (file, row, column, value,
     what to do) and kept in the rejects directory with a REJECT_REASON column. Fix them
-    there and replay: `fhir-msc map STORE/rejects --store STORE`. Mapping the same tables
-    again changes nothing. Exit code 3 means some rows were rejected; 4 that a whole table
-    was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped;
-    9 that another job is writing the store.
+    there and replay: `fhir-msc map STORE/rejects --store STORE`. Columns the study does not
+    read are named in the account. A store records the study definition: later commands on
+    it need no --study, and refuse another. Mapping the same tables again changes nothing.
+    Exit code 3 means some rows were rejected; 4 that a whole table was unusable (wrong
+    header, empty): its rows are in the rejects, the other tables were mapped; 2 that the
+    store records another study; 9 that another job is writing the store; 11 that a
+    directory cannot be written.
     """
     study = _study(study_path, store, recording=True)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "

@@ -225,6 +225,20 @@ def test_an_input_that_cannot_be_read_is_one_line_and_exit_11(tmp_path):
                              "(or write, for an output), or change its permissions\n")
 
 
-def test_a_read_only_store_is_still_analysed(read_only):
-    result = run_as_a_user("validate", read_only / "store")
-    assert result.returncode == 0, result.stderr
+def test_a_read_only_store_is_still_read_by_every_command_that_reads(tmp_path):
+    mini = Path(__file__).parent / "data" / "mini-study"
+    store = tmp_path / "store"
+    assert invoke("map", mini / "tables", "--store", store, "--study", mini / "study.yaml").exit_code == 0
+    store.chmod(0o555)
+    try:
+        before = sorted(p.relative_to(store) for p in store.rglob("*"))
+        for argv, printed in ((["validate", store], "all valid"), (["analyze", "--store", store], "RESP"),
+                              (["verify", "--store", store], "reproduced 2/2"),
+                              (["unmap", store, "--out", tmp_path / "tables"], "xs.csv 28 rows"),
+                              (["export", "--store", store, "--out", tmp_path / "views"], "subjects: 14 rows"),
+                              (["sql", "SELECT count(*) AS n FROM subjects", "--store", store], "14")):
+            result = run_as_a_user(*argv)
+            assert result.returncode == 0 and printed in result.stdout, (argv, result.stderr)
+        assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    finally:
+        store.chmod(0o700)
