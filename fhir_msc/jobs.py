@@ -166,7 +166,9 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     other run keeps the rows waiting there, except those it read again, and adds its own.
     Nothing else in the directory is touched. The store's write lock is held throughout
     (``SyncLocked``, exit 9, if another job writes it); what killed jobs left is completed or
-    removed first and listed in ``recovered``. Progress is counted in input rows.
+    removed first and listed in ``recovered``. Progress is counted in input rows. A store
+    records ``study`` (see :func:`choose_study`); one that records another study refuses it.
+    Files in ``source`` that look like tables but are none of the study's are named in the notes.
     """
     if (store is None) == (bundle is None):
         raise BadUsage("give exactly one target: a store directory (--store) or a bundle file (--bundle)")

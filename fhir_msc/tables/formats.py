@@ -1,7 +1,8 @@
 """Trial tables as submitted: SAS XPORT v5 (``.xpt``) and CDISC Dataset-JSON v1.1 (``.json``) beside CSV.
 
 The study names each table as a CSV file (``dm.csv``); :func:`find_table` also accepts
-the same table as ``dm.xpt`` or ``dm.json`` in the directory, exactly one of them. The
+the same table as ``dm.xpt`` or ``dm.json`` in the directory, its name in any case
+(``DM.CSV``), exactly one of them. The
 format is recognised from the file's first bytes (an XPORT library header, a JSON
 object), not trusted from its name. Values come out as the strings a CSV holds: numbers
 in their shortest form (``40``, ``0.5``), SAS dates as ISO dates, missing values (``.``,

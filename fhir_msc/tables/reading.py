@@ -9,6 +9,7 @@
   one, with a note.
 - Header: a required column missing, or a column the study reads appearing twice, makes
   the whole file unusable: one line showing the header found, every row kept in the rejects.
+  Columns the study does not read are counted (rows holding a value) for the account.
 - Rows: fields of any length (csv's default limit is 131,072 characters); a row that a
   quote made span several physical lines says which lines, so a stray quote that swallowed
   the rest of the file is named with the count of lines it took, and they are kept.
