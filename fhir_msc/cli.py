@@ -200,7 +200,7 @@ _RERUN = "nothing was changed: rerun the same command"
 _study_option = click.option(
     "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FHIR_MSC_STUDY", metavar="YAML",
     help="Study definition YAML file, also read from FHIR_MSC_STUDY. Default: the one the store records (map and pull "
-         "record theirs), else the bundled NCT04288102 definition, with a note; one the store does not record is refused.")
+         "record theirs), else the bundled NCT04288102 definition, with a note; another study's is refused.")
 _demo_study_option = click.option(
     "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FHIR_MSC_STUDY", metavar="YAML",
     help="Study definition YAML file of --tables, also read from FHIR_MSC_STUDY. Default: the bundled NCT04288102 "

@@ -93,9 +93,9 @@ def choose_study(given: Path | None, store: Path | None = None, *, recording: bo
     """The study definition for a command on ``store`` (a store directory, or None): ``given`` (``--study``), else the
     copy the store records (see ``store.study_record``), else the bundled NCT04288102 definition, with a note.
 
-    A ``given`` definition other than the recorded one is refused (:func:`check_study`); ``recording`` is for the jobs
-    that record theirs (map, pull, hospital-pull), which may replace the record with an edited definition of the same
-    study.
+    A ``given`` definition of another study than the recorded one is refused (:func:`check_study`); ``recording`` is
+    for the jobs that record theirs (map, pull, hospital-pull), which replace the record with an edited definition of
+    the same study.
     """
     recorded = _recorded(store)
     if given is not None:
@@ -112,25 +112,25 @@ def choose_study(given: Path | None, store: Path | None = None, *, recording: bo
 
 
 def check_study(study: Study, store: Path, *, recording: bool = False) -> list[str]:
-    """Refuse (BadUsage) a definition other than the one ``store`` records; notes for what is allowed.
+    """Refuse (BadUsage) a definition of another study than the one ``store`` records; notes for what is allowed.
 
-    A store without a recorded definition takes any. With ``recording`` (a job that records its definition), an
-    edited definition of the same study (same identifier, other bytes) is allowed: the note says it replaces the
-    recorded copy.
+    A store without a recorded definition takes any. An edited definition of the same study (same identifier,
+    other bytes) is used, with a note: it replaces the recorded copy when ``recording`` (a job that records its
+    definition: map, pull, hospital-pull).
     """
     recorded = _recorded(store)
     if recorded is None or recorded.sha256 == study.sha256:
         return []
     held, identifier = _identifier(recorded), study.study.identifier.value
     given = f"{study.file or '(a definition in memory)'} ({identifier}, sha256 {_short(study.sha256)})"
-    if recording and held == identifier:
-        return [f"{given} is an edited definition of the study {store} holds: it replaces the copy recorded there "
-                f"(sha256 {_short(recorded.sha256)})"]
-    remedy = (f"or record it by mapping (or pulling) into {store} with --study {study.file}" if held == identifier
-              else f"or map {identifier}'s tables into a store of its own")
+    if held == identifier:
+        done = ("it replaces the copy recorded there" if recording
+                else f"used for this command; map or pull into {store} with it to record it")
+        return [f"{given} is an edited definition of the study {store} holds (its copy: sha256 "
+                f"{_short(recorded.sha256)}): {done}"]
     raise BadUsage(f"--study {given} is not the study definition {store} holds data of ({held}, sha256 "
                    f"{_short(recorded.sha256)}, copied to {recorded.path}): leave out --study to use the store's copy, "
-                   f"{remedy}")
+                   f"or map {identifier}'s tables into a store of its own")
 
 
 def _recorded(store: Path | None) -> RecordedStudy | None:

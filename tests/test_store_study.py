@@ -89,17 +89,24 @@ def test_map_of_another_study_into_the_store_is_refused_and_changes_nothing(mini
     assert recorded_study(mini_store).path.read_bytes() == (MINI / "study.yaml").read_bytes()
 
 
-def test_an_edited_definition_of_the_same_study_is_recorded_by_map_and_refused_elsewhere(mini_store, tmp_path):
+def test_an_edited_definition_of_the_same_study_is_used_with_a_note_and_recorded_by_map(mini_store, tmp_path):
     edited = tmp_path / "edited.yaml"
     edited.write_bytes((MINI / "study.yaml").read_bytes() + b"# an edit\n")
-    refused = invoke("analyze", "--store", mini_store, "--study", edited)
-    assert refused.exit_code == ExitCode.USAGE
-    assert f"or record it by mapping (or pulling) into {mini_store} with --study {edited}" in refused.output
+    given = f"{edited} (MINI-001, sha256 {load_study(edited).sha256[:12]})"
+    recorded = load_study(MINI / "study.yaml").sha256[:12]
+    analyzed = invoke("analyze", "--store", mini_store, "--study", edited)
+    assert analyzed.exit_code == 0, analyzed.output
+    assert analyzed.stderr == (f"note: {given} is an edited definition of the study {mini_store} holds (its copy: "
+                               f"sha256 {recorded}): used for this command; map or pull into {mini_store} with it to "
+                               "record it\n")
+    assert recorded_study(mini_store).path.read_bytes() == (MINI / "study.yaml").read_bytes()  # only map records
     mapped = invoke("map", MINI / "tables", "--store", mini_store, "--study", edited)
     assert mapped.exit_code == 0, mapped.output
-    assert f"note: {edited} (MINI-001, sha256 {load_study(edited).sha256[:12]}) is an edited definition" in mapped.stderr
+    assert f"note: {given} is an edited definition of the study {mini_store} holds" in mapped.stderr
+    assert "it replaces the copy recorded there" in mapped.stderr
     assert recorded_study(mini_store).path.read_bytes() == edited.read_bytes()
-    assert invoke("analyze", "--store", mini_store, "--study", edited).exit_code == 0
+    again = invoke("analyze", "--store", mini_store, "--study", edited)
+    assert again.exit_code == 0 and again.stderr == ""
 
 
 def test_the_jobs_refuse_another_definition_too(mini_store):
