@@ -124,9 +124,12 @@ def test_a_store_without_a_recorded_study_falls_back_to_the_bundled_one_and_says
     assert invoke("-q", "analyze", "--store", store.path).stderr.count("note:") == 0  # --quiet leaves notes out
 
 
-def test_clearing_a_store_forgets_its_study(mini_store):
-    Store(mini_store).clear()
-    assert recorded_study(mini_store) is None
+def test_clearing_a_store_forgets_its_study(tmp_path):
+    store = Store(tmp_path / "store")
+    store.write([{"resourceType": "Patient", "id": "p1"}])
+    record_study(store.path, MINI / "study.yaml")
+    store.clear()
+    assert recorded_study(store.path) is None and store.counts() == {}
 
 
 def _with_a_bad_score(tmp_path: Path) -> tuple[Path, str]:
