@@ -85,7 +85,7 @@ class BulkPolicy:
     max_total: float = 6 * 3600.0  # give up waiting for the manifest after this long
     parallel: int = 2  # files downloaded at once
     file_attempts: int = 3  # downloads of one file before giving up
-    transient_attempts: int = 5  # status answers in a row saying `transient` before giving up (for this run)
+    transient_attempts: int = 10  # status answers in a row saying `transient` before giving up (for this run)
 
 
 @dataclass(frozen=True, kw_only=True)

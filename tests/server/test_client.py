@@ -168,6 +168,34 @@ def test_next_link_to_another_host_is_refused():
 
 
 @responses.activate
+def test_urls_anywhere_on_the_servers_origin_are_used_with_credentials_and_other_origins_only_anonymously():
+    responses.get("http://127.0.0.1:9999/bulkstatus/1", json={})
+    responses.get("https://files.example.org/signed/1.ndjson?sig=x", body="{}")
+    client, _ = make_client(auth=BearerAuth(BASE, "tok"))
+    client.response("GET", "http://127.0.0.1:9999/bulkstatus/1").close()  # outside the base path, on its origin
+    assert responses.calls[0].request.headers["Authorization"] == "Bearer tok"
+    with pytest.raises(ForeignLinkRefused, match="another origin"):
+        client.response("GET", "https://files.example.org/signed/1.ndjson?sig=x")
+    client.response("GET", "https://files.example.org/signed/1.ndjson?sig=x", anonymous=True).close()
+    assert len(responses.calls) == 2 and "Authorization" not in responses.calls[1].request.headers
+    with pytest.raises(ForeignLinkRefused, match="no credentials in it"):
+        client.response("GET", "https://bob:pw@files.example.org/1.ndjson", anonymous=True)
+
+
+@responses.activate
+def test_anonymous_requests_over_plain_http_go_to_loopback_only_unless_insecure_http_is_given():
+    responses.get("http://files.example.org/1.ndjson", body="{}")
+    responses.get("http://127.0.0.2:8000/1.ndjson", body="{}")
+    client, _ = make_client()
+    with pytest.raises(InsecureHttpRefused, match="plain http"):
+        client.response("GET", "http://files.example.org/1.ndjson", anonymous=True)
+    client.response("GET", "http://127.0.0.2:8000/1.ndjson", anonymous=True).close()
+    insecure, _ = make_client(insecure_http=True)
+    insecure.response("GET", "http://files.example.org/1.ndjson", anonymous=True).close()
+    assert [c.request.url for c in responses.calls] == ["http://127.0.0.2:8000/1.ndjson", "http://files.example.org/1.ndjson"]
+
+
+@responses.activate
 def test_search_sends_an_explicit_sort():
     responses.get(f"{BASE}/Patient", json={"resourceType": "Bundle", "entry": []})
     client, _ = make_client()
