@@ -437,7 +437,10 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
     """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``.
 
     Ends by checking that the server holds every resource (see ``sync.push`` for ``mode``).
+    Asks for write access (SMART scopes) unless ``mode`` only reads (``dry-run``, ``verify``).
     """
+    if mode in _sync.SENDING_MODES:
+        client.need_access("write")
     profile = server_profile(client, fhir_version)
     with open_journal(state) as journal:
         resources = resources_of(study, source, profile.version)
@@ -467,7 +470,10 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
          bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None,
          progress: Progress = NO_PROGRESS) -> SyncResult:
-    """Store → server, server → store, or server → server (through a staging store in ``state``)."""
+    """Store → server, server → store, or server → server (through a staging store in ``state``).
+
+    Only the target server is asked for write access (SMART scopes).
+    """
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
     with open_journal(state) as journal:
@@ -485,6 +491,7 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         pushed = None
         if is_server(target):
             client = connect_to(target)
+            client.need_access("write")
             profile = server_profile(client, fhir_version)
             resources = resources_of(study, source_path, profile.version)
             _push_stage(source_path, resources, progress)

@@ -524,7 +524,7 @@ async function smartRoute(req, res, url) {
   if (req.method === 'GET' && url.pathname === `${BASE_PATH}/.well-known/smart-configuration`) {
     sendJson(res, 200, { token_endpoint: origin + TOKEN_PATH, grant_types_supported: ['client_credentials'],
       token_endpoint_auth_methods_supported: ['private_key_jwt'], token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
-      scopes_supported: ['system/*.read', 'system/*.write', 'system/*.rs', 'system/*.cruds'], capabilities: ['client-confidential-asymmetric'] });
+      scopes_supported: smartScopes.supported, capabilities: ['client-confidential-asymmetric', ...smartScopes.capabilities] });
     return true;
   }
   if (url.pathname === TOKEN_PATH) {
@@ -534,7 +534,7 @@ async function smartRoute(req, res, url) {
   if (url.pathname === `${BASE_PATH}/metadata`) return false;
   const granted = smart.tokens.get((req.headers.authorization ?? '').replace(/^Bearer /, ''));
   const problem = !granted || granted.expires < Date.now() ? [401, 'login', 'missing, unknown or expired bearer token']
-    : !granted.scopes.some((s) => allows(s, ['GET', 'HEAD'].includes(req.method) ? 'rs' : 'cud'))
+    : !granted.scopes.some((s) => allows(s, readsOnly(req, url) ? 'rs' : 'cud'))
       ? [403, 'forbidden', `the token's scope (${granted.scopes.join(' ')}) does not allow ${req.method}`] : undefined;
   if (!problem) return false;
   send(res, problem[0], { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: problem[1], diagnostics: problem[2] }] });
@@ -562,6 +562,8 @@ async function issueToken(req, res, tokenUrl) {
   if (!scopes.length || !scopes.every((s) => SCOPE.test(s))) {
     return fail(400, 'invalid_scope', 'this server grants system/*.read, system/*.write, system/*.rs or system/*.cruds');
   }
+  const refused = scopes.map(scopeRefusal).find(Boolean);
+  if (refused) return fail(400, 'invalid_scope', refused);
   const accessToken = crypto.randomBytes(24).toString('base64url');
   smart.tokens.set(accessToken, { expires: Date.now() + smart.ttl * 1000, scopes });
   sendJson(res, 200, { access_token: accessToken, token_type: 'bearer', expires_in: smart.ttl, scope: scopes.join(' ') });
@@ -593,6 +595,38 @@ function verifyAssertion(jwt, tokenUrl) {
   for (const [jti, exp] of smart.jtis) if (exp <= now) smart.jtis.delete(jti);
   if (smart.jtis.has(claims.jti)) throw new Error('jti already used: a replayed assertion');
   smart.jtis.set(claims.jti, claims.exp);
+}
+
+// --- SMART scopes: the syntax the server lists, the scopes the client is granted ---------------
+// FHIR_TEST_SMART_PERMISSIONS=v1 or v2: the smart-configuration lists SMART v1 scopes only
+// (system/*.read, system/*.write; capability permission-v1) or v2 only (system/*.rs,
+// system/*.cruds; permission-v2), and the token endpoint refuses the other syntax with
+// invalid_scope; unset, it lists and accepts both. FHIR_TEST_SMART_SCOPES (space-separated, e.g.
+// system/*.read) are the only scopes granted to the client: asking for any other is invalid_scope.
+// Reads (GET, HEAD, and the DELETE that ends a Bulk Data export) need r or s, other requests c, u or d.
+
+const SCOPES_LISTED = { v1: ['system/*.read', 'system/*.write'], v2: ['system/*.rs', 'system/*.cruds'] };
+const smartScopes = smartScopeSettings();
+
+function smartScopeSettings() {
+  const permissions = process.env.FHIR_TEST_SMART_PERMISSIONS;
+  if (permissions && !SCOPES_LISTED[permissions]) throw new Error('FHIR_TEST_SMART_PERMISSIONS must be v1 or v2');
+  const syntaxes = permissions ? [permissions] : ['v1', 'v2'];
+  return { syntaxes, supported: syntaxes.flatMap((syntax) => SCOPES_LISTED[syntax]),
+    capabilities: syntaxes.map((syntax) => `permission-${syntax}`),
+    granted: process.env.FHIR_TEST_SMART_SCOPES?.split(' ').filter(Boolean) };
+}
+
+// Why a requested scope (already matching SCOPE) is not granted; undefined when it is.
+function scopeRefusal(scope) {
+  const syntax = /\.(read|write)$/.test(scope) ? 'v1' : 'v2';
+  if (!smartScopes.syntaxes.includes(syntax)) return `${scope} is SMART ${syntax} syntax: this server lists ${smartScopes.supported.join(' ')}`;
+  if (smartScopes.granted && !smartScopes.granted.includes(scope)) return `this client is granted ${smartScopes.granted.join(' ')} only, not ${scope}`;
+  return undefined;
+}
+
+function readsOnly(req, url) {
+  return ['GET', 'HEAD'].includes(req.method) || (req.method === 'DELETE' && url.pathname.startsWith(`${BASE_PATH}/$export-status/`));
 }
 
 function sendJson(res, status, body) {

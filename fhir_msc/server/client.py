@@ -2,7 +2,8 @@
 
 - Auth (auth.py): bearer token, HTTP basic, OAuth2 client credentials or SMART Backend
   Services (tokens fetched through this client's session, cached, re-authenticated once
-  on 401). Credentials come from the environment or a config file, never from argv, are
+  on 401; SMART scopes for reading unless the job calls ``need_access("write")``).
+  Credentials come from the environment or a config file, never from argv, are
   attached only to requests for the server's own origin, and never go over plain http to
   a host other than loopback unless ``insecure_http``.
 - The base URL is checked first: a malformed one, or one with a user name or password in
@@ -48,6 +49,7 @@ from ..errors import (
 )
 from ..fhir.versions import FhirVersion, get_version
 from .auth import (  # noqa: F401  (the credential kinds are part of this module's interface)
+    Access,
     BasicAuth,
     BearerAuth,
     ClientCredentialsAuth,
@@ -128,6 +130,11 @@ class FhirClient:
 
     def __repr__(self) -> str:
         return f"FhirClient({self.base_url!r})"
+
+    def need_access(self, access: Access) -> None:
+        """Say what the job does here (it reads, unless it says it writes): SMART asks for the scopes that needs."""
+        if self.auth is not None:
+            self.auth.need_access(access)
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/"))

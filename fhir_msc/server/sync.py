@@ -46,6 +46,7 @@ PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter
               "AdverseEvent"]
 METHODS = ("auto", "id", "conditional")
 PUSH_MODES = ("push", "full", "dry-run", "verify")
+SENDING_MODES = ("push", "full")  # the others only read the server
 ID_CHUNK = 100  # ids per `_id` search when checking the server (keeps URLs under ~4 KB)
 ID_PAGE = 5000  # ids asked for per page when listing every id of a type (servers may send fewer)
 
