@@ -29,6 +29,7 @@ from .analysis.export import account_json, analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
     comparison_table,
+    comparisons_summary,
     forest_plot,
     render,
     verification_table,
@@ -544,6 +545,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
             click.echo("\n" + render(incidence_table(events), fmt))
+        _info(f"note: {comparisons_summary(study, result.comparisons)}", err=True)
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
