@@ -63,16 +63,16 @@ def comparisons_summary(study: Study, comparisons: list[Comparison]) -> str:
     text = f"{len(comparisons)} between-arm comparison(s): {effects} treatment effect(s)"
     if balance:
         text += (f" and {balance} baseline balance at {plan.baseline if plan else ''} (tests of chance imbalance "
-                 "between randomized arms, not treatment effects, in no multiplicity family)")
+                 "between the randomized arms, not treatment effects; in no multiplicity family)")
     elif plan is None or plan.baseline is None:
         text += " (no baseline visit is named in analysis.baseline: every visit is compared as a treatment effect)"
     if plan is None or plan.multiplicity is None:
-        return text + ". p-values are not adjusted for multiple comparisons (the plan names no analysis.multiplicity)."
+        return text + ". p is not adjusted for multiple comparisons (the plan names no analysis.multiplicity)."
     families = dict.fromkeys((c.adjusted.family, c.adjusted.size) for c in comparisons if c.adjusted)
-    scope = ("the outcomes of one list of analysis.multiplicity.families" if plan.multiplicity.families
+    scope = ("one list of outcomes of analysis.multiplicity.families" if plan.multiplicity.families
              else "every outcome")
-    text += (f". p-values are adjusted by {METHODS[plan.multiplicity.method]} within each family ({scope} at one "
-             f"visit, every pair of arms): " + (", ".join(f"{name} ({size})" for name, size in families) or "none"))
+    text += (f". p adjusted: {METHODS[plan.multiplicity.method]} within each family (the comparisons of {scope} at "
+             "one visit, every pair of arms): " + (", ".join(f"{name} ({size})" for name, size in families) or "none"))
     unadjusted = effects - sum(1 for c in comparisons if c.adjusted)
     if unadjusted:
         text += f"; {unadjusted} treatment effect(s) in no family or without a p, not adjusted"
