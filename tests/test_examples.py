@@ -214,3 +214,18 @@ def test_time_to_event_rows_in_the_table_the_forest_plot_and_the_report(stores, 
                                                  "Time to recovery · follow-up · LOW vs PBO"]
     example = jobs.example_demo(study, REPO / "fixtures" / "example-dose-ranging", tmp_path / "demo")
     assert "<h3 id='time-to-event'>Time to event" in example.report["html"].read_text()
+
+
+def test_dose_ranging_day_0_is_baseline_balance_and_its_primary_endpoint_is_adjusted_by_holm(stores):
+    from statsmodels.stats.multitest import multipletests
+
+    result = CliRunner().invoke(main, ["analyze", "--study", str(definition("example-dose-ranging")), "--store",
+                                       str(stores["example-dose-ranging"]), "--json"])
+    assert result.exit_code == 0, result.output
+    comparisons = valid(json.loads(result.stdout), "analyze")["comparisons"]
+    assert {(c["outcome"], c["visit"]) for c in comparisons if c["baseline_balance"]} == {("SIXMWD", "D0")}
+    primary = [c for c in comparisons if c["p_adjusted"]]
+    assert [(c["outcome"], c["arms"][0]["code"]) for c in primary] == [("SIXMWDCHG", "HIGH"), ("SIXMWDCHG", "LOW")]
+    expected = multipletests([c["effect"]["p"] for c in primary], method="holm")[1]
+    assert [c["p_adjusted"]["p"] for c in primary] == pytest.approx(list(expected), rel=1e-12)
+    assert {(c["p_adjusted"]["family"], c["p_adjusted"]["size"]) for c in primary} == {("primary · D28", 2)}

@@ -372,7 +372,9 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
 
     The report is dated, names the tool version, the input (``source``) and the study definition with its
     SHA-256, shows the published results with their reproduction, the forest plot at the published
-    results' visits, and one table for every visit compared; then ``adverse_events`` (the incidence table), if given.
+    results' visits (else at every visit but the baseline one), how many comparisons there are and which are
+    baseline balance (:func:`comparisons_summary`), and one table for every visit compared, the baseline visit's
+    headed baseline balance; then ``adverse_events`` (the incidence table), if given.
     """
     directory.mkdir(parents=True, exist_ok=True)
     table = comparison_table(comparisons)
