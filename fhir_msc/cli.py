@@ -29,6 +29,7 @@ from .analysis.export import account_json, analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
     comparison_table,
+    comparisons_summary,
     forest_plot,
     render,
     verification_table,
@@ -519,7 +520,9 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
     its 95% CI, p, the Fisher exact and χ² (or Mann-Whitney) p, and the method that
-    computed it; a ratio with no events in either arm reads "not estimable". --json gives
+    computed it; a ratio with no events in either arm reads "not estimable". Rows at the plan's
+    baseline visit are labelled baseline balance; with analysis.multiplicity the p adjusted in
+    its family follows p; a note on stderr says how many comparisons there are. --json gives
     every estimate and p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json);
     the exact conditional odds ratio only with --exact-odds-ratio or where the plan names it
     (otherwise its note says it was not computed).
@@ -544,6 +547,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
             click.echo("\n" + render(incidence_table(events), fmt))
+        _info(f"note: {comparisons_summary(study, result.comparisons)}", err=True)
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
