@@ -14,6 +14,7 @@
 // Bulk Data $export (system, Patient and Group levels) with test-only knobs: see "Bulk Data $export" below,
 // and "Bulk Data as other servers do it" for FHIR_TEST_BULK_QUIRKS.
 // FHIR_TEST_PRELOAD: see "Preloading a cohort" below (benchmarks load 1M resources that way).
+// FHIR_TEST_PAGE_CAP=N: searches answered as by servers that do not page: see "Capped search pages" below.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -97,6 +98,7 @@ const server = http.createServer(async (req, res) => {
     // _summary=count: the total only (the in-memory repository ignores _summary, so ask for no entries).
     if (isSearch && url.searchParams.get('_summary') === 'count') url.searchParams.set('_count', '0');
     if (isSearch && !url.searchParams.has('_count')) url.searchParams.set('_count', String(DEFAULT_PAGE_SIZE));
+    if (isSearch) capPage(url.searchParams);
     const query = {};
     for (const [key, value] of url.searchParams) {
       query[key] = key in query ? [].concat(query[key], value) : value;
@@ -647,12 +649,23 @@ function withPageLinks(bundle, base, pathname, params) {
   const offset = Number(params.get('_offset') ?? 0);
   const matches = (bundle.entry ?? []).filter((e) => e.search?.mode !== 'include').length;
   bundle.link = [{ relation: 'self', url: `${base}${pathname}?${params}` }];
-  if (count > 0 && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
+  if (count > 0 && !pageCap && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
     const next = new URLSearchParams(params);
     next.set('_offset', String(offset + count));
     bundle.link.push({ relation: 'next', url: `${base}${pathname}?${next}` });
   }
   return bundle;
+}
+
+// --- Capped search pages (test-only) ---------------------------------------------------------------
+// FHIR_TEST_PAGE_CAP=N: every search answers one page of at most N matches (fewer when _count asks
+// fewer) and never a next link, while Bundle.total stays the full count, as servers that do not page
+// (or cap their pages and drop the link) do: a client must notice that the page set falls short of
+// total. _summary=count is unaffected. Unset (the default): pages of _count with next links.
+const pageCap = Number(process.env.FHIR_TEST_PAGE_CAP ?? 0) || undefined;
+
+function capPage(params) {
+  if (pageCap && Number(params.get('_count')) > pageCap) params.set('_count', String(pageCap));
 }
 
 // --- Preloading a cohort (test harness only) ------------------------------------------------------

@@ -21,13 +21,15 @@ if TYPE_CHECKING:
 
 WALD_EFFECTS = ("odds-ratio", "relative-risk", "risk-difference")  # effects whose p is a Wald z test
 LOG_RANK = "not computable for this outcome: the log-rank test needs a time-to-event outcome"
+NO_FAMILY = ("not computable: the comparison is in no multiplicity family (its arms are no pair of the analysis plan, "
+             "or its effect has no p)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class FieldCheck:
     """One published field next to its recomputation at the published decimals."""
 
-    field: str  # estimate, lower, upper, p, n, events, proportion, percent, mean, sd, median, q1, q3
+    field: str  # estimate, lower, upper, p, p_adjusted, n, events, proportion, percent, mean, sd, median, q1, q3
     arm: str | None  # arm code for per-arm fields
     expected: str  # as the paper writes it
     got: str | None  # recomputed, at the published precision; None: not computable (note says why)
@@ -109,6 +111,10 @@ def check(target: PublishedResult, comparison: Comparison) -> list[FieldCheck]:
     if target.p is not None:
         got, why = p_value(comparison, target.p.test)
         checks.append(_number_check("p", None, target.p.value, got, test=target.p.test, note=why))
+    if target.p_adjusted is not None:
+        adjusted = comparison.adjusted
+        checks.append(_number_check("p_adjusted", None, target.p_adjusted, adjusted.p if adjusted else None,
+                                    test=adjusted.method if adjusted else None, note=NO_FAMILY))
     s = comparison.summary
     for index, arm in enumerate(comparison.arms):
         if target.n and arm in target.n:

@@ -293,6 +293,7 @@ class PublishedResult(_Model):
     upper: Stated | None = None
     decimals: int | None = None  # estimate and CI at these decimals, else as written
     p: PublishedP | None = None
+    p_adjusted: Stated | None = None  # the effect's p adjusted in its family (analysis.multiplicity)
     n: dict[str, int] | None = None
     counts: dict[str, tuple[int, int]] | None = None  # events, n
     proportions: dict[str, Stated] | None = None
@@ -454,6 +455,24 @@ class ArmPair(_Model):
     control: ArmSet
 
 
+class Multiplicity(_Model):
+    """How the plan adjusts p-values for multiple comparisons: ``method`` within each family.
+
+    A family is the treatment-effect comparisons at one visit (time-to-event entries: over the whole
+    follow-up), every pair of arms, of the outcomes of one list of ``families`` (none named: every outcome).
+    Comparisons at the baseline visit (baseline balance) are in no family.
+    """
+
+    method: Literal["holm", "bonferroni", "benjamini-hochberg"]
+    families: dict[str, list[str]] = {}  # name -> outcome codes (outcomes, derived endpoints, time_to_event entries)
+
+    def family(self, outcome: str) -> str | None:
+        """The name of the family ``outcome`` is in ("" when no family is named: all are in one), None if in none."""
+        if not self.families:
+            return ""
+        return next((name for name, codes in self.families.items() if outcome in codes), None)
+
+
 class AnalysisPlan(_Model):
     """What ``analyze`` compares: the pairs of arms, the effects, and what they are adjusted or stratified by.
 
@@ -468,12 +487,13 @@ class AnalysisPlan(_Model):
     # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
     windows: dict[str, AnalysisWindow] = {}
     effects: Effects = Effects()
-    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME)
+    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME); baseline balance
     covariates: list[str] = []  # for adjusted-odds-ratio / adjusted-mean-difference
     stratum: str | None = None  # for odds-ratio-mh: a DM column (sex) or a coded baseline finding
     # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
     better: dict[str, Literal["higher", "lower"]] = {}
     derived: list[DerivedEndpoint] = []
+    multiplicity: Multiplicity | None = None  # None: p-values are not adjusted for multiple comparisons
     published: list[PublishedResult] = []
 
     def pairs(self, arms: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -484,6 +504,19 @@ class AnalysisPlan(_Model):
         if self.treatment is not None:
             return [(arm_codes(self.treatment), control)]
         return [((arm,), control) for arm in arms if arm not in control]
+
+
+def _adjusted_p_problems(where: str, result: PublishedResult, plan: AnalysisPlan) -> list[str]:
+    """Why a published adjusted p cannot be recomputed: no adjustment planned, baseline balance, or in no family."""
+    if plan.multiplicity is None:
+        return [f"{where}: name the adjustment in analysis.multiplicity (method: holm, bonferroni or benjamini-hochberg)"]
+    if result.visit is not None and result.visit == plan.baseline:
+        return [f"{where}: {result.visit} is the baseline visit: its comparisons are baseline balance, in no "
+                "multiplicity family"]
+    if plan.multiplicity.family(result.outcome) is None:
+        return [f"{where}: {result.outcome} is in no family of analysis.multiplicity.families "
+                f"({', '.join(plan.multiplicity.families)})"]
+    return []
 
 
 DM_COVARIATES = ("age", "sex")  # the DM columns the analysis frame carries
@@ -643,6 +676,7 @@ class Study(_Model):
                 problems.append(f"analysis.better: unknown outcome {code!r}")
         problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
+        problems += self._multiplicity_problems(plan)
         for index, result in enumerate(plan.published):
             where = f"analysis.published.{index}"
             outcome = self.analysed_outcome_by_code.get(result.outcome) or self.time_to_event_outcome(result.outcome)
@@ -673,6 +707,28 @@ class Study(_Model):
             if result.covariates is not None:
                 problems += self._covariate_problems(f"{where}.covariates", result.covariates, plan, outcome)
             problems += self._stratum_problems(f"{where}.stratum", result.stratum, plan)
+            if result.p_adjusted is not None:
+                problems += _adjusted_p_problems(f"{where}.p_adjusted", result, plan)
+        return problems
+
+    def _multiplicity_problems(self, plan: AnalysisPlan) -> list[str]:
+        """Family members that are no outcome of the study, or are in two families."""
+        if plan.multiplicity is None:
+            return []
+        known = {*self.analysed_outcome_by_code, *(entry.code for entry in self.time_to_event)}
+        problems, family_of = [], {}
+        for name, codes in plan.multiplicity.families.items():
+            where = f"analysis.multiplicity.families.{name}"
+            if not codes:
+                problems.append(f"{where}: list the outcomes of the family")
+            for index, code in enumerate(codes):
+                if code not in known:
+                    problems.append(f"{where}.{index}: unknown outcome {code!r}: use one of {', '.join(known)}")
+                elif code in family_of:
+                    problems.append(f"{where}.{index}: {code} is already in family {family_of[code]}: an outcome is in "
+                                    "one family")
+                else:
+                    family_of[code] = name
         return problems
 
     def _covariate_problems(self, where: str, covariates: list[str], plan: AnalysisPlan,
