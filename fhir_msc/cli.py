@@ -860,6 +860,7 @@ def _echo_bulk_pull(result, store: Path) -> None:
     resumed = "resumed " if result.resumed else ""
     click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
                f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    _echo_notes(result.notes)
     _echo_cut("export error", result.errors)
     if result.errors:
         click.echo(f"the export reported {len(result.errors)} error(s): the next pull starts from the same point", err=True)
@@ -961,9 +962,10 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     a different hospital value is a conflict, listed in --out/conflicts.csv and left out
     unless --prefer hospital. Everything not used is counted by reason.
     With --bulk, the Patients and the Observations with the study's codes come from one Bulk
-    Data export (kept in --state until used, so a killed export resumes). Exit code 0 means
-    done (conflicts and unused results included); 8 that the server could not be used; 9
-    that another job is writing the store.
+    Data export (kept in --state until used, so a killed export resumes; every Observation
+    where the server does not apply that code filter). Exit code 0 means done (conflicts and
+    unused results included); 8 that the server could not be used (an export without a
+    Patient file included); 9 that another job is writing the store.
     """
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
