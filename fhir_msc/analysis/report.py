@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..study.definition import Study
+from ..study.definition import NOT_ESTIMABLE, Study
 from .frame import Comparison, Verification
 from .stats import BinarySummary, Estimate
 from .survival import TimeToEventSummary
@@ -74,7 +74,7 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
     several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
-        rows.append({"outcome": target.outcome, "visit": target.visit or "",
+        rows.append({"outcome": target.label, "visit": target.visit or "",
                      **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}),
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
@@ -84,10 +84,12 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
 
 
 def _headline(check: Verification, side: str) -> str:
-    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals."""
+    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals;
+    a recomputed estimate that is not estimable says why."""
     found = {f.field: getattr(f, side) for f in check.fields if f.field in ("estimate", "lower", "upper", "p")}
     if "estimate" in found:
-        text = found["estimate"] or "not estimable"
+        note = next(f.note for f in check.fields if f.field == "estimate")
+        text = (note if side == "got" and note.startswith(NOT_ESTIMABLE) else found["estimate"]) or NOT_ESTIMABLE
         if "lower" in found:
             text += f" ({found['lower'] or '—'}–{found['upper'] or '—'})"
         return text

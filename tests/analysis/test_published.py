@@ -84,19 +84,16 @@ def test_the_field_that_differs_is_named_with_expected_and_got(tmp_path, mini_st
     assert mismatches == ([mismatch] if mismatch else [])
 
 
-def test_a_p_below_a_bound_and_a_log_rank_p(tmp_path, mini_store):
+def test_a_p_below_a_bound(tmp_path, mini_store):
     entries = """
     - {outcome: RESP, visit: W12, p: {test: pearson-chi2, value: "<0.5"}}
     - {outcome: RESP, visit: W12, p: {test: likelihood-ratio, value: "<0.01"}}
-    - {outcome: SCORE, visit: W12, p: {test: log-rank, value: 0.04}}
 """
     study = load_study(_study(tmp_path, entries))
     checks = verify(study, analysis_frame(study, mini_store))[2:]
-    assert [c.matches for c in checks] == [True, False, False]
+    assert [c.matches for c in checks] == [True, False]
     g = stats.chi2_contingency([[6, 2], [2, 4]], correction=False, lambda_="log-likelihood").pvalue
     assert checks[1].fields[0].got == f"{g:.4f}" and checks[1].fields[0].expected == "<0.01"
-    assert checks[2].mismatches == ["p (log-rank): expected 0.04, not computable for this outcome: "
-                                    "the log-rank test needs a time-to-event outcome"]
 
 
 def test_verify_table_and_json_name_the_mismatched_field(tmp_path, mini_store):
@@ -134,7 +131,10 @@ def test_every_p_verify_checks_is_in_analyze_json(mini_store):
 
 @pytest.mark.parametrize(("entry", "message"), [
     ("{outcome: RESP, visit: W12, p: {test: t-welch, value: 0.5}}",
-     "analysis.published.2.p.test: 't-welch' does not apply to binary (coded) outcome RESP"),
+     "analysis.published.2.p.test: 't-welch' is not a test of odds-ratio (the plan effect of this outcome): "
+     "use wald, fisher, pearson-chi2, pearson-chi2-yates, likelihood-ratio, or leave test out"),
+    ("{outcome: SCORE, visit: W12, p: {test: log-rank, value: 0.04}}",
+     "analysis.published.2.p.test: 'log-rank' is not a test of mean-difference"),
     ("{outcome: SCORE, visit: W12, percents: {TRT: 50.0}}",
      "analysis.published.2.percents: does not apply to continuous (quantity) outcome SCORE"),
     ("{outcome: SCORE, visit: W12, means: {XYZ: 5.0}}",
