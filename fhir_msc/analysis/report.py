@@ -79,8 +79,14 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
                      "fields": f"{sum(f.matches for f in check.fields)}/{len(check.fields)}",
-                     "status": "match" if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
+                     "status": "match" + _tests_found(check) if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
     return pd.DataFrame(rows)
+
+
+def _tests_found(check: Verification) -> str:
+    """For a p whose test the paper does not name: the tests of the effect that give it."""
+    named = check.published.p is not None and check.published.p.test is not None
+    return "".join(f" (p: {f.test})" for f in check.fields if f.field == "p" and f.test and not named)
 
 
 def _headline(check: Verification, side: str) -> str:
@@ -90,7 +96,7 @@ def _headline(check: Verification, side: str) -> str:
     if "estimate" in found:
         note = next(f.note for f in check.fields if f.field == "estimate")
         text = (note if side == "got" and note.startswith(NOT_ESTIMABLE) else found["estimate"]) or NOT_ESTIMABLE
-        if "lower" in found:
+        if "lower" in found and not found["lower"] == found["upper"] == NOT_ESTIMABLE:
             text += f" ({found['lower'] or '—'}–{found['upper'] or '—'})"
         return text
     if "p" in found:
