@@ -116,15 +116,23 @@ def _p_check(stated: Stated, test: str | None, comparison: Comparison) -> FieldC
     if test is not None:
         got, why = p_value(comparison, test)
         return _number_check("p", None, stated, got, test=test, note=why)
-    found = {name: _number_check("p", None, stated, p_value(comparison, name)[0]) for name in EFFECT_TESTS[comparison.key]}
+    values = {name: p_value(comparison, name)[0] for name in EFFECT_TESTS[comparison.key]}
+    found = {name: _number_check("p", None, stated, value) for name, value in values.items()}
     matching = [name for name, check in found.items() if check.matches]
-    each = "; ".join(f"{name} {check.got or 'not computable'}" for name, check in found.items())
+    each = "; ".join(_listed(name, value, stated.decimals) for name, value in values.items())
     first = found[matching[0]] if matching else next(iter(found.values()))
     if matching:
         return FieldCheck(field="p", arm=None, expected=first.expected, got=first.got, decimals=first.decimals,
                           matches=True, test=", ".join(matching), note=f"tests of {comparison.key}: {each}")
     return FieldCheck(field="p", arm=None, expected=first.expected, got=None, decimals=first.decimals, matches=False,
                       note=f"no test of {comparison.key} gives it: {each}")
+
+
+def _listed(test: str, value: float | None, places: int) -> str:
+    """One test's p in a list: at the published decimals, or in scientific notation when smaller."""
+    if value is None or value != value:
+        return f"{test} not computable"
+    return f"{test} {at(value, places) if value >= 10 ** -places else f'{value:.2e}'}"
 
 
 def _binary_checks(target: PublishedResult, s: BinarySummary) -> list[FieldCheck]:
