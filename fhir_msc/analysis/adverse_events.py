@@ -18,7 +18,7 @@ import pandas as pd
 from ..account import Account
 from ..fhir.unmapping import read_adverse_event_records
 from ..store.source import ResourceSource
-from ..study.definition import TWO_BY_TWO_EFFECTS, PublishedResult, Study, arm_codes, arm_label
+from ..study.definition import PublishedResult, Study, arm_codes, arm_label
 from .engine_events import NOT_COMPARED, EventCounts, event_counts
 from .export import account_json, number
 from .frame import Comparison, Pair, binary_estimates
@@ -78,7 +78,7 @@ class AdverseEventIncidence:
                        for counts in (_kinds(self.counts)[label], self.counts.n))
         if min(n) < 2:
             return None
-        key = result.effect or (plan.effects.binary if plan.effects.binary in TWO_BY_TWO_EFFECTS else "odds-ratio")
+        key = plan.adverse_event_effect(result.effect)
         summary = compare_binary(subjects, n, plan.alpha, exact=key == "exact-odds-ratio")  # type: ignore[arg-type]
         return Comparison(outcome=label, display=label, visit="", kind="binary", arms=(arm_label(pair[0]), arm_label(pair[1])),
                           effect=binary_estimates(summary)[key], summary=summary, key=key, groups=pair)

@@ -607,6 +607,11 @@ class AnalysisPlan(_Model):
         """The covariates of an outcome's adjusted effects: its ``outcome_covariates`` entry, else ``covariates``."""
         return self.outcome_covariates.get(outcome, self.covariates)
 
+    def adverse_event_effect(self, named: str | None) -> str:
+        """The effect of a published adverse-event entry: as it names it, else the plan's binary effect when that is
+        one of a 2×2 table, else odds-ratio (incidence has no covariates or strata)."""
+        return named or (self.effects.binary if self.effects.binary in TWO_BY_TWO_EFFECTS else "odds-ratio")
+
     def effect_for(self, outcome_type: str) -> str | None:
         """The plan's effect for an outcome type (``effects``); None for an ordinal one without ``effects.ordinal``."""
         return {"coded": self.effects.binary, "boolean": self.effects.binary, "quantity": self.effects.continuous,
@@ -790,7 +795,7 @@ class Study(_Model):
             problems = self._adverse_event_problems(where, result, plan)
             if problems:
                 return problems
-            key = result.effect or plan.effects.binary
+            key = plan.adverse_event_effect(result.effect)
         elif outcome is not None and outcome.type == "time-to-event":
             if result.effect is not None and "time-to-event" not in EFFECT_OUTCOME_TYPES[result.effect]:
                 return [f"{where}.effect: {result.effect!r} does not apply to time-to-event outcome "
@@ -826,11 +831,12 @@ class Study(_Model):
         kinds = ["any", "serious", *self.adverse_events.terms]
         if result.adverse_event not in kinds:
             return [f"{where}.adverse_event: unknown {result.adverse_event!r}: use {', '.join(kinds)}"]
-        effect = result.effect or plan.effects.binary
-        if effect not in TWO_BY_TWO_EFFECTS and (result.effect or result.estimate or result.p):
-            return [f"{where}.effect: adverse events are compared by the effects of their 2×2 table, not {effect}"
-                    f"{'' if result.effect else ' (the plan effect of binary outcomes)'}: "
-                    f"name one of {', '.join(TWO_BY_TWO_EFFECTS)}"]
+        if result.effect is not None and result.effect not in TWO_BY_TWO_EFFECTS:
+            return [f"{where}.effect: adverse events are compared by the effects of their 2×2 table, not "
+                    f"{result.effect}: name one of {', '.join(TWO_BY_TWO_EFFECTS)}"]
+        if result.effect is None and result.estimate is not None and plan.effects.binary not in TWO_BY_TWO_EFFECTS:
+            return [f"{where}.effect: name the effect of this estimate: the plan's binary effect "
+                    f"({plan.effects.binary}) is not one of a 2×2 table ({', '.join(TWO_BY_TWO_EFFECTS)})"]
         return []
 
     def _covariate_problems(self, where: str, covariates: list[str], plan: AnalysisPlan,
