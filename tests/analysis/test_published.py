@@ -212,3 +212,78 @@ def test_readme_study_snippets_load_and_verify_on_the_cohort(demo_store, tmp_pat
     checks = verify(study, analysis_frame(study, demo_store, ["M36"]))
     assert all(c.matches for c in checks), [c.mismatches for c in checks]
     assert [len(c.fields) for c in checks] == [10, 13]
+
+
+def _one(tmp_path, mini_store, entry: str):
+    """The checks of one more published entry of the mini study."""
+    study = load_study(_study(tmp_path, f"    - {entry}\n"))
+    return verify(study, analysis_frame(study, mini_store))[2]
+
+
+RD = 6 / 8 - 2 / 6  # the mini study's responders: TRT 6/8, CTL 2/6
+
+
+def test_a_risk_difference_in_percentage_points_is_checked_as_printed(tmp_path, mini_store):
+    z = stats.norm.ppf(0.975)
+    half = z * np.sqrt(0.75 * 0.25 / 8 + (1 / 3) * (2 / 3) / 6)
+    entry = (f"{{outcome: RESP, visit: W12, effect: risk-difference, unit: percentage-points, estimate: {100 * RD:.1f}, "
+             f"lower: {100 * (RD - half):.1f}, upper: {100 * (RD + half):.1f}}}")
+    check = _one(tmp_path, mini_store, entry)
+    assert check.matches and [f.got for f in check.fields] == [f"{100 * v:.1f}" for v in (RD, RD - half, RD + half)]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{outcome: RESP, visit: W12, effect: risk-difference, estimate: 41.7, lower: -6.3, upper: 89.6}",
+     "analysis.published.2.estimate: 41.7 is outside [-1, 1], the range of a risk difference as a fraction: "
+     "if the paper writes percentage points, add unit: percentage-points"),
+    ("{outcome: RESP, visit: W12, effect: odds-ratio, unit: percentage-points, estimate: 6.0}",
+     "analysis.published.2.unit: percentage-points is for the estimate and CI of a risk difference, not of odds-ratio"),
+    ("{outcome: RESP, visit: W12, estimate: null}",
+     "analysis.published.2.estimate: null is not a value a paper writes: write 'not estimable' if the paper does, "
+     "or leave the field out"),
+    ("{outcome: RESP, visit: W12, p: null}",
+     "analysis.published.2.p: null is not a value a paper writes: leave the field out"),
+    ("{outcome: RESP, visit: W12, percents: {TRT: not estimable}}",
+     "analysis.published.2.percents.TRT: 'not estimable' is written only for an estimate, a CI bound or a number "
+     "needed to treat"),
+    ("{outcome: SCORE, visit: W12, number_needed_to_treat: 3}",
+     "analysis.published.2.number_needed_to_treat: does not apply to continuous (quantity) outcome SCORE"),
+    ("{outcome: RESP, visit: W12, effect: odds-ratio, treatment: 5, control: CTL}",
+     "analysis.published.2.treatment: 5 is not an arm code or a list of arm codes (pooled)"),
+])
+def test_a_published_value_that_does_not_fit_is_one_line_naming_its_path(tmp_path, entry, message):
+    with pytest.raises(StudyDefinitionError) as error:
+        load_study(_study(tmp_path, f"    - {entry}\n"))
+    assert str(error.value).splitlines()[1:] == [f"  {message}"]
+
+
+def test_relative_risk_reduction_and_number_needed_to_treat(tmp_path, mini_store):
+    rrr = 100 * (1 - 0.75 / (2 / 6))  # 1 − RR in percent: −125 (TRT has more responders)
+    check = _one(tmp_path, mini_store, f"{{outcome: RESP, visit: W12, relative_risk_reduction: {rrr:.0f}, "
+                                       f"number_needed_to_treat: 3}}")
+    assert check.matches and [f.got for f in check.fields] == ["-125", "3"]  # 1 / 0.4167 = 2.4, rounded up
+    assert 1 / RD == pytest.approx(2.4)
+    written = _one(tmp_path, mini_store, "{outcome: RESP, visit: W12, number_needed_to_treat: 2.4}")
+    assert written.matches  # with decimals: rounded half up
+    rounded_down = _one(tmp_path, mini_store, "{outcome: RESP, visit: W12, number_needed_to_treat: 2}")
+    assert rounded_down.mismatches == ["number_needed_to_treat: expected 2, got 3 (0 decimals)"]
+
+
+def test_a_p_whose_test_is_not_named_names_the_tests_that_give_it(tmp_path, mini_store):
+    fisher = stats.fisher_exact([[6, 2], [2, 4]]).pvalue
+    check = _one(tmp_path, mini_store, f"{{outcome: RESP, visit: W12, p: {fisher:.3f}}}")
+    assert check.matches and check.fields[0].test == "fisher"
+    assert check.published.p.test is None and check.fields[0].note.startswith("tests of odds-ratio: wald ")
+    table = [[6, 2], [2, 4]]
+    p = {"wald": 2 * stats.norm.sf(np.log(6 * 4 / (2 * 2)) / np.sqrt(1 / 6 + 1 / 2 + 1 / 2 + 1 / 4)), "fisher": fisher,
+         "pearson-chi2": stats.chi2_contingency(table, correction=False).pvalue,
+         "pearson-chi2-yates": stats.chi2_contingency(table, correction=True).pvalue,
+         "likelihood-ratio": stats.chi2_contingency(table, correction=False, lambda_="log-likelihood").pvalue}
+    bound = _one(tmp_path, mini_store, '{outcome: RESP, visit: W12, p: "<0.15"}')
+    below = [test for test, value in p.items() if value < 0.15]
+    assert 0 < len(below) < len(p) and bound.fields[0].test == ", ".join(below)
+    none = _one(tmp_path, mini_store, "{outcome: RESP, visit: W12, p: 0.9}")
+    assert not none.matches and none.mismatches[0].startswith("p: expected 0.9, no test of odds-ratio gives it: wald 0.")
+    result = CliRunner().invoke(main, ["verify", "--store", str(mini_store.path), "--study",
+                                       str(_study(tmp_path, f"    - {{outcome: RESP, visit: W12, p: {fisher:.3f}}}\n"))])
+    assert result.exit_code == 0 and "match (p: fisher)" in result.output
