@@ -211,7 +211,8 @@ def test_readme_study_snippets_load_and_verify_on_the_cohort(demo_store, tmp_pat
     assert [d.code for d in study.analysis.derived] == ["SIXMWDCHG", "SIXMWDPCT", "FEV1FVCR", "FVCFEV1D", "SIXMWDAUC"]
     checks = verify(study, analysis_frame(study, demo_store, ["M36"]))
     assert all(c.matches for c in checks), [c.mismatches for c in checks]
-    assert [len(c.fields) for c in checks] == [10, 13]
+    assert [len(c.fields) for c in checks] == [10, 13, 6]
+    assert checks[2].fields[3].test == "wald, fisher, pearson-chi2, likelihood-ratio"  # p 0.2, test not named
 
 
 def _one(tmp_path, mini_store, entry: str):
