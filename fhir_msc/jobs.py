@@ -379,12 +379,16 @@ def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROG
               if study.analysis and any(result.visit for result in study.analysis.published) else None)
     events: dict[str, pd.DataFrame] = {}
     counted: list[AdverseEventIncidence | None] = []
-    pairs = published_pairs(study)  # of the published adverse-event entries
     frame, observations = frame_and_account(
         study, source, visits, progress, unused, engine, events, spark_master=spark_master,
-        also=lambda opened: counted.append(incidence(study, opened, engine, pairs)) if pairs else None)
-    return VerifyResult(checks=analysis.verify(study, frame, events, counted[0] if counted else None),
-                        observations=observations)
+        also=lambda opened: counted.append(_published_incidence(study, opened, engine)))
+    return VerifyResult(checks=analysis.verify(study, frame, events, counted[0]), observations=observations)
+
+
+def _published_incidence(study: Study, source: ResourceSource, engine: str = "python") -> AdverseEventIncidence | None:
+    """The adverse-event incidence of the pairs of the study's published adverse-event entries (None: there are none)."""
+    pairs = published_pairs(study)
+    return incidence(study, source, engine, pairs) if pairs else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -632,7 +636,7 @@ def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress =
     events: dict[str, pd.DataFrame] = {}
     frame, observations = frame_and_account(study, store, None, progress, None, events=events)
     comparisons = analysis.analyze(study, frame, events=events)
-    checks = analysis.verify(study, frame, events)
+    checks = analysis.verify(study, frame, events, _published_incidence(study, Store(store)))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
                           study=study, source=f"trial tables {tables}, mapped into the store {store}")
@@ -667,7 +671,7 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     if not comparisons:
         raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
                          "check the tables and that --study describes them")
-    checks = analysis.verify(study, frame)
+    checks = analysis.verify(study, frame, adverse_events=_published_incidence(study, Store(store)))
     events = incidence(study, Store(store))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic

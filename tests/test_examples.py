@@ -202,7 +202,7 @@ def test_readme_time_to_event_snippet_verifies_on_the_example(stores, tmp_path):
     ("{outcome: TTRECOV, visit: D28, estimate: 2.0}",
      "analysis.published.0.visit: time-to-event TTRECOV is over the whole follow-up: give no visit"),
     ("{outcome: TTRECOV, p: {test: fisher, value: 0.5}}",
-     "analysis.published.0.p.test: 'fisher' is not a test of cox-hazard-ratio (the plan effect of this outcome): "
+     "analysis.published.0.p.test: 'fisher' is not a test of cox-hazard-ratio (the plan's effect for this outcome): "
      "use wald, likelihood-ratio, log-rank, or leave test out"),
     ("{outcome: TTRECOV, means: {HIGH: 3.0}}",
      "analysis.published.0.means: does not apply to time-to-event TTRECOV (n, counts, medians do)"),

@@ -1,9 +1,11 @@
 """Published results checked field by field, each at the precision the paper writes it with.
 
-A ``published`` entry of the study definition may give an estimate and CI, a p with its test,
-n, counts, proportions or percents per arm, means, SDs, medians and IQRs per arm (see
-:class:`PublishedResult`). Each field given becomes one :class:`FieldCheck`: the value as
-written, the recomputed value rounded to the same decimals (half up), and whether they match.
+A ``published`` entry of the study definition may give an estimate and CI (a risk difference in percentage points
+with ``unit``), a p with its test or without one, a relative risk reduction and a number needed to treat, n, counts,
+proportions or percents per arm, means, SDs, medians and IQRs per arm (see :class:`PublishedResult`). Each field
+given becomes one :class:`FieldCheck`: the value as written, the recomputed value rounded to the same decimals (half
+up), and whether they match. An estimate, CI bound or NNT written "not estimable" matches a recomputation without a
+finite value, with the reason; a p without its test matches when a test of the entry's effect gives it.
 """
 
 from __future__ import annotations

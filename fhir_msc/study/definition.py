@@ -389,8 +389,8 @@ class PublishedResult(_Model):
     @model_validator(mode="after")
     def _names_what(self) -> PublishedResult:
         if (self.outcome is None) == (self.adverse_event is None):
-            raise ValueError("give its outcome (an outcome, derived endpoint or time_to_event code) or adverse_event "
-                             "(any, serious or a term), not both")
+            raise ValueError("give either its outcome (an outcome, derived endpoint or time_to_event code) or "
+                             "adverse_event (any, serious or a term of adverse_events)")
         return self
 
     @property
@@ -452,8 +452,8 @@ class PublishedResult(_Model):
             return []
         found = []
         if self.p and self.p.test and self.p.test not in EFFECT_TESTS[key]:
-            found.append(f"{where}.p.test: {self.p.test!r} is not a test of {key}"
-                         f"{'' if self.effect else ' (the plan effect of this outcome)'}: "
+            planned = "" if self.effect else " (the plan's effect for this outcome)"
+            found.append(f"{where}.p.test: {self.p.test!r} is not a test of {key}{planned}: "
                          f"use {', '.join(EFFECT_TESTS[key])}, or leave test out")
         if key not in RISK_DIFFERENCES:
             if self.unit:

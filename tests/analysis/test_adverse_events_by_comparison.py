@@ -189,7 +189,8 @@ ENTRY = "    - {adverse_event: any, treatment: HIGH, control: PBO"
      "risk-difference-newcombe"),
     (ENTRY + ", p: {test: t-pooled, value: 0.5}}", "analysis.published.12.p.test: 't-pooled' is not a test of odds-ratio"),
     ("    - {adverse_event: any, outcome: RESP, visit: W12}",
-     "analysis.published.12: give its outcome (an outcome, derived endpoint or time_to_event code) or adverse_event"),
+     "analysis.published.12: give either its outcome (an outcome, derived endpoint or time_to_event code) or "
+     "adverse_event"),
 ])
 def test_an_adverse_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, entry, message):
     path = tmp_path / "study.yaml"

@@ -131,7 +131,7 @@ def test_every_p_verify_checks_is_in_analyze_json(mini_store):
 
 @pytest.mark.parametrize(("entry", "message"), [
     ("{outcome: RESP, visit: W12, p: {test: t-welch, value: 0.5}}",
-     "analysis.published.2.p.test: 't-welch' is not a test of odds-ratio (the plan effect of this outcome): "
+     "analysis.published.2.p.test: 't-welch' is not a test of odds-ratio (the plan's effect for this outcome): "
      "use wald, fisher, pearson-chi2, pearson-chi2-yates, likelihood-ratio, or leave test out"),
     ("{outcome: SCORE, visit: W12, p: {test: log-rank, value: 0.04}}",
      "analysis.published.2.p.test: 'log-rank' is not a test of mean-difference"),
