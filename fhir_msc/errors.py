@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     PARTIAL = 7  # a push/pull/sync finished, but some resources failed (see the report)
     SERVER = 8  # the server could not be used: unreachable, refused credentials, bad answers
     LOCKED = 9  # another job holds the lock of this store or sync state
+    CONFLICTS = 10  # a pull kept local data that differs from the server's (see its conflicts file; --prefer server)
     INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT); what was done and how to resume are printed
 
 

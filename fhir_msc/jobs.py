@@ -451,7 +451,10 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
     """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``.
 
     Ends by checking that the server holds every resource (see ``sync.push`` for ``mode``).
+    Asks for write access (SMART scopes) unless ``mode`` only reads (``dry-run``, ``verify``).
     """
+    if mode in _sync.SENDING_MODES:
+        client.need_access("write")
     profile = server_profile(client, fhir_version)
     with open_journal(state) as journal:
         resources = resources_of(study, source, profile.version)
@@ -461,27 +464,34 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         fhir_version: str | None = None, bulk: bool = False, since: str | None = None,
+         fhir_version: str | None = None, bulk: bool = False, since: str | None = None, prefer: str = "local",
          progress: Progress = NO_PROGRESS) -> PullResult | _bulk_pull.BulkPullResult:
     """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``.
 
     With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
     ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
-    store's write lock is held throughout.
+    paged pull keeps local data the server does not have unless ``prefer`` is "server", and
+    lists such conflicts in ``state/pull-conflicts.csv``. The store's write lock is held
+    throughout.
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
             result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
         else:
-            result = _sync.pull(client, study, Store(store), journal, full=full,
+            result = _sync.pull(client, study, Store(store), journal, full=full, prefer=prefer,
                                 profile=server_profile(client, fhir_version), progress=progress)
+    if isinstance(result, PullResult):
+        result = _with_conflicts_file(result, state)
     return dataclasses.replace(result, recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
-         bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None,
+         bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None, prefer: str = "local",
          progress: Progress = NO_PROGRESS) -> SyncResult:
-    """Store → server, server → store, or server → server (through a staging store in ``state``)."""
+    """Store → server, server → store, or server → server (through a staging store in ``state``).
+
+    Only the target server is asked for write access (SMART scopes).
+    """
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
     with open_journal(state) as journal:
@@ -490,21 +500,37 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
             staging = Path(target) if not is_server(target) else state / "staging"
             client = connect_to(source)
             with Store(staging).writing() as recovered:
-                pulled = _sync.pull(client, study, Store(staging), journal, profile=server_profile(client, fhir_version),
-                                    progress=progress)
-            pulled = dataclasses.replace(pulled, recovered=tuple(recovered))
+                pulled = _sync.pull(client, study, Store(staging), journal, prefer=prefer,
+                                    profile=server_profile(client, fhir_version), progress=progress)
+            pulled = dataclasses.replace(_with_conflicts_file(pulled, state), recovered=tuple(recovered))
             source_path = staging
         else:
             source_path = Path(source)
         pushed = None
         if is_server(target):
             client = connect_to(target)
+            client.need_access("write")
             profile = server_profile(client, fhir_version)
             resources = resources_of(study, source_path, profile.version)
             _push_stage(source_path, resources, progress)
             pushed = _sync.push(client, resources, journal, bundle_size=bundle_size, method=method, profile=profile,
                                 progress=progress.advance)
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
+
+
+PULL_CONFLICTS_FILE = "pull-conflicts.csv"
+PULL_CONFLICT_COLUMNS = ["RESOURCE_TYPE", "ID", "WHAT_DIFFERS", "SERVER_LAST_UPDATED", "KEPT"]
+
+
+def _with_conflicts_file(result: PullResult, state: Path) -> PullResult:
+    """A pull that met conflicts lists them in ``state/pull-conflicts.csv`` (replacing the last such list), named in
+    the result; one without conflicts leaves the file as it is."""
+    if not result.conflicts:
+        return result
+    path = state / PULL_CONFLICTS_FILE
+    _write_csv(path, PULL_CONFLICT_COLUMNS, ([c.resource_type, c.id, c.differs, c.server_last_updated, c.kept]
+                                             for c in result.conflicts))
+    return dataclasses.replace(result, conflicts_file=str(path))
 
 
 CONFLICTS_FILE = "conflicts.csv"
@@ -574,12 +600,17 @@ def _held_values(study: Study, store: Store, enrolled: set[str]) -> tuple[dict, 
 
 def _write_conflicts(study: Study, conflicts: list[_hospital.Conflict], path: Path) -> None:
     """Both values of every conflict (owner-only: it holds trial and hospital data); header only if none."""
+    _write_csv(path, CONFLICT_COLUMNS, ([c.subject, c.testcd, c.visitnum, study.visit_by_num[c.visitnum].code, c.unit,
+                                         c.study_result, c.study_date, c.hospital_result, c.hospital_date,
+                                         c.hospital_observation, c.kept] for c in conflicts))
+
+
+def _write_csv(path: Path, columns: list[str], rows: Iterable[list]) -> None:
+    """A CSV file of trial data: owner-only, a header, then the rows."""
     with private_open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(CONFLICT_COLUMNS)
-        for c in conflicts:
-            writer.writerow([c.subject, c.testcd, c.visitnum, study.visit_by_num[c.visitnum].code, c.unit, c.study_result,
-                             c.study_date, c.hospital_result, c.hospital_date, c.hospital_observation, c.kept])
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 @dataclass(frozen=True, kw_only=True)

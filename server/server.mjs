@@ -13,6 +13,7 @@
 // /metadata needs a bearer token it issued, with a write scope for writes.
 // Bulk Data $export (system, Patient and Group levels) with test-only knobs: see "Bulk Data $export" below.
 // FHIR_TEST_PRELOAD: see "Preloading a cohort" below (benchmarks load 1M resources that way).
+// FHIR_TEST_PAGE_CAP=N: searches answered as by servers that do not page: see "Capped search pages" below.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -95,6 +96,7 @@ const server = http.createServer(async (req, res) => {
     // _summary=count: the total only (the in-memory repository ignores _summary, so ask for no entries).
     if (isSearch && url.searchParams.get('_summary') === 'count') url.searchParams.set('_count', '0');
     if (isSearch && !url.searchParams.has('_count')) url.searchParams.set('_count', String(DEFAULT_PAGE_SIZE));
+    if (isSearch) capPage(url.searchParams);
     const query = {};
     for (const [key, value] of url.searchParams) {
       query[key] = key in query ? [].concat(query[key], value) : value;
@@ -390,7 +392,7 @@ async function smartRoute(req, res, url) {
   if (req.method === 'GET' && url.pathname === `${BASE_PATH}/.well-known/smart-configuration`) {
     sendJson(res, 200, { token_endpoint: origin + TOKEN_PATH, grant_types_supported: ['client_credentials'],
       token_endpoint_auth_methods_supported: ['private_key_jwt'], token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
-      scopes_supported: ['system/*.read', 'system/*.write', 'system/*.rs', 'system/*.cruds'], capabilities: ['client-confidential-asymmetric'] });
+      scopes_supported: smartScopes.supported, capabilities: ['client-confidential-asymmetric', ...smartScopes.capabilities] });
     return true;
   }
   if (url.pathname === TOKEN_PATH) {
@@ -400,7 +402,7 @@ async function smartRoute(req, res, url) {
   if (url.pathname === `${BASE_PATH}/metadata`) return false;
   const granted = smart.tokens.get((req.headers.authorization ?? '').replace(/^Bearer /, ''));
   const problem = !granted || granted.expires < Date.now() ? [401, 'login', 'missing, unknown or expired bearer token']
-    : !granted.scopes.some((s) => allows(s, ['GET', 'HEAD'].includes(req.method) ? 'rs' : 'cud'))
+    : !granted.scopes.some((s) => allows(s, readsOnly(req, url) ? 'rs' : 'cud'))
       ? [403, 'forbidden', `the token's scope (${granted.scopes.join(' ')}) does not allow ${req.method}`] : undefined;
   if (!problem) return false;
   send(res, problem[0], { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: problem[1], diagnostics: problem[2] }] });
@@ -428,6 +430,8 @@ async function issueToken(req, res, tokenUrl) {
   if (!scopes.length || !scopes.every((s) => SCOPE.test(s))) {
     return fail(400, 'invalid_scope', 'this server grants system/*.read, system/*.write, system/*.rs or system/*.cruds');
   }
+  const refused = scopes.map(scopeRefusal).find(Boolean);
+  if (refused) return fail(400, 'invalid_scope', refused);
   const accessToken = crypto.randomBytes(24).toString('base64url');
   smart.tokens.set(accessToken, { expires: Date.now() + smart.ttl * 1000, scopes });
   sendJson(res, 200, { access_token: accessToken, token_type: 'bearer', expires_in: smart.ttl, scope: scopes.join(' ') });
@@ -461,6 +465,38 @@ function verifyAssertion(jwt, tokenUrl) {
   smart.jtis.set(claims.jti, claims.exp);
 }
 
+// --- SMART scopes: the syntax the server lists, the scopes the client is granted ---------------
+// FHIR_TEST_SMART_PERMISSIONS=v1 or v2: the smart-configuration lists SMART v1 scopes only
+// (system/*.read, system/*.write; capability permission-v1) or v2 only (system/*.rs,
+// system/*.cruds; permission-v2), and the token endpoint refuses the other syntax with
+// invalid_scope; unset, it lists and accepts both. FHIR_TEST_SMART_SCOPES (space-separated, e.g.
+// system/*.read) are the only scopes granted to the client: asking for any other is invalid_scope.
+// Reads (GET, HEAD, and the DELETE that ends a Bulk Data export) need r or s, other requests c, u or d.
+
+const SCOPES_LISTED = { v1: ['system/*.read', 'system/*.write'], v2: ['system/*.rs', 'system/*.cruds'] };
+const smartScopes = smartScopeSettings();
+
+function smartScopeSettings() {
+  const permissions = process.env.FHIR_TEST_SMART_PERMISSIONS;
+  if (permissions && !SCOPES_LISTED[permissions]) throw new Error('FHIR_TEST_SMART_PERMISSIONS must be v1 or v2');
+  const syntaxes = permissions ? [permissions] : ['v1', 'v2'];
+  return { syntaxes, supported: syntaxes.flatMap((syntax) => SCOPES_LISTED[syntax]),
+    capabilities: syntaxes.map((syntax) => `permission-${syntax}`),
+    granted: process.env.FHIR_TEST_SMART_SCOPES?.split(' ').filter(Boolean) };
+}
+
+// Why a requested scope (already matching SCOPE) is not granted; undefined when it is.
+function scopeRefusal(scope) {
+  const syntax = /\.(read|write)$/.test(scope) ? 'v1' : 'v2';
+  if (!smartScopes.syntaxes.includes(syntax)) return `${scope} is SMART ${syntax} syntax: this server lists ${smartScopes.supported.join(' ')}`;
+  if (smartScopes.granted && !smartScopes.granted.includes(scope)) return `this client is granted ${smartScopes.granted.join(' ')} only, not ${scope}`;
+  return undefined;
+}
+
+function readsOnly(req, url) {
+  return ['GET', 'HEAD'].includes(req.method) || (req.method === 'DELETE' && url.pathname.startsWith(`${BASE_PATH}/$export-status/`));
+}
+
 function sendJson(res, status, body) {
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
   res.end(JSON.stringify(body));
@@ -479,12 +515,23 @@ function withPageLinks(bundle, base, pathname, params) {
   const offset = Number(params.get('_offset') ?? 0);
   const matches = (bundle.entry ?? []).filter((e) => e.search?.mode !== 'include').length;
   bundle.link = [{ relation: 'self', url: `${base}${pathname}?${params}` }];
-  if (count > 0 && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
+  if (count > 0 && !pageCap && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
     const next = new URLSearchParams(params);
     next.set('_offset', String(offset + count));
     bundle.link.push({ relation: 'next', url: `${base}${pathname}?${next}` });
   }
   return bundle;
+}
+
+// --- Capped search pages (test-only) ---------------------------------------------------------------
+// FHIR_TEST_PAGE_CAP=N: every search answers one page of at most N matches (fewer when _count asks
+// fewer) and never a next link, while Bundle.total stays the full count, as servers that do not page
+// (or cap their pages and drop the link) do: a client must notice that the page set falls short of
+// total. _summary=count is unaffected. Unset (the default): pages of _count with next links.
+const pageCap = Number(process.env.FHIR_TEST_PAGE_CAP ?? 0) || undefined;
+
+function capPage(params) {
+  if (pageCap && Number(params.get('_count')) > pageCap) params.set('_count', String(pageCap));
 }
 
 // --- Preloading a cohort (test harness only) ------------------------------------------------------

@@ -96,14 +96,18 @@ def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
 
 
 def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
-    """One outcome at one visit: both arms, the planned effect, every estimate and every p-value."""
+    """One outcome at one visit: both arms, the planned effect, every estimate and every p-value; whether it is
+    baseline balance, and the effect's p adjusted in its family (null when in none)."""
     estimates = _estimates(comparison)
     key = comparison.key or next(k for k, e in estimates.items() if e is comparison.effect)
     return {"outcome": comparison.outcome, "display": comparison.display, "visit": comparison.visit,
             "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
             "effect": estimate_json(key, comparison.effect),
             "estimates": {k: estimate_json(k, e) for k, e in estimates.items()},
-            "p_values": _p_values(comparison, estimates),
+            "p_values": _p_values(comparison, estimates), "baseline_balance": comparison.baseline_balance,
+            "p_adjusted": None if comparison.adjusted is None else {
+                "p": number(comparison.adjusted.p), "method": comparison.adjusted.method,
+                "family": comparison.adjusted.family, "size": comparison.adjusted.size},
             **({"excluded": {reason: list(subjects) for reason, subjects in comparison.excluded.items()}}
                if comparison.excluded else {})}
 
@@ -157,7 +161,8 @@ def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
     return {**numbers, "unit": target.unit, "decimals": target.decimals, "source": target.source, "arms": arms,
             "relative_risk_reduction": None if target.relative_risk_reduction is None else stated_json(
                 target.relative_risk_reduction),
-            "p": None if target.p is None else {"test": target.p.test, **stated_json(target.p.value)}}
+            "p": None if target.p is None else {"test": target.p.test, **stated_json(target.p.value)},
+            "p_adjusted": None if target.p_adjusted is None else stated_json(target.p_adjusted)}
 
 
 def stated_json(stated: Stated) -> dict[str, Any]:

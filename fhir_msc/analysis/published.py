@@ -24,14 +24,16 @@ if TYPE_CHECKING:
 
 FITTED = ("adjusted-odds-ratio", "adjusted-mean-difference", "proportional-odds", "cox-hazard-ratio")  # their own LR test
 OWN_TESTS = ("wald", "cochran-mantel-haenszel", "exact-poisson")  # a test that is the effect's own p
+NO_FAMILY = ("not computable: the comparison is in no multiplicity family (its arms are no pair of the analysis plan, "
+             "or its effect has no p)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class FieldCheck:
     """One published field next to its recomputation at the published decimals."""
 
-    field: str  # estimate, lower, upper, p, relative_risk_reduction, number_needed_to_treat, n, events, proportion,
-    # percent, mean, sd, median, q1, q3
+    field: str  # estimate, lower, upper, p, p_adjusted, relative_risk_reduction, number_needed_to_treat, n, events,
+    # proportion, percent, mean, sd, median, q1, q3
     arm: str | None  # arm code for per-arm fields
     expected: str  # as the paper writes it
     got: str | None  # recomputed, at the published precision; None: not computable (note says why)
@@ -171,6 +173,10 @@ def check(target: PublishedResult, comparison: Comparison) -> list[FieldCheck]:
                                         note=note))
     if target.p is not None:
         checks.append(_p_check(target.p.value, target.p.test, comparison))
+    if target.p_adjusted is not None:
+        adjusted = comparison.adjusted
+        checks.append(_number_check("p_adjusted", None, target.p_adjusted, adjusted.p if adjusted else None,
+                                    test=adjusted.method if adjusted else None, note=NO_FAMILY))
     s = comparison.summary
     if isinstance(s, BinarySummary):
         checks += _binary_checks(target, s)

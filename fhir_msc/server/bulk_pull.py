@@ -83,7 +83,7 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     if not studies:
         return BulkPullResult(source=client.base_url, method="bulk", counts={}, since=since, high_water=since,
                               requests=client.stats.requests - before, seconds=time.monotonic() - started)
-    groups = client.search_complete("Group", {"identifier": f"{study.system('group')}|{key}"})
+    groups = client.listing("Group", {"identifier": f"{study.system('group')}|{key}"}).resources
     level = _level(levels, groups)
     done = bulk.export(client, level, state_dir, types=EXPORTED, since=since,
                        policy=policy, progress=progress)

@@ -360,6 +360,7 @@ class PublishedResult(_Model):
     unit: Literal["percentage-points"] | None = None  # of a risk difference's estimate and CI (default: a fraction)
     decimals: int | None = None  # estimate and CI at these decimals, else as written
     p: PublishedP | None = None
+    p_adjusted: Stated | None = None  # the effect's p adjusted in its family (analysis.multiplicity)
     relative_risk_reduction: Stated | None = None  # 1 − RR, in percent (binary)
     number_needed_to_treat: Estimated | None = None  # 1 / |risk difference| (binary)
     n: dict[str, int] | None = None
@@ -403,7 +404,7 @@ class PublishedResult(_Model):
         under ``where``."""
         if outcome is None:
             found = [f"{where}.{name}: does not apply to adverse events (subjects with ≥1 event per arm)"
-                     for name in ("visit", "covariates", "stratum") if getattr(self, name) is not None]
+                     for name in ("visit", "covariates", "stratum", "p_adjusted") if getattr(self, name) is not None]
             return found + self._ci_problems(where) + self._field_problems(where, _CONTINUOUS_ONLY, "adverse events",
                                                                            arms)
         if outcome.type == "time-to-event":
@@ -571,6 +572,24 @@ class ArmPair(_Model):
     control: ArmSet
 
 
+class Multiplicity(_Model):
+    """How the plan adjusts p-values for multiple comparisons: ``method`` within each family.
+
+    A family is the treatment-effect comparisons at one visit (time-to-event entries: over the whole
+    follow-up), every pair of arms, of the outcomes of one list of ``families`` (none named: every outcome).
+    Comparisons at the baseline visit (baseline balance) are in no family.
+    """
+
+    method: Literal["holm", "bonferroni", "benjamini-hochberg"]
+    families: dict[str, list[str]] = {}  # name -> outcome codes (outcomes, derived endpoints, time_to_event entries)
+
+    def family(self, outcome: str) -> str | None:
+        """The name of the family ``outcome`` is in ("" when no family is named: all are in one), None if in none."""
+        if not self.families:
+            return ""
+        return next((name for name, codes in self.families.items() if outcome in codes), None)
+
+
 class AnalysisPlan(_Model):
     """What ``analyze`` compares: the pairs of arms, the effects, and what they are adjusted or stratified by.
 
@@ -585,13 +604,14 @@ class AnalysisPlan(_Model):
     # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
     windows: dict[str, AnalysisWindow] = {}
     effects: Effects = Effects()
-    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME)
+    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME); baseline balance
     covariates: list[str] = []  # for adjusted-odds-ratio, adjusted-mean-difference and proportional-odds
     outcome_covariates: dict[str, list[str]] = {}  # per outcome code: its covariates instead ([]: unadjusted)
     stratum: str | None = None  # for odds-ratio-mh: a DM column (sex) or a coded baseline finding
     # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
     better: dict[str, Literal["higher", "lower"]] = {}
     derived: list[DerivedEndpoint] = []
+    multiplicity: Multiplicity | None = None  # None: p-values are not adjusted for multiple comparisons
     published: list[PublishedResult] = []
 
     def pairs(self, arms: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -617,6 +637,19 @@ class AnalysisPlan(_Model):
         return {"coded": self.effects.binary, "boolean": self.effects.binary, "quantity": self.effects.continuous,
                 "integer": self.effects.continuous, "ordinal": self.effects.ordinal,
                 "time-to-event": self.effects.time_to_event}.get(outcome_type)
+
+
+def _adjusted_p_problems(where: str, result: PublishedResult, plan: AnalysisPlan) -> list[str]:
+    """Why a published adjusted p cannot be recomputed: no adjustment planned, baseline balance, or in no family."""
+    if plan.multiplicity is None:
+        return [f"{where}: name the adjustment in analysis.multiplicity (method: holm, bonferroni or benjamini-hochberg)"]
+    if result.visit is not None and result.visit == plan.baseline:
+        return [f"{where}: {result.visit} is the baseline visit: its comparisons are baseline balance, in no "
+                "multiplicity family"]
+    if plan.multiplicity.family(result.outcome) is None:
+        return [f"{where}: {result.outcome} is in no family of analysis.multiplicity.families "
+                f"({', '.join(plan.multiplicity.families)})"]
+    return []
 
 
 DM_COVARIATES = ("age", "sex")  # the DM columns the analysis frame carries
@@ -782,8 +815,29 @@ class Study(_Model):
             else:
                 problems += self._covariate_problems(f"analysis.outcome_covariates.{code}", names, plan, outcome)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
+        problems += self._multiplicity_problems(plan)
         for index, result in enumerate(plan.published):
             problems += self._published_problems(f"analysis.published.{index}", result, plan, pairs, visit_codes)
+        return problems
+
+    def _multiplicity_problems(self, plan: AnalysisPlan) -> list[str]:
+        """Family members that are no outcome of the study, or are in two families."""
+        if plan.multiplicity is None:
+            return []
+        known = {*self.analysed_outcome_by_code, *(entry.code for entry in self.time_to_event)}
+        problems, family_of = [], {}
+        for name, codes in plan.multiplicity.families.items():
+            where = f"analysis.multiplicity.families.{name}"
+            if not codes:
+                problems.append(f"{where}: list the outcomes of the family")
+            for index, code in enumerate(codes):
+                if code not in known:
+                    problems.append(f"{where}.{index}: unknown outcome {code!r}: use one of {', '.join(known)}")
+                elif code in family_of:
+                    problems.append(f"{where}.{index}: {code} is already in family {family_of[code]}: an outcome is in "
+                                    "one family")
+                else:
+                    family_of[code] = name
         return problems
 
     def _published_problems(self, where: str, result: PublishedResult, plan: AnalysisPlan,
@@ -822,6 +876,8 @@ class Study(_Model):
         problems += result.problems(where, outcome, labels) + result.effect_problems(where, key)
         if result.covariates is not None and outcome is not None:
             problems += self._covariate_problems(f"{where}.covariates", result.covariates, plan, outcome)
+        if result.p_adjusted is not None and outcome is not None:
+            problems += _adjusted_p_problems(f"{where}.p_adjusted", result, plan)
         return problems + self._stratum_problems(f"{where}.stratum", result.stratum, plan)
 
     def _adverse_event_problems(self, where: str, result: PublishedResult, plan: AnalysisPlan) -> list[str]:

@@ -8,6 +8,7 @@ import re
 import ssl
 import threading
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -270,8 +271,38 @@ def test_unsorted_search_is_checked_against_the_total():
     responses.get(f"{BASE}/Patient?page=2", json=page(["b"]))
     responses.get(f"{BASE}/Patient", json=page(["a", "b", "c"]))
     client, _ = make_client()
-    assert sorted(r["id"] for r in client.search_complete("Patient")) == ["a", "b", "c"]
+    listing = client.listing("Patient")
+    assert sorted(r["id"] for r in listing.resources) == ["a", "b", "c"] and listing.complete
     assert "_sort" not in responses.calls[0].request.url and "_sort=_id" in responses.calls[2].request.url
+
+
+@pytest.mark.parametrize("honours_id", [True, False])
+@responses.activate
+def test_a_listing_that_falls_short_of_its_total_says_so_and_presence_proves_each_id(honours_id):
+    # pages of at most 2 and no next link, whatever was asked (a server that does not page); Patient/d is gone
+    held = ["a", "b", "c", "e"]
+
+    def search(request):
+        query = parse_qs(urlsplit(request.url).query)
+        wanted = [i for i in held if i in query["_id"][0].split(",")] if "_id" in query and honours_id else held
+        entries = [{"resource": {"resourceType": "Patient", "id": i}} for i in wanted[:2]]
+        return 200, {}, json.dumps({"resourceType": "Bundle", "type": "searchset", "total": len(wanted), "entry": entries})
+
+    responses.add_callback(responses.GET, re.compile(rf"{re.escape(BASE)}/Patient\?"), callback=search)
+    responses.get(f"{BASE}/Patient/c", json={"resourceType": "Patient", "id": "c"})
+    responses.get(f"{BASE}/Patient/d", status=404, json={"resourceType": "OperationOutcome", "issue": []})
+    responses.get(f"{BASE}/Patient/e", status=403, json={"resourceType": "OperationOutcome", "issue": []})
+    client, _ = make_client()
+    listing = client.id_listing("Patient")
+    assert not listing.complete and listing.ids("Patient") == {"a", "b"} and listing.page == 2
+    assert listing.shortfall == "the server listed 2 of the 4 it matches (Bundle.total)"
+    presence = client.presence("Patient", ["a", "b", "c", "d", "e"])
+    if honours_id:  # the search of 5 falls short: asked again 2 at a time, each answer complete
+        assert (presence.held, presence.absent, presence.unknown) == ({"a", "b", "c", "e"}, {"d"}, {})
+        assert (presence.searches, presence.reads) == (3, 0)
+    else:  # only reads can tell: 200 held, 404 absent, 403 neither
+        assert (presence.held, presence.absent, set(presence.unknown)) == ({"a", "b", "c"}, {"d"}, {"e"})
+        assert "HTTP 403" in presence.unknown["e"] and presence.reads == 3
 
 
 # --- security: URLs, plain http, token endpoint settings, redirects, Retry-After, TLS -----------------
