@@ -329,7 +329,7 @@ class AnalysisResult:
 
     comparisons: list[Comparison]
     observations: Account
-    adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
+    adverse_events: AdverseEventIncidence | None = None  # when the study file has adverse_events and the source AdverseEvents
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
     not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
 

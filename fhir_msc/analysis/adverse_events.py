@@ -99,8 +99,8 @@ def _kinds(counts: EventCounts) -> dict[str, dict[str, int]]:
 def incidence(study: Study, source: ResourceSource, engine: str = "python",
               pairs: list[Pair] | None = None) -> AdverseEventIncidence | None:
     """Adverse-event incidence for each of ``pairs`` (default: every comparison of the plan); None when the study file
-    has no ``adverse_events`` or ``analysis``, or the source holds no AdverseEvent at all (AE data not mapped or not
-    pulled: not "no events").
+    has no ``adverse_events`` or ``analysis``, there is no pair, or the source holds no AdverseEvent at all (AE data not
+    mapped or not pulled: not "no events").
 
     ``engine`` "duckdb" or "spark": counted by DuckDB from the shipped views (``engine_events``); "python":
     by the Python reader, the reference. Both give the same rows and account.
