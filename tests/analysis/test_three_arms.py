@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from scipy import stats
 
 from fhir_msc import jobs
-from fhir_msc.analysis.frame import analysis_frame, analyze, arms_not_compared, compare, verify
+from fhir_msc.analysis.frame import analysis_frame, analyze, arms_not_compared, compare
 from fhir_msc.cli import main
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.fhir.versions import get_version
