@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from sys import intern
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from .stats import (
 )
 from .survival import TimeToEventSummary, summarize
 from .windows import WindowChooser, study_day
+
+if TYPE_CHECKING:
+    from .adverse_events import AdverseEventIncidence
 
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
 
@@ -300,7 +303,7 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
     unless ``effect`` is one for ordered scales (proportional-odds, mann-whitney: on its ranks).
 
     ``pair`` (treatment and control arm codes) defaults to the plan's first comparison,
-    ``covariates`` and ``stratum`` to the plan's. Subjects an adjusted or stratified effect
+    ``covariates`` to the plan's for the outcome (``AnalysisPlan.covariates_for``), ``stratum`` to the plan's. Subjects an adjusted or stratified effect
     leaves out for a missing covariate or stratum are named in ``excluded`` and the effect's note.
     A covariate or stratum that is the outcome itself at this visit (``baseline`` at the baseline visit)
     is not used, and the note says so: no model adjusts an outcome for itself.
@@ -335,7 +338,7 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
         both = frame.iloc[np.concatenate(groups)]
         treated = np.r_[np.ones(len(groups[0])), np.zeros(len(groups[1]))]
     if chosen in MODEL_EFFECTS:
-        names = plan.covariates if covariates is None else covariates
+        names = plan.covariates_for(outcome.code) if covariates is None else covariates
         itself = [name for name in names if is_itself(study, outcome, visit, name)]
         estimate, excluded = _modelled(study, frame, outcome, chosen, both, treated,
                                        [name for name in names if name not in itself], plan)
@@ -610,7 +613,8 @@ def not_compared(study: Study, outcomes: list[str] | None = None) -> list[tuple[
 def visits_to_read(study: Study, visits: Collection[str]) -> list[str]:
     """``visits`` and the visits the plan's covariates and strata read (the baseline visit, OUTCOME@VISIT)."""
     plan = _plan(study)
-    names = [*plan.covariates, plan.stratum or ""]
+    names = [*plan.covariates, *(name for names in plan.outcome_covariates.values() for name in names),
+             plan.stratum or ""]
     for result in plan.published:
         names += [*(result.covariates or []), result.stratum or ""]
     needed = set(visits)
@@ -646,21 +650,31 @@ class Verification:
         return self.reproduced is not None and not self.mismatches
 
 
-def verify(study: Study, frame: pd.DataFrame, events: dict[str, pd.DataFrame] | None = None) -> list[Verification]:
+def verify(study: Study, frame: pd.DataFrame, events: dict[str, pd.DataFrame] | None = None,
+           adverse_events: AdverseEventIncidence | None = None) -> list[Verification]:
     """Recompute every published result of the plan and check each field it gives (see ``published.check``);
-    ``events``: the time_to_event tables by code (``outcomes.time_to_event``), for results on them.
+    ``events``: the time_to_event tables by code (``outcomes.time_to_event``), for results on them;
+    ``adverse_events``: the incidence of the pairs of the published adverse-event entries, for those.
     A result giving ``p_adjusted`` is adjusted in its family as :func:`analyze` adjusts it (:func:`in_family`)."""
     checks = []
-    for target in _plan(study).published:
+    plan = _plan(study)
+    for target in plan.published:
         pair = ((arm_codes(target.treatment), arm_codes(target.control))
                 if target.treatment is not None and target.control is not None else None)
-        if target.visit is None:  # a time_to_event entry (the study definition allows no other)
+        if target.outcome is None:  # adverse events
+            if adverse_events is None:
+                checks.append(Verification(published=target, reproduced=None,
+                                           mismatches=["no data: the source holds no AdverseEvent"]))
+                continue
+            comparison = adverse_events.comparison(study, target)
+        elif target.visit is None:  # a time_to_event entry (the study definition allows no other)
             table = (events or {}).get(target.outcome)
             comparison = None if table is None else compare_time_to_event(study, table, target.outcome, target.effect,
                                                                           pair=pair)
         else:
-            comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit,
-                                 target.effect, pair=pair, covariates=target.covariates, stratum=target.stratum)
+            outcome = study.analysed_outcome_by_code[target.outcome]
+            comparison = compare(study, frame, outcome, target.visit, target.effect or plan.effect_for(outcome.type),
+                                 pair=pair, covariates=target.covariates, stratum=target.stratum)
         if comparison is None:
             checks.append(Verification(published=target, reproduced=None, mismatches=["no data"]))
             continue

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..study.definition import Study
+from ..study.definition import NOT_ESTIMABLE, Study
 from .frame import Comparison, Verification
 from .multiplicity import METHODS
 from .stats import BinarySummary, Estimate
@@ -111,21 +111,29 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
     several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
-        rows.append({"outcome": target.outcome, "visit": target.visit or "",
+        rows.append({"outcome": target.label, "visit": target.visit or "",
                      **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}),
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
                      "fields": f"{sum(f.matches for f in check.fields)}/{len(check.fields)}",
-                     "status": "match" if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
+                     "status": "match" + _tests_found(check) if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
     return pd.DataFrame(rows)
 
 
+def _tests_found(check: Verification) -> str:
+    """For a p whose test the paper does not name: the tests of the effect that give it."""
+    named = check.published.p is not None and check.published.p.test is not None
+    return "".join(f" (p: {f.test})" for f in check.fields if f.field == "p" and f.test and not named)
+
+
 def _headline(check: Verification, side: str) -> str:
-    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals."""
+    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals;
+    a recomputed estimate that is not estimable says why."""
     found = {f.field: getattr(f, side) for f in check.fields if f.field in ("estimate", "lower", "upper", "p")}
     if "estimate" in found:
-        text = found["estimate"] or "not estimable"
-        if "lower" in found:
+        note = next(f.note for f in check.fields if f.field == "estimate")
+        text = (note if side == "got" and note.startswith(NOT_ESTIMABLE) else found["estimate"]) or NOT_ESTIMABLE
+        if "lower" in found and not found["lower"] == found["upper"] == NOT_ESTIMABLE:
             text += f" ({found['lower'] or '—'}–{found['upper'] or '—'})"
         return text
     if "p" in found:

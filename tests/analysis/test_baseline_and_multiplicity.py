@@ -181,14 +181,14 @@ def test_verify_checks_a_published_adjusted_p_in_its_family(three, tmp_path):
 
 @pytest.mark.parametrize("plan, entry, message", [
     ("", "{outcome: RESP, visit: W12, treatment: LOW, control: PBO, p_adjusted: 0.5}",
-     "analysis.published.8.p_adjusted: name the adjustment in analysis.multiplicity (method: holm, bonferroni or "
+     "analysis.published.12.p_adjusted: name the adjustment in analysis.multiplicity (method: holm, bonferroni or "
      "benjamini-hochberg)"),
     ("  multiplicity: {method: holm}\n", "{outcome: SCORE, visit: W0, treatment: LOW, control: PBO, p_adjusted: 0.5}",
-     "analysis.published.8.p_adjusted: W0 is the baseline visit: its comparisons are baseline balance, in no "
+     "analysis.published.12.p_adjusted: W0 is the baseline visit: its comparisons are baseline balance, in no "
      "multiplicity family"),
     ("  multiplicity: {method: holm, families: {primary: [SCORE]}}\n",
      "{outcome: RESP, visit: W12, treatment: LOW, control: PBO, p_adjusted: 0.5}",
-     "analysis.published.8.p_adjusted: RESP is in no family of analysis.multiplicity.families (primary)"),
+     "analysis.published.12.p_adjusted: RESP is in no family of analysis.multiplicity.families (primary)"),
     ("  multiplicity: {method: holm, families: {primary: [SCORE, WEIGHT]}}\n", "",
      "analysis.multiplicity.families.primary.1: unknown outcome 'WEIGHT'"),
     ("  multiplicity: {method: holm, families: {primary: [SCORE], key: [RESP, SCORE]}}\n", "",
