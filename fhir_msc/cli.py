@@ -32,6 +32,7 @@ from .analysis.export import account_json, analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
     comparison_table,
+    comparisons_summary,
     forest_plot,
     render,
     verification_table,
@@ -563,7 +564,9 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
     its 95% CI, p, the Fisher exact and χ² (or Mann-Whitney) p, and the method that
-    computed it; a ratio with no events in either arm reads "not estimable". --json gives
+    computed it; a ratio with no events in either arm reads "not estimable". Rows at the plan's
+    baseline visit are labelled baseline balance; with analysis.multiplicity the p adjusted in
+    its family follows p; a note on stderr says how many comparisons there are. --json gives
     every estimate and p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json);
     the exact conditional odds ratio only with --exact-odds-ratio or where the plan names it
     (otherwise its note says it was not computed).
@@ -588,6 +591,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
             click.echo("\n" + render(incidence_table(events), fmt))
+        _info(f"note: {comparisons_summary(study, result.comparisons)}", err=True)
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
@@ -902,6 +906,7 @@ def _echo_bulk_pull(result, store: Path) -> None:
     resumed = "resumed " if result.resumed else ""
     click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
                f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    _echo_notes(result.notes)
     _echo_cut("export error", result.errors)
     if result.errors:
         click.echo(f"the export reported {len(result.errors)} error(s): the next pull starts from the same point", err=True)
@@ -1006,9 +1011,10 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     a different hospital value is a conflict, listed in --out/conflicts.csv and left out
     unless --prefer hospital. Everything not used is counted by reason.
     With --bulk, the Patients and the Observations with the study's codes come from one Bulk
-    Data export (kept in --state until used, so a killed export resumes). Exit code 0 means
-    done (conflicts and unused results included); 8 that the server could not be used; 9
-    that another job is writing the store.
+    Data export (kept in --state until used, so a killed export resumes; every Observation
+    where the server does not apply that code filter). Exit code 0 means done (conflicts and
+    unused results included); 8 that the server could not be used (an export without a
+    Patient file included); 9 that another job is writing the store.
     """
     study = _study(study_path, store, recording=True)
     client = _client(server, config, ca_bundle, timeout)

@@ -103,7 +103,7 @@ class InvalidResponse(ServerError):
 
 
 class ForeignLinkRefused(ServerError):
-    """A next link (or redirect) pointed outside the server's base URL: not followed."""
+    """A next link, redirect or other URL pointed to another origin than the server's: not followed."""
 
 
 class CertificateError(ServerError):

@@ -20,7 +20,7 @@ import pyarrow as pa
 from .account import Account
 from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
-from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
+from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table, published_pairs
 from .analysis.frame import Comparison, Verification
 from .analysis.outcomes import time_to_event
 from .analysis.report import write_report
@@ -366,9 +366,11 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
                       progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
                       engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None, *,
-                      spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
+                      spark_master: str | None = None,
+                      also: Callable[[ResourceSource], None] | None = None) -> tuple[pd.DataFrame, Account]:
     """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
-    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
+    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source, and ``also``
+    is called with that source (a server's resources pulled into a temporary store), e.g. to count adverse events.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
@@ -385,12 +387,16 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress,
                                                 spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
+            if also is not None:
+                also(Store(Path(tmp) / "store"))
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
         frame, observations = _engine_frame(study, opened, visits, engine, progress, spark_master)
         _time_to_event_tables(study, opened, events)
+        if also is not None:
+            also(_opened(source, NO_PROGRESS, "reading"))
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -410,7 +416,7 @@ class AnalysisResult:
 
     comparisons: list[Comparison]
     observations: Account
-    adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
+    adverse_events: AdverseEventIncidence | None = None  # when the study file has adverse_events and the source AdverseEvents
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
     not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
 
@@ -439,15 +445,15 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
+    counted: list[AdverseEventIncidence | None] = []
     frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
-                                            spark_master=spark_master)
+                                            spark_master=spark_master,
+                                            also=lambda opened: counted.append(incidence(study, opened, engine)))
     comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
-    events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"),
-                                                                    engine)
-    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
+    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=counted[0],
                           arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
                           not_compared=tuple(analysis.not_compared(study, outcomes)))
 
@@ -459,9 +465,17 @@ def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROG
     visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
               if study.analysis and any(result.visit for result in study.analysis.published) else None)
     events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events,
-                                            spark_master=spark_master)
-    return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
+    counted: list[AdverseEventIncidence | None] = []
+    frame, observations = frame_and_account(
+        study, source, visits, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: counted.append(_published_incidence(study, opened, engine)))
+    return VerifyResult(checks=analysis.verify(study, frame, events, counted[0]), observations=observations)
+
+
+def _published_incidence(study: Study, source: ResourceSource, engine: str = "python") -> AdverseEventIncidence | None:
+    """The adverse-event incidence of the pairs of the study's published adverse-event entries (None: there are none)."""
+    pairs = published_pairs(study)
+    return incidence(study, source, engine, pairs) if pairs else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -746,7 +760,7 @@ def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress =
     events: dict[str, pd.DataFrame] = {}
     frame, observations = frame_and_account(study, store, None, progress, None, events=events)
     comparisons = analysis.analyze(study, frame, events=events)
-    checks = analysis.verify(study, frame, events)
+    checks = analysis.verify(study, frame, events, _published_incidence(study, Store(store)))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
                           study=study, source=f"trial tables {tables}, mapped into the store {store}")
@@ -781,7 +795,7 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     if not comparisons:
         raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
                          "check the tables and that --study describes them")
-    checks = analysis.verify(study, frame)
+    checks = analysis.verify(study, frame, adverse_events=_published_incidence(study, Store(store)))
     events = incidence(study, Store(store))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic

@@ -13,9 +13,14 @@
   malformed one counts as absent) up to a cap, bounded in attempts and total time. A
   failed TLS handshake is not temporary: it is reported at once as a certificate problem.
   Everything else maps to one exception class (errors.py).
-- Redirects are followed on the server's origin only, at most ``MAX_REDIRECTS`` in a row.
-- Searches are generators following ``link[relation=next]``; a next link outside the
-  base URL is refused, never followed. A listing (:meth:`FhirClient.listing`) says whether
+- Requests go to the server's origin (scheme, host, port) only, under any path there (Bulk
+  Data status and file URLs often live outside the base path); a URL on another origin is
+  refused, except an anonymous request (no credentials, a session of its own: export files
+  on another host, which the manifest says need no token), over https or to loopback only
+  unless ``insecure_http``.
+- Redirects are followed on the request's origin only, at most ``MAX_REDIRECTS`` in a row.
+- Searches are generators following ``link[relation=next]``; a next link to another origin
+  is refused, never followed. A listing (:meth:`FhirClient.listing`) says whether
   it is complete: a page set that falls short of Bundle.total is never taken as proof that
   the rest is absent; :meth:`FhirClient.presence` proves ids one way or the other.
 """
@@ -30,13 +35,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from ..errors import (
     AuthorizationError,
     ForeignLinkRefused,
+    InsecureHttpRefused,
     InvalidResponse,
     MultipleMatches,
     OperationOutcomeError,
@@ -54,6 +60,7 @@ from .auth import (  # noqa: F401  (the credential kinds are part of this module
     auth_from_env,
     certificate_error,
     check_url,
+    is_loopback,
     load_config,
     redact,
     require_private_transport,
@@ -113,14 +120,13 @@ class FhirClient:
                  verify: bool | str = True, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] = time.sleep, insecure_http: bool = False):
         self.base_url = check_url(base_url).rstrip("/") + "/"
-        self.session = requests.Session()
-        self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": "fhir-msc"})
-        self.session.verify = verify
-        self.session.trust_env = False  # no proxies or netrc picked up behind the user's back
+        self.session = _session(verify)
+        self.anonymous_session = _session(verify)  # never given credentials: for URLs on other origins
         if auth is not None:
             require_private_transport(self.base_url, "server", insecure_http)
             auth.bind(self.session, timeout, insecure_http)  # token endpoints: same CA bundle, timeout, no proxies
         self.auth, self.timeout, self.retry, self._sleep = auth, timeout, retry, sleep
+        self.insecure_http = insecure_http
         self.stats = RequestStats()
         self._capabilities: dict | None = None
 
@@ -142,20 +148,24 @@ class FhirClient:
         return self._parse(self.response(method, path_or_url, json=json, params=params))
 
     def response(self, method: str, path_or_url: str, *, json: Any = None, params: dict | None = None,
-                 headers: dict[str, str] | None = None, stream: bool = False) -> requests.Response:
+                 headers: dict[str, str] | None = None, stream: bool = False, anonymous: bool = False) -> requests.Response:
         """Send one request with retries; return the first answer that is not temporary, whatever its status.
 
         For callers that need headers (Content-Location, X-Progress) or a streamed body;
-        ``check`` raises for an error status as ``request`` does.
+        ``check`` raises for an error status as ``request`` does. The URL must be on the
+        server's origin, unless ``anonymous``: then it may be anywhere (https, or loopback, or
+        ``insecure_http``) and goes without credentials, through a session that never has any.
         """
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.url(path_or_url)
-        if _origin(url) != _origin(self.base_url) or not url.startswith(self.base_url.rstrip("/")):
-            raise ForeignLinkRefused(f"refusing {redact(url)}: it is outside the server {self.base_url}")
+        if anonymous:
+            self._check_anonymous(url)
+        elif _origin(url) != _origin(self.base_url):
+            raise ForeignLinkRefused(f"refusing {redact(url)}: it is on another origin than the server {self.base_url}")
         started, attempt, reauthenticated = time.monotonic(), 0, False
         while True:
             attempt += 1
-            response, failure = self._send(method, url, json, params, headers or {}, stream)
-            if (response is not None and response.status_code == 401 and not reauthenticated and self.auth
+            response, failure = self._send(method, url, json, params, headers or {}, stream, anonymous)
+            if (response is not None and response.status_code == 401 and not reauthenticated and self.auth and not anonymous
                     and self.auth.refresh(response.request.headers.get("Authorization"))):
                 reauthenticated = True
                 response.close()
@@ -177,17 +187,27 @@ class FhirClient:
             self.stats.waits.append(wait)
             self._sleep(wait)
 
+    def _check_anonymous(self, url: str) -> None:
+        """An anonymous request's URL: a well-formed http(s) URL, and not plain http to another host unless allowed."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ForeignLinkRefused(f"refusing {redact(url)}: not an http(s) URL with a host (and no credentials in it)")
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or "") and not self.insecure_http:
+            raise InsecureHttpRefused(f"refusing to fetch {redact(url)} over plain http from a host other than loopback: "
+                                      "the data would cross the network unencrypted; pass --insecure-http if this network is trusted")
+
     def _send(self, method: str, url: str, json: Any, params: dict | None, extra_headers: dict[str, str] | None = None,
-              stream: bool = False) -> tuple[requests.Response | None, str | None]:
-        """One attempt, following at most MAX_REDIRECTS redirects on the server's origin."""
+              stream: bool = False, anonymous: bool = False) -> tuple[requests.Response | None, str | None]:
+        """One attempt, following at most MAX_REDIRECTS redirects on the request's origin."""
         headers = {**({"Content-Type": FHIR_JSON} if json is not None else {}), **(extra_headers or {})}
         first = url
+        session, auth = (self.anonymous_session, None) if anonymous else (self.session, self.auth)
         for _ in range(MAX_REDIRECTS + 1):
             self.stats.requests += 1
             started = time.monotonic()
             try:
-                response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
-                                                timeout=self.timeout, allow_redirects=False, stream=stream)
+                response = session.request(method, url, json=json, params=params, headers=headers, auth=auth,
+                                           timeout=self.timeout, allow_redirects=False, stream=stream)
             except requests.exceptions.SSLError as exc:  # before ConnectionError, its parent: not temporary
                 raise certificate_error(method, url, exc) from None
             except requests.Timeout:
@@ -200,7 +220,7 @@ class FhirClient:
             if not response.is_redirect:
                 return response, None
             location = urljoin(url, response.headers.get("Location", ""))
-            if _origin(location) != _origin(self.base_url):
+            if _origin(location) != _origin(first):
                 raise ForeignLinkRefused(f"{method} {url} redirected to another origin ({redact(location)}): not followed")
             url, params = location, None  # the Location is the whole URL, query included
         raise InvalidResponse(f"{method} {first}: more than {MAX_REDIRECTS} redirects in a row (last to {redact(url)}): "
@@ -258,7 +278,7 @@ class FhirClient:
         return self.request("GET", f"{resource_type}/{resource_id}")
 
     def search(self, resource_type: str, params: dict[str, str] | None = None) -> Iterator[dict]:
-        """Every resource of every page; follows next links on this server only.
+        """Every resource of every page; follows next links on this server's origin only.
 
         Sends an explicit ``_sort=_id`` (unless given) so that pages are stable.
         """
@@ -425,6 +445,14 @@ class Presence:
 def _total(bundle: dict) -> int | None:
     total = bundle.get("total")
     return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def _session(verify: bool | str) -> requests.Session:
+    session = requests.Session()
+    session.headers.update({"Accept": FHIR_JSON, "User-Agent": "fhir-msc"})
+    session.verify = verify
+    session.trust_env = False  # no proxies or netrc picked up behind the user's back
+    return session
 
 
 def _outcome(response: requests.Response | None) -> dict | None:

@@ -162,10 +162,38 @@ def test_next_link_to_another_host_is_refused():
                                           "link": [{"relation": "next", "url": "http://127.0.0.2:9999/fhir/Patient?page=2"}]})
     client, _ = make_client(auth=BearerAuth(BASE, "tok"))
     found = []
-    with pytest.raises(ForeignLinkRefused, match="outside the server"):
+    with pytest.raises(ForeignLinkRefused, match="another origin"):
         for resource in client.search("Patient"):
             found.append(resource["id"])
     assert found == ["1"] and len(responses.calls) == 1
+
+
+@responses.activate
+def test_urls_anywhere_on_the_servers_origin_are_used_with_credentials_and_other_origins_only_anonymously():
+    responses.get("http://127.0.0.1:9999/bulkstatus/1", json={})
+    responses.get("https://files.example.org/signed/1.ndjson?sig=x", body="{}")
+    client, _ = make_client(auth=BearerAuth(BASE, "tok"))
+    client.response("GET", "http://127.0.0.1:9999/bulkstatus/1").close()  # outside the base path, on its origin
+    assert responses.calls[0].request.headers["Authorization"] == "Bearer tok"
+    with pytest.raises(ForeignLinkRefused, match="another origin"):
+        client.response("GET", "https://files.example.org/signed/1.ndjson?sig=x")
+    client.response("GET", "https://files.example.org/signed/1.ndjson?sig=x", anonymous=True).close()
+    assert len(responses.calls) == 2 and "Authorization" not in responses.calls[1].request.headers
+    with pytest.raises(ForeignLinkRefused, match="no credentials in it"):
+        client.response("GET", "https://bob:pw@files.example.org/1.ndjson", anonymous=True)
+
+
+@responses.activate
+def test_anonymous_requests_over_plain_http_go_to_loopback_only_unless_insecure_http_is_given():
+    responses.get("http://files.example.org/1.ndjson", body="{}")
+    responses.get("http://127.0.0.2:8000/1.ndjson", body="{}")
+    client, _ = make_client()
+    with pytest.raises(InsecureHttpRefused, match="plain http"):
+        client.response("GET", "http://files.example.org/1.ndjson", anonymous=True)
+    client.response("GET", "http://127.0.0.2:8000/1.ndjson", anonymous=True).close()
+    insecure, _ = make_client(insecure_http=True)
+    insecure.response("GET", "http://files.example.org/1.ndjson", anonymous=True).close()
+    assert [c.request.url for c in responses.calls] == ["http://127.0.0.2:8000/1.ndjson", "http://files.example.org/1.ndjson"]
 
 
 @responses.activate

@@ -47,6 +47,8 @@ def test_push_pull_round_trip_equals_the_cohort(study, cohort, demo_store, fhir_
     # the same analysis frame, and so the same results, from the server as from the store
     assert jobs.analysis_frame(study, c).equals(jobs.analysis_frame(study, demo_store.path))
     assert [c.reproduced.effect for c in jobs.verify(study, c).checks] == [c.reproduced.effect for c in jobs.verify(study, demo_store.path).checks]
+    from_server = jobs.analyze(study, c, ["M36"], ["CTNORM"]).adverse_events  # counted in the pulled copy
+    assert from_server is not None and from_server == jobs.analyze(study, demo_store.path, ["M36"], ["CTNORM"]).adverse_events
 
 
 def test_push_twice_creates_nothing_new_and_one_change_updates_one(study, demo_store, fhir_server, tmp_path):
