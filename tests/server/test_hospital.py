@@ -258,10 +258,10 @@ def test_hospital_pull_bulk_without_the_type_filter_applied_gives_the_paged_acco
         shutil.copytree(demo_store.path, tmp_path / name)
     server = _quirky_hospital(quirk)
     try:
-        paged = json.loads(_pull(server, tmp_path / "paged", tmp_path / "found-paged").output)
+        paged = json.loads(_pull(server, tmp_path / "paged", tmp_path / "found-paged").stdout)
         result = _pull(server, tmp_path / "bulk", tmp_path / "found-bulk", "--bulk", "--state", str(tmp_path / "state"))
         assert result.exit_code == 0, result.output
-        by_bulk = json.loads(result.output)
+        by_bulk = json.loads(result.stdout)
         for part in ("patients", "observations", "findings", "conflicts", "unused_codes"):
             assert by_bulk[part] == paged[part], part  # every Observation read and accounted for, as by search
         assert any("did not apply the _typeFilter of Observation" in note for note in by_bulk["notes"])
