@@ -49,7 +49,7 @@ def test_map_records_a_copy_of_the_definition_and_its_digest_owner_only(mini_sto
 
 def test_later_commands_on_the_store_use_its_study_without_study(mini_store, tmp_path):
     analyzed = invoke("analyze", "--store", mini_store)
-    assert analyzed.exit_code == 0 and "RESP" in analyzed.stdout and "note:" not in analyzed.output, analyzed.output
+    assert analyzed.exit_code == 0 and "RESP" in analyzed.stdout and "study" not in analyzed.stderr, analyzed.output
     verified = invoke("verify", "--store", mini_store)
     assert verified.exit_code == 0 and "reproduced 2/2 published results" in verified.stdout, verified.output
     unmapped = invoke("unmap", mini_store, "--out", tmp_path / "tables")
@@ -96,9 +96,9 @@ def test_an_edited_definition_of_the_same_study_is_used_with_a_note_and_recorded
     recorded = load_study(MINI / "study.yaml").sha256[:12]
     analyzed = invoke("analyze", "--store", mini_store, "--study", edited)
     assert analyzed.exit_code == 0, analyzed.output
-    assert analyzed.stderr == (f"note: {given} is an edited definition of the study {mini_store} holds (its copy: "
-                               f"sha256 {recorded}): used for this command; map or pull into {mini_store} with it to "
-                               "record it\n")
+    assert analyzed.stderr.splitlines()[0] == (f"note: {given} is an edited definition of the study {mini_store} holds "
+                                               f"(its copy: sha256 {recorded}): used for this command; map or pull into "
+                                               f"{mini_store} with it to record it")
     assert recorded_study(mini_store).path.read_bytes() == (MINI / "study.yaml").read_bytes()  # only map records
     mapped = invoke("map", MINI / "tables", "--store", mini_store, "--study", edited)
     assert mapped.exit_code == 0, mapped.output
@@ -106,7 +106,7 @@ def test_an_edited_definition_of_the_same_study_is_used_with_a_note_and_recorded
     assert "it replaces the copy recorded there" in mapped.stderr
     assert recorded_study(mini_store).path.read_bytes() == edited.read_bytes()
     again = invoke("analyze", "--store", mini_store, "--study", edited)
-    assert again.exit_code == 0 and again.stderr == ""
+    assert again.exit_code == 0 and "edited definition" not in again.stderr
 
 
 def test_the_jobs_refuse_another_definition_too(mini_store):
