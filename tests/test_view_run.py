@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
 
 import click
@@ -82,6 +83,9 @@ def test_csv_and_ndjson_hold_the_same_rows_as_parquet(demo_store, scores_view, t
     with open(tmp_path / "s.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["id"], float(r["value"])) for r in rows] == [(r["id"], r["value"]) for r in expected]
+    # a decimal is written alike in both, a whole one without a fraction (100, as JSON and the SQL-on-FHIR suite write it)
+    written = [re.search(r'"value":([^,}]*)', line).group(1) for line in (tmp_path / "s.ndjson").read_text().splitlines()]
+    assert written == [r["value"] for r in rows] and "100" in written and not any(v.endswith(".0") for v in written)
 
 
 def test_a_bad_view_exits_4_with_one_line_naming_the_json_path(demo_store, tmp_path):

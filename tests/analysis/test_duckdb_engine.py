@@ -1,13 +1,19 @@
 """The DuckDB engine for SQL-on-FHIR v2 ViewDefinitions, one small store per feature."""
 
+import json
+import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_msc.analysis.engine_frame import VIEWS
+from fhir_msc.analysis.views import python_engine
 from fhir_msc.analysis.views.tables import shipped_view
 from fhir_msc.analysis.views.duckdb_engine import connect, run_view
 from fhir_msc.cli import main
@@ -146,3 +152,31 @@ def test_the_fast_path_falls_back_where_an_element_has_another_shape(study, tmp_
     monkeypatch.setattr(duckdb_engine._Compiler, "selected", lambda *a, **k: None)
     assert fast == run_view(view, store).to_pylist()
     assert [row["code"] for row in fast] == ["A", "B", "A", "C", "A", "A"] and fast[1]["subject"] == "Patient/p2"
+
+
+decimals = st.decimals(min_value=-10**12, max_value=10**12, places=3, allow_nan=False, allow_infinity=False) | \
+    st.decimals(min_value=-100, max_value=100, places=2, allow_nan=False, allow_infinity=False) | \
+    st.integers(min_value=-10**9, max_value=10**9).map(Decimal)
+ARITHMETIC = {"resource": "Observation", "select": [{"column": [
+    {"name": "id", "path": "id", "type": "id"},
+    *({"name": name, "path": f"value.ofType(Range).low.value {op} value.ofType(Range).high.value", "type": "decimal"}
+      for name, op in (("sum", "+"), ("difference", "-"), ("product", "*"), ("quotient", "/"))),
+    {"name": "tied", "path": "value.ofType(Range).low.value - value.ofType(Range).high.value = 30.00", "type": "boolean"}]}]}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(decimals, decimals), min_size=1, max_size=40))
+def test_decimal_arithmetic_is_exact_on_the_numbers_as_written_as_in_the_reference_engine(pairs):
+    """+, −, ×, ÷ of decimals written with up to 3 places give the double nearest the exact decimal result, as Python's
+    decimal (and the reference engine, fhirpathpy on Decimal) gives it: 66.21 − 36.21 is 30, 0.1 + 0.2 is 0.3."""
+    pairs = [*pairs, (Decimal("66.21"), Decimal("36.21")), (Decimal("0.1"), Decimal("0.2")),
+             (Decimal("999999.999"), Decimal("999999.999"))]
+    lines = [f'{{"resourceType": "Observation", "id": "o{i}", "status": "final", "code": {{"text": "x"}}, '
+             f'"valueRange": {{"low": {{"value": {a}}}, "high": {{"value": {b}}}}}}}' for i, (a, b) in enumerate(pairs)]
+    expected = [{"id": f"o{i}", "sum": float(a + b), "difference": float(a - b), "product": float(a * b),
+                 "quotient": None if b == 0 else float(a / b), "tied": a - b == 30}
+                for i, (a, b) in enumerate(pairs)]
+    with tempfile.TemporaryDirectory() as store:
+        (Path(store) / "Observation.ndjson").write_text("\n".join(lines) + "\n")
+        assert run_view(ARITHMETIC, Path(store)).to_pylist() == expected
+    assert python_engine.run_view(ARITHMETIC, [json.loads(line) for line in lines]).to_pylist() == expected

@@ -68,8 +68,20 @@ MACROS = [
     "fp_text(j) AS CASE WHEN json_type(j) = 'VARCHAR' THEN j ->> '$' ELSE CAST(j AS VARCHAR) END",
     # A JSON leaf of the typed read (SQL NULL for null or missing) that is no array: one item, or none.
     "fp_one(j) AS coalesce(NOT starts_with(CAST(j AS VARCHAR), '['), true)",
+    # Decimal arithmetic as FHIRPath's, exact on the numbers as written: a JSON number's decimal places (NULL when it
+    # is written with an exponent), the larger of two numbers' places, the number × 10^k as a whole number read from
+    # its digits (k at least its places), whether that has at most ``digits`` digits, and n × 10^-k as the double
+    # nearest it (read from text, which rounds once). So 66.21 - 36.21 is 30 and 0.1 + 0.2 is 0.3, as in Python's
+    # decimal; a number with more digits falls back to DOUBLE arithmetic.
+    ("fp_places(j) AS CASE WHEN contains(lower(CAST(j AS VARCHAR)), 'e') THEN NULL "
+     "ELSE length(split_part(CAST(j AS VARCHAR) || '.', '.', 2)) END"),
+    ("fp_places2(x, y) AS CASE WHEN fp_places(x) IS NULL OR fp_places(y) IS NULL THEN NULL "
+     "ELSE greatest(fp_places(x), fp_places(y)) END"),
+    "fp_whole(j, k) AS CAST(replace(CAST(j AS VARCHAR), '.', '') || repeat('0', k - fp_places(j)) AS HUGEINT)",
+    ("fp_fits(j, k, digits) AS coalesce(k - fp_places(j) + length(regexp_replace(CAST(j AS VARCHAR), '[-.]', '', 'g')) "
+     "<= digits, false)"),
+    "fp_decimal(n, k) AS CAST(CAST(n AS VARCHAR) || 'e-' || CAST(k AS VARCHAR) AS DOUBLE)",
 ]
-
 
 def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that never downloads an extension, with the FHIRPath macros defined."""
@@ -184,6 +196,23 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     sql = (f"SELECT {selected} FROM (SELECT unnest({rows}) AS row{line} "
            f"FROM {_read(path, dict.fromkeys(fields, 'JSON'))} AS r WHERE {where})")
     return CompiledView(sql=sql, columns=columns)
+
+
+def _decimal_arithmetic(op: str, x: str, y: str) -> str:
+    """``x op y`` of two JSON numbers as a DOUBLE: exact on their decimals as written (see the ``fp_`` macros) when
+    their digits fit, in DOUBLE otherwise. A quotient divides the two numbers as whole numbers of one scale, which
+    DOUBLE holds exactly up to 15 digits, so it is the double nearest the exact quotient."""
+    double = f"CAST({x} AS DOUBLE) {op} CAST({y} AS DOUBLE)"
+    if op == "*":
+        px, py = f"fp_places({x})", f"fp_places({y})"
+        exact = f"fp_decimal(fp_whole({x}, {px}) * fp_whole({y}, {py}), {px} + {py})"
+        fits = f"fp_fits({x}, {px}, 18) AND fp_fits({y}, {py}, 18)"
+    else:
+        k, digits = f"fp_places2({x}, {y})", 15 if op == "/" else 18
+        exact = (f"CAST(fp_whole({x}, {k}) AS DOUBLE) / CAST(fp_whole({y}, {k}) AS DOUBLE)" if op == "/"
+                 else f"fp_decimal(fp_whole({x}, {k}) {op} fp_whole({y}, {k}), {k})")
+        fits = f"fp_fits({x}, {k}, {digits}) AND fp_fits({y}, {k}, {digits})"
+    return f"CASE WHEN {fits} THEN {exact} ELSE {double} END"
 
 
 def _typed_query(compiler: _Compiler, flat: list[dict], columns: list[Column], path: Path, line: str) -> str | None:
@@ -594,14 +623,14 @@ class _Compiler:
         if op in ("+", "-", "*"):
             text = "to_json(concat(fp_text(x), fp_text(y)))" if op == "+" else "NULL"
             return singletons(lambda x, y: (
-                f"[CASE WHEN fp_int({x}) AND fp_int({y}) THEN to_json(CAST({x} AS BIGINT) {op} CAST({y} AS BIGINT)) "
-                f"WHEN fp_num({x}) AND fp_num({y}) THEN to_json(CAST({x} AS DOUBLE) {op} CAST({y} AS DOUBLE)) "
+                f"[CASE WHEN fp_int({x}) AND fp_int({y}) THEN to_json(CAST({x} AS HUGEINT) {op} CAST({y} AS HUGEINT)) "
+                f"WHEN fp_num({x}) AND fp_num({y}) THEN to_json({_decimal_arithmetic(op, x, y)}) "
                 f"ELSE {text.replace('(x)', f'({x})').replace('(y)', f'({y})')} END]"))
-        if op == "/":
-            return singletons(lambda x, y: f"[to_json(CAST({x} AS DOUBLE) / CAST({y} AS DOUBLE))]")
-        if op in ("div", "mod"):
-            sql = "//" if op == "div" else "%"
-            return singletons(lambda x, y: f"[to_json(CAST({x} AS BIGINT) {sql} CAST({y} AS BIGINT))]")
+        if op in ("/", "div", "mod"):  # by zero: empty, as FHIRPath says
+            quotient = {"/": _decimal_arithmetic("/", "{x}", "{y}"), "div": "CAST({x} AS BIGINT) // CAST({y} AS BIGINT)",
+                        "mod": "CAST({x} AS BIGINT) % CAST({y} AS BIGINT)"}[op]
+            return singletons(lambda x, y: f"CASE WHEN CAST({y} AS DOUBLE) = 0 THEN []::JSON[] "
+                                           f"ELSE [to_json({quotient.format(x=x, y=y)})] END")
         raise InputError(f"FHIRPath operator {op} is not supported")
 
     def term(self, n: dict, scope: _Scope) -> str:
