@@ -17,7 +17,7 @@ from fhir_msc.analysis.views import python_engine
 from fhir_msc.analysis.views.tables import shipped_view
 from fhir_msc.analysis.views.duckdb_engine import connect, run_view
 from fhir_msc.cli import main
-from fhir_msc.errors import InputError
+from fhir_msc.errors import ViewDefinitionError
 
 MINI = Path(__file__).parents[1] / "data" / "mini-study"
 PATIENTS = [
@@ -91,10 +91,32 @@ def test_repeat_walks_items_depth_first(tmp_path):
     assert table.column("link").to_pylist() == ["1", "1.1", "2"]
 
 
-def test_several_values_in_a_single_column_are_an_error(tmp_path):
+@pytest.mark.parametrize("select, where, message", [
+    ([{"column": [{"name": "id", "path": "id"}, {"name": "family", "path": "name.family", "type": "string"}]}], [],
+     "select[0].column[1].path: 'name.family' gives 2 values for Patient/p1 but column 'family' holds one; "
+     "set \"collection\": true or narrow the path (e.g. first())"),
+    ([{"forEach": "name", "select": [{"column": [{"name": "given", "path": "given"}]}]}], [],
+     "select[0].select[0].column[0].path: 'given' gives 2 values for Patient/p1 but column 'given' holds one"),
+    ([{"unionAll": [{"column": [{"name": "v", "path": "active", "type": "boolean"}]},
+                    {"column": [{"name": "v", "path": "birthDate", "type": "boolean"}]}]}], [],
+     "select[0].unionAll[1].column[0].path: gives '1970-06' for Patient/p1, which is not a FHIR boolean; "
+     "fix the path or set the column's \"type\""),
+    ([{"column": [{"name": "v", "path": "name.given", "type": "integer", "collection": True}]}], [],
+     "select[0].column[0].path: gives 'Ann' for Patient/p1, which is not a FHIR integer"),
+    ([{"column": [{"name": "id", "path": "id"}]}], [{"path": "active"}, {"path": "name.family"}],
+     "where[1].path: gives 'Smith', 'Jones' for Patient/p1, not true or false; make the expression end in a test"),
+])
+def test_a_view_that_does_not_apply_to_a_resource_names_the_resource_and_its_place_in_the_view(tmp_path, select, where,
+                                                                                                message):
+    """As the reference engine names it, whichever way DuckDB reads the file (typed, general, rows of a forEach)."""
     store = _store(tmp_path, *PATIENTS)
-    with pytest.raises(InputError, match="column family has several values"):
-        _rows({"select": [{"column": [{"name": "family", "path": "name.family", "type": "string"}]}]}, store)
+    view = {"resource": "Patient", "select": select, "where": where}
+    with pytest.raises(ViewDefinitionError) as found:
+        run_view(view, store)
+    assert str(found.value).startswith(message)
+    with pytest.raises(ViewDefinitionError) as reference:
+        python_engine.run_view(view, PATIENTS)
+    assert str(reference.value).startswith(message)
 
 
 def test_a_missing_resource_file_is_an_empty_table(tmp_path):
