@@ -86,6 +86,7 @@ MACROS = [
      "// b, 38 - length(CAST(abs(a) AS VARCHAR)))"),
 ]
 
+
 def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that never downloads an extension, with the FHIRPath macros defined."""
     config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
@@ -711,10 +712,11 @@ class _Compiler:
                 f"WHEN fp_num({x}) AND fp_num({y}) THEN to_json({_decimal_arithmetic(op, x, y)}) "
                 f"ELSE {text.replace('(x)', f'({x})').replace('(y)', f'({y})')} END]"))
         if op in ("/", "div", "mod"):  # by zero: empty, as FHIRPath says
-            quotient = {"/": _decimal_arithmetic("/", "{x}", "{y}"), "div": "CAST({x} AS BIGINT) // CAST({y} AS BIGINT)",
-                        "mod": "CAST({x} AS BIGINT) % CAST({y} AS BIGINT)"}[op]
-            return singletons(lambda x, y: f"CASE WHEN CAST({y} AS DOUBLE) = 0 THEN []::JSON[] "
-                                           f"ELSE [to_json({quotient.format(x=x, y=y)})] END")
+            whole = "//" if op == "div" else "%"
+            return singletons(lambda x, y: (
+                f"CASE WHEN CAST({y} AS DOUBLE) = 0 THEN []::JSON[] ELSE [to_json("
+                + (_decimal_arithmetic(op, x, y) if op == "/" else f"CAST({x} AS BIGINT) {whole} CAST({y} AS BIGINT)")
+                + ")] END"))
         raise InputError(f"FHIRPath operator {op} is not supported")
 
     def term(self, n: dict, scope: _Scope) -> str:
