@@ -29,6 +29,7 @@ from .analysis.export import account_json, analyze_json, verify_json
 from .analysis.report import (
     FORMATS,
     comparison_table,
+    comparisons_summary,
     forest_plot,
     render,
     verification_table,
@@ -41,7 +42,7 @@ from .progress import Progress
 from .server import hospital as _hospital
 from .server.bulk_pull import BulkPullResult
 from .server.client import connect, load_config
-from .server.sync import METHODS
+from .server.sync import METHODS, PREFER, PullResult
 from .study.definition import DEFAULT_STUDY, Study, load_study
 
 MAX_SHOWN = 20
@@ -216,8 +217,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
     Exit codes, the same for every command: 0 ok, 1 internal error (a bug), 2 bad usage,
     3 some rows rejected, 4 input or study definition unusable, 5 FHIR validation failed,
     6 round trip lossy or a published result not reproduced, 7 some resources failed on a
-    server, 8 server unusable, 9 another job is writing the same store or --state, 130
-    interrupted.
+    server, 8 server unusable, 9 another job is writing the same store or --state, 10 a
+    pull kept local data that differs from the server's, 130 interrupted.
     """
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other: give one")
@@ -519,7 +520,9 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Each row gives n and a summary per arm, the effect the study definition plans for the
     outcome type (odds ratio with Woolf CI, difference of means with pooled t CI, …),
     its 95% CI, p, the Fisher exact and χ² (or Mann-Whitney) p, and the method that
-    computed it; a ratio with no events in either arm reads "not estimable". --json gives
+    computed it; a ratio with no events in either arm reads "not estimable". Rows at the plan's
+    baseline visit are labelled baseline balance; with analysis.multiplicity the p adjusted in
+    its family follows p; a note on stderr says how many comparisons there are. --json gives
     every estimate and p-value as numbers (schema: fhir_msc/schemas/analyze.schema.json);
     the exact conditional odds ratio only with --exact-odds-ratio or where the plan names it
     (otherwise its note says it was not computed).
@@ -544,6 +547,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
         click.echo(render(comparison_table(result.comparisons), fmt))
         if events and fmt != "csv":  # csv stays one table; --json has the incidence too
             click.echo("\n" + render(incidence_table(events), fmt))
+        _info(f"note: {comparisons_summary(study, result.comparisons)}", err=True)
     if result.arms_not_compared:
         click.echo(f"note: arm(s) with data in no comparison of the analysis plan: {', '.join(result.arms_not_compared)} "
                    "(add them to analysis.comparisons to compare them)", err=True)
@@ -719,14 +723,40 @@ def _echo_pull(result, store: Path) -> None:
     click.echo(f"pulled from {result.source} into {store}{since}: {counts}; {result.requests} requests, {result.seconds:.1f}s")
     if result.removed:
         click.echo("removed (deleted on the server): " + ", ".join(f"{t} {n}" for t, n in result.removed.items()))
+    if result.unconfirmed:
+        click.echo(f"kept, deletion not confirmed: {len(result.unconfirmed)} resource(s) the server no longer lists "
+                   "but that could not be proven deleted", err=True)
+        _echo_cut("  not confirmed", result.unconfirmed, where=" (all in --json)")
+    if result.conflicts:
+        kept = "the server's versions taken" if result.prefer == "server" else \
+            "the local versions kept; --prefer server to take the server's"
+        click.echo(f"{len(result.conflicts)} conflict(s) with local data in {result.conflicts_file} ({kept})")
+        _echo_cut("  conflict", [f"{c.resource_type}/{c.id}: {c.differs}" for c in result.conflicts],
+                  where=" (all in --json)")
     if result.invalid:
         click.echo(f"not stored, invalid: {sum(result.invalid.values())} resource(s)", err=True)
         _echo_cut("  not stored", [f"{count} × {reason}" for reason, count in sorted(result.invalid.items(), key=lambda item: -item[1])])
+    if result.missed:
+        click.echo(f"incomplete: {len(result.missed)} search(es) fell short of what the server says they match; "
+                   "the next pull asks again from the same point", err=True)
+        _echo_cut("  missed", result.missed, where=" (all in --json)")
+
+
+def _pull_exit(result) -> None:
+    """Exit 7 if the pull failed in part (invalid resources, searches that fell short), else 10 if it kept
+    local data that differs from the server's."""
+    _exit_for(result.ok)
+    if isinstance(result, PullResult) and result.unresolved:
+        sys.exit(ExitCode.CONFLICTS)
 
 
 _server_version_option = click.option(
     "--fhir-version", type=click.Choice(VERSIONS, case_sensitive=False), default=None,
     help="FHIR version of the server (default: the fhirVersion of its CapabilityStatement, else R4).")
+_prefer_option = click.option(
+    "--prefer", type=click.Choice(PREFER), default="local", show_default=True,
+    help="Which version a pull keeps when a local resource differs from the server's and the server does not have "
+         "it (never pulled from there, or changed here since): local keeps it, server takes the server's.")
 _method_option = click.option(
     "--method", type=click.Choice(METHODS), default="auto", show_default=True, envvar="FHIR_MSC_METHOD",
     help="id: PUT Type/id; conditional: PUT Type?identifier=…; auto: id if the server allows update-as-create "
@@ -782,21 +812,27 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
 @click.option("--bulk", is_flag=True,
               help="Use FHIR Bulk Data $export (Group, Patient or system level) when the server declares it; paged search otherwise.")
 @click.option("--since", metavar="INSTANT", help="With --bulk: export what changed after INSTANT instead of after the last pull.")
+@_prefer_option
 @_state_option
 @_server_options
 @_study_option
 @_json_option
-def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, bulk: bool, since: str | None, state: Path,
-                 ca_bundle: str | None,
+def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, bulk: bool, since: str | None, prefer: str,
+                 state: Path, ca_bundle: str | None,
                  timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
     """Pull the study's ResearchStudy, subjects, Patients, visits, infusions and Observations from a server.
 
     Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
     Resources the server held at the last pull and has deleted since are removed from the
-    store. Resources that fail validation are not stored: they are counted by reason and
-    the exit code is 7 (also when a bulk export reports errors). With --bulk, one Bulk Data
-    export instead of paged searches; a killed export resumes. Exit code 8 means the server
-    could not be used; 9 that another job is writing the store or holds --state.
+    store, only with proof (a complete listing without them, or 404/410 on a read); the
+    others are kept and counted as not confirmed. A local resource the server does not have
+    in that version (never pulled from it, or changed here since) is a conflict: listed in
+    --state/pull-conflicts.csv and kept, unless --prefer server. Resources that fail
+    validation are not stored: they are counted by reason and the exit code is 7 (also when
+    a search fell short of what the server says it matches, or a bulk export reports
+    errors); 10 means conflicts kept the local versions. With --bulk, one Bulk Data export
+    instead of paged searches; a killed export resumes. Exit code 8 means the server could
+    not be used; 9 that another job is writing the store or holds --state.
     """
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
@@ -805,13 +841,13 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
               if bulk else f"what was pulled is in {store}; the next pull starts after the last complete one: rerun the same command")
     with _progress(not as_json, resume) as progress:
         result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
-                           bulk=bulk, since=since, progress=progress)
+                           bulk=bulk, since=since, prefer=prefer, progress=progress)
     if isinstance(result, BulkPullResult) and not as_json:
         _echo_bulk_pull(result, store)
         _exit_for(result.ok)
         return
     _print_json(result) if as_json else _echo_pull(result, store)
-    _exit_for(result.ok)
+    _pull_exit(result)
 
 
 def _echo_bulk_pull(result, store: Path) -> None:
@@ -824,6 +860,7 @@ def _echo_bulk_pull(result, store: Path) -> None:
     resumed = "resumed " if result.resumed else ""
     click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
                f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    _echo_notes(result.notes)
     _echo_cut("export error", result.errors)
     if result.errors:
         click.echo(f"the export reported {len(result.errors)} error(s): the next pull starts from the same point", err=True)
@@ -836,23 +873,26 @@ def _echo_bulk_pull(result, store: Path) -> None:
               help="Resources per transaction Bundle when pushing.")
 @_method_option
 @_server_version_option
+@_prefer_option
 @_state_option
 @_server_options
 @_study_option
 @_json_option
-def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_version: str | None, state: Path,
-                 ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_version: str | None, prefer: str,
+                 state: Path, ca_bundle: str | None, timeout: float, config: str | None, study_path: Path,
+                 as_json: bool) -> None:
     """Bring --to up to date with --from: store → server, server → store, or server → server.
 
     Safe from cron: a lock in --state stops concurrent runs (exit 9), only changes move, the
     target server is checked to hold everything afterwards, and the exit code says success
-    (0), partial failure (7) or failure (8).
+    (0), partial failure (7), failure (8) or local data kept in conflicts with the server's
+    (10; see pull).
     """
     with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
                                 "to move the rest") as progress:
         result = jobs.sync(load_study(study_path), source, target, state,
                            lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size,
-                           method=method, fhir_version=fhir_version, progress=progress)
+                           method=method, fhir_version=fhir_version, prefer=prefer, progress=progress)
     if as_json:
         _print_json(result)
     else:
@@ -861,6 +901,8 @@ def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_v
         if result.pushed:
             _echo_push(result.pushed)
     _exit_for(result.ok)
+    if result.pulled:
+        _pull_exit(result.pulled)
 
 
 @main.command("repair")
@@ -920,9 +962,10 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     a different hospital value is a conflict, listed in --out/conflicts.csv and left out
     unless --prefer hospital. Everything not used is counted by reason.
     With --bulk, the Patients and the Observations with the study's codes come from one Bulk
-    Data export (kept in --state until used, so a killed export resumes). Exit code 0 means
-    done (conflicts and unused results included); 8 that the server could not be used; 9
-    that another job is writing the store.
+    Data export (kept in --state until used, so a killed export resumes; every Observation
+    where the server does not apply that code filter). Exit code 0 means done (conflicts and
+    unused results included); 8 that the server could not be used (an export without a
+    Patient file included); 9 that another job is writing the store.
     """
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     PARTIAL = 7  # a push/pull/sync finished, but some resources failed (see the report)
     SERVER = 8  # the server could not be used: unreachable, refused credentials, bad answers
     LOCKED = 9  # another job holds the lock of this store or sync state
+    CONFLICTS = 10  # a pull kept local data that differs from the server's (see its conflicts file; --prefer server)
     INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT); what was done and how to resume are printed
 
 
@@ -100,7 +101,7 @@ class InvalidResponse(ServerError):
 
 
 class ForeignLinkRefused(ServerError):
-    """A next link (or redirect) pointed outside the server's base URL: not followed."""
+    """A next link, redirect or other URL pointed to another origin than the server's: not followed."""
 
 
 class CertificateError(ServerError):

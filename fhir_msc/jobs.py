@@ -20,7 +20,7 @@ import pyarrow as pa
 from .account import Account
 from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
-from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table
+from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table, published_pairs
 from .analysis.frame import Comparison, Verification
 from .analysis.outcomes import time_to_event
 from .analysis.report import write_report
@@ -281,9 +281,11 @@ def _engine_frame(study: Study, source: ResourceSource, visits: list[str] | None
 def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
                       progress: Progress = NO_PROGRESS, unused: list[str] | None = None,
                       engine: str = DEFAULT_ENGINE, events: dict[str, pd.DataFrame] | None = None, *,
-                      spark_master: str | None = None) -> tuple[pd.DataFrame, Account]:
+                      spark_master: str | None = None,
+                      also: Callable[[ResourceSource], None] | None = None) -> tuple[pd.DataFrame, Account]:
     """The analysis DataFrame and the account of the Observations read, from a store, bundle or server;
-    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
+    ``events`` (a dict), when given, receives each time_to_event entry's table from the same source, and ``also``
+    is called with that source (a server's resources pulled into a temporary store), e.g. to count adverse events.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
     with the account of what was read instead. Lines about input holding no resource (bundle
@@ -298,12 +300,16 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress,
                                                 spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
+            if also is not None:
+                also(Store(Path(tmp) / "store"))
     else:
         opened = _opened(source, progress, "reading")
         if unused is not None:
             unused.extend(not_used(opened))
         frame, observations = _engine_frame(study, opened, visits, engine, progress, spark_master)
         _time_to_event_tables(study, opened, events)
+        if also is not None:
+            also(_opened(source, NO_PROGRESS, "reading"))
     if frame.empty:
         where = f" at visit {', '.join(visits)}" if visits else ""
         name = source.base_url if isinstance(source, FhirClient) else source
@@ -323,7 +329,7 @@ class AnalysisResult:
 
     comparisons: list[Comparison]
     observations: Account
-    adverse_events: AdverseEventIncidence | None = None  # from a store or bundle, when the study file has adverse_events
+    adverse_events: AdverseEventIncidence | None = None  # when the study file has adverse_events and the source AdverseEvents
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
     not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
 
@@ -352,15 +358,15 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
         raise InputError(f"unknown outcome {', '.join(unknown)}: use one of {', '.join(known)}")
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
+    counted: list[AdverseEventIncidence | None] = []
     frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
-                                            spark_master=spark_master)
+                                            spark_master=spark_master,
+                                            also=lambda opened: counted.append(incidence(study, opened, engine)))
     comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
         name = source.base_url if isinstance(source, FhirClient) else source
         raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
-    events = None if isinstance(source, FhirClient) else incidence(study, _opened(source, NO_PROGRESS, "reading"),
-                                                                    engine)
-    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=events,
+    return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=counted[0],
                           arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
                           not_compared=tuple(analysis.not_compared(study, outcomes)))
 
@@ -372,9 +378,17 @@ def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROG
     visits = (analysis.visits_to_read(study, {result.visit for result in study.analysis.published if result.visit})
               if study.analysis and any(result.visit for result in study.analysis.published) else None)
     events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, source, visits, progress, unused, engine, events,
-                                            spark_master=spark_master)
-    return VerifyResult(checks=analysis.verify(study, frame, events), observations=observations)
+    counted: list[AdverseEventIncidence | None] = []
+    frame, observations = frame_and_account(
+        study, source, visits, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: counted.append(_published_incidence(study, opened, engine)))
+    return VerifyResult(checks=analysis.verify(study, frame, events, counted[0]), observations=observations)
+
+
+def _published_incidence(study: Study, source: ResourceSource, engine: str = "python") -> AdverseEventIncidence | None:
+    """The adverse-event incidence of the pairs of the study's published adverse-event entries (None: there are none)."""
+    pairs = published_pairs(study)
+    return incidence(study, source, engine, pairs) if pairs else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -437,7 +451,10 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
     """Push a store, bundle or trial tables to the server; incremental and resumable via ``state``.
 
     Ends by checking that the server holds every resource (see ``sync.push`` for ``mode``).
+    Asks for write access (SMART scopes) unless ``mode`` only reads (``dry-run``, ``verify``).
     """
+    if mode in _sync.SENDING_MODES:
+        client.need_access("write")
     profile = server_profile(client, fhir_version)
     with open_journal(state) as journal:
         resources = resources_of(study, source, profile.version)
@@ -447,27 +464,34 @@ def push(study: Study, source: Path, client: FhirClient, state: Path, *, bundle_
 
 
 def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bool = False,
-         fhir_version: str | None = None, bulk: bool = False, since: str | None = None,
+         fhir_version: str | None = None, bulk: bool = False, since: str | None = None, prefer: str = "local",
          progress: Progress = NO_PROGRESS) -> PullResult | _bulk_pull.BulkPullResult:
     """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``.
 
     With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
     ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
-    store's write lock is held throughout.
+    paged pull keeps local data the server does not have unless ``prefer`` is "server", and
+    lists such conflicts in ``state/pull-conflicts.csv``. The store's write lock is held
+    throughout.
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
             result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
         else:
-            result = _sync.pull(client, study, Store(store), journal, full=full,
+            result = _sync.pull(client, study, Store(store), journal, full=full, prefer=prefer,
                                 profile=server_profile(client, fhir_version), progress=progress)
+    if isinstance(result, PullResult):
+        result = _with_conflicts_file(result, state)
     return dataclasses.replace(result, recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
-         bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None,
+         bundle_size: int = 50, method: str = "auto", fhir_version: str | None = None, prefer: str = "local",
          progress: Progress = NO_PROGRESS) -> SyncResult:
-    """Store → server, server → store, or server → server (through a staging store in ``state``)."""
+    """Store → server, server → store, or server → server (through a staging store in ``state``).
+
+    Only the target server is asked for write access (SMART scopes).
+    """
     if not is_server(source) and not is_server(target):
         raise InputError("sync needs a server on at least one side: --from or --to must be an http(s) URL")
     with open_journal(state) as journal:
@@ -476,21 +500,37 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
             staging = Path(target) if not is_server(target) else state / "staging"
             client = connect_to(source)
             with Store(staging).writing() as recovered:
-                pulled = _sync.pull(client, study, Store(staging), journal, profile=server_profile(client, fhir_version),
-                                    progress=progress)
-            pulled = dataclasses.replace(pulled, recovered=tuple(recovered))
+                pulled = _sync.pull(client, study, Store(staging), journal, prefer=prefer,
+                                    profile=server_profile(client, fhir_version), progress=progress)
+            pulled = dataclasses.replace(_with_conflicts_file(pulled, state), recovered=tuple(recovered))
             source_path = staging
         else:
             source_path = Path(source)
         pushed = None
         if is_server(target):
             client = connect_to(target)
+            client.need_access("write")
             profile = server_profile(client, fhir_version)
             resources = resources_of(study, source_path, profile.version)
             _push_stage(source_path, resources, progress)
             pushed = _sync.push(client, resources, journal, bundle_size=bundle_size, method=method, profile=profile,
                                 progress=progress.advance)
         return SyncResult(source=source, target=target, pulled=pulled, pushed=pushed)
+
+
+PULL_CONFLICTS_FILE = "pull-conflicts.csv"
+PULL_CONFLICT_COLUMNS = ["RESOURCE_TYPE", "ID", "WHAT_DIFFERS", "SERVER_LAST_UPDATED", "KEPT"]
+
+
+def _with_conflicts_file(result: PullResult, state: Path) -> PullResult:
+    """A pull that met conflicts lists them in ``state/pull-conflicts.csv`` (replacing the last such list), named in
+    the result; one without conflicts leaves the file as it is."""
+    if not result.conflicts:
+        return result
+    path = state / PULL_CONFLICTS_FILE
+    _write_csv(path, PULL_CONFLICT_COLUMNS, ([c.resource_type, c.id, c.differs, c.server_last_updated, c.kept]
+                                             for c in result.conflicts))
+    return dataclasses.replace(result, conflicts_file=str(path))
 
 
 CONFLICTS_FILE = "conflicts.csv"
@@ -560,12 +600,17 @@ def _held_values(study: Study, store: Store, enrolled: set[str]) -> tuple[dict, 
 
 def _write_conflicts(study: Study, conflicts: list[_hospital.Conflict], path: Path) -> None:
     """Both values of every conflict (owner-only: it holds trial and hospital data); header only if none."""
+    _write_csv(path, CONFLICT_COLUMNS, ([c.subject, c.testcd, c.visitnum, study.visit_by_num[c.visitnum].code, c.unit,
+                                         c.study_result, c.study_date, c.hospital_result, c.hospital_date,
+                                         c.hospital_observation, c.kept] for c in conflicts))
+
+
+def _write_csv(path: Path, columns: list[str], rows: Iterable[list]) -> None:
+    """A CSV file of trial data: owner-only, a header, then the rows."""
     with private_open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(CONFLICT_COLUMNS)
-        for c in conflicts:
-            writer.writerow([c.subject, c.testcd, c.visitnum, study.visit_by_num[c.visitnum].code, c.unit, c.study_result,
-                             c.study_date, c.hospital_result, c.hospital_date, c.hospital_observation, c.kept])
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -622,7 +667,7 @@ def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress =
     events: dict[str, pd.DataFrame] = {}
     frame, observations = frame_and_account(study, store, None, progress, None, events=events)
     comparisons = analysis.analyze(study, frame, events=events)
-    checks = analysis.verify(study, frame, events)
+    checks = analysis.verify(study, frame, events, _published_incidence(study, Store(store)))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
                           study=study, source=f"trial tables {tables}, mapped into the store {store}")
@@ -657,7 +702,7 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     if not comparisons:
         raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
                          "check the tables and that --study describes them")
-    checks = analysis.verify(study, frame)
+    checks = analysis.verify(study, frame, adverse_events=_published_incidence(study, Store(store)))
     events = incidence(study, Store(store))
     report = write_report(workdir / "report", comparisons, checks,
                           f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic

@@ -11,8 +11,10 @@
 // Then /fhir/.well-known/smart-configuration names the token endpoint /auth/token, which
 // verifies private_key_jwt client assertions (RS384, ES384), and every FHIR request except
 // /metadata needs a bearer token it issued, with a write scope for writes.
-// Bulk Data $export (system, Patient and Group levels) with test-only knobs: see "Bulk Data $export" below.
+// Bulk Data $export (system, Patient and Group levels) with test-only knobs: see "Bulk Data $export" below,
+// and "Bulk Data as other servers do it" for FHIR_TEST_BULK_QUIRKS.
 // FHIR_TEST_PRELOAD: see "Preloading a cohort" below (benchmarks load 1M resources that way).
+// FHIR_TEST_PAGE_CAP=N: searches answered as by servers that do not page: see "Capped search pages" below.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -81,6 +83,7 @@ const server = http.createServer(async (req, res) => {
       send(res, 401, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'login', diagnostics: 'missing or wrong bearer token' }] });
       return;
     }
+    if (bulk && (await quirkRoute(req, res, url, base))) return;
     if (!url.pathname.startsWith(BASE_PATH)) {
       send(res, 404, normalizeOperationOutcome(badRequest(`no route: base path is ${BASE_PATH}`)));
       return;
@@ -88,13 +91,14 @@ const server = http.createServer(async (req, res) => {
     const pathname = url.pathname.slice(BASE_PATH.length) || '/';
     if (bulk && (await bulkRoute(req, res, url, base, decodeURIComponent(pathname)))) return;
     if (req.method === 'GET' && pathname === '/metadata') {
-      send(res, 200, metadataMode === 'searchset' ? { resourceType: 'Bundle', type: 'searchset', total: 0 } : capabilityStatement(base));
+      send(res, 200, metadataMode === 'searchset' ? { resourceType: 'Bundle', type: 'searchset', total: 0 } : quirkCapabilities(capabilityStatement(base)));
       return;
     }
     const isSearch = req.method === 'GET' && /^\/[A-Z][A-Za-z]+\/?$/.test(pathname);
     // _summary=count: the total only (the in-memory repository ignores _summary, so ask for no entries).
     if (isSearch && url.searchParams.get('_summary') === 'count') url.searchParams.set('_count', '0');
     if (isSearch && !url.searchParams.has('_count')) url.searchParams.set('_count', String(DEFAULT_PAGE_SIZE));
+    if (isSearch) capPage(url.searchParams);
     const query = {};
     for (const [key, value] of url.searchParams) {
       query[key] = key in query ? [].concat(query[key], value) : value;
@@ -215,7 +219,7 @@ async function startExport(req, res, url, base, level, groupId) {
     transactionTime: new Date().toISOString(), progress: 'queued', polls: 0, files: [], errors: [], done: false };
   bulk.jobs.set(job.id, job);
   runExport(job, level, members, types.length ? types : allowed, filters, since).catch((err) => { job.failed = String(err?.message ?? err); });
-  send(res, 202, outcome('information', 'informational', 'export started'), { 'content-location': `${base}/$export-status/${job.id}` });
+  send(res, 202, outcome('information', 'informational', 'export started'), { 'content-location': statusUrl(base, job.id) });
 }
 
 async function runExport(job, level, members, types, filters, since) {
@@ -223,7 +227,7 @@ async function runExport(job, level, members, types, filters, since) {
   for (const [index, type] of types.entries()) {
     job.progress = `${index}/${types.length} resource types exported`;
     const found = new Map(); // id → the stored resource itself: it is only serialised, never changed
-    const queries = filters.filter((f) => f.type === type).map((f) => f.query);
+    const queries = quirkFilters(job, filters).filter((f) => f.type === type).map((f) => f.query);
     for (const query of queries.length ? queries : [new URLSearchParams()]) {
       const bad = [...query.keys()].filter((code) => !code.startsWith('_') && !getSearchParameter(type, code.split(':')[0]));
       if (bad.length) {
@@ -260,6 +264,7 @@ async function runExport(job, level, members, types, filters, since) {
   if (job.errors.length) {
     addFile(job, { type: 'OperationOutcome', error: true }, job.errors.map((o) => JSON.stringify(o) + '\n').join(''));
   }
+  quirkFiles(job);
   job.progress = `${types.length}/${types.length} resource types exported`;
   job.done = true;
 }
@@ -331,6 +336,9 @@ function exportStatus(req, res, base, id) {
   if (bulk.faults.has('poll-429') && job.polls === 1) {
     return send(res, 429, outcome('error', 'throttled', 'too many status requests (test fault)'), { 'retry-after': bulk.retryAfter });
   }
+  if (quirks.has('transient-poll') && job.polls <= 2) {
+    return send(res, 500, outcome('error', 'transient', 'the status is not available right now: try again (test quirk)'));
+  }
   if (bulk.faults.has('job-error') || job.failed) {
     return send(res, 500, outcome('error', 'exception', `export failed: ${job.failed ?? 'the job broke down (test fault)'}`));
   }
@@ -338,13 +346,13 @@ function exportStatus(req, res, base, id) {
   if (!job.done || job.answered <= bulk.polls) {
     return send(res, 202, undefined, { 'x-progress': job.progress, 'retry-after': bulk.retryAfter });
   }
-  const url = (n) => `${base}/$export-file/${id}/${n}.ndjson`;
-  const entries = job.files.map((file, n) => ({ file, n }));
+  const url = (n) => fileUrl(base, id, n);
+  const entries = job.files.map((file, n) => ({ file, n })).filter(({ file }) => !quirks.has('empty-manifest'));
   sendJson(res, 200, {
-    transactionTime: job.transactionTime, request: job.request, requiresAccessToken: Boolean(token || smart),
+    transactionTime: job.transactionTime, request: job.request, requiresAccessToken: requiresAccessToken(),
     output: entries.filter(({ file }) => !file.error && !file.deleted).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
     deleted: entries.filter(({ file }) => file.deleted).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
-    error: entries.filter(({ file }) => file.error).map(({ file, n }) => ({ type: file.type, url: url(n) })),
+    error: entries.filter(({ file }) => file.error).map(({ file, n }) => ({ type: file.type, url: url(n), count: file.count })),
   });
 }
 
@@ -369,6 +377,134 @@ function exportFile(req, res, job, n) {
   res.end(body);
 }
 
+// --- Bulk Data as other servers do it (test-only quirks) -----------------------------------
+// FHIR_TEST_BULK_QUIRKS, a comma list; each makes the export behave as some real server does:
+// other-path (the status URL is {origin}/bulkstatus/<job> and the files {origin}/<options>/bulkfiles/…,
+// on the server's origin but outside its base path, as SMART's reference server puts them);
+// files-elsewhere (the files are served from a second loopback port, another origin, as signed URLs:
+// the manifest says requiresAccessToken false, and a file request that carries an Authorization
+// header is refused with 400); files-elsewhere-token (the same host, but the manifest says
+// requiresAccessToken true); ig-capabilities (the CapabilityStatement as the Bulk Data IG writes it:
+// an operation named `export` under rest.operation, Patient and Group, with the IG's canonicals);
+// instantiates-only (the CapabilityStatement instantiates the IG's and declares no export operation);
+// transient-poll (each job's first two status polls answer 500 with an OperationOutcome whose issue
+// code is `transient`); failed-file (each job's first output file is listed under `error` instead,
+// keeping its count, as one OperationOutcome "Failed to export …"); ignore-type-filter (_typeFilter
+// is ignored: the types are exported whole); type-filter-outcome (ignored, and an error file says so);
+// type-filter-empty (a request with a _typeFilter gets a manifest without any output file);
+// duplicates (each type also has an older copy, meta.lastUpdated a day earlier, of its first
+// resource in a file listed before its own and of its last resource in one listed after);
+// empty-manifest (every manifest lists no file at all).
+const quirks = new Set((process.env.FHIR_TEST_BULK_QUIRKS ?? '').split(',').filter(Boolean));
+const IG_OPERATIONS = 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/';
+
+function requiresAccessToken() {
+  if (quirks.has('files-elsewhere')) return false;
+  return quirks.has('files-elsewhere-token') || Boolean(token || smart);
+}
+
+function statusUrl(base, id) {
+  return quirks.has('other-path') ? `${new URL(base).origin}/bulkstatus/${id}` : `${base}/$export-status/${id}`;
+}
+
+function fileUrl(base, id, n) {
+  if (fileHost) return `${fileHost}/signed/${id}/${n}.ndjson`;
+  if (quirks.has('other-path')) return `${new URL(base).origin}/${Buffer.from('{"secure":true}').toString('base64url')}/bulkfiles/${id}/${n}.ndjson`;
+  return `${base}/$export-file/${id}/${n}.ndjson`;
+}
+
+// True when it has answered: the status and file URLs of other-path, outside the base path.
+async function quirkRoute(req, res, url, base) {
+  if (!quirks.has('other-path')) return false;
+  const status = url.pathname.match(/^\/bulkstatus\/([\w-]+)$/);
+  if (status) {
+    exportStatus(req, res, base, status[1]);
+    return true;
+  }
+  const file = url.pathname.match(/^\/[\w-]+\/bulkfiles\/([\w-]+)\/(\d+)\.ndjson$/);
+  if (file) {
+    exportFile(req, res, bulk.jobs.get(file[1]), Number(file[2]));
+    return true;
+  }
+  return false;
+}
+
+function quirkCapabilities(statement) {
+  if (!bulk) return statement;
+  const rest = statement.rest[0];
+  const strip = (resource) => { delete resource.operation; };
+  if (quirks.has('instantiates-only')) {
+    strip(rest);
+    rest.resource.forEach(strip);
+  } else if (quirks.has('ig-capabilities')) {
+    rest.operation = [{ name: 'export', definition: `${IG_OPERATIONS}export` }];
+    for (const resource of rest.resource) {
+      strip(resource);
+      if (resource.type === 'Patient') resource.operation = [{ name: 'export', definition: `${IG_OPERATIONS}patient-export` }];
+      if (resource.type === 'Group') resource.operation = [{ name: 'export', definition: `${IG_OPERATIONS}group-export` }];
+    }
+  }
+  return statement;
+}
+
+// The _typeFilter queries the export applies: none when the quirks say it is ignored.
+function quirkFilters(job, filters) {
+  if (!filters.length || !(quirks.has('ignore-type-filter') || quirks.has('type-filter-outcome') || quirks.has('type-filter-empty'))) {
+    return filters;
+  }
+  if (quirks.has('type-filter-outcome') && !job.filterIgnored) {
+    job.filterIgnored = true;
+    job.errors.push(outcome('warning', 'not-supported', '_typeFilter is not supported by this server: it was ignored (test quirk)'));
+  }
+  if (quirks.has('type-filter-empty')) job.noOutput = true;
+  return [];
+}
+
+// At the end of a job: the files that the quirks add, change or take away.
+function quirkFiles(job) {
+  if (job.noOutput) {
+    job.files = [];
+    return;
+  }
+  if (quirks.has('duplicates')) {
+    const older = (resource) => ({ ...resource, meta: { ...resource.meta, tag: [{ code: 'older-copy' }],
+      lastUpdated: new Date(Date.parse(resource.meta?.lastUpdated ?? job.transactionTime) - 86400000).toISOString() } });
+    const output = job.files.filter((file) => !file.error && !file.deleted);
+    const types = [...new Set(output.map((file) => file.type))];
+    const lines = (file) => fs.readFileSync(file.path, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line));
+    const copies = types.map((type) => {
+      const files = output.filter((file) => file.type === type);
+      return { type, first: lines(files[0])[0], last: lines(files.at(-1)).at(-1) };
+    });
+    const before = job.files.length;
+    for (const { type, first } of copies) addFile(job, { type, count: 1 }, JSON.stringify(older(first)) + '\n');
+    job.files = [...job.files.slice(before), ...job.files.slice(0, before)]; // listed before the type's own files
+    for (const { type, last } of copies) addFile(job, { type, count: 1 }, JSON.stringify(older(last)) + '\n');
+  }
+  if (quirks.has('failed-file')) {
+    const first = job.files.find((file) => !file.error && !file.deleted);
+    if (first) {
+      const name = `${job.files.indexOf(first)}.${first.type}.ndjson`;
+      fs.writeFileSync(first.path, JSON.stringify(outcome('error', 'processing', `Failed to export ${name}`)) + '\n');
+      Object.assign(first, { type: 'OperationOutcome', error: true });
+    }
+  }
+}
+
+// files-elsewhere: a second loopback server (another origin) that serves export files without a
+// bearer token, as an object store serves signed URLs, and refuses requests that carry one.
+async function startFileHost() {
+  const host = http.createServer((req, res) => {
+    const file = new URL(req.url, 'http://x').pathname.match(/^\/signed\/([\w-]+)\/(\d+)\.ndjson$/);
+    if (!file) return send(res, 404, outcome('error', 'not-found', 'no such file'));
+    if (req.headers.authorization) return send(res, 400, outcome('error', 'security', 'a signed URL takes no Authorization header'));
+    if (quirks.has('files-elsewhere-token')) return send(res, 401, outcome('error', 'login', 'this file needs the bearer token'));
+    exportFile(req, res, bulk.jobs.get(file[1]), Number(file[2]));
+  });
+  await new Promise((resolve) => host.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${host.address().port}`;
+}
+
 // --- SMART Backend Services (only when FHIR_TEST_SMART_CLIENT_ID is set) ---------------------
 
 const TOKEN_PATH = '/auth/token';
@@ -390,7 +526,7 @@ async function smartRoute(req, res, url) {
   if (req.method === 'GET' && url.pathname === `${BASE_PATH}/.well-known/smart-configuration`) {
     sendJson(res, 200, { token_endpoint: origin + TOKEN_PATH, grant_types_supported: ['client_credentials'],
       token_endpoint_auth_methods_supported: ['private_key_jwt'], token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
-      scopes_supported: ['system/*.read', 'system/*.write', 'system/*.rs', 'system/*.cruds'], capabilities: ['client-confidential-asymmetric'] });
+      scopes_supported: smartScopes.supported, capabilities: ['client-confidential-asymmetric', ...smartScopes.capabilities] });
     return true;
   }
   if (url.pathname === TOKEN_PATH) {
@@ -400,7 +536,7 @@ async function smartRoute(req, res, url) {
   if (url.pathname === `${BASE_PATH}/metadata`) return false;
   const granted = smart.tokens.get((req.headers.authorization ?? '').replace(/^Bearer /, ''));
   const problem = !granted || granted.expires < Date.now() ? [401, 'login', 'missing, unknown or expired bearer token']
-    : !granted.scopes.some((s) => allows(s, ['GET', 'HEAD'].includes(req.method) ? 'rs' : 'cud'))
+    : !granted.scopes.some((s) => allows(s, readsOnly(req, url) ? 'rs' : 'cud'))
       ? [403, 'forbidden', `the token's scope (${granted.scopes.join(' ')}) does not allow ${req.method}`] : undefined;
   if (!problem) return false;
   send(res, problem[0], { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: problem[1], diagnostics: problem[2] }] });
@@ -428,6 +564,8 @@ async function issueToken(req, res, tokenUrl) {
   if (!scopes.length || !scopes.every((s) => SCOPE.test(s))) {
     return fail(400, 'invalid_scope', 'this server grants system/*.read, system/*.write, system/*.rs or system/*.cruds');
   }
+  const refused = scopes.map(scopeRefusal).find(Boolean);
+  if (refused) return fail(400, 'invalid_scope', refused);
   const accessToken = crypto.randomBytes(24).toString('base64url');
   smart.tokens.set(accessToken, { expires: Date.now() + smart.ttl * 1000, scopes });
   sendJson(res, 200, { access_token: accessToken, token_type: 'bearer', expires_in: smart.ttl, scope: scopes.join(' ') });
@@ -461,6 +599,38 @@ function verifyAssertion(jwt, tokenUrl) {
   smart.jtis.set(claims.jti, claims.exp);
 }
 
+// --- SMART scopes: the syntax the server lists, the scopes the client is granted ---------------
+// FHIR_TEST_SMART_PERMISSIONS=v1 or v2: the smart-configuration lists SMART v1 scopes only
+// (system/*.read, system/*.write; capability permission-v1) or v2 only (system/*.rs,
+// system/*.cruds; permission-v2), and the token endpoint refuses the other syntax with
+// invalid_scope; unset, it lists and accepts both. FHIR_TEST_SMART_SCOPES (space-separated, e.g.
+// system/*.read) are the only scopes granted to the client: asking for any other is invalid_scope.
+// Reads (GET, HEAD, and the DELETE that ends a Bulk Data export) need r or s, other requests c, u or d.
+
+const SCOPES_LISTED = { v1: ['system/*.read', 'system/*.write'], v2: ['system/*.rs', 'system/*.cruds'] };
+const smartScopes = smartScopeSettings();
+
+function smartScopeSettings() {
+  const permissions = process.env.FHIR_TEST_SMART_PERMISSIONS;
+  if (permissions && !SCOPES_LISTED[permissions]) throw new Error('FHIR_TEST_SMART_PERMISSIONS must be v1 or v2');
+  const syntaxes = permissions ? [permissions] : ['v1', 'v2'];
+  return { syntaxes, supported: syntaxes.flatMap((syntax) => SCOPES_LISTED[syntax]),
+    capabilities: syntaxes.map((syntax) => `permission-${syntax}`),
+    granted: process.env.FHIR_TEST_SMART_SCOPES?.split(' ').filter(Boolean) };
+}
+
+// Why a requested scope (already matching SCOPE) is not granted; undefined when it is.
+function scopeRefusal(scope) {
+  const syntax = /\.(read|write)$/.test(scope) ? 'v1' : 'v2';
+  if (!smartScopes.syntaxes.includes(syntax)) return `${scope} is SMART ${syntax} syntax: this server lists ${smartScopes.supported.join(' ')}`;
+  if (smartScopes.granted && !smartScopes.granted.includes(scope)) return `this client is granted ${smartScopes.granted.join(' ')} only, not ${scope}`;
+  return undefined;
+}
+
+function readsOnly(req, url) {
+  return ['GET', 'HEAD'].includes(req.method) || (req.method === 'DELETE' && url.pathname.startsWith(`${BASE_PATH}/$export-status/`));
+}
+
 function sendJson(res, status, body) {
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
   res.end(JSON.stringify(body));
@@ -479,12 +649,23 @@ function withPageLinks(bundle, base, pathname, params) {
   const offset = Number(params.get('_offset') ?? 0);
   const matches = (bundle.entry ?? []).filter((e) => e.search?.mode !== 'include').length;
   bundle.link = [{ relation: 'self', url: `${base}${pathname}?${params}` }];
-  if (count > 0 && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
+  if (count > 0 && !pageCap && (bundle.total !== undefined ? offset + count < bundle.total : matches === count)) {
     const next = new URLSearchParams(params);
     next.set('_offset', String(offset + count));
     bundle.link.push({ relation: 'next', url: `${base}${pathname}?${next}` });
   }
   return bundle;
+}
+
+// --- Capped search pages (test-only) ---------------------------------------------------------------
+// FHIR_TEST_PAGE_CAP=N: every search answers one page of at most N matches (fewer when _count asks
+// fewer) and never a next link, while Bundle.total stays the full count, as servers that do not page
+// (or cap their pages and drop the link) do: a client must notice that the page set falls short of
+// total. _summary=count is unaffected. Unset (the default): pages of _count with next links.
+const pageCap = Number(process.env.FHIR_TEST_PAGE_CAP ?? 0) || undefined;
+
+function capPage(params) {
+  if (pageCap && Number(params.get('_count')) > pageCap) params.set('_count', String(pageCap));
 }
 
 // --- Preloading a cohort (test harness only) ------------------------------------------------------
@@ -517,6 +698,7 @@ async function preload(directory) {
 }
 
 const preloaded = process.env.FHIR_TEST_PRELOAD ? await preload(process.env.FHIR_TEST_PRELOAD) : undefined;
+const fileHost = quirks.has('files-elsewhere') || quirks.has('files-elsewhere-token') ? await startFileHost() : undefined;
 
 server.listen(Number(process.argv[2] ?? 0), '127.0.0.1', () => {
   const { port } = server.address();

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def write_subset(cohort: Path, out: Path, subjects: int) -> Path:
-    """``cohort``'s tables restricted to its first ``subjects`` subjects (rows as they were), with dataset.yaml."""
+    """``cohort``'s tables restricted to its first ``subjects`` subjects (rows as they were), and its dataset.yaml if it has one."""
     out.mkdir(parents=True, exist_ok=True)
     with open(cohort / "dm.csv", newline="") as handle:
         keep = {row["USUBJID"] for _, row in zip(range(subjects), csv.DictReader(handle))}
@@ -17,7 +17,8 @@ def write_subset(cohort: Path, out: Path, subjects: int) -> Path:
         column = next(csv.reader([lines[0]])).index("USUBJID")
         (out / table.name).write_text(lines[0] + "".join(
             line for line in lines[1:] if next(csv.reader([line]))[column] in keep))
-    shutil.copy(cohort / "dataset.yaml", out / "dataset.yaml")
+    if (cohort / "dataset.yaml").exists():
+        shutil.copy(cohort / "dataset.yaml", out / "dataset.yaml")
     return out
 
 

@@ -131,6 +131,28 @@ def test_analyze_reports_the_zero_cell_as_exact_and_no_events_as_not_estimable(s
     assert all(bleed["estimates"][key]["estimate"] is None for key in ("odds-ratio", "exact-odds-ratio", "relative-risk"))
 
 
+def test_a_published_not_estimable_is_checked_and_says_why(stores, tmp_path):
+    """Bleeding, no event in either arm: the paper's "not estimable" matches, with the reason; one bleed on placebo
+    makes the exact OR estimable (0, its CI from 0) and each published "not estimable" a mismatch."""
+    document = verify_json(definition("example-zero-cell"), stores["example-zero-cell"])
+    bleed = {f["field"]: f for f in document["results"][2]["fields"]}
+    assert [bleed[name]["expected"] for name in ("estimate", "lower", "upper")] == ["not estimable"] * 3
+    assert all(bleed[name]["matches"] and bleed[name]["got"] == "not estimable" for name in ("estimate", "lower", "upper"))
+    assert bleed["estimate"]["note"] == "not estimable: no events in either arm"
+    assert document["results"][2]["published"]["estimate"] == "not estimable"
+    shown = CliRunner().invoke(main, ["verify", "--study", str(definition("example-zero-cell")), "--store",
+                                      str(stores["example-zero-cell"])])
+    assert "not estimable: no events in either arm" in shown.stdout
+    store = _changed_copy(stores, "example-zero-cell", tmp_path)
+    death = _observation(store, "/D28/DEATH", lambda o: o["valueCodeableConcept"]["coding"][0]["code"] == "Y")
+    bled = _observation(store, "/D28/BLEED", lambda o: o["subject"] == death["subject"])  # on placebo: all deaths are
+    bled["valueCodeableConcept"] = death["valueCodeableConcept"]  # the event answer, Y
+    Store(store).write([bled])
+    results = verify_json(definition("example-zero-cell"), store)["results"]
+    assert [f["field"] for f in results[2]["fields"] if not f["matches"]] == ["estimate", "lower", "upper", "events"]
+    assert "estimate: expected not estimable, got 0" in results[2]["mismatches"]
+
+
 def test_analyze_compares_time_to_event_and_names_what_it_does_not_compare(stores):
     result = CliRunner().invoke(main, ["analyze", "--study", str(definition("example-dose-ranging")), "--store",
                                        str(stores["example-dose-ranging"]), "--json"])
@@ -180,7 +202,8 @@ def test_readme_time_to_event_snippet_verifies_on_the_example(stores, tmp_path):
     ("{outcome: TTRECOV, visit: D28, estimate: 2.0}",
      "analysis.published.0.visit: time-to-event TTRECOV is over the whole follow-up: give no visit"),
     ("{outcome: TTRECOV, p: {test: fisher, value: 0.5}}",
-     "analysis.published.0.p.test: 'fisher' does not apply to time-to-event TTRECOV: use log-rank"),
+     "analysis.published.0.p.test: 'fisher' is not a test of cox-hazard-ratio (the plan's effect for this outcome): "
+     "use wald, likelihood-ratio, log-rank, or leave test out"),
     ("{outcome: TTRECOV, means: {HIGH: 3.0}}",
      "analysis.published.0.means: does not apply to time-to-event TTRECOV (n, counts, medians do)"),
     ("{outcome: TTRECOV, effect: hodges-lehmann}",
@@ -214,3 +237,45 @@ def test_time_to_event_rows_in_the_table_the_forest_plot_and_the_report(stores, 
                                                  "Time to recovery · follow-up · LOW vs PBO"]
     example = jobs.example_demo(study, REPO / "fixtures" / "example-dose-ranging", tmp_path / "demo")
     assert "<h3 id='time-to-event'>Time to event" in example.report["html"].read_text()
+
+
+def test_dose_ranging_day_0_is_baseline_balance_and_its_primary_endpoint_is_adjusted_by_holm(stores):
+    from statsmodels.stats.multitest import multipletests
+
+    result = CliRunner().invoke(main, ["analyze", "--study", str(definition("example-dose-ranging")), "--store",
+                                       str(stores["example-dose-ranging"]), "--json"])
+    assert result.exit_code == 0, result.output
+    comparisons = valid(json.loads(result.stdout), "analyze")["comparisons"]
+    assert {(c["outcome"], c["visit"]) for c in comparisons if c["baseline_balance"]} == {("SIXMWD", "D0")}
+    primary = [c for c in comparisons if c["p_adjusted"]]
+    assert [(c["outcome"], c["arms"][0]["code"]) for c in primary] == [("SIXMWDCHG", "HIGH"), ("SIXMWDCHG", "LOW")]
+    expected = multipletests([c["effect"]["p"] for c in primary], method="holm")[1]
+    assert [c["p_adjusted"]["p"] for c in primary] == pytest.approx(list(expected), rel=1e-12)
+    assert {(c["p_adjusted"]["family"], c["p_adjusted"]["size"]) for c in primary} == {("primary · D28", 2)}
+
+
+def test_time_to_event_entries_are_one_family_over_the_follow_up(stores, tmp_path):
+    """A family of time_to_event entries is adjusted over the whole follow-up, and verify checks its adjusted p."""
+    from statsmodels.stats.multitest import multipletests
+
+    from fhir_msc.analysis.published import at
+
+    text = definition("example-dose-ranging").read_text()
+    assert text.count("families: {primary: [SIXMWDCHG]}") == 1
+    text = text.replace("families: {primary: [SIXMWDCHG]}", "families: {primary: [SIXMWDCHG], recovery: [TTRECOV]}")
+    (tmp_path / "study.yaml").write_text(text)
+    store = str(stores["example-dose-ranging"])
+    analyzed = CliRunner().invoke(main, ["analyze", "--study", str(tmp_path / "study.yaml"), "--store", store,
+                                         "--outcome", "TTRECOV", "--json"])
+    recovery = valid(json.loads(analyzed.stdout), "analyze")["comparisons"]
+    expected = multipletests([c["effect"]["p"] for c in recovery], method="holm")[1]
+    assert [c["p_adjusted"] for c in recovery] == [
+        {"p": pytest.approx(p, rel=1e-12), "method": "holm", "family": "recovery · follow-up", "size": 2}
+        for p in expected]
+    cox = "p: {test: log-rank, value: 0.062}, counts"
+    assert text.count(cox) == 1
+    (tmp_path / "study.yaml").write_text(text.replace(cox, cox.replace(", counts", f", p_adjusted: {at(expected[0], 3)}, counts")))
+    results = verify_json(tmp_path / "study.yaml", stores["example-dose-ranging"])["results"]
+    checked = [f for r in results for f in r["fields"] if f["field"] == "p_adjusted"]
+    assert [(f["test"], f["got"], f["matches"]) for f in checked] == [
+        ("holm", "0.002", True), ("holm", "0.168", True), ("holm", at(expected[0], 3), True)]

@@ -10,6 +10,7 @@ counts as not readable; a view reads them as absent.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,31 +34,33 @@ from .views.duckdb_engine import _reason
 
 
 EVENT_VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "adverse_events": "AdverseEvent"}
-NOT_COMPARED = "subject in neither compared arm"
+NOT_COMPARED = "subject in no compared arm"
 NO_IDENTIFIER = "no adverse-event identifier of this study (USUBJID/AESEQ)"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EventCounts:
-    """Subjects per compared arm (treatment first), those with ≥1 event of each kind, and the AdverseEvents' account."""
+    """Per compared arm (as treated): its subjects, those with ≥1 event of each kind; and the AdverseEvents' account.
 
-    n: tuple[int, int]
-    any: tuple[int, int]
-    serious: tuple[int, int]
-    terms: dict[str, tuple[int, int]]  # AEDECOD term -> subjects with ≥1 event, in the study file's order
+    A subject is in one arm, so the counts of pooled arms are sums."""
+
+    n: dict[str, int]  # arm code -> subjects
+    any: dict[str, int]
+    serious: dict[str, int]
+    terms: dict[str, dict[str, int]]  # AEDECOD term (in the study file's order) -> arm code -> subjects with ≥1 event
     account: Account
 
 
-def event_counts(study: Study, source: Any, arms: tuple[str, str]) -> EventCounts | None:
-    """The counts for the compared ``arms`` (treatment, control codes) from DuckDB; None when ``source`` holds
-    no AdverseEvent. ``source``: a store (its projection is used and kept) or any resource source."""
+def event_counts(study: Study, source: Any, arms: Collection[str]) -> EventCounts | None:
+    """The counts for the compared ``arms`` (arm codes) from DuckDB; None when ``source`` holds no AdverseEvent.
+    ``source``: a store (its projection is used and kept) or any resource source."""
     with _as_store(source, EVENT_VIEWS.values()) as store, _connection() as con:
         try:
             for name, projection in project(study, store, con, views=EVENT_VIEWS).items():
                 con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet({_text(str(projection.path))})")
             con.execute(f"CREATE TEMP TABLE compared AS {_compared_sql(study, arms)}")
             con.execute(f"CREATE TEMP TABLE placed AS {_placed_sql(study)}")
-            return _counts(study, con) if con.sql("SELECT count(*) FROM placed").fetchall()[0][0] else None
+            return _counts(study, con, arms) if con.sql("SELECT count(*) FROM placed").fetchall()[0][0] else None
         except duckdb.Error as error:
             raise InputError(f"{store.path}: {_reason(error)}") from None
 
@@ -74,17 +77,16 @@ def _term(keys: str, terms: dict[str, Any]) -> str:
     return f"CASE {whens} ELSE NULL END" if whens else "NULL"
 
 
-def _compared_sql(study: Study, arms: tuple[str, str]) -> str:
-    """Each study subject whose actual arm is a compared one, with its side (0: treatment, 1: control)."""
+def _compared_sql(study: Study, arms: Collection[str]) -> str:
+    """Each study subject whose actual arm is a compared one, with that arm."""
     return f"""
 WITH {subjects_sql(study)}
-SELECT subject, list_position({_list(list(arms))}, actual_arm) - 1 AS side FROM randomized
-WHERE list_contains({_list(list(arms))}, actual_arm)
+SELECT subject, actual_arm AS arm FROM randomized WHERE list_contains({_list(list(arms))}, actual_arm)
 """
 
 
 def _placed_sql(study: Study) -> str:
-    """Each AdverseEvent with its subject, side, AEDECOD, whether serious, and its reason to be skipped (NULL: used)."""
+    """Each AdverseEvent with its subject, arm, AEDECOD, whether serious, and its reason to be skipped (NULL: used)."""
     ae = study.adverse_events
     system = _text(study.system("adverse-event"))
     codings = {"AEDECOD": ("CASE WHEN r5 THEN code_codings ELSE event_codings END", ae.terms),
@@ -120,30 +122,29 @@ checked AS (
     WHEN coalesce(onset, '') = '' THEN 'no onset date (AESTDTC)'
     END AS reason
   FROM coded)
-SELECT e.{LINE}, e.subject_id AS subject, c.side, e.AEDECOD AS decod, e.AESER = {_text(ae.serious_event)} AS serious,
-  coalesce(e.reason, CASE WHEN c.side IS NULL THEN {_text(NOT_COMPARED)} END) AS reason,
+SELECT e.{LINE}, e.subject_id AS subject, c.arm, e.AEDECOD AS decod, e.AESER = {_text(ae.serious_event)} AS serious,
+  coalesce(e.reason, CASE WHEN c.arm IS NULL THEN {_text(NOT_COMPARED)} END) AS reason,
   CASE WHEN e.reason IS NOT NULL THEN 'AdverseEvent/' || coalesce(e.id, 'None')
-       WHEN c.side IS NULL THEN e.subject_id || '/' || coalesce(nullif(ltrim(e.seq, '0'), ''), '0') END AS example
+       WHEN c.arm IS NULL THEN e.subject_id || '/' || coalesce(nullif(ltrim(e.seq, '0'), ''), '0') END AS example
 FROM checked e LEFT JOIN compared c ON c.subject = e.subject_id
 """
 
 
-def _by_side(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[int, int]:
+def _by_arm(con: duckdb.DuckDBPyConnection, sql: str, arms: Collection[str]) -> dict[str, int]:
     found = dict(con.sql(sql).fetchall())
-    return found.get(0, 0), found.get(1, 0)
+    return {arm: found.get(arm, 0) for arm in arms}
 
 
-def _counts(study: Study, con: duckdb.DuckDBPyConnection) -> EventCounts:
+def _counts(study: Study, con: duckdb.DuckDBPyConnection, arms: Collection[str]) -> EventCounts:
     """Subjects per arm, those with ≥1 used event of each kind, and the account, from ``compared`` and ``placed``."""
     used = "count(DISTINCT subject) FROM placed WHERE reason IS NULL"
-    terms = {term: [0, 0] for term in study.adverse_events.terms}
-    for term, side, subjects in con.sql(f"SELECT decod, side, {used} GROUP BY decod, side").fetchall():
-        terms[term][side] = subjects
-    return EventCounts(n=_by_side(con, "SELECT side, count(*) FROM compared GROUP BY side"),
-                       any=_by_side(con, f"SELECT side, {used} GROUP BY side"),
-                       serious=_by_side(con, f"SELECT side, {used} AND serious GROUP BY side"),
-                       terms={term: (counts[0], counts[1]) for term, counts in terms.items()},
-                       account=_account(con))
+    terms = {term: dict.fromkeys(arms, 0) for term in study.adverse_events.terms}
+    for term, arm, subjects in con.sql(f"SELECT decod, arm, {used} GROUP BY decod, arm").fetchall():
+        terms[term][arm] = subjects
+    return EventCounts(n=_by_arm(con, "SELECT arm, count(*) FROM compared GROUP BY arm", arms),
+                       any=_by_arm(con, f"SELECT arm, {used} GROUP BY arm", arms),
+                       serious=_by_arm(con, f"SELECT arm, {used} AND serious GROUP BY arm", arms),
+                       terms=terms, account=_account(con))
 
 
 def _account(con: duckdb.DuckDBPyConnection) -> Account:

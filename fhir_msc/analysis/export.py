@@ -15,7 +15,7 @@ from importlib.resources import files
 from typing import Any
 
 from ..account import Account
-from ..study.definition import PublishedResult, Stated, Study, arm_label
+from ..study.definition import NOT_ESTIMABLE, PublishedResult, Stated, Study, arm_label
 from .frame import Comparison, Verification, binary_estimates, continuous_estimates
 from .published import FieldCheck
 from .stats import BinarySummary, ContinuousSummary, Estimate
@@ -67,10 +67,15 @@ def _p_values(comparison: Comparison, estimates: dict[str, Estimate]) -> dict[st
         if "odds-ratio-mh" in estimates:
             p["mantel_haenszel"] = estimates["odds-ratio-mh"].p_value
     elif isinstance(s, TimeToEventSummary):
-        p = {"log_rank": s.log_rank_p, "wald_cox": s.cox_hazard_ratio.p_value}
+        p = {"log_rank": s.log_rank_p, "wald_cox": s.cox_hazard_ratio.p_value,
+             "likelihood_ratio_cox": s.cox_hazard_ratio.likelihood_ratio_p}
     else:
         p = {"t_pooled": s.mean_difference.p_value, "t_welch": s.mean_difference_welch.p_value,
              "mann_whitney": s.mann_whitney_p, "wilcoxon": s.wilcoxon_p}
+    for key in ("adjusted-odds-ratio", "adjusted-mean-difference", "proportional-odds"):  # fitted models' own tests
+        if key in estimates:
+            name = key.replace("-", "_")
+            p.update({f"wald_{name}": estimates[key].p_value, f"likelihood_ratio_{name}": estimates[key].likelihood_ratio_p})
     return {name: number(value) for name, value in p.items()}
 
 
@@ -91,14 +96,18 @@ def _arm(study: Study, comparison: Comparison, index: int) -> dict[str, Any]:
 
 
 def comparison_json(study: Study, comparison: Comparison) -> dict[str, Any]:
-    """One outcome at one visit: both arms, the planned effect, every estimate and every p-value."""
+    """One outcome at one visit: both arms, the planned effect, every estimate and every p-value; whether it is
+    baseline balance, and the effect's p adjusted in its family (null when in none)."""
     estimates = _estimates(comparison)
     key = comparison.key or next(k for k, e in estimates.items() if e is comparison.effect)
     return {"outcome": comparison.outcome, "display": comparison.display, "visit": comparison.visit,
             "type": comparison.kind, "arms": [_arm(study, comparison, i) for i in range(2)],
             "effect": estimate_json(key, comparison.effect),
             "estimates": {k: estimate_json(k, e) for k, e in estimates.items()},
-            "p_values": _p_values(comparison, estimates),
+            "p_values": _p_values(comparison, estimates), "baseline_balance": comparison.baseline_balance,
+            "p_adjusted": None if comparison.adjusted is None else {
+                "p": number(comparison.adjusted.p), "method": comparison.adjusted.method,
+                "family": comparison.adjusted.family, "size": comparison.adjusted.size},
             **({"excluded": {reason: list(subjects) for reason, subjects in comparison.excluded.items()}}
                if comparison.excluded else {})}
 
@@ -146,9 +155,14 @@ def _published_json(study: Study, target: PublishedResult) -> dict[str, Any]:
         if target.iqrs and code in target.iqrs:
             arm.update(q1=stated_json(target.iqrs[code][0]), q3=stated_json(target.iqrs[code][1]))
         arms.append(arm)
-    ci = {name: None if getattr(target, name) is None else getattr(target, name).value for name in ("estimate", "lower", "upper")}
-    return {**ci, "decimals": target.decimals, "source": target.source, "arms": arms,
-            "p": None if target.p is None else {"test": target.p.test, **stated_json(target.p.value)}}
+    given = {name: getattr(target, name) for name in ("estimate", "lower", "upper", "number_needed_to_treat")}
+    numbers = {name: None if stated is None else NOT_ESTIMABLE if stated.value is None else stated.value
+               for name, stated in given.items()}
+    return {**numbers, "unit": target.unit, "decimals": target.decimals, "source": target.source, "arms": arms,
+            "relative_risk_reduction": None if target.relative_risk_reduction is None else stated_json(
+                target.relative_risk_reduction),
+            "p": None if target.p is None else {"test": target.p.test, **stated_json(target.p.value)},
+            "p_adjusted": None if target.p_adjusted is None else stated_json(target.p_adjusted)}
 
 
 def stated_json(stated: Stated) -> dict[str, Any]:
@@ -169,7 +183,8 @@ def verify_json(study: Study, checks: list[Verification], observations: Account)
         "$schema": SCHEMA_BASE + "verify.schema.json", "study": study.study.identifier.value,
         "result": "reproduced" if reproduced == len(checks) else "not reproduced",
         "counts": {"published": len(checks), "reproduced": reproduced, "not_reproduced": len(checks) - reproduced},
-        "results": [{"outcome": check.published.outcome, "visit": check.published.visit,
+        "results": [{"outcome": check.published.outcome, "adverse_event": check.published.adverse_event,
+                     "visit": check.published.visit,
                      "effect": check.published.effect, "matches": check.matches, "mismatches": list(check.mismatches),
                      "fields": [field_json(field) for field in check.fields],
                      "published": _published_json(study, check.published),

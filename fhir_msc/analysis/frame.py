@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from sys import intern
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,13 @@ import pandas as pd
 from ..account import MAX_EXAMPLES, Account, Tally
 from ..errors import InputError, StudyDefinitionError
 from ..fhir.unmapping import NOT_ASKED, ResourceSource, read_records
-from ..study.definition import AnalysisPlan, Outcome, PublishedResult, Study, arm_codes, arm_label
+from ..study.definition import DM_COVARIATES, AnalysisPlan, Outcome, PublishedResult, Study, arm_codes, arm_label
 from ..tables.sdtm import FindingRecord
 from .derived import add_derived, visits_needed
 from .published import FieldCheck
 from .published import check as check_fields
 from .models import adjusted_mean_difference, adjusted_odds_ratio, mann_whitney, proportional_odds, rate_ratio
+from .multiplicity import AdjustedP, adjust, family
 from .stats import (
     BinarySummary,
     ContinuousSummary,
@@ -41,6 +42,9 @@ from .stats import (
 )
 from .survival import TimeToEventSummary, summarize
 from .windows import WindowChooser, study_day
+
+if TYPE_CHECKING:
+    from .adverse_events import AdverseEventIncidence
 
 FRAME_COLUMNS = ["subject", "arm", "sex", "age", "visit", "visitnum", "outcome", "value", "answer", "unit", "date"]
 
@@ -264,6 +268,8 @@ class Comparison:
     key: str = ""  # the effect's key in the study definition
     groups: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # the arm codes of treatment and control
     excluded: dict[str, tuple[str, ...]] = field(default_factory=dict)  # reason -> subjects left out of the effect
+    baseline_balance: bool = False  # at the plan's baseline visit: a test of balance, not a treatment effect
+    adjusted: AdjustedP | None = None  # the effect's p adjusted in its family (analysis.multiplicity)
 
     @property
     def n(self) -> tuple[int, int]:
@@ -297,8 +303,11 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
     unless ``effect`` is one for ordered scales (proportional-odds, mann-whitney: on its ranks).
 
     ``pair`` (treatment and control arm codes) defaults to the plan's first comparison,
-    ``covariates`` and ``stratum`` to the plan's. Subjects an adjusted or stratified effect
+    ``covariates`` to the plan's for the outcome (``AnalysisPlan.covariates_for``), ``stratum`` to the plan's. Subjects an adjusted or stratified effect
     leaves out for a missing covariate or stratum are named in ``excluded`` and the effect's note.
+    A covariate or stratum that is the outcome itself at this visit (``baseline`` at the baseline visit)
+    is not used, and the note says so: no model adjusts an outcome for itself.
+    At the plan's baseline visit the comparison is ``baseline_balance``.
     The exact conditional OR of a binary outcome is computed when it is the effect or ``exact_odds_ratio``
     asks for it; otherwise its note says it was not computed (``stats.compare_binary``).
     """
@@ -329,17 +338,37 @@ def compare(study: Study, frame: pd.DataFrame, outcome: Outcome, visit: str, eff
         both = frame.iloc[np.concatenate(groups)]
         treated = np.r_[np.ones(len(groups[0])), np.zeros(len(groups[1]))]
     if chosen in MODEL_EFFECTS:
-        names = plan.covariates if covariates is None else covariates
-        estimate, excluded = _modelled(study, frame, outcome, chosen, both, treated, names, plan)
+        names = plan.covariates_for(outcome.code) if covariates is None else covariates
+        itself = [name for name in names if is_itself(study, outcome, visit, name)]
+        estimate, excluded = _modelled(study, frame, outcome, chosen, both, treated,
+                                       [name for name in names if name not in itself], plan)
+        estimate = _not_itself(estimate, "covariate", itself, outcome, visit)
     elif chosen == "odds-ratio-mh":
-        estimate, excluded = _stratified(study, frame, plan, both, outcome, pair, stratum or plan.stratum)
+        estimate, excluded = _stratified(study, frame, plan, both, outcome, visit, pair, stratum or plan.stratum)
     else:
         estimate = estimates.get(chosen)  # type: ignore[assignment]
     if estimate is None:
         raise StudyDefinitionError(f"effect {chosen!r} does not apply to {kind} outcome {outcome.code}")
     return Comparison(outcome=outcome.code, display=outcome.display, visit=visit, kind=kind,
                       arms=(arm_label(pair[0]), arm_label(pair[1])), effect=estimate, summary=summary, key=chosen,
-                      groups=pair, excluded=excluded)
+                      groups=pair, excluded=excluded, baseline_balance=visit == plan.baseline)
+
+
+def is_itself(study: Study, outcome: Outcome, visit: str, name: str) -> bool:
+    """Whether covariate or stratum ``name`` is ``outcome`` at ``visit`` (``baseline`` at the baseline visit)."""
+    return covariate_source(study, outcome, name) == (outcome.code, visit)
+
+
+def _not_itself(estimate: Estimate, what: str, names: list[str], outcome: Outcome, visit: str) -> Estimate:
+    """The estimate, its note saying which covariates (or stratum) were not used for being the outcome itself."""
+    if not names:
+        return estimate
+    return _noted(estimate, f"{what} {', '.join(names)} not used: at {visit} it is {outcome.code} itself "
+                            "(an outcome is never adjusted for itself)")
+
+
+def _noted(estimate: Estimate, note: str) -> Estimate:
+    return replace(estimate, note=f"{estimate.note}; {note}" if estimate.note else note)
 
 
 def _rows_of(frame: pd.DataFrame, outcome: str, visit: str) -> np.ndarray:
@@ -404,8 +433,7 @@ def _with_exclusions(estimate: Estimate, excluded: dict[str, tuple[str, ...]]) -
     named = "; ".join(f"{reason}: {', '.join(subjects[:MAX_EXAMPLES])}"
                       f"{f' and {len(subjects) - MAX_EXAMPLES} more' if len(subjects) > MAX_EXAMPLES else ''}"
                       for reason, subjects in excluded.items())
-    note = f"{count} subject(s) left out ({named})"
-    return replace(estimate, note=f"{estimate.note}; {note}" if estimate.note else note)
+    return _noted(estimate, f"{count} subject(s) left out ({named})")
 
 
 def covariate_values(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: pd.DataFrame, name: str) -> pd.Series:
@@ -419,8 +447,7 @@ def covariate_values(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: 
         return rows["age"].astype(float)
     if name == "sex":
         return pd.Series(np.where(rows["sex"].isna(), np.nan, (rows["sex"].cat.codes > 0).astype(float)), index=rows.index)
-    code, _, visit = (outcome.code if name == "baseline" else name).partition("@")
-    visit = visit or _plan(study).baseline or ""
+    code, visit = covariate_source(study, outcome, name)  # type: ignore[misc]
     source = study.outcome_by_code[code]
     found = frame.iloc[_rows_of(frame, code, visit)]
     if source.type == "coded":
@@ -429,6 +456,14 @@ def covariate_values(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: 
     else:
         values = found["value"]
     return rows["subject"].map(dict(zip(found["subject"], values))).astype(float)
+
+
+def covariate_source(study: Study, outcome: Outcome, name: str) -> tuple[str, str] | None:
+    """The outcome code and visit a covariate or stratum ``name`` reads; None for a DM column (age, sex)."""
+    if name in DM_COVARIATES:
+        return None
+    code, _, visit = (outcome.code if name == "baseline" else name).partition("@")
+    return code, visit or _plan(study).baseline or ""
 
 
 def covariate_table(study: Study, frame: pd.DataFrame, outcome: Outcome, rows: pd.DataFrame,
@@ -457,16 +492,20 @@ def continuous_estimates(summary: ContinuousSummary) -> dict[str, Estimate]:
 
 
 def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.DataFrame, outcome: Outcome,
-                pair: Pair, stratum: str | None) -> tuple[Estimate, dict[str, tuple[str, ...]]]:
-    """Mantel-Haenszel OR over the strata of ``stratum`` (sex, or a coded finding's answer at a visit)."""
+                visit: str, pair: Pair, stratum: str | None) -> tuple[Estimate, dict[str, tuple[str, ...]]]:
+    """Mantel-Haenszel OR over the strata of ``stratum`` (sex, or a coded finding's answer at a visit);
+    one stratum when ``stratum`` is the outcome itself at ``visit`` (the note says so)."""
     if stratum is None:
         raise StudyDefinitionError("effect odds-ratio-mh needs analysis.stratum in the study definition")
     event = outcome.event or next(iter(outcome.answers))
+    itself = is_itself(study, outcome, visit, stratum)
     if stratum == "sex":
         strata = rows["sex"].astype(object)
+    elif itself:
+        strata = pd.Series("all", index=rows.index, dtype=object)
     else:
-        code, _, visit = stratum.partition("@")
-        found = frame.iloc[_rows_of(frame, code, visit or plan.baseline)]
+        code, at = covariate_source(study, outcome, stratum)  # type: ignore[misc]
+        found = frame.iloc[_rows_of(frame, code, at)]
         strata = rows["subject"].map(dict(zip(found["subject"], found["answer"].astype(object))))
     lacking = strata.isna().to_numpy()
     excluded = {f"no {stratum}": tuple(rows["subject"].to_numpy()[lacking])} if lacking.any() else {}
@@ -476,7 +515,8 @@ def _stratified(study: Study, frame: pd.DataFrame, plan: AnalysisPlan, rows: pd.
                   int((group["arm"].isin(codes) & (group["answer"] != event)).sum())] for codes in pair]
         if all(sum(r) > 0 for r in table):
             tables.append(table)
-    return _with_exclusions(mantel_haenszel(tables, plan.alpha), excluded), excluded
+    estimate = _not_itself(mantel_haenszel(tables, plan.alpha), "stratum", [stratum] if itself else [], outcome, visit)
+    return _with_exclusions(estimate, excluded), excluded
 
 
 def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
@@ -484,7 +524,30 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             exact_odds_ratio: bool = False) -> list[Comparison]:
     """Every outcome at every visit (optionally filtered), for every pair of arms the plan compares; derived endpoints
     too; then each time_to_event entry whose table is in ``events`` (code -> ``outcomes.time_to_event``).
-    ``exact_odds_ratio``: compute the exact conditional OR of every binary comparison (see :func:`compare`)."""
+    ``exact_odds_ratio``: compute the exact conditional OR of every binary comparison (see :func:`compare`).
+
+    With ``analysis.multiplicity`` each p is adjusted in its family (:mod:`.multiplicity`); an outcome asked
+    for is compared with the rest of its family, so its adjusted p is the one of the whole analysis.
+    """
+    plan = _plan(study)
+    found = adjust(plan, _compare_each(study, frame, visits or None, _with_family(plan, outcomes), events,
+                                       exact_odds_ratio))
+    return [c for c in found if not outcomes or c.outcome in outcomes]
+
+
+def _with_family(plan: AnalysisPlan, outcomes: list[str] | None) -> list[str] | None:
+    """``outcomes`` and the other outcomes of their multiplicity families (None: every outcome)."""
+    if not outcomes or plan.multiplicity is None:
+        return outcomes
+    names = {plan.multiplicity.family(code) for code in outcomes}
+    if "" in names:  # no family named: every outcome is in the one family of its visit
+        return None
+    return [*outcomes, *(code for name in names if name for code in plan.multiplicity.families[name])]
+
+
+def _compare_each(study: Study, frame: pd.DataFrame, visits: Collection[str] | None, outcomes: list[str] | None,
+                  events: dict[str, pd.DataFrame] | None, exact_odds_ratio: bool) -> list[Comparison]:
+    """:func:`analyze`'s comparisons before any adjustment; ``visits`` None: every visit."""
     results = []
     plan = _plan(study)
     pairs = plan.pairs([a.code for a in study.arms])
@@ -493,7 +556,7 @@ def analyze(study: Study, frame: pd.DataFrame, visits: list[str] | None = None,
             continue
         effect = plan.effects.ordinal if outcome.type == "ordinal" else None
         for visit in study.visits:
-            if visits and visit.code not in visits:
+            if visits is not None and visit.code not in visits:
                 continue
             for pair in pairs:
                 comparison = compare(study, frame, outcome, visit.code, effect, pair=pair,
@@ -550,7 +613,8 @@ def not_compared(study: Study, outcomes: list[str] | None = None) -> list[tuple[
 def visits_to_read(study: Study, visits: Collection[str]) -> list[str]:
     """``visits`` and the visits the plan's covariates and strata read (the baseline visit, OUTCOME@VISIT)."""
     plan = _plan(study)
-    names = [*plan.covariates, plan.stratum or ""]
+    names = [*plan.covariates, *(name for names in plan.outcome_covariates.values() for name in names),
+             plan.stratum or ""]
     for result in plan.published:
         names += [*(result.covariates or []), result.stratum or ""]
     needed = set(visits)
@@ -586,24 +650,54 @@ class Verification:
         return self.reproduced is not None and not self.mismatches
 
 
-def verify(study: Study, frame: pd.DataFrame, events: dict[str, pd.DataFrame] | None = None) -> list[Verification]:
+def verify(study: Study, frame: pd.DataFrame, events: dict[str, pd.DataFrame] | None = None,
+           adverse_events: AdverseEventIncidence | None = None) -> list[Verification]:
     """Recompute every published result of the plan and check each field it gives (see ``published.check``);
-    ``events``: the time_to_event tables by code (``outcomes.time_to_event``), for results on them."""
+    ``events``: the time_to_event tables by code (``outcomes.time_to_event``), for results on them;
+    ``adverse_events``: the incidence of the pairs of the published adverse-event entries, for those.
+    A result giving ``p_adjusted`` is adjusted in its family as :func:`analyze` adjusts it (:func:`in_family`)."""
     checks = []
-    for target in _plan(study).published:
+    plan = _plan(study)
+    for target in plan.published:
         pair = ((arm_codes(target.treatment), arm_codes(target.control))
                 if target.treatment is not None and target.control is not None else None)
-        if target.visit is None:  # a time_to_event entry (the study definition allows no other)
+        if target.outcome is None:  # adverse events
+            if adverse_events is None:
+                checks.append(Verification(published=target, reproduced=None,
+                                           mismatches=["no data: the source holds no AdverseEvent"]))
+                continue
+            comparison = adverse_events.comparison(study, target)
+        elif target.visit is None:  # a time_to_event entry (the study definition allows no other)
             table = (events or {}).get(target.outcome)
             comparison = None if table is None else compare_time_to_event(study, table, target.outcome, target.effect,
                                                                           pair=pair)
         else:
-            comparison = compare(study, frame, study.analysed_outcome_by_code[target.outcome], target.visit,
-                                 target.effect, pair=pair, covariates=target.covariates, stratum=target.stratum)
+            outcome = study.analysed_outcome_by_code[target.outcome]
+            comparison = compare(study, frame, outcome, target.visit, target.effect or plan.effect_for(outcome.type),
+                                 pair=pair, covariates=target.covariates, stratum=target.stratum)
         if comparison is None:
             checks.append(Verification(published=target, reproduced=None, mismatches=["no data"]))
             continue
+        if target.p_adjusted is not None:
+            comparison = in_family(study, frame, comparison, events)
         fields = tuple(check_fields(target, comparison))
         checks.append(Verification(published=target, reproduced=comparison, fields=fields,
                                    mismatches=[field.describe() for field in fields if not field.matches]))
     return checks
+
+
+def in_family(study: Study, frame: pd.DataFrame, comparison: Comparison,
+              events: dict[str, pd.DataFrame] | None = None) -> Comparison:
+    """``comparison`` with its p adjusted in its family: the plan's comparisons of that family at its visit (the
+    time_to_event entries in ``events`` for one over the follow-up), with ``comparison`` in place of the plan's own
+    of its outcome and arms. Unchanged (``adjusted`` None) when in no family or its arms are no pair of the plan."""
+    plan = _plan(study)
+    name = family(plan, comparison)
+    pairs = {(arm_label(treatment), arm_label(control)) for treatment, control in plan.pairs([a.code for a in study.arms])}
+    if name is None or plan.multiplicity is None or comparison.arms not in pairs:
+        return comparison
+    codes = plan.multiplicity.families.get(plan.multiplicity.family(comparison.outcome) or "")
+    others = _compare_each(study, frame, [comparison.visit] if comparison.visit else [], codes,
+                           None if comparison.visit else events, False)
+    members = [c for c in others if family(plan, c) == name and (c.outcome, c.arms) != (comparison.outcome, comparison.arms)]
+    return adjust(plan, [comparison, *members])[0]

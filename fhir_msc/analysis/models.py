@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .ptests import nested_likelihood_ratio_p
 from .stats import Estimate, Z
 
 
@@ -35,8 +36,8 @@ def adjusted_odds_ratio(event: np.ndarray, treated: np.ndarray, covariates: pd.D
                         alpha: float = 0.05) -> Estimate:
     """Odds ratio of the event for treatment vs control, adjusted by logistic regression on ``covariates``.
 
-    Maximum likelihood (``statsmodels.Logit``), Wald CI and z p on the treatment coefficient.
-    Not estimable (None, with the note) when the likelihood has no finite maximum (perfect
+    Maximum likelihood (``statsmodels.Logit``), Wald CI and z p on the treatment coefficient; the likelihood-ratio
+    p against the model without treatment. Not estimable (None, with the note) when the likelihood has no finite maximum (perfect
     separation, e.g. no events in one arm) or the design is singular.
     """
     import statsmodels.api as sm
@@ -66,26 +67,32 @@ def adjusted_odds_ratio(event: np.ndarray, treated: np.ndarray, covariates: pd.D
         return Estimate(effect="odds ratio (adjusted)", method=method, function=function, alpha=alpha, estimate=None,
                         se=None, lower=None, upper=None, p_value=None, note=why)
     z = Z(1 - alpha / 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reduced = sm.Logit(y, design.drop(columns="treated")).fit(disp=0, maxiter=200)
     return Estimate(effect="odds ratio (adjusted)", method=method, function=function, alpha=alpha,
                     estimate=math.exp(coef), se=se, lower=math.exp(coef - z * se), upper=math.exp(coef + z * se),
-                    p_value=float(fit.pvalues["treated"]))
+                    p_value=float(fit.pvalues["treated"]), likelihood_ratio_p=nested_likelihood_ratio_p(fit.llf, reduced.llf))
 
 
 def adjusted_mean_difference(value: np.ndarray, treated: np.ndarray, covariates: pd.DataFrame | None = None,
                              alpha: float = 0.05) -> Estimate:
     """Difference of means (treatment − control) adjusted on ``covariates`` by ANCOVA (ordinary least squares).
 
-    t CI and p on the treatment coefficient with the residual degrees of freedom (``statsmodels.OLS``).
+    t CI and p on the treatment coefficient with the residual degrees of freedom (``statsmodels.OLS``: its Wald test);
+    the likelihood-ratio p (normal errors) against the model without treatment.
     """
     import statsmodels.api as sm
 
-    fit = sm.OLS(np.asarray(value, float), _design(treated, covariates)).fit()
+    design, y = _design(treated, covariates), np.asarray(value, float)
+    fit = sm.OLS(y, design).fit()
+    reduced = sm.OLS(y, design.drop(columns="treated")).fit()
     low, high = fit.conf_int(alpha=alpha).loc["treated"]
     return Estimate(effect="difference of means (adjusted)",
                     method=f"ANCOVA (OLS), t CI and p; covariates: {_covariate_text(covariates)}",
                     function="statsmodels.api.OLS(...).fit()", alpha=alpha, estimate=float(fit.params["treated"]),
                     se=float(fit.bse["treated"]), lower=float(low), upper=float(high),
-                    p_value=float(fit.pvalues["treated"]))
+                    p_value=float(fit.pvalues["treated"]), likelihood_ratio_p=nested_likelihood_ratio_p(fit.llf, reduced.llf))
 
 
 def proportional_odds(level: np.ndarray, treated: np.ndarray, covariates: pd.DataFrame | None = None,
@@ -94,7 +101,8 @@ def proportional_odds(level: np.ndarray, treated: np.ndarray, covariates: pd.Dat
 
     ``level`` holds each subject's place on the ordered scale (0 = lowest); an OR above 1 means
     treatment shifts subjects to higher levels. ML fit by ``statsmodels`` ``OrderedModel``
-    (logit), Wald CI and z p. Levels nobody reached are left out of the thresholds.
+    (logit), Wald CI and z p; the likelihood-ratio p against the model without treatment (without covariates: the
+    thresholds alone, whose log-likelihood is Σ n_k log(n_k / N)). Levels nobody reached are left out of the thresholds.
     """
     from statsmodels.miscmodels.ordinal_model import OrderedModel
 
@@ -106,15 +114,23 @@ def proportional_odds(level: np.ndarray, treated: np.ndarray, covariates: pd.Dat
                         estimate=None, se=None, lower=None, upper=None, p_value=None,
                         note="not estimable: every subject is at the same level")
     endog = pd.Series(pd.Categorical(np.asarray(level), categories=observed, ordered=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = OrderedModel(endog, _design(treated, covariates, constant=False), distr="logit").fit(
-            method="bfgs", disp=False, maxiter=1000, gtol=1e-8)
+    design = _design(treated, covariates, constant=False)
+
+    def fitted(exog: pd.DataFrame):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return OrderedModel(endog, exog, distr="logit").fit(method="bfgs", disp=False, maxiter=1000, gtol=1e-8)
+    fit = fitted(design)
+    if len(design.columns) > 1:
+        reduced = fitted(design.drop(columns="treated")).llf
+    else:
+        counts = endog.value_counts().to_numpy(float)
+        reduced = float((counts * np.log(counts / counts.sum())).sum())
     coef, se = float(fit.params["treated"]), float(fit.bse["treated"])
     z = Z(1 - alpha / 2)
     return Estimate(effect="odds ratio (proportional odds)", method=method, function=function, alpha=alpha,
                     estimate=math.exp(coef), se=se, lower=math.exp(coef - z * se), upper=math.exp(coef + z * se),
-                    p_value=float(fit.pvalues["treated"]))
+                    p_value=float(fit.pvalues["treated"]), likelihood_ratio_p=nested_likelihood_ratio_p(fit.llf, reduced))
 
 
 def mann_whitney(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Estimate:

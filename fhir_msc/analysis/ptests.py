@@ -2,7 +2,7 @@
 
 Each is written out from its textbook formula (scipy only for the reference distributions);
 tests compare them with independent implementations (scipy's ``chi2_contingency`` and
-``mannwhitneyu``, a statsmodels logistic regression).
+``mannwhitneyu``, a statsmodels logistic regression, lifelines' likelihood-ratio test).
 """
 
 from __future__ import annotations
@@ -75,3 +75,9 @@ def wilcoxon_rank_sum_p(x: np.ndarray, y: np.ndarray) -> float | None:
     deviation = abs(w - n1 * (total + 1) / 2)
     z = max(deviation - 0.5, 0.0) / math.sqrt(variance)
     return float(2 * stats.norm.sf(z))
+
+
+def nested_likelihood_ratio_p(full: float, reduced: float) -> float:
+    """The likelihood-ratio test of one parameter: 2 (ℓ_full − ℓ_reduced) on 1 df, from the log-likelihoods of a model
+    with and without it (fitted to the same subjects)."""
+    return float(stats.chi2.sf(max(2 * (full - reduced), 0.0), 1))

@@ -14,32 +14,68 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..study.definition import Study
+from ..study.definition import NOT_ESTIMABLE, Study
 from .frame import Comparison, Verification
+from .multiplicity import METHODS
 from .stats import BinarySummary, Estimate
 from .survival import TimeToEventSummary
 
 FORMATS = ("table", "csv", "json", "markdown", "html")
 
 
+BASELINE_BALANCE, TREATMENT_EFFECT = "baseline balance", "treatment effect"  # the purpose column's values
+
+
 def comparison_table(comparisons: list[Comparison]) -> pd.DataFrame:
     """Outcome, visit, n and summary per arm, effect, 95% CI, p, the other tests' p, method: one row per comparison.
 
-    An effect the data cannot estimate reads "not estimable" (the method column says why).
+    An effect the data cannot estimate reads "not estimable" (the method column says why). When a comparison is
+    at the baseline visit, a ``purpose`` column says which rows are baseline balance (the others: treatment effect);
+    when a p is adjusted for multiple comparisons, ``p adjusted`` and ``family`` follow ``p`` ("—" for a row in no
+    family).
     """
     rows = []
     several = len({c.arms for c in comparisons}) > 1  # several pairs of arms: columns by role, a comparison column
+    balance = any(c.baseline_balance for c in comparisons)
+    adjusted = any(c.adjusted for c in comparisons)
     for c in comparisons:
         treatment, control = ("treatment", "control") if several else c.arms
         rows.append({
-            "outcome": c.outcome, "visit": c.visit, **({"comparison": " vs ".join(c.arms)} if several else {}),
+            "outcome": c.outcome, "visit": c.visit,
+            **({"purpose": BASELINE_BALANCE if c.baseline_balance else TREATMENT_EFFECT} if balance else {}),
+            **({"comparison": " vs ".join(c.arms)} if several else {}),
             f"n {treatment}": c.n[0], f"n {control}": c.n[1],
             treatment: c.arm_summary(0), control: c.arm_summary(1), "effect": c.effect.effect,
             "estimate": estimate_text(c.effect), "ci": ci_text(c.effect), "p": format_p(c.effect.p_value),
-            "tests p": tests_text(c),
-            "method": c.effect.method + (f"; {c.effect.note}" if c.effect.note else ""),
+            **({"p adjusted": format_p(c.adjusted.p) if c.adjusted else "—",
+                "family": c.adjusted.describe() if c.adjusted else "—"} if adjusted else {}),
+            "tests p": tests_text(c), "method": c.effect.method + (f"; {c.effect.note}" if c.effect.note else ""),
         })
     return pd.DataFrame(rows)
+
+
+def comparisons_summary(study: Study, comparisons: list[Comparison]) -> str:
+    """How many comparisons there are, which are baseline balance, and how their p-values are adjusted."""
+    plan = study.analysis
+    balance = sum(c.baseline_balance for c in comparisons)
+    effects = len(comparisons) - balance
+    text = f"{len(comparisons)} between-arm comparison(s): {effects} treatment effect(s)"
+    if balance:
+        text += (f" and {balance} baseline balance at {plan.baseline if plan else ''} (tests of chance imbalance "
+                 "between the randomized arms, not treatment effects; in no multiplicity family)")
+    elif plan is None or plan.baseline is None:
+        text += " (no baseline visit is named in analysis.baseline: every visit is compared as a treatment effect)"
+    if plan is None or plan.multiplicity is None:
+        return text + ". p is not adjusted for multiple comparisons (the plan names no analysis.multiplicity)."
+    families = dict.fromkeys((c.adjusted.family, c.adjusted.size) for c in comparisons if c.adjusted)
+    scope = ("one list of outcomes of analysis.multiplicity.families" if plan.multiplicity.families
+             else "every outcome")
+    text += (f". p adjusted: {METHODS[plan.multiplicity.method]} within each family (the comparisons of {scope} at "
+             "one visit, every pair of arms): " + (", ".join(f"{name} ({size})" for name, size in families) or "none"))
+    unadjusted = effects - sum(1 for c in comparisons if c.adjusted)
+    if unadjusted:
+        text += f"; {unadjusted} treatment effect(s) in no family or without a p, not adjusted"
+    return text + "."
 
 
 DECIMALS = 2  # an estimate and both its CI limits are printed with this many decimals
@@ -85,21 +121,29 @@ def verification_table(checks: list[Verification]) -> pd.DataFrame:
     several = len({check.reproduced.arms for check in checks if check.reproduced}) > 1  # name each result's arms
     for check in checks:
         target, got = check.published, check.reproduced
-        rows.append({"outcome": target.outcome, "visit": target.visit or "",
+        rows.append({"outcome": target.label, "visit": target.visit or "",
                      **({"comparison": " vs ".join(got.arms) if got else "—"} if several else {}),
                      "effect": target.effect or (got.effect.effect if got else "—"),
                      "published": _headline(check, "expected"), "reproduced": "—" if got is None else _headline(check, "got"),
                      "fields": f"{sum(f.matches for f in check.fields)}/{len(check.fields)}",
-                     "status": "match" if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
+                     "status": "match" + _tests_found(check) if check.matches else "MISMATCH: " + "; ".join(check.mismatches)})
     return pd.DataFrame(rows)
 
 
+def _tests_found(check: Verification) -> str:
+    """For a p whose test the paper does not name: the tests of the effect that give it."""
+    named = check.published.p is not None and check.published.p.test is not None
+    return "".join(f" (p: {f.test})" for f in check.fields if f.field == "p" and f.test and not named)
+
+
 def _headline(check: Verification, side: str) -> str:
-    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals."""
+    """Estimate (lower–upper), or the p, as published (``expected``) or recomputed (``got``) at the published decimals;
+    a recomputed estimate that is not estimable says why."""
     found = {f.field: getattr(f, side) for f in check.fields if f.field in ("estimate", "lower", "upper", "p")}
     if "estimate" in found:
-        text = found["estimate"] or "not estimable"
-        if "lower" in found:
+        note = next(f.note for f in check.fields if f.field == "estimate")
+        text = (note if side == "got" and note.startswith(NOT_ESTIMABLE) else found["estimate"]) or NOT_ESTIMABLE
+        if "lower" in found and not found["lower"] == found["upper"] == NOT_ESTIMABLE:
             text += f" ({found['lower'] or '—'}–{found['upper'] or '—'})"
         return text
     if "p" in found:
@@ -346,14 +390,17 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
 
     The report is dated, names the tool version, the input (``source``) and the study definition with its
     SHA-256, shows the published results with their reproduction, the forest plot at the published
-    results' visits, and one table for every visit compared; then ``adverse_events`` (the incidence table), if given.
+    results' visits (else at every visit but the baseline one), how many comparisons there are and which are
+    baseline balance (:func:`comparisons_summary`), and one table for every visit compared, the baseline visit's
+    headed baseline balance; then ``adverse_events`` (the incidence table), if given.
     """
     directory.mkdir(parents=True, exist_ok=True)
     table = comparison_table(comparisons)
     paths = {"csv": directory / "analysis.csv", "png": directory / "forest.png", "html": directory / "report.html"}
     paths["csv"].write_text(render(table, "csv"), encoding="utf-8")
     published_visits = {check.published.visit or "" for check in checks}  # "": a time-to-event result
-    shown = [c for c in comparisons if c.visit in published_visits] or comparisons
+    effects = [c for c in comparisons if not c.baseline_balance] or comparisons
+    shown = [c for c in comparisons if c.visit in published_visits] or effects
     plot = forest_plot(shown, paths["png"], study=study)
     image = base64.b64encode(paths["png"].read_bytes()).decode("ascii")
     matched = sum(c.matches for c in checks)
@@ -375,14 +422,19 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
         f"<section><h2>Forest plot: {e(', '.join(sorted({c.visit or 'follow-up' for c in shown}, key=_visit_order(study))))}</h2>"
         f"<figure><img alt='forest plot of the between-arm effects' src='data:image/png;base64,{image}'>"
         f"<figcaption>{_plot_caption(plot)}</figcaption></figure></section>",
-        "<section><h2>Between-arm comparisons by visit</h2><nav>"
+        "<section><h2>Between-arm comparisons by visit</h2>"
+        f"<p class='count'>{e(comparisons_summary(study, comparisons))}</p><nav>"
         + "".join(f"<a href='#visit-{e(v.code)}'>{e(v.code)}</a>" for v in visits) + "</nav>",
     ]
+    per_visit = table.drop(columns=["visit", "purpose"], errors="ignore")  # the heading says which is baseline balance
     for visit in visits:
-        rows = table[table["visit"] == visit.code].drop(columns=["visit"])
-        parts.append(f"<h3 id='visit-{e(visit.code)}'>{e(visit.code)} · {e(visit.name)} "
-                     f"<small>day {visit.day}, {len(rows)} outcome(s)</small></h3>{_html_table(rows)}")
-    over_follow_up = table[table["visit"] == ""].drop(columns=["visit"])
+        rows = per_visit[table["visit"] == visit.code]
+        balance = study.analysis is not None and visit.code == study.analysis.baseline
+        parts.append(f"<h3 id='visit-{e(visit.code)}'>{e(visit.code)} · {e(visit.name)}"
+                     + (" · baseline balance" if balance else "")
+                     + f" <small>day {visit.day}, {len(rows)} comparison(s)"
+                     + (": not treatment effects" if balance else "") + f"</small></h3>{_html_table(rows)}")
+    over_follow_up = per_visit[table["visit"] == ""]
     if len(over_follow_up):
         parts.append(f"<h3 id='time-to-event'>Time to event <small>over the whole follow-up</small></h3>"
                      f"{_html_table(over_follow_up)}")
@@ -440,6 +492,7 @@ code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 td.ok, td.bad { font-weight: 600; }
 figure { margin: 0; } figure img { width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
+p.count { font-size: 14px; margin: 4px 0 10px; }
 nav { display: flex; flex-wrap: wrap; gap: 6px; margin: 4px 0 8px; }
 nav a { text-decoration: none; color: var(--accent); border: 1px solid var(--line); border-radius: 14px;
         padding: 1px 12px; font-size: 13px; }

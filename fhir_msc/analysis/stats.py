@@ -33,6 +33,7 @@ class Estimate:
     upper: float | None
     p_value: float | None
     note: str = ""
+    likelihood_ratio_p: float | None = None  # a fitted model's likelihood-ratio test of treatment (None: not fitted)
 
     @property
     def estimable(self) -> bool:

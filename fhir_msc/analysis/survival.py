@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .ptests import nested_likelihood_ratio_p
 from .stats import Estimate, Z
 
 Arm = tuple[np.ndarray, np.ndarray]  # durations, event observed
@@ -99,7 +100,8 @@ def log_rank(treatment: Arm, control: Arm, alpha: float = 0.05) -> Estimate:
 
 def cox_hazard_ratio(treatment: Arm, control: Arm, covariates: pd.DataFrame | None = None,
                      alpha: float = 0.05) -> Estimate:
-    """Hazard ratio (treatment / control) from a Cox proportional-hazards model, Wald CI and z p.
+    """Hazard ratio (treatment / control) from a Cox proportional-hazards model, Wald CI and z p, and the
+    likelihood-ratio p against the model without treatment.
 
     Partial likelihood with Efron's method for ties (lifelines ``CoxPHFitter``); ``covariates``
     (one row per subject, treatment arm's subjects first) adjust it.
@@ -116,11 +118,16 @@ def cox_hazard_ratio(treatment: Arm, control: Arm, covariates: pd.DataFrame | No
         return Estimate(effect="hazard ratio (Cox)", method=method, function="lifelines.CoxPHFitter", alpha=alpha,
                         estimate=None, se=None, lower=None, upper=None, p_value=None, note="not estimable: no events")
     fit = CoxPHFitter(alpha=alpha).fit(data, duration_col="duration", event_col="event")
+    if len(data.columns) > 3:
+        reduced = CoxPHFitter(alpha=alpha).fit(data.drop(columns="treated"), duration_col="duration", event_col="event")
+        likelihood_ratio = nested_likelihood_ratio_p(fit.log_likelihood_, reduced.log_likelihood_)
+    else:  # against the model without covariates, as lifelines computes it
+        likelihood_ratio = float(fit.log_likelihood_ratio_test().p_value)
     coef, se = float(fit.params_["treated"]), float(fit.standard_errors_["treated"])
     z = Z(1 - alpha / 2)
     return Estimate(effect="hazard ratio (Cox)", method=method, function="lifelines.CoxPHFitter", alpha=alpha,
                     estimate=math.exp(coef), se=se, lower=math.exp(coef - z * se), upper=math.exp(coef + z * se),
-                    p_value=float(fit.summary.loc["treated", "p"]))
+                    p_value=float(fit.summary.loc["treated", "p"]), likelihood_ratio_p=likelihood_ratio)
 
 
 @dataclass(frozen=True, kw_only=True)

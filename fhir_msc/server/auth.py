@@ -11,6 +11,8 @@
   bundle and timeout, no proxies or netrc from the environment), without following
   redirects. Tokens are cached until shortly before they expire and fetched again once
   after a 401.
+- Least privilege: SMART asks for read scopes unless the job says it writes
+  (:meth:`OriginAuth.need_access`), in the scope syntax (SMART v1 or v2) the server lists.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -41,7 +43,11 @@ from ..errors import (
 )
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-SMART_DEFAULT_SCOPE = "system/*.read system/*.write"
+Access = Literal["read", "write"]
+SMART_SCOPES: dict[str, dict[Access, str]] = {  # the least a job needs, by SMART scope syntax
+    "v1": {"read": "system/*.read", "write": "system/*.read system/*.write"},
+    "v2": {"read": "system/*.rs", "write": "system/*.cruds"},
+}
 ASSERTION_LIFETIME = 240  # seconds; SMART allows at most 300, this leaves a minute for clock skew
 
 
@@ -157,6 +163,9 @@ class OriginAuth(requests.auth.AuthBase):
     def bind(self, session: requests.Session, timeout: float, insecure_http: bool) -> None:
         """Use the server's session and timeout for any request of its own (token endpoints)."""
 
+    def need_access(self, access: Access) -> None:
+        """Say what the job does on the server (reads by default); credentials without scopes ignore it."""
+
     def refresh(self, refused: str | None = None) -> bool:
         """Get fresh credentials after a 401 to a request sent with the Authorization ``refused``;
         False if there is nothing to refresh."""
@@ -248,8 +257,12 @@ class _TokenAuth(OriginAuth):
         if response.status_code != 200:
             said = ": ".join(str(body[k]) for k in ("error", "error_description") if body.get(k)) or response.reason or ""
             said = " ".join(said.split())[:300]
+            hint = self._hint()
+            if body.get("error") == "invalid_scope":  # not the client id, key or secret
+                what = f"the scope {data['scope']!r}" if data.get("scope") else "a request without a scope"
+                hint = self._scope_hint()
             raise AuthorizationError(f"token endpoint {redact(url)} refused {what} (HTTP {response.status_code}"
-                                     + (f": {said}" if said else "") + f"): {self._hint()}",
+                                     + (f": {said}" if said else "") + f"): {hint}",
                                      status=response.status_code, response=response)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
@@ -264,6 +277,9 @@ class _TokenAuth(OriginAuth):
 
     def _hint(self) -> str:
         return "check the client id and credentials"
+
+    def _scope_hint(self) -> str:
+        return "ask for scopes the server grants this client"
 
 
 def _json_object(response: requests.Response) -> dict:
@@ -287,6 +303,9 @@ class ClientCredentialsAuth(_TokenAuth):
 
     def _hint(self) -> str:
         return "check FHIR_MSC_CLIENT_ID and FHIR_MSC_CLIENT_SECRET"
+
+    def _scope_hint(self) -> str:
+        return "set FHIR_MSC_SCOPE to scopes the server grants this client"
 
 
 # --- SMART Backend Services ------------------------------------------------------------------
@@ -384,33 +403,69 @@ def client_assertion(key: SigningKey, client_id: str, token_url: str, *, jku: st
     return jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers=headers)
 
 
+def scope_syntax(configuration: dict) -> str:
+    """``v2`` when a smart-configuration lists SMART v2 permissions only (capability ``permission-v2``,
+    scopes such as ``system/*.rs``), else ``v1`` (also when it lists both, or neither)."""
+    listed = {c.removeprefix("permission-") for c in _strings(configuration.get("capabilities"))
+              if c in ("permission-v1", "permission-v2")}
+    for scope in _strings(configuration.get("scopes_supported")):
+        permissions = re.fullmatch(r"[a-z]+/[^.\s]+\.([a-z*]+)(\?\S*)?", scope)
+        if permissions and permissions.group(1) in ("read", "write", "*"):
+            listed.add("v1")
+        elif permissions and set(permissions.group(1)) <= set("cruds"):
+            listed.add("v2")
+    return "v2" if listed == {"v2"} else "v1"
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 class SmartBackendAuth(_TokenAuth):
     """SMART Backend Services: client credentials with a ``private_key_jwt`` client assertion.
 
     The token endpoint is ``token_url`` or, when it is not given, the ``token_endpoint`` of
     the server's ``.well-known/smart-configuration`` (checked to accept ``private_key_jwt``
-    and the key's algorithm).
+    and the key's algorithm). The scope is ``scope`` or, when it is not given, the least the
+    job needs (:data:`SMART_SCOPES`: read unless :meth:`need_access` says write) in the
+    syntax the smart-configuration lists (:func:`scope_syntax`).
     """
 
-    def __init__(self, base_url: str, client_id: str, key: SigningKey, *, scope: str = SMART_DEFAULT_SCOPE,
+    def __init__(self, base_url: str, client_id: str, key: SigningKey, *, scope: str | None = None,
                  token_url: str | None = None, jku: str | None = None):
         super().__init__(base_url, token_url)
         self.base_url = base_url.rstrip("/") + "/"
         self.client_id, self.key, self.scope = client_id, key, scope
         self.jku = check_url(jku, "JWK Set URL (jku)") if jku else None
+        self.configuration_url = urljoin(self.base_url, ".well-known/smart-configuration")
+        self.access: Access = "read"
+        self._discovery: requests.Response | None = None  # the configuration_url's answer
+
+    def need_access(self, access: Access) -> None:
+        with self._lock:
+            if access == "write" and self.access == "read":
+                self.access, self._token = "write", None  # a read token would not do: ask again
+
+    def requested_scope(self) -> str:
+        """``scope`` if given, else the least the job needs, in the syntax the server lists."""
+        return self.scope or SMART_SCOPES[scope_syntax(self._configuration())][self.access]
 
     def _fetch(self) -> tuple[str, float]:
         token_url = self.token_url or self._discover()
-        data = {"grant_type": "client_credentials", "scope": self.scope, "client_assertion_type": JWT_BEARER,
+        data = {"grant_type": "client_credentials", "scope": self.requested_scope(), "client_assertion_type": JWT_BEARER,
                 "client_assertion": client_assertion(self.key, self.client_id, token_url, jku=self.jku)}
         return self._post_token(token_url, data, f"the client assertion ({self.key.algorithm}, kid {self.key.kid!r})")
 
+    def _configuration(self) -> dict:
+        """The server's smart-configuration, read once; ``{}`` when it has none."""
+        if self._discovery is None:
+            self._discovery = self._call("GET", self.configuration_url)
+        return _json_object(self._discovery) if self._discovery.status_code == 200 else {}
+
     def _discover(self) -> str:
-        url = urljoin(self.base_url, ".well-known/smart-configuration")
-        response = self._call("GET", url)
-        config = _json_object(response)
+        config, url, response = self._configuration(), self.configuration_url, self._discovery
         todo = "set FHIR_MSC_SMART_TOKEN_URL to the server's token endpoint"
-        if response.status_code != 200 or not isinstance(config.get("token_endpoint"), str):
+        if not isinstance(config.get("token_endpoint"), str):
             raise InvalidResponse(f"{redact(url)}: no SMART configuration with a token_endpoint "
                                   f"(HTTP {response.status_code}): {todo}", status=response.status_code, response=response)
         methods = config.get("token_endpoint_auth_methods_supported")
@@ -432,6 +487,11 @@ class SmartBackendAuth(_TokenAuth):
     def _hint(self) -> str:
         return ("check FHIR_MSC_SMART_CLIENT_ID, and that FHIR_MSC_SMART_KEY and FHIR_MSC_SMART_KID are the key "
                 "registered with the server")
+
+    def _scope_hint(self) -> str:
+        scopes = SMART_SCOPES[scope_syntax(self._configuration() if self._discovery is not None else {})]
+        return (f"the server does not grant this client that scope: set FHIR_MSC_SMART_SCOPE to scopes it grants "
+                f"(reading needs {scopes['read']!r}, pushing {scopes['write']!r})")
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -467,7 +527,7 @@ def auth_from_env(base_url: str, env: dict[str, str] | None = None) -> OriginAut
     key = load_signing_key(env["FHIR_MSC_SMART_KEY"], env.get("FHIR_MSC_SMART_KID") or None,
                            env.get("FHIR_MSC_SMART_KEY_PASSWORD") or None)
     return SmartBackendAuth(base_url, env["FHIR_MSC_SMART_CLIENT_ID"], key,
-                            scope=env.get("FHIR_MSC_SMART_SCOPE") or SMART_DEFAULT_SCOPE,
+                            scope=env.get("FHIR_MSC_SMART_SCOPE") or None,
                             token_url=env.get("FHIR_MSC_SMART_TOKEN_URL") or None, jku=env.get("FHIR_MSC_SMART_JKU") or None)
 
 

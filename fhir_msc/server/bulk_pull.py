@@ -9,6 +9,10 @@ paged pull would: ResearchSubjects of the study, the Patients they name (all the
 subjects, as in the paged pull) and the visits, infusions, Observations and AdverseEvents of those Patients.
 Files stream into the store; memory holds ids, not resources.
 
+A full export without a Patient file, when the study's Group lists members, is an error
+(ExportFailed) and nothing is stored; types asked for and absent, resources listed twice (the
+newest kept) are named in ``notes``.
+
 Incremental: the resources the manifest's ``deleted`` files name (deleted on the server since
 ``_since``) are removed from the store and counted in ``removed``. The mark recorded after a complete export is its manifest's ``transactionTime``
 (the server's clock), in the same journal row as the paged pull's, so the two take turns. An
@@ -55,6 +59,7 @@ class BulkPullResult:
     errors: list[str] = field(default_factory=list)  # issues of the export's error files
     removed: dict[str, int] = field(default_factory=dict)  # stored resources the manifest's `deleted` says are gone
     recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
+    notes: list[str] = field(default_factory=list)  # what the export lacked or held twice
 
     @property
     def ok(self) -> bool:
@@ -83,10 +88,11 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     if not studies:
         return BulkPullResult(source=client.base_url, method="bulk", counts={}, since=since, high_water=since,
                               requests=client.stats.requests - before, seconds=time.monotonic() - started)
-    groups = client.search_complete("Group", {"identifier": f"{study.system('group')}|{key}"})
+    groups = client.listing("Group", {"identifier": f"{study.system('group')}|{key}"}).resources
     level = _level(levels, groups)
     done = bulk.export(client, level, state_dir, types=EXPORTED, since=since,
                        policy=policy, progress=progress)
+    _require_patients(client, done, level, groups)
     counts: dict[str, int] = {}
     _add(counts, store.write([r for r in studies + groups if changed(r)]))
     scope = StudyScope(frozenset(s["id"] for s in studies))  # the paged pull's, as a filter
@@ -105,7 +111,18 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     return BulkPullResult(source=client.base_url, method="bulk", counts=counts, since=since, high_water=high_water,
                           requests=client.stats.requests - before, seconds=time.monotonic() - started, level=level,
                           files=done.downloaded, resumed_files=done.reused, resumed=done.resumed, errors=done.errors,
-                          removed=removed)
+                          removed=removed, notes=done.notes())
+
+
+def _require_patients(client: FhirClient, done: bulk.Export, level: str, groups: list[Resource]) -> None:
+    """A full export without Patients for a study whose Group lists members is the server's failure, not "no subjects"."""
+    members = sum(len(g.get("member") or []) for g in groups)
+    if "Patient" in done.missing and members:
+        bulk.finish(client, done)
+        errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
+        raise bulk.ExportFailed(f"the server's bulk export ({level}) holds no Patient file although _type asked for Patient "
+                                f"and the study's Group lists {members} members{errors}: nothing was stored; rerun without "
+                                "--bulk (paged search), or ask the server's operators why it exported no Patient")
 
 
 def _remove_deleted(store: Store, done: bulk.Export) -> dict[str, int]:

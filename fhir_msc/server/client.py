@@ -2,7 +2,8 @@
 
 - Auth (auth.py): bearer token, HTTP basic, OAuth2 client credentials or SMART Backend
   Services (tokens fetched through this client's session, cached, re-authenticated once
-  on 401). Credentials come from the environment or a config file, never from argv, are
+  on 401; SMART scopes for reading unless the job calls ``need_access("write")``).
+  Credentials come from the environment or a config file, never from argv, are
   attached only to requests for the server's own origin, and never go over plain http to
   a host other than loopback unless ``insecure_http``.
 - The base URL is checked first: a malformed one, or one with a user name or password in
@@ -12,9 +13,16 @@
   malformed one counts as absent) up to a cap, bounded in attempts and total time. A
   failed TLS handshake is not temporary: it is reported at once as a certificate problem.
   Everything else maps to one exception class (errors.py).
-- Redirects are followed on the server's origin only, at most ``MAX_REDIRECTS`` in a row.
-- Searches are generators following ``link[relation=next]``; a next link outside the
-  base URL is refused, never followed.
+- Requests go to the server's origin (scheme, host, port) only, under any path there (Bulk
+  Data status and file URLs often live outside the base path); a URL on another origin is
+  refused, except an anonymous request (no credentials, a session of its own: export files
+  on another host, which the manifest says need no token), over https or to loopback only
+  unless ``insecure_http``.
+- Redirects are followed on the request's origin only, at most ``MAX_REDIRECTS`` in a row.
+- Searches are generators following ``link[relation=next]``; a next link to another origin
+  is refused, never followed. A listing (:meth:`FhirClient.listing`) says whether
+  it is complete: a page set that falls short of Bundle.total is never taken as proof that
+  the rest is absent; :meth:`FhirClient.presence` proves ids one way or the other.
 """
 
 from __future__ import annotations
@@ -24,16 +32,17 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from ..errors import (
     AuthorizationError,
     ForeignLinkRefused,
+    InsecureHttpRefused,
     InvalidResponse,
     MultipleMatches,
     OperationOutcomeError,
@@ -42,6 +51,7 @@ from ..errors import (
 )
 from ..fhir.versions import FhirVersion, get_version
 from .auth import (  # noqa: F401  (the credential kinds are part of this module's interface)
+    Access,
     BasicAuth,
     BearerAuth,
     ClientCredentialsAuth,
@@ -50,6 +60,7 @@ from .auth import (  # noqa: F401  (the credential kinds are part of this module
     auth_from_env,
     certificate_error,
     check_url,
+    is_loopback,
     load_config,
     redact,
     require_private_transport,
@@ -109,19 +120,23 @@ class FhirClient:
                  verify: bool | str = True, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] = time.sleep, insecure_http: bool = False):
         self.base_url = check_url(base_url).rstrip("/") + "/"
-        self.session = requests.Session()
-        self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": "fhir-msc"})
-        self.session.verify = verify
-        self.session.trust_env = False  # no proxies or netrc picked up behind the user's back
+        self.session = _session(verify)
+        self.anonymous_session = _session(verify)  # never given credentials: for URLs on other origins
         if auth is not None:
             require_private_transport(self.base_url, "server", insecure_http)
             auth.bind(self.session, timeout, insecure_http)  # token endpoints: same CA bundle, timeout, no proxies
         self.auth, self.timeout, self.retry, self._sleep = auth, timeout, retry, sleep
+        self.insecure_http = insecure_http
         self.stats = RequestStats()
         self._capabilities: dict | None = None
 
     def __repr__(self) -> str:
         return f"FhirClient({self.base_url!r})"
+
+    def need_access(self, access: Access) -> None:
+        """Say what the job does here (it reads, unless it says it writes): SMART asks for the scopes that needs."""
+        if self.auth is not None:
+            self.auth.need_access(access)
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/"))
@@ -133,20 +148,24 @@ class FhirClient:
         return self._parse(self.response(method, path_or_url, json=json, params=params))
 
     def response(self, method: str, path_or_url: str, *, json: Any = None, params: dict | None = None,
-                 headers: dict[str, str] | None = None, stream: bool = False) -> requests.Response:
+                 headers: dict[str, str] | None = None, stream: bool = False, anonymous: bool = False) -> requests.Response:
         """Send one request with retries; return the first answer that is not temporary, whatever its status.
 
         For callers that need headers (Content-Location, X-Progress) or a streamed body;
-        ``check`` raises for an error status as ``request`` does.
+        ``check`` raises for an error status as ``request`` does. The URL must be on the
+        server's origin, unless ``anonymous``: then it may be anywhere (https, or loopback, or
+        ``insecure_http``) and goes without credentials, through a session that never has any.
         """
         url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.url(path_or_url)
-        if _origin(url) != _origin(self.base_url) or not url.startswith(self.base_url.rstrip("/")):
-            raise ForeignLinkRefused(f"refusing {redact(url)}: it is outside the server {self.base_url}")
+        if anonymous:
+            self._check_anonymous(url)
+        elif _origin(url) != _origin(self.base_url):
+            raise ForeignLinkRefused(f"refusing {redact(url)}: it is on another origin than the server {self.base_url}")
         started, attempt, reauthenticated = time.monotonic(), 0, False
         while True:
             attempt += 1
-            response, failure = self._send(method, url, json, params, headers or {}, stream)
-            if (response is not None and response.status_code == 401 and not reauthenticated and self.auth
+            response, failure = self._send(method, url, json, params, headers or {}, stream, anonymous)
+            if (response is not None and response.status_code == 401 and not reauthenticated and self.auth and not anonymous
                     and self.auth.refresh(response.request.headers.get("Authorization"))):
                 reauthenticated = True
                 response.close()
@@ -168,17 +187,27 @@ class FhirClient:
             self.stats.waits.append(wait)
             self._sleep(wait)
 
+    def _check_anonymous(self, url: str) -> None:
+        """An anonymous request's URL: a well-formed http(s) URL, and not plain http to another host unless allowed."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ForeignLinkRefused(f"refusing {redact(url)}: not an http(s) URL with a host (and no credentials in it)")
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or "") and not self.insecure_http:
+            raise InsecureHttpRefused(f"refusing to fetch {redact(url)} over plain http from a host other than loopback: "
+                                      "the data would cross the network unencrypted; pass --insecure-http if this network is trusted")
+
     def _send(self, method: str, url: str, json: Any, params: dict | None, extra_headers: dict[str, str] | None = None,
-              stream: bool = False) -> tuple[requests.Response | None, str | None]:
-        """One attempt, following at most MAX_REDIRECTS redirects on the server's origin."""
+              stream: bool = False, anonymous: bool = False) -> tuple[requests.Response | None, str | None]:
+        """One attempt, following at most MAX_REDIRECTS redirects on the request's origin."""
         headers = {**({"Content-Type": FHIR_JSON} if json is not None else {}), **(extra_headers or {})}
         first = url
+        session, auth = (self.anonymous_session, None) if anonymous else (self.session, self.auth)
         for _ in range(MAX_REDIRECTS + 1):
             self.stats.requests += 1
             started = time.monotonic()
             try:
-                response = self.session.request(method, url, json=json, params=params, headers=headers, auth=self.auth,
-                                                timeout=self.timeout, allow_redirects=False, stream=stream)
+                response = session.request(method, url, json=json, params=params, headers=headers, auth=auth,
+                                           timeout=self.timeout, allow_redirects=False, stream=stream)
             except requests.exceptions.SSLError as exc:  # before ConnectionError, its parent: not temporary
                 raise certificate_error(method, url, exc) from None
             except requests.Timeout:
@@ -191,7 +220,7 @@ class FhirClient:
             if not response.is_redirect:
                 return response, None
             location = urljoin(url, response.headers.get("Location", ""))
-            if _origin(location) != _origin(self.base_url):
+            if _origin(location) != _origin(first):
                 raise ForeignLinkRefused(f"{method} {url} redirected to another origin ({redact(location)}): not followed")
             url, params = location, None  # the Location is the whole URL, query included
         raise InvalidResponse(f"{method} {first}: more than {MAX_REDIRECTS} redirects in a row (last to {redact(url)}): "
@@ -249,7 +278,7 @@ class FhirClient:
         return self.request("GET", f"{resource_type}/{resource_id}")
 
     def search(self, resource_type: str, params: dict[str, str] | None = None) -> Iterator[dict]:
-        """Every resource of every page; follows next links on this server only.
+        """Every resource of every page; follows next links on this server's origin only.
 
         Sends an explicit ``_sort=_id`` (unless given) so that pages are stable.
         """
@@ -258,27 +287,37 @@ class FhirClient:
                 if "resource" in entry:
                     yield entry["resource"]
 
-    def search_complete(self, resource_type: str, params: dict[str, str] | None = None) -> list[dict]:
-        """Every resource of a search, fetched without ``_sort`` (cheaper on many servers).
+    def listing(self, resource_type: str, params: dict[str, str] | None = None) -> Listing:
+        """Every resource of a search, and whether that is all it matches (see :class:`Listing`).
 
-        Pages without a sort order can shift while they are read, so the result is checked:
-        duplicates are dropped, and if the distinct matches do not add up to Bundle.total the
-        search is repeated with ``_sort=_id``.
+        Fetched first without ``_sort`` (cheaper on many servers). Pages without a sort order
+        can shift while they are read, so a page set of more than one page that falls short
+        of Bundle.total is read again with ``_sort=_id``. Duplicates are dropped.
         """
+        first = self._listing(resource_type, params, sort=False)
+        if first.complete or first.pages == 1:
+            return first
+        return self._listing(resource_type, params, sort=True)
+
+    def _listing(self, resource_type: str, params: dict[str, str] | None, *, sort: bool) -> Listing:
         found: dict[tuple[str, str], dict] = {}
-        matches, total = set(), None
-        for bundle in self.search_pages(resource_type, params, sort=False):
-            total = bundle.get("total", total)
+        matches: set[tuple[str, str]] = set()
+        total, pages, page = None, 0, 0
+        for bundle in self.search_pages(resource_type, params, sort=sort):
+            pages += 1
+            total = _total(bundle) if "total" in bundle else total
+            on_page = 0
             for entry in bundle.get("entry", []):
                 resource = entry.get("resource")
                 if resource:
-                    key = (resource["resourceType"], resource["id"])
+                    id_ = resource.get("id")  # resources without an id are each kept (and found invalid by the caller)
+                    key = (resource.get("resourceType"), id_ if isinstance(id_, str) else f"#{len(found)}")
                     found[key] = resource
                     if entry.get("search", {}).get("mode", "match") == "match":
                         matches.add(key)
-        if total is not None and len(matches) != total:
-            return list({(r["resourceType"], r["id"]): r for r in self.search(resource_type, params)}.values())
-        return list(found.values())
+                        on_page += 1
+            page = max(page, on_page)
+        return Listing(resources=list(found.values()), matched=len(matches), total=total, pages=pages, page=page)
 
     def search_pages(self, resource_type: str, params: dict[str, str] | None = None, *, sort: bool = True) -> Iterator[dict]:
         query = {**({"_sort": "_id"} if sort else {}), **(params or {})}
@@ -298,14 +337,122 @@ class FhirClient:
     def count(self, resource_type: str, params: dict[str, str] | None = None) -> int | None:
         """How many resources a search matches (``_summary=count``); None if the server does not say."""
         bundle = self.request("GET", resource_type, params={**(params or {}), "_summary": "count"})
-        total = bundle.get("total") if isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle" else None
-        return total if isinstance(total, int) and not isinstance(total, bool) else None
+        return _total(bundle) if isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle" else None
 
-    def ids(self, resource_type: str, params: dict[str, str] | None = None, page_size: int = 1000) -> set[str]:
-        """The ids of the resources a search matches, asking for ids only (``_elements=id``)."""
-        query = {"_elements": "id", "_count": str(page_size), **(params or {})}
-        return {r["id"] for r in self.search_complete(resource_type, query)
-                if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)}
+    def id_listing(self, resource_type: str, params: dict[str, str] | None = None, page_size: int = 1000) -> Listing:
+        """The resources a search matches, asking for ids only (``_elements=id``); see ``Listing.ids``."""
+        return self.listing(resource_type, {"_elements": "id", "_count": str(page_size), **(params or {})})
+
+    def presence(self, resource_type: str, ids: Iterable[str], chunk: int = 100) -> Presence:
+        """Which of ``ids`` the server holds, each one proven (see :class:`Presence`).
+
+        Asked by ``_id``, ``chunk`` ids a search. A search that falls short of its Bundle.total
+        proves only what it listed: the rest is asked again in chunks the size of the largest
+        page the server gave (a server that caps its pages answers those whole), and read
+        one by one where even that falls short.
+        """
+        held: set[str] = set()
+        absent: set[str] = set()
+        unknown: dict[str, str] = {}
+        queue, searches, reads = sorted(set(ids)), 0, 0
+        while queue:
+            part, queue = queue[:chunk], queue[chunk:]
+            listing = self.id_listing(resource_type, {"_id": ",".join(part)}, page_size=len(part))
+            searches += 1
+            listed = listing.ids(resource_type) & set(part)
+            held |= listed
+            rest = [i for i in part if i not in listed]
+            if listing.complete:
+                absent.update(rest)
+                continue
+            if 0 < listing.page < len(part):
+                chunk, queue = listing.page, rest + queue
+                continue
+            for resource_id in rest:
+                reads += 1
+                found = self._held_by_read(resource_type, resource_id)
+                if found is True:
+                    held.add(resource_id)
+                elif found is False:
+                    absent.add(resource_id)
+                else:
+                    unknown[resource_id] = found
+        return Presence(held=frozenset(held), absent=frozenset(absent), unknown=unknown, searches=searches, reads=reads)
+
+    def _held_by_read(self, resource_type: str, resource_id: str) -> bool | str:
+        """True if a read finds the resource, False on 404/410; otherwise why neither is known."""
+        try:
+            body = self.read(resource_type, resource_id)
+        except ResourceNotFound:
+            return False
+        except (AuthorizationError, OperationOutcomeError, InvalidResponse) as exc:
+            return f"its read failed: {exc}"
+        if isinstance(body, dict) and body.get("resourceType") == resource_type and body.get("id") == resource_id:
+            return True
+        return f"its read answered {'a ' + str(body.get('resourceType')) if isinstance(body, dict) else 'no resource'}, not it"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """What a search returned, and whether it is evidence of absence.
+
+    ``matched`` counts the distinct matches of every page (``_include``d resources are in
+    ``resources`` but not counted); ``page`` is the most matches one page held. The listing
+    is *complete* when the matches add up to the server's Bundle.total: a page set that
+    falls short of it (pages that end without a next link while total promised more) is
+    not. A server that gives no total is taken at its word when its pages end.
+    """
+
+    resources: list[dict]
+    matched: int
+    total: int | None
+    pages: int
+    page: int
+
+    @property
+    def complete(self) -> bool:
+        return self.total is None or self.matched >= self.total
+
+    @property
+    def shortfall(self) -> str:
+        """How the listing falls short ("" if it does not), for notes."""
+        return f"the server listed {self.matched} of the {self.total} it matches (Bundle.total)" if not self.complete else ""
+
+    def ids(self, resource_type: str) -> set[str]:
+        """The ids of the listed resources of one type."""
+        return {r["id"] for r in self.resources if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Presence:
+    """Which of some ids a server holds, each proven: ``held`` (listed by an ``_id`` search, or read),
+    ``absent`` (left out by a complete ``_id`` search, or 404/410 on its read) or ``unknown`` (id → why
+    neither could be proven)."""
+
+    held: frozenset[str]
+    absent: frozenset[str]
+    unknown: dict[str, str]
+    searches: int
+    reads: int
+
+    @property
+    def how(self) -> str:
+        """How the ids were checked, in a few words."""
+        reads = f" and {self.reads} read(s)" if self.reads else ""
+        return f"by _id in {self.searches} search(es){reads}"
+
+
+def _total(bundle: dict) -> int | None:
+    total = bundle.get("total")
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def _session(verify: bool | str) -> requests.Session:
+    session = requests.Session()
+    session.headers.update({"Accept": FHIR_JSON, "User-Agent": "fhir-msc"})
+    session.verify = verify
+    session.trust_env = False  # no proxies or netrc picked up behind the user's back
+    return session
 
 
 def _outcome(response: requests.Response | None) -> dict | None:

@@ -17,7 +17,10 @@ partial date (``2023-05``) is placed when every day it may mean lies in one visi
 By bulk export (``Patient/$export``, or system level, with ``_type=Patient,Observation`` and a
 ``_typeFilter`` per study code), the patients are matched by identifier in the exported
 Patients and their Observations go through the same placement and account as the paged
-ones; Observations with other codes are not exported, so they are not in that account. The
+ones; Observations with other codes are not exported, so they are not in that account (unless
+the server did not apply the ``_typeFilter``: then every Observation is exported and accounted
+for, as in the paged pull). An export without a Patient file is an error (ExportFailed), never
+"no patient found". The
 export's results are placed as they stream from its files and spooled under the state
 directory with the study's values, in parts of at least 1,000 subjects; the result closest to
 each visit day is then chosen part by part, so memory does not grow with the number of
@@ -176,6 +179,12 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
     filters = [bulk.type_filter("Observation", {"code": f"{system}|{code}"}) for system, code in sorted(by_code)]
     done = bulk.export(client, level, state_dir, types=("Patient", "Observation"), type_filters=filters,
                        policy=policy, progress=progress)
+    if "Patient" in done.missing and enrollment:
+        bulk.finish(client, done)
+        errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
+        raise bulk.ExportFailed(f"the server's bulk export ({level} level) holds no Patient file although _type asked for "
+                                f"Patient{errors}: the {len(enrollment)} enrolled patients cannot be looked up in it; "
+                                "rerun without --bulk (paged search), or ask the server's operators why it exported no Patient")
     wanted = {(person.system, person.value) for person in enrollment}
     holders: dict[tuple[str, str], list[str]] = {}
     for patient in done.resources("Patient"):
@@ -183,15 +192,17 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
             holders.setdefault(key, []).append(patient["id"])
     patients = Tally()
     found = _found(enrollment, subjects, patients, lambda person: holders.get((person.system, person.value), []), progress)
-    observations = ((patient_id, o) for o in done.resources("Observation")
+    observations = ((patient_id, o) for o in done.resources("Observation", as_exported=True)  # other codes: counted as such
                     if (patient_id := ref_id((o.get("subject") or {}).get("reference", ""))) in found)
     result = _account_out_of_core(study, by_code, len(enrollment), patients, found, observations, study_values, prefer,
                                   state_dir)
     bulk.finish(client, done)
+    which = ("every Observation of the patients found was exported, those with other codes counted in the account"
+             if "Observation" in done.unfiltered else "only Observations with the study's codes were exported (_typeFilter), "
+             "so those with other codes are not in the account")
     notes = [f"pulled by bulk export ({level} level, {done.downloaded} files"
-             f"{f', {done.reused} already downloaded' if done.reused else ''}); only Observations with the study's "
-             "codes were exported (_typeFilter), so those with other codes are not in the account",
-             *(f"export error: {issue}" for issue in done.errors)]
+             f"{f', {done.reused} already downloaded' if done.reused else ''}); {which}",
+             *done.notes(), *(f"export error: {issue}" for issue in done.errors)]
     return dataclasses.replace(result, method="bulk", notes=notes)
 
 

@@ -3,7 +3,8 @@
 A SQLite file (one per state directory) records, per target server, each pushed
 resource's local id, the id the server gave it, and a hash of its content; and per
 source server the high-water mark of the last successful pull and the ids the server
-held for the study then (so a later pull can tell what was deleted). A job killed
+held for the study then, each with a hash of the version fetched (so a later pull can
+tell what was deleted there, and what was changed here since). A job killed
 mid-way loses at most the bundle in flight; the rerun skips everything recorded.
 The journal is only what fhir-msc believes: push checks the server against it.
 """
@@ -15,7 +16,7 @@ import hashlib
 import sqlite3
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 
@@ -29,7 +30,7 @@ create table if not exists pushed (
 create table if not exists pulled (source text not null, study text not null, high_water text not null,
     primary key (source, study));
 create table if not exists pulled_ids (source text not null, study text not null, resource_type text not null,
-    id text not null, primary key (source, study, resource_type, id));
+    id text not null, hash text, primary key (source, study, resource_type, id));
 """
 
 
@@ -37,6 +38,22 @@ def content_hash(resource: dict) -> str:
     """Hash of a resource without id and meta (what the server may rewrite)."""
     body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def value_hash(resource: dict) -> str:
+    """``content_hash`` with numbers taken by value: 103.0 and 103 alike (servers written in JavaScript
+    send back 103 for 103.0), for telling whether a store's version of a resource is the server's."""
+    return content_hash(_by_value(resource))
+
+
+def _by_value(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
 
 
 class Journal:
@@ -48,6 +65,8 @@ class Journal:
         private_open(self.path, "ab").close()  # 0600 before SQLite opens it (its side files take the same mode)
         self._db = sqlite3.connect(self.path)
         self._db.executescript(_SCHEMA)
+        if "hash" not in {row[1] for row in self._db.execute("pragma table_info(pulled_ids)")}:  # an older journal
+            self._db.execute("alter table pulled_ids add column hash text")
 
     def close(self) -> None:
         self._db.close()
@@ -69,20 +88,21 @@ class Journal:
             self._db.executemany("delete from pushed where target=? and resource_type=? and local_id=?",
                                  [(target, *k) for k in keys])
 
-    def pulled_ids(self, source: str, study: str) -> dict[str, set[str]]:
-        """Per resource type, the ids the server held for the study at the last pull."""
-        held: dict[str, set[str]] = {}
-        for resource_type, id_ in self._db.execute("select resource_type, id from pulled_ids where source=? and study=?",
-                                                   (source, study)):
-            held.setdefault(resource_type, set()).add(id_)
+    def pulled(self, source: str, study: str) -> dict[str, dict[str, str | None]]:
+        """Per resource type, the ids the server held for the study at the last pull, each with the ``value_hash``
+        of the server's version last fetched (None in journals written before hashes were kept)."""
+        held: dict[str, dict[str, str | None]] = {}
+        for resource_type, id_, digest in self._db.execute(
+                "select resource_type, id, hash from pulled_ids where source=? and study=?", (source, study)):
+            held.setdefault(resource_type, {})[id_] = digest
         return held
 
-    def record_pulled_ids(self, source: str, study: str, held: dict[str, set[str]]) -> None:
-        """Replace the ids recorded for the study on this server in one commit."""
+    def record_pulled(self, source: str, study: str, held: dict[str, dict[str, str | None]]) -> None:
+        """Replace the ids (and hashes) recorded for the study on this server in one commit."""
         with self._db:
             self._db.execute("delete from pulled_ids where source=? and study=?", (source, study))
-            self._db.executemany("insert into pulled_ids values (?, ?, ?, ?)",
-                                 [(source, study, t, i) for t, ids in held.items() for i in ids])
+            self._db.executemany("insert into pulled_ids (source, study, resource_type, id, hash) values (?, ?, ?, ?, ?)",
+                                 [(source, study, t, i, h) for t, ids in held.items() for i, h in ids.items()])
 
     def high_water(self, source: str, study: str) -> str | None:
         row = self._db.execute("select high_water from pulled where source=? and study=?", (source, study)).fetchone()

@@ -15,9 +15,14 @@ smaller size is kept for the following bundles. The reply is checked entry by en
 entry without a 2xx ``response.status``, or missing from a short reply, is a failure of
 that resource. Resources whose content hash is in the journal for this server are not
 sent again, but the journal is only what fhir-msc believes: every push ends by checking
-that the server holds each resource of the source (see :func:`lacking`), sends the
+that the server holds each resource of the source (see :func:`server_check`), sends the
 missing ones again (with, for ``conditional``, the resources that refer to them) and
-checks those once more; what is still missing is a failure.
+checks those once more; what is still missing is a failure. A listing proves absence only
+when it is complete (its matches add up to Bundle.total); what one that falls short left
+out is proven by ``_id`` searches and reads (``FhirClient.presence``).
+
+pull fetches the study by search, mirrors deletions only with proof, and keeps local data
+the server does not have as conflicts (see :func:`pull`).
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from ..fhir.versions import FhirVersion, get_version
 from ..progress import NO_PROGRESS, Progress
 from ..store.ndjson import Store
 from ..study.definition import Study
-from .client import FhirClient
-from .journal import Journal, content_hash
+from .client import FhirClient, Listing
+from .journal import Journal, content_hash, value_hash
 
 Resource = dict[str, Any]
 Key = tuple[str, str]  # (resource type, local id)
@@ -46,6 +51,7 @@ PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter
               "AdverseEvent"]
 METHODS = ("auto", "id", "conditional")
 PUSH_MODES = ("push", "full", "dry-run", "verify")
+SENDING_MODES = ("push", "full")  # the others only read the server
 ID_CHUNK = 100  # ids per `_id` search when checking the server (keeps URLs under ~4 KB)
 ID_PAGE = 5000  # ids asked for per page when listing every id of a type (servers may send fewer)
 
@@ -352,12 +358,14 @@ def push(client: FhirClient, resources: Iterable[Resource], journal: Journal, *,
 
     pusher.send_all(planned())
     expected = {**unchanged, **({} if mode == "dry-run" else {k: pusher.server_ids[k] for k in pusher.outcome})}
-    missing = lacking(client, expected)
+    check = server_check(client, expected)
+    missing, notes = check.lacking, [*profile.notes, *check.notes]
     restored = 0
     if mode == "verify":
         for key in sorted(missing | unknown):
             unchanged.pop(key, None)
-            pusher.fail(key, f"{key[0]}/{key[1]}: not on the server" if key in missing else
+            pusher.fail(key, f"{key[0]}/{key[1]}: not on the server" if key in check.absent else
+                        f"{key[0]}/{key[1]}: not confirmed on the server ({check.unconfirmed[key]})" if key in missing else
                         f"{key[0]}/{key[1]}: not recorded as pushed to this server (conditional ids are the server's): push it")
     elif mode == "dry-run":
         for key in missing:
@@ -367,10 +375,13 @@ def push(client: FhirClient, resources: Iterable[Resource], journal: Journal, *,
     elif missing:
         journal.forget_push(target, sorted(missing))
         resent = _send_again(pusher, resources, missing, unchanged)
-        still = lacking(client, {k: pusher.server_ids[k] for k in resent if k in pusher.outcome})
+        again = server_check(client, {k: pusher.server_ids[k] for k in resent if k in pusher.outcome})
+        still, notes = again.lacking, [*notes, *again.notes]
         journal.forget_push(target, sorted(still))
         for key in still:
-            pusher.fail(key, f"{key[0]}/{key[1]}: the server accepted it but does not hold it, even when sent again")
+            pusher.fail(key, f"{key[0]}/{key[1]}: the server accepted it but does not hold it, even when sent again"
+                        if key in again.absent else
+                        f"{key[0]}/{key[1]}: not confirmed on the server, even when sent again ({again.unconfirmed[key]})")
         restored = len(missing - still - set(pusher.failures))
     return PushResult(target=target, method=method, mode=mode, total=total,
                       created=sum(v == "created" for v in pusher.outcome.values()),
@@ -378,7 +389,7 @@ def push(client: FhirClient, resources: Iterable[Resource], journal: Journal, *,
                       failed=list(pusher.failures.values()), restored=restored, checked=len(expected),
                       bundles=pusher.bundles, requests=client.stats.requests - requests_before,
                       retries=client.stats.retries - retries_before, seconds=time.monotonic() - started,
-                      bundle_size=pusher.bundle_size, notes=list(profile.notes))
+                      bundle_size=pusher.bundle_size, notes=notes)
 
 
 def _send_again(pusher: _Pusher, resources: Iterable[Resource], missing: set[Key], unchanged: dict[Key, str]) -> set[Key]:
@@ -417,44 +428,92 @@ def _references(node: Any) -> Iterator[Key]:
             yield from _references(item)
 
 
-def lacking(client: FhirClient, expected: dict[Key, str]) -> set[Key]:
-    """The keys whose server ids (the values) the server does not hold, checked type by type.
+@dataclass(frozen=True, kw_only=True)
+class ServerCheck:
+    """What a server check found: the keys it proved absent, those it could prove neither held nor
+    absent (with why), and a note for each type whose listing fell short of its Bundle.total."""
+
+    absent: set[Key]
+    unconfirmed: dict[Key, str]
+    notes: list[str]
+
+    @property
+    def lacking(self) -> set[Key]:
+        """What must be sent again: absent or not confirmed."""
+        return self.absent | set(self.unconfirmed)
+
+
+def server_check(client: FhirClient, expected: dict[Key, str]) -> ServerCheck:
+    """Which of the keys, by their server ids (the values), the server does not hold, checked type by type.
 
     Per type: ``_summary=count``, then whichever needs fewer requests: every id of the type
     (``_elements=id``, pages of ID_PAGE) or the expected ids asked for by ``_id``, ID_CHUNK
-    at a time. A server holding only the pushed data is checked in about two requests per type.
+    at a time. A server holding only the pushed data is checked in about two requests per
+    type. A listing is proof of absence only when complete: where it falls short of its
+    Bundle.total, what it left out is asked for by ``_id`` and read (``FhirClient.presence``).
     """
     by_type: dict[str, dict[str, Key]] = {}
     for key, server_id in expected.items():
         by_type.setdefault(key[0], {})[server_id] = key
-    missing: set[Key] = set()
+    absent: set[Key] = set()
+    unconfirmed: dict[Key, str] = {}
+    notes = []
     for resource_type, wanted in by_type.items():
-        held = _held(client, resource_type, set(wanted))
-        missing.update(key for server_id, key in wanted.items() if server_id not in held)
-    return missing
+        held, unknown, note = _held(client, resource_type, set(wanted))
+        absent.update(key for server_id, key in wanted.items() if server_id not in held and server_id not in unknown)
+        unconfirmed.update((wanted[server_id], why) for server_id, why in unknown.items())
+        notes += [note] if note else []
+    return ServerCheck(absent=absent, unconfirmed=unconfirmed, notes=notes)
 
 
-def _held(client: FhirClient, resource_type: str, wanted: set[str]) -> set[str]:
+def _held(client: FhirClient, resource_type: str, wanted: set[str]) -> tuple[set[str], dict[str, str], str]:
+    """The wanted ids the server holds, those neither proven held nor absent (id → why), and a note if a listing fell short."""
     total = client.count(resource_type)
     by_id_requests = -(-len(wanted) // ID_CHUNK)
     if total is not None and max(1, -(-total // ID_PAGE)) <= by_id_requests:
-        return client.ids(resource_type, page_size=ID_PAGE) & wanted
-    ordered, held = sorted(wanted), set()
-    for start in range(0, len(ordered), ID_CHUNK):
-        held |= client.ids(resource_type, {"_id": ",".join(ordered[start:start + ID_CHUNK])}, page_size=ID_CHUNK)
-    return held & wanted
+        listing = client.id_listing(resource_type, page_size=ID_PAGE)
+        listed = listing.ids(resource_type) & wanted
+        if listing.complete:
+            return listed, {}, ""
+        presence = client.presence(resource_type, wanted - listed, ID_CHUNK)
+        return (listed | presence.held, presence.unknown,
+                f"server check, {resource_type}: asked for every id, {listing.shortfall}, so the "
+                f"{len(wanted - listed)} it left out were checked {presence.how}")
+    presence = client.presence(resource_type, wanted, ID_CHUNK)
+    fell_short = presence.searches > by_id_requests or presence.reads
+    return set(presence.held), presence.unknown, (f"server check, {resource_type}: _id searches fell short of their "
+                                                  f"Bundle.total, so the {len(wanted)} ids were checked {presence.how}"
+                                                  if fell_short else "")
 
 
 # --- pull ---------------------------------------------------------------------------------
 
+PREFER = ("local", "server")  # which version a pull keeps when the store's differs from the server's
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullConflict:
+    """A local resource whose content the server does not have, met by a pull, and which version was kept."""
+
+    resource_type: str
+    id: str
+    differs: str  # what differs, in a few words
+    server_last_updated: str  # meta.lastUpdated of the server's version ("" where it deleted the resource)
+    kept: str  # "local" or "server"
+
+
 @dataclass(frozen=True, kw_only=True)
 class PullResult:
-    """What a pull stored and removed.
+    """What a pull stored, removed, kept and missed.
 
-    Every resource fetched is counted once: stored (``counts``, by type) or ``invalid``
-    (by reason; kept out of the store, first ones in ``invalid_examples``). ``removed``:
-    resources the server held for the study at the last pull and no longer does, removed
-    from the store.
+    Every resource fetched is counted once: stored (``counts``, by type), ``invalid`` (by
+    reason; kept out of the store, first ones in ``invalid_examples``), or a conflict whose
+    local version was kept (``conflicts`` with ``kept`` "local"). ``removed``: resources the
+    server held for the study at the last pull and has deleted since, proven (see
+    :func:`pull`), removed from the store. ``unconfirmed``: such resources the server no
+    longer lists but that could not be proven deleted ("Type/id: why"): kept. ``missed``:
+    searches whose answer fell short of their Bundle.total, so the pull did not get
+    everything (not ``ok``; the mark does not move).
     """
 
     source: str
@@ -467,11 +526,21 @@ class PullResult:
     requests: int
     seconds: float
     notes: list[str]
+    unconfirmed: list[str] = field(default_factory=list)
+    conflicts: list[PullConflict] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    prefer: str = "local"
+    conflicts_file: str | None = None  # where the job that ran the pull listed its conflicts (None: it met none)
     recovered: tuple[str, ...] = ()  # what killed jobs left in the store, completed or removed first
 
     @property
     def ok(self) -> bool:
-        return not self.invalid
+        return not self.invalid and not self.missed
+
+    @property
+    def unresolved(self) -> int:
+        """Conflicts whose local version was kept (the server's differs)."""
+        return sum(conflict.kept == "local" for conflict in self.conflicts)
 
 
 SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)
@@ -481,17 +550,26 @@ PULLED_TYPES = ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encount
 
 
 class _Intake:
-    """Validates fetched resources before they are stored; counts what it keeps out, by reason."""
+    """Validates fetched resources before they are stored and counts what it keeps out, by reason; sets aside those
+    whose local version the server does not have (conflicts, settled at the end of the pull)."""
 
-    def __init__(self, version: FhirVersion):
+    def __init__(self, version: FhirVersion, store: Store, pulled: dict[str, dict[str, str | None]], prefer: str):
         self.validator = ShapeValidator(version)
+        self.store, self.pulled, self.prefer = store, pulled, prefer
         self.counts: dict[str, int] = {}
         self.invalid: dict[str, int] = {}
         self.examples: list[str] = []
+        self.fetched: dict[str, dict[str, str]] = {}  # per type: id → value_hash of the server's version fetched
+        self.conflicts: list[PullConflict] = []
+        self._edited: dict[str, dict[str, str]] = {}
+        self._theirs: dict[str, dict[str, Resource]] = {}  # per type: the server's versions in conflict, until settled
 
-    def store(self, store: Store, resources: Iterable[Resource]) -> None:
-        """Write the valid ones of ``resources`` (streamed: one store write) and count the others."""
-        for resource_type, n in store.write(self._valid(resources)).items():
+    def store_all(self, resources: Iterable[Resource]) -> None:
+        """Write the valid ones of ``resources`` that conflict with no local change (streamed: one store write)."""
+        self._add(self.store.write(self._valid(resources)))
+
+    def _add(self, written: dict[str, int]) -> None:
+        for resource_type, n in written.items():
             self.counts[resource_type] = self.counts.get(resource_type, 0) + n
 
     def _valid(self, resources: Iterable[Resource]) -> Iterator[Resource]:
@@ -500,7 +578,8 @@ class _Intake:
                 continue
             problem = self._problem(resource)
             if problem is None:
-                yield resource
+                if not self._in_conflict(resource):
+                    yield resource
                 continue
             label, _, reason = problem.partition(": ")
             reason = f"{resource.get('resourceType')}: {reason}" if reason else problem
@@ -517,6 +596,80 @@ class _Intake:
         problems = self.validator.problems(resource)
         return str(problems[0]) if problems else None
 
+    def _in_conflict(self, resource: Resource) -> bool:
+        """Record the server's version; True (and set it aside) if the store's differs and the server does not have it."""
+        resource_type, id_ = resource["resourceType"], resource["id"]
+        digest = value_hash(resource)
+        self.fetched.setdefault(resource_type, {})[id_] = digest
+        local = self.edited(resource_type).get(id_)
+        if local is None or local == digest:
+            return False
+        self._theirs.setdefault(resource_type, {})[id_] = resource
+        return True
+
+    def edited(self, resource_type: str) -> dict[str, str]:
+        """The store's resources of one type that a pull from this server did not leave as they are (id →
+        value_hash): never pulled from it, or changed here since. Read once, before this pull writes the type."""
+        if resource_type not in self._edited:
+            pulled = self.pulled.get(resource_type, {})
+            edited = {}
+            for resource in self.store.read(resource_type):
+                id_, digest = resource.get("id"), value_hash(resource)
+                if isinstance(id_, str) and not (id_ in pulled and pulled[id_] in (None, digest)):
+                    edited[id_] = digest
+            self._edited[resource_type] = edited
+        return self._edited[resource_type]
+
+    def settle(self, deleted: dict[str, set[str]]) -> dict[str, set[str]]:
+        """Settle the conflicts (the versions set aside, and ``deleted`` ids whose local version was changed since the
+        last pull): the server's version is written where it is preferred. Returns per type the ids to remove."""
+        remove: dict[str, set[str]] = {}
+        for resource_type in sorted(set(self._theirs) | set(deleted)):
+            theirs, gone = self._theirs.get(resource_type, {}), deleted.get(resource_type, set())
+            disputed = set(theirs) | ((gone & set(self.edited(resource_type))) if gone else set())
+            mine = {r["id"]: r for r in self.store.read(resource_type) if r.get("id") in disputed} if disputed else {}
+            for id_ in sorted(disputed):
+                server = theirs.get(id_)
+                self.conflicts.append(PullConflict(
+                    resource_type=resource_type, id=id_, differs=_differences(mine.get(id_, {}), server),
+                    server_last_updated=(server or {}).get("meta", {}).get("lastUpdated", ""), kept=self.prefer))
+            remove[resource_type] = gone if self.prefer == "server" else gone - disputed
+            if self.prefer == "server" and theirs:
+                self._add(self.store.write(theirs.values()))
+        return remove
+
+
+def _differences(local: Resource, server: Resource | None) -> str:
+    """What differs between the store's version and the server's, in a few words (the elements, lists by length)."""
+    if server is None:
+        return "deleted on the server; changed here since the last pull"
+    parts = []
+    for key in sorted((set(local) | set(server)) - {"id", "meta"}):
+        mine, theirs = local.get(key), server.get(key)
+        if mine == theirs:
+            continue
+        if key not in server or key not in local:
+            parts.append(f"{key} only {'here' if key in local else 'on the server'}")
+        elif isinstance(mine, list) and isinstance(theirs, list) and len(mine) != len(theirs):
+            parts.append(f"{key} ({len(mine)} here, {len(theirs)} on the server)")
+        else:
+            parts.append(key)
+    return ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
+
+
+@dataclass
+class _Held:
+    """Per resource type, the ids the server holds for the study as far as its answers show, and how an answer fell
+    short of its Bundle.total (then what it left out is not proven absent)."""
+
+    ids: dict[str, set[str]] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)
+
+    def add(self, resource_type: str, ids: Iterable[str], shortfall: str = "") -> None:
+        self.ids.setdefault(resource_type, set()).update(ids)
+        if shortfall:
+            self.short.setdefault(resource_type, shortfall)
+
 
 def pull_mark(study: Study, store: Store) -> str:
     """The journal key of a pull's mark and ids: the study *and* the store it is pulled into.
@@ -528,77 +681,132 @@ def pull_mark(study: Study, store: Store) -> str:
 
 
 def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, full: bool = False,
-         page_size: int = 1000, profile: ServerProfile | None = None, progress: Progress = NO_PROGRESS) -> PullResult:
+         page_size: int = 1000, prefer: str = "local", profile: ServerProfile | None = None,
+         progress: Progress = NO_PROGRESS) -> PullResult:
     """Fetch the study's resources from the server into ``store``, mirroring deletions.
 
     Incremental: only resources updated after the last successful pull (``_lastUpdated=gt``),
     unless ``full``. The high-water mark is the newest ``meta.lastUpdated`` seen, in the
-    server's own clock, so the two machines' clocks never have to agree.
+    server's own clock, so the two machines' clocks never have to agree. A search whose
+    answer falls short of its Bundle.total is asked again one subject at a time; what still
+    falls short is ``missed``, and then the mark does not move.
 
     Deletions: the journal keeps the ids the server held for the study at each pull. A full
-    pull knows every id the server holds now; an incremental one compares, per type, the
-    server's ``_summary=count`` of the study's searches with the ids it knows and lists the
-    ids (``_elements=id``) only where they differ. Ids held before and not now were deleted
-    on the server and are removed from the store. Resources that fail validation are kept
-    out of the store and counted by reason.
+    pull knows the ids the server holds now from what it fetched; an incremental one compares,
+    per type, the server's ``_summary=count`` of the study's searches with the ids it knows and
+    lists the ids (``_elements=id``) only where they differ. Ids held before and not now are
+    removed from the store only with proof: a complete listing without them, or, where a
+    listing fell short of its Bundle.total, an ``_id`` search that is complete or a read that
+    answers 404/410 (``FhirClient.presence``); the others are kept and ``unconfirmed``.
+
+    Conflicts: a fetched resource whose local version differs and was not left by an earlier
+    pull from this server as it is (never pulled from it, or changed here since), and a
+    deleted one changed here since, is a conflict: ``prefer`` "local" keeps the store's
+    version, "server" takes the server's. Resources that fail validation are kept out of the
+    store and counted by reason.
     """
+    if prefer not in PREFER:
+        raise ValueError(f"prefer must be one of {PREFER}")
     started, before = time.monotonic(), client.stats.requests
     profile = profile or server_profile(client)
     source, key = client.base_url, study.study.identifier.value
     mark = pull_mark(study, store)
     since = None if full else journal.high_water(source, mark)
     changes = {"_count": str(page_size), **({"_lastUpdated": f"gt{since}"} if since else {})}
-    intake = _Intake(profile.version)
+    pulled = journal.pulled(source, mark)
+    intake = _Intake(profile.version, store, pulled, prefer)
     token = f"{study.study.identifier.system}|{study.study.identifier.value}"
     progress.start(f"pulling {key} and its subjects from {client.base_url}")
-    studies = client.search_complete("ResearchStudy", {"identifier": token, "_count": str(page_size)})
+    studies = client.listing("ResearchStudy", {"identifier": token, "_count": str(page_size)})
+    missed: list[str] = []
+    notes: list[str] = []
 
-    def result(removed: dict[str, int], high_water: str | None, notes: tuple[str, ...] = ()) -> PullResult:
+    def result(removed: dict[str, int], high_water: str | None, unconfirmed: tuple[str, ...] = ()) -> PullResult:
         return PullResult(source=source, counts=intake.counts, invalid=intake.invalid, invalid_examples=intake.examples,
                           removed=removed, since=since, high_water=high_water, requests=client.stats.requests - before,
-                          seconds=time.monotonic() - started, notes=[*profile.notes, *notes])
+                          seconds=time.monotonic() - started, notes=[*profile.notes, *notes], unconfirmed=list(unconfirmed),
+                          conflicts=intake.conflicts, missed=missed, prefer=prefer)
 
-    if not studies:
-        return result({}, since, (f"study {token} is not on the server: nothing pulled, nothing removed",))
-    before_ids = journal.pulled_ids(source, mark)
-    held: dict[str, set[str]] = {"ResearchStudy": {s["id"] for s in studies}}
+    if not studies.ids("ResearchStudy"):
+        notes.append(f"study {token} is not on the server: nothing pulled, nothing removed")
+        return result({}, since)
+    held = _Held()
 
-    def holds(resource_type: str, queries: list[dict[str, str]], fetched: list[Resource]) -> None:
-        got = {r["id"] for r in fetched if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)}
-        held[resource_type] = got if not since else _held_by(client, resource_type, queries,
-                                                             before_ids.get(resource_type, set()) | got, page_size)
+    def fetched(what: str, resources: list[Resource], shortfall: str) -> list[Resource]:
+        missed.extend([f"{what}: {shortfall}"] if shortfall else [])
+        return resources
 
-    scope = StudyScope(frozenset(held["ResearchStudy"]))
+    def holds(resource_type: str, queries: list[dict[str, str]], got: set[str], shortfall: str) -> None:
+        if since:
+            held.add(resource_type, *_held_by(client, resource_type, queries, set(pulled.get(resource_type, {})) | got,
+                                              page_size))
+        else:
+            held.add(resource_type, got, shortfall)
+
+    held.add("ResearchStudy", studies.ids("ResearchStudy"), studies.shortfall)
+    scope = StudyScope(frozenset(held.ids["ResearchStudy"]))
     group_query = {"identifier": f"{study.system('group')}|{key}"}
     subject_query = scope.subject_query()
-    groups = client.search_complete("Group", {**group_query, **changes})
-    subjects = client.search_complete("ResearchSubject", {**subject_query, "_include": "ResearchSubject:individual", **changes})
-    subjects += _missing_patients(client, subjects, page_size)
-    fetched = [s for s in studies if not since or s.get("meta", {}).get("lastUpdated", "") > since] + groups + subjects
-    intake.store(store, _dedupe(fetched))
-    newest = [max((r.get("meta", {}).get("lastUpdated", "") for r in fetched), default="")]
-    holds("Group", [group_query], groups)
-    holds("ResearchSubject", [subject_query], subjects)
-    patient_ids = study_patients(store, held["ResearchSubject"])
-    holds("Patient", [{"_id": ",".join(patient_ids[i:i + SUBJECT_CHUNK])} for i in range(0, len(patient_ids), SUBJECT_CHUNK)],
-          subjects)
+    groups = client.listing("Group", {**group_query, **changes})
+    subjects = client.listing("ResearchSubject", {**subject_query, "_include": "ResearchSubject:individual", **changes})
+    patients, patients_short = _missing_patients(client, subjects.resources, page_size)
+    fetched_now = [s for s in fetched(f"ResearchStudy {token}", studies.resources, studies.shortfall)
+                   if not since or s.get("meta", {}).get("lastUpdated", "") > since] + \
+        fetched(f"Group {group_query['identifier']}", groups.resources, groups.shortfall) + \
+        fetched("the study's ResearchSubjects", subjects.resources, subjects.shortfall) + \
+        fetched("the subjects' Patients by _id", patients, patients_short)
+    intake.store_all(_dedupe(fetched_now))
+    newest = [max((r.get("meta", {}).get("lastUpdated", "") for r in fetched_now), default="")]
+    holds("Group", [group_query], groups.ids("Group"), groups.shortfall)
+    holds("ResearchSubject", [subject_query], subjects.ids("ResearchSubject"), subjects.shortfall)
+    patient_ids = study_patients(store, held.ids["ResearchSubject"])
+    holds("Patient", _by_id(patient_ids), {r["id"] for r in fetched_now if r.get("resourceType") == "Patient"},
+          subjects.shortfall or patients_short)
     for resource_type in SUBJECT_DATA:
         step = subjects_per_search(study, resource_type, page_size)
         progress.start(f"pulling {resource_type}", len(patient_ids), "subjects")
         got: set[str] = set()
-        searches = zip(range(0, len(patient_ids), step), _by_subject(patient_ids, step))
-        intake.store(store, _searched(client, resource_type, searches, changes, step, len(patient_ids), got, newest, progress))
-        held[resource_type] = got if not since else _held_by(client, resource_type, _by_subject(patient_ids, SUBJECT_CHUNK),
-                                                             before_ids.get(resource_type, set()) | got, page_size)
+        short: list[str] = []
+        intake.store_all(_searched(client, resource_type, patient_ids, step, changes, got, short, newest, progress))
+        missed += short
+        holds(resource_type, _by_subject(patient_ids, SUBJECT_CHUNK), got, short[0] if short else "")
+    deleted, unconfirmed = _proven_deleted(client, pulled, held, notes)
     removed = {}
-    for resource_type, ids in before_ids.items():
-        if n := store.remove(resource_type, ids - held.get(resource_type, set())):
+    for resource_type, ids in intake.settle(deleted).items():
+        if n := store.remove(resource_type, ids):
             removed[resource_type] = n
-    journal.record_pulled_ids(source, mark, held)
-    high_water = newest[0] or since
+    journal.record_pulled(source, mark, {t: {i: intake.fetched.get(t, {}).get(i, pulled.get(t, {}).get(i)) for i in ids}
+                                         for t, ids in held.ids.items()})
+    high_water = since if missed else (newest[0] or since)
     if high_water:
         journal.record_pull(source, mark, high_water)
-    return result(removed, high_water)
+    return result(removed, high_water, tuple(unconfirmed))
+
+
+def _proven_deleted(client: FhirClient, pulled: dict[str, dict[str, str | None]], held: _Held,
+                    notes: list[str]) -> tuple[dict[str, set[str]], list[str]]:
+    """Per type, the ids pulled before that the server has deleted, proven; and those not proven ("Type/id: why").
+
+    Where the answers the server gave for a type fell short of their Bundle.total, the ids
+    they left out are asked for by ``_id`` and read (``FhirClient.presence``); those it still
+    holds, and those not proven either way, stay in ``held`` (so the next pull checks again).
+    """
+    deleted: dict[str, set[str]] = {}
+    unconfirmed: list[str] = []
+    for resource_type, before in sorted(pulled.items()):
+        candidates = set(before) - held.ids.get(resource_type, set())
+        why = held.short.get(resource_type)
+        if not candidates or not why:
+            deleted[resource_type] = candidates
+            continue
+        presence = client.presence(resource_type, candidates, ID_CHUNK)
+        held.add(resource_type, presence.held | set(presence.unknown))
+        deleted[resource_type] = set(presence.absent)
+        unconfirmed += [f"{resource_type}/{i}: {reason}" for i, reason in sorted(presence.unknown.items())]
+        notes.append(f"{resource_type}: {why}, so the {len(candidates)} pulled before and not listed now were checked "
+                     f"{presence.how}: {len(presence.absent)} deleted, {len(presence.held)} still there, "
+                     f"{len(presence.unknown)} not confirmed")
+    return deleted, unconfirmed
 
 
 # --- what a pull of a study keeps: asked for by search (paged pull), or filtered out of an export (bulk pull) ---
@@ -628,8 +836,16 @@ def study_patients(store: Store, subject_ids: set[str]) -> list[str]:
 
 def _by_subject(patient_ids: list[str], step: int) -> list[dict[str, str]]:
     """Searches for the SUBJECT_DATA of these Patients, ``step`` Patients each."""
-    return [{"subject": ",".join(f"Patient/{pid}" for pid in patient_ids[start:start + step])}
-            for start in range(0, len(patient_ids), step)]
+    return [_subject_query(patient_ids[start:start + step]) for start in range(0, len(patient_ids), step)]
+
+
+def _subject_query(patient_ids: list[str]) -> dict[str, str]:
+    return {"subject": ",".join(f"Patient/{pid}" for pid in patient_ids)}
+
+
+def _by_id(ids: list[str]) -> list[dict[str, str]]:
+    """Searches for these ids, SUBJECT_CHUNK each."""
+    return [{"_id": ",".join(ids[start:start + SUBJECT_CHUNK])} for start in range(0, len(ids), SUBJECT_CHUNK)]
 
 
 def of_patients(resources: Iterable[Resource], patient_ids: set[str]) -> Iterator[Resource]:
@@ -640,12 +856,15 @@ def of_patients(resources: Iterable[Resource], patient_ids: set[str]) -> Iterato
 
 
 def _held_by(client: FhirClient, resource_type: str, queries: list[dict[str, str]], known: set[str],
-             page_size: int) -> set[str]:
-    """The ids the server holds for these searches: ``known`` if their counts add up to it, else listed."""
+             page_size: int) -> tuple[set[str], str]:
+    """The ids the server holds for these searches (``known`` if their counts add up to it, else listed), and how a
+    listing fell short of its Bundle.total ("" if none did)."""
     counts = [client.count(resource_type, query) for query in queries]
     if None not in counts and sum(counts) == len(known):  # type: ignore[arg-type]
-        return known
-    return set().union(*(client.ids(resource_type, query, page_size) for query in queries))
+        return known, ""
+    listings = [client.id_listing(resource_type, query, page_size) for query in queries]
+    return set().union(*(listing.ids(resource_type) for listing in listings)), \
+        next((listing.shortfall for listing in listings if not listing.complete), "")
 
 
 def subjects_per_search(study: Study, resource_type: str, page_size: int) -> int:
@@ -661,16 +880,15 @@ def subjects_per_search(study: Study, resource_type: str, page_size: int) -> int
     return max(1, min(SUBJECT_CHUNK, page_size // max(1, per_subject.get(resource_type, 1))))
 
 
-def _missing_patients(client: FhirClient, found: list[Resource], page_size: int) -> list[Resource]:
-    """Patients the ResearchSubjects point at that _include did not bring (not every server supports it)."""
+def _missing_patients(client: FhirClient, found: list[Resource], page_size: int) -> tuple[list[Resource], str]:
+    """Patients the ResearchSubjects point at that _include did not bring (not every server supports it), and how
+    a search for them fell short of its Bundle.total ("" if none did)."""
     have = {r["id"] for r in found if r["resourceType"] == "Patient"}
     wanted = sorted({ref_id((r.get("individual") or r.get("subject") or {}).get("reference", ""))
                      for r in found if r["resourceType"] == "ResearchSubject"} - have - {""})
-    patients = []
-    for start in range(0, len(wanted), SUBJECT_CHUNK):
-        patients += client.search_complete("Patient", {"_id": ",".join(wanted[start:start + SUBJECT_CHUNK]),
-                                                       "_count": str(page_size)})
-    return patients
+    listings = [client.listing("Patient", {**query, "_count": str(page_size)}) for query in _by_id(wanted)]
+    return [r for listing in listings for r in listing.resources], \
+        next((listing.shortfall for listing in listings if not listing.complete), "")
 
 
 def _patients_of(store: Store, subject_ids: set[str]) -> Iterator[str]:
@@ -683,22 +901,38 @@ def _patients_of(store: Store, subject_ids: set[str]) -> Iterator[str]:
             yield ref
 
 
-def _searched(client: FhirClient, resource_type: str, searches: Iterable[tuple[int, dict[str, str]]], changes: dict[str, str],
-              step: int, total: int, got: set[str], newest: list[str], progress: Progress) -> Iterator[Resource]:
-    """Each search's resources as they come, once each (the last fetched within a search, the first across
-    searches); memory keeps their ids (``got``) and the newest ``meta.lastUpdated`` (``newest[0]``), not them."""
+def _searched(client: FhirClient, resource_type: str, patient_ids: list[str], step: int, changes: dict[str, str],
+              got: set[str], missed: list[str], newest: list[str], progress: Progress) -> Iterator[Resource]:
+    """The SUBJECT_DATA of these Patients, ``step`` Patients a search, as they come, once each (the last fetched
+    within a search, the first across searches); memory keeps their ids (``got``) and the newest
+    ``meta.lastUpdated`` (``newest[0]``), not them. Searches that fall short are named in ``missed``."""
     others: set[tuple[Any, str]] = set()  # ids of other types a server may add (not OperationOutcomes)
-    for start, query in searches:
-        for resource in _dedupe(client.search_complete(resource_type, {**query, **changes})):
-            id_, kind = resource.get("id"), resource.get("resourceType")
-            if isinstance(id_, str) and kind != "OperationOutcome":
-                seen, key = (got, id_) if kind == resource_type else (others, (kind, id_))
-                if key in seen:
-                    continue
-                seen.add(key)  # type: ignore[arg-type]
-            newest[0] = max(newest[0], resource.get("meta", {}).get("lastUpdated", ""))
-            yield resource
-        progress.advance(min(step, total - start))
+    for start in range(0, len(patient_ids), step):
+        for listing in _subject_listings(client, resource_type, patient_ids[start:start + step], changes, missed):
+            for resource in listing.resources:
+                id_, kind = resource.get("id"), resource.get("resourceType")
+                if isinstance(id_, str) and kind != "OperationOutcome":
+                    seen, key = (got, id_) if kind == resource_type else (others, (kind, id_))
+                    if key in seen:
+                        continue
+                    seen.add(key)  # type: ignore[arg-type]
+                newest[0] = max(newest[0], resource.get("meta", {}).get("lastUpdated", ""))
+                yield resource
+        progress.advance(min(step, len(patient_ids) - start))
+
+
+def _subject_listings(client: FhirClient, resource_type: str, patient_ids: list[str], changes: dict[str, str],
+                      missed: list[str]) -> Iterator[Listing]:
+    """The search for these Patients' resources; if it falls short of its Bundle.total (a server that caps its pages),
+    one search per Patient instead, and those that still fall short are named in ``missed``."""
+    listing = client.listing(resource_type, {**_subject_query(patient_ids), **changes})
+    if listing.complete or len(patient_ids) == 1:
+        if not listing.complete:
+            missed.append(f"{resource_type} of Patient/{patient_ids[0]}: {listing.shortfall}")
+        yield listing
+        return
+    for patient_id in patient_ids:
+        yield from _subject_listings(client, resource_type, [patient_id], changes, missed)
 
 
 def _dedupe(resources: list[Resource]) -> list[Resource]:

@@ -295,16 +295,30 @@ def _digest(id_: str, size: int) -> bytes:
     return hashlib.blake2b(id_.encode(), digest_size=size).digest()
 
 
+def id_digest(id_: str) -> bytes:
+    """An id's 8-byte digest, for finding repeated ids among many without holding the ids (see ``repeated``)."""
+    return _digest(id_, NEW_DIGEST)
+
+
+def repeated(digests: bytearray, size: int = NEW_DIGEST) -> set[bytes]:
+    """The digests that occur more than once in ``digests`` (concatenated, ``size`` bytes each); sorts it in place.
+
+    Equal digests may be a collision of two different ids: callers confirm against the ids.
+    """
+    ids = np.frombuffer(digests, dtype=f"S{size}")  # a view of the bytearray: sorted in place, no copy
+    ids.sort()
+    twice = np.unique(ids[1:][ids[1:] == ids[:-1]]).tobytes()  # whole digests (a bytes_ scalar drops trailing NULs)
+    return {twice[i:i + size] for i in range(0, len(twice), size)}
+
+
 def _sorted_unique(resource_type: str, digests: bytearray, size: int, spooled: Path) -> np.ndarray:
     """The sorted digests of one write's ids; an id written twice is an error naming it.
 
     Equal digests are confirmed against the spooled ids, so a collision of two different
     ids (possible with 8 bytes) is not mistaken for a repeat.
     """
-    ids = np.frombuffer(digests, dtype=f"S{size}")  # a view of the bytearray: sorted in place, no copy
-    ids.sort()
-    repeated = np.unique(ids[1:][ids[1:] == ids[:-1]]).tobytes()  # whole digests (a bytes_ scalar drops trailing NULs)
-    suspects = {repeated[i:i + size] for i in range(0, len(repeated), size)}
+    suspects = repeated(digests, size)
+    ids = np.frombuffer(digests, dtype=f"S{size}")
     if suspects:
         seen: set[str] = set()
         with open(spooled, "rb") as handle:

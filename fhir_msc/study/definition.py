@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import yaml
+from pydantic_core import ErrorDetails
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -226,7 +230,15 @@ EFFECT_OUTCOME_TYPES: dict[str, set[str]] = {
     "rate-ratio": {"quantity", "integer"},
     **{key: {"time-to-event"} for key in get_args(TimeToEventEffect)},
 }
-ArmSet = str | list[str]  # one arm code, or several pooled
+
+
+def _arm_set(value: object) -> object:
+    if isinstance(value, str) or isinstance(value, list) and all(isinstance(code, str) for code in value):
+        return value
+    raise ValueError(f"{value!r} is not an arm code or a list of arm codes (pooled)")
+
+
+ArmSet = Annotated[str | list[str], BeforeValidator(_arm_set)]  # one arm code, or several pooled
 
 
 def arm_codes(arms: ArmSet) -> tuple[str, ...]:
@@ -256,6 +268,8 @@ class Stated(_Model):
         if isinstance(data, bool) or not isinstance(data, (int, float, str)):
             return data
         text = getattr(data, "text", None) or (str(data) if not isinstance(data, float) else repr(data))
+        if text.strip() == NOT_ESTIMABLE:
+            return cls._not_estimable()
         comparator = text[0] if text[:1] in ("<", ">") else ""
         try:
             number = Decimal(text[len(comparator):].strip())
@@ -265,34 +279,90 @@ class Stated(_Model):
             raise ValueError(f"{text!r} is not a finite number")
         return {"value": float(number), "decimals": max(0, -int(number.as_tuple().exponent)), "comparator": comparator}
 
+    @classmethod
+    def _not_estimable(cls) -> dict:
+        raise ValueError(f"{NOT_ESTIMABLE!r} is written only for an estimate, a CI bound or a number needed to treat")
 
-# Named tests of a published p (README "Published results verify field by field"); log-rank needs a time-to-event outcome.
-BinaryTest = Literal["fisher", "pearson-chi2", "pearson-chi2-yates", "wald", "likelihood-ratio"]
-ContinuousTest = Literal["t-pooled", "t-welch", "mann-whitney", "wilcoxon"]
-PTest = BinaryTest | ContinuousTest | Literal["log-rank"]
+
+class Estimated(Stated):
+    """An estimate, a CI bound or a number needed to treat as the paper writes it: a number (see :class:`Stated`),
+    or ``not estimable`` (value None), which ``verify`` checks the recomputation is too."""
+
+    value: float | None  # type: ignore[assignment]  # None: not estimable
+
+    @classmethod
+    def _not_estimable(cls) -> dict:
+        return {"value": None, "decimals": 0}
+
+
+NOT_ESTIMABLE = "not estimable"  # how a paper writes an estimate that cannot be computed (e.g. no events in either arm)
+
+# Named tests of a published p (README "Published results verify field by field").
+PTest = Literal["fisher", "pearson-chi2", "pearson-chi2-yates", "likelihood-ratio", "wald", "cochran-mantel-haenszel",
+                "exact-poisson", "t-pooled", "t-welch", "mann-whitney", "wilcoxon", "log-rank"]
+_TWO_BY_TWO = ("fisher", "pearson-chi2", "pearson-chi2-yates", "likelihood-ratio")  # tests of the 2×2 table
+_TWO_SAMPLE = ("t-pooled", "t-welch", "mann-whitney", "wilcoxon")  # unadjusted tests of two samples of values
+_MODEL = ("wald", "likelihood-ratio")  # tests of the treatment coefficient of a fitted model
+# The tests whose p belongs to each effect: a published p names one of its entry's effect (or none: verify lists
+# those that give it). wald is the effect's own Wald test (z; t on the residual df for ANCOVA); likelihood-ratio of a
+# 2×2 effect is the G test, of a fitted model the model with treatment against the model without.
+EFFECT_TESTS: dict[str, tuple[str, ...]] = {
+    "odds-ratio": ("wald", *_TWO_BY_TWO), "relative-risk": ("wald", *_TWO_BY_TWO),
+    "risk-difference": ("wald", *_TWO_BY_TWO), "exact-odds-ratio": _TWO_BY_TWO, "risk-difference-newcombe": _TWO_BY_TWO,
+    "odds-ratio-mh": ("cochran-mantel-haenszel",), "adjusted-odds-ratio": _MODEL,
+    "mean-difference": _TWO_SAMPLE, "mean-difference-welch": _TWO_SAMPLE, "hodges-lehmann": _TWO_SAMPLE,
+    "adjusted-mean-difference": _MODEL, "proportional-odds": _MODEL, "mann-whitney": ("mann-whitney",),
+    "rate-ratio": ("exact-poisson",), "cox-hazard-ratio": (*_MODEL, "log-rank"), "log-rank": ("log-rank",),
+    "km-median": ("log-rank",),
+}
+RISK_DIFFERENCES = ("risk-difference", "risk-difference-newcombe")
 
 
 class PublishedP(_Model):
-    test: PTest
+    """A published p at the paper's precision, and its test when the paper names it.
+
+    Without ``test``, ``verify`` lists the tests of the entry's effect (``EFFECT_TESTS``) that give it.
+    A bare number (``p: 0.03``, ``p: "<0.001"``) is a p whose test is not named.
+    """
+
+    test: PTest | None = None
     value: Stated
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_scalar(cls, data: object) -> object:
+        return {"value": data} if isinstance(data, (int, float, str)) and not isinstance(data, bool) else data
+
+
+_PER_ARM = ("n", "counts", "proportions", "percents", "means", "sds", "medians", "iqrs")
+_BINARY_ONLY = ("counts", "proportions", "percents", "relative_risk_reduction", "number_needed_to_treat")
+_CONTINUOUS_ONLY = ("means", "sds", "medians", "iqrs")
+# The effects of a 2×2 table, the only ones of adverse-event incidence (no covariates, no strata).
+TWO_BY_TWO_EFFECTS = ("odds-ratio", "exact-odds-ratio", "relative-risk", "risk-difference", "risk-difference-newcombe")
 
 
 class PublishedResult(_Model):
-    """A between-arm result as the paper reports it, each number at the paper's precision; every field optional
-    but outcome and visit. Per-arm fields are keyed by the arms compared (an arm code, or pooled arms joined by +).
+    """A between-arm result as the paper reports it, each number at the paper's precision. It names its outcome (and
+    visit) or, with ``adverse_event``, the subjects with at least one adverse event of a kind; every other field is
+    optional. Per-arm fields are keyed by the arms compared (an arm code, or pooled arms joined by +).
 
     ``treatment`` and ``control`` name the arms compared (default: the plan's one comparison);
     ``covariates`` and ``stratum`` override the plan's for this result.
     """
 
-    outcome: str  # an outcome, a derived endpoint or a time_to_event entry's code
-    visit: str | None = None  # required but for a time_to_event entry (over the whole follow-up: no visit)
+    outcome: str | None = None  # an outcome, a derived endpoint or a time_to_event entry's code
+    adverse_event: str | None = None  # instead of outcome: any, serious or an AEDECOD term of adverse_events.terms
+    visit: str | None = None  # required for an outcome but a time_to_event entry (over the whole follow-up: no visit)
     effect: AnyEffect | None = None  # None: the plan's effect for the outcome's type
-    estimate: Stated | None = None
-    lower: Stated | None = None
-    upper: Stated | None = None
+    estimate: Estimated | None = None
+    lower: Estimated | None = None
+    upper: Estimated | None = None
+    unit: Literal["percentage-points"] | None = None  # of a risk difference's estimate and CI (default: a fraction)
     decimals: int | None = None  # estimate and CI at these decimals, else as written
     p: PublishedP | None = None
+    p_adjusted: Stated | None = None  # the effect's p adjusted in its family (analysis.multiplicity)
+    relative_risk_reduction: Stated | None = None  # 1 − RR, in percent (binary)
+    number_needed_to_treat: Estimated | None = None  # 1 / |risk difference| (binary)
     n: dict[str, int] | None = None
     counts: dict[str, tuple[int, int]] | None = None  # events, n
     proportions: dict[str, Stated] | None = None
@@ -307,47 +377,95 @@ class PublishedResult(_Model):
     stratum: str | None = None
     source: str = ""
 
-    def problems(self, where: str, outcome: Outcome, arms: set[str]) -> list[str]:
-        """What does not fit the outcome's type or the plan's arms, each at its YAML path under ``where``."""
-        found = []
-        coded = outcome.type in ("coded", "boolean")
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            maybe = info.field_name in ("estimate", "lower", "upper", "number_needed_to_treat")
+            raise ValueError("null is not a value a paper writes: "
+                             + (f"write {NOT_ESTIMABLE!r} if the paper does, or leave the field out" if maybe
+                                else "leave the field out"))
+        return value
+
+    @model_validator(mode="after")
+    def _names_what(self) -> PublishedResult:
+        if (self.outcome is None) == (self.adverse_event is None):
+            raise ValueError("give either its outcome (an outcome, derived endpoint or time_to_event code) or "
+                             "adverse_event (any, serious or a term of adverse_events)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the result is about: its outcome's code, or "adverse events: " and what is counted."""
+        return self.outcome if self.outcome is not None else f"adverse events: {self.adverse_event}"
+
+    def problems(self, where: str, outcome: Outcome | None, arms: set[str]) -> list[str]:
+        """What does not fit the outcome's type (None: adverse events) or the plan's arms, each at its YAML path
+        under ``where``."""
+        if outcome is None:
+            found = [f"{where}.{name}: does not apply to adverse events (subjects with ≥1 event per arm)"
+                     for name in ("visit", "covariates", "stratum", "p_adjusted") if getattr(self, name) is not None]
+            return found + self._ci_problems(where) + self._field_problems(where, _CONTINUOUS_ONLY, "adverse events",
+                                                                           arms)
         if outcome.type == "time-to-event":
-            return found + self._time_to_event_problems(where, outcome, arms)
+            return self._time_to_event_problems(where, outcome, arms)
+        coded = outcome.type in ("coded", "boolean")
         kind = ("binary (coded)" if coded else
                 "continuous (quantity)" if outcome.type in ("quantity", "integer") else outcome.type)
+        return self._ci_problems(where) + self._field_problems(
+            where, _CONTINUOUS_ONLY if coded else _BINARY_ONLY, f"{kind} outcome {outcome.code}", arms)
+
+    def _ci_problems(self, where: str) -> list[str]:
+        found = []
         if (self.lower is None) != (self.upper is None):
             found.append(f"{where}: give both lower and upper of the CI, or neither")
         if self.lower is not None and self.estimate is None:
             found.append(f"{where}: a CI needs its estimate")
-        if self.p and self.p.test != "log-rank" and (self.p.test in get_args(BinaryTest)) != coded:
-            found.append(f"{where}.p.test: {self.p.test!r} does not apply to {kind} outcome {outcome.code}")
-        wrong = ("means", "sds", "medians", "iqrs") if coded else ("counts", "proportions", "percents")
-        for name in ("n", "counts", "proportions", "percents", "means", "sds", "medians", "iqrs"):
+        return found
+
+    def _field_problems(self, where: str, wrong: tuple[str, ...], what: str, arms: set[str]) -> list[str]:
+        """The fields given that do not apply to ``what`` (``wrong``), and per-arm fields keyed by another arm."""
+        found = []
+        for name in (*_PER_ARM, "relative_risk_reduction", "number_needed_to_treat"):
             given = getattr(self, name)
             if given is None:
                 continue
             if name in wrong:
-                found.append(f"{where}.{name}: does not apply to {kind} outcome {outcome.code}")
-            for arm in sorted(set(given) - arms):
-                found.append(f"{where}.{name}: {arm!r} is neither arm compared: use {' or '.join(sorted(arms))}")
+                found.append(f"{where}.{name}: does not apply to {what}")
+            if name in _PER_ARM:
+                found += [f"{where}.{name}: {arm!r} is neither arm compared: use {' or '.join(sorted(arms))}"
+                          for arm in sorted(set(given) - arms)]
         return found
 
     def _time_to_event_problems(self, where: str, outcome: Outcome, arms: set[str]) -> list[str]:
         found = []
         if self.visit is not None:
             found.append(f"{where}.visit: time-to-event {outcome.code} is over the whole follow-up: give no visit")
-        if self.p and self.p.test != "log-rank":
-            found.append(f"{where}.p.test: {self.p.test!r} does not apply to time-to-event {outcome.code}: use log-rank")
         if self.covariates is not None or self.stratum is not None:
             found.append(f"{where}: covariates and stratum do not apply to time-to-event {outcome.code} (unadjusted)")
-        for name in ("n", "counts", "proportions", "percents", "means", "sds", "medians", "iqrs"):
-            given = getattr(self, name)
-            if given is None:
-                continue
-            if name not in ("n", "counts", "medians"):
-                found.append(f"{where}.{name}: does not apply to time-to-event {outcome.code} (n, counts, medians do)")
-            for arm in sorted(set(given) - arms):
-                found.append(f"{where}.{name}: {arm!r} is neither arm compared: use {' or '.join(sorted(arms))}")
+        wrong = tuple(name for name in (*_PER_ARM, *_BINARY_ONLY) if name not in ("n", "counts", "medians"))
+        return found + self._field_problems(where, wrong, f"time-to-event {outcome.code} (n, counts, medians do)", arms)
+
+    def effect_problems(self, where: str, key: str | None) -> list[str]:
+        """What does not fit the entry's effect ``key`` (as named, or the plan's): its p's test, its unit, and a
+        risk difference outside [−1, 1] without a unit."""
+        if key is None:
+            return []
+        found = []
+        if self.p and self.p.test and self.p.test not in EFFECT_TESTS[key]:
+            planned = "" if self.effect else " (the plan's effect for this outcome)"
+            found.append(f"{where}.p.test: {self.p.test!r} is not a test of {key}{planned}: "
+                         f"use {', '.join(EFFECT_TESTS[key])}, or leave test out")
+        if key not in RISK_DIFFERENCES:
+            if self.unit:
+                found.append(f"{where}.unit: {self.unit} is for the estimate and CI of a risk difference, not of {key}")
+            return found
+        for name in ("estimate", "lower", "upper") if self.unit is None else ():
+            stated = getattr(self, name)
+            if stated is not None and stated.value is not None and abs(stated.value) > 1:
+                found.append(f"{where}.{name}: {stated.value:g} is outside [-1, 1], the range of a risk difference as "
+                             "a fraction: if the paper writes percentage points, add unit: percentage-points")
+                break
         return found
 
 
@@ -454,6 +572,24 @@ class ArmPair(_Model):
     control: ArmSet
 
 
+class Multiplicity(_Model):
+    """How the plan adjusts p-values for multiple comparisons: ``method`` within each family.
+
+    A family is the treatment-effect comparisons at one visit (time-to-event entries: over the whole
+    follow-up), every pair of arms, of the outcomes of one list of ``families`` (none named: every outcome).
+    Comparisons at the baseline visit (baseline balance) are in no family.
+    """
+
+    method: Literal["holm", "bonferroni", "benjamini-hochberg"]
+    families: dict[str, list[str]] = {}  # name -> outcome codes (outcomes, derived endpoints, time_to_event entries)
+
+    def family(self, outcome: str) -> str | None:
+        """The name of the family ``outcome`` is in ("" when no family is named: all are in one), None if in none."""
+        if not self.families:
+            return ""
+        return next((name for name, codes in self.families.items() if outcome in codes), None)
+
+
 class AnalysisPlan(_Model):
     """What ``analyze`` compares: the pairs of arms, the effects, and what they are adjusted or stratified by.
 
@@ -468,12 +604,14 @@ class AnalysisPlan(_Model):
     # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
     windows: dict[str, AnalysisWindow] = {}
     effects: Effects = Effects()
-    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME)
-    covariates: list[str] = []  # for adjusted-odds-ratio / adjusted-mean-difference
+    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME); baseline balance
+    covariates: list[str] = []  # for adjusted-odds-ratio, adjusted-mean-difference and proportional-odds
+    outcome_covariates: dict[str, list[str]] = {}  # per outcome code: its covariates instead ([]: unadjusted)
     stratum: str | None = None  # for odds-ratio-mh: a DM column (sex) or a coded baseline finding
     # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
     better: dict[str, Literal["higher", "lower"]] = {}
     derived: list[DerivedEndpoint] = []
+    multiplicity: Multiplicity | None = None  # None: p-values are not adjusted for multiple comparisons
     published: list[PublishedResult] = []
 
     def pairs(self, arms: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -484,6 +622,34 @@ class AnalysisPlan(_Model):
         if self.treatment is not None:
             return [(arm_codes(self.treatment), control)]
         return [((arm,), control) for arm in arms if arm not in control]
+
+    def covariates_for(self, outcome: str) -> list[str]:
+        """The covariates of an outcome's adjusted effects: its ``outcome_covariates`` entry, else ``covariates``."""
+        return self.outcome_covariates.get(outcome, self.covariates)
+
+    def adverse_event_effect(self, named: str | None) -> str:
+        """The effect of a published adverse-event entry: as it names it, else the plan's binary effect when that is
+        one of a 2×2 table, else odds-ratio (incidence has no covariates or strata)."""
+        return named or (self.effects.binary if self.effects.binary in TWO_BY_TWO_EFFECTS else "odds-ratio")
+
+    def effect_for(self, outcome_type: str) -> str | None:
+        """The plan's effect for an outcome type (``effects``); None for an ordinal one without ``effects.ordinal``."""
+        return {"coded": self.effects.binary, "boolean": self.effects.binary, "quantity": self.effects.continuous,
+                "integer": self.effects.continuous, "ordinal": self.effects.ordinal,
+                "time-to-event": self.effects.time_to_event}.get(outcome_type)
+
+
+def _adjusted_p_problems(where: str, result: PublishedResult, plan: AnalysisPlan) -> list[str]:
+    """Why a published adjusted p cannot be recomputed: no adjustment planned, baseline balance, or in no family."""
+    if plan.multiplicity is None:
+        return [f"{where}: name the adjustment in analysis.multiplicity (method: holm, bonferroni or benjamini-hochberg)"]
+    if result.visit is not None and result.visit == plan.baseline:
+        return [f"{where}: {result.visit} is the baseline visit: its comparisons are baseline balance, in no "
+                "multiplicity family"]
+    if plan.multiplicity.family(result.outcome) is None:
+        return [f"{where}: {result.outcome} is in no family of analysis.multiplicity.families "
+                f"({', '.join(plan.multiplicity.families)})"]
+    return []
 
 
 DM_COVARIATES = ("age", "sex")  # the DM columns the analysis frame carries
@@ -590,10 +756,10 @@ class Study(_Model):
             if len(analysed) != len(set(analysed)):
                 problems.append("analysis.derived: a derived code repeats an outcome's or another derived code")
             if problems:  # the plan's checks below read the derived endpoints as outcomes
-                raise ValueError("; ".join(problems))
+                raise ValueError("\n".join(problems))
             problems += self._plan_problems(self.analysis, visit_codes)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     def _visit_and_event_problems(self) -> list[str]:
@@ -642,38 +808,92 @@ class Study(_Model):
             if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived} | {t.code for t in self.time_to_event}:
                 problems.append(f"analysis.better: unknown outcome {code!r}")
         problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
+        for code, names in plan.outcome_covariates.items():
+            outcome = self.analysed_outcome_by_code.get(code)
+            if outcome is None:
+                problems.append(f"analysis.outcome_covariates: unknown outcome {code!r}")
+            else:
+                problems += self._covariate_problems(f"analysis.outcome_covariates.{code}", names, plan, outcome)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
+        problems += self._multiplicity_problems(plan)
         for index, result in enumerate(plan.published):
-            where = f"analysis.published.{index}"
-            outcome = self.analysed_outcome_by_code.get(result.outcome) or self.time_to_event_outcome(result.outcome)
-            if outcome is not None and outcome.type == "time-to-event":
-                if result.effect is not None and "time-to-event" not in EFFECT_OUTCOME_TYPES[result.effect]:
-                    problems.append(f"{where}.effect: {result.effect!r} does not apply to time-to-event outcome "
-                                    f"{outcome.code}: use {', '.join(get_args(TimeToEventEffect))}")
-                    continue
-            elif outcome is not None and result.visit is None:
-                problems.append(f"{where}.visit: give the visit of {outcome.code} (only a time_to_event entry has none)")
-                continue
-            elif outcome is None or result.visit not in visit_codes:
-                problems.append(f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}")
-                continue
-            elif outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
-                kind = {"coded": "binary (coded)", "boolean": "binary (coded)", "quantity": "continuous (quantity)",
-                        "integer": "continuous (quantity)"}.get(outcome.type, outcome.type)
-                problems.append(f"{where}.effect: {result.effect!r} does not apply to {kind} outcome {outcome.code}")
-                continue
-            if (result.treatment is None) != (result.control is None):
-                problems.append(f"{where}: give both treatment and control, or neither")
-            elif result.treatment is None and len(pairs) != 1:
-                problems.append(f"{where}: name its treatment and control: the plan compares {len(pairs)} pairs")
-            pair = ((arm_codes(result.treatment), arm_codes(result.control))
-                    if result.treatment is not None and result.control is not None else pairs[0] if pairs else None)
-            labels = {arm_label(side) for side in pair} if pair else set()
-            problems += result.problems(where, outcome, labels)
-            if result.covariates is not None:
-                problems += self._covariate_problems(f"{where}.covariates", result.covariates, plan, outcome)
-            problems += self._stratum_problems(f"{where}.stratum", result.stratum, plan)
+            problems += self._published_problems(f"analysis.published.{index}", result, plan, pairs, visit_codes)
         return problems
+
+    def _multiplicity_problems(self, plan: AnalysisPlan) -> list[str]:
+        """Family members that are no outcome of the study, or are in two families."""
+        if plan.multiplicity is None:
+            return []
+        known = {*self.analysed_outcome_by_code, *(entry.code for entry in self.time_to_event)}
+        problems, family_of = [], {}
+        for name, codes in plan.multiplicity.families.items():
+            where = f"analysis.multiplicity.families.{name}"
+            if not codes:
+                problems.append(f"{where}: list the outcomes of the family")
+            for index, code in enumerate(codes):
+                if code not in known:
+                    problems.append(f"{where}.{index}: unknown outcome {code!r}: use one of {', '.join(known)}")
+                elif code in family_of:
+                    problems.append(f"{where}.{index}: {code} is already in family {family_of[code]}: an outcome is in "
+                                    "one family")
+                else:
+                    family_of[code] = name
+        return problems
+
+    def _published_problems(self, where: str, result: PublishedResult, plan: AnalysisPlan,
+                            pairs: list[tuple[tuple[str, ...], tuple[str, ...]]], visit_codes: set[str]) -> list[str]:
+        """What does not fit in one published entry, each at its YAML path under ``where``."""
+        outcome = None if result.outcome is None else (self.analysed_outcome_by_code.get(result.outcome)
+                                                       or self.time_to_event_outcome(result.outcome))
+        if result.adverse_event is not None:
+            problems = self._adverse_event_problems(where, result, plan)
+            if problems:
+                return problems
+            key = plan.adverse_event_effect(result.effect)
+        elif outcome is not None and outcome.type == "time-to-event":
+            if result.effect is not None and "time-to-event" not in EFFECT_OUTCOME_TYPES[result.effect]:
+                return [f"{where}.effect: {result.effect!r} does not apply to time-to-event outcome "
+                        f"{outcome.code}: use {', '.join(get_args(TimeToEventEffect))}"]
+            key = result.effect or plan.effect_for(outcome.type)
+        elif outcome is not None and result.visit is None:
+            return [f"{where}.visit: give the visit of {outcome.code} (only a time_to_event entry has none)"]
+        elif outcome is None or result.visit not in visit_codes:
+            return [f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}"]
+        elif outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
+            kind = {"coded": "binary (coded)", "boolean": "binary (coded)", "quantity": "continuous (quantity)",
+                    "integer": "continuous (quantity)"}.get(outcome.type, outcome.type)
+            return [f"{where}.effect: {result.effect!r} does not apply to {kind} outcome {outcome.code}"]
+        else:
+            key = result.effect or plan.effect_for(outcome.type)
+        problems = []
+        if (result.treatment is None) != (result.control is None):
+            problems.append(f"{where}: give both treatment and control, or neither")
+        elif result.treatment is None and len(pairs) != 1:
+            problems.append(f"{where}: name its treatment and control: the plan compares {len(pairs)} pairs")
+        pair = ((arm_codes(result.treatment), arm_codes(result.control))
+                if result.treatment is not None and result.control is not None else pairs[0] if pairs else None)
+        labels = {arm_label(side) for side in pair} if pair else set()
+        problems += result.problems(where, outcome, labels) + result.effect_problems(where, key)
+        if result.covariates is not None and outcome is not None:
+            problems += self._covariate_problems(f"{where}.covariates", result.covariates, plan, outcome)
+        if result.p_adjusted is not None and outcome is not None:
+            problems += _adjusted_p_problems(f"{where}.p_adjusted", result, plan)
+        return problems + self._stratum_problems(f"{where}.stratum", result.stratum, plan)
+
+    def _adverse_event_problems(self, where: str, result: PublishedResult, plan: AnalysisPlan) -> list[str]:
+        """An adverse-event entry needs the adverse_events section, one of its kinds, and a 2×2 effect."""
+        if self.adverse_events is None:
+            return [f"{where}.adverse_event: the study file has no adverse_events section to count them from"]
+        kinds = ["any", "serious", *self.adverse_events.terms]
+        if result.adverse_event not in kinds:
+            return [f"{where}.adverse_event: unknown {result.adverse_event!r}: use {', '.join(kinds)}"]
+        if result.effect is not None and result.effect not in TWO_BY_TWO_EFFECTS:
+            return [f"{where}.effect: adverse events are compared by the effects of their 2×2 table, not "
+                    f"{result.effect}: name one of {', '.join(TWO_BY_TWO_EFFECTS)}"]
+        if result.effect is None and result.estimate is not None and plan.effects.binary not in TWO_BY_TWO_EFFECTS:
+            return [f"{where}.effect: name the effect of this estimate: the plan's binary effect "
+                    f"({plan.effects.binary}) is not one of a 2×2 table ({', '.join(TWO_BY_TWO_EFFECTS)})"]
+        return []
 
     def _covariate_problems(self, where: str, covariates: list[str], plan: AnalysisPlan,
                             outcome: Outcome | None) -> list[str]:
@@ -795,6 +1015,14 @@ def _written_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
 _StudyLoader.add_constructor("tag:yaml.org,2002:float", _written_float)
 
 
+def _problem_lines(error: ErrorDetails) -> list[str]:
+    """A validation error as lines, one per problem, each starting with its YAML path (the study's cross-reference
+    checks are one error of the whole file, one problem a line, each naming its own path)."""
+    where = ".".join(str(part) for part in error["loc"])
+    lines = error["msg"].removeprefix("Value error, ").splitlines()
+    return [f"{where}: {line}" for line in lines] if where else lines
+
+
 def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
     """Read and validate a study definition YAML file."""
     path = Path(path)
@@ -810,10 +1038,8 @@ def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
     try:
         study = Study.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{path}: invalid study definition ({exc.error_count()} problem(s)):"]
-        for err in exc.errors():
-            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg']}")
+        problems = [line for error in exc.errors() for line in _problem_lines(error)]
+        lines = [f"{path}: invalid study definition ({len(problems)} problem(s)):", *(f"  {line}" for line in problems)]
         raise StudyDefinitionError("\n".join(lines)) from None
     study._file, study._sha256 = path.resolve(), hashlib.sha256(data).hexdigest()
     return study

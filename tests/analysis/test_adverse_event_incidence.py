@@ -36,16 +36,16 @@ ENGINES = ("python", "duckdb")
 def test_incidence_equals_the_tables_counted_by_pandas(study, cohort, mapped, engine):
     _, store = mapped
     result = incidence(study, store, engine)
-    got = {row.label: (row.subjects, row.n, row.fisher_p) for row in result.rows}
+    got = {row.label: (row.subjects, row.n, row.fisher_p) for row in result.comparisons[0].rows}
     assert got == _expected(cohort, study)
-    assert list(got)[:2] == [ANY, SERIOUS] and result.arm_names == ("MSC", "Placebo")
+    assert list(got)[:2] == [ANY, SERIOUS] and result.comparisons[0].arm_names == ("MSC", "Placebo")
     assert result.account.read == result.account.used == 40 and result.account.balanced
 
 
 def test_no_significant_difference_in_new_onset_complications(study, mapped):
     # The paper: no significant differences in new-onset complications; the synthetic cohort agrees.
     _, store = mapped
-    assert all(row.fisher_p > 0.1 for row in incidence(study, store).rows)
+    assert all(row.fisher_p > 0.1 for row in incidence(study, store).comparisons[0].rows)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -73,7 +73,7 @@ def test_analyze_prints_and_json_has_incidence(study, cohort, demo_store, engine
     document = json.loads(runner.invoke(main, ["analyze", "--store", str(demo_store.path), "--visit", "M36",
                                                "--json", "--engine", engine]).stdout)
     jsonschema.Draft202012Validator(schema("analyze")).validate(document)
-    rows = {row["label"]: row for row in document["adverse_events"]["rows"]}
+    rows = {row["label"]: row for row in document["adverse_events"]["comparisons"][0]["rows"]}
     assert rows["Hypertension"]["subjects"] == list(expected["Hypertension"][0])
     assert rows[SERIOUS]["fisher_p"] == expected[SERIOUS][2]
     assert document["adverse_events"]["account"]["read"] == 40

@@ -57,7 +57,7 @@ def test_odd_adverse_events_give_the_same_incidence_and_account(study, mapped, t
     assert got == expected and list(got.account.examples) == list(expected.account.examples)
     assert len(expected.account.skipped) == 6 and expected.account.read == 55  # each reason met, 40 + 15 read
     assert expected.account.skipped["no onset date (AESTDTC)"] == 1
-    assert expected.account.examples["subject in neither compared arm"] == ["NOT-ENROLLED-1/7", "NOT-ENROLLED-1/8"]
+    assert expected.account.examples["subject in no compared arm"] == ["NOT-ENROLLED-1/7", "NOT-ENROLLED-1/8"]
 
 
 def test_the_view_gives_the_same_rows_in_python_and_duckdb(study, mapped):

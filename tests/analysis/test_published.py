@@ -84,19 +84,16 @@ def test_the_field_that_differs_is_named_with_expected_and_got(tmp_path, mini_st
     assert mismatches == ([mismatch] if mismatch else [])
 
 
-def test_a_p_below_a_bound_and_a_log_rank_p(tmp_path, mini_store):
+def test_a_p_below_a_bound(tmp_path, mini_store):
     entries = """
     - {outcome: RESP, visit: W12, p: {test: pearson-chi2, value: "<0.5"}}
     - {outcome: RESP, visit: W12, p: {test: likelihood-ratio, value: "<0.01"}}
-    - {outcome: SCORE, visit: W12, p: {test: log-rank, value: 0.04}}
 """
     study = load_study(_study(tmp_path, entries))
     checks = verify(study, analysis_frame(study, mini_store))[2:]
-    assert [c.matches for c in checks] == [True, False, False]
+    assert [c.matches for c in checks] == [True, False]
     g = stats.chi2_contingency([[6, 2], [2, 4]], correction=False, lambda_="log-likelihood").pvalue
     assert checks[1].fields[0].got == f"{g:.4f}" and checks[1].fields[0].expected == "<0.01"
-    assert checks[2].mismatches == ["p (log-rank): expected 0.04, not computable for this outcome: "
-                                    "the log-rank test needs a time-to-event outcome"]
 
 
 def test_verify_table_and_json_name_the_mismatched_field(tmp_path, mini_store):
@@ -134,7 +131,10 @@ def test_every_p_verify_checks_is_in_analyze_json(mini_store):
 
 @pytest.mark.parametrize(("entry", "message"), [
     ("{outcome: RESP, visit: W12, p: {test: t-welch, value: 0.5}}",
-     "analysis.published.2.p.test: 't-welch' does not apply to binary (coded) outcome RESP"),
+     "analysis.published.2.p.test: 't-welch' is not a test of odds-ratio (the plan's effect for this outcome): "
+     "use wald, fisher, pearson-chi2, pearson-chi2-yates, likelihood-ratio, or leave test out"),
+    ("{outcome: SCORE, visit: W12, p: {test: log-rank, value: 0.04}}",
+     "analysis.published.2.p.test: 'log-rank' is not a test of mean-difference"),
     ("{outcome: SCORE, visit: W12, percents: {TRT: 50.0}}",
      "analysis.published.2.percents: does not apply to continuous (quantity) outcome SCORE"),
     ("{outcome: SCORE, visit: W12, means: {XYZ: 5.0}}",
@@ -211,4 +211,80 @@ def test_readme_study_snippets_load_and_verify_on_the_cohort(demo_store, tmp_pat
     assert [d.code for d in study.analysis.derived] == ["SIXMWDCHG", "SIXMWDPCT", "FEV1FVCR", "FVCFEV1D", "SIXMWDAUC"]
     checks = verify(study, analysis_frame(study, demo_store, ["M36"]))
     assert all(c.matches for c in checks), [c.mismatches for c in checks]
-    assert [len(c.fields) for c in checks] == [10, 13]
+    assert [len(c.fields) for c in checks] == [10, 13, 6]
+    assert checks[2].fields[3].test == "wald, fisher, pearson-chi2, likelihood-ratio"  # p 0.2, test not named
+
+
+def _one(tmp_path, mini_store, entry: str):
+    """The checks of one more published entry of the mini study."""
+    study = load_study(_study(tmp_path, f"    - {entry}\n"))
+    return verify(study, analysis_frame(study, mini_store))[2]
+
+
+RD = 6 / 8 - 2 / 6  # the mini study's responders: TRT 6/8, CTL 2/6
+
+
+def test_a_risk_difference_in_percentage_points_is_checked_as_printed(tmp_path, mini_store):
+    z = stats.norm.ppf(0.975)
+    half = z * np.sqrt(0.75 * 0.25 / 8 + (1 / 3) * (2 / 3) / 6)
+    entry = (f"{{outcome: RESP, visit: W12, effect: risk-difference, unit: percentage-points, estimate: {100 * RD:.1f}, "
+             f"lower: {100 * (RD - half):.1f}, upper: {100 * (RD + half):.1f}}}")
+    check = _one(tmp_path, mini_store, entry)
+    assert check.matches and [f.got for f in check.fields] == [f"{100 * v:.1f}" for v in (RD, RD - half, RD + half)]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{outcome: RESP, visit: W12, effect: risk-difference, estimate: 41.7, lower: -6.3, upper: 89.6}",
+     "analysis.published.2.estimate: 41.7 is outside [-1, 1], the range of a risk difference as a fraction: "
+     "if the paper writes percentage points, add unit: percentage-points"),
+    ("{outcome: RESP, visit: W12, effect: odds-ratio, unit: percentage-points, estimate: 6.0}",
+     "analysis.published.2.unit: percentage-points is for the estimate and CI of a risk difference, not of odds-ratio"),
+    ("{outcome: RESP, visit: W12, estimate: null}",
+     "analysis.published.2.estimate: null is not a value a paper writes: write 'not estimable' if the paper does, "
+     "or leave the field out"),
+    ("{outcome: RESP, visit: W12, p: null}",
+     "analysis.published.2.p: null is not a value a paper writes: leave the field out"),
+    ("{outcome: RESP, visit: W12, percents: {TRT: not estimable}}",
+     "analysis.published.2.percents.TRT: 'not estimable' is written only for an estimate, a CI bound or a number "
+     "needed to treat"),
+    ("{outcome: SCORE, visit: W12, number_needed_to_treat: 3}",
+     "analysis.published.2.number_needed_to_treat: does not apply to continuous (quantity) outcome SCORE"),
+    ("{outcome: RESP, visit: W12, effect: odds-ratio, treatment: 5, control: CTL}",
+     "analysis.published.2.treatment: 5 is not an arm code or a list of arm codes (pooled)"),
+])
+def test_a_published_value_that_does_not_fit_is_one_line_naming_its_path(tmp_path, entry, message):
+    with pytest.raises(StudyDefinitionError) as error:
+        load_study(_study(tmp_path, f"    - {entry}\n"))
+    assert str(error.value).splitlines()[1:] == [f"  {message}"]
+
+
+def test_relative_risk_reduction_and_number_needed_to_treat(tmp_path, mini_store):
+    rrr = 100 * (1 - 0.75 / (2 / 6))  # 1 − RR in percent: −125 (TRT has more responders)
+    check = _one(tmp_path, mini_store, f"{{outcome: RESP, visit: W12, relative_risk_reduction: {rrr:.0f}, "
+                                       f"number_needed_to_treat: 3}}")
+    assert check.matches and [f.got for f in check.fields] == ["-125", "3"]  # 1 / 0.4167 = 2.4, rounded up
+    assert 1 / RD == pytest.approx(2.4)
+    written = _one(tmp_path, mini_store, "{outcome: RESP, visit: W12, number_needed_to_treat: 2.4}")
+    assert written.matches  # with decimals: rounded half up
+    rounded_down = _one(tmp_path, mini_store, "{outcome: RESP, visit: W12, number_needed_to_treat: 2}")
+    assert rounded_down.mismatches == ["number_needed_to_treat: expected 2, got 3 (0 decimals)"]
+
+
+def test_a_p_whose_test_is_not_named_names_the_tests_that_give_it(tmp_path, mini_store):
+    fisher = stats.fisher_exact([[6, 2], [2, 4]]).pvalue
+    check = _one(tmp_path, mini_store, f"{{outcome: RESP, visit: W12, p: {fisher:.3f}}}")
+    assert check.matches and check.fields[0].test == "fisher"
+    assert check.published.p.test is None and check.fields[0].note.startswith("tests of odds-ratio: wald ")
+    table = [[6, 2], [2, 4]]
+    p = {"wald": 2 * stats.norm.sf(np.log(6 * 4 / (2 * 2)) / np.sqrt(1 / 6 + 1 / 2 + 1 / 2 + 1 / 4)), "fisher": fisher,
+         "pearson-chi2": stats.chi2_contingency(table, correction=False).pvalue,
+         "pearson-chi2-yates": stats.chi2_contingency(table, correction=True).pvalue,
+         "likelihood-ratio": stats.chi2_contingency(table, correction=False, lambda_="log-likelihood").pvalue}
+    bound = _one(tmp_path, mini_store, '{outcome: RESP, visit: W12, p: "<0.15"}')
+    below = [test for test, value in p.items() if value < 0.15]
+    assert 0 < len(below) < len(p) and bound.fields[0].test == ", ".join(below)
+    none = _one(tmp_path, mini_store, "{outcome: RESP, visit: W12, p: 0.9}")
+    assert not none.matches and none.mismatches[0].startswith("p: expected 0.9, no test of odds-ratio gives it: wald 0.")
+    result = CliRunner().invoke(main, ["verify", "--store", str(mini_store.path), "--study",
+                                       str(_study(tmp_path, f"    - {{outcome: RESP, visit: W12, p: {fisher:.3f}}}\n"))])
+    assert result.exit_code == 0 and "match (p: fisher)" in result.output

@@ -10,6 +10,7 @@ import pytest
 from fhir_msc.analysis import frame as analysis
 from fhir_msc.analysis.report import (
     comparison_table,
+    comparisons_summary,
     forest_panels,
     forest_plot,
     format_p,
@@ -17,6 +18,7 @@ from fhir_msc.analysis.report import (
     tool_version,
     write_report,
 )
+from fhir_msc.study.definition import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +143,27 @@ def test_an_estimate_is_printed_at_the_precision_of_its_ci(study, month36, tmp_p
         r">\s+<", "><", paths["html"].read_text(encoding="utf-8"))
     _, row = _row(forest_panels([whole], study)[1], "SF36GH")
     assert row.text == "27.00 (0.00 to 57.00)"
+
+
+def test_the_report_says_how_many_comparisons_it_shows_and_which_are_baseline_balance(study, frame, tmp_path):
+    """Comparisons at analysis.baseline are labelled baseline balance (heading, CSV, the count) and left out of the
+    forest plot of treatment effects."""
+    import pandas as pd
+
+    comparisons = analysis.analyze(study, frame)
+    balance = [c for c in comparisons if c.visit == study.analysis.baseline]
+    assert balance and [c.baseline_balance for c in comparisons] == [c in balance for c in comparisons]
+    paths = write_report(tmp_path, comparisons, [], "title", study=study, source="s")
+    page = paths["html"].read_text(encoding="utf-8")
+    assert (f"{len(comparisons)} between-arm comparison(s): {len(comparisons) - len(balance)} treatment effect(s) and "
+            f"{len(balance)} baseline balance at BASELINE") in page
+    assert "p is not adjusted for multiple comparisons (the plan names no analysis.multiplicity)" in page
+    assert (f"id='visit-BASELINE'>BASELINE · Baseline · baseline balance <small>day 0, {len(balance)} comparison(s): "
+            "not treatment effects</small>") in page
+    plotted = re.search(r"<h2>Forest plot: ([^<]*)</h2>", page).group(1).split(", ")
+    assert "BASELINE" not in plotted and "M36" in plotted  # no published result: every visit but baseline
+    readme = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert comparisons_summary(study, comparisons).split(" (")[0] in readme  # the README quotes the cohort's count
+    table = pd.read_csv(paths["csv"], keep_default_na=False)
+    assert list(table.loc[table["visit"] == "BASELINE", "purpose"]) == ["baseline balance"] * len(balance)
+    assert set(table.loc[table["visit"] != "BASELINE", "purpose"]) == {"treatment effect"}

@@ -31,13 +31,16 @@ from fhir_msc.errors import (
 from fhir_msc.server import auth as auth_module
 from fhir_msc.server.auth import (
     JWT_BEARER,
+    ClientCredentialsAuth,
     SmartBackendAuth,
     auth_from_env,
     client_assertion,
     load_signing_key,
+    scope_syntax,
 )
 from fhir_msc.server.client import FhirClient, RetryPolicy
 
+BAD = Path(__file__).parents[1] / "data" / "bad"
 BASE = "https://fhir.hospital.test/fhir"
 TOKEN_URL = "https://auth.hospital.test/token"
 CLIENT = "fhir-msc-test"
@@ -175,13 +178,14 @@ def test_token_endpoint_is_discovered_and_the_token_cached_until_shortly_before_
     assert [r.headers["Authorization"] for r in api] == ["Bearer first", "Bearer first", "Bearer second"]
     form = dict(parse_qsl(responses.calls[1].request.body))
     assert form["grant_type"] == "client_credentials" and form["client_assertion_type"] == JWT_BEARER
-    assert form["scope"] == "system/*.read system/*.write"
+    assert form["scope"] == "system/*.read"  # reading only, and the configuration lists no v2 scopes
     assert jwt.decode(form["client_assertion"], es_key.public_key(), algorithms=["ES384"], audience=TOKEN_URL)["iss"] == CLIENT
     assert "Authorization" not in responses.calls[0].request.headers  # discovery carries no credentials
 
 
 @responses.activate
 def test_a_401_gets_one_new_token(es_key, tmp_path):
+    responses.get(f"{BASE}/.well-known/smart-configuration", status=404)  # none: the token URL is configured, scopes v1
     responses.post(TOKEN_URL, json={"access_token": "first", "expires_in": 300})
     responses.post(TOKEN_URL, json={"access_token": "second", "expires_in": 300})
     responses.get(f"{BASE}/Patient/1", status=401)
@@ -190,6 +194,23 @@ def test_a_401_gets_one_new_token(es_key, tmp_path):
     assert client.read("Patient", "1")["id"] == "1"
     assert [c.request.headers.get("Authorization") for c in responses.calls if "/Patient/" in c.request.url] == \
         ["Bearer first", "Bearer second"]
+
+
+@responses.activate
+def test_asking_for_write_after_a_read_token_gets_a_new_token_with_the_write_scope(es_key, tmp_path):
+    responses.get(f"{BASE}/.well-known/smart-configuration", json=_configuration(capabilities=["permission-v2"]))
+    responses.post(TOKEN_URL, json={"access_token": "read", "expires_in": 300})
+    responses.post(TOKEN_URL, json={"access_token": "write", "expires_in": 300})
+    responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
+    client = _smart_client(_pem(tmp_path / "k.pem", es_key))
+    client.read("Patient", "1")
+    client.need_access("write")
+    client.need_access("read")  # never narrows again: the job still writes
+    client.read("Patient", "1")
+    asked = [dict(parse_qsl(c.request.body))["scope"] for c in responses.calls if c.request.url == TOKEN_URL]
+    assert asked == ["system/*.rs", "system/*.cruds"]
+    assert [c.request.headers["Authorization"] for c in responses.calls if "/Patient/" in c.request.url] == \
+        ["Bearer read", "Bearer write"]
 
 
 @pytest.mark.parametrize("configuration,match", [
@@ -216,6 +237,7 @@ def test_a_discovered_plain_http_token_endpoint_off_loopback_is_refused(es_key, 
 
 @responses.activate
 def test_tls_failure_at_the_token_endpoint_is_a_certificate_error(es_key, tmp_path):
+    responses.get(f"{BASE}/.well-known/smart-configuration", status=404)
     responses.post(TOKEN_URL, body=requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
                                                                 "unable to get local issuer certificate (_ssl.c:1006)"))
     client = _smart_client(_pem(tmp_path / "k.pem", es_key), token_url=TOKEN_URL)
@@ -246,6 +268,7 @@ def _token_url(server: LoopbackServer) -> str:
 def test_es384_pem_key_gets_a_token_and_the_fhir_request_succeeds(smart_server, es_key, tmp_path):
     key = load_signing_key(str(_pem(tmp_path / "k.pem", es_key)), kid="es-1")
     client = FhirClient(smart_server.base, auth=SmartBackendAuth(smart_server.base, CLIENT, key), retry=FAST)
+    client.need_access("write")
     client.request("PUT", "Patient/p1", json={"resourceType": "Patient", "id": "p1"})
     assert [p["id"] for p in client.search("Patient", {"_id": "p1"})] == ["p1"]
     with pytest.raises(AuthorizationError, match="HTTP 401"):  # the server does require the token
@@ -296,3 +319,96 @@ def test_expired_and_too_long_assertions_are_refused(smart_server, es_key, tmp_p
     assert "five minutes" in _post_assertion(token_url, too_long).json()["error_description"]
     unregistered_jku = client_assertion(key, CLIENT, token_url, jku="https://evil.test/jwks.json")
     assert "jku" in _post_assertion(token_url, unregistered_jku).json()["error_description"]
+
+
+# --- scopes by least privilege -------------------------------------------------------------------
+
+@pytest.mark.parametrize("configuration,syntax", [
+    ({}, "v1"),
+    ({"scopes_supported": ["system/*.rs", "system/Observation.cruds", "openid"]}, "v2"),
+    ({"capabilities": ["client-confidential-asymmetric", "permission-v2"]}, "v2"),
+    ({"scopes_supported": ["system/*.read", "system/*.rs"]}, "v1"),  # both listed: v1, as without a listing
+    ({"capabilities": ["permission-v1"], "scopes_supported": ["system/*.write"]}, "v1"),
+])
+def test_the_scope_syntax_is_the_one_the_smart_configuration_lists(configuration, syntax):
+    assert scope_syntax(configuration) == syntax
+
+
+@responses.activate
+def test_oauth2_invalid_scope_names_the_scope_and_fhir_msc_scope():
+    responses.post(TOKEN_URL, status=400, json={"error": "invalid_scope", "error_description": "unknown scope fhir.write"})
+    auth = ClientCredentialsAuth(BASE, TOKEN_URL, CLIENT, "secret", "fhir.read fhir.write")
+    with pytest.raises(AuthorizationError) as info:
+        FhirClient(BASE, auth=auth, retry=FAST).read("Patient", "1")
+    message = str(info.value)
+    assert "refused the scope 'fhir.read fhir.write'" in message and "FHIR_MSC_SCOPE" in message
+    assert "FHIR_MSC_CLIENT_SECRET" not in message  # the secret is not in question
+
+
+def _smart_env(key_path: Path, **settings: str) -> dict[str, str]:
+    return {"FHIR_MSC_SMART_CLIENT_ID": CLIENT, "FHIR_MSC_SMART_KEY": str(key_path), "FHIR_MSC_SMART_KID": "es-1", **settings}
+
+
+@pytest.fixture(scope="module")
+def scoped_server(es_key, tmp_path_factory):
+    """Loopback servers whose smart-configuration and grants are set by ``env`` (one per setting, stopped at the end)."""
+    jwks = _jwks_file(tmp_path_factory.mktemp("scoped") / "registered.json", _jwk(es_key.public_key(), "es-1"))
+    servers: dict[tuple, LoopbackServer] = {}
+
+    def start(**env: str) -> LoopbackServer:
+        key = tuple(sorted(env.items()))
+        if key not in servers:
+            servers[key] = LoopbackServer(env={"FHIR_TEST_SMART_CLIENT_ID": CLIENT, "FHIR_TEST_SMART_JWKS": str(jwks), **env})
+        return servers[key]
+
+    yield start
+    for server in servers.values():
+        server.stop()
+
+
+def _run(env: dict[str, str], *args: str):
+    return CliRunner(env=env).invoke(main, list(args))
+
+
+def test_a_pull_from_a_read_only_smart_client_asks_for_read_and_succeeds(scoped_server, es_key, tmp_path):
+    server = scoped_server(FHIR_TEST_SMART_SCOPES="system/*.read")
+    env = _smart_env(_pem(tmp_path / "k.pem", es_key))
+    result = _run(env, "pull", "--server", server.base, "--store", str(tmp_path / "s"), "--state", str(tmp_path / "state"))
+    assert result.exit_code == 0, result.output
+
+
+def test_a_push_asks_for_write_and_a_refused_scope_is_named_as_such(scoped_server, es_key, tmp_path):
+    server = scoped_server(FHIR_TEST_SMART_SCOPES="system/*.read")
+    env = _smart_env(_pem(tmp_path / "k.pem", es_key))
+    result = _run(env, "push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "state"))
+    assert result.exit_code == ExitCode.SERVER, result.output
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert "refused the scope 'system/*.read system/*.write'" in result.stderr and "invalid_scope" in result.stderr
+    assert "FHIR_MSC_SMART_SCOPE" in result.stderr and "FHIR_MSC_SMART_KID" not in result.stderr  # the key is not blamed
+    verify = _run(env, "push", str(BAD / "good"), "--verify", "--server", server.base, "--state", str(tmp_path / "state"))
+    assert verify.exit_code == ExitCode.PARTIAL, verify.output  # --verify only reads: it got a token, and found nothing
+    assert "missing" in verify.output or "lacks" in verify.output
+
+
+def test_fhir_msc_smart_scope_overrides_the_default(scoped_server, es_key, tmp_path):
+    server = scoped_server(FHIR_TEST_SMART_SCOPES="system/*.read")
+    env = _smart_env(_pem(tmp_path / "k.pem", es_key), FHIR_MSC_SMART_SCOPE="system/*.rs")
+    result = _run(env, "pull", "--server", server.base, "--store", str(tmp_path / "s"), "--state", str(tmp_path / "state"))
+    assert result.exit_code == ExitCode.SERVER and "refused the scope 'system/*.rs'" in result.stderr
+
+
+def test_v2_scopes_are_asked_when_the_server_lists_only_v2(scoped_server, es_key, tmp_path, caplog):
+    server = scoped_server(FHIR_TEST_SMART_PERMISSIONS="v2")
+    key_path = _pem(tmp_path / "k.pem", es_key)
+    auth = SmartBackendAuth(server.base, CLIENT, load_signing_key(str(key_path), kid="es-1"))
+    assert auth.requested_scope() == "system/*.rs"
+    auth.need_access("write")
+    assert auth.requested_scope() == "system/*.cruds"
+    env = _smart_env(key_path)
+    pushed = _run(env, "push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "push-state"))
+    assert pushed.exit_code == 0, pushed.output
+    pulled = _run(env, "pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "s"), "--state",
+                  str(tmp_path / "state"))
+    assert pulled.exit_code == 0, pulled.output
+    assert "by bulk export" in pulled.stdout and "Observation 34" in pulled.stdout
+    assert "could not delete the export job" not in caplog.text  # ending the export is part of reading

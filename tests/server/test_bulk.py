@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from fhir_msc import Store, jobs, load_study
 from fhir_msc.cli import main
-from fhir_msc.errors import ExitCode
+from fhir_msc.errors import ExitCode, TemporaryServerError
 from fhir_msc.progress import Progress
 from fhir_msc.server import bulk
+from fhir_msc.server.auth import BearerAuth
 from fhir_msc.server.client import FhirClient, RetryPolicy
 from loopback import LoopbackServer
 
@@ -25,14 +26,15 @@ OUTSIDER_OBSERVATION = {"resourceType": "Observation", "id": "outsider-fvc", "st
                         "subject": {"reference": "Patient/outsider"}, "valueQuantity": {"value": 3.1, "unit": "L"}}
 
 
-def client(base: str, waits: list | None = None) -> FhirClient:
-    return FhirClient(base, retry=FAST, sleep=(waits.append if waits is not None else lambda s: None))
+def client(base: str, waits: list | None = None, token: str | None = None) -> FhirClient:
+    return FhirClient(base, retry=FAST, sleep=(waits.append if waits is not None else lambda s: None),
+                      auth=BearerAuth(base, token) if token else None)
 
 
 def loaded(env: dict | None = None) -> LoopbackServer:
     """A server holding the small study (3 subjects) and one patient outside it, with an Observation."""
     server = LoopbackServer(env)
-    c = client(server.base)
+    c = client(server.base, token=(env or {}).get("FHIR_TEST_TOKEN"))
     with tempfile.TemporaryDirectory() as state:
         jobs.push(load_study(), BAD / "good", c, Path(state))
     for resource in (OUTSIDER, OUTSIDER_OBSERVATION):
@@ -312,5 +314,188 @@ def test_an_observation_deleted_between_two_bulk_pulls_is_removed_by_the_second(
         assert gone["id"] not in stored and len(stored) == 33
         again = jobs.pull(study, c, tmp_path / "store", tmp_path / "s", bulk=True)
         assert again.removed == {} and again.counts == {}  # deleted before this export's _since: not listed again
+    finally:
+        server.stop()
+
+
+# --- Bulk Data as other servers do it (FHIR_TEST_BULK_QUIRKS) ------------------------------------
+
+class RecordingClient(FhirClient):
+    """A client that records (method, url, whether it went anonymously) of every request."""
+
+    def __init__(self, base: str, **kwargs):
+        super().__init__(base, retry=FAST, sleep=kwargs.pop("sleep", lambda s: None), **kwargs)
+        self.sent: list[tuple[str, str, bool]] = []
+
+    def response(self, method, path_or_url, **kwargs):
+        self.sent.append((method, path_or_url, kwargs.get("anonymous", False)))
+        return super().response(method, path_or_url, **kwargs)
+
+
+def pull_args(base: str, tmp_path: Path, *more: str) -> list[str]:
+    return ["pull", "--bulk", "--server", base, "--store", str(tmp_path / "store"), "--state", str(tmp_path / "s"), *more]
+
+
+@pytest.mark.parametrize("quirk", ["ig-capabilities", "instantiates-only"])
+def test_export_levels_are_read_as_the_ig_capability_statement_declares_them(quirk):
+    server = LoopbackServer({"FHIR_TEST_BULK_QUIRKS": quirk})
+    try:
+        statement = client(server.base).capabilities()
+        declared = [o for r in statement["rest"][0]["resource"] for o in r.get("operation", [])]
+        assert bool(declared) == (quirk == "ig-capabilities") and all(o["name"] == "export" for o in declared)
+        assert bulk.export_levels(client(server.base)) == {"system", "Patient", "Group"}
+    finally:
+        server.stop()
+
+
+def test_status_and_files_outside_the_base_path_on_the_servers_origin_are_used(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "other-path", "FHIR_TEST_TOKEN": "tok"})
+    try:
+        c = RecordingClient(server.base, auth=BearerAuth(server.base, "tok"))
+        result = jobs.pull(study, c, tmp_path / "store", tmp_path / "s", bulk=True)
+        assert result.ok and Store(tmp_path / "store").counts()["Observation"] == 34
+        origin = server.base.removesuffix("/fhir")
+        outside = [(m, u) for m, u, _ in c.sent if u.startswith(origin) and not u.startswith(server.base)]
+        assert {m for m, _ in outside} == {"GET", "DELETE"} and any("/bulkfiles/" in u for _, u in outside)
+        assert any(u.startswith(f"{origin}/bulkstatus/") for _, u in outside)
+    finally:
+        server.stop()
+
+
+def test_files_on_another_origin_that_need_no_token_are_fetched_without_credentials(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "files-elsewhere", "FHIR_TEST_TOKEN": "tok"})
+    try:  # the file host answers 400 to any request that carries an Authorization header
+        c = RecordingClient(server.base, auth=BearerAuth(server.base, "tok"))
+        result = jobs.pull(study, c, tmp_path / "store", tmp_path / "s", bulk=True)
+        assert result.ok and Store(tmp_path / "store").counts()["Observation"] == 34
+        elsewhere = [(u, anonymous) for m, u, anonymous in c.sent if u.startswith("http") and not u.startswith(server.base)]
+        assert elsewhere and all(anonymous for _, anonymous in elsewhere)
+        assert c.anonymous_session.auth is None and "Authorization" not in c.anonymous_session.headers
+    finally:
+        server.stop()
+
+
+def test_files_on_another_origin_that_need_the_token_are_refused_in_one_line_and_the_job_deleted(study, tmp_path, monkeypatch):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "files-elsewhere-token", "FHIR_TEST_TOKEN": "tok"})
+    try:
+        monkeypatch.setenv("FHIR_MSC_TOKEN", "tok")
+        recorded: list[str] = []
+        real_delete = bulk.delete_job
+        monkeypatch.setattr(bulk, "delete_job", lambda c, url: (recorded.append(url), real_delete(c, url)))
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
+        assert "requiresAccessToken: true" in result.output and "own origin only" in result.output
+        assert len(recorded) == 1 and requests.get(recorded[0], headers={"Authorization": "Bearer tok"}, timeout=10).status_code == 404
+        assert not list((tmp_path / "s" / "bulk").glob("*/*.ndjson"))
+    finally:
+        server.stop()
+
+
+def test_transient_status_answers_are_retried_with_a_growing_wait(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "transient-poll", "FHIR_TEST_BULK_RETRY_AFTER": "x"})
+    try:
+        waits: list[float] = []
+        c = client(server.base, waits)
+        done = bulk.export(c, "system", tmp_path, types=("Patient",), policy=bulk.BulkPolicy(first_poll_wait=0.5))
+        assert sum(1 for _ in done.resources("Patient")) == 4
+        assert waits[:2] == [0.5, 1.0]  # two `transient` 500s, waited out with the backoff (no usable Retry-After)
+        with pytest.raises(TemporaryServerError, match="transient` 2 times in a row"):
+            bulk.export(c, "system", tmp_path, types=("Observation",), policy=bulk.BulkPolicy(transient_attempts=2))
+    finally:
+        server.stop()
+
+
+def test_error_files_are_not_count_checked_and_their_texts_are_shown(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "failed-file", "FHIR_TEST_BULK_FILE_LINES": "2"})
+    try:  # the first of the two Patient files (2 resources) is listed as an error file with count 2
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == ExitCode.PARTIAL, result.output
+        assert "export error: error processing: Failed to export 0.Patient.ndjson" in result.output
+        assert "could not be fetched intact" not in result.output and Store(tmp_path / "store").counts()["Patient"] == 1
+    finally:
+        server.stop()
+
+
+def test_an_id_listed_in_several_files_is_read_once_newest_copy_first_or_last(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "duplicates", "FHIR_TEST_BULK_FILE_LINES": "10"})
+    try:
+        c = client(server.base)
+        done = bulk.export(c, "system", tmp_path / "x", types=("Patient", "Observation"))
+        listed = sum(item.count for item in done.manifest.output if item.type == "Observation")
+        observations = list(done.resources("Observation"))
+        assert listed == 37 and len(observations) == len({o["id"] for o in observations}) == 35
+        assert done.duplicates == {"Patient": 2, "Observation": 2}
+        assert not any(o["meta"].get("tag") for o in observations)  # the older copies (tagged) lost, first or last listed
+        assert "2 Observation listed more than once" in " ".join(done.notes())
+        bulk.finish(c, done)
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == 0, result.output
+        assert "note: 2 Observation listed more than once in the export files" in result.output
+        assert Store(tmp_path / "store").counts()["Observation"] == 34
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("quirk", ["ignore-type-filter", "type-filter-outcome", "type-filter-empty"])
+def test_a_type_filter_the_server_did_not_apply_is_applied_here(tmp_path, quirk):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": quirk})
+    try:
+        c = RecordingClient(server.base)
+        fvc = bulk.type_filter("Observation", {"code": "http://loinc.org|19868-9"})
+        done = bulk.export(c, "Patient", tmp_path, types=("Patient", "Observation"), type_filters=[fvc])
+        fvcs = list(done.resources("Observation"))
+        assert len(fvcs) == 4 and all(o["code"]["coding"][0]["code"] == "19868-9" for o in fvcs)
+        assert list(done.unfiltered) == ["Observation"] and done.filtered_out["Observation"] == 31
+        assert sum(1 for _ in done.resources("Observation", as_exported=True)) == 35
+        assert "did not apply the _typeFilter of Observation" in done.notes()[0] and "(31 left out)" in done.notes()[0]
+        kick_offs = [u for m, u, _ in c.sent if u.endswith("$export")]
+        assert len(kick_offs) == (1 if quirk == "ignore-type-filter" else 2)  # too little exported: exported again, whole
+        bulk.finish(c, done)
+        assert not list((tmp_path / "bulk").iterdir())  # the first job's files too
+    finally:
+        server.stop()
+
+
+def test_a_type_filter_applied_as_asked_is_not_second_guessed(shared, tmp_path):
+    c = RecordingClient(shared.base)
+    fvc = bulk.type_filter("Observation", {"code": "http://loinc.org|19868-9"})
+    done = bulk.export(c, "Patient", tmp_path, types=("Patient", "Observation"), type_filters=[fvc])
+    assert done.unfiltered == {} and done.notes() == [] and sum(1 for _ in done.resources("Observation")) == 4
+    assert len([u for m, u, _ in c.sent if u.endswith("$export")]) == 1
+    bulk.finish(c, done)
+
+
+def test_type_filter_matches_code_tokens_and_says_when_it_cannot_judge():
+    fvc = {"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "19868-9"}]}}
+    judge = lambda query: bulk.TypeFilter.parse(f"Observation?{query}").matches(fvc)  # noqa: E731
+    assert judge("code=http%3A%2F%2Floinc.org%7C19868-9") and judge("code=19868-9") and judge("code=http://loinc.org|")
+    assert judge("code=x,http://loinc.org|19868-9") and not judge("code=|19868-9") and not judge("code=http://loinc.org|1")
+    assert judge("status=final") is None and not bulk.TypeFilter.parse("Observation?status=final").judged_here
+    assert str(bulk.type_filter("Observation", {"code": "a|b,c"})) == "Observation?code=a%7Cb%2Cc"
+
+
+def test_an_empty_manifest_for_a_full_pull_is_an_error_not_nothing_found(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_QUIRKS": "empty-manifest"})
+    try:
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
+        assert "holds no Patient file although _type asked for Patient and the study's Group lists 3 members" in result.output
+        assert not (tmp_path / "store").exists() or Store(tmp_path / "store").counts() == {}
+        done = bulk.export(client(server.base), "system", tmp_path / "x", types=("Patient", "Observation"))
+        assert done.missing == ("Patient", "Observation")
+        assert done.notes() == [f"the server exported no {t} file although _type asked for {t}" for t in ("Patient", "Observation")]
+    finally:
+        server.stop()
+
+
+def test_a_job_that_failed_on_the_server_is_deleted_there(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": "job-error"})
+    try:
+        c = RecordingClient(server.base)
+        with pytest.raises(bulk.ExportFailed, match="failed on the server"):
+            bulk.export(c, "system", tmp_path, types=("Patient",))
+        status_url = next(u for m, u, _ in c.sent if "$export-status" in u)
+        assert ("DELETE", status_url, False) in c.sent
+        assert requests.get(status_url, timeout=10).status_code == 404
     finally:
         server.stop()

@@ -8,6 +8,7 @@ import re
 import ssl
 import threading
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -161,10 +162,38 @@ def test_next_link_to_another_host_is_refused():
                                           "link": [{"relation": "next", "url": "http://127.0.0.2:9999/fhir/Patient?page=2"}]})
     client, _ = make_client(auth=BearerAuth(BASE, "tok"))
     found = []
-    with pytest.raises(ForeignLinkRefused, match="outside the server"):
+    with pytest.raises(ForeignLinkRefused, match="another origin"):
         for resource in client.search("Patient"):
             found.append(resource["id"])
     assert found == ["1"] and len(responses.calls) == 1
+
+
+@responses.activate
+def test_urls_anywhere_on_the_servers_origin_are_used_with_credentials_and_other_origins_only_anonymously():
+    responses.get("http://127.0.0.1:9999/bulkstatus/1", json={})
+    responses.get("https://files.example.org/signed/1.ndjson?sig=x", body="{}")
+    client, _ = make_client(auth=BearerAuth(BASE, "tok"))
+    client.response("GET", "http://127.0.0.1:9999/bulkstatus/1").close()  # outside the base path, on its origin
+    assert responses.calls[0].request.headers["Authorization"] == "Bearer tok"
+    with pytest.raises(ForeignLinkRefused, match="another origin"):
+        client.response("GET", "https://files.example.org/signed/1.ndjson?sig=x")
+    client.response("GET", "https://files.example.org/signed/1.ndjson?sig=x", anonymous=True).close()
+    assert len(responses.calls) == 2 and "Authorization" not in responses.calls[1].request.headers
+    with pytest.raises(ForeignLinkRefused, match="no credentials in it"):
+        client.response("GET", "https://bob:pw@files.example.org/1.ndjson", anonymous=True)
+
+
+@responses.activate
+def test_anonymous_requests_over_plain_http_go_to_loopback_only_unless_insecure_http_is_given():
+    responses.get("http://files.example.org/1.ndjson", body="{}")
+    responses.get("http://127.0.0.2:8000/1.ndjson", body="{}")
+    client, _ = make_client()
+    with pytest.raises(InsecureHttpRefused, match="plain http"):
+        client.response("GET", "http://files.example.org/1.ndjson", anonymous=True)
+    client.response("GET", "http://127.0.0.2:8000/1.ndjson", anonymous=True).close()
+    insecure, _ = make_client(insecure_http=True)
+    insecure.response("GET", "http://files.example.org/1.ndjson", anonymous=True).close()
+    assert [c.request.url for c in responses.calls] == ["http://127.0.0.2:8000/1.ndjson", "http://files.example.org/1.ndjson"]
 
 
 @responses.activate
@@ -270,8 +299,38 @@ def test_unsorted_search_is_checked_against_the_total():
     responses.get(f"{BASE}/Patient?page=2", json=page(["b"]))
     responses.get(f"{BASE}/Patient", json=page(["a", "b", "c"]))
     client, _ = make_client()
-    assert sorted(r["id"] for r in client.search_complete("Patient")) == ["a", "b", "c"]
+    listing = client.listing("Patient")
+    assert sorted(r["id"] for r in listing.resources) == ["a", "b", "c"] and listing.complete
     assert "_sort" not in responses.calls[0].request.url and "_sort=_id" in responses.calls[2].request.url
+
+
+@pytest.mark.parametrize("honours_id", [True, False])
+@responses.activate
+def test_a_listing_that_falls_short_of_its_total_says_so_and_presence_proves_each_id(honours_id):
+    # pages of at most 2 and no next link, whatever was asked (a server that does not page); Patient/d is gone
+    held = ["a", "b", "c", "e"]
+
+    def search(request):
+        query = parse_qs(urlsplit(request.url).query)
+        wanted = [i for i in held if i in query["_id"][0].split(",")] if "_id" in query and honours_id else held
+        entries = [{"resource": {"resourceType": "Patient", "id": i}} for i in wanted[:2]]
+        return 200, {}, json.dumps({"resourceType": "Bundle", "type": "searchset", "total": len(wanted), "entry": entries})
+
+    responses.add_callback(responses.GET, re.compile(rf"{re.escape(BASE)}/Patient\?"), callback=search)
+    responses.get(f"{BASE}/Patient/c", json={"resourceType": "Patient", "id": "c"})
+    responses.get(f"{BASE}/Patient/d", status=404, json={"resourceType": "OperationOutcome", "issue": []})
+    responses.get(f"{BASE}/Patient/e", status=403, json={"resourceType": "OperationOutcome", "issue": []})
+    client, _ = make_client()
+    listing = client.id_listing("Patient")
+    assert not listing.complete and listing.ids("Patient") == {"a", "b"} and listing.page == 2
+    assert listing.shortfall == "the server listed 2 of the 4 it matches (Bundle.total)"
+    presence = client.presence("Patient", ["a", "b", "c", "d", "e"])
+    if honours_id:  # the search of 5 falls short: asked again 2 at a time, each answer complete
+        assert (presence.held, presence.absent, presence.unknown) == ({"a", "b", "c", "e"}, {"d"}, {})
+        assert (presence.searches, presence.reads) == (3, 0)
+    else:  # only reads can tell: 200 held, 404 absent, 403 neither
+        assert (presence.held, presence.absent, set(presence.unknown)) == ({"a", "b", "c"}, {"d"}, {"e"})
+        assert "HTTP 403" in presence.unknown["e"] and presence.reads == 3
 
 
 # --- security: URLs, plain http, token endpoint settings, redirects, Retry-After, TLS -----------------

@@ -13,7 +13,7 @@ from storesafety import not_owner_only
 from fhir_msc import Store, load_study
 from fhir_msc.account import MAX_EXAMPLES, Tally
 from fhir_msc.cli import main
-from fhir_msc.errors import InputError
+from fhir_msc.errors import ExitCode, InputError
 from fhir_msc.server.hospital import CONFLICT, SAME, SUPERSEDED, UNUSED_CODE, Enrollment, pull_hospital, read_enrollment
 from fhir_msc.study.definition import REPO_ROOT
 from fhir_msc.tables.sdtm import SubjectRecord
@@ -242,3 +242,45 @@ def test_the_out_of_core_choice_equals_the_in_memory_one_on_the_fixture(demo_sto
     assert in_memory.observations.skipped[SUPERSEDED] > MAX_EXAMPLES and in_memory.conflicts and in_memory.findings
     assert SAME in in_memory.observations.skipped and in_memory.observations.balanced
     assert list(tmp_path.iterdir()) == []  # the spool is removed
+
+
+def _quirky_hospital(quirk: str):
+    """A hospital server whose Bulk Data export behaves as FHIR_TEST_BULK_QUIRKS=quirk says."""
+    from loopback import LoopbackServer
+    server = LoopbackServer({"FHIR_TEST_BULK_QUIRKS": quirk})
+    requests.post(server.base, json=json.loads((HOSPITAL / "bundle.json").read_text()), timeout=60).raise_for_status()
+    return server
+
+
+@pytest.mark.parametrize("quirk", ["type-filter-empty", "ignore-type-filter", "type-filter-outcome"])
+def test_hospital_pull_bulk_without_the_type_filter_applied_gives_the_paged_account(demo_store, tmp_path, quirk):
+    for name in ("paged", "bulk"):
+        shutil.copytree(demo_store.path, tmp_path / name)
+    server = _quirky_hospital(quirk)
+    try:
+        paged = json.loads(_pull(server, tmp_path / "paged", tmp_path / "found-paged").output)
+        result = _pull(server, tmp_path / "bulk", tmp_path / "found-bulk", "--bulk", "--state", str(tmp_path / "state"))
+        assert result.exit_code == 0, result.output
+        by_bulk = json.loads(result.output)
+        for part in ("patients", "observations", "findings", "conflicts", "unused_codes"):
+            assert by_bulk[part] == paged[part], part  # every Observation read and accounted for, as by search
+        assert any("did not apply the _typeFilter of Observation" in note for note in by_bulk["notes"])
+        assert any("every Observation of the patients found was exported" in note for note in by_bulk["notes"])
+        assert not list((tmp_path / "state" / "bulk").iterdir())
+    finally:
+        server.stop()
+
+
+def test_hospital_pull_bulk_from_an_export_without_patients_is_an_error_not_nobody_found(demo_store, tmp_path):
+    server = _quirky_hospital("empty-manifest")
+    try:
+        shutil.copytree(demo_store.path, tmp_path / "store")
+        before = Store(tmp_path / "store").counts()
+        result = CliRunner().invoke(main, ["hospital-pull", "--server", server.base, "--enrollment", str(HOSPITAL / "enrollment.csv"),
+                                           "--store", str(tmp_path / "store"), "--out", str(tmp_path / "found"), "--bulk",
+                                           "--state", str(tmp_path / "state")])
+        assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
+        assert "holds no Patient file although _type asked for Patient: the 6 enrolled patients cannot be looked up" in result.output
+        assert "enrolled patients found" not in result.output and Store(tmp_path / "store").counts() == before
+    finally:
+        server.stop()

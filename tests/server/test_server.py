@@ -1,5 +1,6 @@
 """Integration: the client, push, pull and sync against a real FHIR engine on 127.0.0.1."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_push_pull_round_trip_equals_the_cohort(study, cohort, demo_store, fhir_
     # the same analysis frame, and so the same results, from the server as from the store
     assert jobs.analysis_frame(study, c).equals(jobs.analysis_frame(study, demo_store.path))
     assert [c.reproduced.effect for c in jobs.verify(study, c).checks] == [c.reproduced.effect for c in jobs.verify(study, demo_store.path).checks]
+    from_server = jobs.analyze(study, c, ["M36"], ["CTNORM"]).adverse_events  # counted in the pulled copy
+    assert from_server is not None and from_server == jobs.analyze(study, demo_store.path, ["M36"], ["CTNORM"]).adverse_events
 
 
 def test_push_twice_creates_nothing_new_and_one_change_updates_one(study, demo_store, fhir_server, tmp_path):
@@ -309,5 +312,96 @@ def test_server_without_capability_statement_works_with_explicit_options(tmp_pat
                                            "--state", str(tmp_path / "s")])
         assert pulled.exit_code == 0 and "going on with FHIR R4 (the default" in pulled.output
         assert Store(tmp_path / "store").counts()["Observation"] == 34
+    finally:
+        server.stop()
+
+
+# --- servers that cap their pages without a next link: a listing that falls short proves nothing -----
+
+CAPPED = {"FHIR_TEST_PAGE_CAP": "15"}  # the 34 Observations of BAD/good never fit one page; one subject's 12 do
+
+
+def test_capped_server_two_pushes_exit_0_and_the_second_sends_nothing(tmp_path):
+    from loopback import LoopbackServer
+
+    server = LoopbackServer(CAPPED)
+    try:
+        state = ["--server", server.base, "--state", str(tmp_path / "s"), "--json"]
+        first = push_cli(*state)
+        assert first.exit_code == 0, first.output
+        assert json.loads(first.output)["restored"] == 0 and server.count("Observation") == 34
+        second = push_cli(*state)
+        assert second.exit_code == 0, second.output
+        body = json.loads(second.output)
+        assert (body["bundles"], body["created"], body["updated"], body["restored"], body["failed"]) == (0, 0, 0, 0, [])
+        assert body["unchanged"] == body["checked"] == 54
+        assert any(note.startswith("server check, Observation: ") and "listed 15 of the 34" in note for note in body["notes"])
+    finally:
+        server.stop()
+
+
+def test_incremental_pull_from_a_capped_server_removes_what_was_deleted_and_nothing_else(study, tmp_path):
+    from loopback import LoopbackServer
+
+    server = LoopbackServer(CAPPED)
+    try:
+        c = client(server.base)
+        jobs.push(study, BAD / "good", c, tmp_path / "state")
+        store = Store(tmp_path / "pulled")
+        first = jobs.pull(study, c, store.path, tmp_path / "state")
+        assert store.counts()["Observation"] == 34 and first.ok and first.missed == []
+        observations = sorted(o["id"] for o in store.read("Observation"))
+        requests.delete(f"{server.base}/Observation/{observations[20]}", timeout=30).raise_for_status()
+        second = CliRunner().invoke(main, ["pull", "--server", server.base, "--store", str(store.path),
+                                           "--state", str(tmp_path / "state"), "--json"])
+        assert second.exit_code == 0, second.output
+        body = json.loads(second.output)
+        assert body["since"] and body["removed"] == {"Observation": 1} and body["unconfirmed"] == []
+        assert sorted(o["id"] for o in store.read("Observation")) == observations[:20] + observations[21:]
+        assert any(note.startswith("Observation: the server listed 15 of the 33") for note in body["notes"])
+    finally:
+        server.stop()
+
+
+def test_pull_keeps_local_data_the_server_lacks_as_a_conflict_unless_the_server_is_preferred(study, fhir_server, tmp_path):
+    from cohort_subset import write_subset
+
+    runner = CliRunner()
+    local = Store(tmp_path / "local")  # three subjects mapped here; the server holds two of them
+    assert runner.invoke(main, ["map", str(BAD / "good"), "--store", str(local.path)]).exit_code == 0
+    jobs.push(study, write_subset(BAD / "good", tmp_path / "two", 2), client(fhir_server.base), tmp_path / "pushed")
+    group, before = next(local.read("Group")), local.counts()
+
+    def pull(*options: str):
+        return runner.invoke(main, ["pull", "--server", fhir_server.base, "--store", str(local.path),
+                                    "--state", str(tmp_path / "s"), *options])
+
+    kept = pull()
+    assert kept.exit_code == ExitCode.CONFLICTS, kept.output
+    assert f"1 conflict(s) with local data in {tmp_path / 's' / 'pull-conflicts.csv'} (the local versions kept" in kept.output
+    assert f"conflict: Group/{group['id']}: member (3 here, 2 on the server)" in kept.output
+    assert next(local.read("Group")) == group and local.counts() == before
+    rows = list(csv.DictReader((tmp_path / "s" / "pull-conflicts.csv").open()))
+    assert [(r["RESOURCE_TYPE"], r["ID"], r["KEPT"]) for r in rows] == [("Group", group["id"], "local")]
+    assert rows[0]["WHAT_DIFFERS"].startswith("member (3 here, 2 on the server)") and rows[0]["SERVER_LAST_UPDATED"]
+    taken = pull("--full", "--prefer", "server", "--json")
+    assert taken.exit_code == 0, taken.output
+    assert [(c["id"], c["kept"]) for c in json.loads(taken.output)["conflicts"]] == [(group["id"], "server")]
+    assert len(next(local.read("Group"))["member"]) == 2 and local.counts() == before
+
+
+def test_a_pull_that_cannot_get_everything_says_so_exits_7_and_keeps_its_mark(study, tmp_path):
+    from loopback import LoopbackServer
+
+    server = LoopbackServer({"FHIR_TEST_PAGE_CAP": "5"})  # fewer than one subject's 12 Observations
+    try:
+        jobs.push(study, BAD / "good", client(server.base), tmp_path / "state")
+        pull = ["pull", "--server", server.base, "--store", str(tmp_path / "pulled"), "--state", str(tmp_path / "state")]
+        first = CliRunner().invoke(main, pull)
+        assert first.exit_code == ExitCode.PARTIAL, first.output
+        assert "incomplete: 3 search(es) fell short of what the server says they match" in first.output
+        assert "missed: Observation of Patient/" in first.output and "the server listed 5 of the 12 it matches" in first.output
+        again = jobs.pull(study, client(server.base), tmp_path / "pulled", tmp_path / "state")
+        assert again.since is None and len(again.missed) == 3  # the mark did not move: asked again from the start
     finally:
         server.stop()

@@ -2,7 +2,9 @@
 check after a push, servers without a CapabilityStatement, invalid resources on pull."""
 
 import json
+import re
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import responses
@@ -14,7 +16,7 @@ from fhir_msc.errors import ExitCode, InvalidResponse
 from fhir_msc.fhir.mapping import tables_to_fhir
 from fhir_msc.server.client import FhirClient, RetryPolicy
 from fhir_msc.server.journal import Journal
-from fhir_msc.server.sync import lacking, push, server_profile
+from fhir_msc.server.sync import push, server_check, server_profile
 from fhir_msc.tables.sdtm import RejectLog
 
 BASE = "http://127.0.0.1:9998/fhir"
@@ -124,7 +126,8 @@ def test_pull_keeps_invalid_resources_out_of_the_store_and_counts_them(study, tm
 def test_server_check_asks_by_id_when_the_server_holds_much_more(server_holds):
     server_holds(BASE, {"Patient": [f"p{i}" for i in range(12000) if i != 7]})
     expected = {("Patient", f"p{i}"): f"p{i}" for i in range(150)}
-    assert lacking(make_client(), expected) == {("Patient", "p7")}
+    check = server_check(make_client(), expected)
+    assert check.lacking == check.absent == {("Patient", "p7")} and check.notes == []
     searches = [call.request.url for call in responses.calls]
     assert "_summary=count" in searches[0] and len(searches) == 3 and all("_id=" in url for url in searches[1:])
 
@@ -153,3 +156,54 @@ def test_pull_removes_nothing_when_the_study_is_not_on_the_server(study, tmp_pat
     empty = jobs.pull(study, make_client(), tmp_path / "store", tmp_path / "state", full=True)
     assert empty.removed == {} and Store(tmp_path / "store").counts() == before
     assert any("is not on the server: nothing pulled, nothing removed" in note for note in empty.notes)
+
+
+@responses.activate
+def test_pull_removes_only_what_a_read_proves_deleted_when_listings_fall_short(study, tmp_path):
+    by_type: dict[str, list] = {}
+    for resource in tables_to_fhir(study, GOOD, get_version("R4"), RejectLog(None)):
+        by_type.setdefault(resource["resourceType"], []).append({**resource, "meta": {"lastUpdated": "2026-01-01T00:00:00Z"}})
+    observations = sorted(o["id"] for o in by_type["Observation"])
+    gone, forbidden = observations[:2]  # deleted on the server: a read answers 404 for one, 403 for the other
+    deleted: set[str] = set()
+
+    def search(request):  # once something is deleted, id listings stop at 10 and _id searches list nothing
+        resource_type, query = urlsplit(request.url).path.rsplit("/", 1)[-1], parse_qs(urlsplit(request.url).query)
+        held = [r for r in by_type.get(resource_type, []) if r["id"] not in deleted]
+        held = [r for r in held if r["id"] in query["_id"][0].split(",")] if "_id" in query else held
+        shown = [] if query.get("_summary") == ["count"] or (deleted and "_id" in query and "_elements" in query) \
+            else held[:10] if deleted and "_elements" in query else held
+        return 200, {}, json.dumps({"resourceType": "Bundle", "type": "searchset", "total": len(held),
+                                    "entry": [{"resource": r} for r in shown]})
+
+    def read(request):
+        resource_id = request.url.rsplit("/", 1)[-1]
+        status = 404 if resource_id == gone else 403 if resource_id == forbidden else 200
+        body = {"resourceType": "Observation", "id": resource_id} if status == 200 else {"resourceType": "OperationOutcome", "issue": []}
+        return status, {}, json.dumps(body)
+
+    responses.get(f"{BASE}/metadata", json=METADATA)
+    responses.add_callback(responses.GET, re.compile(rf"{re.escape(BASE)}/Observation/[\w.-]+$"), callback=read)
+    responses.add_callback(responses.GET, re.compile(rf"{re.escape(BASE)}/[A-Z]\w*(\?.*)?$"), callback=search)
+    jobs.pull(study, make_client(), tmp_path / "store", tmp_path / "state")
+    deleted.update({gone, forbidden})
+    result = jobs.pull(study, make_client(), tmp_path / "store", tmp_path / "state")
+    assert result.since and result.removed == {"Observation": 1}
+    assert len(result.unconfirmed) == 1 and result.unconfirmed[0].startswith(f"Observation/{forbidden}: its read failed")
+    assert "HTTP 403" in result.unconfirmed[0]
+    assert sorted(o["id"] for o in Store(tmp_path / "store").read("Observation")) == observations[1:]
+    assert any(note.startswith("Observation: the server listed 10 of the 32") and "by _id in 1 search(es) and 24 read(s): 1 deleted, 22 still there, 1 not confirmed"
+               in note for note in result.notes)
+
+
+def test_a_journal_written_before_pulled_hashes_were_kept_opens_and_is_kept(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "journal.sqlite") as old:
+        old.execute("create table pulled_ids (source text not null, study text not null, resource_type text not null, "
+                    "id text not null, primary key (source, study, resource_type, id))")
+        old.execute("insert into pulled_ids values ('s', 'x', 'Patient', 'p1')")
+    journal = Journal(tmp_path)
+    assert journal.pulled("s", "x") == {"Patient": {"p1": None}}  # no hash: taken as left by that pull
+    journal.record_pulled("s", "x", {"Patient": {"p1": None, "p2": "h2"}})
+    assert journal.pulled("s", "x") == {"Patient": {"p1": None, "p2": "h2"}}

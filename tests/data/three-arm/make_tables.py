@@ -4,6 +4,7 @@ Fixed seed: python tests/data/three-arm/make_tables.py
 """
 
 import csv
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,28 @@ for arm, (name, treatment, dose) in arms.items():
             if subject == "TRI-03" and code == "SCORE" and visitnum == 1:
                 continue  # one subject without a baseline score: adjusted effects name it
             xs.append(["TRI-001", subject, code, test, result, unit, visitnum, visit, date])
+# Adverse events: their own generator, so the tables above stay as they were. Rash only on the high dose:
+# LOW vs PBO has no rash in either arm (every ratio "not estimable"); TRI-01 has two headaches (one subject).
+events = np.random.default_rng(20260301)
+ae = []
+for row in dm:
+    subject, arm = row[1], row[5]
+    seq = 0
+    chances = {"Headache": {"HIGH": 0.5, "LOW": 0.35, "PBO": 0.2}, "Nausea": {"HIGH": 0.3, "LOW": 0.2, "PBO": 0.15},
+               "Rash": {"HIGH": 0.25, "LOW": 0.0, "PBO": 0.0}}
+    for term, chance in chances.items():
+        times = 2 if subject == "TRI-01" and term == "Headache" else int(events.random() < chance[arm])
+        for _ in range(times):
+            seq += 1
+            serious = "Y" if term == "Rash" or events.random() < 0.1 else "N"
+            start = dt.date(2025, 1, 6) + dt.timedelta(days=7 * seq)
+            ae.append(["TRI-001", subject, seq, term.upper(), term, serious, "SEVERE" if serious == "Y" else "MILD",
+                       "POSSIBLY RELATED", "RECOVERED/RESOLVED", start.isoformat(), (start + dt.timedelta(days=5)).isoformat()])
 for file, header, rows in (
         ("dm.csv", "STUDYID,USUBJID,AGE,SEX,COUNTRY,ARMCD,ARM,ACTARMCD,ACTARM,RFSTDTC,RFENDTC", dm),
         ("ex.csv", "STUDYID,USUBJID,EXTRT,EXDOSE,EXDOSU,EXROUTE,EXSTDTC", ex),
-        ("xs.csv", "STUDYID,USUBJID,XSTESTCD,XSTEST,XSORRES,XSORRESU,VISITNUM,VISIT,XSDTC", xs)):
+        ("xs.csv", "STUDYID,USUBJID,XSTESTCD,XSTEST,XSORRES,XSORRESU,VISITNUM,VISIT,XSDTC", xs),
+        ("ae.csv", "STUDYID,USUBJID,AESEQ,AETERM,AEDECOD,AESER,AESEV,AEREL,AEOUT,AESTDTC,AEENDTC", ae)):
     with open(here / file, "w", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header.split(","))
