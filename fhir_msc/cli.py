@@ -352,7 +352,7 @@ def _echo_observations(account: Account) -> None:
               help="FHIR version to validate against; auto reads it from SOURCE (e.g. ResearchSubject.subject is R5).")
 @_json_option
 def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
-    """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules and the obs-6/obs-7 invariants.
+    """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules, its string rule (no control characters) and the obs-6/obs-7 invariants.
 
     Exit code 5 means at least one resource is invalid; 4 that SOURCE could not be read.
     """
