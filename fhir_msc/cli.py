@@ -963,8 +963,10 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     unless --prefer hospital. Everything not used is counted by reason.
     With --bulk, the Patients and the Observations with the study's codes come from one Bulk
     Data export (kept in --state until used, so a killed export resumes; every Observation
-    where the server does not apply that code filter). Exit code 0 means done (conflicts and
-    unused results included); 8 that the server could not be used (an export without a
+    where the server does not apply that code filter). A search whose pages fall short of what
+    the server says it matches is asked again by the study's codes. Exit code 0 means done
+    (conflicts and unused results included); 7 that some searches fell short even so (their
+    results counted, not used); 8 that the server could not be used (an export without a
     Patient file included); 9 that another job is writing the store.
     """
     client = _client(server, config, ca_bundle, timeout)
@@ -974,6 +976,7 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
                                     bulk_state=state if bulk else None)
     if as_json:
         _print_json(result)
+        _exit_for(result.ok)
         return
     click.echo(f"hospital {server}: {result.patients.used}/{result.enrolled} enrolled patients found; "
                f"{len(result.findings)} findings written to {out} and mapped into {store}")
@@ -991,6 +994,11 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     _echo_skipped("  patient not used:", result.patients)
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)
+    if result.missed:
+        click.echo(f"incomplete: {len(result.missed)} search(es) fell short of what the server says they match, even "
+                   "narrowed; what they listed was not used", err=True)
+        _echo_cut("  missed", result.missed, where=" (all in --json)")
+    _exit_for(result.ok)
 
 
 @main.group("view")
