@@ -30,7 +30,7 @@ from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
 from .analysis.views.query import query as query_views
 from .analysis.views.tables import duckdb_table, named_views, spooled
-from .errors import BadUsage, InputError
+from .errors import BadUsage, IncompleteSearch, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
 from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
@@ -286,7 +286,8 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     ``events`` (a dict), when given, receives each time_to_event entry's table from the same source.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
-    with the account of what was read instead. Lines about input holding no resource (bundle
+    with the account of what was read instead; from a server, IncompleteSearch when the pull's searches fall short
+    of what the server says they match (see ``sync.pull``). Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
     builds the frame; all give the same frame and account (``spark_master``: the Spark master URL of
     ``engine="spark"``, local mode if None).
@@ -294,7 +295,12 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
-                _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+                pulled = _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+            if pulled.missed:
+                more = f" and {len(pulled.missed) - 1} more" if len(pulled.missed) > 1 else ""
+                raise IncompleteSearch(f"{source.base_url} did not list all of the study's data ({pulled.missed[0]}{more}), "
+                                       "so it is not analysed on part of it; where the server offers Bulk Data export, "
+                                       "`fhir-msc pull --bulk` it into a store and analyse that")
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress,
                                                 spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
