@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -461,20 +462,18 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
     """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``.
 
     With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
-    ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
-    paged pull keeps local data the server does not have unless ``prefer`` is "server", and
-    lists such conflicts in ``state/pull-conflicts.csv``. The store's write lock is held
-    throughout.
+    ``since`` overriding the journal's mark; a killed export resumes from ``state``. Either
+    keeps local data the server does not have unless ``prefer`` is "server", and lists such
+    conflicts in ``state/pull-conflicts.csv``. The store's write lock is held throughout.
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
-            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
+            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, prefer=prefer,
+                                     progress=progress)
         else:
             result = _sync.pull(client, study, Store(store), journal, full=full, prefer=prefer,
                                 profile=server_profile(client, fhir_version), progress=progress)
-    if isinstance(result, PullResult):
-        result = _with_conflicts_file(result, state)
-    return dataclasses.replace(result, recovered=tuple(recovered))
+    return dataclasses.replace(_with_conflicts_file(result, state), recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
@@ -512,9 +511,10 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
 
 PULL_CONFLICTS_FILE = "pull-conflicts.csv"
 PULL_CONFLICT_COLUMNS = ["RESOURCE_TYPE", "ID", "WHAT_DIFFERS", "SERVER_LAST_UPDATED", "KEPT"]
+_PullOutcome = TypeVar("_PullOutcome", PullResult, _bulk_pull.BulkPullResult)  # a paged or a bulk pull's result
 
 
-def _with_conflicts_file(result: PullResult, state: Path) -> PullResult:
+def _with_conflicts_file(result: _PullOutcome, state: Path) -> _PullOutcome:
     """A pull that met conflicts lists them in ``state/pull-conflicts.csv`` (replacing the last such list), named in
     the result; one without conflicts leaves the file as it is."""
     if not result.conflicts:

@@ -499,3 +499,47 @@ def test_a_job_that_failed_on_the_server_is_deleted_there(study, tmp_path):
         assert requests.get(status_url, timeout=10).status_code == 404
     finally:
         server.stop()
+
+
+# --- conflicts: the paged pull's rule ------------------------------------------------------------
+
+@pytest.mark.parametrize("bulk_env", [{}, {"FHIR_TEST_BULK": "off"}], ids=["export", "paged-fallback"])
+def test_pull_bulk_keeps_local_data_the_server_lacks_as_a_conflict_unless_the_server_is_preferred(study, tmp_path, bulk_env):
+    from cohort_subset import write_subset
+
+    server = LoopbackServer(bulk_env)
+    try:
+        local = Store(tmp_path / "store")  # three subjects mapped here; the server holds two of them
+        assert CliRunner().invoke(main, ["map", str(BAD / "good"), "--store", str(local.path)]).exit_code == 0
+        jobs.push(study, write_subset(BAD / "good", tmp_path / "two", 2), client(server.base), tmp_path / "pushed")
+        group, before = next(local.read("Group")), local.counts()
+        kept = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert kept.exit_code == ExitCode.CONFLICTS, kept.output
+        assert f"1 conflict(s) with local data in {tmp_path / 's' / 'pull-conflicts.csv'} (the local versions kept" in kept.output
+        assert f"conflict: Group/{group['id']}: member (3 here, 2 on the server)" in kept.output
+        assert next(local.read("Group")) == group and local.counts() == before
+        taken = CliRunner().invoke(main, pull_args(server.base, tmp_path, "--full", "--prefer", "server", "--json"))
+        assert taken.exit_code == 0, taken.output
+        assert [(c["id"], c["kept"]) for c in json.loads(taken.output)["conflicts"]] == [(group["id"], "server")]
+        assert len(next(local.read("Group"))["member"]) == 2 and local.counts() == before
+    finally:
+        server.stop()
+
+
+def test_pulls_after_a_bulk_pull_take_the_servers_changes_without_calling_them_conflicts(study, tmp_path):
+    server = loaded()
+    try:
+        c = client(server.base)
+        store = Store(tmp_path / "store")
+        assert CliRunner().invoke(main, pull_args(server.base, tmp_path)).exit_code == 0
+        changed = next(o for o in store.read("Observation"))
+        for value, bulk_pull in ((111.0, False), (112.0, True)):  # a paged pull after the bulk pull, then a bulk pull
+            c.request("PUT", f"Observation/{changed['id']}", json={**changed, "valueQuantity": {
+                **changed["valueQuantity"], "value": value}})
+            args = pull_args(server.base, tmp_path, "--json")
+            result = CliRunner().invoke(main, args if bulk_pull else [a for a in args if a != "--bulk"])
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["conflicts"] == [] and json.loads(result.output)["counts"]["Observation"] == 1
+            assert next(o for o in store.read("Observation") if o["id"] == changed["id"])["valueQuantity"]["value"] == value
+    finally:
+        server.stop()
