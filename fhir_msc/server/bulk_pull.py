@@ -136,11 +136,11 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     high_water = since if done.errors else done.manifest.transaction_time
     if high_water:
         journal.record_pull(client.base_url, mark, high_water)
-    bulk.finish(client, done)
+    notes = [*done.notes(), *bulk.finish(client, done)]
     return BulkPullResult(source=client.base_url, method="bulk", counts={t: n for t, n in intake.counts.items() if n},
                           since=since, high_water=high_water, requests=client.stats.requests - before,
                           seconds=time.monotonic() - started, level=level, files=done.downloaded, resumed_files=done.reused,
-                          resumed=done.resumed, errors=done.errors, removed=removed, notes=done.notes(),
+                          resumed=done.resumed, errors=done.errors, removed=removed, notes=notes,
                           conflicts=intake.conflicts, prefer=prefer)
 
 
@@ -148,11 +148,11 @@ def _require_patients(client: FhirClient, done: bulk.Export, level: str, groups:
     """A full export without Patients for a study whose Group lists members is the server's failure, not "no subjects"."""
     members = sum(len(g.get("member") or []) for g in groups)
     if "Patient" in done.missing and members:
-        bulk.finish(client, done)
         errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
-        raise bulk.ExportFailed(f"the server's bulk export ({level}) holds no Patient file although _type asked for Patient "
-                                f"and the study's Group lists {members} members{errors}: nothing was stored; rerun without "
-                                "--bulk (paged search), or ask the server's operators why it exported no Patient")
+        raise bulk.failed(client, done, f"the server's bulk export ({level}) holds no Patient file although _type asked for "
+                                        f"Patient and the study's Group lists {members} members{errors}: nothing was stored; "
+                                        "rerun without --bulk (paged search), or ask the server's operators why it "
+                                        "exported no Patient")
 
 
 def _deleted(done: bulk.Export) -> dict[str, set[str]]:

@@ -264,11 +264,11 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
     done = bulk.export(client, level, state_dir, types=("Patient", "Observation"), type_filters=filters,
                        policy=policy, progress=progress)
     if "Patient" in done.missing and enrollment:
-        bulk.finish(client, done)
         errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
-        raise bulk.ExportFailed(f"the server's bulk export ({level} level) holds no Patient file although _type asked for "
-                                f"Patient{errors}: the {len(enrollment)} enrolled patients cannot be looked up in it; "
-                                "rerun without --bulk (paged search), or ask the server's operators why it exported no Patient")
+        raise bulk.failed(client, done, f"the server's bulk export ({level} level) holds no Patient file although _type "
+                                        f"asked for Patient{errors}: the {len(enrollment)} enrolled patients cannot be "
+                                        "looked up in it; rerun without --bulk (paged search), or ask the server's "
+                                        "operators why it exported no Patient")
     wanted = {(person.system, person.value) for person in enrollment}
     holders: dict[tuple[str, str], list[str]] = {}
     for patient in done.resources("Patient"):
@@ -281,13 +281,13 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
                     if (patient_id := ref_id((o.get("subject") or {}).get("reference", ""))) in found)
     result = _account_out_of_core(study, by_code, len(enrollment), patients, found, observations, study_values, prefer,
                                   state_dir)
-    bulk.finish(client, done)
+    left = bulk.finish(client, done)
     which = ("every Observation of the patients found was exported, those with other codes counted in the account"
              if "Observation" in done.unfiltered else "only Observations with the study's codes were exported (_typeFilter), "
              "so those with other codes are not in the account")
     notes = [f"pulled by bulk export ({level} level, {done.downloaded} files"
              f"{f', {done.reused} already downloaded' if done.reused else ''}); {which}",
-             *done.notes(), *(f"export error: {issue}" for issue in done.errors)]
+             *done.notes(), *(f"export error: {issue}" for issue in done.errors), *left]
     return dataclasses.replace(result, method="bulk", notes=notes)
 
 

@@ -381,7 +381,7 @@ def test_files_on_another_origin_that_need_the_token_are_refused_in_one_line_and
         monkeypatch.setenv("FHIR_MSC_TOKEN", "tok")
         recorded: list[str] = []
         real_delete = bulk.delete_job
-        monkeypatch.setattr(bulk, "delete_job", lambda c, url: (recorded.append(url), real_delete(c, url)))
+        monkeypatch.setattr(bulk, "delete_job", lambda c, url: (recorded.append(url), real_delete(c, url))[1])
         result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
         assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
         assert "requiresAccessToken: true" in result.output and "own origin only" in result.output
@@ -541,5 +541,34 @@ def test_pulls_after_a_bulk_pull_take_the_servers_changes_without_calling_them_c
             assert result.exit_code == 0, result.output
             assert json.loads(result.output)["conflicts"] == [] and json.loads(result.output)["counts"]["Observation"] == 1
             assert next(o for o in store.read("Observation") if o["id"] == changed["id"])["valueQuantity"]["value"] == value
+    finally:
+        server.stop()
+
+
+def test_pull_bulk_from_a_server_without_the_study_says_so_and_starts_no_export(tmp_path):
+    server = LoopbackServer()
+    try:
+        c = RecordingClient(server.base)
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(f"pulled from {server.base}/ into {tmp_path / 'store'}: nothing new; ")
+        assert "note: study https://clinicaltrials.gov|NCT04288102 is not on the server: no export was started" in result.stderr
+        assert "None" not in result.output
+        jobs.pull(load_study(), c, tmp_path / "store", tmp_path / "s", bulk=True)
+        assert not any("$export" in url for _, url, _ in c.sent)
+    finally:
+        server.stop()
+
+
+def test_an_export_job_the_server_does_not_delete_is_one_warning_line(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": "delete-refused"})
+    try:
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == 0, result.output
+        assert Store(tmp_path / "store").counts()["Observation"] == 34
+        warned = [line for line in result.stderr.splitlines() if "did not delete the export job" in line]
+        assert len(warned) == 1 and warned[0].startswith("note: the server did not delete the export job (DELETE ")
+        assert "HTTP 405: export jobs cannot be deleted here (test fault)" in warned[0]
+        assert warned[0].endswith("it may keep the exported files until they expire there")
     finally:
         server.stop()
