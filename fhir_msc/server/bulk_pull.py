@@ -18,6 +18,10 @@ Incremental: the resources the manifest's ``deleted`` files name (deleted on the
 (the server's clock), in the same journal row as the paged pull's, so the two take turns. An
 export whose error file reports problems is stored but does not move the mark, and its
 issues are returned. Servers whose CapabilityStatement declares no export get the paged pull.
+
+Local data the server does not have is kept as the paged pull keeps it (``sync.PullIntake``: a
+conflict, unless ``prefer`` is "server"), for what is stored and for what ``deleted`` names; the
+ids pulled, with the hash of each version, are journaled as the paged pull journals them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ when it is complete (its matches add up to Bundle.total); what one that falls sh
 out is proven by ``_id`` searches and reads (``FhirClient.presence``).
 
 pull fetches the study by search, mirrors deletions only with proof, and keeps local data
-the server does not have as conflicts (see :func:`pull`).
+the server does not have as conflicts (see :func:`pull`; :class:`PullIntake` is that rule,
+which the bulk pull shares).
 """
 
 from __future__ import annotations
