@@ -298,7 +298,7 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
             with open_journal(Path(tmp) / "state", lock=False) as journal:
                 pulled = _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
             if pulled.missed:
-                more = f" and {len(pulled.missed) - 1} more" if len(pulled.missed) > 1 else ""
+                more = f" and {len(pulled.missed) - 1} more search(es)" if len(pulled.missed) > 1 else ""
                 raise IncompleteSearch(f"{source.base_url} did not list all of the study's data ({pulled.missed[0]}{more}), "
                                        "so it is not analysed on part of it; where the server offers Bulk Data export, "
                                        "`fhir-msc pull --bulk` it into a store and analyse that")

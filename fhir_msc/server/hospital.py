@@ -2,7 +2,10 @@
 
 Given an enrollment file (study subject id ↔ hospital patient identifier), each enrolled
 patient is found on the hospital server by identifier and all their Observations are
-fetched. Each is accounted for: used, or not used under a reason — not final, a code the
+fetched. A listing that falls short of its Bundle.total (a server that caps its pages) is never
+taken as all there is: a patient's Observations are then asked for by the study's codes, those
+with other codes counted as not fetched; a code whose search still falls short is named in
+``missed`` and its results counted, not used. Each is accounted for: used, or not used under a reason — not final, a code the
 study does not use (counted by code), no value or date, a unit that cannot be converted,
 out of range, outside the windows of the visits where its outcome is scheduled, superseded
 by a result closer to the visit day, the same as the study's value, or in conflict with it.
