@@ -46,8 +46,7 @@ def comparison_table(comparisons: list[Comparison]) -> pd.DataFrame:
             **({"comparison": " vs ".join(c.arms)} if several else {}),
             f"n {treatment}": c.n[0], f"n {control}": c.n[1],
             treatment: c.arm_summary(0), control: c.arm_summary(1), "effect": c.effect.effect,
-            "estimate": round(c.effect.estimate, 2) if c.effect.estimable else "not estimable",
-            "ci": ci_text(c.effect), "p": format_p(c.effect.p_value),
+            "estimate": estimate_text(c.effect), "ci": ci_text(c.effect), "p": format_p(c.effect.p_value),
             **({"p adjusted": format_p(c.adjusted.p) if c.adjusted else "—",
                 "family": c.adjusted.describe() if c.adjusted else "—"} if adjusted else {}),
             "tests p": tests_text(c), "method": c.effect.method + (f"; {c.effect.note}" if c.effect.note else ""),
@@ -79,13 +78,24 @@ def comparisons_summary(study: Study, comparisons: list[Comparison]) -> str:
     return text + "."
 
 
-def ci_text(e: Estimate, decimals: int = 2) -> str:
+DECIMALS = 2  # an estimate and both its CI limits are printed with this many decimals
+
+
+def number_text(value: float, decimals: int = DECIMALS) -> str:
+    """A number at ``decimals`` places (27.00, not 27.0); ``∞`` or ``−∞`` for an unbounded one."""
+    return f"{value:.{decimals}f}" if math.isfinite(value) else ("∞" if value > 0 else "−∞")
+
+
+def estimate_text(e: Estimate, decimals: int = DECIMALS) -> str:
+    """The estimate at the precision of its CI (:func:`ci_text`); "not estimable" when there is none."""
+    return number_text(e.estimate, decimals) if e.estimable else "not estimable"
+
+
+def ci_text(e: Estimate, decimals: int = DECIMALS) -> str:
     """``lower–upper``; ``∞`` for an unbounded side, ``—`` when not estimable."""
     if e.lower is None or e.upper is None:
         return "—"
-    def side(v: float) -> str:
-        return f"{v:.{decimals}f}" if math.isfinite(v) else ("∞" if v > 0 else "−∞")
-    return f"{side(e.lower)}–{side(e.upper)}"
+    return f"{number_text(e.lower, decimals)}–{number_text(e.upper, decimals)}"
 
 
 def tests_text(c: Comparison) -> str:
@@ -198,7 +208,7 @@ class ForestPlot:
 
 
 def _number(value: float) -> str:
-    return f"{value:.2f}".replace("-", "−")
+    return number_text(value).replace("-", "−")
 
 
 def unit_text(unit: str | None) -> str:

@@ -14,6 +14,7 @@ from fhir_msc.analysis.report import (
     forest_panels,
     forest_plot,
     format_p,
+    render,
     tool_version,
     write_report,
 )
@@ -96,7 +97,7 @@ def test_each_binary_effect_is_computed_shown_and_drawn(study, frame, effect, la
     c = analysis.compare(study, frame, study.outcome_by_code["CTNORM"], "M36", effect)
     assert c.effect.effect == label and c.effect.estimable
     table = comparison_table([c])
-    assert table.loc[0, "effect"] == label and table.loc[0, "estimate"] == round(c.effect.estimate, 2)
+    assert table.loc[0, "effect"] == label and table.loc[0, "estimate"] == f"{c.effect.estimate:.2f}"
     assert table.loc[0, "tests p"] == f"Fisher {format_p(c.summary.fisher_p)}; χ² {format_p(c.summary.chi2_p)}"
     _, panels = forest_panels([c], study)
     assert panels[0].log == (effect != "risk-difference-newcombe")
@@ -124,6 +125,24 @@ def test_what_cannot_be_drawn_is_named_not_dropped(study, frame, tmp_path):
 
 def test_p_below_one_thousandth_is_not_zero():
     assert (format_p(0.0000123), format_p(0.0284), format_p(None)) == ("<0.001", "0.028", "—")
+
+
+def test_an_estimate_is_printed_at_the_precision_of_its_ci(study, month36, tmp_path):
+    """27.0 with a CI of 0–57 reads 27.00 | 0.00–57.00 in every table format, the report and the forest plot."""
+    from dataclasses import replace
+
+    gh = next(c for c in month36 if c.outcome == "SF36GH")
+    whole = replace(gh, effect=replace(gh.effect, estimate=27.0, lower=0.0, upper=57.0))
+    table = comparison_table([whole])
+    assert (table.iloc[0]["estimate"], table.iloc[0]["ci"]) == ("27.00", "0.00–57.00")
+    assert "| 27.00 | 0.00–57.00 |" in render(table, "markdown")
+    assert re.search(r"\b27\.00\s+0\.00–57\.00\b", render(table, "table"))
+    assert "<td>27.00</td>\n      <td>0.00–57.00</td>" in render(table, "html")
+    paths = write_report(tmp_path, [whole], [], "title", study=study, source="store")
+    assert "<td class='short'>27.00</td><td class='short'>0.00–57.00</td>" in re.sub(
+        r">\s+<", "><", paths["html"].read_text(encoding="utf-8"))
+    _, row = _row(forest_panels([whole], study)[1], "SF36GH")
+    assert row.text == "27.00 (0.00 to 57.00)"
 
 
 def test_the_report_says_how_many_comparisons_it_shows_and_which_are_baseline_balance(study, frame, tmp_path):
