@@ -214,6 +214,8 @@ def _study(study_path: Path | None, store: Path | None = None, *, recording: boo
     for note in choice.notes:
         _info(f"note: {note}", err=True)
     return choice.study
+
+
 _version_option = click.option(
     "--fhir-version", type=click.Choice(VERSIONS, case_sensitive=False), default="R4", show_default=True,
     help="FHIR version to write or validate against.")
