@@ -43,7 +43,7 @@ class AdverseEvents(_Model):
         if unknown := [key for key in self.columns if key not in AE_FIELDS]:
             raise ValueError(f"columns: unknown {', '.join(unknown)}: use {', '.join(AE_FIELDS)}")
         if self.serious_event not in self.serious:
-            raise ValueError(f"serious_event {self.serious_event!r} is not one of serious: {', '.join(self.serious)}")
+            raise ValueError(f"serious_event: {self.serious_event!r} is not one of serious: {', '.join(self.serious)}")
         for name, element in (("severity", "AdverseEvent.severity (R4)"), ("outcome", "AdverseEvent.outcome (R4)")):
             for term, coding in getattr(self, name).items():
                 try:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic_core import ErrorDetails
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -34,6 +33,7 @@ from .adverse_events import AdverseEvents
 from .fhir_codes import check_code, check_ucum
 from .model import Coding
 from .model import StudyModel as _Model
+from .problems import InvalidStudyDefinition, problems_of, suggested, unknown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
 
@@ -171,18 +171,18 @@ class Outcome(_Model):
     @model_validator(mode="after")
     def _type_fields(self) -> Outcome:
         if self.type == "quantity" and not self.unit:
-            raise ValueError(f"outcome {self.code}: a quantity needs a unit (UCUM)")
+            raise ValueError(f"unit: {self.code}: a quantity needs a unit (UCUM)")
         if self.type in ("coded", "ordinal") and not self.answers:
-            raise ValueError(f"outcome {self.code}: {'an' if self.type == 'ordinal' else 'a'} {self.type} outcome needs answers"
+            raise ValueError(f"answers: {self.code}: {'an' if self.type == 'ordinal' else 'a'} {self.type} outcome needs answers"
                              + (" (listed lowest first: their order is the scale's)" if self.type == "ordinal" else ""))
         if self.type not in ("coded", "ordinal") and self.answers:
-            raise ValueError(f"outcome {self.code}: only coded and ordinal outcomes have answers")
+            raise ValueError(f"answers: {self.code}: only coded and ordinal outcomes have answers")
         if self.type != "quantity" and (self.unit or self.unit_aliases):
-            raise ValueError(f"outcome {self.code}: only a quantity has a unit (the FHIR value of a {self.type} outcome carries none)")
+            raise ValueError(f"{'unit' if self.unit else 'unit_aliases'}: {self.code}: only a quantity has a unit (the FHIR value of a {self.type} outcome carries none)")
         if self.range is not None and self.type not in ("quantity", "integer"):
-            raise ValueError(f"outcome {self.code}: only quantity and integer outcomes have a range")
+            raise ValueError(f"range: {self.code}: only quantity and integer outcomes have a range")
         if self.event is not None and self.event not in self.answer_keys:
-            raise ValueError(f"outcome {self.code}: event {self.event!r} is not one of its answers "
+            raise ValueError(f"event: {self.code}: event {self.event!r} is not one of its answers "
                              f"({', '.join(self.answer_keys) or 'none'})")
         return self
 
@@ -265,8 +265,10 @@ class Stated(_Model):
     @model_validator(mode="before")
     @classmethod
     def _from_scalar(cls, data: object) -> object:
-        if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+        if isinstance(data, (dict, Stated)):
             return data
+        if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+            raise ValueError(f"{data!r} is not a number as a paper writes it (e.g. 46.94, 0.20, <0.001)")
         text = getattr(data, "text", None) or (str(data) if not isinstance(data, float) else repr(data))
         if text.strip() == NOT_ESTIMABLE:
             return cls._not_estimable()
@@ -528,18 +530,18 @@ class DerivedEndpoint(_Model):
             for index, code in enumerate([getattr(self, name)] if name == "outcome" else getattr(self, name) or []):
                 if code is None:
                     continue
-                path = f"{where}.{name}" + (f".{index}" if name == "outcomes" else "")
+                path = f"{where}.{name}" + (f"[{index}]" if name == "outcomes" else "")
                 if code not in outcomes:
-                    found.append(f"{path}: unknown outcome {code!r}")
+                    found.append(f"{path}: {unknown('outcome', code, outcomes)}")
                 elif outcomes[code].type != "quantity":
                     found.append(f"{path}: {code} is not a quantity outcome")
         for name in ("baseline", "visit", "visits"):
             for index, code in enumerate([getattr(self, name)] if name != "visits" else getattr(self, name) or []):
                 if code is not None and code not in visits:
-                    found.append(f"{where}.{name}" + (f".{index}" if name == "visits" else "") + f": unknown visit {code!r}")
+                    found.append(f"{where}.{name}" + (f"[{index}]" if name == "visits" else "") + f": {unknown('visit', code, visits)}")
         if not found and self.kind == "auc" and [visits[v].day for v in self.visits or []] != sorted(
                 {visits[v].day for v in self.visits or []}):
-            found.append(f"{where}.visits: list the visits in the order of their planned days (visits.N.day)")
+            found.append(f"{where}.visits: list the visits in the order of their planned days (visits[].day)")
         if not found and self.kind == "difference" and self.unit is None:
             units = {outcomes[code].unit for code in self.outcomes or ()}
             if len(units) > 1:
@@ -722,20 +724,25 @@ class Study(_Model):
     def _cross_references(self) -> Study:
         problems = []
         visit_codes = {v.code for v in self.visits}
-        for arm in self.arms:
+        for index, arm in enumerate(self.arms):
             if arm.intervention not in self.interventions:
-                problems.append(f"arm {arm.code}: unknown intervention {arm.intervention!r}")
+                problems.append(f"arms[{index}].intervention: {unknown('intervention', arm.intervention, self.interventions)}"
+                                " (a key of interventions)")
         for key, intervention in self.interventions.items():
             if intervention.route not in self.terms.route:
-                problems.append(f"intervention {key}: route {intervention.route!r} not in terms.route")
+                problems.append(f"interventions.{key}.route: {unknown('route', intervention.route, self.terms.route)}"
+                                " (a key of terms.route)")
             if intervention.dose.unit not in self.terms.dose_unit:
-                problems.append(f"intervention {key}: dose unit {intervention.dose.unit!r} not in terms.dose_unit")
-        for outcome in self.outcomes:
+                problems.append(f"interventions.{key}.dose.unit: "
+                                f"{unknown('dose unit', intervention.dose.unit, self.terms.dose_unit)} (a key of terms.dose_unit)")
+        for index, outcome in enumerate(self.outcomes):
             if outcome.domain not in self.tables.findings.files:
-                problems.append(f"outcome {outcome.code}: domain {outcome.domain} has no file in tables.findings.files")
-            for visit in outcome.visits:
+                problems.append(f"outcomes[{index}].domain: {outcome.code}: domain {outcome.domain} has no file in "
+                                "tables.findings.files" + suggested(outcome.domain, self.tables.findings.files))
+            for number, visit in enumerate(outcome.visits):
                 if visit not in visit_codes:
-                    problems.append(f"outcome {outcome.code}: unknown visit {visit!r}")
+                    problems.append(f"outcomes[{index}].visits[{number}]: {outcome.code}: "
+                                    f"{unknown('visit', visit, visit_codes)}")
         problems += self._visit_and_event_problems()
         for name, fields, given in (
             ("tables.dm.columns", _DM_FIELDS, self.tables.dm.columns),
@@ -745,13 +752,13 @@ class Study(_Model):
         ):
             if missing := fields - set(given):
                 problems.append(f"{name}: missing {', '.join(sorted(missing))}")
-        for label, codes in (("arm", [a.code for a in self.arms]), ("visit", [v.code for v in self.visits]),
-                             ("outcome", [o.code for o in self.outcomes])):
-            if len(codes) != len(set(codes)):
-                problems.append(f"duplicate {label} codes")
+        for section, codes in (("arms", [a.code for a in self.arms]), ("visits", [v.code for v in self.visits]),
+                               ("outcomes", [o.code for o in self.outcomes])):
+            problems += [f"{section}[{index}].code: {code!r} is also the code of {section}[{codes.index(code)}]: "
+                         "codes are unique" for index, code in enumerate(codes) if codes.index(code) != index]
         if self.analysis:
             for index, endpoint in enumerate(self.analysis.derived):
-                problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, self.visit_by_code)
+                problems += endpoint.problems(f"analysis.derived[{index}]", self.outcome_by_code, self.visit_by_code)
             analysed = [o.code for o in self.outcomes] + [d.code for d in self.analysis.derived]
             if len(analysed) != len(set(analysed)):
                 problems.append("analysis.derived: a derived code repeats an outcome's or another derived code")
@@ -771,7 +778,7 @@ class Study(_Model):
         spans = []
         for code, window in windows.items():
             if code not in self.visit_by_code:
-                problems.append(f"analysis.windows: unknown visit {code!r}")
+                problems.append(f"analysis.windows.{code}: {unknown('visit', code, self.visit_by_code)}")
             spans.append((window.from_day, window.to_day, code))
         spans.sort()
         problems += [f"analysis.windows: {a[2]} and {b[2]} overlap (days {b[0]}-{a[1]}): a finding must fall in one"
@@ -779,45 +786,46 @@ class Study(_Model):
         for index, tte in enumerate(self.time_to_event):
             source = self.outcome_by_code.get(tte.event)
             if source is None or source.type not in ("datetime", "coded", "ordinal", "boolean"):
-                problems.append(f"time_to_event.{index}.event: {tte.event!r} is not a datetime, coded, ordinal or "
+                problems.append(f"time_to_event[{index}].event: {tte.event!r} is not a datetime, coded, ordinal or "
                                 "boolean outcome of this study")
             if tte.code in self.outcome_by_code:
-                problems.append(f"time_to_event.{index}.code: {tte.code!r} is also an outcome code")
+                problems.append(f"time_to_event[{index}].code: {tte.code!r} is also an outcome code")
         return problems
 
     def _plan_problems(self, plan: AnalysisPlan, visit_codes: set[str]) -> list[str]:
         problems = []
         known = {a.code for a in self.arms}
         sides = [("analysis.treatment", plan.treatment), ("analysis.control", plan.control)]
-        sides += [(f"analysis.comparisons.{i}.{role}", getattr(pair, role))
+        sides += [(f"analysis.comparisons[{i}].{role}", getattr(pair, role))
                   for i, pair in enumerate(plan.comparisons) for role in ("treatment", "control")]
-        sides += [(f"analysis.published.{i}.{role}", getattr(result, role))
+        sides += [(f"analysis.published[{i}].{role}", getattr(result, role))
                   for i, result in enumerate(plan.published) for role in ("treatment", "control")]
         for where, arms in sides:
             for code in arm_codes(arms) if arms is not None else ():
                 if code not in known:
-                    problems.append(f"{where}: unknown arm {code!r}: use one of {', '.join(sorted(known))}")
+                    problems.append(f"{where}: {unknown('arm', code, sorted(known))}")
         pairs = plan.pairs([a.code for a in self.arms])
         for index, (treatment, control) in enumerate(pairs):
             if set(treatment) & set(control) or not treatment:
                 problems.append(f"analysis: comparison {index} ({arm_label(treatment)} vs {arm_label(control)}) "
                                 "needs a treatment and a control without an arm in both")
         if plan.baseline is not None and plan.baseline not in visit_codes:
-            problems.append(f"analysis.baseline: unknown visit {plan.baseline!r}")
+            problems.append(f"analysis.baseline: {unknown('visit', plan.baseline, visit_codes)}")
+        compared = [*self.analysed_outcome_by_code, *(entry.code for entry in self.time_to_event)]
         for code in plan.better:
-            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived} | {t.code for t in self.time_to_event}:
-                problems.append(f"analysis.better: unknown outcome {code!r}")
+            if code not in compared:
+                problems.append(f"analysis.better.{code}: {unknown('outcome', code, compared)}")
         problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
         for code, names in plan.outcome_covariates.items():
             outcome = self.analysed_outcome_by_code.get(code)
             if outcome is None:
-                problems.append(f"analysis.outcome_covariates: unknown outcome {code!r}")
+                problems.append(f"analysis.outcome_covariates.{code}: {unknown('outcome', code, self.analysed_outcome_by_code)}")
             else:
                 problems += self._covariate_problems(f"analysis.outcome_covariates.{code}", names, plan, outcome)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
         problems += self._multiplicity_problems(plan)
         for index, result in enumerate(plan.published):
-            problems += self._published_problems(f"analysis.published.{index}", result, plan, pairs, visit_codes)
+            problems += self._published_problems(f"analysis.published[{index}]", result, plan, pairs, visit_codes)
         return problems
 
     def _multiplicity_problems(self, plan: AnalysisPlan) -> list[str]:
@@ -832,9 +840,9 @@ class Study(_Model):
                 problems.append(f"{where}: list the outcomes of the family")
             for index, code in enumerate(codes):
                 if code not in known:
-                    problems.append(f"{where}.{index}: unknown outcome {code!r}: use one of {', '.join(known)}")
+                    problems.append(f"{where}[{index}]: {unknown('outcome', code, known)}")
                 elif code in family_of:
-                    problems.append(f"{where}.{index}: {code} is already in family {family_of[code]}: an outcome is in "
+                    problems.append(f"{where}[{index}]: {code} is already in family {family_of[code]}: an outcome is in "
                                     "one family")
                 else:
                     family_of[code] = name
@@ -857,8 +865,10 @@ class Study(_Model):
             key = result.effect or plan.effect_for(outcome.type)
         elif outcome is not None and result.visit is None:
             return [f"{where}.visit: give the visit of {outcome.code} (only a time_to_event entry has none)"]
-        elif outcome is None or result.visit not in visit_codes:
-            return [f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}"]
+        elif outcome is None:
+            return [f"{where}.outcome: {unknown('outcome', result.outcome, self.analysed_outcome_by_code)}"]
+        elif result.visit not in visit_codes:
+            return [f"{where}.visit: {unknown('visit', result.visit, visit_codes)}"]
         elif outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
             kind = {"coded": "binary (coded)", "boolean": "binary (coded)", "quantity": "continuous (quantity)",
                     "integer": "continuous (quantity)"}.get(outcome.type, outcome.type)
@@ -886,7 +896,7 @@ class Study(_Model):
             return [f"{where}.adverse_event: the study file has no adverse_events section to count them from"]
         kinds = ["any", "serious", *self.adverse_events.terms]
         if result.adverse_event not in kinds:
-            return [f"{where}.adverse_event: unknown {result.adverse_event!r}: use {', '.join(kinds)}"]
+            return [f"{where}.adverse_event: {unknown('kind of adverse event', result.adverse_event, kinds)}"]
         if result.effect is not None and result.effect not in TWO_BY_TWO_EFFECTS:
             return [f"{where}.effect: adverse events are compared by the effects of their 2×2 table, not "
                     f"{result.effect}: name one of {', '.join(TWO_BY_TWO_EFFECTS)}"]
@@ -901,9 +911,9 @@ class Study(_Model):
         for index, name in enumerate(covariates):
             problem = self.covariate_problem(name, plan)
             if problem:
-                problems.append(f"{where}.{index}: {problem}")
+                problems.append(f"{where}[{index}]: {problem}")
             elif outcome is not None and name in (outcome.code, f"{outcome.code}@{plan.baseline}"):
-                problems.append(f"{where}.{index}: write 'baseline' for the outcome's own baseline value")
+                problems.append(f"{where}[{index}]: write 'baseline' for the outcome's own baseline value")
         return problems
 
     def covariate_problem(self, name: str, plan: AnalysisPlan) -> str:
@@ -918,9 +928,9 @@ class Study(_Model):
         if name in DM_COVARIATES:
             return ""
         if code not in self.outcome_by_code and name != "baseline":
-            return f"unknown covariate {name!r}: {use}"
+            return f"unknown covariate {name!r}{suggested(name, [*DM_COVARIATES, 'baseline', *self.outcome_by_code])}: {use}"
         if visit and visit not in self.visit_by_code:
-            return f"unknown visit {visit!r} in covariate {name!r}: use one of {', '.join(self.visit_by_code)}"
+            return f"covariate {name!r}: {unknown('visit', visit, self.visit_by_code)}"
         if not visit and plan.baseline is None:
             return f"covariate {name!r} needs analysis.baseline (the baseline visit), or write {name}@VISIT"
         return ""
@@ -1015,31 +1025,40 @@ def _written_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
 _StudyLoader.add_constructor("tag:yaml.org,2002:float", _written_float)
 
 
-def _problem_lines(error: ErrorDetails) -> list[str]:
-    """A validation error as lines, one per problem, each starting with its YAML path (the study's cross-reference
-    checks are one error of the whole file, one problem a line, each naming its own path)."""
-    where = ".".join(str(part) for part in error["loc"])
-    lines = error["msg"].removeprefix("Value error, ").splitlines()
-    return [f"{where}: {line}" for line in lines] if where else lines
-
-
 def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
-    """Read and validate a study definition YAML file."""
+    """Read and validate a study definition YAML file.
+
+    A file that is not a valid definition raises :class:`InvalidStudyDefinition`: each mistake on a
+    line of its own, with its YAML path and line (``study/problems.py``).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
-        raw = yaml.load(data.decode("utf-8"), Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
+        text = data.decode("utf-8")
+        raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise StudyDefinitionError(f"{path}: study definition not found; pass --study PATH to a mappings/*.yaml file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise StudyDefinitionError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise StudyDefinitionError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise StudyDefinitionError(f"{path}:{_yaml_error_where(exc)} not valid YAML: {_yaml_error_what(exc)}") from None
     if not isinstance(raw, dict):
         raise StudyDefinitionError(f"{path}: expected a mapping of study, arms, visits, outcomes, tables")
     try:
         study = Study.model_validate(raw)
     except ValidationError as exc:
-        problems = [line for error in exc.errors() for line in _problem_lines(error)]
-        lines = [f"{path}: invalid study definition ({len(problems)} problem(s)):", *(f"  {line}" for line in problems)]
-        raise StudyDefinitionError("\n".join(lines)) from None
+        raise InvalidStudyDefinition(path, problems_of(exc, raw, text, Study)) from None
     study._file, study._sha256 = path.resolve(), hashlib.sha256(data).hexdigest()
     return study
+
+
+def _yaml_error_where(error: yaml.YAMLError) -> str:
+    """``LINE:`` of a YAML syntax error (1-based), empty when PyYAML does not say."""
+    mark = getattr(error, "problem_mark", None)
+    return f"{mark.line + 1}:" if mark is not None else ""
+
+
+def _yaml_error_what(error: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: its problem and context, without PyYAML's excerpt of the file."""
+    parts = [getattr(error, "context", None), getattr(error, "problem", None)]
+    return "; ".join(part for part in parts if part) or str(error).splitlines()[0]
