@@ -14,11 +14,14 @@ from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 import yaml
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from pydantic import (
     AfterValidator,
+    GetJsonSchemaHandler,
     BeforeValidator,
     ConfigDict,
     PrivateAttr,
@@ -30,7 +33,7 @@ from pydantic import (
 
 from ..errors import StudyDefinitionError
 from .adverse_events import AdverseEvents
-from .fhir_codes import check_code, check_ucum
+from .fhir_codes import RequiredBinding, check_ucum
 from .model import Coding
 from .model import StudyModel as _Model
 from .problems import InvalidStudyDefinition, problems_of, suggested, unknown
@@ -54,73 +57,123 @@ DEFAULT_STUDY = package_data("mappings", "mappings") / "msc-covid19.yaml"
 
 # Values the study file puts into FHIR code elements with a required binding, and UCUM units.
 _R4, _R5 = "fhir.resources.R4B", "fhir.resources"
-StudyStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 ResearchStudy.status (R5: a text)
-    v, "ResearchStudy.status (R4)", (_R4, "researchstudy", "ResearchStudy", "status")))]
-SubjectStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 ResearchSubject.status (R5: a coding)
-    v, "ResearchSubject.status (R4)", (_R4, "researchsubject", "ResearchSubject", "status")))]
-Gender = Annotated[str, AfterValidator(lambda v: check_code(
-    v, "Patient.gender", (_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
+StudyStatus = Annotated[str, RequiredBinding(  # R4 ResearchStudy.status (R5: a text)
+    "ResearchStudy.status (R4)", ((_R4, "researchstudy", "ResearchStudy", "status"),))]
+SubjectStatus = Annotated[str, RequiredBinding(  # R4 ResearchSubject.status (R5: a coding)
+    "ResearchSubject.status (R4)", ((_R4, "researchsubject", "ResearchSubject", "status"),))]
+Gender = Annotated[str, RequiredBinding(
+    "Patient.gender", ((_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
 Ucum = Annotated[str, AfterValidator(check_ucum)]
 
 
 class Identifier(_Model):
+    """The study's registry identifier (ResearchStudy.identifier)."""
+
     system: str
+    """The registry's namespace, a URI (e.g. https://clinicaltrials.gov)."""
     value: str
+    """The study's identifier there (e.g. NCT04288102): the STUDYID every table row must hold."""
 
 
 class Period(_Model):
+    """When the study ran (ResearchStudy.period)."""
+
     start: str
+    """First day, an ISO 8601 date (2024-01-01)."""
     end: str | None = None
+    """Last day, an ISO 8601 date; left out while the study runs."""
 
 
 class StudyInfo(_Model):
+    """What the study is: the ResearchStudy resource, and the namespaces of the codes and identifiers it makes."""
+
     key: str
+    """A short name for the study, used for directories (e.g. the demo's examples/KEY)."""
     identifier: Identifier
     title: str
+    """The study's title (ResearchStudy.title)."""
     description: str
+    """A description (ResearchStudy.description); say here when the data are synthetic."""
     status: StudyStatus
+    """ResearchStudy.status (R4), a code of its required value set (e.g. completed, active)."""
     phase: str | None = None
+    """A code of http://terminology.hl7.org/CodeSystem/research-study-phase (e.g. phase-2)."""
     period: Period
     condition: list[Coding] = []
+    """The conditions studied (ResearchStudy.condition), e.g. SNOMED CT codes."""
     citations: list[str] = []
+    """Publications of the study, each as a citation text (ResearchStudy.relatedArtifact)."""
     codesystem: str
+    """The URI of the study's own CodeSystem: the codes of arms, visits, outcomes and treatments."""
     identifier_base: str
+    """The base URI of the study's business identifiers (BASE/subject, BASE/visit, …)."""
     subject_status: SubjectStatus
+    """ResearchSubject.status (R4) of every subject, a code of its required value set (e.g. off-study)."""
 
 
 class Arm(_Model):
+    """One arm of the study: ResearchStudy.arm (R4), comparisonGroup (R5)."""
+
     code: str
+    """The arm code: ARMCD and ACTARMCD in the DM table."""
     name: str
+    """The arm's name: ARM and ACTARM in the DM table; results name arms by it."""
     type: str
+    """A code of http://terminology.hl7.org/CodeSystem/research-study-arm-type (experimental, placebo-comparator,
+    active-comparator, …)."""
     description: str
+    """What the arm receives."""
     intervention: str
+    """The key of its entry in ``interventions``."""
 
 
 class Dose(_Model):
+    """A planned dose."""
+
     value: float
+    """The amount."""
     unit: str
+    """Its unit as the EX table writes it: a key of ``terms.dose_unit``."""
 
 
 class Intervention(_Model):
+    """What an arm receives: the EX table's rows of that treatment become MedicationAdministrations."""
+
     treatment: str
+    """The treatment as the EX table writes it (EXTRT); a subject's rows must be its actual arm's."""
     display: str
+    """The treatment's name in FHIR (the display of its study code)."""
     dose: Dose
     route: str
+    """The route as the EX table writes it: a key of ``terms.route``."""
     days: list[int]
+    """The study days (from RFSTDTC, day 0) of the planned administrations."""
 
 
 class Terms(_Model):
+    """How the tables' controlled terms become FHIR codes."""
+
     sex: dict[str, Gender]
+    """DM SEX value → FHIR Patient.gender (male, female, other, unknown), e.g. {M: male, F: female}."""
     route: dict[str, Coding]
+    """EX EXROUTE value → the Coding of MedicationAdministration.dosage.route."""
     dose_unit: dict[str, Ucum]
+    """EX EXDOSU value → its UCUM unit (e.g. {mg: mg, CELLS: "{cells}"})."""
 
 
 class Visit(_Model):
+    """A scheduled visit: an Encounter per subject; findings at it are compared between the arms."""
+
     code: str
+    """The visit code (in identifiers, results and ``--visit``)."""
     name: str
-    visitnum: int | float  # SDTM VISITNUM: whole (9) or fractional (3.5) for a scheduled visit
+    """The visit's name: VISIT in the findings tables."""
+    visitnum: int | float
+    """SDTM VISITNUM: whole (9), or fractional (3.5) for a scheduled visit."""
     day: int
+    """The planned study day (from RFSTDTC, day 0)."""
     window: tuple[int, int]
+    """The first and last study day of the visit: where a hospital's finding of that date belongs."""
 
 
 class Unscheduled(_Model):
@@ -130,15 +183,20 @@ class Unscheduled(_Model):
     """
 
     code: str = "UNSCHEDULED"
+    """The study code typing their Encounters (and in their identifiers: SUBJECT/UNSCHEDULED-3.1)."""
     display: str = "Unscheduled visit"
+    """The code's display."""
 
 
 class AnalysisWindow(_Model):
-    """Days relative to RFSTDTC (day 0, as ``visits.N.day``) in which a finding counts for a visit in the analysis."""
+    """Days relative to RFSTDTC (day 0, as ``visits[].day``) in which a finding counts for a visit in the analysis."""
 
     from_day: int
+    """The window's first day."""
     to_day: int
-    target_day: int | None = None  # default: the visit's day
+    """The window's last day."""
+    target_day: int | None = None
+    """The day a subject's finding nearest to is analysed; default: the visit's day."""
 
     @model_validator(mode="after")
     def _ordered(self) -> AnalysisWindow:
@@ -155,18 +213,33 @@ BOOLEAN_ANSWERS = {"Y": True, "N": False}  # CDISC NY: how a boolean result is w
 
 
 class Outcome(_Model):
+    """A finding measured at visits: one row of a findings table (--TESTCD), one Observation."""
+
     code: str
+    """The test code: --TESTCD in its domain's table."""
     domain: str
+    """The SDTM domain whose table holds it (a key of ``tables.findings.files``, e.g. LB, VS, QS)."""
     display: str
+    """Its name (--TEST; the display of its study code)."""
     category: str
+    """A code of http://terminology.hl7.org/CodeSystem/observation-category (laboratory, vital-signs, survey, …)."""
     type: OutcomeType
+    """What a result is: quantity (a number with a unit), coded (one of ``answers``), ordinal (one of ``answers``,
+    lowest first), integer (a count), boolean (Y/N), datetime (an event date) or text."""
     unit: Ucum | None = None
+    """A quantity's UCUM unit (--ORRESU); required for a quantity, refused for the other types."""
     unit_aliases: dict[str, float] = {}
+    """Other units a table may write → the factor converting to ``unit`` (e.g. {g/L: 0.1} for g/dL)."""
     range: tuple[float, float] | None = None
+    """The plausible [lowest, highest] value (in ``unit``): a result outside is rejected."""
     answers: dict[str, Coding] = {}
-    event: str | None = None  # the answer counted as an event in binary analyses
+    """A coded or ordinal outcome's results as the table writes them → their Codings (ordinal: lowest first)."""
+    event: str | None = None
+    """The answer counted as an event in binary comparisons; default: the first answer (Y for boolean)."""
     standard: list[Coding] = []
+    """Codings of standard terminologies (e.g. LOINC) added to Observation.code beside the study code."""
     visits: list[str]
+    """The codes of the visits it is measured at."""
 
     @model_validator(mode="after")
     def _type_fields(self) -> Outcome:
@@ -251,16 +324,29 @@ def arm_label(arms: ArmSet | tuple[str, ...]) -> str:
     return "+".join(arm_codes(arms) if isinstance(arms, str) else arms)
 
 
+NOT_ESTIMABLE = "not estimable"  # how a paper writes an estimate that cannot be computed (e.g. no events in either arm)
+
+
 class Stated(_Model):
     """A number as the paper writes it: its value, its decimals, and a comparator (``<0.001``).
 
-    From the YAML file a number keeps the decimals it is written with (``67.0``: one, ``0.20``: two);
-    a quoted string (``"<0.001"``) may add ``<`` or ``>``. A float built in Python has those of its repr.
+    A number keeps the decimals it is written with (``67.0``: one, ``0.20``: two), which ``verify`` compares at;
+    a quoted string (``"<0.001"``) may add ``<`` or ``>``. (A float built in Python has the decimals of its repr.)
     """
 
     value: float
+    """The number."""
     decimals: int
+    """Its decimals as written (0.20: 2)."""
     comparator: Literal["", "<", ">"] = ""
+    """< or > before the number ("<0.001"), else empty."""
+
+    _WRITTEN: ClassVar[str] = r"^(\s*|[<>]\s*)[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$"  # a string _from_scalar reads
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """As a study file writes it: a number, a string that may start with < or >, or the object."""
+        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": cls._WRITTEN}, handler(core_schema)]}
 
     @model_validator(mode="before")
     @classmethod
@@ -287,17 +373,18 @@ class Stated(_Model):
 
 
 class Estimated(Stated):
-    """An estimate, a CI bound or a number needed to treat as the paper writes it: a number (see :class:`Stated`),
-    or ``not estimable`` (value None), which ``verify`` checks the recomputation is too."""
+    """An estimate, a CI bound or a number needed to treat as the paper writes it: a number (as ``Stated``), or
+    ``not estimable`` (value None), which ``verify`` checks the recomputation is too."""
 
-    value: float | None  # type: ignore[assignment]  # None: not estimable
+    value: float | None  # type: ignore[assignment]
+    """The number; none: not estimable."""
+
+    _WRITTEN: ClassVar[str] = rf"{Stated._WRITTEN}|^\s*{NOT_ESTIMABLE}\s*$"
 
     @classmethod
     def _not_estimable(cls) -> dict:
         return {"value": None, "decimals": 0}
 
-
-NOT_ESTIMABLE = "not estimable"  # how a paper writes an estimate that cannot be computed (e.g. no events in either arm)
 
 # Named tests of a published p (README "Published results verify field by field").
 PTest = Literal["fisher", "pearson-chi2", "pearson-chi2-yates", "likelihood-ratio", "wald", "cochran-mantel-haenszel",
@@ -323,12 +410,19 @@ RISK_DIFFERENCES = ("risk-difference", "risk-difference-newcombe")
 class PublishedP(_Model):
     """A published p at the paper's precision, and its test when the paper names it.
 
-    Without ``test``, ``verify`` lists the tests of the entry's effect (``EFFECT_TESTS``) that give it.
+    Without ``test``, ``verify`` lists the tests of the entry's effect that give it.
     A bare number (``p: 0.03``, ``p: "<0.001"``) is a p whose test is not named.
     """
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """A p as a study file writes it: a number, a string that may start with < or >, or {test, value}."""
+        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": Stated._WRITTEN}, handler(core_schema)]}
+
     test: PTest | None = None
+    """The test the paper names (fisher, t-pooled, wald, …): one of those of the entry's effect."""
     value: Stated
+    """The p as the paper writes it (0.03, "<0.001")."""
 
     @model_validator(mode="before")
     @classmethod
@@ -343,6 +437,17 @@ _CONTINUOUS_ONLY = ("means", "sds", "medians", "iqrs")
 TWO_BY_TWO_EFFECTS = ("odds-ratio", "exact-odds-ratio", "relative-risk", "risk-difference", "risk-difference-newcombe")
 
 
+def _absent_not_null(schema: dict) -> None:
+    """A published entry's optional field is left out, never null (``PublishedResult._not_null``): so in its schema."""
+    for field in schema["properties"].values():
+        alternatives = field.get("anyOf", [])
+        if {"type": "null"} in alternatives and field.get("default", ...) is None:
+            alternatives.remove({"type": "null"})
+            del field["default"]
+            if len(alternatives) == 1:
+                field.update(field.pop("anyOf")[0])
+
+
 class PublishedResult(_Model):
     """A between-arm result as the paper reports it, each number at the paper's precision. It names its outcome (and
     visit) or, with ``adverse_event``, the subjects with at least one adverse event of a kind; every other field is
@@ -352,32 +457,61 @@ class PublishedResult(_Model):
     ``covariates`` and ``stratum`` override the plan's for this result.
     """
 
-    outcome: str | None = None  # an outcome, a derived endpoint or a time_to_event entry's code
-    adverse_event: str | None = None  # instead of outcome: any, serious or an AEDECOD term of adverse_events.terms
-    visit: str | None = None  # required for an outcome but a time_to_event entry (over the whole follow-up: no visit)
-    effect: AnyEffect | None = None  # None: the plan's effect for the outcome's type
+    model_config = ConfigDict(json_schema_extra=_absent_not_null)
+
+    outcome: str | None = None
+    """The code of an outcome, a derived endpoint or a time_to_event entry."""
+    adverse_event: str | None = None
+    """Instead of outcome: subjects with at least one adverse event: any, serious, or an AEDECOD of
+    adverse_events.terms."""
+    visit: str | None = None
+    """The visit code; required for an outcome, none for a time_to_event entry (the whole follow-up)."""
+    effect: AnyEffect | None = None
+    """The effect reported; default: the plan's for the outcome's type (analysis.effects)."""
     estimate: Estimated | None = None
+    """The effect's estimate as written (1.68), or "not estimable"."""
     lower: Estimated | None = None
+    """The lower bound of its confidence interval."""
     upper: Estimated | None = None
-    unit: Literal["percentage-points"] | None = None  # of a risk difference's estimate and CI (default: a fraction)
-    decimals: int | None = None  # estimate and CI at these decimals, else as written
+    """The upper bound of its confidence interval."""
+    unit: Literal["percentage-points"] | None = None
+    """The unit of a risk difference's estimate and CI; default: a fraction."""
+    decimals: int | None = None
+    """The decimals estimate and CI are compared at; default: as each is written."""
     p: PublishedP | None = None
-    p_adjusted: Stated | None = None  # the effect's p adjusted in its family (analysis.multiplicity)
-    relative_risk_reduction: Stated | None = None  # 1 − RR, in percent (binary)
-    number_needed_to_treat: Estimated | None = None  # 1 / |risk difference| (binary)
+    """The p-value: a number (0.03, "<0.001"), or {test, value} when the paper names its test."""
+    p_adjusted: Stated | None = None
+    """The effect's p adjusted for multiple comparisons in its family (analysis.multiplicity)."""
+    relative_risk_reduction: Stated | None = None
+    """1 − relative risk, in percent (binary outcomes)."""
+    number_needed_to_treat: Estimated | None = None
+    """1 / |risk difference| (binary outcomes)."""
     n: dict[str, int] | None = None
-    counts: dict[str, tuple[int, int]] | None = None  # events, n
+    """Per arm: the subjects analysed."""
+    counts: dict[str, tuple[int, int]] | None = None
+    """Per arm: [events, subjects] (binary outcomes, adverse events)."""
     proportions: dict[str, Stated] | None = None
+    """Per arm: events / subjects, a fraction."""
     percents: dict[str, Stated] | None = None
+    """Per arm: events / subjects, in percent."""
     means: dict[str, Stated] | None = None
+    """Per arm: the mean (continuous outcomes)."""
     sds: dict[str, Stated] | None = None
+    """Per arm: the standard deviation."""
     medians: dict[str, Stated] | None = None
-    iqrs: dict[str, tuple[Stated, Stated]] | None = None  # first and third quartile
+    """Per arm: the median (for a time_to_event entry: the Kaplan-Meier median)."""
+    iqrs: dict[str, tuple[Stated, Stated]] | None = None
+    """Per arm: [first quartile, third quartile]."""
     treatment: ArmSet | None = None
+    """The treatment side: an arm code, or a list of arm codes pooled; default: the plan's one comparison."""
     control: ArmSet | None = None
+    """The control side, likewise."""
     covariates: list[str] | None = None
+    """The covariates of this result's adjusted effect, instead of the plan's."""
     stratum: str | None = None
+    """The stratum of this result's Mantel-Haenszel effect, instead of the plan's."""
     source: str = ""
+    """Where the paper reports it (e.g. Table 2)."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -475,31 +609,46 @@ _EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the
 
 
 class Effects(_Model):
+    """The effect ``analyze`` reports for each kind of outcome."""
+
     binary: BinaryEffect = "odds-ratio"
+    """Of coded and boolean outcomes (their event answer)."""
     continuous: ContinuousEffect = "mean-difference"
-    ordinal: OrdinalEffect | None = None  # None: ordinal outcomes are compared only where a published entry asks
+    """Of quantity and integer outcomes."""
+    ordinal: OrdinalEffect | None = None
+    """Of ordinal outcomes; none: they are compared only where a published entry names an effect."""
     time_to_event: TimeToEventEffect = "cox-hazard-ratio"
+    """Of time_to_event entries."""
 
 
 class DerivedEndpoint(_Model):
-    """One value per subject computed from that subject's values of study outcomes (README "Derived endpoints").
+    """One value per subject computed from that subject's values of study outcomes.
 
     ``change``: value at ``visit`` − value at ``baseline`` of ``outcome``; ``percent-change``: that
     change × 100 / the baseline value; ``ratio`` and ``difference``: ``outcomes[0]`` / (−) ``outcomes[1]``
     at ``visit``; ``auc``: trapezoidal area under ``outcome`` over ``visits``, on the visits' planned
-    days (``visits.N.day``), belonging to the last of them. Subjects lacking a source value (or with
+    days (``visits[].day``), belonging to the last of them. Subjects lacking a source value (or with
     a zero denominator or baseline) have none.
     """
 
     code: str
+    """Its code (in results; the derived Observations' study code)."""
     display: str
+    """Its name."""
     kind: Literal["change", "percent-change", "ratio", "difference", "auc"]
+    """How it is computed (see above)."""
     outcome: str | None = None
+    """The quantity outcome it is computed from (change, percent-change, auc)."""
     outcomes: tuple[str, str] | None = None
+    """The two quantity outcomes of a ratio or difference: [numerator, denominator] or [minuend, subtrahend]."""
     baseline: str | None = None
+    """The visit code of the baseline value (change, percent-change)."""
     visit: str | None = None
+    """The visit code of the value (change, percent-change, ratio, difference); the derived value belongs to it."""
     visits: list[str] | None = None
-    unit: Ucum | None = None  # default: the source unit; % for percent-change; a quotient for ratio; ×d for auc
+    """The visit codes of an auc, in the order of their planned days."""
+    unit: Ucum | None = None
+    """Its UCUM unit; default: the source unit, % for percent-change, a quotient for ratio, (unit).d for auc."""
 
     @property
     def at(self) -> str:
@@ -571,7 +720,9 @@ class ArmPair(_Model):
     """One comparison: a treatment and a control, each an arm code or a list of arms pooled."""
 
     treatment: ArmSet
+    """An arm code, or a list of arm codes pooled."""
     control: ArmSet
+    """An arm code, or a list of arm codes pooled."""
 
 
 class Multiplicity(_Model):
@@ -583,7 +734,9 @@ class Multiplicity(_Model):
     """
 
     method: Literal["holm", "bonferroni", "benjamini-hochberg"]
-    families: dict[str, list[str]] = {}  # name -> outcome codes (outcomes, derived endpoints, time_to_event entries)
+    """The adjustment."""
+    families: dict[str, list[str]] = {}
+    """Family name → the codes of its outcomes, derived endpoints and time_to_event entries; none: one family of all."""
 
     def family(self, outcome: str) -> str | None:
         """The name of the family ``outcome`` is in ("" when no family is named: all are in one), None if in none."""
@@ -600,21 +753,33 @@ class AnalysisPlan(_Model):
     """
 
     treatment: ArmSet | None = None
+    """The treatment: an arm code, or a list of arm codes pooled; none: each other arm vs the control."""
     control: ArmSet
+    """The control: an arm code, or a list of arm codes pooled."""
     comparisons: list[ArmPair] = []
+    """The pairs compared, instead of treatment vs control."""
     alpha: float = 0.05
-    # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
+    """1 − the confidence level of the intervals."""
     windows: dict[str, AnalysisWindow] = {}
+    """Visit code → the days (from RFSTDTC) in which a finding counts for that visit, the nearest the target day."""
     effects: Effects = Effects()
-    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME); baseline balance
-    covariates: list[str] = []  # for adjusted-odds-ratio, adjusted-mean-difference and proportional-odds
-    outcome_covariates: dict[str, list[str]] = {}  # per outcome code: its covariates instead ([]: unadjusted)
-    stratum: str | None = None  # for odds-ratio-mh: a DM column (sex) or a coded baseline finding
-    # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
+    baseline: str | None = None
+    """The visit code of baseline values (covariates baseline and OUTCOME); its comparisons are baseline balance."""
+    covariates: list[str] = []
+    """Of the adjusted effects (adjusted-odds-ratio, adjusted-mean-difference, proportional-odds): age, sex, baseline,
+    an outcome code (at the baseline visit) or OUTCOME@VISIT."""
+    outcome_covariates: dict[str, list[str]] = {}
+    """Outcome code → its covariates instead of ``covariates`` ([]: unadjusted)."""
+    stratum: str | None = None
+    """The stratum of odds-ratio-mh: sex, or a coded outcome (at the baseline visit, or OUTCOME@VISIT)."""
     better: dict[str, Literal["higher", "lower"]] = {}
+    """Outcome code → whether a higher value (or more events) is better: labels the forest plot's sides."""
     derived: list[DerivedEndpoint] = []
-    multiplicity: Multiplicity | None = None  # None: p-values are not adjusted for multiple comparisons
+    """Endpoints computed from the outcomes (change from baseline, ratio, area under the curve, …)."""
+    multiplicity: Multiplicity | None = None
+    """How p-values are adjusted for multiple comparisons; none: not adjusted."""
     published: list[PublishedResult] = []
+    """The paper's results, which ``verify`` recomputes field by field."""
 
     def pairs(self, arms: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         """Every comparison as (treatment codes, control codes), given the study's arm codes in order."""
@@ -658,28 +823,49 @@ DM_COVARIATES = ("age", "sex")  # the DM columns the analysis frame carries
 
 
 class TimeToEvent(_Model):
-    """A per-subject duration from RFSTDTC to an event, or to the censoring date (see analysis.events)."""
+    """A per-subject duration from RFSTDTC to an event, or to the censoring date, compared over the whole follow-up."""
 
     code: str
+    """Its code (in results and published entries)."""
     display: str
-    event: str  # a datetime outcome (its value is the event date) or a coded/ordinal/boolean one (its event answer)
-    censor: Literal["end", "last-contact"] = "end"  # RFENDTC (last contact where it is empty), or last contact
+    """Its name."""
+    event: str
+    """The outcome whose value is the event: a datetime one (its date), or a coded, ordinal or boolean one (the date
+    of its event answer)."""
+    censor: Literal["end", "last-contact"] = "end"
+    """Where a subject without the event is censored: RFENDTC (the last contact where it is empty), or the last
+    contact (the subject's latest finding)."""
 
 
 class SubjectTable(_Model):
+    """A table with a row per subject (DM) or per administration (EX)."""
+
     file: str
+    """Its file in the tables directory (.csv, .xpt or .json)."""
     columns: dict[str, str]
+    """fhir-msc's name of each variable → the table's column (e.g. {subject: USUBJID})."""
 
 
 class FindingsTables(_Model):
+    """The findings domains: one table per SDTM domain, a row per subject, visit and test."""
+
     files: dict[str, str]
+    """Domain → its file (e.g. {LB: lb.csv, VS: vs.csv}); the outcomes' domains."""
     columns: dict[str, str]
+    """The columns every domain's table shares: study, subject, visitnum, visit → their names."""
     suffixes: dict[str, str]
+    """The domain's own columns, named domain + suffix: testcd, test, result, unit, date (and optionally
+    status, reason) → their suffixes (e.g. {testcd: TESTCD}: LBTESTCD)."""
 
 
 class Tables(_Model):
+    """Where the trial tables are and how their columns are named (SDTM-shaped)."""
+
     dm: SubjectTable
+    """Demographics: study, subject, age, sex, country, arm_code, arm, actual_arm_code, actual_arm, start (RFSTDTC),
+    end (RFENDTC)."""
     ex: SubjectTable
+    """Exposure: study, subject, treatment, dose, dose_unit, route, date."""
     findings: FindingsTables
 
 
@@ -697,16 +883,25 @@ class Study(_Model):
 
     study: StudyInfo
     arms: list[Arm]
+    """The arms, each a code of the DM table's ARMCD."""
     interventions: dict[str, Intervention]
+    """Key (an arm's ``intervention``) → what the arm receives."""
     terms: Terms
     visits: list[Visit]
+    """The scheduled visits."""
     unscheduled: Unscheduled | None = None
+    """Keep unscheduled visits (a fractional VISITNUM no scheduled visit has); without it their rows are rejected."""
     outcomes: list[Outcome]
+    """The findings measured at visits."""
     time_to_event: list[TimeToEvent] = []
+    """Durations from RFSTDTC to an event, compared over the whole follow-up."""
     tables: Tables
     analysis: AnalysisPlan | None = None
-    adverse_events: AdverseEvents | None = None  # the AE domain (study/adverse_events.py)
-    anchors: dict | None = None  # holds YAML anchors only
+    """What ``analyze`` compares and ``verify`` checks; none: nothing is compared."""
+    adverse_events: AdverseEvents | None = None
+    """The AE table, if the study has one."""
+    anchors: dict | None = None
+    """Any YAML, ignored: a place to define YAML anchors (&name) used elsewhere in the file."""
     _file: Path | None = PrivateAttr(None)
     _sha256: str | None = PrivateAttr(None)
 

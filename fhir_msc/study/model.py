@@ -15,9 +15,13 @@ class Coding(StudyModel):
     """A FHIR Coding the study definition puts into resources (``version``: e.g. the dictionary's, MedDRA 26.0)."""
 
     system: str
+    """The code system's URI (e.g. http://loinc.org)."""
     code: str
+    """The code."""
     display: str | None = None
+    """Its display text."""
     version: str | None = None
+    """The code system's version (e.g. MedDRA 26.0)."""
 
     def as_fhir(self) -> dict:
         return self.model_dump(exclude_none=True)
