@@ -212,7 +212,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
     embedded store, validates it, round-trips it, analyses it and checks the published
-    results. Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
+    results. `init DIR` starts a study of your own (`check` finds the mistakes in its file).
+    Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
     `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
     job, says what was done and how to resume, and exits with 130.
 

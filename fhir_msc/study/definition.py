@@ -1232,7 +1232,8 @@ def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
         text = data.decode("utf-8")
         raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
-        raise StudyDefinitionError(f"{path}: study definition not found; pass --study PATH to a mappings/*.yaml file") from None
+        raise StudyDefinitionError(f"{path}: study definition not found: give the path of a study YAML file "
+                                  "(`fhir-msc init DIR` writes one to start from)") from None
     except UnicodeDecodeError as exc:
         raise StudyDefinitionError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:

@@ -6,7 +6,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class StudyModel(BaseModel):
-    """A part of the study definition: read-only once loaded; a key it does not know is an error."""
+    """A part of the study definition: read-only once loaded; a key it does not know is an error.
+
+    The string below a field is its description in the study file's JSON Schema and reference page (``schema.py``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -228,7 +228,8 @@ def _type(field: dict[str, Any], titles: dict[str, str]) -> str:
         items = field.get("items")
         if isinstance(items, list):
             return "[" + ", ".join(_type(item, titles) for item in items) + "]"
-        return "list of " + (_type(items, titles) if items else "anything")
+        kind = _type(items, titles) if items else "anything"
+        return "list of " + (kind + "s" if kind in ("string", "integer", "number", "boolean") else kind)
     if kind == "object":
         values = field.get("additionalProperties")
         return "mapping of key → " + _type(values, titles) if isinstance(values, dict) else "any mapping"
