@@ -1130,7 +1130,8 @@ def _to_jsonable_cells(row: dict[str, Any]) -> dict[str, Any]:
 
 @main.command("init")
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
-def init_command(directory: Path) -> None:
+@_json_option
+def init_command(directory: Path, as_json: bool) -> None:
     """Start a study of your own in DIR: a commented study file and synthetic tables to replace.
 
     Writes DIR/study.yaml (every section of a study file, commented: a made-up two-arm trial
@@ -1140,16 +1141,22 @@ def init_command(directory: Path) -> None:
     verify as written. DIR must be new or empty: exit code 2 otherwise (init never overwrites).
     """
     result = jobs.init_study(directory)
+    steps = _next_steps(result, directory / "store")
+    if as_json:
+        _print_json({**_to_jsonable(result), "next": steps})
+        return
     click.echo(f"wrote {result.study}, {result.schema} and {len(result.tables)} files of synthetic data in "
                f"{result.tables[0].parent}")
-    tables, study, store = result.tables[0].parent, str(result.study), str(directory / "store")
     _info("\n".join(["next: make it your trial's (edit the study file, replace the tables, delete tables/dataset.yaml "
-                     "once they are real), then:",
-                     *(f"  {shlex.join(argv)}" for argv in (
-                         ["fhir-msc", "check", study],
-                         ["fhir-msc", "map", str(tables), "--study", study, "--store", store],
-                         ["fhir-msc", "analyze", "--store", store, "--study", study],
-                         ["fhir-msc", "verify", "--store", store, "--study", study]))]))
+                     "once they are real), then:", *(f"  {step}" for step in steps)]))
+
+
+def _next_steps(result: jobs.InitResult, store: Path) -> list[str]:
+    """The commands that take a new study from its file to its verified results, as they are typed."""
+    tables, study = str(result.tables[0].parent), str(result.study)
+    return [shlex.join(["fhir-msc", *argv]) for argv in (
+        ["check", study], ["map", tables, "--study", study, "--store", str(store)],
+        ["analyze", "--store", str(store), "--study", study], ["verify", "--store", str(store), "--study", study])]
 
 
 @main.command("check")

@@ -147,3 +147,9 @@ def test_check_of_a_file_that_is_not_a_study_file_is_one_line_exit_4(here, text,
     result = fhir_msc("fhir-msc check t.yaml")
     assert result.exit_code == ExitCode.BAD_INPUT and len(result.output.splitlines()) == 1
     assert result.output.startswith(f"fhir-msc: error: {says}"), result.output
+
+
+def test_init_json_names_what_it_wrote_and_the_next_commands(here):
+    document = json.loads(fhir_msc("fhir-msc init t --json").stdout)
+    assert document["study"] == "t/study.yaml" and document["schema"] == "t/study.schema.json"
+    assert len(document["tables"]) == 7 and document["next"][0] == "fhir-msc check t/study.yaml"
