@@ -153,3 +153,13 @@ def test_init_json_names_what_it_wrote_and_the_next_commands(here):
     document = json.loads(fhir_msc("fhir-msc init t --json").stdout)
     assert document["study"] == "t/study.yaml" and document["schema"] == "t/study.schema.json"
     assert len(document["tables"]) == 7 and document["next"][0] == "fhir-msc check t/study.yaml"
+
+
+def test_the_optional_sections_of_the_study_file_work_once_uncommented(here):
+    fhir_msc("fhir-msc init t")
+    study = here / "t" / "study.yaml"
+    study.write_text(template.with_optional_sections(study.read_text()))
+    for command in ("fhir-msc map t/tables --study t/study.yaml --store s", "fhir-msc verify --store s --study t/study.yaml"):
+        assert fhir_msc(command).exit_code == 0, command
+    analyzed = json.loads(fhir_msc("fhir-msc analyze --store s --study t/study.yaml --json").stdout)
+    assert {"SBPCHG", "TTRECOV"} <= {c["outcome"] for c in analyzed["comparisons"]}

@@ -132,7 +132,8 @@ def _told(parts: tuple[Part, ...], errors: list[dict], data: object,
         return [(parts, f"{_shown(value)} is not an allowed value: {advice}", best)]
     own = [e for e in errors if not e["msg"].startswith("Input should be ")]
     if not own and len(errors) > 1:  # every alternative of a union refused the value
-        expected = dict.fromkeys(e["msg"].removeprefix("Input should be ").split(",")[0] for e in errors)
+        expected = dict.fromkeys(_MODEL_TYPE.sub("a mapping", e["msg"].removeprefix("Input should be ").split(",")[0])
+                                 for e in errors)
         return [(parts, f"{_shown(value)} should be {' or '.join(expected)}", None)]
     told = []
     for details in own or errors:
@@ -144,10 +145,15 @@ def _told(parts: tuple[Part, ...], errors: list[dict], data: object,
 
 
 def _rephrased(message: str, value: object) -> str:
-    """pydantic's "Input should be a valid integer" as "'five' should be a valid integer"."""
+    """pydantic's "Input should be a valid integer" as "'five' should be a valid integer", its dictionaries (of a
+    model) as YAML's mappings."""
     if message.startswith("Input should be "):
-        return f"{_shown(value)} should be {message.removeprefix('Input should be ')}"
+        expected = _MODEL_TYPE.sub("a mapping", message.removeprefix("Input should be "))
+        return f"{_shown(value)} should be {expected}"
     return message
+
+
+_MODEL_TYPE = re.compile(r"a valid dictionary( or instance of \w+)?")
 
 
 def _shown(value: object) -> str:

@@ -54,6 +54,11 @@ def test_a_value_of_the_wrong_type_for_every_alternative_is_one_line(tmp_path):
     assert problem.path == "visits[1].window" and "should be a valid" in problem.message and "tuple" not in problem.path
 
 
+def test_a_part_written_as_something_else_than_a_mapping_says_so_in_yaml_words(tmp_path):
+    (problem,) = problems(tmp_path, ("  - {code: W0, name: Week 0, visitnum: 1, day: 0, window: [-3, 0]}", "  - W0"))
+    assert str(problem) == "visits[0]: 'W0' should be a mapping"
+
+
 def test_a_missing_key_names_its_path_and_the_line_of_its_mapping(tmp_path):
     (problem,) = problems(tmp_path, ("  title: Made-up two-arm study for fhir-msc tests\n", ""))
     assert str(problem) == "study.title: required: add it" and problem.line == line_of("key: demo-mini") - 1
