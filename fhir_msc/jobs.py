@@ -442,7 +442,7 @@ def report(study: Study, source: Path | FhirClient, out: Path, progress: Progres
     document = analyze_json(study, comparisons, observations, incidence_json(counted) if counted else None,
                             tuple(analysis.arms_not_compared(study, frame)), tuple(analysis.not_compared(study, None)))
     name = input_name or (f"the store {source.name}" if isinstance(source, Path) else f"the server {source.base_url}")
-    paths = write_report(out, comparisons, checks, study=study, source=name, synthetic=synthetic, document=document,
+    paths = write_report(private_dir(out), comparisons, checks, study=study, source=name, synthetic=synthetic, document=document,
                          adverse_events=incidence_table(counted) if counted else None)
     return ReportResult(paths=paths, comparisons=comparisons, checks=checks, observations=observations,
                         adverse_events=counted, synthetic=synthetic)

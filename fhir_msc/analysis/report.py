@@ -392,7 +392,8 @@ def forest_plot(comparisons: list[Comparison], paths: Path | tuple[Path, ...], t
         _draw_nothing(fig, top / total, heights[0] / total, missing)
     _draw_legend(fig, _LEGEND / 2 / total)
     for path in paths:
-        fig.savefig(path, dpi=150, facecolor="white", metadata={"Date": None} if path.suffix == ".svg" else None)
+        with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, selectable
+            fig.savefig(path, dpi=150, facecolor="white", metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
     return ForestPlot(paths=paths, title=title, arms=arms, panels=panels, left_out=missing, ticks=ticks)
 
