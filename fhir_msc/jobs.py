@@ -441,8 +441,8 @@ def report(study: Study, source: Path | FhirClient, out: Path, progress: Progres
     checks = analysis.verify(study, frame, events, published)
     document = analyze_json(study, comparisons, observations, incidence_json(counted) if counted else None,
                             tuple(analysis.arms_not_compared(study, frame)), tuple(analysis.not_compared(study, None)))
-    name = input_name or (f"the store {source.name}" if isinstance(source, Path) else f"the server {source.base_url}")
-    paths = write_report(private_dir(out), comparisons, checks, study=study, source=name, synthetic=synthetic, document=document,
+    paths = write_report(private_dir(out), comparisons, checks, study=study, source=input_name or _input_name(source),
+                         synthetic=synthetic, document=document,
                          adverse_events=incidence_table(counted) if counted else None)
     return ReportResult(paths=paths, comparisons=comparisons, checks=checks, observations=observations,
                         adverse_events=counted, synthetic=synthetic)
@@ -453,6 +453,13 @@ def synthetic_data(source: ResourceSource) -> bool:
     subjects = iter(source.read("ResearchSubject"))
     first = next(subjects, None)
     return first is not None and tagged_synthetic(first) and all(tagged_synthetic(s) for s in subjects)
+
+
+def _input_name(source: Path | FhirClient) -> str:
+    """The input as a report names it: a server's URL, a store's or bundle's name (never a local path)."""
+    if isinstance(source, FhirClient):
+        return f"the server {source.base_url}"
+    return f"the store directory {source.name}/" if source.is_dir() else f"the bundle {source.name}"
 
 
 def _source_name(source: Path | FhirClient) -> str | Path:

@@ -583,7 +583,7 @@ def _plot_caption(plot: ForestPlot) -> str:
     treatment, control = (html.escape(a) for a in plot.arms)
     tests = ", ".join(dict.fromkeys(panel.test for panel in plot.panels))
     return (f"Each row: {treatment} vs {control}, the estimate (square; filled when the 95% CI excludes no "
-            f"difference) and its 95% CI, with n per arm and p (the table's p: {html.escape(tests or '—')}). Each panel has its own scale: odds ratios on a log "
+            f"difference) and its 95% CI, with n per arm and p (the table's p{': ' + html.escape(tests) if tests else ''}). Each panel has its own scale: odds ratios on a log "
             "axis, differences in the outcome's own unit; the labels under each axis say which arm each side favours."
             + "".join(f" Not drawn: {html.escape(why)}." for why in plot.left_out))
 
