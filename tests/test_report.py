@@ -24,10 +24,10 @@ ZERO_CELL, DOSE_RANGING = jobs.EXAMPLE_STUDIES[1][0], jobs.EXAMPLE_STUDIES[0][0]
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict[str, Path]:
-    """The cohort and the zero-cell example, each mapped into its own store (this module's: report may write views)."""
+    """The cohort and the example studies, each mapped into its own store (this module's: report may write views)."""
     made = {}
     for name, definition, tables in (("cohort", DEFAULT_STUDY, jobs.DEMO_TABLES),
-                                     ("zero-cell", *jobs.EXAMPLE_STUDIES[1])):
+                                     ("dose-ranging", *jobs.EXAMPLE_STUDIES[0]), ("zero-cell", *jobs.EXAMPLE_STUDIES[1])):
         made[name] = tmp_path_factory.mktemp(name) / "store"
         jobs.map_tables(load_study(definition), tables, store=made[name], version=get_version("R4"))
     return made
@@ -107,6 +107,21 @@ def test_demo_writes_the_report_as_report_does(tmp_path):
             + " (beside it: analysis.csv, analysis.json, forest.png, forest.svg)") in result.stdout
     page = (tmp_path / "demo" / "report" / "report.html").read_text(encoding="utf-8")
     assert str(tmp_path) not in page and str(jobs.DEMO_TABLES) not in page
+
+
+def test_an_ordinal_scale_is_labelled_as_one_and_rows_name_the_arms(stores, tmp_path):
+    """The WHO scale (ordinal, lower is better) gets its own panel, not one under "the event is bad"."""
+    from fhir_msc.analysis.report import forest_panels
+
+    study = load_study(DOSE_RANGING)
+    comparisons = jobs.analyze(study, stores["dose-ranging"], visits=["D28"], engine="python").comparisons
+    _, panels = forest_panels(comparisons, study)
+    (ordinal,) = [p for p in panels if any(row.outcome == "WHOCPS" for row in p.rows)]
+    assert ordinal.title == "Odds ratio, treatment vs control · ordinal scale, lower is better"
+    assert {row.outcome for row in ordinal.rows} == {"WHOCPS"} and ordinal.favours == ("← favours treatment",
+                                                                                       "favours control →")
+    assert [row.label for row in ordinal.rows] == ["WHO clinical progression scale · D28 · Drug Z 200 mg vs Placebo",
+                                                   "WHO clinical progression scale · D28 · Drug Z 50 mg vs Placebo"]
 
 
 # --- as a browser shows it ---------------------------------------------------------------------------------------
