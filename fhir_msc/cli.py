@@ -501,8 +501,8 @@ _spark_master_option = click.option(
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format of the between-arm table; json is the same document as --json.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
-              help="Also write a forest plot of the effects to this PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write a forest plot of the effects to this file: PNG, or SVG when it ends in .svg.")
 @click.option("--exact-odds-ratio", is_flag=True,
               help="Also compute the exact conditional odds ratio and CI of every binary comparison for --json "
                    "(seconds per comparison at 10,000 subjects per arm, over a minute at 100,000). Without it, only "
@@ -558,7 +558,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
     if plot:
-        forest_plot(result.comparisons, plot, study=study)
+        forest_plot(result.comparisons, plot, study=study, synthetic=result.synthetic)
         _info(f"forest plot: {plot}", err=True)
 
 

