@@ -689,6 +689,17 @@ def finish(client: FhirClient, done: Export) -> list[str]:
     return _abandon(client, done.status_url, done.directory)
 
 
+def require_patients(client: FhirClient, done: Export, level: str, why: str) -> None:
+    """An export without the Patient file its ``_type`` asked for is the server's failure: finish the job and raise,
+    saying ``why`` the Patients were needed (never "0 patients found")."""
+    if "Patient" not in done.missing:
+        return
+    errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
+    raise failed(client, done, f"the server's bulk export ({level}) holds no Patient file although _type asked for "
+                               f"Patient{errors}: {why}; rerun without --bulk (paged search), or ask the server's "
+                               "operators why it exported no Patient")
+
+
 def failed(client: FhirClient, done: Export, message: str) -> ExportFailed:
     """An export that cannot be used: finished, and the error to raise (the warning of ``finish`` added to it)."""
     return ExportFailed("; ".join([message, *finish(client, done)]))

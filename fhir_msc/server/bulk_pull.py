@@ -116,7 +116,8 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
     level = _level(levels, groups)
     done = bulk.export(client, level, state_dir, types=EXPORTED, since=since,
                        policy=policy, progress=progress)
-    _require_patients(client, done, level, groups)
+    if members := sum(len(g.get("member") or []) for g in groups):
+        bulk.require_patients(client, done, level, f"the study's Group lists {members} members: nothing was stored")
     pulled = journal.pulled(client.base_url, mark)
     intake = PullIntake(store, pulled, prefer)
     intake.store_all(r for r in studies + groups if changed(r))
@@ -146,17 +147,6 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, state
                           seconds=time.monotonic() - started, level=level, files=done.downloaded, resumed_files=done.reused,
                           resumed=done.resumed, errors=done.errors, removed=removed, notes=notes,
                           conflicts=intake.conflicts, prefer=prefer)
-
-
-def _require_patients(client: FhirClient, done: bulk.Export, level: str, groups: list[Resource]) -> None:
-    """A full export without Patients for a study whose Group lists members is the server's failure, not "no subjects"."""
-    members = sum(len(g.get("member") or []) for g in groups)
-    if "Patient" in done.missing and members:
-        errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
-        raise bulk.failed(client, done, f"the server's bulk export ({level}) holds no Patient file although _type asked for "
-                                        f"Patient and the study's Group lists {members} members{errors}: nothing was stored; "
-                                        "rerun without --bulk (paged search), or ask the server's operators why it "
-                                        "exported no Patient")
 
 
 def _deleted(done: bulk.Export) -> dict[str, set[str]]:

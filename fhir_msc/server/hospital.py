@@ -266,12 +266,9 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
     filters = [bulk.type_filter("Observation", {"code": f"{system}|{code}"}) for system, code in sorted(by_code)]
     done = bulk.export(client, level, state_dir, types=("Patient", "Observation"), type_filters=filters,
                        policy=policy, progress=progress)
-    if "Patient" in done.missing and enrollment:
-        errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
-        raise bulk.failed(client, done, f"the server's bulk export ({level} level) holds no Patient file although _type "
-                                        f"asked for Patient{errors}: the {len(enrollment)} enrolled patients cannot be "
-                                        "looked up in it; rerun without --bulk (paged search), or ask the server's "
-                                        "operators why it exported no Patient")
+    if enrollment:
+        bulk.require_patients(client, done, f"{level} level",
+                              f"the {len(enrollment)} enrolled patients cannot be looked up in it")
     wanted = {(person.system, person.value) for person in enrollment}
     holders: dict[tuple[str, str], list[str]] = {}
     for patient in done.resources("Patient"):

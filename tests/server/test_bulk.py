@@ -479,7 +479,7 @@ def test_an_empty_manifest_for_a_full_pull_is_an_error_not_nothing_found(study, 
     try:
         result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
         assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
-        assert "holds no Patient file although _type asked for Patient and the study's Group lists 3 members" in result.output
+        assert "holds no Patient file although _type asked for Patient: the study's Group lists 3 members: nothing was stored" in result.output
         assert not (tmp_path / "store").exists() or Store(tmp_path / "store").counts() == {}
         done = bulk.export(client(server.base), "system", tmp_path / "x", types=("Patient", "Observation"))
         assert done.missing == ("Patient", "Observation")
