@@ -395,7 +395,7 @@ def _echo_validation(report: ValidationReport) -> None:
 def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
-    Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
+    Writes the store, a transaction bundle and the report (as `fhir-msc report` writes it)
     under --workdir and prints where; then maps, verifies and reports the two example
     studies shipped with fhir-msc under --workdir/examples, one line each. --tables DIR --study YAML runs it on another
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
@@ -501,8 +501,8 @@ _spark_master_option = click.option(
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format of the between-arm table; json is the same document as --json.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
-              help="Also write a forest plot of the effects to this PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write a forest plot of the effects to this file: PNG, or SVG when it ends in .svg.")
 @click.option("--exact-odds-ratio", is_flag=True,
               help="Also compute the exact conditional odds ratio and CI of every binary comparison for --json "
                    "(seconds per comparison at 10,000 subjects per arm, over a minute at 100,000). Without it, only "
@@ -558,7 +558,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
     if plot:
-        forest_plot(result.comparisons, plot, study.study.identifier.value, study=study)
+        forest_plot(result.comparisons, plot, study=study, synthetic=result.synthetic)
         _info(f"forest plot: {plot}", err=True)
 
 
@@ -595,6 +595,51 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
         click.echo(f"reproduced {result.reproduced}/{len(checks)} published results")
     _echo_observations(result.observations)
     if result.reproduced < len(checks):
+        sys.exit(ExitCode.MISMATCH)
+
+
+@main.command("report")
+@_source_option
+@_server_option
+@_server_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="Directory to write report.html, analysis.csv, analysis.json, forest.png and forest.svg into.")
+@_study_option
+@_engine_option
+@_spark_master_option
+@_json_option
+def report_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
+                   out: Path, study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
+    """Write the study's report from the FHIR data at --store or --server into --out.
+
+    report.html is one self-contained page (no links out, no local paths): the study and its
+    definition's SHA-256, the published results recomputed, the forest plot, every visit's
+    between-arm table and the adverse events. Beside it: analysis.csv (the table), analysis.json
+    (the analyze --json document) and the forest plot as forest.png and forest.svg. Data whose
+    subjects are all tagged HTEST are marked synthetic. Exit code 4 means the data hold no
+    findings of the study's subjects; 6 that a published result was not reproduced (the
+    report is written all the same); 8 that the server could not be used.
+    """
+    study = load_study(study_path)
+    unused: list[str] = []
+    try:
+        with _progress(not as_json, _RERUN) as progress:
+            result = jobs.report(study, _source(source, server, config, ca_bundle, timeout), out, progress, unused,
+                                 engine, spark_master=spark_master)
+    finally:
+        _echo_not_used(unused)
+    if as_json:
+        _print_json({"study": study.study.identifier.value, "synthetic": result.synthetic,
+                     "files": {kind: str(path) for kind, path in result.paths.items()},
+                     "comparisons": len(result.comparisons),
+                     "published": {"reproduced": result.reproduced, "total": len(result.checks)}})
+    else:
+        click.echo(f"report: {result.paths['html']} ({len(result.comparisons)} comparisons; reproduced "
+                   f"{result.reproduced}/{len(result.checks)} published results"
+                   + ("; synthetic data" if result.synthetic else "") + ")")
+        _info("beside it: " + ", ".join(path.name for kind, path in result.paths.items() if kind != "html"))
+    _echo_observations(result.observations)
+    if result.reproduced < len(result.checks):
         sys.exit(ExitCode.MISMATCH)
 
 
@@ -653,7 +698,8 @@ def _echo_demo(result: jobs.DemoResult) -> None:
         click.echo(render(verification_table(result.verification), "table"))
     if result.adverse_events:
         _info(render(incidence_table(result.adverse_events), "table"))
-    _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    _info(f"report: {result.report['html']} (beside it: "
+          + ", ".join(path.name for kind, path in result.report.items() if kind != "html") + ")")
     for example in result.examples:
         if example.reproduced < len(example.verification):
             click.echo(render(verification_table(example.verification), "table"))
