@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test java-check bench bench-quick fixtures schemas clean interop
+.PHONY: demo test java-check chromium-check bench bench-quick fixtures schemas clean interop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ server/node_modules/.installed: server/package.json server/package-lock.json
 java-check:
 	@command -v java >/dev/null || [ -n "$$JAVA_HOME" ] || { echo "make test: the Spark engine's tests need Java 17 or 21: install it (Debian: apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2; exit 1; }
 
-test: java-check $(BIN)/.installed server/node_modules/.installed
+# The report's tests render its HTML in headless Chromium.
+chromium-check:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { echo "make test: the report's tests render the HTML in headless Chromium: install it (Debian: apt-get install -y chromium)" >&2; exit 1; }
+
+test: java-check chromium-check $(BIN)/.installed server/node_modules/.installed
 	@$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc

@@ -6,7 +6,10 @@ Export the suite's JSON files from https://github.com/FHIR/sql-on-fhir-v2 (``tes
 
 Each test is passed as the suite's own runner (sof-js ``tests/compliance.test.js``) passes it: the
 rows equal the expected ones in any order (``expect``), the column names equal ``expectColumns``
-in order, or the view is refused (``expectError``). Prints pass/fail per file and the total.
+in order, or the view is refused (``expectError``). Rows are compared exactly, as JSON text: each
+row as fhir-msc's ``view run`` writes it in NDJSON (``output.ndjson_line``) against the expected
+row as the suite writes it, so a decimal 5 written ``5.0`` fails, as would ``true`` for ``1``.
+Prints pass/fail per file and the total.
 
 fhir4ds 0.5.1 runs ``INSTALL json`` on every connection, which downloads a DuckDB extension; the
 harness hands it a connection on which that statement is skipped (DuckDB's wheels have json built
@@ -31,7 +34,7 @@ def python_runner() -> Runner:
 
     def run(view: dict, resources: list[dict]) -> tuple[list[str], list[dict]]:
         table = run_view(view, resources)
-        return table.column_names, table.to_pylist()
+        return table.column_names, _written(table)
 
     return run
 
@@ -44,7 +47,7 @@ def duckdb_runner() -> Runner:
     def run(view: dict, resources: list[dict]) -> tuple[list[str], list[dict]]:
         with spooled(resources) as store:
             table = duckdb_table(load_view(view), store)
-        return table.column_names, table.to_pylist()
+        return table.column_names, _written(table)
 
     return run
 
@@ -59,9 +62,16 @@ def spark_runner(master: str | None = None) -> Runner:
 
     def run(view: dict, resources: list[dict]) -> tuple[list[str], list[dict]]:
         table = run_view_on_resources(session, view, resources)
-        return table.column_names, table.to_pylist()
+        return table.column_names, _written(table)
 
     return run
+
+
+def _written(table) -> list[dict]:
+    """The table's rows as ``view run`` writes them in NDJSON, read back."""
+    from fhir_msc.analysis.views.output import ndjson_line
+
+    return [json.loads(ndjson_line(row)) for row in table.to_pylist()]
 
 
 class _NoInstall:
@@ -115,18 +125,14 @@ def _decoded(row: tuple) -> list:
     return values
 
 
-def _normal(value: Any) -> Any:
-    if isinstance(value, (Decimal, float)) and value == int(value):
-        return int(value)  # JSON has one number type: 5 and 5.0 are the same value (as in sof-js)
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, list):
-        return [_normal(item) for item in value]
-    return value
-
-
 def _key(row: dict) -> str:
-    return json.dumps({k: _normal(v) for k, v in sorted(row.items())}, sort_keys=True, default=str)
+    return json.dumps(row, sort_keys=True, default=_number)
+
+
+def _number(value: Any) -> Any:
+    """A value of a peer's row that is no JSON type: a DuckDB DECIMAL as the number it holds (its digits, as
+    written), anything else (a date) as its text."""
+    return json.loads(str(value)) if isinstance(value, Decimal) else str(value)
 
 
 def passes(run: Runner, test: dict, resources: list[dict]) -> tuple[bool, str]:

@@ -43,7 +43,7 @@ from .progress import Progress
 from .server import hospital as _hospital
 from .server.bulk_pull import BulkPullResult
 from .server.client import connect, load_config
-from .server.sync import METHODS, PREFER, PullResult
+from .server.sync import METHODS, PREFER
 from .study.definition import DEFAULT_STUDY, Study, load_study
 from .study.problems import InvalidStudyDefinition
 
@@ -355,7 +355,7 @@ def _echo_observations(account: Account) -> None:
               help="FHIR version to validate against; auto reads it from SOURCE (e.g. ResearchSubject.subject is R5).")
 @_json_option
 def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
-    """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules and the obs-6/obs-7 invariants.
+    """Validate every resource in SOURCE (store directory or bundle file): its fhir.resources model, then FHIR's JSON rules, its string rule (no control characters) and the obs-6/obs-7 invariants.
 
     Exit code 5 means at least one resource is invalid; 4 that SOURCE could not be read.
     """
@@ -398,7 +398,7 @@ def _echo_validation(report: ValidationReport) -> None:
 def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
-    Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
+    Writes the store, a transaction bundle and the report (as `fhir-msc report` writes it)
     under --workdir and prints where; then maps, verifies and reports the two example
     studies shipped with fhir-msc under --workdir/examples, one line each. --tables DIR --study YAML runs it on another
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
@@ -504,8 +504,8 @@ _spark_master_option = click.option(
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format of the between-arm table; json is the same document as --json.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
-              help="Also write a forest plot of the effects to this PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write a forest plot of the effects to this file: PNG, or SVG when it ends in .svg.")
 @click.option("--exact-odds-ratio", is_flag=True,
               help="Also compute the exact conditional odds ratio and CI of every binary comparison for --json "
                    "(seconds per comparison at 10,000 subjects per arm, over a minute at 100,000). Without it, only "
@@ -561,7 +561,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
     if plot:
-        forest_plot(result.comparisons, plot, study.study.identifier.value, study=study)
+        forest_plot(result.comparisons, plot, study=study, synthetic=result.synthetic)
         _info(f"forest plot: {plot}", err=True)
 
 
@@ -598,6 +598,51 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
         click.echo(f"reproduced {result.reproduced}/{len(checks)} published results")
     _echo_observations(result.observations)
     if result.reproduced < len(checks):
+        sys.exit(ExitCode.MISMATCH)
+
+
+@main.command("report")
+@_source_option
+@_server_option
+@_server_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="Directory to write report.html, analysis.csv, analysis.json, forest.png and forest.svg into.")
+@_study_option
+@_engine_option
+@_spark_master_option
+@_json_option
+def report_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
+                   out: Path, study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
+    """Write the study's report from the FHIR data at --store or --server into --out.
+
+    report.html is one self-contained page (no links out, no local paths): the study and its
+    definition's SHA-256, the published results recomputed, the forest plot, every visit's
+    between-arm table and the adverse events. Beside it: analysis.csv (the table), analysis.json
+    (the analyze --json document) and the forest plot as forest.png and forest.svg. Data whose
+    subjects are all tagged HTEST are marked synthetic. Exit code 4 means the data hold no
+    findings of the study's subjects; 6 that a published result was not reproduced (the
+    report is written all the same); 8 that the server could not be used.
+    """
+    study = load_study(study_path)
+    unused: list[str] = []
+    try:
+        with _progress(not as_json, _RERUN) as progress:
+            result = jobs.report(study, _source(source, server, config, ca_bundle, timeout), out, progress, unused,
+                                 engine, spark_master=spark_master)
+    finally:
+        _echo_not_used(unused)
+    if as_json:
+        _print_json({"study": study.study.identifier.value, "synthetic": result.synthetic,
+                     "files": {kind: str(path) for kind, path in result.paths.items()},
+                     "comparisons": len(result.comparisons),
+                     "published": {"reproduced": result.reproduced, "total": len(result.checks)}})
+    else:
+        click.echo(f"report: {result.paths['html']} ({len(result.comparisons)} comparisons; reproduced "
+                   f"{result.reproduced}/{len(result.checks)} published results"
+                   + ("; synthetic data" if result.synthetic else "") + ")")
+        _info("beside it: " + ", ".join(path.name for kind, path in result.paths.items() if kind != "html"))
+    _echo_observations(result.observations)
+    if result.reproduced < len(result.checks):
         sys.exit(ExitCode.MISMATCH)
 
 
@@ -656,7 +701,8 @@ def _echo_demo(result: jobs.DemoResult) -> None:
         click.echo(render(verification_table(result.verification), "table"))
     if result.adverse_events:
         _info(render(incidence_table(result.adverse_events), "table"))
-    _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    _info(f"report: {result.report['html']} (beside it: "
+          + ", ".join(path.name for kind, path in result.report.items() if kind != "html") + ")")
     for example in result.examples:
         if example.reproduced < len(example.verification):
             click.echo(render(verification_table(example.verification), "table"))
@@ -730,12 +776,7 @@ def _echo_pull(result, store: Path) -> None:
         click.echo(f"kept, deletion not confirmed: {len(result.unconfirmed)} resource(s) the server no longer lists "
                    "but that could not be proven deleted", err=True)
         _echo_cut("  not confirmed", result.unconfirmed, where=" (all in --json)")
-    if result.conflicts:
-        kept = "the server's versions taken" if result.prefer == "server" else \
-            "the local versions kept; --prefer server to take the server's"
-        click.echo(f"{len(result.conflicts)} conflict(s) with local data in {result.conflicts_file} ({kept})")
-        _echo_cut("  conflict", [f"{c.resource_type}/{c.id}: {c.differs}" for c in result.conflicts],
-                  where=" (all in --json)")
+    _echo_pull_conflicts(result)
     if result.invalid:
         click.echo(f"not stored, invalid: {sum(result.invalid.values())} resource(s)", err=True)
         _echo_cut("  not stored", [f"{count} × {reason}" for reason, count in sorted(result.invalid.items(), key=lambda item: -item[1])])
@@ -745,11 +786,20 @@ def _echo_pull(result, store: Path) -> None:
         _echo_cut("  missed", result.missed, where=" (all in --json)")
 
 
+def _echo_pull_conflicts(result) -> None:
+    if result.conflicts:
+        kept = "the server's versions taken" if result.prefer == "server" else \
+            "the local versions kept; --prefer server to take the server's"
+        click.echo(f"{len(result.conflicts)} conflict(s) with local data in {result.conflicts_file} ({kept})")
+        _echo_cut("  conflict", [f"{c.resource_type}/{c.id}: {c.differs}" for c in result.conflicts],
+                  where=" (all in --json)")
+
+
 def _pull_exit(result) -> None:
-    """Exit 7 if the pull failed in part (invalid resources, searches that fell short), else 10 if it kept
-    local data that differs from the server's."""
+    """Exit 7 if the pull failed in part (invalid resources, searches that fell short, export errors), else 10 if it
+    kept local data that differs from the server's."""
     _exit_for(result.ok)
-    if isinstance(result, PullResult) and result.unresolved:
+    if result.unresolved:
         sys.exit(ExitCode.CONFLICTS)
 
 
@@ -845,11 +895,10 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     with _progress(not as_json, resume) as progress:
         result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
                            bulk=bulk, since=since, prefer=prefer, progress=progress)
-    if isinstance(result, BulkPullResult) and not as_json:
-        _echo_bulk_pull(result, store)
-        _exit_for(result.ok)
-        return
-    _print_json(result) if as_json else _echo_pull(result, store)
+    if as_json:
+        _print_json(result)
+    else:
+        _echo_bulk_pull(result, store) if isinstance(result, BulkPullResult) else _echo_pull(result, store)
     _pull_exit(result)
 
 
@@ -861,9 +910,10 @@ def _echo_bulk_pull(result, store: Path) -> None:
     if result.removed:
         counts += "; removed (deleted on the server): " + ", ".join(f"{t} {n}" for t, n in result.removed.items())
     resumed = "resumed " if result.resumed else ""
-    click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
-               f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    how = f" by {resumed}bulk export ({result.level}{since}; {result.files} files{reused})" if result.level else ""
+    click.echo(f"pulled from {result.source} into {store}{how}: {counts}; {result.requests} requests, {result.seconds:.1f}s")
     _echo_notes(result.notes)
+    _echo_pull_conflicts(result)
     _echo_cut("export error", result.errors)
     if result.errors:
         click.echo(f"the export reported {len(result.errors)} error(s): the next pull starts from the same point", err=True)
@@ -966,8 +1016,10 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     unless --prefer hospital. Everything not used is counted by reason.
     With --bulk, the Patients and the Observations with the study's codes come from one Bulk
     Data export (kept in --state until used, so a killed export resumes; every Observation
-    where the server does not apply that code filter). Exit code 0 means done (conflicts and
-    unused results included); 8 that the server could not be used (an export without a
+    where the server does not apply that code filter). A search whose pages fall short of what
+    the server says it matches is asked again by the study's codes. Exit code 0 means done
+    (conflicts and unused results included); 7 that some searches fell short even so (their
+    results counted, not used); 8 that the server could not be used (an export without a
     Patient file included); 9 that another job is writing the store.
     """
     client = _client(server, config, ca_bundle, timeout)
@@ -977,6 +1029,7 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
                                     bulk_state=state if bulk else None)
     if as_json:
         _print_json(result)
+        _exit_for(result.ok)
         return
     click.echo(f"hospital {server}: {result.patients.used}/{result.enrolled} enrolled patients found; "
                f"{len(result.findings)} findings written to {out} and mapped into {store}")
@@ -994,6 +1047,11 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     _echo_skipped("  patient not used:", result.patients)
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)
+    if result.missed:
+        click.echo(f"incomplete: {len(result.missed)} search(es) fell short of what the server says they match, even "
+                   "narrowed; what they listed was not used", err=True)
+        _echo_cut("  missed", result.missed, where=" (all in --json)")
+    _exit_for(result.ok)
 
 
 @main.group("view")

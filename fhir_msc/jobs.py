@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -20,9 +21,16 @@ import pyarrow as pa
 from .account import Account
 from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
-from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table, published_pairs
+from .analysis.adverse_events import (
+    AdverseEventIncidence,
+    incidence,
+    incidence_json,
+    incidence_table,
+    published_pairs,
+)
 from .analysis.frame import Comparison, Verification
 from .analysis.outcomes import time_to_event
+from .analysis.export import analyze_json
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
@@ -30,10 +38,10 @@ from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
 from .analysis.views.query import query as query_views
 from .analysis.views.tables import duckdb_table, named_views, spooled
-from .errors import BadUsage, InputError
+from .errors import BadUsage, IncompleteSearch, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
-from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
+from .fhir.mapping import MapResult, reject_keys, tables_to_fhir, tagged_synthetic
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
@@ -289,7 +297,8 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     is called with that source (a server's resources pulled into a temporary store), e.g. to count adverse events.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
-    with the account of what was read instead. Lines about input holding no resource (bundle
+    with the account of what was read instead; from a server, IncompleteSearch when the pull's searches fall short
+    of what the server says they match (see ``sync.pull``). Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
     builds the frame; all give the same frame and account (``spark_master``: the Spark master URL of
     ``engine="spark"``, local mode if None).
@@ -297,7 +306,12 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
-                _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+                pulled = _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+            if pulled.missed:
+                more = f" and {len(pulled.missed) - 1} more search(es)" if len(pulled.missed) > 1 else ""
+                raise IncompleteSearch(f"{source.base_url} did not list all of the study's data ({pulled.missed[0]}{more}), "
+                                       "so it is not analysed on part of it; where the server offers Bulk Data export, "
+                                       "`fhir-msc pull --bulk` it into a store and analyse that")
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress,
                                                 spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
@@ -333,6 +347,7 @@ class AnalysisResult:
     adverse_events: AdverseEventIncidence | None = None  # when the study file has adverse_events and the source AdverseEvents
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
     not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
+    synthetic: bool = False  # every ResearchSubject is tagged HTEST (see synthetic_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,16 +375,16 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
     counted: list[AdverseEventIncidence | None] = []
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
-                                            spark_master=spark_master,
-                                            also=lambda opened: counted.append(incidence(study, opened, engine)))
+    tagged: list[bool] = []
+    frame, observations = frame_and_account(
+        study, source, read, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: (counted.append(incidence(study, opened, engine)), tagged.append(synthetic_data(opened))))
     comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
-        name = source.base_url if isinstance(source, FhirClient) else source
-        raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
+        raise InputError(f"{_source_name(source)}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=counted[0],
                           arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
-                          not_compared=tuple(analysis.not_compared(study, outcomes)))
+                          not_compared=tuple(analysis.not_compared(study, outcomes)), synthetic=tagged[0])
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
@@ -390,6 +405,68 @@ def _published_incidence(study: Study, source: ResourceSource, engine: str = "py
     """The adverse-event incidence of the pairs of the study's published adverse-event entries (None: there are none)."""
     pairs = published_pairs(study)
     return incidence(study, source, engine, pairs) if pairs else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportResult:
+    """The report written (file kind -> path), what it shows, and the account of the Observations read."""
+
+    paths: dict[str, Path]
+    comparisons: list[Comparison]
+    checks: list[Verification]
+    observations: Account
+    adverse_events: AdverseEventIncidence | None
+    synthetic: bool
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.checks)
+
+
+def report(study: Study, source: Path | FhirClient, out: Path, progress: Progress = NO_PROGRESS,
+           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *, spark_master: str | None = None,
+           input_name: str | None = None) -> ReportResult:
+    """Analyze and verify the study's data in a store, bundle or on a server, and write the report into ``out``:
+    report.html (self-contained), analysis.csv, analysis.json (the ``analyze`` document), forest.png and forest.svg
+    (see ``analysis.report.write_report``). The data are marked synthetic when every ResearchSubject carries the HTEST
+    tag. ``input_name`` names the input in the report (default: the store's directory name or the server's URL)."""
+    events: dict[str, pd.DataFrame] = {}
+    found: list[tuple[AdverseEventIncidence | None, AdverseEventIncidence | None, bool]] = []
+    frame, observations = frame_and_account(
+        study, source, None, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: found.append((incidence(study, opened, engine), _published_incidence(study, opened, engine),
+                                          synthetic_data(opened))))
+    (counted, published, synthetic), = found
+    comparisons = analysis.analyze(study, frame, events=events)
+    if not comparisons:
+        raise InputError(f"{_source_name(source)}: nothing to compare: each arm needs at least 2 values of an outcome "
+                         "at a visit")
+    checks = analysis.verify(study, frame, events, published)
+    document = analyze_json(study, comparisons, observations, incidence_json(counted) if counted else None,
+                            tuple(analysis.arms_not_compared(study, frame)), tuple(analysis.not_compared(study, None)))
+    paths = write_report(out, comparisons, checks, study=study, source=input_name or _input_name(source),
+                         synthetic=synthetic, document=document,
+                         adverse_events=incidence_table(counted) if counted else None)
+    return ReportResult(paths=paths, comparisons=comparisons, checks=checks, observations=observations,
+                        adverse_events=counted, synthetic=synthetic)
+
+
+def synthetic_data(source: ResourceSource) -> bool:
+    """Whether the source's data are synthetic: it holds ResearchSubjects, each tagged HTEST (test health data)."""
+    subjects = iter(source.read("ResearchSubject"))
+    first = next(subjects, None)
+    return first is not None and tagged_synthetic(first) and all(tagged_synthetic(s) for s in subjects)
+
+
+def _input_name(source: Path | FhirClient) -> str:
+    """The input as a report names it: a server's URL, a store's or bundle's name (never a local path)."""
+    if isinstance(source, FhirClient):
+        return f"the server {source.base_url}"
+    return f"the store directory {source.name}/" if source.is_dir() else f"the bundle {source.name}"
+
+
+def _source_name(source: Path | FhirClient) -> str | Path:
+    return source.base_url if isinstance(source, FhirClient) else source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,20 +547,18 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
     """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``.
 
     With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
-    ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
-    paged pull keeps local data the server does not have unless ``prefer`` is "server", and
-    lists such conflicts in ``state/pull-conflicts.csv``. The store's write lock is held
-    throughout.
+    ``since`` overriding the journal's mark; a killed export resumes from ``state``. Either
+    keeps local data the server does not have unless ``prefer`` is "server", and lists such
+    conflicts in ``state/pull-conflicts.csv``. The store's write lock is held throughout.
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
-            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
+            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, prefer=prefer,
+                                     progress=progress)
         else:
             result = _sync.pull(client, study, Store(store), journal, full=full, prefer=prefer,
                                 profile=server_profile(client, fhir_version), progress=progress)
-    if isinstance(result, PullResult):
-        result = _with_conflicts_file(result, state)
-    return dataclasses.replace(result, recovered=tuple(recovered))
+    return dataclasses.replace(_with_conflicts_file(result, state), recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
@@ -521,9 +596,10 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
 
 PULL_CONFLICTS_FILE = "pull-conflicts.csv"
 PULL_CONFLICT_COLUMNS = ["RESOURCE_TYPE", "ID", "WHAT_DIFFERS", "SERVER_LAST_UPDATED", "KEPT"]
+_PullOutcome = TypeVar("_PullOutcome", PullResult, _bulk_pull.BulkPullResult)  # a paged or a bulk pull's result
 
 
-def _with_conflicts_file(result: PullResult, state: Path) -> PullResult:
+def _with_conflicts_file(result: _PullOutcome, state: Path) -> _PullOutcome:
     """A pull that met conflicts lists them in ``state/pull-conflicts.csv`` (replacing the last such list), named in
     the result; one without conflicts leaves the file as it is."""
     if not result.conflicts:
@@ -665,15 +741,13 @@ def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress =
     store = workdir / "store"
     Store(store).clear()
     mapped = map_tables(study, tables, store=store, version=get_version("R4"), progress=progress)
-    events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, store, None, progress, None, events=events)
-    comparisons = analysis.analyze(study, frame, events=events)
-    checks = analysis.verify(study, frame, events, _published_incidence(study, Store(store)))
-    report = write_report(workdir / "report", comparisons, checks,
-                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
-                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
-    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=observations,
-                         verification=checks, report=report)
+    reported = report(study, store, workdir / "report", progress, input_name=_demo_input(tables, store))
+    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=reported.observations,
+                         verification=reported.checks, report=reported.paths)
+
+
+def _demo_input(tables: Path, store: Path) -> str:
+    return f"trial tables {tables.name}, mapped into the store {store.name}"
 
 
 def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS,
@@ -698,25 +772,15 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     by_arm = Counter(subject_arm_names(rs, arm_names)[0] for rs in Store(store).read("ResearchSubject"))
     infusions = Counter(administration_medication(a)["coding"][0]["code"]
                         for a in Store(store).read("MedicationAdministration"))
-    frame, observations = analysis.frame_and_account(study, Store(store))
-    comparisons = analysis.analyze(study, frame)
-    if not comparisons:
-        raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
-                         "check the tables and that --study describes them")
-    checks = analysis.verify(study, frame, adverse_events=_published_incidence(study, Store(store)))
-    events = incidence(study, Store(store))
-    report = write_report(workdir / "report", comparisons, checks,
-                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
-                          else f"{study.study.identifier.value}: between-arm comparisons",
-                          study=study, source=f"trial tables {tables}, mapped into the store {store}",
-                          adverse_events=incidence_table(events) if events else None)
+    reported = report(study, store, workdir / "report", progress, input_name=_demo_input(tables, store))
     shown = []
     for definition, example_tables in EXAMPLE_STUDIES if examples else ():
         example = load_study(definition)
         shown.append(example_demo(example, example_tables, workdir / "examples" / example.study.key, progress))
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
-                      infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events,
+                      infusions=dict(infusions), verification=reported.checks, report=reported.paths,
+                      validation=validation, roundtrip=roundtrip, observations=reported.observations,
+                      adverse_events=reported.adverse_events,
                       examples=tuple(shown))
 
 

@@ -233,8 +233,8 @@ def test_time_to_event_rows_in_the_table_the_forest_plot_and_the_report(stores, 
     assert [(c.outcome, c.visit) for c in at_d0][-2:] == [("TTRECOV", ""), ("TTRECOV", "")]
     (panel,) = forest_panels(comparisons, study)[1]
     assert panel.log and panel.title == "Hazard ratio, treatment vs control · the event is good"
-    assert [row.label for row in panel.rows] == ["Time to recovery · follow-up · HIGH vs PBO",
-                                                 "Time to recovery · follow-up · LOW vs PBO"]
+    assert [row.label for row in panel.rows] == ["Time to recovery · follow-up · Drug Z 200 mg vs Placebo",
+                                                 "Time to recovery · follow-up · Drug Z 50 mg vs Placebo"]
     example = jobs.example_demo(study, REPO / "fixtures" / "example-dose-ranging", tmp_path / "demo")
     assert "<h3 id='time-to-event'>Time to event" in example.report["html"].read_text()
 

@@ -100,3 +100,14 @@ def test_unmap_writes_xpt_or_json_that_maps_back_to_the_same_store(fmt, cohort, 
     assert unmapped.exit_code == 0
     for table in (tmp_path / "csv0").glob("*.csv"):
         assert (tmp_path / "csv" / table.name).read_bytes() == table.read_bytes(), table.name
+
+
+def test_a_control_character_in_a_dataset_json_table_rejects_its_row_by_record_and_column(study, tmp_path):
+    bad = Path(__file__).parent / "data" / "bad" / "control-character"
+    source = private_dir(tmp_path / "json")
+    for table in bad.glob("*.csv"):
+        convert_csv(table, source / f"{table.stem}.json", numeric=numeric_columns(study), dataset=table.stem)
+    result = run("map", str(source), "--store", str(tmp_path / "store"))
+    assert result.exit_code == 3, result.output
+    assert (f"rejected: {source / 'qs.json'}, row 2, column QSTEST = 'SF-36 role\\x00physical': holds the control "
+            "character U+0000 at character 11") in result.output

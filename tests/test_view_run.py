@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 
 import click
@@ -12,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from fhir_msc import jobs
+from fhir_msc import Store, jobs
 from fhir_msc.analysis.views.spark_engine import EngineUnavailable, spark_session
 from fhir_msc.analysis.views.tables import SHIPPED, shipped_view
 from fhir_msc.cli import main
@@ -82,6 +85,9 @@ def test_csv_and_ndjson_hold_the_same_rows_as_parquet(demo_store, scores_view, t
     with open(tmp_path / "s.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["id"], float(r["value"])) for r in rows] == [(r["id"], r["value"]) for r in expected]
+    # a decimal is written alike in both, a whole one without a fraction (100, as JSON and the SQL-on-FHIR suite write it)
+    written = [re.search(r'"value":([^,}]*)', line).group(1) for line in (tmp_path / "s.ndjson").read_text().splitlines()]
+    assert written == [r["value"] for r in rows] and "100" in written and not any(v.endswith(".0") for v in written)
 
 
 def test_a_bad_view_exits_4_with_one_line_naming_the_json_path(demo_store, tmp_path):
@@ -188,3 +194,24 @@ def test_a_local_spark_session_stays_on_loopback_and_its_jvm_logs_errors_only(sp
     assert os.environ["SPARK_LOCAL_IP"] == conf.get("spark.driver.bindAddress") == "127.0.0.1"
     log_config = conf.get("spark.driver.extraJavaOptions").split("-Dlog4j2.configurationFile=file:", 1)[1]
     assert "rootLogger.level = error" in open(log_config, encoding="utf-8").read()
+
+
+def test_an_expected_view_error_under_spark_is_one_line_and_the_jvm_speaks_only_with_verbose(tmp_path):
+    """In a process of its own, so that it starts its own JVM: the Spark log and the workers' tracebacks stay out of
+    stderr; --verbose lets them through."""
+    store = tmp_path / "store"
+    Store(store).write([{"resourceType": "Patient", "id": "p1", "name": [{"given": ["Ann", "B"]}]}])
+    view = tmp_path / "given.json"
+    view.write_text(json.dumps({"resourceType": "ViewDefinition", "resource": "Patient", "select": [{"column": [
+        {"name": "id", "path": "id", "type": "id"}, {"name": "given", "path": "name.given", "type": "string"}]}]}))
+    said = ("fhir-msc: error: select[0].column[1].path: 'name.given' gives 2 values for Patient/p1 but column 'given' "
+            "holds one; set \"collection\": true or narrow the path (e.g. first())\n")
+    for verbose in ([], ["--verbose"]):
+        run = subprocess.run([sys.executable, "-c", "from fhir_msc.cli import main; main()", *verbose, "view", "run",
+                              str(view), "--store", str(store), "--out", str(tmp_path / "o.ndjson"), "--engine", "spark"],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 4 and run.stdout == ""
+        if verbose:
+            assert run.stderr.endswith(said) and "PythonException" in run.stderr, run.stderr[-2000:]
+        else:
+            assert run.stderr == said

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 VIEWS = {"patients": "Patient", "subjects": "ResearchSubject", "visits": "Encounter", "observations": "Observation"}
 LINE = "_line"  # each view's extra column: the resource's line in its file (reading order)
-ENGINE_VERSION = "duckdb-5"  # part of each projected table's key: change it when compile_view's output changes
+ENGINE_VERSION = "duckdb-6"  # part of each projected table's key: change it when compile_view's output changes
 MEMORY_LIMIT = "1GB"  # DuckDB spills (to an owner-only temporary directory) beyond this
 
 

@@ -13,6 +13,8 @@ format and core invariants require:
   types, ``true``/``false`` for boolean, a string for every other type (integer64 included);
 - no empty object, array or string, and no ``null`` except as a placeholder in an array of
   primitives whose ``_element`` array holds the extension at that position (ele-1, JSON rules);
+- a string (of any type: string, code, id, uri, dateTime, …) holds no character below U+0020 but
+  tab, CR and LF (FHIR's string rule);
 - an ``id`` (the id datatype) has at most 64 characters;
 - a ``code`` element with a required binding has a code of its value set (the codes come from
   fhir.resources' ``enum_values`` of the field, completed by ``MISSING_CODES``; elements without
@@ -36,6 +38,7 @@ from typing import Any, List, Union, get_args, get_origin
 from fhir_core import types as fhir_types
 from pydantic import TypeAdapter, ValidationError
 
+from ..study.fhir_codes import CONTROL_CHARACTER, string_problem
 from .versions import FhirVersion
 
 MAX_REPORTED = 50
@@ -224,8 +227,11 @@ class _Leaf:
         return None
 
     def accepts(self, value: Any) -> bool:
-        """Whether a value of a JSON type already found right is valid (not empty, not too long, the model's type)."""
+        """Whether a value of a JSON type already found right is valid (not empty, not too long, no control
+        character, the model's type)."""
         if value == "" or (self.max_length is not None and len(value) > self.max_length):
+            return False
+        if type(value) is str and CONTROL_CHARACTER.search(value):
             return False
         if self.codes is not None and value not in self.codes:
             return False
@@ -337,6 +343,8 @@ class _Walk:
             self.plan.append(leaf)
             problem = (EMPTY_STRING if value == "" else
                        (leaf.json_problem(value) or leaf.binding_problem(value)) if leaf else None)
+            if problem is None and kind is str and (control := string_problem(value)):
+                problem = f"the string {control}; remove it"
             if problem:
                 self.problems.append((path, problem))
 

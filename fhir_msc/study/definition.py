@@ -1,10 +1,11 @@
 """The study definition: one YAML file in mappings/ describes a whole study.
 
-It is validated on load (pydantic), so a typo in the mapping is reported with its path
-(``outcomes.3.unit``) before any data is touched. The values it puts into FHIR code elements
-with a required binding (study status, subject status, the genders ``terms.sex`` maps to) must
-be codes of their value sets, and units (``outcomes.N.unit``, ``terms.dose_unit``) UCUM units:
-see ``fhir_codes``.
+It is validated on load (pydantic), so a typo in the mapping is reported with its path and line
+(``outcomes[3].unit``, see ``problems``) before any data is touched. The values it puts into FHIR
+code elements with a required binding (study status, subject status, the genders ``terms.sex`` maps
+to) must be codes of their value sets, and units (``outcomes[].unit``, ``terms.dose_unit``) UCUM
+units: see ``fhir_codes``. The string below each field describes it in the file's JSON Schema
+(``schema``).
 """
 
 from __future__ import annotations

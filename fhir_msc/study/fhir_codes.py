@@ -1,4 +1,4 @@
-"""Checks of the coded values a study file puts into FHIR: required bindings and UCUM units.
+"""Checks of the values put into FHIR: required bindings, UCUM units and the characters of a string.
 
 The codes of a required binding are those fhir.resources lists for the model field
 (``enum_values``, from the specification); a value must be a code in every FHIR version
@@ -9,6 +9,7 @@ ucumvert package (PyPI), which holds UCUM's syntax and its tables of units and p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module
@@ -67,6 +68,20 @@ class RequiredBinding:
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return {**handler(schema), "enum": self.codes()}
+
+
+# FHIR's string (and every type built on it): no character below U+0020 but tab, CR and LF (the datatypes page;
+# R4's regex [ \r\n\t\S]+ already leaves out form feed and vertical tab, and XML cannot hold the others).
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def string_problem(text: str) -> str | None:
+    """What keeps ``text`` from being a FHIR string's value: its first control character (None if it has none)."""
+    found = CONTROL_CHARACTER.search(text)
+    if found is None:
+        return None
+    return (f"holds the control character U+{ord(found.group()):04X} at character {found.start() + 1}, which a FHIR "
+            "string cannot hold (none below U+0020 but tab, CR and LF)")
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,8 @@
   one, with a note.
 - Header: a required column missing, or a column the study reads appearing twice, makes
   the whole file unusable: one line showing the header found, every row kept in the rejects.
+- Values: a value of a column the study reads holding a character no FHIR string can (below
+  U+0020 but tab, CR and LF, e.g. NUL) rejects its row, naming the column and the character.
 - Rows: fields of any length (csv's default limit is 131,072 characters); a row that a
   quote made span several physical lines says which lines, so a stray quote that swallowed
   the rest of the file is named with the count of lines it took, and they are kept.
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..study.fhir_codes import CONTROL_CHARACTER, string_problem
 from .formats import TableFormatError, detect_format, read_table
 from .rejects import KEEP_BYTES, REJECT_COLUMN, Key, Rejection, RejectLog, row_key
 
@@ -225,6 +228,7 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
                         fmt.header, rows)
         return
     header, width, strip = fmt.header, len(fmt.header), str.strip
+    checked = used or required
     keyed = bool(key_columns and log.waiting.get(path.name))  # keys matter only against rows waiting in the rejects
     for row in raw_rows(path, fmt):
         raw = row.fields
@@ -250,6 +254,9 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
                        header, raw)
             continue
         values = dict(zip(header, map(strip, raw)))
+        if CONTROL_CHARACTER.search(joined) and (control := _control_character(display, row.number, values, checked)):
+            log.reject(control, header, raw)
+            continue
         if row.last_line > row.first_line:
             values[SPANNED] = _spanned(row, raw)
         yield row.number, values, header, raw
@@ -278,7 +285,21 @@ def _read_structured(path: Path, kind: str, required: list[str], used: list[str]
                                  problem=f"row has {len(raw)} values but there are {width} columns: "
                                          "export the file again"), header, raw)
             continue
-        yield number, dict(zip(header, map(strip, raw))), header, raw
+        values = dict(zip(header, map(strip, raw)))
+        if CONTROL_CHARACTER.search("".join(raw)) and (control := _control_character(display, number, values, used)):
+            log.reject(control, header, raw)
+            continue
+        yield number, values, header, raw
+
+
+def _control_character(file: str, row: int, values: dict[str, str], columns: list[str]) -> Rejection | None:
+    """The rejection of a row whose value in one of ``columns`` (the study's) holds a character FHIR strings cannot."""
+    for column in columns:
+        value = values.get(column, "")
+        if problem := string_problem(value):
+            return Rejection(file=file, row=row, column=column, value=value,
+                             problem=f"{problem}: remove it and replay the rejects file")
+    return None
 
 
 SPANNED = "\0spanned"  # a key of a row's values: how the row spans physical lines, for messages

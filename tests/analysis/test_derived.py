@@ -1,14 +1,21 @@
 """Derived endpoints computed from the Observations of a store: values, dependence on exactly their sources, YAML errors."""
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cohort_subset import write_subset
 from fhir_msc import Store, get_version, load_study
+from fhir_msc.analysis.derived import values
 from fhir_msc.analysis.frame import analysis_frame, analyze
+from fhir_msc.analysis.stats import hodges_lehmann
 from fhir_msc.cli import main
 from fhir_msc.errors import StudyDefinitionError
 from fhir_msc.fhir.mapping import tables_to_fhir
@@ -212,3 +219,68 @@ def test_a_published_result_of_a_derived_endpoint_is_verified(tmp_path, store):
     assert result.exit_code == 0, result.output
     (check,) = [c for c in json.loads(result.stdout)["results"] if c["outcome"] == "SIXMWDCHG"]
     assert check["matches"] and len(check["fields"]) == 4
+
+
+# --- exact decimal arithmetic -------------------------------------------------------------------------------
+
+ARITHMETIC = """  derived:
+    - {code: CHG, display: change, kind: change, outcome: SIXMWD, baseline: M12, visit: M36}
+    - {code: PCT, display: "% change", kind: percent-change, outcome: SIXMWD, baseline: M12, visit: M36}
+    - {code: RATIO, display: ratio, kind: ratio, outcomes: [FEV1, FVC], visit: M36}
+    - {code: DIFF, display: difference, kind: difference, outcomes: [FVC, FEV1], visit: M36}
+    - {code: AUC, display: area, kind: auc, outcome: SIXMWD, visits: [M12, M24, M36]}
+"""
+
+
+@pytest.fixture(scope="module")
+def arithmetic_study(tmp_path_factory):
+    return load_study(derived_study(tmp_path_factory.mktemp("arithmetic"), ARITHMETIC))
+
+
+def _frame(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["subject", "outcome", "visit", "value"])
+
+
+def _endpoint(study, code: str):
+    return next(endpoint for endpoint in study.analysis.derived if endpoint.code == code)
+
+
+two_decimals = st.decimals(min_value=-9999, max_value=9999, places=2, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(two_decimals, two_decimals, two_decimals), min_size=1, max_size=6))
+def test_derived_values_are_the_decimal_results_of_the_values_as_written(arithmetic_study, inputs):
+    """Each kind computed from 2-decimal inputs equals decimal.Decimal's result of the same inputs, read as a float."""
+    rows = []
+    for number, (a, b, c) in enumerate(inputs):
+        subject = f"S{number}"
+        rows += [(subject, "SIXMWD", "M12", float(a)), (subject, "SIXMWD", "M24", float(b)), (subject, "SIXMWD", "M36", float(c)),
+                 (subject, "FEV1", "M36", float(a)), (subject, "FVC", "M36", float(c))]
+    frame = _frame(rows)
+    days = [Decimal(arithmetic_study.visit_by_code[v].day) for v in ("M12", "M24", "M36")]
+    expected: dict[str, dict[str, float]] = {code: {} for code in ("CHG", "PCT", "RATIO", "DIFF", "AUC")}
+    for number, (a, b, c) in enumerate(inputs):
+        subject = f"S{number}"
+        expected["CHG"][subject] = float(c - a)
+        expected["DIFF"][subject] = float(c - a)
+        expected["AUC"][subject] = float((a + b) / 2 * (days[1] - days[0]) + (b + c) / 2 * (days[2] - days[1]))
+        if a != 0:
+            expected["PCT"][subject] = float((c - a) * 100 / a)
+        if c != 0:
+            expected["RATIO"][subject] = float(a / c)
+    for code, want in expected.items():
+        got = values(arithmetic_study, frame, _endpoint(arithmetic_study, code))
+        assert got.to_dict() == want, code  # exactly: no binary rounding of the inputs' decimals
+
+
+def test_equal_changes_are_tied_and_hodges_lehmann_keeps_its_method(arithmetic_study):
+    """66.21 − 36.21 and 90.89 − 60.89 are both 30.00: the derived change is the change as written, ties included."""
+    pairs = [(36.21, 66.21), (60.89, 90.89), (10.5, 20.25), (40.1, 55.35), (12.0, 13.37)]
+    frame = _frame([row for number, (before, after) in enumerate(pairs)
+                    for row in ((f"S{number}", "SIXMWD", "M12", before), (f"S{number}", "SIXMWD", "M36", after))])
+    changes = values(arithmetic_study, frame, _endpoint(arithmetic_study, "CHG"))
+    written = [float(Decimal(str(after)) - Decimal(str(before))) for before, after in pairs]
+    assert changes.tolist() == written and changes["S0"] == changes["S1"] == 30.0
+    control = np.array([5.5, 12.25, 30.0, 7.75])
+    assert hodges_lehmann(changes.to_numpy(), control) == hodges_lehmann(np.array(written), control)

@@ -1,17 +1,23 @@
 """The DuckDB engine for SQL-on-FHIR v2 ViewDefinitions, one small store per feature."""
 
+import json
+import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_msc.analysis.engine_frame import VIEWS
+from fhir_msc.analysis.views import python_engine
 from fhir_msc.analysis.views.tables import shipped_view
 from fhir_msc.analysis.views.duckdb_engine import connect, run_view
 from fhir_msc.cli import main
-from fhir_msc.errors import InputError
+from fhir_msc.errors import ViewDefinitionError
 
 MINI = Path(__file__).parents[1] / "data" / "mini-study"
 PATIENTS = [
@@ -85,10 +91,32 @@ def test_repeat_walks_items_depth_first(tmp_path):
     assert table.column("link").to_pylist() == ["1", "1.1", "2"]
 
 
-def test_several_values_in_a_single_column_are_an_error(tmp_path):
+@pytest.mark.parametrize("select, where, message", [
+    ([{"column": [{"name": "id", "path": "id"}, {"name": "family", "path": "name.family", "type": "string"}]}], [],
+     "select[0].column[1].path: 'name.family' gives 2 values for Patient/p1 but column 'family' holds one; "
+     "set \"collection\": true or narrow the path (e.g. first())"),
+    ([{"forEach": "name", "select": [{"column": [{"name": "given", "path": "given"}]}]}], [],
+     "select[0].select[0].column[0].path: 'given' gives 2 values for Patient/p1 but column 'given' holds one"),
+    ([{"unionAll": [{"column": [{"name": "v", "path": "active", "type": "boolean"}]},
+                    {"column": [{"name": "v", "path": "birthDate", "type": "boolean"}]}]}], [],
+     "select[0].unionAll[1].column[0].path: gives '1970-06' for Patient/p1, which is not a FHIR boolean; "
+     "fix the path or set the column's \"type\""),
+    ([{"column": [{"name": "v", "path": "name.given", "type": "integer", "collection": True}]}], [],
+     "select[0].column[0].path: gives 'Ann' for Patient/p1, which is not a FHIR integer"),
+    ([{"column": [{"name": "id", "path": "id"}]}], [{"path": "active"}, {"path": "name.family"}],
+     "where[1].path: gives 'Smith', 'Jones' for Patient/p1, not true or false; make the expression end in a test"),
+])
+def test_a_view_that_does_not_apply_to_a_resource_names_the_resource_and_its_place_in_the_view(tmp_path, select, where,
+                                                                                                message):
+    """As the reference engine names it, whichever way DuckDB reads the file (typed, general, rows of a forEach)."""
     store = _store(tmp_path, *PATIENTS)
-    with pytest.raises(InputError, match="column family has several values"):
-        _rows({"select": [{"column": [{"name": "family", "path": "name.family", "type": "string"}]}]}, store)
+    view = {"resource": "Patient", "select": select, "where": where}
+    with pytest.raises(ViewDefinitionError) as found:
+        run_view(view, store)
+    assert str(found.value).startswith(message)
+    with pytest.raises(ViewDefinitionError) as reference:
+        python_engine.run_view(view, PATIENTS)
+    assert str(reference.value).startswith(message)
 
 
 def test_a_missing_resource_file_is_an_empty_table(tmp_path):
@@ -146,3 +174,31 @@ def test_the_fast_path_falls_back_where_an_element_has_another_shape(study, tmp_
     monkeypatch.setattr(duckdb_engine._Compiler, "selected", lambda *a, **k: None)
     assert fast == run_view(view, store).to_pylist()
     assert [row["code"] for row in fast] == ["A", "B", "A", "C", "A", "A"] and fast[1]["subject"] == "Patient/p2"
+
+
+decimals = st.decimals(min_value=-10**12, max_value=10**12, places=3, allow_nan=False, allow_infinity=False) | \
+    st.decimals(min_value=-100, max_value=100, places=2, allow_nan=False, allow_infinity=False) | \
+    st.integers(min_value=-10**9, max_value=10**9).map(Decimal)
+ARITHMETIC = {"resource": "Observation", "select": [{"column": [
+    {"name": "id", "path": "id", "type": "id"},
+    *({"name": name, "path": f"value.ofType(Range).low.value {op} value.ofType(Range).high.value", "type": "decimal"}
+      for name, op in (("sum", "+"), ("difference", "-"), ("product", "*"), ("quotient", "/"))),
+    {"name": "tied", "path": "value.ofType(Range).low.value - value.ofType(Range).high.value = 30.00", "type": "boolean"}]}]}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(decimals, decimals), min_size=1, max_size=40))
+def test_decimal_arithmetic_is_exact_on_the_numbers_as_written_as_in_the_reference_engine(pairs):
+    """+, −, ×, ÷ of decimals written with up to 3 places give the double nearest the exact decimal result, as Python's
+    decimal (and the reference engine, fhirpathpy on Decimal) gives it: 66.21 − 36.21 is 30, 0.1 + 0.2 is 0.3."""
+    pairs = [*pairs, (Decimal("66.21"), Decimal("36.21")), (Decimal("0.1"), Decimal("0.2")),
+             (Decimal("999999.999"), Decimal("999999.999"))]
+    lines = [f'{{"resourceType": "Observation", "id": "o{i}", "status": "final", "code": {{"text": "x"}}, '
+             f'"valueRange": {{"low": {{"value": {a}}}, "high": {{"value": {b}}}}}}}' for i, (a, b) in enumerate(pairs)]
+    expected = [{"id": f"o{i}", "sum": float(a + b), "difference": float(a - b), "product": float(a * b),
+                 "quotient": None if b == 0 else float(a / b), "tied": a - b == 30}
+                for i, (a, b) in enumerate(pairs)]
+    with tempfile.TemporaryDirectory() as store:
+        (Path(store) / "Observation.ndjson").write_text("\n".join(lines) + "\n")
+        assert run_view(ARITHMETIC, Path(store)).to_pylist() == expected
+    assert python_engine.run_view(ARITHMETIC, [json.loads(line) for line in lines]).to_pylist() == expected

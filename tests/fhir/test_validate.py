@@ -103,6 +103,11 @@ REJECTED = [  # (resource, path, what the line says)
     ({**GLUCOSE, "status": "bogus"}, "status", "'bogus' is not in the required value set (registered, preliminary, "),
     ({**PATIENT, "gender": "M"}, "gender", "'M' is not in the required value set (male, female, other, unknown)"),
     ({**PATIENT, "name": [{"use": "nick"}]}, "name.0.use", "'nick' is not in the required value set (usual, official"),
+    ({**PATIENT, "name": [{"family": "Chal\u0000mers"}]}, "name.0.family",
+     "the string holds the control character U+0000 at character 5, which a FHIR string cannot hold"),
+    ({**GLUCOSE, "code": {"text": "glucose\u000c"}}, "code.text", "the string holds the control character U+000C"),
+    ({**GLUCOSE, "valueQuantity": {**GLUCOSE["valueQuantity"], "unit": "mmol/l\u001f"}}, "valueQuantity.unit",
+     "the string holds the control character U+001F at character 7"),
 ]
 
 
@@ -126,6 +131,7 @@ def test_what_fhir_allows_stays_valid(version):
         {**GLUCOSE, "component": [other_code]},
         {**{k: v for k, v in GLUCOSE.items() if k != "valueQuantity"}, "component": [SAME_CODE]},
         {**PATIENT, "multipleBirthInteger": 2, "name": [{"given": ["Peter", None], "_given": [None, {"id": "g2"}]}]},
+        {**PATIENT, "name": [{"text": "Peter\tChalmers\r\n(senior)"}]},  # tab, CR and LF are a string's own
     ):
         assert validate_resource(resource, fhir) == [], resource
 
@@ -238,3 +244,13 @@ def test_every_code_the_specification_allows_is_accepted(version):
             spec_path = {"EncounterStatusHistory": "Encounter.statusHistory", "BundleEntrySearch": "Bundle.entry.search",
                          "ElementDefinitionSlicingDiscriminator": "ElementDefinition.slicing.discriminator"}
             assert set(added) <= spec[f"{spec_path.get(model, model)}.{name}"], (model, name)
+
+
+def test_a_control_character_is_found_in_a_known_shape():
+    fhir = get_version("R4")
+    validator = ShapeValidator(fhir)
+    results = [validator.problems({**PATIENT, "name": [{"family": family}]}) for family in ("Chalmers", "Chal\u0000mers")]
+    assert results[0] == [] and results[1] == validate_resource({**PATIENT, "name": [{"family": "Chal\u0000mers"}]}, fhir)
+    assert [str(p) for p in results[1]] == ["Patient/p1: name.0.family: the string holds the control character U+0000 at "
+                                            "character 5, which a FHIR string cannot hold (none below U+0020 but tab, "
+                                            "CR and LF); remove it"]

@@ -31,7 +31,7 @@ import pyarrow as pa
 from antlr4.error.Errors import RecognitionException
 from fhirpathpy.parser import parse
 
-from ...errors import InputError
+from ...errors import InputError, ViewDefinitionError
 from ...store.ndjson import Store
 from .shapes import shape
 
@@ -68,6 +68,22 @@ MACROS = [
     "fp_text(j) AS CASE WHEN json_type(j) = 'VARCHAR' THEN j ->> '$' ELSE CAST(j AS VARCHAR) END",
     # A JSON leaf of the typed read (SQL NULL for null or missing) that is no array: one item, or none.
     "fp_one(j) AS coalesce(NOT starts_with(CAST(j AS VARCHAR), '['), true)",
+    # Decimal arithmetic as FHIRPath's, exact on the numbers as written: a JSON number's decimal places (NULL when it
+    # is written with an exponent), the larger of two numbers' places, the number × 10^k as a whole number read from
+    # its digits (k at least its places), whether that has at most ``digits`` digits, and n × 10^-k as the double
+    # nearest it (read from text, which rounds once). So 66.21 - 36.21 is 30 and 0.1 + 0.2 is 0.3, as in Python's
+    # decimal; a number with more digits falls back to DOUBLE arithmetic.
+    ("fp_places(j) AS CASE WHEN contains(lower(CAST(j AS VARCHAR)), 'e') THEN NULL "
+     "ELSE length(split_part(CAST(j AS VARCHAR) || '.', '.', 2)) END"),
+    ("fp_places2(x, y) AS CASE WHEN fp_places(x) IS NULL OR fp_places(y) IS NULL THEN NULL "
+     "ELSE greatest(fp_places(x), fp_places(y)) END"),
+    "fp_whole(j, k) AS CAST(replace(CAST(j AS VARCHAR), '.', '') || repeat('0', k - fp_places(j)) AS HUGEINT)",
+    ("fp_fits(j, k, digits) AS coalesce(k - fp_places(j) + length(regexp_replace(CAST(j AS VARCHAR), '[-.]', '', 'g')) "
+     "<= digits, false)"),
+    "fp_decimal(n, k) AS CAST(CAST(n AS VARCHAR) || 'e-' || CAST(k AS VARCHAR) AS DOUBLE)",
+    # a / b of two whole numbers (HUGEINT, at most 18 digits) to 38 - digits(a) more places, as the double nearest it
+    ("fp_quotient(a, b) AS fp_decimal((a * CAST('1' || repeat('0', 38 - length(CAST(abs(a) AS VARCHAR))) AS HUGEINT)) "
+     "// b, 38 - length(CAST(abs(a) AS VARCHAR)))"),
 ]
 
 
@@ -92,14 +108,18 @@ def run_view(view: dict, source: Store | str | Path, *, connection: duckdb.DuckD
     try:
         table = compiled.run(lambda sql: con.sql(sql).to_arrow_table())
     except duckdb.Error as error:
+        if ERROR_MARK in str(error):  # the view does not apply to a resource: named, as the reference engine names it
+            raise ViewDefinitionError(_reason(error)) from None
         raise InputError(f"view {view.get('name', view.get('resource'))!r} cannot be run: {_reason(error)}") from None
     return compiled.finish(table)
 
 
+ERROR_MARK = "fhir-msc: "  # begins the message of an error() the compiled query raises
+
+
 def _reason(error: duckdb.Error) -> str:
     text = str(error)
-    marker = "fhir-msc: "
-    return text[text.index(marker) + len(marker):].splitlines()[0] if marker in text else text.splitlines()[0]
+    return text[text.index(ERROR_MARK) + len(ERROR_MARK):].splitlines()[0] if ERROR_MARK in text else text.splitlines()[0]
 
 
 @dataclass(frozen=True)
@@ -114,11 +134,14 @@ class CompiledView:
     """One DuckDB query and what turns its result into the view's table.
 
     ``typed_sql``, when the view can be read typed (see ``_Typed``), gives the same rows faster; it raises
-    where a resource has a shape it does not expect, and then ``sql`` (the general query) is run.
+    where a resource has a shape it does not expect, and then ``sql`` (the general query) is run. Where
+    a value cannot be cast to its column's type, ``checked_sql`` (the general query checking each typed
+    value first) is run to raise the error naming the resource and the column's place in the view.
     """
 
     sql: str
     columns: list[Column]
+    checked_sql: str
     typed_sql: str | None = None
 
     def run(self, execute: Callable[[str], T]) -> T:
@@ -128,7 +151,13 @@ class CompiledView:
                 return execute(self.typed_sql)
             except (duckdb.InvalidInputException, duckdb.ConversionException):  # FALLBACK, or a JSON transform error
                 pass
-        return execute(self.sql)
+        try:
+            return execute(self.sql)
+        except (duckdb.InvalidInputException, duckdb.ConversionException) as error:
+            if ERROR_MARK in str(error):
+                raise
+            execute(self.checked_sql)  # raises the error naming the resource and the column
+            raise
 
     def finish(self, table: pa.Table) -> pa.Table:
         """Untyped columns (no FHIR ``type``) get the Arrow type of their JSON values."""
@@ -150,40 +179,70 @@ def compile_view(view: dict, source: Store | str | Path, ordinal: str | None = N
     resource = view.get("resource")
     if not isinstance(resource, str) or not isinstance(view.get("select"), list) or not view["select"]:
         raise InputError("a ViewDefinition needs a resource type (resource) and at least one select")
+    path = _file(source, resource)
+    line = f", r.ordinality AS {_quote(ordinal)}" if ordinal else ""
+    compiler, sql, columns, flat = _general_query(view, path, line, ordinal, check_types=False)
+    checked_sql = _general_query(view, path, line, ordinal, check_types=True)[1]
+    typed = None if flat is None or path is None or view.get("where") else _typed_query(compiler, flat, columns, path, line)
+    return CompiledView(sql=sql, columns=columns, checked_sql=checked_sql, typed_sql=typed)
+
+
+def _general_query(view: dict, path: Path | None, line: str, ordinal: str | None, check_types: bool
+                   ) -> tuple[_Compiler, str, list[Column], list[dict] | None]:
+    """The compiler, the general query of ``view`` over the file ``path``, its columns, and its columns when it
+    gives one row per resource (else None). ``check_types``: each typed value is checked before its cast (see
+    :meth:`_Compiler.typed`)."""
+    resource = view["resource"]
     compiler = _Compiler(resource, _constants(view.get("constant", [])), {
-        c["name"]: next(v for k, v in c.items() if k.startswith("value")) for c in view.get("constant", [])})
+        c["name"]: next(v for k, v in c.items() if k.startswith("value")) for c in view.get("constant", [])},
+        check_types=check_types)
     scope = _Scope(this=ROOT, row_index="0")
-    flat = _flat_columns(view["select"])
-    if flat is None:
-        rows = compiler.node_rows({"select": view["select"]}, ROOT, scope)
+    placed = _flat_columns(view["select"])
+    flat = None if placed is None else [column for column, _ in placed]
+    if placed is None:
+        rows = compiler.node_rows({"select": view["select"]}, ROOT, scope, "")
     else:  # one row per resource: the cells are the columns, no list of rows to unnest
-        rows = "\x00".join(compiler.cell(column, ROOT, scope) for column in flat)
+        rows = "\x00".join(compiler.cell(column, ROOT, scope, at) for column, at in placed)
     columns = compiler.columns({"select": view["select"]})
     names = [c.name for c in columns]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InputError(f"column name {', '.join(repeated)} is used more than once in the view")
-    conditions = [_condition(compiler, w.get("path", ""), scope) for w in view.get("where", [])]
-    path = _file(source, resource)
+    conditions = [_condition(compiler, w.get("path", ""), scope, f"where[{i}].path")
+                  for i, w in enumerate(view.get("where", []))]
     whole = ROOT in rows or any(ROOT in c for c in conditions)  # the resource itself as a value
     fields = sorted(compiler.fields | {"id"} | (compiler.names if whole else set()))
     root = "[json_object(" + ", ".join(f"'{f}', r.{_quote(f)}" for f in fields) + ")]"
     rows = rows.replace(ROOT, root)
     conditions = [c.replace(ROOT, root) for c in conditions]
     where = " AND ".join(conditions) or "true"
-    line = f", r.ordinality AS {_quote(ordinal)}" if ordinal else ""
     if flat is not None:
         cells = rows.split("\x00")
         selected = ", ".join(f"{_typed(c, cell)} AS {_quote(c.name)}" for c, cell in zip(columns, cells))
-        typed = None if path is None or view.get("where") else _typed_query(compiler, flat, columns, path, line)
-        return CompiledView(sql=f"SELECT {selected}{line} FROM {_read(path, dict.fromkeys(fields, 'JSON'))} AS r "
-                                f"WHERE {where}", columns=columns,
-                            typed_sql=typed)
+        return (compiler, f"SELECT {selected}{line} FROM {_read(path, dict.fromkeys(fields, 'JSON'))} AS r "
+                          f"WHERE {where}", columns, flat)
     selected = ", ".join(f"{_typed(c, f'row[{i}]')} AS {_quote(c.name)}" for i, c in enumerate(columns, start=1))
     selected += f", {_quote(ordinal)}" if ordinal else ""
     sql = (f"SELECT {selected} FROM (SELECT unnest({rows}) AS row{line} "
            f"FROM {_read(path, dict.fromkeys(fields, 'JSON'))} AS r WHERE {where})")
-    return CompiledView(sql=sql, columns=columns)
+    return compiler, sql, columns, None
+
+
+def _decimal_arithmetic(op: str, x: str, y: str) -> str:
+    """``x op y`` of two JSON numbers as a DOUBLE: exact on their decimals as written when each has at most 18
+    digits (see the ``fp_`` macros; a quotient to 20 significant digits or more, then the double nearest it), in
+    DOUBLE otherwise."""
+    double = f"CAST({x} AS DOUBLE) {op} CAST({y} AS DOUBLE)"
+    if op == "*":
+        px, py = f"fp_places({x})", f"fp_places({y})"
+        exact = f"fp_decimal(fp_whole({x}, {px}) * fp_whole({y}, {py}), {px} + {py})"
+        fits = f"fp_fits({x}, {px}, 18) AND fp_fits({y}, {py}, 18)"
+    else:
+        k = f"fp_places2({x}, {y})"
+        exact = (f"fp_quotient(fp_whole({x}, {k}), fp_whole({y}, {k}))" if op == "/"
+                 else f"fp_decimal(fp_whole({x}, {k}) {op} fp_whole({y}, {k}), {k})")
+        fits = f"fp_fits({x}, {k}, 18) AND fp_fits({y}, {k}, 18)"
+    return f"CASE WHEN {fits} THEN {exact} ELSE {double} END"
 
 
 def _typed_query(compiler: _Compiler, flat: list[dict], columns: list[Column], path: Path, line: str) -> str | None:
@@ -203,24 +262,35 @@ def _typed_query(compiler: _Compiler, flat: list[dict], columns: list[Column], p
     return f"SELECT {selected}{line} FROM {_read(path, types)} AS r"
 
 
-def _condition(compiler: _Compiler, path: str, scope: _Scope) -> str:
-    """A view's ``where`` path: true keeps the resource; a path giving anything but a boolean is an error."""
-    message = _literal(f"fhir-msc: a where path must give a boolean: {path}")
+def _condition(compiler: _Compiler, path: str, scope: _Scope, at: str) -> str:
+    """A view's ``where`` path: true keeps the resource; a path giving anything but one boolean is an error
+    naming ``at`` (its place in the view) and the resource, as the reference engine's."""
     return compiler.let(compiler.expr(path, ROOT, scope), lambda v: (
-        f"CASE WHEN len({v}) > 0 AND json_type({v}[1]) <> 'BOOLEAN' THEN error({message}) "
-        f"ELSE coalesce(fp_bool({v}), false) END"))
+        f"CASE WHEN len({v}) > 1 OR (len({v}) = 1 AND json_type({v}[1]) <> 'BOOLEAN') THEN "
+        + compiler.error(f"{at}: gives ", _shown(v), " for ", compiler.named,
+                         ", not true or false; make the expression end in a test (e.g. exists(), = 'x')")
+        + f" ELSE coalesce(fp_bool({v}), false) END"))
 
 
-def _flat_columns(selects: list[dict]) -> list[dict] | None:
-    """The columns of selects that give exactly one row per resource (no forEach, repeat or unionAll), in order."""
+def _shown(values: str) -> str:
+    """SQL text of the first three values of a JSON list as the reference engine shows them ('text', 5, true)."""
+    item, quote = "shown", _literal("'")
+    return (f"array_to_string(list_transform({values}[1:3], lambda {item}: CASE WHEN json_type({item}) = 'VARCHAR' "
+            f"THEN {quote} || ({item} ->> '$') || {quote} ELSE CAST({item} AS VARCHAR) END), ', ') "
+            f"|| CASE WHEN len({values}) > 3 THEN ' …' ELSE '' END")
+
+
+def _flat_columns(selects: list[dict], at: str = "") -> list[tuple[dict, str]] | None:
+    """The columns of selects that give exactly one row per resource (no forEach, repeat or unionAll), in order,
+    each with its place in the view (``select[0].column[1]``)."""
     found = []
-    for select in selects:
+    for i, select in enumerate(selects):
         if any(key in select for key in ("forEach", "forEachOrNull", "repeat", "unionAll")):
             return None
-        inner = _flat_columns(select.get("select", []))
+        inner = _flat_columns(select.get("select", []), f"{at}select[{i}].")
         if inner is None:
             return None
-        found += select.get("column", []) + inner
+        found += [(column, f"{at}select[{i}].column[{j}]") for j, column in enumerate(select.get("column", []))] + inner
     return found
 
 
@@ -290,10 +360,12 @@ class _Scope:
 class _Compiler:
     """Translates one view's selects and FHIRPath expressions into DuckDB SQL."""
 
-    def __init__(self, resource: str, constants: dict[str, str], raw_constants: dict[str, Any] | None = None):
+    def __init__(self, resource: str, constants: dict[str, str], raw_constants: dict[str, Any] | None = None,
+                 check_types: bool = False):
         self.resource = resource
         self.constants = constants
         self.raw_constants = raw_constants or {}  # the constants' values, for the fast path
+        self.check_types = check_types  # each typed value checked before its cast (see typed)
         self.fields: set[str] = set()  # top-level fields of the resource read
         self.names: set[str] = set()  # every element name the view reads, at any depth
         self.count = 0
@@ -322,34 +394,37 @@ class _Compiler:
             found += branches[0]
         return found
 
-    def select_rows(self, node: dict, focus: str, scope: _Scope) -> str:
-        """The rows (``JSON[][]``) of one select node over ``focus``, iterating if it asks to."""
+    def select_rows(self, node: dict, focus: str, scope: _Scope, at: str) -> str:
+        """The rows (``JSON[][]``) of one select node (at ``at`` in the view) over ``focus``, iterating if it asks to."""
         iterate = [k for k in ("forEach", "forEachOrNull", "repeat") if k in node]
         if len(iterate) > 1:
             raise InputError(f"a select may have only one of forEach, forEachOrNull and repeat, not {iterate}")
         if not iterate:
-            return self.node_rows(node, focus, scope)
+            return self.node_rows(node, focus, scope, at)
         if iterate[0] == "repeat":
-            items = self.repeat(node["repeat"], focus, scope)
+            items = self.repeat(node["repeat"], focus, scope, f"{at}.repeat")
         else:
             items = self.expr(node[iterate[0]], focus, scope)
         item, index = self.var(), self.var()
-        each = self.node_rows(node, f"[{item}]", replace(scope, row_index=f"({index} - 1)"))
+        each = self.node_rows(node, f"[{item}]", replace(scope, row_index=f"({index} - 1)"), at)
         rows = f"flatten(list_transform({{items}}, lambda {item}, {index}: {each}))"
         if iterate[0] != "forEachOrNull":
             return rows.format(items=items)
         bound = self.var()
-        empty = self.node_rows(node, "[]::JSON[]", replace(scope, row_index="0"))
+        empty = self.node_rows(node, "[]::JSON[]", replace(scope, row_index="0"), at)
         return self.let(items, lambda v: f"CASE WHEN len({v}) = 0 THEN {empty} ELSE {rows.format(items=v)} END", bound)
 
-    def node_rows(self, node: dict, focus: str, scope: _Scope) -> str:
-        """The rows of a node's columns × nested selects × unionAll, over one focus."""
+    def node_rows(self, node: dict, focus: str, scope: _Scope, at: str) -> str:
+        """The rows of a node's columns × nested selects × unionAll, over one focus (``at``: the node's place in
+        the view, "" for the view itself)."""
+        within = f"{at}." if at else ""
         parts = []
         if node.get("column"):
-            parts.append("[[" + ", ".join(self.cell(c, focus, scope) for c in node["column"]) + "]]")
-        parts += [self.select_rows(s, focus, scope) for s in node.get("select", [])]
+            parts.append("[[" + ", ".join(self.cell(c, focus, scope, f"{within}column[{j}]")
+                                          for j, c in enumerate(node["column"])) + "]]")
+        parts += [self.select_rows(s, focus, scope, f"{within}select[{i}]") for i, s in enumerate(node.get("select", []))]
         if node.get("unionAll"):
-            union = [self.select_rows(u, focus, scope) for u in node["unionAll"]]
+            union = [self.select_rows(u, focus, scope, f"{within}unionAll[{i}]") for i, u in enumerate(node["unionAll"])]
             combined = union[0]
             for branch in union[1:]:
                 combined = f"list_concat({combined}, {branch})"
@@ -362,17 +437,55 @@ class _Compiler:
             rows = f"flatten(list_transform({rows}, lambda {a}: list_transform({part}, lambda {b}: list_concat({a}, {b}))))"
         return rows
 
-    def cell(self, column: dict, focus: str, scope: _Scope) -> str:
+    def cell(self, column: dict, focus: str, scope: _Scope, at: str) -> str:
+        """The JSON value of ``column`` (at ``at`` in the view) over ``focus``; a value that is not of the column's
+        type, or several values in a column that holds one, is an error naming ``at`` and the resource."""
         values = self.expr(column.get("path", ""), focus, replace(scope, kind=column.get("type")))
         if column.get("collection"):
             fast_list = self.selected(column["path"], scope) if focus == ROOT else None
             general_list = f"to_json({values})"
-            return general_list if fast_list is None else f"CASE WHEN {fast_list[1]} THEN {fast_list[0]} ELSE {general_list} END"
-        message = _literal(f"fhir-msc: column {column.get('name')} has several values: mark it collection: true, "
-                           "or pick one (first())")
-        general = self.let(values, lambda v: f"CASE WHEN len({v}) > 1 THEN error({message}) ELSE {v}[1] END")
+            return self.typed(general_list if fast_list is None else
+                              f"CASE WHEN {fast_list[1]} THEN {fast_list[0]} ELSE {general_list} END", column, at)
+        general = self.let(values, lambda v: (
+            f"CASE WHEN len({v}) > 1 THEN "
+            + self.error(f"{at}.path: {column['path']!r} gives ", f"CAST(len({v}) AS VARCHAR)", " values for ",
+                         self.named, f" but column {column.get('name')!r} holds one; set \"collection\": true or "
+                         "narrow the path (e.g. first())")
+            + f" ELSE {v}[1] END"))
         fast = self.scalar(column["path"], scope) if focus == ROOT else None
-        return general if fast is None else f"CASE WHEN {fast[1]} THEN {fast[0]} ELSE {general} END"
+        return self.typed(general if fast is None else f"CASE WHEN {fast[1]} THEN {fast[0]} ELSE {general} END",
+                          column, at)
+
+    def typed(self, cell: str, column: dict, at: str) -> str:
+        """``cell`` (a JSON value, or a JSON array for a collection); with ``check_types``, an error naming ``at``
+        and the resource where a value is not of the column's number or boolean type (its cast would fail)."""
+        sql_type = (TYPES.get(column.get("type") or "") or _TEXT)[0]
+        if not self.check_types or column.get("type") is None or sql_type == "VARCHAR":
+            return cell
+
+        def wrong(value: str) -> str:
+            return f"(coalesce(json_type({value}), 'NULL') <> 'NULL' AND TRY_CAST({value} AS {sql_type}) IS NULL)"
+
+        def refused(value: str) -> str:
+            return self.error(f"{at}.path: gives ", _shown(f"[{value}]"), " for ", self.named,
+                              f", which is not a FHIR {column['type']}; fix the path or set the column's \"type\"")
+        if not column.get("collection"):
+            return self.let(cell, lambda c: f"CASE WHEN {wrong(c)} THEN {refused(c)} ELSE {c} END")
+        item = self.var()
+        return self.let(cell, lambda c: self.let(
+            f"list_filter(CAST({c} AS JSON[]), lambda {item}: {wrong(item)})",
+            lambda bad: f"CASE WHEN len({bad}) > 0 THEN {refused(f'{bad}[1]')} ELSE {c} END"))
+
+    @property
+    def named(self) -> str:
+        """SQL: the resource as the messages name it (``Patient/p1``)."""
+        return f"{_literal(self.resource + '/')} || coalesce(fp_text(r.\"id\"), '(no id)')"
+
+    @staticmethod
+    def error(*parts: str) -> str:
+        """SQL raising the message made of ``parts``: text at even places, SQL text values at odd ones."""
+        joined = " || ".join(_literal(part) if i % 2 == 0 else f"({part})" for i, part in enumerate(parts))
+        return f"error({_literal(ERROR_MARK)} || {joined})"
 
     # --- the fast path: one JSON value per resource ----------------------------------------------------
 
@@ -503,8 +616,8 @@ class _Compiler:
                 else f"({value} ->> 'resourceType') = {_literal(type_name)}")
         return f"CASE WHEN {keep} THEN {value} END"
 
-    def repeat(self, paths: list[str], focus: str, scope: _Scope) -> str:
-        """The items reached from ``focus`` by following ``paths`` again and again, depth first."""
+    def repeat(self, paths: list[str], focus: str, scope: _Scope, at: str) -> str:
+        """The items reached from ``focus`` by following ``paths`` (``at`` in the view) again and again, depth first."""
         def children(of: str) -> str:
             found = [self.expr(p, of, scope) for p in paths]
             combined = found[0]
@@ -514,8 +627,9 @@ class _Compiler:
 
         def below(items: str, depth: int) -> str:
             if depth == REPEAT_DEPTH:
-                return (f"CASE WHEN len({items}) > 0 THEN error('fhir-msc: repeat goes deeper than "
-                        f"{REPEAT_DEPTH} levels') ELSE []::JSON[] END")
+                return (f"CASE WHEN len({items}) > 0 THEN "
+                        + self.error(f"{at}: goes deeper than {REPEAT_DEPTH} levels in ", self.named, "")
+                        + " ELSE []::JSON[] END")
             item = self.var()
             return (f"flatten(list_transform({items}, lambda {item}: "
                     f"list_concat([{item}], {below(children(f'[{item}]'), depth + 1)})))")
@@ -594,14 +708,15 @@ class _Compiler:
         if op in ("+", "-", "*"):
             text = "to_json(concat(fp_text(x), fp_text(y)))" if op == "+" else "NULL"
             return singletons(lambda x, y: (
-                f"[CASE WHEN fp_int({x}) AND fp_int({y}) THEN to_json(CAST({x} AS BIGINT) {op} CAST({y} AS BIGINT)) "
-                f"WHEN fp_num({x}) AND fp_num({y}) THEN to_json(CAST({x} AS DOUBLE) {op} CAST({y} AS DOUBLE)) "
+                f"[CASE WHEN fp_int({x}) AND fp_int({y}) THEN to_json(CAST({x} AS HUGEINT) {op} CAST({y} AS HUGEINT)) "
+                f"WHEN fp_num({x}) AND fp_num({y}) THEN to_json({_decimal_arithmetic(op, x, y)}) "
                 f"ELSE {text.replace('(x)', f'({x})').replace('(y)', f'({y})')} END]"))
-        if op == "/":
-            return singletons(lambda x, y: f"[to_json(CAST({x} AS DOUBLE) / CAST({y} AS DOUBLE))]")
-        if op in ("div", "mod"):
-            sql = "//" if op == "div" else "%"
-            return singletons(lambda x, y: f"[to_json(CAST({x} AS BIGINT) {sql} CAST({y} AS BIGINT))]")
+        if op in ("/", "div", "mod"):  # by zero: empty, as FHIRPath says
+            whole = "//" if op == "div" else "%"
+            return singletons(lambda x, y: (
+                f"CASE WHEN CAST({y} AS DOUBLE) = 0 THEN []::JSON[] ELSE [to_json("
+                + (_decimal_arithmetic(op, x, y) if op == "/" else f"CAST({x} AS BIGINT) {whole} CAST({y} AS BIGINT)")
+                + ")] END"))
         raise InputError(f"FHIRPath operator {op} is not supported")
 
     def term(self, n: dict, scope: _Scope) -> str:

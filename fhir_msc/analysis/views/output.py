@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -35,7 +36,7 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Pat
     renamed: never half-written, never held whole. Returns the rows written.
 
     CSV has no lists: collection columns are written as JSON arrays there. NDJSON has one JSON
-    object per row, with the view's columns in order.
+    object per row, with the view's columns in order (see :func:`ndjson_line`).
     """
     suffix = output_format(out)
     partial = out.with_name(f".{out.name}.partial")
@@ -55,7 +56,7 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Pat
             else:
                 for batch in batches:
                     for row in batch.cast(schema).to_pylist():
-                        handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                        handle.write(ndjson_line(row).encode() + b"\n")
                     rows += batch.num_rows
         os.replace(partial, out)
     finally:
@@ -63,10 +64,26 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Pat
     return rows
 
 
+def ndjson_line(row: dict[str, Any]) -> str:
+    """One row as a line of NDJSON: a decimal written as the shortest number that reads back as its value, so a whole
+    one without a fraction (``5``, as JSON and the SQL-on-FHIR test suite write it, and as the CSV writer does;
+    never ``5.0``): ``json.dumps`` would write a Python float 5.0 as ``5.0``."""
+    return json.dumps({name: _json_number(value) for name, value in row.items()}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def _json_number(value: Any) -> Any:
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:  # every whole double below 2**53 is exact
+        return int(value)
+    if type(value) is list:
+        return [_json_number(item) for item in value]
+    return value
+
+
 def _lists_as_json(table: pa.Table) -> pa.Table:
     columns = []
     for column in table.columns:
         if pa.types.is_list(column.type):
-            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+            column = pa.array([None if v is None else json.dumps(_json_number(v)) for v in column.to_pylist()], pa.string())
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)

@@ -145,14 +145,14 @@ class CompiledView:
                at: str) -> Any:
         result = [item for item in self._run(evaluator, focus, resource, row_index, at) if not _is_empty_node(item)]
         if column.collection:
-            return [_typed(column, plain(item), at) for item in result]
+            return [_typed(column, plain(item), at, resource) for item in result]
         if not result:
             return None
         if len(result) > 1:
             raise ViewDefinitionError(f"{at}: {column.path!r} gives {len(result)} values for {_named(resource)} "
                                       f"but column {column.name!r} holds one; set \"collection\": true or narrow "
                                       "the path (e.g. first())")
-        return _typed(column, plain(result[0]), at)
+        return _typed(column, plain(result[0]), at, resource)
 
     def _run(self, evaluator: Evaluator, node: Any, resource: Mapping, row_index: int, at: str) -> list:
         variables = {**self._constants, "rowIndex": row_index, "resource": resource, "rootResource": resource,
@@ -225,8 +225,9 @@ def _is_empty_node(item: Any) -> bool:
     return isinstance(data, Mapping) and set(data) == {"extension"} and not isinstance(item, Mapping)
 
 
-def _typed(column: Column, value: Any, at: str) -> Any:
-    """A value as the column's Arrow type holds it (see ARROW_TYPES)."""
+def _typed(column: Column, value: Any, at: str, resource: Mapping[str, Any]) -> Any:
+    """A value as the column's Arrow type holds it (see ARROW_TYPES); ViewDefinitionError naming ``at`` and the
+    resource if it is not of that type."""
     kind = column.type
     if value is None:
         return None
@@ -245,8 +246,8 @@ def _typed(column: Column, value: Any, at: str) -> Any:
             return float(value)
     else:
         return as_text(value)
-    raise ViewDefinitionError(f"{at}: gives {as_text(value)!r}, which is not a FHIR {kind}; fix the path or set "
-                              f"the column's \"type\"")
+    raise ViewDefinitionError(f"{at}: gives {as_text(value)!r} for {_named(resource)}, which is not a FHIR {kind}; "
+                              "fix the path or set the column's \"type\"")
 
 
 def as_text(value: Any) -> str:

@@ -13,12 +13,16 @@ resource of the partition by the reference engine (``python_engine.CompiledView`
 workers need fhir-msc, DuckDB and PyArrow installed (on a cluster: on every executor).
 
 The session is local (``local[*]``) unless a master URL is given; it binds to 127.0.0.1, has its
-web UI off, and downloads no packages. Spark needs Java (17 or 21 for Spark 4).
+web UI off, and downloads no packages. Spark needs Java (17 or 21 for Spark 4). The JVM's output (its
+log, and the Python workers' it starts) goes to an owner-only temporary file, not to this process's
+stderr, unless fhir-msc logs (``--verbose``): an error in a partition reaches the user as the one line
+of the view's own error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +30,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 T_ = TypeVar("T_")
+log = logging.getLogger(__name__)
 _ERROR = re.compile(r"(ViewDefinitionError|InputError): (.*)")
 PARTITION_LINES = 2**32  # ordinal = partition number × this + the line's number in its partition
 # Each line of a partition: its resource type (kind), or why it holds no resource (skip); blank lines neither.
@@ -90,16 +96,45 @@ def spark_session(master: str | None = None) -> SparkSession:
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # every service of a local session on loopback
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local workers: this interpreter and its packages
-    try:
-        session = builder.getOrCreate()
-        if master is not None and session.sparkContext.master != master:
-            session.stop()
+    with _jvm_output(shown=log.isEnabledFor(logging.INFO)) as jvm_said:
+        try:
             session = builder.getOrCreate()
-    except Exception as error:  # noqa: BLE001 (the JVM did not start: Java missing or too old, or no such master)
-        raise EngineUnavailable(f"Spark did not start ({str(error).splitlines()[0][:200]}); check Java 17/21 "
-                                "and --spark-master") from None
+            if master is not None and session.sparkContext.master != master:
+                session.stop()
+                session = builder.getOrCreate()
+        except Exception as error:  # noqa: BLE001 (the JVM did not start: Java missing or too old, or no such master)
+            said = jvm_said()
+            raise EngineUnavailable(f"Spark did not start ({str(error).splitlines()[0][:200]}"
+                                    f"{f'; the JVM said: {said[:200]}' if said else ''}); check Java 17/21 "
+                                    "and --spark-master") from None
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+@contextmanager
+def _jvm_output(shown: bool) -> Iterator[Callable[[], str]]:
+    """While a JVM may be started: its stdout and stderr (inherited for its life, and by the Python workers it
+    starts) go to an owner-only temporary file unless ``shown``; yields what gives the file's last line."""
+    if shown:
+        yield lambda: ""
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(prefix="fhir-msc-spark-") as held:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(held.fileno(), 1)
+            os.dup2(held.fileno(), 2)
+            yield lambda: next((line for line in reversed(_read_from_start(held).splitlines()) if line.strip()), "")
+        finally:
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def _read_from_start(held) -> str:
+    held.seek(0)
+    return held.read().decode("utf-8", "replace")
 
 
 def spark_schema(view: ViewDefinition):

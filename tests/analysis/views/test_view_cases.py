@@ -2,9 +2,11 @@
 
 Each case is one behaviour, run on every engine (python, the reference; duckdb; spark), and each
 engine's table must be identical to the reference engine's (schema and rows). A case passes as in the official suite's runner: the rows equal
-``expect`` in any order (values compared as JSON, so true is not 1 and "1" is not 1), the
-column names equal ``expectColumns`` in order, or the view is refused (``expectError``) with a
-ViewDefinitionError. Add an engine by adding it to ENGINES and to ``_runner``.
+``expect`` in any order, the column names equal ``expectColumns`` in order, or the view is refused
+(``expectError``) with a ViewDefinitionError. Rows are compared exactly, as JSON text: each row as
+``view run`` writes it in NDJSON (``output.ndjson_line``) against the expected row as the case writes
+it, so true is not 1, "1" is not 1, and a decimal 5 written 5.0 is not 5. Add an engine by adding
+it to ENGINES and to ``_runner``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fhir_msc.analysis.views.definition import load_view
+from fhir_msc.analysis.views.output import ndjson_line
 from fhir_msc.analysis.views.python_engine import arrow_schema, run_view
 from fhir_msc.errors import InputError, ViewDefinitionError
 
@@ -52,6 +55,11 @@ def _key(row: dict) -> str:
     return json.dumps(row, sort_keys=True)
 
 
+def _written(table) -> list[str]:
+    """The table's rows as ``view run`` writes them in NDJSON, each as a key to compare."""
+    return sorted(_key(json.loads(ndjson_line(row))) for row in table.to_pylist())
+
+
 def _failure(run, test: dict, resources: list[dict]) -> str | None:
     try:
         table = run(test["view"], resources)
@@ -62,9 +70,9 @@ def _failure(run, test: dict, resources: list[dict]) -> str | None:
     reference = run_view(test["view"], resources)
     if table.schema != reference.schema or table.schema != arrow_schema(load_view(test["view"])):
         return f"schema {table.schema} is not the view's and the reference engine's {reference.schema}"
-    got = sorted(map(_key, table.to_pylist()))
-    if got != sorted(map(_key, reference.to_pylist())):  # identical tables: the reference engine's rows
-        return f"rows {got}, the reference engine's {sorted(map(_key, reference.to_pylist()))}"
+    got = _written(table)
+    if got != _written(reference):  # identical tables: the reference engine's rows
+        return f"rows {got}, the reference engine's {_written(reference)}"
     if "expectColumns" in test:
         return None if table.column_names == test["expectColumns"] else f"columns {table.column_names}"
     want = sorted(map(_key, test["expect"]))
