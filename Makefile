@@ -1,12 +1,13 @@
 # fhir-msc: the commands of the README.
 #   make demo      set up and run the whole job on the embedded store (no server)
 #   make test      set up and run the whole test suite
+#   make schemas   rewrite the study file's JSON Schema and reference page from its model
 #   make interop   build SMART's reference Bulk Data server (a peer) and run fhir-msc against it (not in make test)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test java-check chromium-check bench bench-quick fixtures clean interop
+.PHONY: demo test java-check chromium-check bench bench-quick fixtures schemas clean interop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +75,11 @@ interop: $(BIN)/.installed $(INTEROP)/.imported
 
 fixtures: $(BIN)/.installed
 	$(BIN)/python fixtures/generate.py
+
+# The study file's JSON Schema (fhir_msc/schemas/study.schema.json) and reference page (docs/study-file.md), from its
+# model: run after changing fhir_msc/study/ (tests/study/test_schema.py fails while they are stale).
+schemas: $(BIN)/.installed
+	$(BIN)/python -m fhir_msc.study.schema
 
 clean:
 	rm -rf $(VENV) fhir-msc-demo .pytest_cache

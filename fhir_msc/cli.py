@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -44,6 +45,7 @@ from .server.bulk_pull import BulkPullResult
 from .server.client import connect, load_config
 from .server.sync import METHODS, PREFER
 from .study.definition import DEFAULT_STUDY, Study, load_study
+from .study.problems import InvalidStudyDefinition
 
 MAX_SHOWN = 20
 
@@ -210,7 +212,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
     embedded store, validates it, round-trips it, analyses it and checks the published
-    results. Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
+    results. `init DIR` starts a study of your own (`check` finds the mistakes in its file).
+    Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
     `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
     job, says what was done and how to resume, and exits with 130.
 
@@ -1181,3 +1184,73 @@ def _to_jsonable_cells(row: dict[str, Any]) -> dict[str, Any]:
     """A result row with values JSON has no type for (dates, decimals) as their text."""
     return {name: value if value is None or isinstance(value, (bool, int, float, str, list, dict)) else str(value)
             for name, value in row.items()}
+
+
+@main.command("init")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@_json_option
+def init_command(directory: Path, as_json: bool) -> None:
+    """Start a study of your own in DIR: a commented study file and synthetic tables to replace.
+
+    Writes DIR/study.yaml (every section of a study file, commented: a made-up two-arm trial
+    with a continuous, a binary and an ordinal outcome, adverse events and published results),
+    DIR/study.schema.json (its JSON Schema, which the file's first line points editors to) and
+    DIR/tables/ (SYNTHETIC tables, marked so by tables/dataset.yaml) that map, analyse and
+    verify as written. DIR must be new or empty: exit code 2 otherwise (init never overwrites).
+    """
+    result = jobs.init_study(directory)
+    steps = _next_steps(result, directory / "store")
+    if as_json:
+        _print_json({**_to_jsonable(result), "next": steps})
+        return
+    click.echo(f"wrote {result.study}, {result.schema} and {len(result.tables)} files of synthetic data in "
+               f"{result.tables[0].parent}")
+    _info("\n".join(["next: make it your trial's (edit the study file, replace the tables, delete tables/dataset.yaml "
+                     "once they are real), then:", *(f"  {step}" for step in steps)]))
+
+
+def _next_steps(result: jobs.InitResult, store: Path) -> list[str]:
+    """The commands that take a new study from its file to its verified results, as they are typed."""
+    tables, study = str(result.tables[0].parent), str(result.study)
+    return [shlex.join(["fhir-msc", *argv]) for argv in (
+        ["check", study], ["map", tables, "--study", study, "--store", str(store)],
+        ["analyze", "--store", str(store), "--study", study], ["verify", "--store", str(store), "--study", study])]
+
+
+@main.command("check")
+@click.argument("study_file", metavar="STUDY.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@_json_option
+def check_command(study_file: Path, as_json: bool) -> None:
+    """Check the study definition STUDY.yaml, reading no data.
+
+    Each mistake is one line, `FILE:LINE: PATH: what is wrong`, PATH as in the YAML
+    (`arms[1].code`), with the nearest allowed key, value or code where one was misspelt;
+    exit code 4 if there is any. A valid file gets one line: what it declares (arms, visits,
+    outcomes, published results). --json: {"file", "valid", "problems"} or what it declares.
+    """
+    try:
+        study = load_study(study_file)
+    except InvalidStudyDefinition as invalid:
+        if as_json:
+            _print_json({"file": study_file, "valid": False, "problems": invalid.problems})
+        else:
+            for problem in invalid.problems:
+                click.echo(f"{study_file}:{f'{problem.line}:' if problem.line else ''} {problem}")
+        sys.exit(ExitCode.BAD_INPUT)
+    declared = _declared(study)
+    if as_json:
+        _print_json({"file": study_file, "valid": True, "study": study.study.identifier.value, **declared})
+        return
+    counts = ", ".join(f"{len(codes)} {name.replace('_', ' ')}" for name, codes in declared.items() if codes)
+    click.echo(f"{study_file}: valid: {study.study.identifier.value}: {counts}")
+
+
+def _declared(study: Study) -> dict[str, list[str]]:
+    """What a study definition declares, by the codes it gives each (published results: their labels)."""
+    plan = study.analysis
+    return {"arms": [arm.code for arm in study.arms], "visits": [visit.code for visit in study.visits],
+            "outcomes": [outcome.code for outcome in study.outcomes],
+            "time_to_event_entries": [entry.code for entry in study.time_to_event],
+            "derived_endpoints": [endpoint.code for endpoint in plan.derived] if plan else [],
+            "adverse_event_terms": list(study.adverse_events.terms) if study.adverse_events else [],
+            "published_results": [result.label for result in plan.published] if plan else []}

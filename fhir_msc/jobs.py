@@ -76,6 +76,7 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .store.source import ResourceSource
+from .study import template as study_template
 from .study.definition import Study, load_study, package_data
 from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
@@ -932,3 +933,33 @@ def sql(study: Study, query: str, store: Path, views: Iterable[Path | dict] = ()
     """
     named = named_views(study, views)
     return SqlResult(table=query_views(query, named, _view_store(store)), tables=list(named))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitResult:
+    """A new study's starting point: its study file, that file's JSON Schema, and synthetic tables."""
+
+    study: Path  # the study file
+    schema: Path  # its JSON Schema, which the study file's first line points editors to
+    tables: list[Path]  # the synthetic tables (and dataset.yaml, which says they are synthetic)
+
+
+def init_study(directory: Path) -> InitResult:
+    """Write a new study into ``directory``: a commented study file of a made-up two-arm trial, its JSON Schema,
+    and synthetic tables in ``directory/tables`` that map, analyse and verify as written.
+
+    ``directory`` must be new or empty (BadUsage otherwise): init never overwrites. Directories are made 0700 and
+    files 0600, as everywhere fhir-msc writes what will hold trial data.
+    """
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        what = "not empty" if directory.is_dir() else "exists and is not a directory"
+        raise BadUsage(f"{directory}: {what}: give a new or empty directory (init never overwrites)")
+    written = []
+    for name, content in study_template.new_study_files().items():
+        path = directory / name
+        private_dir(path.parent)
+        with private_open(path, "wb") as handle:
+            handle.write(content)
+        written.append(path)
+    return InitResult(study=directory / study_template.STUDY_FILE, schema=directory / study_template.SCHEMA_FILE,
+                      tables=[path for path in written if path.parent.name == study_template.TABLES])
