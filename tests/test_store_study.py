@@ -199,3 +199,15 @@ def test_a_copy_recorded_by_hand_is_what_the_store_holds(tmp_path):
     record_study(store, MINI / "study.yaml")
     assert jobs.choose_study(None, store).study.study.identifier.value == "MINI-001"
     assert jobs.choose_study(None, store).notes == ()
+
+
+def test_a_new_study_from_init_needs_its_study_file_only_once(tmp_path, monkeypatch):
+    """init, map with --study, then analyze and report without it; another study's definition is refused."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["init", "t"], ["map", "t/tables", "--study", "t/study.yaml", "--store", "s"],
+                 ["analyze", "--store", "s"], ["report", "--store", "s", "--out", "r"]):
+        result = invoke(*argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert "no --study given" not in result.stderr
+    refused = invoke("analyze", "--store", "s", "--study", DEFAULT_STUDY)
+    assert refused.exit_code == ExitCode.USAGE and "is not the study definition s holds data of" in refused.output
