@@ -577,11 +577,12 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Exit code 4 means the data hold no findings of the study's subjects, or --visit or
     --outcome is unknown; 8 that the server could not be used.
     """
+    where = _source(source, server, config, ca_bundle, timeout)
     study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+            result = jobs.analyze(study, where,
                                   list(visits) or None, list(outcomes) or None, progress, unused, engine,
                                   exact_odds_ratio=exact_odds_ratio, spark_master=spark_master)
     finally:
@@ -626,11 +627,12 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     data hold no findings of the study's subjects, 8 if the server could not be used.
     --json follows fhir_msc/schemas/verify.schema.json.
     """
+    where = _source(source, server, config, ca_bundle, timeout)
     study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused, engine,
+            result = jobs.verify(study, where, progress, unused, engine,
                                  spark_master=spark_master)
     finally:
         _echo_not_used(unused)
@@ -668,11 +670,12 @@ def report_command(source: Path | None, server: str | None, ca_bundle: str | Non
     findings of the study's subjects; 6 that a published result was not reproduced (the
     report is written all the same); 8 that the server could not be used.
     """
+    where = _source(source, server, config, ca_bundle, timeout)
     study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.report(study, _source(source, server, config, ca_bundle, timeout), out, progress, unused,
+            result = jobs.report(study, where, out, progress, unused,
                                  engine, spark_master=spark_master)
     finally:
         _echo_not_used(unused)
@@ -892,8 +895,8 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     if dry_run + verify + full > 1:
         raise click.UsageError("give at most one of --dry-run, --verify and --full")
     mode = "dry-run" if dry_run else "verify" if verify else "full" if full else "push"
-    study = _study(study_path, source)
     client = _client(server, config, ca_bundle, timeout)
+    study = _study(study_path, source)
     with _progress(not as_json, f"the journal in {state} records every bundle the server confirmed: "
                                 "rerun the same command to send the rest") as progress:
         result = jobs.push(study, source, client, state, bundle_size=bundle_size, method=method,
@@ -935,8 +938,8 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     """
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
-    study = _study(study_path, store, recording=True)
     client = _client(server, config, ca_bundle, timeout)
+    study = _study(study_path, store, recording=True)
     resume = (f"the export job and the files already verified are journaled in {state / 'bulk'}: rerun the same command to resume"
               if bulk else f"what was pulled is in {store}; the next pull starts after the last complete one: rerun the same command")
     with _progress(not as_json, resume) as progress:
@@ -988,12 +991,12 @@ def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_v
     (0), partial failure (7), failure (8) or local data kept in conflicts with the server's
     (10; see pull).
     """
+    clients = {url: _client(url, config, ca_bundle, timeout) for url in (source, target) if jobs.is_server(url)}
     local = target if not jobs.is_server(target) else source if not jobs.is_server(source) else None
     study = _study(study_path, Path(local) if local else None, recording=local == target)
     with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
                                 "to move the rest") as progress:
-        result = jobs.sync(study, source, target, state,
-                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size,
+        result = jobs.sync(study, source, target, state, clients.__getitem__, bundle_size=bundle_size,
                            method=method, fhir_version=fhir_version, prefer=prefer, progress=progress)
     if as_json:
         _print_json(result)
@@ -1072,8 +1075,8 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     results counted, not used); 8 that the server could not be used (an export without a
     Patient file included); 9 that another job is writing the store.
     """
-    study = _study(study_path, store, recording=True)
     client = _client(server, config, ca_bundle, timeout)
+    study = _study(study_path, store, recording=True)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
                                 "rerun the same command") as progress:
         result = jobs.hospital_pull(study, client, enrollment, store, out, prefer, progress,
