@@ -761,12 +761,7 @@ def _echo_pull(result, store: Path) -> None:
         click.echo(f"kept, deletion not confirmed: {len(result.unconfirmed)} resource(s) the server no longer lists "
                    "but that could not be proven deleted", err=True)
         _echo_cut("  not confirmed", result.unconfirmed, where=" (all in --json)")
-    if result.conflicts:
-        kept = "the server's versions taken" if result.prefer == "server" else \
-            "the local versions kept; --prefer server to take the server's"
-        click.echo(f"{len(result.conflicts)} conflict(s) with local data in {result.conflicts_file} ({kept})")
-        _echo_cut("  conflict", [f"{c.resource_type}/{c.id}: {c.differs}" for c in result.conflicts],
-                  where=" (all in --json)")
+    _echo_pull_conflicts(result)
     if result.invalid:
         click.echo(f"not stored, invalid: {sum(result.invalid.values())} resource(s)", err=True)
         _echo_cut("  not stored", [f"{count} × {reason}" for reason, count in sorted(result.invalid.items(), key=lambda item: -item[1])])
@@ -776,13 +771,20 @@ def _echo_pull(result, store: Path) -> None:
         _echo_cut("  missed", result.missed, where=" (all in --json)")
 
 
-def _pull_exit(result) -> None:
-    """Exit 7 if the pull failed in part (invalid resources, searches that fell short), else 10 if it kept
-    local data that differs from the server's."""
-    from .server.sync import PullResult
+def _echo_pull_conflicts(result) -> None:
+    if result.conflicts:
+        kept = "the server's versions taken" if result.prefer == "server" else \
+            "the local versions kept; --prefer server to take the server's"
+        click.echo(f"{len(result.conflicts)} conflict(s) with local data in {result.conflicts_file} ({kept})")
+        _echo_cut("  conflict", [f"{c.resource_type}/{c.id}: {c.differs}" for c in result.conflicts],
+                  where=" (all in --json)")
 
+
+def _pull_exit(result) -> None:
+    """Exit 7 if the pull failed in part (invalid resources, searches that fell short, export errors), else 10 if it
+    kept local data that differs from the server's."""
     _exit_for(result.ok)
-    if isinstance(result, PullResult) and result.unresolved:
+    if result.unresolved:
         sys.exit(ExitCode.CONFLICTS)
 
 
@@ -885,11 +887,10 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     with _progress(not as_json, resume) as progress:
         result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
                            bulk=bulk, since=since, prefer=prefer, progress=progress)
-    if isinstance(result, BulkPullResult) and not as_json:
-        _echo_bulk_pull(result, store)
-        _exit_for(result.ok)
-        return
-    _print_json(result) if as_json else _echo_pull(result, store)
+    if as_json:
+        _print_json(result)
+    else:
+        _echo_bulk_pull(result, store) if isinstance(result, BulkPullResult) else _echo_pull(result, store)
     _pull_exit(result)
 
 
@@ -901,9 +902,10 @@ def _echo_bulk_pull(result, store: Path) -> None:
     if result.removed:
         counts += "; removed (deleted on the server): " + ", ".join(f"{t} {n}" for t, n in result.removed.items())
     resumed = "resumed " if result.resumed else ""
-    click.echo(f"pulled from {result.source} into {store} by {resumed}bulk export ({result.level}{since}; "
-               f"{result.files} files{reused}): {counts}; {result.requests} requests, {result.seconds:.1f}s")
+    how = f" by {resumed}bulk export ({result.level}{since}; {result.files} files{reused})" if result.level else ""
+    click.echo(f"pulled from {result.source} into {store}{how}: {counts}; {result.requests} requests, {result.seconds:.1f}s")
     _echo_notes(result.notes)
+    _echo_pull_conflicts(result)
     _echo_cut("export error", result.errors)
     if result.errors:
         click.echo(f"the export reported {len(result.errors)} error(s): the next pull starts from the same point", err=True)
@@ -1011,8 +1013,10 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     unless --prefer hospital. Everything not used is counted by reason.
     With --bulk, the Patients and the Observations with the study's codes come from one Bulk
     Data export (kept in --state until used, so a killed export resumes; every Observation
-    where the server does not apply that code filter). Exit code 0 means done (conflicts and
-    unused results included); 8 that the server could not be used (an export without a
+    where the server does not apply that code filter). A search whose pages fall short of what
+    the server says it matches is asked again by the study's codes. Exit code 0 means done
+    (conflicts and unused results included); 7 that some searches fell short even so (their
+    results counted, not used); 8 that the server could not be used (an export without a
     Patient file included); 9 that another job is writing the store.
     """
     from . import jobs
@@ -1025,6 +1029,7 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
                                     bulk_state=state if bulk else None)
     if as_json:
         _print_json(result)
+        _exit_for(result.ok)
         return
     click.echo(f"hospital {server}: {result.patients.used}/{result.enrolled} enrolled patients found; "
                f"{len(result.findings)} findings written to {out} and mapped into {store}")
@@ -1042,6 +1047,11 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     _echo_skipped("  patient not used:", result.patients)
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)
+    if result.missed:
+        click.echo(f"incomplete: {len(result.missed)} search(es) fell short of what the server says they match, even "
+                   "narrowed; what they listed was not used", err=True)
+        _echo_cut("  missed", result.missed, where=" (all in --json)")
+    _exit_for(result.ok)
 
 
 @main.group("view")

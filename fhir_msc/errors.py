@@ -100,6 +100,10 @@ class InvalidResponse(ServerError):
     """The server answered with something that is not the FHIR JSON it should be."""
 
 
+class IncompleteSearch(ServerError):
+    """A search's pages ended before its matches added up to Bundle.total: what it listed is not all there is."""
+
+
 class ForeignLinkRefused(ServerError):
     """A next link, redirect or other URL pointed to another origin than the server's: not followed."""
 

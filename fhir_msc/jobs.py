@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -31,7 +32,7 @@ from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
 from .analysis.views.query import query as query_views
 from .analysis.views.tables import duckdb_table, named_views, spooled
-from .errors import BadUsage, InputError
+from .errors import BadUsage, IncompleteSearch, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
 from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
@@ -285,7 +286,8 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     is called with that source (a server's resources pulled into a temporary store), e.g. to count adverse events.
 
     Raises InputError when the source holds no findings of the study's subjects (at ``visits``),
-    with the account of what was read instead. Lines about input holding no resource (bundle
+    with the account of what was read instead; from a server, IncompleteSearch when the pull's searches fall short
+    of what the server says they match (see ``sync.pull``). Lines about input holding no resource (bundle
     entries without one) are appended to ``unused``, before any error. ``engine`` (see ``ENGINES``)
     builds the frame; all give the same frame and account (``spark_master``: the Spark master URL of
     ``engine="spark"``, local mode if None).
@@ -293,7 +295,12 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
-                _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+                pulled = _sync.pull(source, study, Store(Path(tmp) / "store"), journal, full=True, progress=progress)
+            if pulled.missed:
+                more = f" and {len(pulled.missed) - 1} more search(es)" if len(pulled.missed) > 1 else ""
+                raise IncompleteSearch(f"{source.base_url} did not list all of the study's data ({pulled.missed[0]}{more}), "
+                                       "so it is not analysed on part of it; where the server offers Bulk Data export, "
+                                       "`fhir-msc pull --bulk` it into a store and analyse that")
             frame, observations = _engine_frame(study, Store(Path(tmp) / "store"), visits, engine, progress,
                                                 spark_master)
             _time_to_event_tables(study, Store(Path(tmp) / "store"), events)
@@ -466,20 +473,18 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
     """Pull the study from the server into a store, removing what the server deleted; incremental via ``state``.
 
     With ``bulk``, by Bulk Data $export when the server declares it (paged search otherwise),
-    ``since`` overriding the journal's mark; a killed export resumes from ``state``. The
-    paged pull keeps local data the server does not have unless ``prefer`` is "server", and
-    lists such conflicts in ``state/pull-conflicts.csv``. The store's write lock is held
-    throughout.
+    ``since`` overriding the journal's mark; a killed export resumes from ``state``. Either
+    keeps local data the server does not have unless ``prefer`` is "server", and lists such
+    conflicts in ``state/pull-conflicts.csv``. The store's write lock is held throughout.
     """
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
-            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, progress=progress)
+            result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, prefer=prefer,
+                                     progress=progress)
         else:
             result = _sync.pull(client, study, Store(store), journal, full=full, prefer=prefer,
                                 profile=server_profile(client, fhir_version), progress=progress)
-    if isinstance(result, PullResult):
-        result = _with_conflicts_file(result, state)
-    return dataclasses.replace(result, recovered=tuple(recovered))
+    return dataclasses.replace(_with_conflicts_file(result, state), recovered=tuple(recovered))
 
 
 def sync(study: Study, source: str, target: str, state: Path, connect_to: Callable[[str], FhirClient], *,
@@ -517,9 +522,10 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
 
 PULL_CONFLICTS_FILE = "pull-conflicts.csv"
 PULL_CONFLICT_COLUMNS = ["RESOURCE_TYPE", "ID", "WHAT_DIFFERS", "SERVER_LAST_UPDATED", "KEPT"]
+_PullOutcome = TypeVar("_PullOutcome", PullResult, _bulk_pull.BulkPullResult)  # a paged or a bulk pull's result
 
 
-def _with_conflicts_file(result: PullResult, state: Path) -> PullResult:
+def _with_conflicts_file(result: _PullOutcome, state: Path) -> _PullOutcome:
     """A pull that met conflicts lists them in ``state/pull-conflicts.csv`` (replacing the last such list), named in
     the result; one without conflicts leaves the file as it is."""
     if not result.conflicts:

@@ -149,7 +149,8 @@ const server = http.createServer(async (req, res) => {
 // of its bytes, then the connection is dropped), job-error (the job fails: status answers 500
 // with an OperationOutcome), error-file (the manifest lists an error file with one issue),
 // expire-token (the first file download of each job finds its bearer token expired: with SMART,
-// the token is expired there and then and the answer is 401, as when a token runs out mid-export).
+// the token is expired there and then and the answer is 401, as when a token runs out mid-export),
+// delete-refused (a DELETE of a job answers 405: the job and its files stay).
 
 const NDJSON_FORMATS = ['application/fhir+ndjson', 'application/ndjson', 'ndjson'];
 // The R4 patient compartment, for the types this server holds: where each type names its patient.
@@ -327,6 +328,7 @@ function exportStatus(req, res, base, id) {
   const job = bulk.jobs.get(id);
   if (!job) return send(res, 404, outcome('error', 'not-found', `no export job ${id}: it was deleted, or never started`));
   if (req.method === 'DELETE') {
+    if (bulk.faults.has('delete-refused')) return send(res, 405, outcome('error', 'not-supported', 'export jobs cannot be deleted here (test fault)'));
     bulk.jobs.delete(id);
     removeFiles(job);
     return send(res, 202, outcome('information', 'informational', `export job ${id} and its files deleted`));

@@ -163,6 +163,7 @@ class Export:
     filters: tuple[TypeFilter, ...] = ()  # the _typeFilter of the request
     unfiltered: dict[str, str] = field(default_factory=dict)  # type → why its _typeFilter is applied here, not by the server
     filtered_out: Counter[str] = field(default_factory=Counter)  # type → resources left out here by its _typeFilter
+    warnings: tuple[str, ...] = ()  # e.g. an earlier job of this export that the server did not delete
 
     def resources(self, resource_type: str, *, as_exported: bool = False) -> Iterator[dict]:
         """Stream the exported resources of one type from the verified files, each id once (its newest copy).
@@ -190,7 +191,7 @@ class Export:
                     yield orjson.loads(line)
 
     def notes(self) -> list[str]:
-        """What the export lacked or held twice, and the filters applied here, one line each."""
+        """What the export lacked or held twice, the filters applied here, and warnings, one line each."""
         lines = [f"the server exported no {t} file although _type asked for {t}" for t in self.missing]
         for resource_type, why in self.unfiltered.items():
             out = self.filtered_out[resource_type]
@@ -198,7 +199,7 @@ class Export:
                          f"exported whole and filtered here{f' ({out} left out)' if out else ''}")
         lines += [f"{n} {t} listed more than once in the export files: the copy with the latest meta.lastUpdated was kept"
                   for t, n in self.duplicates.items()]
-        return lines
+        return lines + list(self.warnings)
 
     def deleted(self) -> Iterator[tuple[str, str]]:
         """(resource type, id) of each resource the manifest's ``deleted`` Bundles say the server deleted."""
@@ -341,14 +342,17 @@ def _manifest_json(manifest: Manifest) -> dict:
             "deleted": files(manifest.deleted)}
 
 
-def delete_job(client: FhirClient, status_url: str) -> None:
-    """DELETE the job (the server may drop its files); a job already gone is fine."""
+def delete_job(client: FhirClient, status_url: str) -> list[str]:
+    """DELETE the job (the server may drop its files); a job already gone is fine. Returns a warning line if the
+    server did not delete it."""
     try:
         with client.response("DELETE", status_url) as response:
             if response.status_code not in (404, 410):
                 client.check(response)
     except ServerError as exc:
-        log.warning("could not delete the export job %s: %s", status_url, exc)
+        log.info("could not delete the export job %s: %s", status_url, exc)
+        return [f"the server did not delete the export job ({exc}): it may keep the exported files until they expire there"]
+    return []
 
 
 def anonymous_files(client: FhirClient, manifest: Manifest) -> set[str]:
@@ -490,8 +494,7 @@ def export(client: FhirClient, level: str, state_dir: Path, *, types: Iterable[s
         log.warning("the server did not apply the _typeFilter of %s: exporting it whole", ", ".join(unfiltered))
         applied = tuple(f for f in filters if f.resource_type not in unfiltered)
         whole = _export_once(client, level, state_dir, tuple(types), since, applied, policy, progress)
-        finish(client, done)
-        done = whole
+        done = replace(whole, warnings=tuple(finish(client, done)))
     return replace(done, filters=filters, unfiltered=unfiltered)
 
 
@@ -558,8 +561,10 @@ def _run(client: FhirClient, level: str, params: dict[str, list[str]], directory
         else:
             manifest = parse_manifest_json(journal.manifest)
         anonymous = anonymous_files(client, manifest)
-    except ExportFailed:
-        _abandon(client, journal.status_url, directory)  # a failed or refused job is not resumed: the rerun starts anew
+    except ExportFailed as exc:
+        left = _abandon(client, journal.status_url, directory)  # a failed or refused job is not resumed: the rerun starts anew
+        if left:
+            raise ExportFailed("; ".join([str(exc), *left]), status=exc.status, outcome=exc.outcome) from None
         raise
     files = manifest.output + manifest.deleted
     reused = sum(1 for item in files if item.url in journal.verified and (directory / journal.verified[item.url]).exists())
@@ -574,10 +579,11 @@ def _run(client: FhirClient, level: str, params: dict[str, list[str]], directory
                   duplicates=duplicates)
 
 
-def _abandon(client: FhirClient, status_url: str, directory: Path) -> None:
-    """A job fhir-msc will not use: DELETE it on the server, and remove its journal and files."""
-    delete_job(client, status_url)
+def _abandon(client: FhirClient, status_url: str, directory: Path) -> list[str]:
+    """A job done with: DELETE it on the server, and remove its journal and files; a warning line if it stays there."""
+    left = delete_job(client, status_url)
     shutil.rmtree(directory, ignore_errors=True)
+    return left
 
 
 def parse_manifest_json(body: dict) -> Manifest:
@@ -677,7 +683,23 @@ def _last_updated(resource: dict) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def finish(client: FhirClient, done: Export) -> None:
-    """The files are used: DELETE the job on the server and remove the journal and files."""
-    delete_job(client, done.status_url)
-    shutil.rmtree(done.directory, ignore_errors=True)
+def finish(client: FhirClient, done: Export) -> list[str]:
+    """The files are used: DELETE the job on the server and remove the journal and files. Returns a warning line
+    (for the user) if the server did not delete the job."""
+    return _abandon(client, done.status_url, done.directory)
+
+
+def require_patients(client: FhirClient, done: Export, level: str, why: str) -> None:
+    """An export without the Patient file its ``_type`` asked for is the server's failure: finish the job and raise,
+    saying ``why`` the Patients were needed (never "0 patients found")."""
+    if "Patient" not in done.missing:
+        return
+    errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
+    raise failed(client, done, f"the server's bulk export ({level}) holds no Patient file although _type asked for "
+                               f"Patient{errors}: {why}; rerun without --bulk (paged search), or ask the server's "
+                               "operators why it exported no Patient")
+
+
+def failed(client: FhirClient, done: Export, message: str) -> ExportFailed:
+    """An export that cannot be used: finished, and the error to raise (the warning of ``finish`` added to it)."""
+    return ExportFailed("; ".join([message, *finish(client, done)]))

@@ -20,9 +20,10 @@
   unless ``insecure_http``.
 - Redirects are followed on the request's origin only, at most ``MAX_REDIRECTS`` in a row.
 - Searches are generators following ``link[relation=next]``; a next link to another origin
-  is refused, never followed. A listing (:meth:`FhirClient.listing`) says whether
-  it is complete: a page set that falls short of Bundle.total is never taken as proof that
-  the rest is absent; :meth:`FhirClient.presence` proves ids one way or the other.
+  is refused, never followed. A page set that falls short of Bundle.total is never taken as
+  proof that the rest is absent: :meth:`FhirClient.search` raises IncompleteSearch after its
+  last resource, a listing (:meth:`FhirClient.listing`) says whether it is complete, and
+  :meth:`FhirClient.presence` proves ids one way or the other.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import requests
 from ..errors import (
     AuthorizationError,
     ForeignLinkRefused,
+    IncompleteSearch,
     InsecureHttpRefused,
     InvalidResponse,
     MultipleMatches,
@@ -280,12 +282,17 @@ class FhirClient:
     def search(self, resource_type: str, params: dict[str, str] | None = None) -> Iterator[dict]:
         """Every resource of every page; follows next links on this server's origin only.
 
-        Sends an explicit ``_sort=_id`` (unless given) so that pages are stable.
+        Sends an explicit ``_sort=_id`` (unless given) so that pages are stable. A page set whose
+        matches fall short of Bundle.total raises IncompleteSearch once its resources are yielded:
+        it is never taken as all there is (callers that can narrow their search use :meth:`listing`).
         """
+        matches = _Matches()
         for bundle in self.search_pages(resource_type, params):
-            for entry in bundle.get("entry", []):
-                if "resource" in entry:
-                    yield entry["resource"]
+            for _, resource in matches.page(bundle):
+                yield resource
+        if not matches.complete:
+            raise IncompleteSearch(f"search {resource_type}{_query(params)}: {matches.shortfall}, and its pages end there: "
+                                   "the rest cannot be read by this search")
 
     def listing(self, resource_type: str, params: dict[str, str] | None = None) -> Listing:
         """Every resource of a search, and whether that is all it matches (see :class:`Listing`).
@@ -301,23 +308,12 @@ class FhirClient:
 
     def _listing(self, resource_type: str, params: dict[str, str] | None, *, sort: bool) -> Listing:
         found: dict[tuple[str, str], dict] = {}
-        matches: set[tuple[str, str]] = set()
-        total, pages, page = None, 0, 0
+        matches = _Matches()
         for bundle in self.search_pages(resource_type, params, sort=sort):
-            pages += 1
-            total = _total(bundle) if "total" in bundle else total
-            on_page = 0
-            for entry in bundle.get("entry", []):
-                resource = entry.get("resource")
-                if resource:
-                    id_ = resource.get("id")  # resources without an id are each kept (and found invalid by the caller)
-                    key = (resource.get("resourceType"), id_ if isinstance(id_, str) else f"#{len(found)}")
-                    found[key] = resource
-                    if entry.get("search", {}).get("mode", "match") == "match":
-                        matches.add(key)
-                        on_page += 1
-            page = max(page, on_page)
-        return Listing(resources=list(found.values()), matched=len(matches), total=total, pages=pages, page=page)
+            for key, resource in matches.page(bundle):
+                found[key] = resource
+        return Listing(resources=list(found.values()), matched=len(matches.keys), total=matches.total,
+                       pages=matches.pages, page=matches.largest)
 
     def search_pages(self, resource_type: str, params: dict[str, str] | None = None, *, sort: bool = True) -> Iterator[dict]:
         query = {**({"_sort": "_id"} if sort else {}), **(params or {})}
@@ -392,6 +388,51 @@ class FhirClient:
         return f"its read answered {'a ' + str(body.get('resourceType')) if isinstance(body, dict) else 'no resource'}, not it"
 
 
+class _Matches:
+    """The distinct matches of a search's pages (``_include``d resources are not), as they are read, against the
+    server's Bundle.total; ``largest``: the most matches one page held."""
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[str, str]] = set()
+        self.total: int | None = None
+        self.pages = self.largest = self._unnamed = 0
+
+    def page(self, bundle: dict) -> Iterator[tuple[tuple[str, str], dict]]:
+        """The page's resources, each with its (type, id) key (resources without an id each get a key of their own)."""
+        self.pages += 1
+        self.total = _total(bundle) if "total" in bundle else self.total
+        on_page = 0
+        for entry in bundle.get("entry", []):
+            resource = entry.get("resource")
+            if not resource:
+                continue
+            id_ = resource.get("id")
+            if not isinstance(id_, str):
+                self._unnamed += 1
+            key = (resource.get("resourceType"), id_ if isinstance(id_, str) else f"#{self._unnamed}")
+            if entry.get("search", {}).get("mode", "match") == "match":
+                self.keys.add(key)
+                on_page += 1
+            yield key, resource
+        self.largest = max(self.largest, on_page)
+
+    @property
+    def complete(self) -> bool:
+        return self.total is None or len(self.keys) >= self.total
+
+    @property
+    def shortfall(self) -> str:
+        return _shortfall(len(self.keys), self.total)
+
+
+def _shortfall(matched: int, total: int | None) -> str:
+    return f"the server listed {matched} of the {total} it matches (Bundle.total)"
+
+
+def _query(params: dict[str, str] | None) -> str:
+    return "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Listing:
     """What a search returned, and whether it is evidence of absence.
@@ -416,7 +457,7 @@ class Listing:
     @property
     def shortfall(self) -> str:
         """How the listing falls short ("" if it does not), for notes."""
-        return f"the server listed {self.matched} of the {self.total} it matches (Bundle.total)" if not self.complete else ""
+        return _shortfall(self.matched, self.total) if not self.complete else ""
 
     def ids(self, resource_type: str) -> set[str]:
         """The ids of the listed resources of one type."""

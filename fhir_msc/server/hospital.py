@@ -2,7 +2,10 @@
 
 Given an enrollment file (study subject id ↔ hospital patient identifier), each enrolled
 patient is found on the hospital server by identifier and all their Observations are
-fetched. Each is accounted for: used, or not used under a reason — not final, a code the
+fetched. A listing that falls short of its Bundle.total (a server that caps its pages) is never
+taken as all there is: a patient's Observations are then asked for by the study's codes, those
+with other codes counted as not fetched; a code whose search still falls short is named in
+``missed`` and its results counted, not used. Each is accounted for: used, or not used under a reason — not final, a code the
 study does not use (counted by code), no value or date, a unit that cannot be converted,
 out of range, outside the windows of the visits where its outcome is scheduled, superseded
 by a result closer to the visit day, the same as the study's value, or in conflict with it.
@@ -59,6 +62,9 @@ CONFLICT = "conflicts with the study value (the study's kept; see the conflicts 
 SAME = "same as the study value (nothing to change)"
 SUPERSEDED = "superseded by a result closer to the visit day"
 UNUSED_CODE = "code not used by the study"
+OTHER_CODE_NOT_FETCHED = "code not used by the study, not fetched (asked for by the study's codes: the server's pages fell short)"
+PARTLY_LISTED = "the server listed only part of the patient's results with this code (one closer to the visit day may be missing)"
+NOT_LISTED = "not listed by the server (its pages fell short of Bundle.total)"
 
 Key = tuple[str, int | float, str]  # (subject, visitnum, testcd)
 StudyValues = Mapping[Key, tuple[str, str]] | Iterable[tuple[Key, tuple[str, str]]]  # key -> (result, date); pairs: last wins
@@ -94,7 +100,9 @@ class HospitalPullResult:
     """Findings made from hospital data, the conflicts with study data, and where everything else went.
 
     ``patients``: enrolled subjects = found at the hospital + not, by reason. ``observations``:
-    the Observations of the patients found = used (``findings``) + not used, by reason.
+    the Observations of the patients found = used (``findings``) + not used, by reason (those a
+    search could not fetch included). ``missed``: searches whose answers fell short of their
+    Bundle.total even when narrowed (then not ``ok``).
     """
 
     enrolled: int
@@ -106,6 +114,11 @@ class HospitalPullResult:
     prefer: str
     method: str = "search"  # or "bulk" (one Bulk Data export)
     notes: list[str] = field(default_factory=list)  # e.g. what a killed job left and this one cleaned up
+    missed: list[str] = field(default_factory=list)  # searches that fell short of their Bundle.total even when narrowed
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed
 
 
 def read_enrollment(path: Path) -> list[Enrollment]:
@@ -157,19 +170,93 @@ def pull_hospital(client: FhirClient, study: Study, enrollment: list[Enrollment]
                               "Patient" if "Patient" in levels else "system", bulk_state, policy)
         notes.append(f"{client.base_url} declares no $export: pulled by paged search")
     patients = Tally()
+    missed: list[str] = []
     progress.start(f"finding enrolled patients on {client.base_url}", len(enrollment), "patients")
-    found = _found(enrollment, subjects, patients,
-                   lambda person: [p["id"] for p in client.search("Patient", {"identifier": f"{person.system}|{person.value}"})],
-                   progress)
+    found = _found(enrollment, subjects, patients, lambda person: _patients_with(client, person, missed), progress)
+    search = _ObservationSearch(client, by_code, missed)
 
     def observations() -> Iterator[tuple[str, dict]]:
         progress.start(f"fetching hospital results from {client.base_url}", len(found), "patients")
         for patient_id in progress.each(list(found)):
-            for observation in client.search("Observation", {"subject": f"Patient/{patient_id}"}):
+            for observation in search.of(patient_id, len(found[patient_id])):
                 yield patient_id, observation
 
-    result = _account(study, by_code, len(enrollment), patients, found, observations(), dict(_pairs(study_values)), prefer)
-    return dataclasses.replace(result, notes=notes)
+    result = _account(study, by_code, len(enrollment), patients, found, observations(), dict(_pairs(study_values)), prefer,
+                      tally=search.tally)
+    return dataclasses.replace(result, notes=[*notes, *search.notes()], missed=missed)
+
+
+def _patients_with(client: FhirClient, person: Enrollment, missed: list[str]) -> tuple[list[str], int]:
+    """The ids of the hospital Patients the server lists with this person's identifier, and how many it says hold it
+    (its Bundle.total); one it counts but does not list is named in ``missed``."""
+    identifier = f"{person.system}|{person.value}"
+    listing = client.listing("Patient", {"identifier": identifier})
+    ids = sorted(listing.ids("Patient"))
+    holding = max(listing.total or 0, len(ids))
+    if holding == 1 and not ids:
+        missed.append(f"Patient {identifier}: {listing.shortfall}")
+    return ids, holding
+
+
+class _ObservationSearch:
+    """Every Observation of one patient at a time: one search; where its pages fall short of Bundle.total, one search
+    per study code instead. Observations it cannot list are counted in ``tally`` (per subject enrolled as the
+    patient, as the account counts): with other codes (not fetched), or not listed at all; and those listed of a code
+    whose search still falls short are not used (the one closest to a visit day may be among those not listed), that
+    search named in ``missed``."""
+
+    def __init__(self, client: FhirClient, by_code: Mapping[tuple[str, str], Outcome], missed: list[str]):
+        self.client, self.codes, self.missed = client, sorted(by_code), missed
+        self.tally = Tally()
+        self.narrowed = self.other_codes = 0  # patients searched by code; Observations with other codes not fetched
+
+    def of(self, patient_id: str, subjects: int) -> list[dict]:
+        """The patient's Observations to place (``subjects``: how many study subjects are enrolled as the patient)."""
+        query = {"subject": f"Patient/{patient_id}"}
+        listing = self.client.listing("Observation", query)
+        if listing.complete:
+            return listing.resources
+        self.narrowed += 1
+        fetched = {_key(o): o for o in listing.resources}
+        short = set()
+        for system, code in self.codes:
+            by_code = self.client.listing("Observation", {**query, "code": f"{system}|{code}"})
+            fetched.update((_key(o), o) for o in by_code.resources)
+            if not by_code.complete:
+                short.add((system, code))
+                self.missed.append(f"Observation {system}|{code} of Patient/{patient_id}: {by_code.shortfall}")
+        unlisted = max(0, (listing.total or 0) - len(fetched))
+        if short:
+            self._skip(NOT_LISTED, unlisted * subjects)
+        else:
+            self.other_codes += unlisted
+            self._skip(OTHER_CODE_NOT_FETCHED, unlisted * subjects)
+        usable = []
+        for observation in fetched.values():
+            if {(c.get("system"), c.get("code")) for c in (observation.get("code") or {}).get("coding", [])} & short:
+                self._skip(PARTLY_LISTED, subjects, f"Observation/{observation.get('id')}")
+            else:
+                usable.append(observation)
+        return usable
+
+    def _skip(self, reason: str, count: int, example: str | None = None) -> None:
+        if count:
+            self.tally.read += count
+            self.tally.skip(reason, example, count)
+
+    def notes(self) -> list[str]:
+        """How searches that fell short were made up for, in one line (none if none did)."""
+        if not self.narrowed:
+            return []
+        return [f"the server listed only part of the Observations of {self.narrowed} patient(s) (their Bundle.total says "
+                f"more): those were asked for by the study's {len(self.codes)} code(s) instead, and {self.other_codes} "
+                "with other codes were not fetched (counted in the account)"]
+
+
+def _key(resource: dict) -> tuple[str, str]:
+    """(type, id); a resource without an id is keyed by itself (each kept, and found unusable later)."""
+    id_ = resource.get("id")
+    return (str(resource.get("resourceType")), id_ if isinstance(id_, str) else f"#{id(resource)}")
 
 
 def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], Outcome], enrollment: list[Enrollment],
@@ -179,36 +266,40 @@ def _by_export(client: FhirClient, study: Study, by_code: dict[tuple[str, str], 
     filters = [bulk.type_filter("Observation", {"code": f"{system}|{code}"}) for system, code in sorted(by_code)]
     done = bulk.export(client, level, state_dir, types=("Patient", "Observation"), type_filters=filters,
                        policy=policy, progress=progress)
-    if "Patient" in done.missing and enrollment:
-        bulk.finish(client, done)
-        errors = f" (its error files say: {'; '.join(done.errors[:3])})" if done.errors else ""
-        raise bulk.ExportFailed(f"the server's bulk export ({level} level) holds no Patient file although _type asked for "
-                                f"Patient{errors}: the {len(enrollment)} enrolled patients cannot be looked up in it; "
-                                "rerun without --bulk (paged search), or ask the server's operators why it exported no Patient")
+    if enrollment:
+        bulk.require_patients(client, done, f"{level} level",
+                              f"the {len(enrollment)} enrolled patients cannot be looked up in it")
     wanted = {(person.system, person.value) for person in enrollment}
     holders: dict[tuple[str, str], list[str]] = {}
     for patient in done.resources("Patient"):
         for key in {(i.get("system"), i.get("value")) for i in patient.get("identifier", [])} & wanted:
             holders.setdefault(key, []).append(patient["id"])
     patients = Tally()
-    found = _found(enrollment, subjects, patients, lambda person: holders.get((person.system, person.value), []), progress)
+    found = _found(enrollment, subjects, patients, lambda person: _listed(holders.get((person.system, person.value), [])),
+                   progress)
     observations = ((patient_id, o) for o in done.resources("Observation", as_exported=True)  # other codes: counted as such
                     if (patient_id := ref_id((o.get("subject") or {}).get("reference", ""))) in found)
     result = _account_out_of_core(study, by_code, len(enrollment), patients, found, observations, study_values, prefer,
                                   state_dir)
-    bulk.finish(client, done)
+    left = bulk.finish(client, done)
     which = ("every Observation of the patients found was exported, those with other codes counted in the account"
              if "Observation" in done.unfiltered else "only Observations with the study's codes were exported (_typeFilter), "
              "so those with other codes are not in the account")
     notes = [f"pulled by bulk export ({level} level, {done.downloaded} files"
              f"{f', {done.reused} already downloaded' if done.reused else ''}); {which}",
-             *done.notes(), *(f"export error: {issue}" for issue in done.errors)]
+             *done.notes(), *(f"export error: {issue}" for issue in done.errors), *left]
     return dataclasses.replace(result, method="bulk", notes=notes)
 
 
+def _listed(ids: list[str]) -> tuple[list[str], int]:
+    return ids, len(ids)
+
+
 def _found(enrollment: list[Enrollment], subjects: dict[str, SubjectRecord], patients: Tally,
-           holders: Callable[[Enrollment], list[str]], progress: Progress) -> dict[str, list[tuple[str, date]]]:
-    """Hospital patient id → the (subject, start date) enrolled as that patient; each enrolled subject counted."""
+           holders: Callable[[Enrollment], tuple[list[str], int]], progress: Progress) -> dict[str, list[tuple[str, date]]]:
+    """Hospital patient id → the (subject, start date) enrolled as that patient; each enrolled subject counted.
+
+    ``holders``: the ids of the hospital patients listed with a person's identifier, and how many hold it."""
     found: dict[str, list[tuple[str, date]]] = {}
     for person in progress.each(enrollment):
         patients.read += 1
@@ -216,10 +307,12 @@ def _found(enrollment: list[Enrollment], subjects: dict[str, SubjectRecord], pat
         if subject is None:
             patients.skip("not a subject of this study's store (map DM first)", person.subject)
             continue
-        ids = holders(person)
-        if len(ids) != 1:
-            patients.skip("no hospital patient has this identifier" if not ids else
-                          "several hospital patients have this identifier", f"{person.subject} ({person.value})")
+        ids, holding = holders(person)
+        if holding != 1 or len(ids) != 1:
+            patients.skip("no hospital patient has this identifier" if not holding else
+                          "several hospital patients have this identifier" if holding > 1 else
+                          "the server counts one hospital patient with this identifier but does not list it",
+                          f"{person.subject} ({person.value})")
             continue
         patients.used += 1
         found.setdefault(ids[0], []).append((person.subject, date.fromisoformat(subject.start[:10])))
@@ -228,10 +321,11 @@ def _found(enrollment: list[Enrollment], subjects: dict[str, SubjectRecord], pat
 
 def _account(study: Study, by_code: dict[tuple[str, str], Outcome], enrolled: int, patients: Tally,
              found: dict[str, list[tuple[str, date]]], observations: Iterable[tuple[str, dict]],
-             study_values: StudyValues, prefer: str) -> HospitalPullResult:
+             study_values: StudyValues, prefer: str, *, tally: Tally | None = None) -> HospitalPullResult:
     """Place every (patient id, Observation) of the patients found, keep the result closest to each visit day
-    (ties: the first Observation by reference), and account for each one: used, or not used by reason."""
-    tally = Tally()
+    (ties: the first Observation by reference), and account for each one: used, or not used by reason
+    (``tally``: the account of the Observations so far, e.g. those the search could not fetch)."""
+    tally = tally or Tally()
     unused: Counter[str] = Counter()
     best: dict[Key, _Placed] = {}
     for _, placed in _placed_results(study, by_code, found, observations, tally, unused):

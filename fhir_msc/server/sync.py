@@ -22,7 +22,8 @@ when it is complete (its matches add up to Bundle.total); what one that falls sh
 out is proven by ``_id`` searches and reads (``FhirClient.presence``).
 
 pull fetches the study by search, mirrors deletions only with proof, and keeps local data
-the server does not have as conflicts (see :func:`pull`).
+the server does not have as conflicts (see :func:`pull`; :class:`PullIntake` is that rule,
+which the bulk pull shares).
 """
 
 from __future__ import annotations
@@ -537,8 +538,12 @@ class PullResult:
 
     @property
     def unresolved(self) -> int:
-        """Conflicts whose local version was kept (the server's differs)."""
-        return sum(conflict.kept == "local" for conflict in self.conflicts)
+        return kept_local(self.conflicts)
+
+
+def kept_local(conflicts: Iterable[PullConflict]) -> int:
+    """How many conflicts kept the local version (the server's differs)."""
+    return sum(conflict.kept == "local" for conflict in conflicts)
 
 
 SUBJECT_CHUNK = 40  # subjects per search at most (keeps URLs short)
@@ -547,52 +552,28 @@ PULLED_TYPES = ("ResearchStudy", "Group", "ResearchSubject", "Patient", "Encount
                 "AdverseEvent")
 
 
-class _Intake:
-    """Validates fetched resources before they are stored and counts what it keeps out, by reason; sets aside those
-    whose local version the server does not have (conflicts, settled at the end of the pull)."""
+class PullIntake:
+    """Writes a pull's fetched resources to the store, setting aside those whose local version the server does not
+    have (conflicts, settled at the end of the pull): the paged pull's and the bulk pull's rule."""
 
-    def __init__(self, version: FhirVersion, store: Store, pulled: dict[str, dict[str, str | None]], prefer: str):
-        self.validator = ShapeValidator(version)
+    def __init__(self, store: Store, pulled: dict[str, dict[str, str | None]], prefer: str):
         self.store, self.pulled, self.prefer = store, pulled, prefer
         self.counts: dict[str, int] = {}
-        self.invalid: dict[str, int] = {}
-        self.examples: list[str] = []
         self.fetched: dict[str, dict[str, str]] = {}  # per type: id → value_hash of the server's version fetched
         self.conflicts: list[PullConflict] = []
         self._edited: dict[str, dict[str, str]] = {}
         self._theirs: dict[str, dict[str, Resource]] = {}  # per type: the server's versions in conflict, until settled
 
     def store_all(self, resources: Iterable[Resource]) -> None:
-        """Write the valid ones of ``resources`` that conflict with no local change (streamed: one store write)."""
-        self._add(self.store.write(self._valid(resources)))
+        """Write those of ``resources`` that conflict with no local change (streamed: one store write)."""
+        self._add(self.store.write(self._admitted(resources)))
+
+    def _admitted(self, resources: Iterable[Resource]) -> Iterator[Resource]:
+        return (resource for resource in resources if not self._in_conflict(resource))
 
     def _add(self, written: dict[str, int]) -> None:
         for resource_type, n in written.items():
             self.counts[resource_type] = self.counts.get(resource_type, 0) + n
-
-    def _valid(self, resources: Iterable[Resource]) -> Iterator[Resource]:
-        for resource in resources:
-            if resource.get("resourceType") == "OperationOutcome":  # a search's warnings, not data
-                continue
-            problem = self._problem(resource)
-            if problem is None:
-                if not self._in_conflict(resource):
-                    yield resource
-                continue
-            label, _, reason = problem.partition(": ")
-            reason = f"{resource.get('resourceType')}: {reason}" if reason else problem
-            self.invalid[reason] = self.invalid.get(reason, 0) + 1
-            if len(self.examples) < MAX_EXAMPLES:
-                self.examples.append(problem)
-
-    def _problem(self, resource: Resource) -> str | None:
-        resource_type = resource.get("resourceType")
-        if resource_type not in PULLED_TYPES:
-            return f"{resource_type}/{resource.get('id')}: not a resource type pull asked for"
-        if not isinstance(resource.get("id"), str) or not resource["id"]:
-            return f"{resource_type}/?: no id"
-        problems = self.validator.problems(resource)
-        return str(problems[0]) if problems else None
 
     def _in_conflict(self, resource: Resource) -> bool:
         """Record the server's version; True (and set it aside) if the store's differs and the server does not have it."""
@@ -618,6 +599,11 @@ class _Intake:
             self._edited[resource_type] = edited
         return self._edited[resource_type]
 
+    def hashes(self, held: dict[str, set[str]]) -> dict[str, dict[str, str | None]]:
+        """What the journal records of a pull: per type, the ids the server holds, each with the value_hash of the
+        version this pull fetched (else the one an earlier pull recorded)."""
+        return {t: {i: self.fetched.get(t, {}).get(i, self.pulled.get(t, {}).get(i)) for i in ids} for t, ids in held.items()}
+
     def settle(self, deleted: dict[str, set[str]]) -> dict[str, set[str]]:
         """Settle the conflicts (the versions set aside, and ``deleted`` ids whose local version was changed since the
         last pull): the server's version is written where it is preferred. Returns per type the ids to remove."""
@@ -635,6 +621,41 @@ class _Intake:
             if self.prefer == "server" and theirs:
                 self._add(self.store.write(theirs.values()))
         return remove
+
+
+class _Intake(PullIntake):
+    """The paged pull's intake: also validates fetched resources before they are stored, and counts what it keeps
+    out, by reason."""
+
+    def __init__(self, version: FhirVersion, store: Store, pulled: dict[str, dict[str, str | None]], prefer: str):
+        super().__init__(store, pulled, prefer)
+        self.validator = ShapeValidator(version)
+        self.invalid: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def _admitted(self, resources: Iterable[Resource]) -> Iterator[Resource]:
+        for resource in resources:
+            if resource.get("resourceType") == "OperationOutcome":  # a search's warnings, not data
+                continue
+            problem = self._problem(resource)
+            if problem is None:
+                if not self._in_conflict(resource):
+                    yield resource
+                continue
+            label, _, reason = problem.partition(": ")
+            reason = f"{resource.get('resourceType')}: {reason}" if reason else problem
+            self.invalid[reason] = self.invalid.get(reason, 0) + 1
+            if len(self.examples) < MAX_EXAMPLES:
+                self.examples.append(problem)
+
+    def _problem(self, resource: Resource) -> str | None:
+        resource_type = resource.get("resourceType")
+        if resource_type not in PULLED_TYPES:
+            return f"{resource_type}/{resource.get('id')}: not a resource type pull asked for"
+        if not isinstance(resource.get("id"), str) or not resource["id"]:
+            return f"{resource_type}/?: no id"
+        problems = self.validator.problems(resource)
+        return str(problems[0]) if problems else None
 
 
 def _differences(local: Resource, server: Resource | None) -> str:
@@ -773,8 +794,7 @@ def pull(client: FhirClient, study: Study, store: Store, journal: Journal, *, fu
     for resource_type, ids in intake.settle(deleted).items():
         if n := store.remove(resource_type, ids):
             removed[resource_type] = n
-    journal.record_pulled(source, mark, {t: {i: intake.fetched.get(t, {}).get(i, pulled.get(t, {}).get(i)) for i in ids}
-                                         for t, ids in held.ids.items()})
+    journal.record_pulled(source, mark, intake.hashes(held.ids))
     high_water = since if missed else (newest[0] or since)
     if high_water:
         journal.record_pull(source, mark, high_water)

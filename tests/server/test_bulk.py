@@ -381,7 +381,7 @@ def test_files_on_another_origin_that_need_the_token_are_refused_in_one_line_and
         monkeypatch.setenv("FHIR_MSC_TOKEN", "tok")
         recorded: list[str] = []
         real_delete = bulk.delete_job
-        monkeypatch.setattr(bulk, "delete_job", lambda c, url: (recorded.append(url), real_delete(c, url)))
+        monkeypatch.setattr(bulk, "delete_job", lambda c, url: (recorded.append(url), real_delete(c, url))[1])
         result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
         assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
         assert "requiresAccessToken: true" in result.output and "own origin only" in result.output
@@ -479,7 +479,7 @@ def test_an_empty_manifest_for_a_full_pull_is_an_error_not_nothing_found(study, 
     try:
         result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
         assert result.exit_code == ExitCode.SERVER and "Traceback" not in result.output
-        assert "holds no Patient file although _type asked for Patient and the study's Group lists 3 members" in result.output
+        assert "holds no Patient file although _type asked for Patient: the study's Group lists 3 members: nothing was stored" in result.output
         assert not (tmp_path / "store").exists() or Store(tmp_path / "store").counts() == {}
         done = bulk.export(client(server.base), "system", tmp_path / "x", types=("Patient", "Observation"))
         assert done.missing == ("Patient", "Observation")
@@ -497,5 +497,78 @@ def test_a_job_that_failed_on_the_server_is_deleted_there(study, tmp_path):
         status_url = next(u for m, u, _ in c.sent if "$export-status" in u)
         assert ("DELETE", status_url, False) in c.sent
         assert requests.get(status_url, timeout=10).status_code == 404
+    finally:
+        server.stop()
+
+
+# --- conflicts: the paged pull's rule ------------------------------------------------------------
+
+@pytest.mark.parametrize("bulk_env", [{}, {"FHIR_TEST_BULK": "off"}], ids=["export", "paged-fallback"])
+def test_pull_bulk_keeps_local_data_the_server_lacks_as_a_conflict_unless_the_server_is_preferred(study, tmp_path, bulk_env):
+    from cohort_subset import write_subset
+
+    server = LoopbackServer(bulk_env)
+    try:
+        local = Store(tmp_path / "store")  # three subjects mapped here; the server holds two of them
+        assert CliRunner().invoke(main, ["map", str(BAD / "good"), "--store", str(local.path)]).exit_code == 0
+        jobs.push(study, write_subset(BAD / "good", tmp_path / "two", 2), client(server.base), tmp_path / "pushed")
+        group, before = next(local.read("Group")), local.counts()
+        kept = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert kept.exit_code == ExitCode.CONFLICTS, kept.output
+        assert f"1 conflict(s) with local data in {tmp_path / 's' / 'pull-conflicts.csv'} (the local versions kept" in kept.output
+        assert f"conflict: Group/{group['id']}: member (3 here, 2 on the server)" in kept.output
+        assert next(local.read("Group")) == group and local.counts() == before
+        taken = CliRunner().invoke(main, pull_args(server.base, tmp_path, "--full", "--prefer", "server", "--json"))
+        assert taken.exit_code == 0, taken.output
+        assert [(c["id"], c["kept"]) for c in json.loads(taken.output)["conflicts"]] == [(group["id"], "server")]
+        assert len(next(local.read("Group"))["member"]) == 2 and local.counts() == before
+    finally:
+        server.stop()
+
+
+def test_pulls_after_a_bulk_pull_take_the_servers_changes_without_calling_them_conflicts(study, tmp_path):
+    server = loaded()
+    try:
+        c = client(server.base)
+        store = Store(tmp_path / "store")
+        assert CliRunner().invoke(main, pull_args(server.base, tmp_path)).exit_code == 0
+        changed = next(o for o in store.read("Observation"))
+        for value, bulk_pull in ((111.0, False), (112.0, True)):  # a paged pull after the bulk pull, then a bulk pull
+            c.request("PUT", f"Observation/{changed['id']}", json={**changed, "valueQuantity": {
+                **changed["valueQuantity"], "value": value}})
+            args = pull_args(server.base, tmp_path, "--json")
+            result = CliRunner().invoke(main, args if bulk_pull else [a for a in args if a != "--bulk"])
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["conflicts"] == [] and json.loads(result.output)["counts"]["Observation"] == 1
+            assert next(o for o in store.read("Observation") if o["id"] == changed["id"])["valueQuantity"]["value"] == value
+    finally:
+        server.stop()
+
+
+def test_pull_bulk_from_a_server_without_the_study_says_so_and_starts_no_export(tmp_path):
+    server = LoopbackServer()
+    try:
+        c = RecordingClient(server.base)
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith(f"pulled from {server.base}/ into {tmp_path / 'store'}: nothing new; ")
+        assert "note: study https://clinicaltrials.gov|NCT04288102 is not on the server: no export was started" in result.stderr
+        assert "None" not in result.output
+        jobs.pull(load_study(), c, tmp_path / "store", tmp_path / "s", bulk=True)
+        assert not any("$export" in url for _, url, _ in c.sent)
+    finally:
+        server.stop()
+
+
+def test_an_export_job_the_server_does_not_delete_is_one_warning_line(study, tmp_path):
+    server = loaded({"FHIR_TEST_BULK_FAULTS": "delete-refused"})
+    try:
+        result = CliRunner().invoke(main, pull_args(server.base, tmp_path))
+        assert result.exit_code == 0, result.output
+        assert Store(tmp_path / "store").counts()["Observation"] == 34
+        warned = [line for line in result.stderr.splitlines() if "did not delete the export job" in line]
+        assert len(warned) == 1 and warned[0].startswith("note: the server did not delete the export job (DELETE ")
+        assert "HTTP 405: export jobs cannot be deleted here (test fault)" in warned[0]
+        assert warned[0].endswith("it may keep the exported files until they expire there")
     finally:
         server.stop()

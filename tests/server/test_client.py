@@ -25,6 +25,7 @@ from fhir_msc.errors import (
     CertificateError,
     ExitCode,
     ForeignLinkRefused,
+    IncompleteSearch,
     InsecureHttpRefused,
     InvalidResponse,
     MultipleMatches,
@@ -302,6 +303,28 @@ def test_unsorted_search_is_checked_against_the_total():
     listing = client.listing("Patient")
     assert sorted(r["id"] for r in listing.resources) == ["a", "b", "c"] and listing.complete
     assert "_sort" not in responses.calls[0].request.url and "_sort=_id" in responses.calls[2].request.url
+
+
+@pytest.mark.parametrize(("total", "complete"), [(3, False), (2, True), (None, True)])
+@responses.activate
+def test_a_search_whose_pages_end_short_of_their_total_raises_after_its_last_resource(total, complete):
+    entries = [{"resource": {"resourceType": "Patient", "id": i}} for i in ("a", "b")]
+    include = [{"resource": {"resourceType": "Organization", "id": "o"}, "search": {"mode": "include"}}]
+    responses.get(f"{BASE}/Patient", json={"resourceType": "Bundle", "entry": entries + include,
+                                          **({"total": total} if total is not None else {})})
+    client, _ = make_client()
+    found = []
+
+    def read_all():
+        for resource in client.search("Patient", {"gender": "male"}):
+            found.append(resource["id"])
+
+    if complete:
+        read_all()
+    else:
+        with pytest.raises(IncompleteSearch, match=r"search Patient\?gender=male: the server listed 2 of the 3 it matches"):
+            read_all()
+    assert found == ["a", "b", "o"]  # every resource read is given before the shortfall is raised; includes are not counted
 
 
 @pytest.mark.parametrize("honours_id", [True, False])

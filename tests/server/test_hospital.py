@@ -14,7 +14,19 @@ from fhir_msc import Store, load_study
 from fhir_msc.account import MAX_EXAMPLES, Tally
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, InputError
-from fhir_msc.server.hospital import CONFLICT, SAME, SUPERSEDED, UNUSED_CODE, Enrollment, pull_hospital, read_enrollment
+from fhir_msc.server.client import Listing
+from fhir_msc.server.hospital import (
+    CONFLICT,
+    NOT_LISTED,
+    OTHER_CODE_NOT_FETCHED,
+    PARTLY_LISTED,
+    SAME,
+    SUPERSEDED,
+    UNUSED_CODE,
+    Enrollment,
+    pull_hospital,
+    read_enrollment,
+)
 from fhir_msc.study.definition import REPO_ROOT
 from fhir_msc.tables.sdtm import SubjectRecord
 
@@ -121,10 +133,12 @@ class _Hospital:
     def __init__(self, observations):
         self.observations = observations
 
-    def search(self, resource_type, params):
+    def listing(self, resource_type, params):
         if resource_type == "Patient":
-            return [{"resourceType": "Patient", "id": "p"}] if params["identifier"].endswith("|known") else []
-        return iter(self.observations)
+            found = [{"resourceType": "Patient", "id": "p"}] if params["identifier"].endswith("|known") else []
+        else:
+            found = self.observations
+        return Listing(resources=found, matched=len(found), total=len(found), pages=1, page=len(found))
 
 
 def test_the_hospital_account_balances_on_bad_input():
@@ -284,3 +298,57 @@ def test_hospital_pull_bulk_from_an_export_without_patients_is_an_error_not_nobo
         assert "enrolled patients found" not in result.output and Store(tmp_path / "store").counts() == before
     finally:
         server.stop()
+
+
+def _capped_hospital(cap: int):
+    """The hospital fixture on a server that answers every search with one page of at most ``cap`` matches, no next link."""
+    from loopback import LoopbackServer
+    server = LoopbackServer({"FHIR_TEST_PAGE_CAP": str(cap)})
+    requests.post(server.base, json=json.loads((HOSPITAL / "bundle.json").read_text()), timeout=60).raise_for_status()
+    return server
+
+
+def test_hospital_pull_from_a_capped_server_reads_every_observation_by_the_study_codes(hospital, demo_store, tmp_path):
+    for name in ("paged", "capped"):
+        shutil.copytree(demo_store.path, tmp_path / name)
+    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").output)
+    server = _capped_hospital(5)  # each patient has 8 to 10 Observations, at most 4 with one code
+    try:
+        result = _pull(server, tmp_path / "capped", tmp_path / "found-capped")
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    capped = json.loads(result.output)
+    values = lambda conflicts: [{k: v for k, v in c.items() if k != "hospital_observation"} for c in conflicts]  # noqa: E731
+    assert capped["findings"] == paged["findings"] and values(capped["conflicts"]) == values(paged["conflicts"])
+    assert capped["patients"] == paged["patients"] and capped["missed"] == []  # (each server gave its own ids)
+    observations = capped["observations"]
+    assert observations["read"] == paged["observations"]["read"] == 43 and observations["used"] == 4
+    others = {UNUSED_CODE, OTHER_CODE_NOT_FETCHED}
+    assert {k: v for k, v in observations["skipped"].items() if k not in others} == \
+        {k: v for k, v in paged["observations"]["skipped"].items() if k not in others}
+    assert sum(observations["skipped"].get(k, 0) for k in others) == 5 and observations["skipped"][OTHER_CODE_NOT_FETCHED] > 0
+    assert any(note.startswith("the server listed only part of the Observations of 5 patient(s)") for note in capped["notes"])
+    assert Store(tmp_path / "capped").counts() == Store(tmp_path / "paged").counts()
+
+
+def test_hospital_pull_that_cannot_list_a_code_completely_counts_it_says_so_and_exits_7(demo_store, tmp_path):
+    shutil.copytree(demo_store.path, tmp_path / "store")
+    server = _capped_hospital(3)  # two patients have 4 CEA results: even one code does not fit a page
+    try:
+        result = CliRunner().invoke(main, ["hospital-pull", "--server", server.base, "--enrollment",
+                                           str(HOSPITAL / "enrollment.csv"), "--store", str(tmp_path / "store"),
+                                           "--out", str(tmp_path / "found")])
+        as_json = _pull(server, tmp_path / "store", tmp_path / "found")
+    finally:
+        server.stop()
+    assert result.exit_code == as_json.exit_code == ExitCode.PARTIAL, result.output
+    assert "incomplete: 2 search(es) fell short of what the server says they match" in result.stderr
+    assert "missed: Observation http://loinc.org|2039-6 of Patient/" in result.stderr
+    assert "the server listed 3 of the 4 it matches (Bundle.total)" in result.stderr
+    observations = json.loads(as_json.output)["observations"]
+    assert observations["read"] == 43 and observations["read"] == observations["used"] + sum(observations["skipped"].values())
+    skipped = observations["skipped"]
+    assert skipped[PARTLY_LISTED] == 6 and skipped[NOT_LISTED] >= 2  # 3 CEA listed of each 4, and the 2 not listed
+    # the 5 GLU results: fetched with a page, not fetched (asked for by code), or not listed where a code fell short
+    assert skipped.get(UNUSED_CODE, 0) + skipped.get(OTHER_CODE_NOT_FETCHED, 0) + skipped[NOT_LISTED] == 5 + 2

@@ -12,7 +12,7 @@ from faultproxy import FaultProxy
 
 from fhir_msc import Store, jobs
 from fhir_msc.cli import main
-from fhir_msc.errors import ExitCode, SyncLocked
+from fhir_msc.errors import ExitCode, IncompleteSearch, SyncLocked
 from fhir_msc.fhir.roundtrip import compare_tables
 from fhir_msc.fhir.unmapping import fhir_to_tables
 from fhir_msc.progress import Progress
@@ -403,5 +403,27 @@ def test_a_pull_that_cannot_get_everything_says_so_exits_7_and_keeps_its_mark(st
         assert "missed: Observation of Patient/" in first.output and "the server listed 5 of the 12 it matches" in first.output
         again = jobs.pull(study, client(server.base), tmp_path / "pulled", tmp_path / "state")
         assert again.since is None and len(again.missed) == 3  # the mark did not move: asked again from the start
+    finally:
+        server.stop()
+
+
+def test_a_view_or_an_analysis_of_a_capped_server_stops_instead_of_using_part_of_the_data(study, tmp_path):
+    from loopback import LoopbackServer
+
+    server = LoopbackServer({"FHIR_TEST_PAGE_CAP": "5"})  # fewer than one subject's 12 Observations
+    try:
+        jobs.push(study, BAD / "good", client(server.base), tmp_path / "state")
+        view = tmp_path / "values.json"
+        view.write_text(json.dumps({"resourceType": "ViewDefinition", "name": "values", "resource": "Observation",
+                                    "select": [{"column": [{"name": "id", "path": "getResourceKey()", "type": "id"}]}]}))
+        for engine in ("duckdb", "python"):
+            out = tmp_path / f"{engine}.csv"
+            result = CliRunner().invoke(main, ["view", "run", str(view), "--server", server.base, "--out", str(out),
+                                               "--engine", engine])
+            assert result.exit_code == ExitCode.SERVER, result.output
+            assert "search Observation: the server listed 5 of the 34 it matches (Bundle.total)" in result.stderr
+            assert result.stderr.count("\n") == 1 and not out.exists()
+        with pytest.raises(IncompleteSearch, match="did not list all of the study's data .Observation of Patient/"):
+            jobs.frame_and_account(study, client(server.base))
     finally:
         server.stop()
