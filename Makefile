@@ -1,12 +1,13 @@
 # fhir-msc: the commands of the README.
 #   make demo      set up and run the whole job on the embedded store (no server)
 #   make test      set up and run the whole test suite
+#   make schemas   rewrite the study file's JSON Schema and reference page from its model
 #   make interop   build SMART's reference Bulk Data server (a peer) and run fhir-msc against it (not in make test)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test java-check bench bench-quick fixtures clean interop
+.PHONY: demo test java-check chromium-check bench bench-quick fixtures schemas clean interop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,11 @@ server/node_modules/.installed: server/package.json server/package-lock.json
 java-check:
 	@command -v java >/dev/null || [ -n "$$JAVA_HOME" ] || { echo "make test: the Spark engine's tests need Java 17 or 21: install it (Debian: apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2; exit 1; }
 
-test: java-check $(BIN)/.installed server/node_modules/.installed
+# The report's tests render its HTML in headless Chromium.
+chromium-check:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { echo "make test: the report's tests render the HTML in headless Chromium: install it (Debian: apt-get install -y chromium)" >&2; exit 1; }
+
+test: java-check chromium-check $(BIN)/.installed server/node_modules/.installed
 	@$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
@@ -70,6 +75,11 @@ interop: $(BIN)/.installed $(INTEROP)/.imported
 
 fixtures: $(BIN)/.installed
 	$(BIN)/python fixtures/generate.py
+
+# The study file's JSON Schema (fhir_msc/schemas/study.schema.json) and reference page (docs/study-file.md), from its
+# model: run after changing fhir_msc/study/ (tests/study/test_schema.py fails while they are stale).
+schemas: $(BIN)/.installed
+	$(BIN)/python -m fhir_msc.study.schema
 
 clean:
 	rm -rf $(VENV) fhir-msc-demo .pytest_cache

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -206,7 +207,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
     embedded store, validates it, round-trips it, analyses it and checks the published
-    results. Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
+    results. `init DIR` starts a study of your own (`check` finds the mistakes in its file).
+    Then: `map` / `unmap` / `validate` for files, `push` / `pull` / `sync` /
     `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
     job, says what was done and how to resume, and exits with 130.
 
@@ -402,7 +404,7 @@ def _echo_validation(report: ValidationReport) -> None:
 def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
-    Writes the store, a transaction bundle and the report (HTML, forest plot PNG, CSV)
+    Writes the store, a transaction bundle and the report (as `fhir-msc report` writes it)
     under --workdir and prints where; then maps, verifies and reports the two example
     studies shipped with fhir-msc under --workdir/examples, one line each. --tables DIR --study YAML runs it on another
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
@@ -515,8 +517,8 @@ _spark_master_option = click.option(
 @click.option("--outcome", "outcomes", multiple=True, metavar="CODE", help="Only this outcome (e.g. SF36GH); repeatable.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format of the between-arm table; json is the same document as --json.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
-              help="Also write a forest plot of the effects to this PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write a forest plot of the effects to this file: PNG, or SVG when it ends in .svg.")
 @click.option("--exact-odds-ratio", is_flag=True,
               help="Also compute the exact conditional odds ratio and CI of every binary comparison for --json "
                    "(seconds per comparison at 10,000 subjects per arm, over a minute at 100,000). Without it, only "
@@ -578,7 +580,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     if events and events.account.skipped:
         click.echo(f"AdverseEvents: {events.account.describe('counted')}", err=True)
     if plot:
-        forest_plot(result.comparisons, plot, study.study.identifier.value, study=study)
+        forest_plot(result.comparisons, plot, study=study, synthetic=result.synthetic)
         _info(f"forest plot: {plot}", err=True)
 
 
@@ -620,6 +622,54 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
         click.echo(f"reproduced {result.reproduced}/{len(checks)} published results")
     _echo_observations(result.observations)
     if result.reproduced < len(checks):
+        sys.exit(ExitCode.MISMATCH)
+
+
+@main.command("report")
+@_source_option
+@_server_option
+@_server_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="Directory to write report.html, analysis.csv, analysis.json, forest.png and forest.svg into.")
+@_study_option
+@_engine_option
+@_spark_master_option
+@_json_option
+def report_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
+                   out: Path, study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
+    """Write the study's report from the FHIR data at --store or --server into --out.
+
+    report.html is one self-contained page (no links out, no local paths): the study and its
+    definition's SHA-256, the published results recomputed, the forest plot, every visit's
+    between-arm table and the adverse events. Beside it: analysis.csv (the table), analysis.json
+    (the analyze --json document) and the forest plot as forest.png and forest.svg. Data whose
+    subjects are all tagged HTEST are marked synthetic. Exit code 4 means the data hold no
+    findings of the study's subjects; 6 that a published result was not reproduced (the
+    report is written all the same); 8 that the server could not be used.
+    """
+    from . import jobs
+    from .study.definition import load_study
+
+    study = load_study(study_path)
+    unused: list[str] = []
+    try:
+        with _progress(not as_json, _RERUN) as progress:
+            result = jobs.report(study, _source(source, server, config, ca_bundle, timeout), out, progress, unused,
+                                 engine, spark_master=spark_master)
+    finally:
+        _echo_not_used(unused)
+    if as_json:
+        _print_json({"study": study.study.identifier.value, "synthetic": result.synthetic,
+                     "files": {kind: str(path) for kind, path in result.paths.items()},
+                     "comparisons": len(result.comparisons),
+                     "published": {"reproduced": result.reproduced, "total": len(result.checks)}})
+    else:
+        click.echo(f"report: {result.paths['html']} ({len(result.comparisons)} comparisons; reproduced "
+                   f"{result.reproduced}/{len(result.checks)} published results"
+                   + ("; synthetic data" if result.synthetic else "") + ")")
+        _info("beside it: " + ", ".join(path.name for kind, path in result.paths.items() if kind != "html"))
+    _echo_observations(result.observations)
+    if result.reproduced < len(result.checks):
         sys.exit(ExitCode.MISMATCH)
 
 
@@ -685,7 +735,8 @@ def _echo_demo(result: jobs.DemoResult) -> None:
         click.echo(render(verification_table(result.verification), "table"))
     if result.adverse_events:
         _info(render(incidence_table(result.adverse_events), "table"))
-    _info(f"report: {result.report['html']} (forest plot {result.report['png'].name}, table {result.report['csv'].name})")
+    _info(f"report: {result.report['html']} (beside it: "
+          + ", ".join(path.name for kind, path in result.report.items() if kind != "html") + ")")
     for example in result.examples:
         if example.reproduced < len(example.verification):
             click.echo(render(verification_table(example.verification), "table"))
@@ -1193,3 +1244,78 @@ def _to_jsonable_cells(row: dict[str, Any]) -> dict[str, Any]:
     """A result row with values JSON has no type for (dates, decimals) as their text."""
     return {name: value if value is None or isinstance(value, (bool, int, float, str, list, dict)) else str(value)
             for name, value in row.items()}
+
+
+@main.command("init")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@_json_option
+def init_command(directory: Path, as_json: bool) -> None:
+    """Start a study of your own in DIR: a commented study file and synthetic tables to replace.
+
+    Writes DIR/study.yaml (every section of a study file, commented: a made-up two-arm trial
+    with a continuous, a binary and an ordinal outcome, adverse events and published results),
+    DIR/study.schema.json (its JSON Schema, which the file's first line points editors to) and
+    DIR/tables/ (SYNTHETIC tables, marked so by tables/dataset.yaml) that map, analyse and
+    verify as written. DIR must be new or empty: exit code 2 otherwise (init never overwrites).
+    """
+    from . import jobs
+
+    result = jobs.init_study(directory)
+    steps = _next_steps(result, directory / "store")
+    if as_json:
+        _print_json({**_to_jsonable(result), "next": steps})
+        return
+    click.echo(f"wrote {result.study}, {result.schema} and {len(result.tables)} files of synthetic data in "
+               f"{result.tables[0].parent}")
+    _info("\n".join(["next: make it your trial's (edit the study file, replace the tables, delete tables/dataset.yaml "
+                     "once they are real), then:", *(f"  {step}" for step in steps)]))
+
+
+def _next_steps(result: jobs.InitResult, store: Path) -> list[str]:
+    """The commands that take a new study from its file to its verified results, as they are typed."""
+    tables, study = str(result.tables[0].parent), str(result.study)
+    return [shlex.join(["fhir-msc", *argv]) for argv in (
+        ["check", study], ["map", tables, "--study", study, "--store", str(store)],
+        ["analyze", "--store", str(store), "--study", study], ["verify", "--store", str(store), "--study", study])]
+
+
+@main.command("check")
+@click.argument("study_file", metavar="STUDY.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@_json_option
+def check_command(study_file: Path, as_json: bool) -> None:
+    """Check the study definition STUDY.yaml, reading no data.
+
+    Each mistake is one line, `FILE:LINE: PATH: what is wrong`, PATH as in the YAML
+    (`arms[1].code`), with the nearest allowed key, value or code where one was misspelt;
+    exit code 4 if there is any. A valid file gets one line: what it declares (arms, visits,
+    outcomes, published results). --json: {"file", "valid", "problems"} or what it declares.
+    """
+    from .study.definition import load_study
+    from .study.problems import InvalidStudyDefinition
+
+    try:
+        study = load_study(study_file)
+    except InvalidStudyDefinition as invalid:
+        if as_json:
+            _print_json({"file": study_file, "valid": False, "problems": invalid.problems})
+        else:
+            for problem in invalid.problems:
+                click.echo(f"{study_file}:{f'{problem.line}:' if problem.line else ''} {problem}")
+        sys.exit(ExitCode.BAD_INPUT)
+    declared = _declared(study)
+    if as_json:
+        _print_json({"file": study_file, "valid": True, "study": study.study.identifier.value, **declared})
+        return
+    counts = ", ".join(f"{len(codes)} {name.replace('_', ' ')}" for name, codes in declared.items() if codes)
+    click.echo(f"{study_file}: valid: {study.study.identifier.value}: {counts}")
+
+
+def _declared(study: Study) -> dict[str, list[str]]:
+    """What a study definition declares, by the codes it gives each (published results: their labels)."""
+    plan = study.analysis
+    return {"arms": [arm.code for arm in study.arms], "visits": [visit.code for visit in study.visits],
+            "outcomes": [outcome.code for outcome in study.outcomes],
+            "time_to_event_entries": [entry.code for entry in study.time_to_event],
+            "derived_endpoints": [endpoint.code for endpoint in plan.derived] if plan else [],
+            "adverse_event_terms": list(study.adverse_events.terms) if study.adverse_events else [],
+            "published_results": [result.label for result in plan.published] if plan else []}

@@ -21,10 +21,17 @@ import pyarrow as pa
 from .account import Account
 from .analysis import engine_frame, spark_frame
 from .analysis import frame as analysis
-from .analysis.adverse_events import AdverseEventIncidence, incidence, incidence_table, published_pairs
+from .analysis.adverse_events import (
+    AdverseEventIncidence,
+    incidence,
+    incidence_json,
+    incidence_table,
+    published_pairs,
+)
 from .analysis.frame import Comparison, Verification
 from .analysis.options import DEFAULT_ENGINE, DEFAULT_VIEW_ENGINE, ENGINES, EXPORT_FORMATS, VIEW_ENGINES
 from .analysis.outcomes import time_to_event
+from .analysis.export import analyze_json
 from .analysis.report import write_report
 from .analysis.writeback import derived_observations
 from .analysis.views.definition import ViewDefinition, load_view
@@ -35,7 +42,7 @@ from .analysis.views.tables import duckdb_table, named_views, spooled
 from .errors import BadUsage, IncompleteSearch, InputError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
-from .fhir.mapping import MapResult, reject_keys, tables_to_fhir
+from .fhir.mapping import MapResult, reject_keys, tables_to_fhir, tagged_synthetic
 from .fhir.roundtrip import RoundTripResult, check_roundtrip
 from .fhir.unmapping import UnmapResult, fhir_to_tables, read_records, subjects_in
 from .fhir.validate import ValidationReport, validate_resources
@@ -70,6 +77,7 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .store.source import ResourceSource
+from .study import template as study_template
 from .study.definition import Study, load_study, package_data
 from .tables.formats import count_records, find_table
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
@@ -336,6 +344,7 @@ class AnalysisResult:
     adverse_events: AdverseEventIncidence | None = None  # when the study file has adverse_events and the source AdverseEvents
     arms_not_compared: tuple[str, ...] = ()  # arms with findings in no comparison of the plan
     not_compared: tuple[tuple[str, str, str], ...] = ()  # outcomes compared at no visit: (code, type, why)
+    synthetic: bool = False  # every ResearchSubject is tagged HTEST (see synthetic_data)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -363,16 +372,16 @@ def analyze(study: Study, source: Path | FhirClient, visits: list[str] | None = 
     read = analysis.visits_to_read(study, visits) if visits and study.analysis else visits  # + covariates' visits
     events: dict[str, pd.DataFrame] = {}
     counted: list[AdverseEventIncidence | None] = []
-    frame, observations = frame_and_account(study, source, read, progress, unused, engine, events,
-                                            spark_master=spark_master,
-                                            also=lambda opened: counted.append(incidence(study, opened, engine)))
+    tagged: list[bool] = []
+    frame, observations = frame_and_account(
+        study, source, read, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: (counted.append(incidence(study, opened, engine)), tagged.append(synthetic_data(opened))))
     comparisons = analysis.analyze(study, frame, visits, outcomes, events, exact_odds_ratio=exact_odds_ratio)
     if not comparisons:
-        name = source.base_url if isinstance(source, FhirClient) else source
-        raise InputError(f"{name}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
+        raise InputError(f"{_source_name(source)}: nothing to compare: each arm needs at least 2 values of an outcome at a visit")
     return AnalysisResult(comparisons=comparisons, observations=observations, adverse_events=counted[0],
                           arms_not_compared=tuple(analysis.arms_not_compared(study, frame)),
-                          not_compared=tuple(analysis.not_compared(study, outcomes)))
+                          not_compared=tuple(analysis.not_compared(study, outcomes)), synthetic=tagged[0])
 
 
 def verify(study: Study, source: Path | FhirClient, progress: Progress = NO_PROGRESS,
@@ -393,6 +402,68 @@ def _published_incidence(study: Study, source: ResourceSource, engine: str = "py
     """The adverse-event incidence of the pairs of the study's published adverse-event entries (None: there are none)."""
     pairs = published_pairs(study)
     return incidence(study, source, engine, pairs) if pairs else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportResult:
+    """The report written (file kind -> path), what it shows, and the account of the Observations read."""
+
+    paths: dict[str, Path]
+    comparisons: list[Comparison]
+    checks: list[Verification]
+    observations: Account
+    adverse_events: AdverseEventIncidence | None
+    synthetic: bool
+
+    @property
+    def reproduced(self) -> int:
+        return sum(check.matches for check in self.checks)
+
+
+def report(study: Study, source: Path | FhirClient, out: Path, progress: Progress = NO_PROGRESS,
+           unused: list[str] | None = None, engine: str = DEFAULT_ENGINE, *, spark_master: str | None = None,
+           input_name: str | None = None) -> ReportResult:
+    """Analyze and verify the study's data in a store, bundle or on a server, and write the report into ``out``:
+    report.html (self-contained), analysis.csv, analysis.json (the ``analyze`` document), forest.png and forest.svg
+    (see ``analysis.report.write_report``). The data are marked synthetic when every ResearchSubject carries the HTEST
+    tag. ``input_name`` names the input in the report (default: the store's directory name or the server's URL)."""
+    events: dict[str, pd.DataFrame] = {}
+    found: list[tuple[AdverseEventIncidence | None, AdverseEventIncidence | None, bool]] = []
+    frame, observations = frame_and_account(
+        study, source, None, progress, unused, engine, events, spark_master=spark_master,
+        also=lambda opened: found.append((incidence(study, opened, engine), _published_incidence(study, opened, engine),
+                                          synthetic_data(opened))))
+    (counted, published, synthetic), = found
+    comparisons = analysis.analyze(study, frame, events=events)
+    if not comparisons:
+        raise InputError(f"{_source_name(source)}: nothing to compare: each arm needs at least 2 values of an outcome "
+                         "at a visit")
+    checks = analysis.verify(study, frame, events, published)
+    document = analyze_json(study, comparisons, observations, incidence_json(counted) if counted else None,
+                            tuple(analysis.arms_not_compared(study, frame)), tuple(analysis.not_compared(study, None)))
+    paths = write_report(out, comparisons, checks, study=study, source=input_name or _input_name(source),
+                         synthetic=synthetic, document=document,
+                         adverse_events=incidence_table(counted) if counted else None)
+    return ReportResult(paths=paths, comparisons=comparisons, checks=checks, observations=observations,
+                        adverse_events=counted, synthetic=synthetic)
+
+
+def synthetic_data(source: ResourceSource) -> bool:
+    """Whether the source's data are synthetic: it holds ResearchSubjects, each tagged HTEST (test health data)."""
+    subjects = iter(source.read("ResearchSubject"))
+    first = next(subjects, None)
+    return first is not None and tagged_synthetic(first) and all(tagged_synthetic(s) for s in subjects)
+
+
+def _input_name(source: Path | FhirClient) -> str:
+    """The input as a report names it: a server's URL, a store's or bundle's name (never a local path)."""
+    if isinstance(source, FhirClient):
+        return f"the server {source.base_url}"
+    return f"the store directory {source.name}/" if source.is_dir() else f"the bundle {source.name}"
+
+
+def _source_name(source: Path | FhirClient) -> str | Path:
+    return source.base_url if isinstance(source, FhirClient) else source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -667,15 +738,13 @@ def example_demo(study: Study, tables: Path, workdir: Path, progress: Progress =
     store = workdir / "store"
     Store(store).clear()
     mapped = map_tables(study, tables, store=store, version=get_version("R4"), progress=progress)
-    events: dict[str, pd.DataFrame] = {}
-    frame, observations = frame_and_account(study, store, None, progress, None, events=events)
-    comparisons = analysis.analyze(study, frame, events=events)
-    checks = analysis.verify(study, frame, events, _published_incidence(study, Store(store)))
-    report = write_report(workdir / "report", comparisons, checks,
-                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)",
-                          study=study, source=f"trial tables {tables}, mapped into the store {store}")
-    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=observations,
-                         verification=checks, report=report)
+    reported = report(study, store, workdir / "report", progress, input_name=_demo_input(tables, store))
+    return ExampleResult(study=study, tables=tables, store=store, mapped=mapped, observations=reported.observations,
+                         verification=reported.checks, report=reported.paths)
+
+
+def _demo_input(tables: Path, store: Path) -> str:
+    return f"trial tables {tables.name}, mapped into the store {store.name}"
 
 
 def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Progress = NO_PROGRESS,
@@ -700,25 +769,15 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
     by_arm = Counter(subject_arm_names(rs, arm_names)[0] for rs in Store(store).read("ResearchSubject"))
     infusions = Counter(administration_medication(a)["coding"][0]["code"]
                         for a in Store(store).read("MedicationAdministration"))
-    frame, observations = analysis.frame_and_account(study, Store(store))
-    comparisons = analysis.analyze(study, frame)
-    if not comparisons:
-        raise InputError(f"{tables}: no outcome has 2 or more values in each arm at any visit: nothing to compare; "
-                         "check the tables and that --study describes them")
-    checks = analysis.verify(study, frame, adverse_events=_published_incidence(study, Store(store)))
-    events = incidence(study, Store(store))
-    report = write_report(workdir / "report", comparisons, checks,
-                          f"{study.study.identifier.value}: between-arm comparisons (synthetic data)" if mapped.synthetic
-                          else f"{study.study.identifier.value}: between-arm comparisons",
-                          study=study, source=f"trial tables {tables}, mapped into the store {store}",
-                          adverse_events=incidence_table(events) if events else None)
+    reported = report(study, store, workdir / "report", progress, input_name=_demo_input(tables, store))
     shown = []
     for definition, example_tables in EXAMPLE_STUDIES if examples else ():
         example = load_study(definition)
         shown.append(example_demo(example, example_tables, workdir / "examples" / example.study.key, progress))
     return DemoResult(workdir=workdir, store=store, bundle=bundle, mapped=mapped, subjects_by_arm=dict(by_arm),
-                      infusions=dict(infusions), verification=checks, report=report,
-                      validation=validation, roundtrip=roundtrip, observations=observations, adverse_events=events,
+                      infusions=dict(infusions), verification=reported.checks, report=reported.paths,
+                      validation=validation, roundtrip=roundtrip, observations=reported.observations,
+                      adverse_events=reported.adverse_events,
                       examples=tuple(shown))
 
 
@@ -864,3 +923,33 @@ def sql(study: Study, query: str, store: Path, views: Iterable[Path | dict] = ()
     """
     named = named_views(study, views)
     return SqlResult(table=query_views(query, named, _view_store(store)), tables=list(named))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitResult:
+    """A new study's starting point: its study file, that file's JSON Schema, and synthetic tables."""
+
+    study: Path  # the study file
+    schema: Path  # its JSON Schema, which the study file's first line points editors to
+    tables: list[Path]  # the synthetic tables (and dataset.yaml, which says they are synthetic)
+
+
+def init_study(directory: Path) -> InitResult:
+    """Write a new study into ``directory``: a commented study file of a made-up two-arm trial, its JSON Schema,
+    and synthetic tables in ``directory/tables`` that map, analyse and verify as written.
+
+    ``directory`` must be new or empty (BadUsage otherwise): init never overwrites. Directories are made 0700 and
+    files 0600, as everywhere fhir-msc writes what will hold trial data.
+    """
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        what = "not empty" if directory.is_dir() else "exists and is not a directory"
+        raise BadUsage(f"{directory}: {what}: give a new or empty directory (init never overwrites)")
+    written = []
+    for name, content in study_template.new_study_files().items():
+        path = directory / name
+        private_dir(path.parent)
+        with private_open(path, "wb") as handle:
+            handle.write(content)
+        written.append(path)
+    return InitResult(study=directory / study_template.STUDY_FILE, schema=directory / study_template.SCHEMA_FILE,
+                      tables=[path for path in written if path.parent.name == study_template.TABLES])

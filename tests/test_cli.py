@@ -18,7 +18,7 @@ def invoke(*argv: str):
 
 
 @pytest.mark.parametrize("command", ["map", "unmap", "validate", "demo", "analyze", "verify", "push", "pull", "sync", "repair",
-                                     "hospital-pull"])
+                                     "hospital-pull", "init", "check"])
 def test_help_teaches_every_command(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and f"{command} [OPTIONS]" in result.output

@@ -200,18 +200,18 @@ def test_readme_time_to_event_snippet_verifies_on_the_example(stores, tmp_path):
 
 @pytest.mark.parametrize(("entry", "message"), [
     ("{outcome: TTRECOV, visit: D28, estimate: 2.0}",
-     "analysis.published.0.visit: time-to-event TTRECOV is over the whole follow-up: give no visit"),
+     "analysis.published[0].visit: time-to-event TTRECOV is over the whole follow-up: give no visit"),
     ("{outcome: TTRECOV, p: {test: fisher, value: 0.5}}",
-     "analysis.published.0.p.test: 'fisher' is not a test of cox-hazard-ratio (the plan's effect for this outcome): "
+     "analysis.published[0].p.test: 'fisher' is not a test of cox-hazard-ratio (the plan's effect for this outcome): "
      "use wald, likelihood-ratio, log-rank, or leave test out"),
     ("{outcome: TTRECOV, means: {HIGH: 3.0}}",
-     "analysis.published.0.means: does not apply to time-to-event TTRECOV (n, counts, medians do)"),
+     "analysis.published[0].means: does not apply to time-to-event TTRECOV (n, counts, medians do)"),
     ("{outcome: TTRECOV, effect: hodges-lehmann}",
-     "analysis.published.0.effect: 'hodges-lehmann' does not apply to time-to-event outcome TTRECOV: use "
+     "analysis.published[0].effect: 'hodges-lehmann' does not apply to time-to-event outcome TTRECOV: use "
      "cox-hazard-ratio, log-rank, km-median"),
-    ("{outcome: WHOCPS, estimate: 2.0}", "analysis.published.0.visit: give the visit of WHOCPS"),
+    ("{outcome: WHOCPS, estimate: 2.0}", "analysis.published[0].visit: give the visit of WHOCPS"),
     ("{outcome: TTRECOV, covariates: [age]}",
-     "analysis.published.0: covariates and stratum do not apply to time-to-event TTRECOV (unadjusted)"),
+     "analysis.published[0]: covariates and stratum do not apply to time-to-event TTRECOV (unadjusted)"),
 ])
 def test_a_time_to_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, entry, message):
     text = definition("example-dose-ranging").read_text()
@@ -233,8 +233,8 @@ def test_time_to_event_rows_in_the_table_the_forest_plot_and_the_report(stores, 
     assert [(c.outcome, c.visit) for c in at_d0][-2:] == [("TTRECOV", ""), ("TTRECOV", "")]
     (panel,) = forest_panels(comparisons, study)[1]
     assert panel.log and panel.title == "Hazard ratio, treatment vs control · the event is good"
-    assert [row.label for row in panel.rows] == ["Time to recovery · follow-up · HIGH vs PBO",
-                                                 "Time to recovery · follow-up · LOW vs PBO"]
+    assert [row.label for row in panel.rows] == ["Time to recovery · follow-up · Drug Z 200 mg vs Placebo",
+                                                 "Time to recovery · follow-up · Drug Z 50 mg vs Placebo"]
     example = jobs.example_demo(study, REPO / "fixtures" / "example-dose-ranging", tmp_path / "demo")
     assert "<h3 id='time-to-event'>Time to event" in example.report["html"].read_text()
 

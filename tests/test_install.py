@@ -65,6 +65,9 @@ def test_wheel_holds_every_module_the_data_and_the_license(built):
     cohort = {f"fhir_msc/_data/cohort/{p.name}" for p in (REPO / "fixtures" / "msc-covid19").iterdir()}
     schemas = {f"fhir_msc/schemas/{p.name}" for p in (REPO / "fhir_msc" / "schemas").glob("*.schema.json")}
     assert cohort | schemas | {"fhir_msc/_data/mappings/msc-covid19.yaml", "fhir_msc/py.typed"} <= names
+    new_study = REPO / "fhir_msc" / "study" / "new_study"  # what `fhir-msc init` writes
+    assert {str(p.relative_to(REPO)) for p in new_study.rglob("*") if p.is_file() and "__pycache__" not in p.parts} <= names
+    assert "fhir_msc/schemas/study.schema.json" in names
     for example in ("example-dose-ranging", "example-zero-cell"):  # definition and synthetic tables; not the scripts
         data = {f"fhir_msc/_data/{example.replace('-', '_')}/{p.name}" for p in (REPO / "fixtures" / example).iterdir()
                 if p.suffix in (".csv", ".yaml")}
@@ -94,3 +97,14 @@ def test_installed_wheel_runs_the_demo_and_analyze_outside_the_checkout(venv, tm
     assert analyze.returncode == 0, analyze.stderr
     (comparison,) = json.loads(analyze.stdout)["comparisons"]
     assert round(comparison["effect"]["estimate"], 2) == 1.68 and comparison["arms"][0]["events"] == 23
+
+
+def test_installed_wheel_starts_a_study_of_ones_own_outside_the_checkout(venv, tmp_path):
+    fhir_msc = venv / "bin" / "fhir-msc"
+    for argv in (["init", "t"], ["map", "t/tables", "--study", "t/study.yaml", "--store", "s"],
+                 ["analyze", "--store", "s", "--study", "t/study.yaml"], ["verify", "--store", "s", "--study", "t/study.yaml"],
+                 ["check", "t/study.yaml"]):
+        done = run([fhir_msc, *argv], cwd=tmp_path)
+        assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+    assert "reproduced 3/3 published results" in run([fhir_msc, "verify", "--store", "s", "--study", "t/study.yaml"],
+                                                     cwd=tmp_path).stdout

@@ -81,3 +81,48 @@ def test_map_without_a_target_or_with_two_is_bad_usage(tmp_path):
     for targets in ([], ["--store", str(tmp_path / "s"), "--bundle", str(tmp_path / "b.json")]):
         result = invoke("map", str(tmp_path), *targets)
         assert result.exit_code == ExitCode.USAGE and "give exactly one target" in result.output, result.output
+
+
+def _readme_section(title: str) -> str:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def _blocks(text: str) -> list[str]:
+    """The fenced code blocks of ``text``, each without its fences and indentation."""
+    blocks, inside = [], None
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            if inside is None:
+                inside = []
+            else:
+                blocks.append("\n".join(inside))
+                inside = None
+        elif inside is not None:
+            inside.append(line.strip())
+    return blocks
+
+
+def test_your_own_trial_runs_as_the_readme_shows_it(tmp_path, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    commands, shown_mistakes, shown_valid = _blocks(_readme_section("Your own trial"))
+    steps = [shlex.split(line.split("#")[0]) for line in commands.splitlines()]
+    assert [argv[1] for argv in steps if argv[0] == "fhir-msc"] == ["init", "check", "map", "analyze", "verify"]
+    for argv in steps:
+        if argv[0] != "fhir-msc":  # step 2, the editor
+            continue
+        result = invoke(*argv[1:])
+        assert result.exit_code == 0, f"{argv}: {result.output}"
+        if argv[1] == "check":
+            assert result.output.strip() == shown_valid
+    assert "reproduced 3/3 published results" in result.output
+    mapped = invoke("map", "mytrial/tables", "--study", "mytrial/study.yaml", "--store", "mytrial/store", "--json")
+    assert sum(json.loads(mapped.stdout)["counts"].values()) == 208
+    study = tmp_path / "mytrial" / "study.yaml"
+    study.write_text(study.read_text().replace("type: coded", "type: codedd", 1)
+                     .replace("intervention: DRUGA}", "interventon: DRUGA}", 1))
+    result = invoke("check", "mytrial/study.yaml")
+    assert result.exit_code == ExitCode.BAD_INPUT and result.output.strip() == shown_mistakes

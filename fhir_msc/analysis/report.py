@@ -192,6 +192,7 @@ class ForestPanel:
     null: float
     log: bool
     favours: tuple[str, str]  # the labels under the left and right side of the axis
+    test: str  # the test of the rows' p ("Wald z", "Fisher exact", …), as the p column's header names it
     rows: list[ForestRow]
 
 
@@ -199,10 +200,12 @@ class ForestPanel:
 class ForestPlot:
     """What ``forest_plot`` drew, panel by panel, and where."""
 
-    path: Path
+    paths: tuple[Path, ...]  # the same plot in each format asked for (PNG, SVG)
+    title: str
     arms: tuple[str, str]  # treatment, control names
     panels: list[ForestPanel]
     left_out: list[str]  # "label: why" for each comparison with no finite estimate and CI to draw
+    ticks: list[list[float]]  # per panel, the values labelled on its axis
 
 
 def _number(value: float) -> str:
@@ -218,44 +221,76 @@ def unit_text(unit: str | None) -> str:
 
 def forest_panels(comparisons: list[Comparison], study: Study | None = None) -> tuple[tuple[str, str], list[ForestPanel]]:
     """The comparisons grouped into panels, each on its own scale: odds ratios and relative risks on a log axis,
-    differences in the outcome's own unit; rows whose benefit lies on opposite sides never share a panel. A
-    comparison with nothing finite to draw is left out (``left_out`` names it and why)."""
-    arm_names = {arm.code: arm.name for arm in study.arms} if study else {}
+    differences in the outcome's own unit; rows whose benefit lies on opposite sides, or whose outcomes are of other
+    types (an event, an ordinal scale, a time to event), never share a panel. Arms are named as the study definition
+    names them. A comparison with nothing finite to draw is left out (``left_out`` names it and why)."""
+    names = arm_namer(study)
     better = study.analysis.better if study and study.analysis else {}
     units = {o.code: o.unit for o in study.analysed_outcomes} if study else {}
+    types = {o.code: o.type for o in study.analysed_outcomes} if study else {}
     several = len({c.arms for c in comparisons}) > 1  # several pairs of arms: each row names its own
-    arms = ("treatment", "control") if several else comparisons[0].arms if comparisons else ("", "")
-    treatment, control = (arm_names.get(code, code) for code in arms)
+    treatment, control = ("treatment", "control") if several else (
+        tuple(names(a) for a in comparisons[0].arms) if comparisons else ("", ""))
     groups: dict[tuple, list[Comparison]] = {}
     for c in comparisons:
         if not drawable(c.effect):
             continue
         ratio = c.effect.effect.startswith(RATIOS)
+        kind = "ordinal" if types.get(c.outcome) == "ordinal" else c.kind
         scale = ("ratio", next(r for r in RATIOS if c.effect.effect.startswith(r))) if ratio else ("risk" if c.kind == "binary" else unit_text(units.get(c.outcome)))
-        groups.setdefault((scale, better.get(c.outcome)), []).append(c)
+        groups.setdefault((scale, kind, better.get(c.outcome)), []).append(c)
     panels = []
-    for (scale, direction), rows in groups.items():
+    for (scale, kind, direction), rows in groups.items():
         effects = list(dict.fromkeys(c.effect.effect for c in rows))
         if isinstance(scale, tuple):
             what = scale[1]
             title, axis, null, log = f"{what[0].upper()}{what[1:]}, {treatment} vs {control}", f"{what} (log scale), 95% CI", 1.0, True
-            neutral = (f"← fewer events with {treatment}", f"more events with {treatment} →")
-            kind = {"higher": " · the event is good", "lower": " · the event is bad"}.get(direction or "", "")
         else:
             what = "risk difference" if scale == "risk" else (effects[0] if len(effects) == 1 else "difference")
             in_unit = "" if scale == "risk" else f", {scale}" if scale else ""
             title, null, log = f"{what[0].upper()}{what[1:]}, {treatment} − {control}{in_unit}", 0.0, False
             axis = f"{what}{in_unit}, 95% CI"
-            neutral = (f"← lower with {treatment}", f"higher with {treatment} →")
-            kind = {"higher": " · higher is better", "lower": " · lower is better"}.get(direction or "", "")
+        neutral, labels = _OUTCOME_TYPES[kind if log or kind == "ordinal" else "continuous"]
         favours = {"higher": (f"← favours {control}", f"favours {treatment} →"),
-                   "lower": (f"← favours {treatment}", f"favours {control} →")}.get(direction or "", neutral)
-        panels.append(ForestPanel(title=title + kind, axis=axis, null=null, log=log, favours=favours,
-                                  rows=[_forest_row(c, len(effects) > 1, several) for c in rows]))
+                   "lower": (f"← favours {treatment}", f"favours {control} →")}.get(
+            direction or "", tuple(side.format(treatment) for side in neutral))
+        panels.append(ForestPanel(title=title + labels.get(direction or "", ""), axis=axis, null=null, log=log,
+                                  favours=favours, test=" / ".join(dict.fromkeys(p_test(c.effect) for c in rows)),
+                                  rows=[_forest_row(c, len(effects) > 1, names if several else None) for c in rows]))
     return (treatment, control), panels
 
 
+# per outcome type: the sides' labels when the plan names no better direction, and the title's note when it does
+_OUTCOME_TYPES = {
+    "binary": (("← fewer events with {}", "more events with {} →"),
+               {"higher": " · the event is good", "lower": " · the event is bad"}),
+    "time-to-event": (("← lower hazard with {}", "higher hazard with {} →"),
+                      {"higher": " · the event is good", "lower": " · the event is bad"}),
+    "ordinal": (("← lower levels with {}", "higher levels with {} →"),
+                {"higher": " · ordinal scale, higher is better", "lower": " · ordinal scale, lower is better"}),
+    "continuous": (("← lower with {}", "higher with {} →"),
+                   {"higher": " · higher is better", "lower": " · lower is better"}),
+}
+
+
+def arm_namer(study: Study | None):
+    """Arm code (or pooled codes joined by '+') → the study's arm name(s); a code the study does not name stays."""
+    names = {arm.code: arm.name for arm in study.arms} if study else {}
+    return lambda label: " + ".join(names.get(code, code) for code in label.split("+"))
+
+
 RATIOS = ("odds ratio", "relative risk", "hazard ratio")  # drawn on a log axis, one panel each
+
+# the test of an effect's p, found in its method: (words in the method, the test's name), first match wins
+_P_TESTS = (("Fisher exact", "Fisher exact"), ("MH test", "Mantel-Haenszel"), ("χ²", "Pearson χ²"),
+            ("log-rank", "log-rank"), ("Mann-Whitney", "Mann-Whitney"), ("U test", "Mann-Whitney"),
+            ("binomial", "exact binomial"), ("Welch t", "Welch t"), ("t CI and p", "t"), ("pooled-variance t", "t"),
+            ("Wald", "Wald z"), ("z p", "Wald z"))
+
+
+def p_test(e: Estimate) -> str:
+    """The name of the test that gave the effect's p (the comparison table's p), as its method says."""
+    return next((name for words, name in _P_TESTS if words in e.method), "as the method says")
 
 
 def drawable(e: Estimate) -> bool:
@@ -275,41 +310,70 @@ def left_out(comparisons: list[Comparison]) -> list[str]:
             for c in comparisons if not drawable(c.effect)]
 
 
-def _forest_row(c: Comparison, name_effect: bool, name_arms: bool = False) -> ForestRow:
+def _forest_row(c: Comparison, name_effect: bool, names=None) -> ForestRow:
     e = c.effect
     short = {"difference of means": "mean", "median difference (Hodges-Lehmann)": "median, HL"}.get(e.effect, e.effect)
-    label = (f"{c.display} · {c.visit or 'follow-up'}" + (f" · {' vs '.join(c.arms)}" if name_arms else "")
+    label = (f"{c.display} · {c.visit or 'follow-up'}" + (f" · {' vs '.join(names(a) for a in c.arms)}" if names else "")
              + (f" ({short})" if name_effect else ""))
     return ForestRow(outcome=c.outcome, label=label, visit=c.visit, effect=e.effect, n=c.n, estimate=e.estimate,
                      lower=e.lower, upper=e.upper, p=e.p_value,
                      text=f"{_number(e.estimate)} ({_number(e.lower)} to {_number(e.upper)})")
 
 
+def plot_title(study: Study, synthetic: bool = False) -> str:
+    """The forest plot's and the report's title: the study's identifier and title, and whether the data are synthetic."""
+    return (f"{study.study.identifier.value}: between-arm effects"
+            + (" (synthetic data)" if synthetic else ""))
+
+
 # layout in inches
-_WIDTH, _ROW, _TITLE, _HEADER, _FOOT, _TOP = 11.0, 0.3, 0.42, 0.3, 0.78, 0.55
+_WIDTH, _ROW, _TITLE, _HEADER, _FOOT, _TOP, _LEGEND = 11.0, 0.3, 0.42, 0.3, 0.78, 0.62, 0.4
 _AXES = (0.385, 0.66)  # left and right edge of the plot column, as fractions of the width
 _COLUMNS = {"label": 0.012, "n": 0.37, "estimate": 0.685, "p": 0.985}
-_LOG_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50, 100)
-_INK, _MUTED, _ACCENT, _BAND = "#1f2933", "#6b7785", "#1f5fa8", "#f2f5f8"
+_LOG_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50, 100,
+              200, 500, 1000)
+_TICK_GAP = 0.16  # the least distance between two labelled ticks, as a fraction of the axis width
+_INK, _MUTED, _ACCENT, _BAND, _WARN = "#1f2933", "#6b7785", "#1f5fa8", "#f2f5f8", "#a61b1b"
 
 
-def forest_plot(comparisons: list[Comparison], path: Path, title: str = "", study: Study | None = None) -> ForestPlot:
-    """PNG forest plot: estimate, CI, n per arm and p beside each row; odds ratios and relative risks on a log axis,
-    differences in the outcome's own unit (one panel per scale, unit and direction of benefit), sides labelled by the arm
-    they favour when the study definition says which direction is better (``analysis.better``)."""
+def log_ticks(low: float, high: float) -> list[float]:
+    """The values to label on a log axis from ``low`` to ``high``: 1 always, then each candidate at least
+    ``_TICK_GAP`` of the axis width from every label kept, so no two labels ever touch."""
+    span = math.log(high / low)
+    kept = [1.0]
+    for tick in sorted((t for t in _LOG_TICKS if low <= t <= high and t != 1), key=lambda t: abs(math.log(t))):
+        if all(abs(math.log(tick / other)) >= _TICK_GAP * span for other in kept):
+            kept.append(tick)
+    return sorted(kept)
+
+
+def forest_plot(comparisons: list[Comparison], paths: Path | tuple[Path, ...], title: str = "",
+                study: Study | None = None, *, synthetic: bool = False) -> ForestPlot:
+    """Forest plot, written to each of ``paths`` (PNG or SVG by suffix): estimate, CI, n per arm and p (its test named
+    in the header) beside each row; odds ratios and relative risks on a log axis, differences in the outcome's own unit
+    (one panel per scale, unit, outcome type and direction of benefit), sides labelled by the arm they favour when the
+    study definition says which direction is better (``analysis.better``). Under the title (default: the study's, see
+    :func:`plot_title`) a mark when the data are ``synthetic``; a legend explains the squares; with nothing to draw,
+    a panel says why instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    paths = (paths,) if isinstance(paths, Path) else paths
+    title = title or (plot_title(study, synthetic) if study else "Between-arm effects")
     arms, panels = forest_panels(comparisons, study)
-    heights = [_TITLE + _HEADER + _ROW * len(p.rows) + _FOOT for p in panels]
-    total = _TOP * bool(title) + sum(heights) + 0.1
-    fig = plt.figure(figsize=(_WIDTH, max(total, 1.5)))
+    missing = left_out(comparisons)
+    heights = [_TITLE + _HEADER + _ROW * len(p.rows) + _FOOT for p in panels] or [0.5 + 0.25 * max(len(missing), 1)]
+    total = _TOP + sum(heights) + _LEGEND
+    fig = plt.figure(figsize=(_WIDTH, total))
     fig.patch.set_facecolor("white")
-    if title:
-        fig.text(_COLUMNS["label"], 1 - 0.3 / total, title, fontsize=13, weight="bold", color=_INK, va="center")
-    top = total - _TOP * bool(title)
+    fig.text(_COLUMNS["label"], 1 - 0.3 / total, title, fontsize=13, weight="bold", color=_INK, va="center")
+    if synthetic:
+        fig.text(_COLUMNS["p"], 1 - 0.3 / total, "SYNTHETIC DATA (tagged HTEST)", fontsize=9, weight="bold",
+                 color=_WARN, ha="right", va="center", bbox={"boxstyle": "round,pad=0.35", "fc": "#fbe2e2", "ec": _WARN})
+    top = total - _TOP
+    ticks = []
     for panel, height in zip(panels, heights):
         rows_top = top - _TITLE - _HEADER
         ax = fig.add_axes((_AXES[0], (rows_top - _ROW * len(panel.rows)) / total, _AXES[1] - _AXES[0],
@@ -318,16 +382,63 @@ def forest_plot(comparisons: list[Comparison], path: Path, title: str = "", stud
                  color=_INK, va="center")
         header_y = (rows_top + _HEADER / 2) / total
         for key, text, align in (("label", "Outcome · visit", "left"), ("n", f"n {arms[0]} / {arms[1]}", "right"),
-                                 ("estimate", "Estimate (95% CI)", "left"), ("p", "p", "right")):
+                                 ("estimate", "Estimate (95% CI)", "left"), ("p", f"p ({panel.test})", "right")):
             fig.text(_COLUMNS[key], header_y, text, fontsize=8.5, color=_MUTED, weight="bold", ha=align, va="center")
-        _draw_panel(fig, ax, panel)
+        ticks.append(_draw_panel(fig, ax, panel))
         top -= height
-    fig.savefig(path, dpi=150, facecolor="white")
+    if not panels:
+        _draw_nothing(fig, top / total, heights[0] / total, missing)
+    _draw_legend(fig, _LEGEND / 2 / total)
+    for path in paths:
+        with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, selectable
+            fig.savefig(path, dpi=150, facecolor="white", metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
-    return ForestPlot(path=path, arms=arms, panels=panels, left_out=left_out(comparisons))
+    return ForestPlot(paths=paths, title=title, arms=arms, panels=panels, left_out=missing, ticks=ticks)
 
 
-def _draw_panel(fig, ax, panel: ForestPanel) -> None:
+def _draw_nothing(fig, top: float, height: float, missing: list[str]) -> None:
+    """The panel shown instead of an empty plot: nothing could be drawn, and why for each comparison."""
+    from matplotlib.patches import FancyBboxPatch
+
+    fig.add_artist(FancyBboxPatch((0.012, top - height + 0.02), 0.973, height - 0.04, boxstyle="round,pad=0.005",
+                                  transform=fig.transFigure, fc=_BAND, ec=_MUTED, lw=1))
+    lines = ["Nothing to draw: no comparison has a finite estimate and 95% CI on its scale."] + missing
+    fig.text(0.03, top - 0.04, "\n".join(lines), fontsize=9.5, color=_INK, va="top", linespacing=1.6, wrap=True)
+
+
+def _draw_legend(fig, y: float) -> None:
+    """The squares explained, inside the image."""
+    from matplotlib.lines import Line2D
+
+    for x, filled, text in ((0.02, True, "estimate; the 95% CI excludes no difference"),
+                            (0.34, False, "estimate; the 95% CI includes no difference"),
+                            (0.66, None, "95% CI (dashed line: no difference)")):
+        if filled is None:
+            fig.add_artist(Line2D([x - 0.008, x + 0.008], [y, y], color=_INK, lw=1.3, transform=fig.transFigure))
+        else:
+            fig.add_artist(Line2D([x], [y], marker="s", ms=7, color=_ACCENT, mfc=_ACCENT if filled else "white",
+                                  mew=1.5, transform=fig.transFigure))
+        fig.text(x + 0.014, y, text, fontsize=8.5, color=_MUTED, va="center")
+
+
+_N_WIDTH = 0.075  # the width kept for the n column, as a fraction of the figure's width
+
+
+def _fit(fig, text, right: float) -> None:
+    """Shrink a label (down to 7 pt), then shorten it with "…", until it ends left of ``right`` (a figure fraction)."""
+    renderer = fig.canvas.get_renderer()
+    limit = right * fig.bbox.width
+
+    def too_wide() -> bool:
+        return text.get_window_extent(renderer).x1 > limit
+    while too_wide() and text.get_fontsize() > 7:
+        text.set_fontsize(text.get_fontsize() - 0.5)
+    while too_wide() and len(text.get_text()) > 2:
+        text.set_text(text.get_text()[:-2] + "…")
+
+
+def _draw_panel(fig, ax, panel: ForestPanel) -> list[float]:
+    """Draw one panel's rows into ``ax``; the values labelled on its axis."""
     import matplotlib.ticker
     from matplotlib.patches import Rectangle
     from matplotlib.transforms import blended_transform_factory
@@ -343,7 +454,9 @@ def _draw_panel(fig, ax, panel: ForestPanel) -> None:
         ax.plot(row.estimate, y, "s", ms=7, color=_ACCENT, mfc=_ACCENT if excludes_null else "white", mew=1.5, zorder=3)
         for key, text, align in (("label", row.label, "left"), ("n", f"{row.n[0]} / {row.n[1]}", "right"),
                                  ("estimate", row.text, "left"), ("p", format_p(row.p), "right")):
-            fig.text(_COLUMNS[key], y, text, transform=beside, fontsize=9, color=_INK, ha=align, va="center")
+            drawn = fig.text(_COLUMNS[key], y, text, transform=beside, fontsize=9, color=_INK, ha=align, va="center")
+            if key == "label":
+                _fit(fig, drawn, _COLUMNS["n"] - _N_WIDTH)
     ax.axvline(panel.null, color=_MUTED, ls="--", lw=1, zorder=1)
     ax.set_ylim(-0.5, count - 0.5)
     ax.set_yticks([])
@@ -357,19 +470,20 @@ def _draw_panel(fig, ax, panel: ForestPanel) -> None:
     if panel.log:
         ax.set_xscale("log")
         ax.set_xlim(low / 1.25, high * 1.25)
-        ticks = [t for t in _LOG_TICKS if low / 1.25 <= t <= high * 1.25]
-        if len(ticks) > 7:
-            ticks = [t for t in ticks if str(t).lstrip("0.")[0] in "125"]
+        ticks = log_ticks(low / 1.25, high * 1.25)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     else:
         margin = 0.08 * (high - low or 1)
         ax.set_xlim(low - margin, high + margin)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
+        ticks = [t for t in ax.get_xticks() if low - margin <= t <= high + margin]
     ax.set_xlabel(panel.axis, fontsize=8.5, color=_MUTED, labelpad=3)
     for text, shift, align in ((panel.favours[0], -4, "right"), (panel.favours[1], 4, "left")):
         ax.annotate(text, xy=(panel.null, 0), xycoords=("data", "axes fraction"), xytext=(shift, -38),
                     textcoords="offset points", fontsize=8.5, color=_ACCENT, weight="bold", ha=align, va="top",
                     annotation_clip=False)
+    return [float(t) for t in ticks]
 
 
 # --- the HTML report ---------------------------------------------------------------------
@@ -381,32 +495,41 @@ def tool_version() -> str:
         return "unknown"
 
 
-def write_report(directory: Path, comparisons: list[Comparison], checks: list[Verification], title: str, *,
+def write_report(directory: Path, comparisons: list[Comparison], checks: list[Verification], title: str = "", *,
                  study: Study, source: str, now: datetime | None = None,
-                 adverse_events: pd.DataFrame | None = None) -> dict[str, Path]:
-    """A self-contained HTML report (the forest plot embedded), the CSV table and the forest-plot PNG in ``directory``.
+                 adverse_events: pd.DataFrame | None = None, synthetic: bool = False,
+                 document: dict | None = None) -> dict[str, Path]:
+    """A self-contained HTML report (the forest plot embedded), and beside it the table as CSV, ``document`` (the
+    ``analyze`` JSON) as JSON when given, and the forest plot as PNG and SVG, in ``directory``.
 
-    The report is dated, names the tool version, the input (``source``) and the study definition with its
-    SHA-256, shows the published results with their reproduction, the forest plot at the published
-    results' visits (else at every visit but the baseline one), how many comparisons there are and which are
-    baseline balance (:func:`comparisons_summary`), and one table for every visit compared, the baseline visit's
-    headed baseline balance; then ``adverse_events`` (the incidence table), if given.
+    The report is dated, names the tool version, the input (``source``: a name, never a local path) and the study
+    definition by file name with its SHA-256, marks ``synthetic`` data, shows the published results with their
+    reproduction, the forest plot at the published results' visits (else at every visit but the baseline one), how
+    many comparisons there are and which are baseline balance (:func:`comparisons_summary`), and one table for every
+    visit compared, the baseline visit's headed baseline balance; then ``adverse_events`` (the incidence table), if
+    given. ``title`` defaults to the study's (:func:`plot_title`).
     """
     directory.mkdir(parents=True, exist_ok=True)
+    title = title or plot_title(study, synthetic)
     table = comparison_table(comparisons)
-    paths = {"csv": directory / "analysis.csv", "png": directory / "forest.png", "html": directory / "report.html"}
+    paths = {"html": directory / "report.html", "csv": directory / "analysis.csv",
+             **({"json": directory / "analysis.json"} if document is not None else {}),
+             "png": directory / "forest.png", "svg": directory / "forest.svg"}
     paths["csv"].write_text(render(table, "csv"), encoding="utf-8")
+    if document is not None:
+        paths["json"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     published_visits = {check.published.visit or "" for check in checks}  # "": a time-to-event result
     effects = [c for c in comparisons if not c.baseline_balance] or comparisons
     shown = [c for c in comparisons if c.visit in published_visits] or effects
-    plot = forest_plot(shown, paths["png"], study=study)
+    plot = forest_plot(shown, (paths["png"], paths["svg"]), study=study, synthetic=synthetic)
     image = base64.b64encode(paths["png"].read_bytes()).decode("ascii")
     matched = sum(c.matches for c in checks)
     visits = [v for v in study.visits if any(c.visit == v.code for c in comparisons)]
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     e = html.escape
     facts = [("Study", f"{study.study.title} ({study.study.identifier.value})"), ("Input", source),
-             ("Study definition", f"{study.file or '(in memory)'}"),
+             *([("Data", "synthetic (every subject tagged HTEST, test health data)")] if synthetic else []),
+             ("Study definition", study.file.name if study.file else "(in memory)"),
              ("SHA-256 of the definition", f"<code>{study.sha256 or '—'}</code>"),
              ("Generated", f"{stamp} by fhir-msc {tool_version()}")]
     parts = [
@@ -416,7 +539,8 @@ def write_report(directory: Path, comparisons: list[Comparison], checks: list[Ve
         f"<header><h1>{e(title)}</h1><dl>"
         + "".join(f"<dt>{e(k)}</dt><dd>{v if k.startswith('SHA') else e(v)}</dd>" for k, v in facts) + "</dl></header>",
         f"<section><h2>Published results <span class='badge {'ok' if matched == len(checks) else 'bad'}'>"
-        f"{matched}/{len(checks)} reproduced</span></h2>{_html_table(verification_table(checks), status=True)}</section>",
+        f"{matched}/{len(checks)} reproduced</span></h2>{_html_table(verification_table(checks), status=True)}</section>"
+        if checks else "",
         f"<section><h2>Forest plot: {e(', '.join(sorted({c.visit or 'follow-up' for c in shown}, key=_visit_order(study))))}</h2>"
         f"<figure><img alt='forest plot of the between-arm effects' src='data:image/png;base64,{image}'>"
         f"<figcaption>{_plot_caption(plot)}</figcaption></figure></section>",
@@ -455,8 +579,9 @@ def _visit_order(study: Study):
 
 def _plot_caption(plot: ForestPlot) -> str:
     treatment, control = (html.escape(a) for a in plot.arms)
+    tests = ", ".join(dict.fromkeys(panel.test for panel in plot.panels))
     return (f"Each row: {treatment} vs {control}, the estimate (square; filled when the 95% CI excludes no "
-            "difference) and its 95% CI, with n per arm and p. Each panel has its own scale: odds ratios on a log "
+            f"difference) and its 95% CI, with n per arm and p (the table's p{': ' + html.escape(tests) if tests else ''}). Each panel has its own scale: odds ratios on a log "
             "axis, differences in the outcome's own unit; the labels under each axis say which arm each side favours."
             + "".join(f" Not drawn: {html.escape(why)}." for why in plot.left_out))
 

@@ -69,6 +69,15 @@ SYNTHETIC_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                  "display": "test health data"}
 
 Resource = dict[str, Any]
+
+
+def tagged_synthetic(resource: Resource) -> bool:
+    """Whether the resource's meta.tag holds SYNTHETIC_TAG (HTEST, test health data)."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return isinstance(tags, list) and any(
+        isinstance(t, dict) and t.get("system") == SYNTHETIC_TAG["system"] and t.get("code") == SYNTHETIC_TAG["code"]
+        for t in tags)
 OPTIONAL_SUFFIXES = ("test", "status", "reason")  # findings columns a table may leave out
 PROGRESS_EVERY = 1000  # findings between progress callbacks
 

@@ -37,7 +37,7 @@ from ..tables.sdtm import (
     visit_number,
 )
 from .adverse_events import read_adverse_event
-from .mapping import NOT_PERFORMED, SYNTHETIC_TAG
+from .mapping import NOT_PERFORMED, tagged_synthetic
 from .versions import (
     administration_date,
     administration_medication,
@@ -107,11 +107,7 @@ class _Context:
 
     def note(self, resource: Resource) -> None:
         if not self.synthetic:
-            meta = resource.get("meta")
-            tags = meta.get("tag") if isinstance(meta, dict) else None
-            self.synthetic = isinstance(tags, list) and any(
-                isinstance(t, dict) and t.get("system") == SYNTHETIC_TAG["system"] and t.get("code") == SYNTHETIC_TAG["code"]
-                for t in tags)
+            self.synthetic = tagged_synthetic(resource)
 
     def tally(self, resource_type: str) -> Tally:
         return self.tallies.setdefault(resource_type, Tally())

@@ -22,19 +22,28 @@ AE_OPTIONAL = ("end",)
 class AdverseEvents(_Model):
     """The AE domain: one row per adverse event (AESEQ within a subject).
 
-    ``terms`` maps each AEDECOD to its dictionary Coding; ``analysis`` reports incidence for each of
+    ``terms`` maps each AEDECOD to its dictionary Coding; ``analyze`` reports the incidence of each of
     them. ``serious`` (AESER), ``severity`` (AESEV), ``related`` (AEREL) and ``outcome`` (AEOUT)
     map the table's controlled terms to Codings.
     """
 
     file: str = "ae.csv"
+    """Its file in the tables directory."""
     columns: dict[str, str]
+    """study, subject, seq, term, decod, serious, severity, related, outcome, start (and optionally end) → the table's
+    columns (AESEQ, AETERM, AEDECOD, …)."""
     terms: dict[str, Coding]
+    """AEDECOD → its dictionary Coding (e.g. a MedDRA preferred term)."""
     serious: dict[str, Coding]
-    serious_event: str = "Y"  # the AESER value counted as serious in the incidence table
+    """AESER value → AdverseEvent.seriousness."""
+    serious_event: str = "Y"
+    """The AESER value counted as serious in the incidence table."""
     severity: dict[str, Coding]
+    """AESEV value → AdverseEvent.severity (R4: a code of its required value set, adverse-event-severity)."""
     related: dict[str, Coding]
+    """AEREL value → the causality assessment of the study treatment."""
     outcome: dict[str, Coding]
+    """AEOUT value → AdverseEvent.outcome (R4: a code of its required value set, adverse-event-outcome)."""
 
     @model_validator(mode="after")
     def _complete(self) -> AdverseEvents:
@@ -43,7 +52,7 @@ class AdverseEvents(_Model):
         if unknown := [key for key in self.columns if key not in AE_FIELDS]:
             raise ValueError(f"columns: unknown {', '.join(unknown)}: use {', '.join(AE_FIELDS)}")
         if self.serious_event not in self.serious:
-            raise ValueError(f"serious_event {self.serious_event!r} is not one of serious: {', '.join(self.serious)}")
+            raise ValueError(f"serious_event: {self.serious_event!r} is not one of serious: {', '.join(self.serious)}")
         for name, element in (("severity", "AdverseEvent.severity (R4)"), ("outcome", "AdverseEvent.outcome (R4)")):
             for term, coding in getattr(self, name).items():
                 try:

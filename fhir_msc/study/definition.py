@@ -1,10 +1,11 @@
 """The study definition: one YAML file in mappings/ describes a whole study.
 
-It is validated on load (pydantic), so a typo in the mapping is reported with its path
-(``outcomes.3.unit``) before any data is touched. The values it puts into FHIR code elements
-with a required binding (study status, subject status, the genders ``terms.sex`` maps to) must
-be codes of their value sets, and units (``outcomes.N.unit``, ``terms.dose_unit``) UCUM units:
-see ``fhir_codes``.
+It is validated on load (pydantic), so a typo in the mapping is reported with its path and line
+(``outcomes[3].unit``, see ``problems``) before any data is touched. The values it puts into FHIR
+code elements with a required binding (study status, subject status, the genders ``terms.sex`` maps
+to) must be codes of their value sets, and units (``outcomes[].unit``, ``terms.dose_unit``) UCUM
+units: see ``fhir_codes``. The string below each field describes it in the file's JSON Schema
+(``schema``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import hashlib
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 import yaml
-from pydantic_core import ErrorDetails
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from pydantic import (
     AfterValidator,
+    GetJsonSchemaHandler,
     BeforeValidator,
     ConfigDict,
     PrivateAttr,
@@ -30,81 +33,132 @@ from pydantic import (
 
 from ..errors import StudyDefinitionError
 from .adverse_events import AdverseEvents
-from .fhir_codes import check_code, check_ucum
+from .fhir_codes import RequiredBinding, check_ucum
 from .model import Coding
 from .model import StudyModel as _Model
+from .problems import InvalidStudyDefinition, problems_of, suggested, unknown
 from .shipped import DEFAULT_STUDY, REPO_ROOT, package_data  # noqa: F401  (also imported from here)
 
 
 # Values the study file puts into FHIR code elements with a required binding, and UCUM units.
 _R4, _R5 = "fhir.resources.R4B", "fhir.resources"
-StudyStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 ResearchStudy.status (R5: a text)
-    v, "ResearchStudy.status (R4)", (_R4, "researchstudy", "ResearchStudy", "status")))]
-SubjectStatus = Annotated[str, AfterValidator(lambda v: check_code(  # R4 ResearchSubject.status (R5: a coding)
-    v, "ResearchSubject.status (R4)", (_R4, "researchsubject", "ResearchSubject", "status")))]
-Gender = Annotated[str, AfterValidator(lambda v: check_code(
-    v, "Patient.gender", (_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
+StudyStatus = Annotated[str, RequiredBinding(  # R4 ResearchStudy.status (R5: a text)
+    "ResearchStudy.status (R4)", ((_R4, "researchstudy", "ResearchStudy", "status"),))]
+SubjectStatus = Annotated[str, RequiredBinding(  # R4 ResearchSubject.status (R5: a coding)
+    "ResearchSubject.status (R4)", ((_R4, "researchsubject", "ResearchSubject", "status"),))]
+Gender = Annotated[str, RequiredBinding(
+    "Patient.gender", ((_R4, "patient", "Patient", "gender"), (_R5, "patient", "Patient", "gender")))]
 Ucum = Annotated[str, AfterValidator(check_ucum)]
 
 
 class Identifier(_Model):
+    """The study's registry identifier (ResearchStudy.identifier)."""
+
     system: str
+    """The registry's namespace, a URI (e.g. https://clinicaltrials.gov)."""
     value: str
+    """The study's identifier there (e.g. NCT04288102): the STUDYID every table row must hold."""
 
 
 class Period(_Model):
+    """When the study ran (ResearchStudy.period)."""
+
     start: str
+    """First day, an ISO 8601 date (2024-01-01)."""
     end: str | None = None
+    """Last day, an ISO 8601 date; left out while the study runs."""
 
 
 class StudyInfo(_Model):
+    """What the study is: the ResearchStudy resource, and the namespaces of the codes and identifiers it makes."""
+
     key: str
+    """A short name for the study, used for directories (e.g. the demo's examples/KEY)."""
     identifier: Identifier
     title: str
+    """The study's title (ResearchStudy.title)."""
     description: str
+    """A description (ResearchStudy.description); say here when the data are synthetic."""
     status: StudyStatus
+    """ResearchStudy.status (R4), a code of its required value set (e.g. completed, active)."""
     phase: str | None = None
+    """A code of http://terminology.hl7.org/CodeSystem/research-study-phase (e.g. phase-2)."""
     period: Period
     condition: list[Coding] = []
+    """The conditions studied (ResearchStudy.condition), e.g. SNOMED CT codes."""
     citations: list[str] = []
+    """Publications of the study, each as a citation text (ResearchStudy.relatedArtifact)."""
     codesystem: str
+    """The URI of the study's own CodeSystem: the codes of arms, visits, outcomes and treatments."""
     identifier_base: str
+    """The base URI of the study's business identifiers (BASE/subject, BASE/visit, …)."""
     subject_status: SubjectStatus
+    """ResearchSubject.status (R4) of every subject, a code of its required value set (e.g. off-study)."""
 
 
 class Arm(_Model):
+    """One arm of the study: ResearchStudy.arm (R4), comparisonGroup (R5)."""
+
     code: str
+    """The arm code: ARMCD and ACTARMCD in the DM table."""
     name: str
+    """The arm's name: ARM and ACTARM in the DM table; results name arms by it."""
     type: str
+    """A code of http://terminology.hl7.org/CodeSystem/research-study-arm-type (experimental, placebo-comparator,
+    active-comparator, …)."""
     description: str
+    """What the arm receives."""
     intervention: str
+    """The key of its entry in ``interventions``."""
 
 
 class Dose(_Model):
+    """A planned dose."""
+
     value: float
+    """The amount."""
     unit: str
+    """Its unit as the EX table writes it: a key of ``terms.dose_unit``."""
 
 
 class Intervention(_Model):
+    """What an arm receives: the EX table's rows of that treatment become MedicationAdministrations."""
+
     treatment: str
+    """The treatment as the EX table writes it (EXTRT); a subject's rows must be its actual arm's."""
     display: str
+    """The treatment's name in FHIR (the display of its study code)."""
     dose: Dose
     route: str
+    """The route as the EX table writes it: a key of ``terms.route``."""
     days: list[int]
+    """The study days (from RFSTDTC, day 0) of the planned administrations."""
 
 
 class Terms(_Model):
+    """How the tables' controlled terms become FHIR codes."""
+
     sex: dict[str, Gender]
+    """DM SEX value → FHIR Patient.gender (male, female, other, unknown), e.g. {M: male, F: female}."""
     route: dict[str, Coding]
+    """EX EXROUTE value → the Coding of MedicationAdministration.dosage.route."""
     dose_unit: dict[str, Ucum]
+    """EX EXDOSU value → its UCUM unit (e.g. {mg: mg, CELLS: "{cells}"})."""
 
 
 class Visit(_Model):
+    """A scheduled visit: an Encounter per subject; findings at it are compared between the arms."""
+
     code: str
+    """The visit code (in identifiers, results and ``--visit``)."""
     name: str
-    visitnum: int | float  # SDTM VISITNUM: whole (9) or fractional (3.5) for a scheduled visit
+    """The visit's name: VISIT in the findings tables."""
+    visitnum: int | float
+    """SDTM VISITNUM: whole (9), or fractional (3.5) for a scheduled visit."""
     day: int
+    """The planned study day (from RFSTDTC, day 0)."""
     window: tuple[int, int]
+    """The first and last study day of the visit: where a hospital's finding of that date belongs."""
 
 
 class Unscheduled(_Model):
@@ -114,15 +168,20 @@ class Unscheduled(_Model):
     """
 
     code: str = "UNSCHEDULED"
+    """The study code typing their Encounters (and in their identifiers: SUBJECT/UNSCHEDULED-3.1)."""
     display: str = "Unscheduled visit"
+    """The code's display."""
 
 
 class AnalysisWindow(_Model):
-    """Days relative to RFSTDTC (day 0, as ``visits.N.day``) in which a finding counts for a visit in the analysis."""
+    """Days relative to RFSTDTC (day 0, as ``visits[].day``) in which a finding counts for a visit in the analysis."""
 
     from_day: int
+    """The window's first day."""
     to_day: int
-    target_day: int | None = None  # default: the visit's day
+    """The window's last day."""
+    target_day: int | None = None
+    """The day a subject's finding nearest to is analysed; default: the visit's day."""
 
     @model_validator(mode="after")
     def _ordered(self) -> AnalysisWindow:
@@ -139,34 +198,49 @@ BOOLEAN_ANSWERS = {"Y": True, "N": False}  # CDISC NY: how a boolean result is w
 
 
 class Outcome(_Model):
+    """A finding measured at visits: one row of a findings table (--TESTCD), one Observation."""
+
     code: str
+    """The test code: --TESTCD in its domain's table."""
     domain: str
+    """The SDTM domain whose table holds it (a key of ``tables.findings.files``, e.g. LB, VS, QS)."""
     display: str
+    """Its name (--TEST; the display of its study code)."""
     category: str
+    """A code of http://terminology.hl7.org/CodeSystem/observation-category (laboratory, vital-signs, survey, …)."""
     type: OutcomeType
+    """What a result is: quantity (a number with a unit), coded (one of ``answers``), ordinal (one of ``answers``,
+    lowest first), integer (a count), boolean (Y/N), datetime (an event date) or text."""
     unit: Ucum | None = None
+    """A quantity's UCUM unit (--ORRESU); required for a quantity, refused for the other types."""
     unit_aliases: dict[str, float] = {}
+    """Other units a table may write → the factor converting to ``unit`` (e.g. {g/L: 0.1} for g/dL)."""
     range: tuple[float, float] | None = None
+    """The plausible [lowest, highest] value (in ``unit``): a result outside is rejected."""
     answers: dict[str, Coding] = {}
-    event: str | None = None  # the answer counted as an event in binary analyses
+    """A coded or ordinal outcome's results as the table writes them → their Codings (ordinal: lowest first)."""
+    event: str | None = None
+    """The answer counted as an event in binary comparisons; default: the first answer (Y for boolean)."""
     standard: list[Coding] = []
+    """Codings of standard terminologies (e.g. LOINC) added to Observation.code beside the study code."""
     visits: list[str]
+    """The codes of the visits it is measured at."""
 
     @model_validator(mode="after")
     def _type_fields(self) -> Outcome:
         if self.type == "quantity" and not self.unit:
-            raise ValueError(f"outcome {self.code}: a quantity needs a unit (UCUM)")
+            raise ValueError(f"unit: {self.code}: a quantity needs a unit (UCUM)")
         if self.type in ("coded", "ordinal") and not self.answers:
-            raise ValueError(f"outcome {self.code}: {'an' if self.type == 'ordinal' else 'a'} {self.type} outcome needs answers"
+            raise ValueError(f"answers: {self.code}: {'an' if self.type == 'ordinal' else 'a'} {self.type} outcome needs answers"
                              + (" (listed lowest first: their order is the scale's)" if self.type == "ordinal" else ""))
         if self.type not in ("coded", "ordinal") and self.answers:
-            raise ValueError(f"outcome {self.code}: only coded and ordinal outcomes have answers")
+            raise ValueError(f"answers: {self.code}: only coded and ordinal outcomes have answers")
         if self.type != "quantity" and (self.unit or self.unit_aliases):
-            raise ValueError(f"outcome {self.code}: only a quantity has a unit (the FHIR value of a {self.type} outcome carries none)")
+            raise ValueError(f"{'unit' if self.unit else 'unit_aliases'}: {self.code}: only a quantity has a unit (the FHIR value of a {self.type} outcome carries none)")
         if self.range is not None and self.type not in ("quantity", "integer"):
-            raise ValueError(f"outcome {self.code}: only quantity and integer outcomes have a range")
+            raise ValueError(f"range: {self.code}: only quantity and integer outcomes have a range")
         if self.event is not None and self.event not in self.answer_keys:
-            raise ValueError(f"outcome {self.code}: event {self.event!r} is not one of its answers "
+            raise ValueError(f"event: {self.code}: event {self.event!r} is not one of its answers "
                              f"({', '.join(self.answer_keys) or 'none'})")
         return self
 
@@ -235,22 +309,37 @@ def arm_label(arms: ArmSet | tuple[str, ...]) -> str:
     return "+".join(arm_codes(arms) if isinstance(arms, str) else arms)
 
 
+NOT_ESTIMABLE = "not estimable"  # how a paper writes an estimate that cannot be computed (e.g. no events in either arm)
+
+
 class Stated(_Model):
     """A number as the paper writes it: its value, its decimals, and a comparator (``<0.001``).
 
-    From the YAML file a number keeps the decimals it is written with (``67.0``: one, ``0.20``: two);
-    a quoted string (``"<0.001"``) may add ``<`` or ``>``. A float built in Python has those of its repr.
+    A number keeps the decimals it is written with (``67.0``: one, ``0.20``: two), which ``verify`` compares at;
+    a quoted string (``"<0.001"``) may add ``<`` or ``>``. (A float built in Python has the decimals of its repr.)
     """
 
     value: float
+    """The number."""
     decimals: int
+    """Its decimals as written (0.20: 2)."""
     comparator: Literal["", "<", ">"] = ""
+    """< or > before the number ("<0.001"), else empty."""
+
+    _WRITTEN: ClassVar[str] = r"^(\s*|[<>]\s*)[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$"  # a string _from_scalar reads
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """As a study file writes it: a number, a string that may start with < or >, or the object."""
+        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": cls._WRITTEN}, handler(core_schema)]}
 
     @model_validator(mode="before")
     @classmethod
     def _from_scalar(cls, data: object) -> object:
-        if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+        if isinstance(data, (dict, Stated)):
             return data
+        if isinstance(data, bool) or not isinstance(data, (int, float, str)):
+            raise ValueError(f"{data!r} is not a number as a paper writes it (e.g. 46.94, 0.20, <0.001)")
         text = getattr(data, "text", None) or (str(data) if not isinstance(data, float) else repr(data))
         if text.strip() == NOT_ESTIMABLE:
             return cls._not_estimable()
@@ -269,17 +358,18 @@ class Stated(_Model):
 
 
 class Estimated(Stated):
-    """An estimate, a CI bound or a number needed to treat as the paper writes it: a number (see :class:`Stated`),
-    or ``not estimable`` (value None), which ``verify`` checks the recomputation is too."""
+    """An estimate, a CI bound or a number needed to treat as the paper writes it: a number (as ``Stated``), or
+    ``not estimable`` (value None), which ``verify`` checks the recomputation is too."""
 
-    value: float | None  # type: ignore[assignment]  # None: not estimable
+    value: float | None  # type: ignore[assignment]
+    """The number; none: not estimable."""
+
+    _WRITTEN: ClassVar[str] = rf"{Stated._WRITTEN}|^\s*{NOT_ESTIMABLE}\s*$"
 
     @classmethod
     def _not_estimable(cls) -> dict:
         return {"value": None, "decimals": 0}
 
-
-NOT_ESTIMABLE = "not estimable"  # how a paper writes an estimate that cannot be computed (e.g. no events in either arm)
 
 # Named tests of a published p (README "Published results verify field by field").
 PTest = Literal["fisher", "pearson-chi2", "pearson-chi2-yates", "likelihood-ratio", "wald", "cochran-mantel-haenszel",
@@ -305,12 +395,19 @@ RISK_DIFFERENCES = ("risk-difference", "risk-difference-newcombe")
 class PublishedP(_Model):
     """A published p at the paper's precision, and its test when the paper names it.
 
-    Without ``test``, ``verify`` lists the tests of the entry's effect (``EFFECT_TESTS``) that give it.
+    Without ``test``, ``verify`` lists the tests of the entry's effect that give it.
     A bare number (``p: 0.03``, ``p: "<0.001"``) is a p whose test is not named.
     """
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """A p as a study file writes it: a number, a string that may start with < or >, or {test, value}."""
+        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": Stated._WRITTEN}, handler(core_schema)]}
+
     test: PTest | None = None
+    """The test the paper names (fisher, t-pooled, wald, …): one of those of the entry's effect."""
     value: Stated
+    """The p as the paper writes it (0.03, "<0.001")."""
 
     @model_validator(mode="before")
     @classmethod
@@ -325,6 +422,17 @@ _CONTINUOUS_ONLY = ("means", "sds", "medians", "iqrs")
 TWO_BY_TWO_EFFECTS = ("odds-ratio", "exact-odds-ratio", "relative-risk", "risk-difference", "risk-difference-newcombe")
 
 
+def _absent_not_null(schema: dict) -> None:
+    """A published entry's optional field is left out, never null (``PublishedResult._not_null``): so in its schema."""
+    for field in schema["properties"].values():
+        alternatives = field.get("anyOf", [])
+        if {"type": "null"} in alternatives and field.get("default", ...) is None:
+            alternatives.remove({"type": "null"})
+            del field["default"]
+            if len(alternatives) == 1:
+                field.update(field.pop("anyOf")[0])
+
+
 class PublishedResult(_Model):
     """A between-arm result as the paper reports it, each number at the paper's precision. It names its outcome (and
     visit) or, with ``adverse_event``, the subjects with at least one adverse event of a kind; every other field is
@@ -334,32 +442,61 @@ class PublishedResult(_Model):
     ``covariates`` and ``stratum`` override the plan's for this result.
     """
 
-    outcome: str | None = None  # an outcome, a derived endpoint or a time_to_event entry's code
-    adverse_event: str | None = None  # instead of outcome: any, serious or an AEDECOD term of adverse_events.terms
-    visit: str | None = None  # required for an outcome but a time_to_event entry (over the whole follow-up: no visit)
-    effect: AnyEffect | None = None  # None: the plan's effect for the outcome's type
+    model_config = ConfigDict(json_schema_extra=_absent_not_null)
+
+    outcome: str | None = None
+    """The code of an outcome, a derived endpoint or a time_to_event entry."""
+    adverse_event: str | None = None
+    """Instead of outcome: subjects with at least one adverse event: any, serious, or an AEDECOD of
+    adverse_events.terms."""
+    visit: str | None = None
+    """The visit code; required for an outcome, none for a time_to_event entry (the whole follow-up)."""
+    effect: AnyEffect | None = None
+    """The effect reported; default: the plan's for the outcome's type (analysis.effects)."""
     estimate: Estimated | None = None
+    """The effect's estimate as written (1.68), or "not estimable"."""
     lower: Estimated | None = None
+    """The lower bound of its confidence interval."""
     upper: Estimated | None = None
-    unit: Literal["percentage-points"] | None = None  # of a risk difference's estimate and CI (default: a fraction)
-    decimals: int | None = None  # estimate and CI at these decimals, else as written
+    """The upper bound of its confidence interval."""
+    unit: Literal["percentage-points"] | None = None
+    """The unit of a risk difference's estimate and CI; default: a fraction."""
+    decimals: int | None = None
+    """The decimals estimate and CI are compared at; default: as each is written."""
     p: PublishedP | None = None
-    p_adjusted: Stated | None = None  # the effect's p adjusted in its family (analysis.multiplicity)
-    relative_risk_reduction: Stated | None = None  # 1 − RR, in percent (binary)
-    number_needed_to_treat: Estimated | None = None  # 1 / |risk difference| (binary)
+    """The p-value: a number (0.03, "<0.001"), or {test, value} when the paper names its test."""
+    p_adjusted: Stated | None = None
+    """The effect's p adjusted for multiple comparisons in its family (analysis.multiplicity)."""
+    relative_risk_reduction: Stated | None = None
+    """1 − relative risk, in percent (binary outcomes)."""
+    number_needed_to_treat: Estimated | None = None
+    """1 / |risk difference| (binary outcomes)."""
     n: dict[str, int] | None = None
-    counts: dict[str, tuple[int, int]] | None = None  # events, n
+    """Per arm: the subjects analysed."""
+    counts: dict[str, tuple[int, int]] | None = None
+    """Per arm: [events, subjects] (binary outcomes, adverse events)."""
     proportions: dict[str, Stated] | None = None
+    """Per arm: events / subjects, a fraction."""
     percents: dict[str, Stated] | None = None
+    """Per arm: events / subjects, in percent."""
     means: dict[str, Stated] | None = None
+    """Per arm: the mean (continuous outcomes)."""
     sds: dict[str, Stated] | None = None
+    """Per arm: the standard deviation."""
     medians: dict[str, Stated] | None = None
-    iqrs: dict[str, tuple[Stated, Stated]] | None = None  # first and third quartile
+    """Per arm: the median (for a time_to_event entry: the Kaplan-Meier median)."""
+    iqrs: dict[str, tuple[Stated, Stated]] | None = None
+    """Per arm: [first quartile, third quartile]."""
     treatment: ArmSet | None = None
+    """The treatment side: an arm code, or a list of arm codes pooled; default: the plan's one comparison."""
     control: ArmSet | None = None
+    """The control side, likewise."""
     covariates: list[str] | None = None
+    """The covariates of this result's adjusted effect, instead of the plan's."""
     stratum: str | None = None
+    """The stratum of this result's Mantel-Haenszel effect, instead of the plan's."""
     source: str = ""
+    """Where the paper reports it (e.g. Table 2)."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -457,31 +594,46 @@ _EFFECT_TYPES = ("coded", "boolean", "quantity", "integer")  # outcome types the
 
 
 class Effects(_Model):
+    """The effect ``analyze`` reports for each kind of outcome."""
+
     binary: BinaryEffect = "odds-ratio"
+    """Of coded and boolean outcomes (their event answer)."""
     continuous: ContinuousEffect = "mean-difference"
-    ordinal: OrdinalEffect | None = None  # None: ordinal outcomes are compared only where a published entry asks
+    """Of quantity and integer outcomes."""
+    ordinal: OrdinalEffect | None = None
+    """Of ordinal outcomes; none: they are compared only where a published entry names an effect."""
     time_to_event: TimeToEventEffect = "cox-hazard-ratio"
+    """Of time_to_event entries."""
 
 
 class DerivedEndpoint(_Model):
-    """One value per subject computed from that subject's values of study outcomes (README "Derived endpoints").
+    """One value per subject computed from that subject's values of study outcomes.
 
     ``change``: value at ``visit`` − value at ``baseline`` of ``outcome``; ``percent-change``: that
     change × 100 / the baseline value; ``ratio`` and ``difference``: ``outcomes[0]`` / (−) ``outcomes[1]``
     at ``visit``; ``auc``: trapezoidal area under ``outcome`` over ``visits``, on the visits' planned
-    days (``visits.N.day``), belonging to the last of them. Subjects lacking a source value (or with
+    days (``visits[].day``), belonging to the last of them. Subjects lacking a source value (or with
     a zero denominator or baseline) have none.
     """
 
     code: str
+    """Its code (in results; the derived Observations' study code)."""
     display: str
+    """Its name."""
     kind: Literal["change", "percent-change", "ratio", "difference", "auc"]
+    """How it is computed (see above)."""
     outcome: str | None = None
+    """The quantity outcome it is computed from (change, percent-change, auc)."""
     outcomes: tuple[str, str] | None = None
+    """The two quantity outcomes of a ratio or difference: [numerator, denominator] or [minuend, subtrahend]."""
     baseline: str | None = None
+    """The visit code of the baseline value (change, percent-change)."""
     visit: str | None = None
+    """The visit code of the value (change, percent-change, ratio, difference); the derived value belongs to it."""
     visits: list[str] | None = None
-    unit: Ucum | None = None  # default: the source unit; % for percent-change; a quotient for ratio; ×d for auc
+    """The visit codes of an auc, in the order of their planned days."""
+    unit: Ucum | None = None
+    """Its UCUM unit; default: the source unit, % for percent-change, a quotient for ratio, (unit).d for auc."""
 
     @property
     def at(self) -> str:
@@ -512,18 +664,18 @@ class DerivedEndpoint(_Model):
             for index, code in enumerate([getattr(self, name)] if name == "outcome" else getattr(self, name) or []):
                 if code is None:
                     continue
-                path = f"{where}.{name}" + (f".{index}" if name == "outcomes" else "")
+                path = f"{where}.{name}" + (f"[{index}]" if name == "outcomes" else "")
                 if code not in outcomes:
-                    found.append(f"{path}: unknown outcome {code!r}")
+                    found.append(f"{path}: {unknown('outcome', code, outcomes)}")
                 elif outcomes[code].type != "quantity":
                     found.append(f"{path}: {code} is not a quantity outcome")
         for name in ("baseline", "visit", "visits"):
             for index, code in enumerate([getattr(self, name)] if name != "visits" else getattr(self, name) or []):
                 if code is not None and code not in visits:
-                    found.append(f"{where}.{name}" + (f".{index}" if name == "visits" else "") + f": unknown visit {code!r}")
+                    found.append(f"{where}.{name}" + (f"[{index}]" if name == "visits" else "") + f": {unknown('visit', code, visits)}")
         if not found and self.kind == "auc" and [visits[v].day for v in self.visits or []] != sorted(
                 {visits[v].day for v in self.visits or []}):
-            found.append(f"{where}.visits: list the visits in the order of their planned days (visits.N.day)")
+            found.append(f"{where}.visits: list the visits in the order of their planned days (visits[].day)")
         if not found and self.kind == "difference" and self.unit is None:
             units = {outcomes[code].unit for code in self.outcomes or ()}
             if len(units) > 1:
@@ -553,7 +705,9 @@ class ArmPair(_Model):
     """One comparison: a treatment and a control, each an arm code or a list of arms pooled."""
 
     treatment: ArmSet
+    """An arm code, or a list of arm codes pooled."""
     control: ArmSet
+    """An arm code, or a list of arm codes pooled."""
 
 
 class Multiplicity(_Model):
@@ -565,7 +719,9 @@ class Multiplicity(_Model):
     """
 
     method: Literal["holm", "bonferroni", "benjamini-hochberg"]
-    families: dict[str, list[str]] = {}  # name -> outcome codes (outcomes, derived endpoints, time_to_event entries)
+    """The adjustment."""
+    families: dict[str, list[str]] = {}
+    """Family name → the codes of its outcomes, derived endpoints and time_to_event entries; none: one family of all."""
 
     def family(self, outcome: str) -> str | None:
         """The name of the family ``outcome`` is in ("" when no family is named: all are in one), None if in none."""
@@ -582,21 +738,33 @@ class AnalysisPlan(_Model):
     """
 
     treatment: ArmSet | None = None
+    """The treatment: an arm code, or a list of arm codes pooled; none: each other arm vs the control."""
     control: ArmSet
+    """The control: an arm code, or a list of arm codes pooled."""
     comparisons: list[ArmPair] = []
+    """The pairs compared, instead of treatment vs control."""
     alpha: float = 0.05
-    # per visit code: the days (from RFSTDTC) in which a finding counts for that visit, nearest the target day chosen
+    """1 − the confidence level of the intervals."""
     windows: dict[str, AnalysisWindow] = {}
+    """Visit code → the days (from RFSTDTC) in which a finding counts for that visit, the nearest the target day."""
     effects: Effects = Effects()
-    baseline: str | None = None  # visit code of baseline values (covariates "baseline" and OUTCOME); baseline balance
-    covariates: list[str] = []  # for adjusted-odds-ratio, adjusted-mean-difference and proportional-odds
-    outcome_covariates: dict[str, list[str]] = {}  # per outcome code: its covariates instead ([]: unadjusted)
-    stratum: str | None = None  # for odds-ratio-mh: a DM column (sex) or a coded baseline finding
-    # per outcome code: whether a higher value (or more events) is better; labels the forest plot's sides
+    baseline: str | None = None
+    """The visit code of baseline values (covariates baseline and OUTCOME); its comparisons are baseline balance."""
+    covariates: list[str] = []
+    """Of the adjusted effects (adjusted-odds-ratio, adjusted-mean-difference, proportional-odds): age, sex, baseline,
+    an outcome code (at the baseline visit) or OUTCOME@VISIT."""
+    outcome_covariates: dict[str, list[str]] = {}
+    """Outcome code → its covariates instead of ``covariates`` ([]: unadjusted)."""
+    stratum: str | None = None
+    """The stratum of odds-ratio-mh: sex, or a coded outcome (at the baseline visit, or OUTCOME@VISIT)."""
     better: dict[str, Literal["higher", "lower"]] = {}
+    """Outcome code → whether a higher value (or more events) is better: labels the forest plot's sides."""
     derived: list[DerivedEndpoint] = []
-    multiplicity: Multiplicity | None = None  # None: p-values are not adjusted for multiple comparisons
+    """Endpoints computed from the outcomes (change from baseline, ratio, area under the curve, …)."""
+    multiplicity: Multiplicity | None = None
+    """How p-values are adjusted for multiple comparisons; none: not adjusted."""
     published: list[PublishedResult] = []
+    """The paper's results, which ``verify`` recomputes field by field."""
 
     def pairs(self, arms: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         """Every comparison as (treatment codes, control codes), given the study's arm codes in order."""
@@ -640,28 +808,49 @@ DM_COVARIATES = ("age", "sex")  # the DM columns the analysis frame carries
 
 
 class TimeToEvent(_Model):
-    """A per-subject duration from RFSTDTC to an event, or to the censoring date (see analysis.events)."""
+    """A per-subject duration from RFSTDTC to an event, or to the censoring date, compared over the whole follow-up."""
 
     code: str
+    """Its code (in results and published entries)."""
     display: str
-    event: str  # a datetime outcome (its value is the event date) or a coded/ordinal/boolean one (its event answer)
-    censor: Literal["end", "last-contact"] = "end"  # RFENDTC (last contact where it is empty), or last contact
+    """Its name."""
+    event: str
+    """The outcome whose value is the event: a datetime one (its date), or a coded, ordinal or boolean one (the date
+    of its event answer)."""
+    censor: Literal["end", "last-contact"] = "end"
+    """Where a subject without the event is censored: RFENDTC (the last contact where it is empty), or the last
+    contact (the subject's latest finding)."""
 
 
 class SubjectTable(_Model):
+    """A table with a row per subject (DM) or per administration (EX)."""
+
     file: str
+    """Its file in the tables directory (.csv, .xpt or .json)."""
     columns: dict[str, str]
+    """fhir-msc's name of each variable → the table's column (e.g. {subject: USUBJID})."""
 
 
 class FindingsTables(_Model):
+    """The findings domains: one table per SDTM domain, a row per subject, visit and test."""
+
     files: dict[str, str]
+    """Domain → its file (e.g. {LB: lb.csv, VS: vs.csv}); the outcomes' domains."""
     columns: dict[str, str]
+    """The columns every domain's table shares: study, subject, visitnum, visit → their names."""
     suffixes: dict[str, str]
+    """The domain's own columns, named domain + suffix: testcd, test, result, unit, date (and optionally
+    status, reason) → their suffixes (e.g. {testcd: TESTCD}: LBTESTCD)."""
 
 
 class Tables(_Model):
+    """Where the trial tables are and how their columns are named (SDTM-shaped)."""
+
     dm: SubjectTable
+    """Demographics: study, subject, age, sex, country, arm_code, arm, actual_arm_code, actual_arm, start (RFSTDTC),
+    end (RFENDTC)."""
     ex: SubjectTable
+    """Exposure: study, subject, treatment, dose, dose_unit, route, date."""
     findings: FindingsTables
 
 
@@ -679,16 +868,25 @@ class Study(_Model):
 
     study: StudyInfo
     arms: list[Arm]
+    """The arms, each a code of the DM table's ARMCD."""
     interventions: dict[str, Intervention]
+    """Key (an arm's ``intervention``) → what the arm receives."""
     terms: Terms
     visits: list[Visit]
+    """The scheduled visits."""
     unscheduled: Unscheduled | None = None
+    """Keep unscheduled visits (a fractional VISITNUM no scheduled visit has); without it their rows are rejected."""
     outcomes: list[Outcome]
+    """The findings measured at visits."""
     time_to_event: list[TimeToEvent] = []
+    """Durations from RFSTDTC to an event, compared over the whole follow-up."""
     tables: Tables
     analysis: AnalysisPlan | None = None
-    adverse_events: AdverseEvents | None = None  # the AE domain (study/adverse_events.py)
-    anchors: dict | None = None  # holds YAML anchors only
+    """What ``analyze`` compares and ``verify`` checks; none: nothing is compared."""
+    adverse_events: AdverseEvents | None = None
+    """The AE table, if the study has one."""
+    anchors: dict | None = None
+    """Any YAML, ignored: a place to define YAML anchors (&name) used elsewhere in the file."""
     _file: Path | None = PrivateAttr(None)
     _sha256: str | None = PrivateAttr(None)
 
@@ -706,20 +904,25 @@ class Study(_Model):
     def _cross_references(self) -> Study:
         problems = []
         visit_codes = {v.code for v in self.visits}
-        for arm in self.arms:
+        for index, arm in enumerate(self.arms):
             if arm.intervention not in self.interventions:
-                problems.append(f"arm {arm.code}: unknown intervention {arm.intervention!r}")
+                problems.append(f"arms[{index}].intervention: {unknown('intervention', arm.intervention, self.interventions)}"
+                                " (a key of interventions)")
         for key, intervention in self.interventions.items():
             if intervention.route not in self.terms.route:
-                problems.append(f"intervention {key}: route {intervention.route!r} not in terms.route")
+                problems.append(f"interventions.{key}.route: {unknown('route', intervention.route, self.terms.route)}"
+                                " (a key of terms.route)")
             if intervention.dose.unit not in self.terms.dose_unit:
-                problems.append(f"intervention {key}: dose unit {intervention.dose.unit!r} not in terms.dose_unit")
-        for outcome in self.outcomes:
+                problems.append(f"interventions.{key}.dose.unit: "
+                                f"{unknown('dose unit', intervention.dose.unit, self.terms.dose_unit)} (a key of terms.dose_unit)")
+        for index, outcome in enumerate(self.outcomes):
             if outcome.domain not in self.tables.findings.files:
-                problems.append(f"outcome {outcome.code}: domain {outcome.domain} has no file in tables.findings.files")
-            for visit in outcome.visits:
+                problems.append(f"outcomes[{index}].domain: {outcome.code}: domain {outcome.domain} has no file in "
+                                "tables.findings.files" + suggested(outcome.domain, self.tables.findings.files))
+            for number, visit in enumerate(outcome.visits):
                 if visit not in visit_codes:
-                    problems.append(f"outcome {outcome.code}: unknown visit {visit!r}")
+                    problems.append(f"outcomes[{index}].visits[{number}]: {outcome.code}: "
+                                    f"{unknown('visit', visit, visit_codes)}")
         problems += self._visit_and_event_problems()
         for name, fields, given in (
             ("tables.dm.columns", _DM_FIELDS, self.tables.dm.columns),
@@ -729,13 +932,13 @@ class Study(_Model):
         ):
             if missing := fields - set(given):
                 problems.append(f"{name}: missing {', '.join(sorted(missing))}")
-        for label, codes in (("arm", [a.code for a in self.arms]), ("visit", [v.code for v in self.visits]),
-                             ("outcome", [o.code for o in self.outcomes])):
-            if len(codes) != len(set(codes)):
-                problems.append(f"duplicate {label} codes")
+        for section, codes in (("arms", [a.code for a in self.arms]), ("visits", [v.code for v in self.visits]),
+                               ("outcomes", [o.code for o in self.outcomes])):
+            problems += [f"{section}[{index}].code: {code!r} is also the code of {section}[{codes.index(code)}]: "
+                         "codes are unique" for index, code in enumerate(codes) if codes.index(code) != index]
         if self.analysis:
             for index, endpoint in enumerate(self.analysis.derived):
-                problems += endpoint.problems(f"analysis.derived.{index}", self.outcome_by_code, self.visit_by_code)
+                problems += endpoint.problems(f"analysis.derived[{index}]", self.outcome_by_code, self.visit_by_code)
             analysed = [o.code for o in self.outcomes] + [d.code for d in self.analysis.derived]
             if len(analysed) != len(set(analysed)):
                 problems.append("analysis.derived: a derived code repeats an outcome's or another derived code")
@@ -755,7 +958,7 @@ class Study(_Model):
         spans = []
         for code, window in windows.items():
             if code not in self.visit_by_code:
-                problems.append(f"analysis.windows: unknown visit {code!r}")
+                problems.append(f"analysis.windows.{code}: {unknown('visit', code, self.visit_by_code)}")
             spans.append((window.from_day, window.to_day, code))
         spans.sort()
         problems += [f"analysis.windows: {a[2]} and {b[2]} overlap (days {b[0]}-{a[1]}): a finding must fall in one"
@@ -763,45 +966,46 @@ class Study(_Model):
         for index, tte in enumerate(self.time_to_event):
             source = self.outcome_by_code.get(tte.event)
             if source is None or source.type not in ("datetime", "coded", "ordinal", "boolean"):
-                problems.append(f"time_to_event.{index}.event: {tte.event!r} is not a datetime, coded, ordinal or "
+                problems.append(f"time_to_event[{index}].event: {tte.event!r} is not a datetime, coded, ordinal or "
                                 "boolean outcome of this study")
             if tte.code in self.outcome_by_code:
-                problems.append(f"time_to_event.{index}.code: {tte.code!r} is also an outcome code")
+                problems.append(f"time_to_event[{index}].code: {tte.code!r} is also an outcome code")
         return problems
 
     def _plan_problems(self, plan: AnalysisPlan, visit_codes: set[str]) -> list[str]:
         problems = []
         known = {a.code for a in self.arms}
         sides = [("analysis.treatment", plan.treatment), ("analysis.control", plan.control)]
-        sides += [(f"analysis.comparisons.{i}.{role}", getattr(pair, role))
+        sides += [(f"analysis.comparisons[{i}].{role}", getattr(pair, role))
                   for i, pair in enumerate(plan.comparisons) for role in ("treatment", "control")]
-        sides += [(f"analysis.published.{i}.{role}", getattr(result, role))
+        sides += [(f"analysis.published[{i}].{role}", getattr(result, role))
                   for i, result in enumerate(plan.published) for role in ("treatment", "control")]
         for where, arms in sides:
             for code in arm_codes(arms) if arms is not None else ():
                 if code not in known:
-                    problems.append(f"{where}: unknown arm {code!r}: use one of {', '.join(sorted(known))}")
+                    problems.append(f"{where}: {unknown('arm', code, sorted(known))}")
         pairs = plan.pairs([a.code for a in self.arms])
         for index, (treatment, control) in enumerate(pairs):
             if set(treatment) & set(control) or not treatment:
                 problems.append(f"analysis: comparison {index} ({arm_label(treatment)} vs {arm_label(control)}) "
                                 "needs a treatment and a control without an arm in both")
         if plan.baseline is not None and plan.baseline not in visit_codes:
-            problems.append(f"analysis.baseline: unknown visit {plan.baseline!r}")
+            problems.append(f"analysis.baseline: {unknown('visit', plan.baseline, visit_codes)}")
+        compared = [*self.analysed_outcome_by_code, *(entry.code for entry in self.time_to_event)]
         for code in plan.better:
-            if code not in {o.code for o in self.outcomes} | {d.code for d in plan.derived} | {t.code for t in self.time_to_event}:
-                problems.append(f"analysis.better: unknown outcome {code!r}")
+            if code not in compared:
+                problems.append(f"analysis.better.{code}: {unknown('outcome', code, compared)}")
         problems += self._covariate_problems("analysis.covariates", plan.covariates, plan, None)
         for code, names in plan.outcome_covariates.items():
             outcome = self.analysed_outcome_by_code.get(code)
             if outcome is None:
-                problems.append(f"analysis.outcome_covariates: unknown outcome {code!r}")
+                problems.append(f"analysis.outcome_covariates.{code}: {unknown('outcome', code, self.analysed_outcome_by_code)}")
             else:
                 problems += self._covariate_problems(f"analysis.outcome_covariates.{code}", names, plan, outcome)
         problems += self._stratum_problems("analysis.stratum", plan.stratum, plan)
         problems += self._multiplicity_problems(plan)
         for index, result in enumerate(plan.published):
-            problems += self._published_problems(f"analysis.published.{index}", result, plan, pairs, visit_codes)
+            problems += self._published_problems(f"analysis.published[{index}]", result, plan, pairs, visit_codes)
         return problems
 
     def _multiplicity_problems(self, plan: AnalysisPlan) -> list[str]:
@@ -816,9 +1020,9 @@ class Study(_Model):
                 problems.append(f"{where}: list the outcomes of the family")
             for index, code in enumerate(codes):
                 if code not in known:
-                    problems.append(f"{where}.{index}: unknown outcome {code!r}: use one of {', '.join(known)}")
+                    problems.append(f"{where}[{index}]: {unknown('outcome', code, known)}")
                 elif code in family_of:
-                    problems.append(f"{where}.{index}: {code} is already in family {family_of[code]}: an outcome is in "
+                    problems.append(f"{where}[{index}]: {code} is already in family {family_of[code]}: an outcome is in "
                                     "one family")
                 else:
                     family_of[code] = name
@@ -841,8 +1045,10 @@ class Study(_Model):
             key = result.effect or plan.effect_for(outcome.type)
         elif outcome is not None and result.visit is None:
             return [f"{where}.visit: give the visit of {outcome.code} (only a time_to_event entry has none)"]
-        elif outcome is None or result.visit not in visit_codes:
-            return [f"analysis.published: unknown outcome/visit {result.outcome}/{result.visit}"]
+        elif outcome is None:
+            return [f"{where}.outcome: {unknown('outcome', result.outcome, self.analysed_outcome_by_code)}"]
+        elif result.visit not in visit_codes:
+            return [f"{where}.visit: {unknown('visit', result.visit, visit_codes)}"]
         elif outcome.type not in (EFFECT_OUTCOME_TYPES[result.effect] if result.effect else _EFFECT_TYPES):
             kind = {"coded": "binary (coded)", "boolean": "binary (coded)", "quantity": "continuous (quantity)",
                     "integer": "continuous (quantity)"}.get(outcome.type, outcome.type)
@@ -870,7 +1076,7 @@ class Study(_Model):
             return [f"{where}.adverse_event: the study file has no adverse_events section to count them from"]
         kinds = ["any", "serious", *self.adverse_events.terms]
         if result.adverse_event not in kinds:
-            return [f"{where}.adverse_event: unknown {result.adverse_event!r}: use {', '.join(kinds)}"]
+            return [f"{where}.adverse_event: {unknown('kind of adverse event', result.adverse_event, kinds)}"]
         if result.effect is not None and result.effect not in TWO_BY_TWO_EFFECTS:
             return [f"{where}.effect: adverse events are compared by the effects of their 2×2 table, not "
                     f"{result.effect}: name one of {', '.join(TWO_BY_TWO_EFFECTS)}"]
@@ -885,9 +1091,9 @@ class Study(_Model):
         for index, name in enumerate(covariates):
             problem = self.covariate_problem(name, plan)
             if problem:
-                problems.append(f"{where}.{index}: {problem}")
+                problems.append(f"{where}[{index}]: {problem}")
             elif outcome is not None and name in (outcome.code, f"{outcome.code}@{plan.baseline}"):
-                problems.append(f"{where}.{index}: write 'baseline' for the outcome's own baseline value")
+                problems.append(f"{where}[{index}]: write 'baseline' for the outcome's own baseline value")
         return problems
 
     def covariate_problem(self, name: str, plan: AnalysisPlan) -> str:
@@ -902,9 +1108,9 @@ class Study(_Model):
         if name in DM_COVARIATES:
             return ""
         if code not in self.outcome_by_code and name != "baseline":
-            return f"unknown covariate {name!r}: {use}"
+            return f"unknown covariate {name!r}{suggested(name, [*DM_COVARIATES, 'baseline', *self.outcome_by_code])}: {use}"
         if visit and visit not in self.visit_by_code:
-            return f"unknown visit {visit!r} in covariate {name!r}: use one of {', '.join(self.visit_by_code)}"
+            return f"covariate {name!r}: {unknown('visit', visit, self.visit_by_code)}"
         if not visit and plan.baseline is None:
             return f"covariate {name!r} needs analysis.baseline (the baseline visit), or write {name}@VISIT"
         return ""
@@ -999,31 +1205,41 @@ def _written_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
 _StudyLoader.add_constructor("tag:yaml.org,2002:float", _written_float)
 
 
-def _problem_lines(error: ErrorDetails) -> list[str]:
-    """A validation error as lines, one per problem, each starting with its YAML path (the study's cross-reference
-    checks are one error of the whole file, one problem a line, each naming its own path)."""
-    where = ".".join(str(part) for part in error["loc"])
-    lines = error["msg"].removeprefix("Value error, ").splitlines()
-    return [f"{where}: {line}" for line in lines] if where else lines
-
-
 def load_study(path: str | Path = DEFAULT_STUDY) -> Study:
-    """Read and validate a study definition YAML file."""
+    """Read and validate a study definition YAML file.
+
+    A file that is not a valid definition raises :class:`InvalidStudyDefinition`: each mistake on a
+    line of its own, with its YAML path and line (``study/problems.py``).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
-        raw = yaml.load(data.decode("utf-8"), Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
+        text = data.decode("utf-8")
+        raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
-        raise StudyDefinitionError(f"{path}: study definition not found; pass --study PATH to a mappings/*.yaml file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise StudyDefinitionError(f"{path}: not valid YAML: {exc}") from None
+        raise StudyDefinitionError(f"{path}: study definition not found: give the path of a study YAML file "
+                                  "(`fhir-msc init DIR` writes one to start from)") from None
+    except UnicodeDecodeError as exc:
+        raise StudyDefinitionError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise StudyDefinitionError(f"{path}:{_yaml_error_where(exc)} not valid YAML: {_yaml_error_what(exc)}") from None
     if not isinstance(raw, dict):
         raise StudyDefinitionError(f"{path}: expected a mapping of study, arms, visits, outcomes, tables")
     try:
         study = Study.model_validate(raw)
     except ValidationError as exc:
-        problems = [line for error in exc.errors() for line in _problem_lines(error)]
-        lines = [f"{path}: invalid study definition ({len(problems)} problem(s)):", *(f"  {line}" for line in problems)]
-        raise StudyDefinitionError("\n".join(lines)) from None
+        raise InvalidStudyDefinition(path, problems_of(exc, raw, text, Study)) from None
     study._file, study._sha256 = path.resolve(), hashlib.sha256(data).hexdigest()
     return study
+
+
+def _yaml_error_where(error: yaml.YAMLError) -> str:
+    """``LINE:`` of a YAML syntax error (1-based), empty when PyYAML does not say."""
+    mark = getattr(error, "problem_mark", None)
+    return f"{mark.line + 1}:" if mark is not None else ""
+
+
+def _yaml_error_what(error: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: its problem and context, without PyYAML's excerpt of the file."""
+    parts = [getattr(error, "context", None), getattr(error, "problem", None)]
+    return "; ".join(part for part in parts if part) or str(error).splitlines()[0]

@@ -10,13 +10,18 @@ ucumvert package (PyPI), which holds UCUM's syntax and its tables of units and p
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from lark import Lark
 from lark.exceptions import UnexpectedEOF, UnexpectedInput
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 CODES_SHOWN = 6  # codes of a value set listed in a message
 
@@ -40,6 +45,29 @@ def check_code(value: str, element: str, *bindings: tuple[str, str, str, str]) -
             raise ValueError(f"{value!r} is not a code of the value set FHIR requires for {element} ({shown}): "
                              "use one of them")
     return value
+
+
+@dataclass(frozen=True)
+class RequiredBinding:
+    """A study file value that lands in a FHIR ``code`` element with a required binding (``Annotated[str, …]``).
+
+    Checked on load (``check_code``); in the study file's JSON Schema, the codes of every binding are its enum.
+    """
+
+    element: str  # the FHIR element named in messages, e.g. "Patient.gender"
+    bindings: tuple[tuple[str, str, str, str], ...]  # arguments of required_codes, one per FHIR version
+
+    def codes(self) -> list[str]:
+        """The codes of the first binding that every other binding has too."""
+        first, *others = self.bindings
+        return [code for code in required_codes(*first) if all(code in required_codes(*other) for other in others)]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(lambda v: check_code(v, self.element, *self.bindings),
+                                                            handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(schema), "enum": self.codes()}
 
 
 # FHIR's string (and every type built on it): no character below U+0020 but tab, CR and LF (the datatypes page;

@@ -178,18 +178,18 @@ ENTRY = "    - {adverse_event: any, treatment: HIGH, control: PBO"
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    (ENTRY + ", visit: W12}", "analysis.published.12.visit: does not apply to adverse events"),
-    (ENTRY + ", means: {HIGH: 3.0}}", "analysis.published.12.means: does not apply to adverse events"),
-    (ENTRY + ", covariates: [age]}", "analysis.published.12.covariates: does not apply to adverse events"),
+    (ENTRY + ", visit: W12}", "analysis.published[12].visit: does not apply to adverse events"),
+    (ENTRY + ", means: {HIGH: 3.0}}", "analysis.published[12].means: does not apply to adverse events"),
+    (ENTRY + ", covariates: [age]}", "analysis.published[12].covariates: does not apply to adverse events"),
     ("    - {adverse_event: Fever, treatment: HIGH, control: PBO}",
-     "analysis.published.12.adverse_event: unknown 'Fever': use any, serious, Headache, Nausea, Rash"),
+     "analysis.published[12].adverse_event: unknown kind of adverse event 'Fever': use one of any, serious, Headache, Nausea, Rash"),
     (ENTRY + ", effect: adjusted-odds-ratio, estimate: 2.0}",
-     "analysis.published.12.effect: adverse events are compared by the effects of their 2×2 table, not "
+     "analysis.published[12].effect: adverse events are compared by the effects of their 2×2 table, not "
      "adjusted-odds-ratio: name one of odds-ratio, exact-odds-ratio, relative-risk, risk-difference, "
      "risk-difference-newcombe"),
-    (ENTRY + ", p: {test: t-pooled, value: 0.5}}", "analysis.published.12.p.test: 't-pooled' is not a test of odds-ratio"),
+    (ENTRY + ", p: {test: t-pooled, value: 0.5}}", "analysis.published[12].p.test: 't-pooled' is not a test of odds-ratio"),
     ("    - {adverse_event: any, outcome: RESP, visit: W12}",
-     "analysis.published.12: give either its outcome (an outcome, derived endpoint or time_to_event code) or "
+     "analysis.published[12]: give either its outcome (an outcome, derived endpoint or time_to_event code) or "
      "adverse_event"),
 ])
 def test_an_adverse_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, entry, message):
@@ -198,7 +198,7 @@ def test_an_adverse_event_entry_that_does_not_fit_is_refused_on_load(tmp_path, e
     with pytest.raises(StudyDefinitionError, match="invalid study definition") as error:
         load_study(path)
     assert message in str(error.value)
-    assert all(line.startswith("  analysis.published.12") for line in str(error.value).splitlines()[1:])
+    assert all(problem.path.startswith("analysis.published[12]") for problem in error.value.problems)
 
 
 def test_adverse_event_entries_need_the_adverse_events_section(tmp_path):
@@ -208,5 +208,5 @@ def test_adverse_event_entries_need_the_adverse_events_section(tmp_path):
     path.write_text(text[:start] + text[end:])
     with pytest.raises(StudyDefinitionError) as error:
         load_study(path)
-    assert ("analysis.published.8.adverse_event: the study file has no adverse_events section to count them from"
+    assert ("analysis.published[8].adverse_event: the study file has no adverse_events section to count them from"
             in str(error.value))

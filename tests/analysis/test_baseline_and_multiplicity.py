@@ -181,20 +181,20 @@ def test_verify_checks_a_published_adjusted_p_in_its_family(three, tmp_path):
 
 @pytest.mark.parametrize("plan, entry, message", [
     ("", "{outcome: RESP, visit: W12, treatment: LOW, control: PBO, p_adjusted: 0.5}",
-     "analysis.published.12.p_adjusted: name the adjustment in analysis.multiplicity (method: holm, bonferroni or "
+     "analysis.published[12].p_adjusted: name the adjustment in analysis.multiplicity (method: holm, bonferroni or "
      "benjamini-hochberg)"),
     ("  multiplicity: {method: holm}\n", "{outcome: SCORE, visit: W0, treatment: LOW, control: PBO, p_adjusted: 0.5}",
-     "analysis.published.12.p_adjusted: W0 is the baseline visit: its comparisons are baseline balance, in no "
+     "analysis.published[12].p_adjusted: W0 is the baseline visit: its comparisons are baseline balance, in no "
      "multiplicity family"),
     ("  multiplicity: {method: holm, families: {primary: [SCORE]}}\n",
      "{outcome: RESP, visit: W12, treatment: LOW, control: PBO, p_adjusted: 0.5}",
-     "analysis.published.12.p_adjusted: RESP is in no family of analysis.multiplicity.families (primary)"),
+     "analysis.published[12].p_adjusted: RESP is in no family of analysis.multiplicity.families (primary)"),
     ("  multiplicity: {method: holm, families: {primary: [SCORE, WEIGHT]}}\n", "",
-     "analysis.multiplicity.families.primary.1: unknown outcome 'WEIGHT'"),
+     "analysis.multiplicity.families.primary[1]: unknown outcome 'WEIGHT'"),
     ("  multiplicity: {method: holm, families: {primary: [SCORE], key: [RESP, SCORE]}}\n", "",
-     "analysis.multiplicity.families.key.1: SCORE is already in family primary: an outcome is in one family"),
-    ("  multiplicity: {method: sidak}\n", "", "analysis.multiplicity.method: Input should be 'holm', 'bonferroni' or "
-     "'benjamini-hochberg'"),
+     "analysis.multiplicity.families.key[1]: SCORE is already in family primary: an outcome is in one family"),
+    ("  multiplicity: {method: sidak}\n", "", "analysis.multiplicity.method: 'sidak' is not an allowed value: "
+     "use one of holm, bonferroni, benjamini-hochberg"),
 ])
 def test_the_plan_refuses_what_it_cannot_adjust(tmp_path, plan, entry, message):
     with pytest.raises(StudyDefinitionError, match="invalid study definition") as raised:

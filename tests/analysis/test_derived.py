@@ -118,19 +118,19 @@ def test_derived_endpoints_are_analysed_like_outcomes(tmp_path, store):
 
 @pytest.mark.parametrize(("block", "message"), [
     ("    - {code: X, display: x, kind: change, outcome: SIXMWD, baseline: M99, visit: M36}\n",
-     "analysis.derived.0.baseline: unknown visit 'M99'"),
+     "analysis.derived[0].baseline: unknown visit 'M99'"),
     ("    - {code: X, display: x, kind: change, outcome: SIXMWD, visit: M36}\n",
-     "analysis.derived.0.baseline: needed for kind change"),
+     "analysis.derived[0].baseline: needed for kind change"),
     ("    - {code: X, display: x, kind: ratio, outcomes: [FEV1, REINF], visit: M36}\n",
-     "analysis.derived.0.outcomes.1: REINF is not a quantity outcome"),
+     "analysis.derived[0].outcomes[1]: REINF is not a quantity outcome"),
     ("    - {code: X, display: x, kind: auc, outcome: SIXMWD, visits: [M36]}\n",
-     "analysis.derived.0.visits: an area needs at least two different visits"),
+     "analysis.derived[0].visits: an area needs at least two different visits"),
     ("    - {code: X, display: x, kind: auc, outcome: SIXMWD, visits: [M36, M12]}\n",
-     "analysis.derived.0.visits: list the visits in the order of their planned days (visits.N.day)"),
+     "analysis.derived[0].visits: list the visits in the order of their planned days (visits[].day)"),
     ("    - {code: FVC, display: x, kind: change, outcome: FVC, baseline: M12, visit: M36}\n",
      "a derived code repeats an outcome's or another derived code"),
     ("    - {code: X, display: x, kind: difference, outcomes: [FVC, SIXMWD], visit: M36}\n",
-     "analysis.derived.0.outcomes: a difference needs one unit, not L and m"),
+     "analysis.derived[0].outcomes: a difference needs one unit, not L and m"),
 ])
 def test_a_derived_endpoint_that_does_not_fit_is_named_by_its_yaml_path(tmp_path, block, message):
     with pytest.raises(StudyDefinitionError, match="invalid study definition") as error:

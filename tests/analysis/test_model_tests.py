@@ -178,8 +178,8 @@ def test_a_p_whose_test_is_not_named_lists_the_tests_of_the_effect_that_give_it(
 def test_a_test_that_does_not_belong_to_the_effect_is_refused_naming_those_that_do(tmp_path, entry, effect, tests):
     with pytest.raises(StudyDefinitionError) as error:
         _study_with(tmp_path, [entry])
-    assert str(error.value).splitlines()[1:] == [
-        f"  analysis.published.12.p.test: '{entry.split('test: ')[1].split(',')[0]}' is not a test of {effect}: "
+    assert [str(problem) for problem in error.value.problems] == [
+        f"analysis.published[12].p.test: '{entry.split('test: ')[1].split(',')[0]}' is not a test of {effect}: "
         f"use {tests}, or leave test out"]
 
 

@@ -67,11 +67,11 @@ def test_a_published_entry_takes_its_outcomes_covariates_unless_it_names_its_own
 
 
 @pytest.mark.parametrize(("plan", "message"), [
-    ("  outcome_covariates: {XYZ: []}\n", "analysis.outcome_covariates: unknown outcome 'XYZ'"),
+    ("  outcome_covariates: {XYZ: []}\n", "analysis.outcome_covariates.XYZ: unknown outcome 'XYZ'"),
     ("  outcome_covariates: {RESP: [weight]}\n",
-     "analysis.outcome_covariates.RESP.0: unknown covariate 'weight': use age, sex, baseline"),
+     "analysis.outcome_covariates.RESP[0]: unknown covariate 'weight': use age, sex, baseline"),
     ("  outcome_covariates: {SCORE: [age, SCORE]}\n",
-     "analysis.outcome_covariates.SCORE.1: write 'baseline' for the outcome's own baseline value"),
+     "analysis.outcome_covariates.SCORE[1]: write 'baseline' for the outcome's own baseline value"),
 ])
 def test_outcome_covariates_that_do_not_fit_are_refused_on_load(tmp_path, plan, message):
     with pytest.raises(StudyDefinitionError) as error:

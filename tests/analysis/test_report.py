@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -167,3 +169,71 @@ def test_the_report_says_how_many_comparisons_it_shows_and_which_are_baseline_ba
     table = pd.read_csv(paths["csv"], keep_default_na=False)
     assert list(table.loc[table["visit"] == "BASELINE", "purpose"]) == ["baseline balance"] * len(balance)
     assert set(table.loc[table["visit"] != "BASELINE", "purpose"]) == {"treatment effect"}
+
+
+def _svg_text(path) -> str:
+    """The text an SVG forest plot shows (its text is kept as text)."""
+    import html as html_module
+
+    return html_module.unescape(" ".join(re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text(encoding="utf-8"))))
+
+
+def _ink(png) -> float:
+    """The share of pixels that are not (near) white: 0 for a blank image."""
+    from matplotlib.image import imread
+
+    return float((imread(png)[..., :3].mean(axis=2) < 0.9).mean())
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_the_plot_is_titled_with_the_study_and_marks_synthetic_data(study, month36, tmp_path, synthetic):
+    plot = forest_plot(month36, (tmp_path / "f.png", tmp_path / "f.svg"), study=study, synthetic=synthetic)
+    text = _svg_text(tmp_path / "f.svg")
+    assert plot.title == "NCT04288102: between-arm effects" + (" (synthetic data)" if synthetic else "")
+    assert plot.title in text and ("SYNTHETIC DATA (tagged HTEST)" in text) == synthetic
+    assert _ink(tmp_path / "f.png") > 0.02
+
+
+def test_the_p_column_names_its_test_and_shows_the_tables_p(study, frame, month36, tmp_path):
+    exact = analysis.compare(study, frame, study.outcome_by_code["CTNORM"], "M36", "exact-odds-ratio")
+    plot = forest_plot([*month36, replace(exact, outcome="CTNORM-exact")], tmp_path / "f.svg", study=study)
+    tests = {row.outcome: panel.test for panel in plot.panels for row in panel.rows}
+    assert (tests["CTNORM"], tests["SF36GH"], tests["CTNORM-exact"]) == ("Wald z", "t", "Fisher exact")
+    text = _svg_text(tmp_path / "f.svg")
+    assert "p (Wald z)" in text and "p (t)" in text and "p (Fisher exact)" in text
+    table = comparison_table(month36).set_index("outcome")
+    for panel in plot.panels:
+        for row in panel.rows:
+            if row.outcome in table.index:
+                assert format_p(row.p) == table.loc[row.outcome, "p"]  # the plot's p is the table's p
+    assert format_p(_row(plot, "CTNORM-exact")[1].p) == format_p(exact.summary.fisher_p)
+
+
+def test_the_legend_is_inside_the_image(study, month36, tmp_path):
+    forest_plot(month36, tmp_path / "f.svg", study=study)
+    text = _svg_text(tmp_path / "f.svg")
+    assert "estimate; the 95% CI excludes no difference" in text and "estimate; the 95% CI includes no difference" in text
+
+
+def test_nothing_to_draw_is_a_message_not_a_blank_image(study, frame, tmp_path):
+    from fhir_msc.analysis.stats import compare_binary
+
+    c = analysis.compare(study, frame, study.outcome_by_code["CTNORM"], "M36")
+    none = compare_binary((0, 0), (5, 4))
+    plot = forest_plot([replace(c, summary=none, effect=none.odds_ratio)], (tmp_path / "f.png", tmp_path / "f.svg"),
+                       study=study)
+    assert plot.panels == [] and _ink(tmp_path / "f.png") > 0.02
+    text = _svg_text(tmp_path / "f.svg")
+    assert "Nothing to draw" in text and f"{c.display} · M36: not estimable: no events in either arm" in text
+
+
+@pytest.mark.parametrize("lower, upper", [(0.06, 2.5), (0.4, 3.2), (0.9, 1.6), (0.004, 150.0), (1.2, 40.0)])
+def test_log_axis_tick_labels_never_collide(study, month36, tmp_path, lower, upper):
+    """Labelled ticks are at least 16% of the axis apart (the widest label, "0.005" at 8 pt, is under 10%)."""
+    c = next(c for c in month36 if c.outcome == "CTNORM")
+    wide = replace(c, effect=replace(c.effect, estimate=(lower * upper) ** 0.5, lower=lower, upper=upper))
+    plot = forest_plot([wide], tmp_path / "f.png", study=study)
+    (ticks,) = plot.ticks
+    low, high = min(lower, 1) / 1.25, max(upper, 1) * 1.25
+    gaps = [math.log(b / a) / math.log(high / low) for a, b in zip(ticks, ticks[1:])]
+    assert 1 in ticks and len(ticks) >= 2 and min(gaps) >= 0.16, ticks

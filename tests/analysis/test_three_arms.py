@@ -192,7 +192,8 @@ def test_the_table_and_forest_plot_name_each_pair(three, tmp_path):
     assert list(table["comparison"]) == ["HIGH vs PBO", "LOW vs PBO"]
     assert list(table["n treatment"]) == [14, 14]
     plot = forest_plot(comparisons, tmp_path / "forest.png", study=study)
-    assert [row.label for row in plot.panels[0].rows] == ["Symptom score · W12 · HIGH vs PBO", "Symptom score · W12 · LOW vs PBO"]
+    assert [row.label for row in plot.panels[0].rows] == ["Symptom score · W12 · High dose vs Placebo",
+                                                          "Symptom score · W12 · Low dose vs Placebo"]  # arm names
     assert "treatment" in plot.panels[0].title
 
 

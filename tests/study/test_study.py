@@ -32,7 +32,7 @@ def test_invalid_study_names_the_field(tmp_path):
     del raw["outcomes"][2]["unit"]
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(raw))
-    with pytest.raises(StudyDefinitionError, match=r"outcomes\.2.*SIXMWD: a quantity needs a unit"):
+    with pytest.raises(StudyDefinitionError, match=r"outcomes\[2\]\.unit: SIXMWD: a quantity needs a unit"):
         load_study(broken)
 
 
@@ -51,7 +51,7 @@ def test_an_unknown_effect_names_its_yaml_path(tmp_path):
     raw["analysis"]["effects"]["binary"] = "risk-ratio"
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(StudyDefinitionError, match=r"analysis\.effects\.binary: Input should be .*'relative-risk'"):
+    with pytest.raises(StudyDefinitionError, match=r"analysis\.effects\.binary: 'risk-ratio' is not an allowed value: did you mean 'odds-ratio'\? \(allowed: .*relative-risk"):
         load_study(path)
 
 
@@ -60,7 +60,7 @@ def test_a_published_effect_must_fit_its_outcome_type(tmp_path):
     raw["analysis"]["published"][0]["effect"] = "hodges-lehmann"  # CTNORM is coded (binary)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(StudyDefinitionError, match=r"analysis\.published\.0\.effect: 'hodges-lehmann' does not apply "
+    with pytest.raises(StudyDefinitionError, match=r"analysis\.published\[0\]\.effect: 'hodges-lehmann' does not apply "
                                                    r"to binary \(coded\) outcome CTNORM"):
         load_study(path)
 
@@ -94,9 +94,9 @@ def _load_changed(tmp_path, change):
     (lambda raw: raw["terms"]["dose_unit"].update(CELLS="10^6 cells"),
      r"terms\.dose_unit\.CELLS: .*'10\^6 cells' is not a UCUM unit: it cannot be read from character 5 \(' '\)"),
     (lambda raw: raw["outcomes"][2].update(unit="{score"),
-     r"outcomes\.2\.unit: .*'\{score' is not a UCUM unit"),
+     r"outcomes\[2\]\.unit: .*'\{score' is not a UCUM unit"),
     (lambda raw: raw["outcomes"][2].update(unit="m/"),
-     r"outcomes\.2\.unit: .*'m/' is not a UCUM unit: it ends where a unit should follow"),
+     r"outcomes\[2\]\.unit: .*'m/' is not a UCUM unit: it ends where a unit should follow"),
 ])
 def test_coded_values_put_into_fhir_are_checked_with_their_yaml_path(tmp_path, change, says):
     with pytest.raises(StudyDefinitionError, match=says) as caught:
@@ -112,5 +112,5 @@ def test_ucum_units_by_their_syntax_are_accepted(tmp_path, unit):
 
 @pytest.mark.parametrize("unit", ["", "/", "m//s", "()", "(m", "mmol L", '"m"', "m)", "{a b}", "cells", "Kg", "mmHg"])
 def test_units_that_are_not_ucum_syntax_are_refused(tmp_path, unit):
-    with pytest.raises(StudyDefinitionError, match=r"outcomes\.2\.unit: .*is not a UCUM unit"):
+    with pytest.raises(StudyDefinitionError, match=r"outcomes\[2\]\.unit: .*is not a UCUM unit"):
         _load_changed(tmp_path, lambda raw: raw["outcomes"][2].update(unit=unit))

@@ -30,11 +30,11 @@ def test_required_codes_are_those_of_the_specification(element, codesystem):
 
 @pytest.mark.parametrize("change, says", [
     (lambda ae: ae["severity"]["MILD"].update(code="grade-1"),
-     r"adverse_events: .*severity\.MILD: .*\|grade-1 is not in the value set FHIR requires for AdverseEvent\.severity"),
+     r"adverse_events\.severity\.MILD: .*\|grade-1 is not in the value set FHIR requires for AdverseEvent\.severity"),
     (lambda ae: ae["outcome"]["FATAL"].update(system="http://snomed.info/sct"),
      r"outcome\.FATAL: http://snomed\.info/sct\|fatal is not in the value set FHIR requires for AdverseEvent\.outcome"),
-    (lambda ae: ae["columns"].pop("seq"), r"adverse_events: .*columns: missing seq"),
-    (lambda ae: ae.update(serious_event="YES"), r"serious_event 'YES' is not one of serious: N, Y"),
+    (lambda ae: ae["columns"].pop("seq"), r"adverse_events\.columns: missing seq"),
+    (lambda ae: ae.update(serious_event="YES"), r"adverse_events\.serious_event: 'YES' is not one of serious: N, Y"),
 ])
 def test_bad_adverse_event_definitions_name_their_yaml_path(tmp_path, change, says):
     with pytest.raises(StudyDefinitionError, match=says):
