@@ -17,35 +17,26 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import jobs
+# Only what the options need is imported here; the jobs, the formatting and what they load (pandas, DuckDB, the
+# HTTP client, the study model) are imported inside the commands, so that --help loads click and the options alone.
 from .account import Account
-from .analysis.adverse_events import incidence_json, incidence_table
-from .analysis.export import account_json, analyze_json, verify_json
-from .analysis.report import (
-    FORMATS,
-    comparison_table,
-    comparisons_summary,
-    forest_plot,
-    render,
-    verification_table,
-)
+from .analysis.options import DEFAULT_ENGINE, DEFAULT_VIEW_ENGINE, ENGINES, EXPORT_FORMATS, FORMATS, VIEW_ENGINES
 from .errors import ExitCode, FhirMscError
-from .fhir.unmapping import NOT_ASKED, NOT_READ
-from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
 from .progress import Progress
-from .server import hospital as _hospital
-from .server.bulk_pull import BulkPullResult
-from .server.client import connect, load_config
-from .server.sync import METHODS, PREFER
-from .study.definition import DEFAULT_STUDY, Study, load_study
-from .study.problems import InvalidStudyDefinition
+from .server.options import HOSPITAL_PREFER, METHODS, PREFER
+from .study.shipped import DEFAULT_STUDY
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from . import jobs
+    from .fhir.validate import ValidationReport
+    from .study.definition import Study
 
 MAX_SHOWN = 20
 
@@ -82,6 +73,8 @@ class _Bar(Progress):
         self.close()
         self.label, self.total, self.unit, self.done = label, total, unit, 0
         if self.active:
+            from tqdm import tqdm
+
             in_bytes = unit == "B"
             self._bar = tqdm(desc=label, total=total, unit="B" if in_bytes else f" {unit}", unit_scale=in_bytes,
                              unit_divisor=1024, file=sys.stderr, leave=False, dynamic_ncols=True)
@@ -177,6 +170,8 @@ def _progress(enabled: bool, resume: str) -> Iterator[_Bar]:
 
     ``resume`` tells the user what to do if they interrupt the job.
     """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     output = _output()
     shown = enabled and not output.quiet and (output.progress if output.progress is not None else sys.stderr.isatty())
     output.bar, output.resume = _Bar(shown), resume
@@ -255,6 +250,9 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped;
     9 that another job is writing the store.
     """
+    from . import jobs
+    from .study.definition import load_study
+
     study = load_study(study_path)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
                                 "rerun the same command") as progress:
@@ -311,6 +309,10 @@ def unmap_command(source: Path, out: Path, fmt: str, study_path: Path, as_json: 
     Every resource read is used or skipped, by reason; the account is printed (and is in
     --json). Exit code 4 means SOURCE or the study definition could not be read.
     """
+    from . import jobs
+    from .fhir.unmapping import NOT_READ
+    from .study.definition import load_study
+
     with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
         result = jobs.unmap(load_study(study_path), source, out, progress, fmt)
     if as_json:
@@ -343,6 +345,8 @@ def _echo_skipped(label: str, account: Account, leave_out: tuple[str, ...] = ())
 
 def _echo_observations(account: Account) -> None:
     """The Observations' account on stderr when any was dropped for a reason other than the visits asked for."""
+    from .fhir.unmapping import NOT_ASKED
+
     if any(reason != NOT_ASKED for reason in account.skipped):
         click.echo(f"Observations: {account.describe('in the frame')}", err=True)
         _echo_skipped("  dropped:", account, leave_out=(NOT_ASKED,))
@@ -359,6 +363,8 @@ def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
 
     Exit code 5 means at least one resource is invalid; 4 that SOURCE could not be read.
     """
+    from . import jobs
+
     if fhir_version.lower() == "auto":
         version, evidence = jobs.detect_version(source)
         _info(f"FHIR {version.name} detected ({evidence})", err=True)
@@ -404,6 +410,9 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
     lost something (rejected rows included) or a published result was not reproduced.
     """
+    from . import jobs
+    from .study.definition import load_study
+
     study: Study = load_study(study_path)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
         result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress, examples=tables is None)
@@ -438,6 +447,8 @@ def _remember_insecure_http(ctx: click.Context, _param: click.Parameter, value: 
 
 def _config_defaults(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """Options that read an environment variable take their default from the config file's key of that name."""
+    from .server.client import load_config
+
     settings = load_config(path)
     defaults = {p.name: settings[p.envvar] for p in ctx.command.params
                 if isinstance(p.envvar, str) and p.envvar in settings and p is not param}
@@ -470,6 +481,8 @@ _state_option = click.option(
 
 
 def _client(server: str, config: str | None, ca_bundle: str | None, timeout: float):
+    from .server.client import connect
+
     insecure_http = click.get_current_context().meta.get(_INSECURE_HTTP, False)
     return connect(server, config=config, ca_bundle=ca_bundle, timeout=timeout, insecure_http=insecure_http)
 
@@ -485,7 +498,7 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 
 
 _engine_option = click.option(
-    "--engine", type=click.Choice(jobs.ENGINES), default=jobs.DEFAULT_ENGINE, show_default=True,
+    "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
     help="What builds the analysis frame: duckdb (the embedded default) runs the shipped SQL-on-FHIR "
          "ViewDefinitions and joins them in SQL, spark runs those views in Spark (local mode unless --spark-master) "
          "and joins them in DuckDB, python (the reference engine) reads the resources one by one; all give the same "
@@ -532,6 +545,12 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Exit code 4 means the data hold no findings of the study's subjects, or --visit or
     --outcome is unknown; 8 that the server could not be used.
     """
+    from . import jobs
+    from .analysis.adverse_events import incidence_json, incidence_table
+    from .analysis.export import analyze_json
+    from .analysis.report import comparison_table, comparisons_summary, forest_plot, render
+    from .study.definition import load_study
+
     study = load_study(study_path)
     unused: list[str] = []
     try:
@@ -581,6 +600,11 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     data hold no findings of the study's subjects, 8 if the server could not be used.
     --json follows fhir_msc/schemas/verify.schema.json.
     """
+    from . import jobs
+    from .analysis.export import verify_json
+    from .analysis.report import render, verification_table
+    from .study.definition import load_study
+
     study = load_study(study_path)
     unused: list[str] = []
     try:
@@ -623,6 +647,9 @@ def report_command(source: Path | None, server: str | None, ca_bundle: str | Non
     findings of the study's subjects; 6 that a published result was not reproduced (the
     report is written all the same); 8 that the server could not be used.
     """
+    from . import jobs
+    from .study.definition import load_study
+
     study = load_study(study_path)
     unused: list[str] = []
     try:
@@ -661,6 +688,10 @@ def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
     if the study declares no derived endpoints or the store holds no findings of its
     subjects, 9 if another job is writing the store.
     """
+    from . import jobs
+    from .analysis.export import account_json
+    from .study.definition import load_study
+
     study = load_study(study_path)
     with _progress(not as_json, _RERUN) as progress:
         result = jobs.derive(study, store, progress)
@@ -679,6 +710,9 @@ def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
 
 
 def _echo_demo(result: jobs.DemoResult) -> None:
+    from .analysis.adverse_events import incidence_table
+    from .analysis.report import render, verification_table
+
     _info(f"store: {result.store}")
     _info(f"bundle: {result.bundle}")
     note = " (synthetic data, tagged HTEST)" if result.mapped.synthetic else ""
@@ -714,6 +748,8 @@ def _echo_demo(result: jobs.DemoResult) -> None:
 
 def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
     """Everything the demo did; its ``verify`` part follows verify.schema.json, ``validation`` validate.schema.json."""
+    from .analysis.export import verify_json
+
     return {
         "workdir": str(result.workdir), "store": str(result.store), "bundle": str(result.bundle),
         "mapped": {**_to_jsonable(result.mapped), "total": result.mapped.total},
@@ -844,6 +880,9 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     failed or are still missing, 8 if the server could not be used, 9 if another job holds
     --state.
     """
+    from . import jobs
+    from .study.definition import load_study
+
     if dry_run + verify + full > 1:
         raise click.UsageError("give at most one of --dry-run, --verify and --full")
     mode = "dry-run" if dry_run else "verify" if verify else "full" if full else "push"
@@ -887,6 +926,10 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     instead of paged searches; a killed export resumes. Exit code 8 means the server could
     not be used; 9 that another job is writing the store or holds --state.
     """
+    from . import jobs
+    from .server.bulk_pull import BulkPullResult
+    from .study.definition import load_study
+
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
     client = _client(server, config, ca_bundle, timeout)
@@ -941,6 +984,9 @@ def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_v
     (0), partial failure (7), failure (8) or local data kept in conflicts with the server's
     (10; see pull).
     """
+    from . import jobs
+    from .study.definition import load_study
+
     with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
                                 "to move the rest") as progress:
         result = jobs.sync(load_study(study_path), source, target, state,
@@ -972,6 +1018,8 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
     4 when it does not (with --dry-run: when lines would have to be dropped), 9 when
     another job is writing it.
     """
+    from . import jobs
+
     result = jobs.repair(store, dry_run=dry_run)
     if as_json:
         _print_json(result)
@@ -997,7 +1045,7 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("hospital-findings"),
               show_default=True, metavar="DIR",
               help="Where the findings tables and conflicts.csv (study and hospital values side by side) are written for review.")
-@click.option("--prefer", type=click.Choice(_hospital.PREFER), default="study", show_default=True,
+@click.option("--prefer", type=click.Choice(HOSPITAL_PREFER), default="study", show_default=True,
               help="Which value wins when the store already holds a value for the subject, outcome and visit.")
 @click.option("--bulk", is_flag=True,
               help="Use one FHIR Bulk Data $export (Patient or system level) when the server declares it; paged search otherwise.")
@@ -1022,6 +1070,9 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     results counted, not used); 8 that the server could not be used (an export without a
     Patient file included); 9 that another job is writing the store.
     """
+    from . import jobs
+    from .study.definition import load_study
+
     client = _client(server, config, ca_bundle, timeout)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
                                 "rerun the same command") as progress:
@@ -1068,7 +1119,7 @@ def view_group() -> None:
 @_server_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
               help="Output file; its suffix picks the format: .parquet, .csv or .ndjson.")
-@click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default=jobs.DEFAULT_VIEW_ENGINE, show_default=True,
+@click.option("--engine", type=click.Choice(VIEW_ENGINES), default=DEFAULT_VIEW_ENGINE, show_default=True,
               help="Engine that runs the view: duckdb (embedded, one SQL query), python (the reference engine) or "
                    "spark (PySpark); all give the same table.")
 @_spark_master_option
@@ -1083,6 +1134,8 @@ def view_run_command(view: Path, source: str | None, server: str | None, ca_bund
     e.g. select[0].column[2].path); 2 that the engine cannot run here; 8 that the server could
     not be used.
     """
+    from . import jobs
+
     if source is not None and "://" not in source and not Path(source).exists():
         raise click.BadParameter(f"{source}: no such store directory or bundle file", param_hint="--store")
     location = None if source is None else source if "://" in source else Path(source)
@@ -1111,7 +1164,7 @@ _view_store_option = click.option(
 @_view_store_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="Directory to write one file per view into (created owner-only if missing).")
-@click.option("--format", "fmt", type=click.Choice(jobs.EXPORT_FORMATS), default="parquet", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="parquet", show_default=True,
               help="File format of the tables; CSV writes a collection column as a JSON array.")
 @_views_option
 @_study_option
@@ -1130,6 +1183,9 @@ def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], st
         fhir-msc export --store fhir-msc-demo/store --out tables --format parquet
         python -c "import pandas; print(pandas.read_parquet('tables/observations.parquet'))"
     """
+    from . import jobs
+    from .study.definition import load_study
+
     result = jobs.export(load_study(study_path), store, out, fmt, views)
     if as_json:
         _print_json(result)
@@ -1167,6 +1223,10 @@ def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, stud
         fhir-msc sql "SELECT s.assigned_arm, count(*) AS n FROM subjects s GROUP BY 1" \\
             --store fhir-msc-demo/store --format markdown
     """
+    from . import jobs
+    from .analysis.report import render
+    from .study.definition import load_study
+
     result = jobs.sql(load_study(study_path), query, store, views)
     table = result.table
     if as_json or fmt == "json":
@@ -1198,6 +1258,8 @@ def init_command(directory: Path, as_json: bool) -> None:
     DIR/tables/ (SYNTHETIC tables, marked so by tables/dataset.yaml) that map, analyse and
     verify as written. DIR must be new or empty: exit code 2 otherwise (init never overwrites).
     """
+    from . import jobs
+
     result = jobs.init_study(directory)
     steps = _next_steps(result, directory / "store")
     if as_json:
@@ -1228,6 +1290,9 @@ def check_command(study_file: Path, as_json: bool) -> None:
     exit code 4 if there is any. A valid file gets one line: what it declares (arms, visits,
     outcomes, published results). --json: {"file", "valid", "problems"} or what it declares.
     """
+    from .study.definition import load_study
+    from .study.problems import InvalidStudyDefinition
+
     try:
         study = load_study(study_file)
     except InvalidStudyDefinition as invalid:
