@@ -248,14 +248,15 @@ def _global_option(ctx: click.Context, param: click.Parameter, value: bool | Non
     output = ctx.ensure_object(_Output)
     if value is None or (value is False and param.name != "progress"):
         return  # not given
-    if param.name == "verbose" and not output.verbose:
-        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        ctx.call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
+    starts_logging = param.name == "verbose" and not output.verbose
     setattr(output, str(param.name), value)
     if output.quiet and output.verbose:
         raise click.UsageError("--quiet and --verbose contradict each other: give one")
+    if starts_logging:  # until the whole command line is done, even if a later option is refused
+        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        ctx.find_root().call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
 
 
 def _global_options() -> list[click.Option]:
