@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -82,10 +82,7 @@ class _Cli(_TakesGlobalOptions, click.Group):
         try:
             return super().invoke(ctx)
         except FhirMscError as exc:
-            click.echo(f"fhir-msc: error: {exc}", err=True)
-            if output.as_json:
-                _print_error(int(exc.exit_code), str(exc))
-            ctx.exit(int(exc.exit_code))
+            _exit_with(ctx, exc)
         except click.UsageError as exc:
             if output.as_json:
                 _print_error(exc.exit_code, exc.format_message())
@@ -94,6 +91,14 @@ class _Cli(_TakesGlobalOptions, click.Group):
             click.echo(f"\nfhir-msc: interrupted{output.bar.done_so_far() if output.bar else ''}.", err=True)
             click.echo(f"fhir-msc: {output.resume or 'nothing was changed: rerun the same command'}", err=True)
             ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+def _exit_with(ctx: click.Context, error: FhirMscError) -> NoReturn:
+    """End with the error's one line on stderr (and its --json document on stdout) and its exit code."""
+    click.echo(f"fhir-msc: error: {error}", err=True)
+    if ctx.ensure_object(_Output).as_json:
+        _print_error(int(error.exit_code), str(error))
+    ctx.exit(int(error.exit_code))
 
 
 def _asks_for_json(args: list[str]) -> bool:
