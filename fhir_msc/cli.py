@@ -58,7 +58,8 @@ class _Group(_TakesGlobalOptions, click.Group):
 class _Cli(_TakesGlobalOptions, click.Group):
     """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors.
 
-    With --json, a failure (a FhirMscError or a usage error) is also ``{"error": {"code", "message"}}`` on stdout.
+    With --json, a failure (a FhirMscError, a usage error, Ctrl-C) is also ``{"error": {"code", "message"}}`` on
+    stdout.
     Ctrl-C ends with what was done, how to resume, and exit code 130.
     """
 
@@ -88,8 +89,11 @@ class _Cli(_TakesGlobalOptions, click.Group):
                 _print_error(exc.exit_code, exc.format_message())
             raise
         except KeyboardInterrupt:
-            click.echo(f"\nfhir-msc: interrupted{output.bar.done_so_far() if output.bar else ''}.", err=True)
-            click.echo(f"fhir-msc: {output.resume or 'nothing was changed: rerun the same command'}", err=True)
+            done, resume = output.bar.done_so_far() if output.bar else "", output.resume or _RERUN
+            click.echo(f"\nfhir-msc: interrupted{done}.", err=True)
+            click.echo(f"fhir-msc: {resume}", err=True)
+            if output.as_json:
+                _print_error(int(ExitCode.INTERRUPTED), f"interrupted{done}: {resume}")
             ctx.exit(int(ExitCode.INTERRUPTED))
 
 

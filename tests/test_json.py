@@ -227,3 +227,14 @@ def test_a_failure_with_json_is_an_error_document_on_stdout(tmp_path):
     assert both.exit_code == ExitCode.USAGE
     assert json.loads(both.stdout) == {"error": {"code": 2, "message": "give exactly one of --store PATH or --server URL"}}
     assert invoke("analyze", "--store", str(empty)).stdout == ""  # without --json, stdout stays empty
+
+
+def test_ctrl_c_with_json_is_an_error_document_with_exit_130(tmp_path, monkeypatch):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fhir_msc.jobs.validate", interrupted)
+    result = invoke("validate", str(tmp_path), "--json")
+    assert result.exit_code == ExitCode.INTERRUPTED == 130
+    assert json.loads(result.stdout) == {"error": {"code": 130, "message": "interrupted: nothing was changed: rerun the same command"}}
+    assert result.stderr.endswith("\nfhir-msc: interrupted.\nfhir-msc: nothing was changed: rerun the same command\n")
