@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -41,23 +41,78 @@ if TYPE_CHECKING:
 MAX_SHOWN = 20
 
 
-class _Cli(click.Group):
+class _TakesGlobalOptions(click.Command):
+    """A command that takes the global options (-q, -v, --progress) after its name too, with the same meaning."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
+
+
+class _Group(_TakesGlobalOptions, click.Group):
+    """A group of commands (``view``): it and each of its commands take the global options."""
+
+    command_class = _TakesGlobalOptions
+
+
+class _Cli(_TakesGlobalOptions, click.Group):
     """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors.
 
+    With --json, a failure (a FhirMscError, a usage error, Ctrl-C) is also ``{"error": {"code", "message"}}`` on
+    stdout.
     Ctrl-C ends with what was done, how to resume, and exit code 130.
     """
 
+    command_class = _TakesGlobalOptions
+    group_class = _Group
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        as_json = _asks_for_json(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if as_json:
+                _print_error(exc.exit_code, exc.format_message())
+            raise
+        ctx.ensure_object(_Output).as_json = as_json
+        return ctx
+
     def invoke(self, ctx: click.Context) -> Any:
+        output = ctx.ensure_object(_Output)
         try:
             return super().invoke(ctx)
         except FhirMscError as exc:
-            click.echo(f"fhir-msc: error: {exc}", err=True)
-            ctx.exit(int(exc.exit_code))
+            _exit_with(ctx, exc)
+        except click.UsageError as exc:
+            if output.as_json:
+                _print_error(exc.exit_code, exc.format_message())
+            raise
         except KeyboardInterrupt:
-            output = ctx.find_object(_Output) or _Output()
-            click.echo(f"\nfhir-msc: interrupted{output.bar.done_so_far() if output.bar else ''}.", err=True)
-            click.echo(f"fhir-msc: {output.resume or 'nothing was changed: rerun the same command'}", err=True)
+            done, resume = output.bar.done_so_far() if output.bar else "", output.resume or _RERUN
+            click.echo(f"\nfhir-msc: interrupted{done}.", err=True)
+            click.echo(f"fhir-msc: {resume}", err=True)
+            if output.as_json:
+                _print_error(int(ExitCode.INTERRUPTED), f"interrupted{done}: {resume}")
             ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+def _exit_with(ctx: click.Context, error: FhirMscError) -> NoReturn:
+    """End with the error's one line on stderr (and its --json document on stdout) and its exit code."""
+    click.echo(f"fhir-msc: error: {error}", err=True)
+    if ctx.ensure_object(_Output).as_json:
+        _print_error(int(error.exit_code), str(error))
+    ctx.exit(int(error.exit_code))
+
+
+def _asks_for_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options of a command line (those before a ``--``)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def _print_error(code: int, message: str) -> None:
+    """A failure as the --json document ``{"error": {"code": EXIT_CODE, "message": …}}`` on stdout."""
+    _print_json({"error": {"code": code, "message": message}})
 
 
 class _Bar(Progress):
@@ -106,7 +161,9 @@ class _Output:
     """The global output options, and the current job's progress and resume hint."""
 
     quiet: bool = False
+    verbose: bool = False
     progress: bool | None = None  # None: shown when stderr is a terminal
+    as_json: bool = False  # --json given: failures are JSON on stdout too
     bar: _Bar | None = None
     resume: str = ""
 
@@ -195,14 +252,36 @@ _version_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 
 
+def _global_option(ctx: click.Context, param: click.Parameter, value: bool | None) -> None:
+    """Record -q, -v or --progress/--no-progress, given before or after the command (the last one given wins)."""
+    output = ctx.ensure_object(_Output)
+    if value is None or (value is False and param.name != "progress"):
+        return  # not given
+    starts_logging = param.name == "verbose" and not output.verbose
+    setattr(output, str(param.name), value)
+    if output.quiet and output.verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other: give one")
+    if starts_logging:  # until the whole command line is done, even if a later option is refused
+        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        ctx.find_root().call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
+
+
+def _global_options() -> list[click.Option]:
+    return [
+        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, callback=_global_option,
+                     help="Print only errors and the result."),
+        click.Option(["--verbose", "-v"], is_flag=True, expose_value=False, callback=_global_option,
+                     help="Log each step and HTTP request on stderr (never credentials)."),
+        click.Option(["--progress/--no-progress"], default=None, expose_value=False, callback=_global_option,
+                     help="Show or hide the progress bar (total, percent, ETA) on stderr; default: shown on a terminal."),
+    ]
+
+
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fhir-msc")
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the result.")
-@click.option("--verbose", "-v", is_flag=True, help="Log each step and HTTP request on stderr (never credentials).")
-@click.option("--progress/--no-progress", default=None,
-              help="Show or hide the progress bar (total, percent, ETA) on stderr; default: shown on a terminal.")
-@click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) -> None:
+def main() -> None:
     """Clinical-trial tables ↔ FHIR: map, validate, move between servers, and reproduce the paper.
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
@@ -212,20 +291,16 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
     `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
     job, says what was done and how to resume, and exits with 130.
 
+    The options below (-q, -v, --progress) may also follow the command, e.g.
+    `fhir-msc analyze --store DIR -q`, with the same meaning. With --json, a failure
+    prints {"error": {"code": EXIT_CODE, "message": ...}} on stdout too.
+
     Exit codes, the same for every command: 0 ok, 1 internal error (a bug), 2 bad usage,
     3 some rows rejected, 4 input or study definition unusable, 5 FHIR validation failed,
     6 round trip lossy or a published result not reproduced, 7 some resources failed on a
     server, 8 server unusable, 9 another job is writing the same store or --state, 10 a
     pull kept local data that differs from the server's, 130 interrupted.
     """
-    if quiet and verbose:
-        raise click.UsageError("--quiet and --verbose contradict each other: give one")
-    ctx.obj = _Output(quiet=quiet, progress=progress)
-    if verbose:
-        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        ctx.call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
 
 
 @main.command("map")
@@ -1206,7 +1281,8 @@ SQL_FORMATS = ("table", "csv", "markdown", "json")
 @_view_store_option
 @_views_option
 @click.option("--format", "fmt", type=click.Choice(SQL_FORMATS), default="table", show_default=True,
-              help="Output format of the result; json is the same document as --json.")
+              help="Output format of the result; csv is that of `export --format csv` (lists and objects as JSON, "
+                   "true/false), json the same document as --json.")
 @_study_option
 @_json_option
 def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path, as_json: bool) -> None:
@@ -1225,18 +1301,21 @@ def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, stud
     """
     from . import jobs
     from .analysis.report import render
+    from .analysis.views.output import csv_text
     from .study.definition import load_study
 
     result = jobs.sql(load_study(study_path), query, store, views)
     table = result.table
     if as_json or fmt == "json":
         _print_json({"columns": table.column_names, "rows": [_to_jsonable_cells(row) for row in table.to_pylist()]})
+    elif fmt == "csv":
+        click.echo(csv_text(table), nl=False)
     else:
         frame = table.to_pandas()
-        for name in frame.columns:  # lists as JSON arrays, as in the exported CSV
+        for name in frame.columns:  # lists as JSON arrays, as in the CSV
             if frame[name].map(lambda v: isinstance(v, (list, dict))).any():
                 frame[name] = frame[name].map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
-        click.echo(render(frame, fmt).rstrip("\n") if len(frame) or fmt == "csv" else " | ".join(table.column_names))
+        click.echo(render(frame, fmt).rstrip("\n") if len(frame) else " | ".join(table.column_names))
     _info(f"{table.num_rows:,} rows", err=True)
 
 
