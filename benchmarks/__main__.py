@@ -22,6 +22,13 @@ from .cohort import CACHE, scaled_cohort
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from loopback import LoopbackServer  # noqa: E402
 
+# Whole processes started afresh, timed from outside: (what is measured, case, command, target seconds of the median)
+STARTUP = [
+    ("start-up: fhir-msc --help", "help", [str(Path(sys.executable).with_name("fhir-msc")), "--help"], 0.3),
+    ("start-up: import fhir_msc", "import", [sys.executable, "-c", "import fhir_msc"], 0.5),
+]
+STARTUP_FLOOR = ("python -c pass", [sys.executable, "-c", "pass"])  # the interpreter alone
+STARTUP_RUNS = 3  # counted runs of each, after one that is not (also with --quick: each takes well under a second)
 # (what is compared, fhir-msc case, peer or floor case, target, largest size the case runs at)
 LOCAL = [
     ("map, validation off vs orjson floor", "map", "floor-json", "within 3x of floor", None),
@@ -86,6 +93,33 @@ def repeated(case: str, tables: Path, store: Path, repeat: int, server_for_run=N
     return _summary(case, runs)
 
 
+# Starts ARGV with its output thrown away, waits, prints its wall and CPU seconds, peak RSS and exit code as JSON. It
+# runs in a fresh interpreter because a child's peak RSS starts at its parent's (kept across fork and exec): the
+# floor is this small launcher's, not the benchmark's.
+_LAUNCHER = """import json, os, sys, time
+started = time.perf_counter()
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_mb": usage.ru_maxrss / 1024, "exit": os.waitstatus_to_exitcode(status)}))"""
+
+
+def whole_process(case: str, argv: list[str]) -> dict:
+    """``argv`` run STARTUP_RUNS times after an uncounted warm-up, each timed from outside as a whole process."""
+    runs = []
+    for counted in (False, *[True] * STARTUP_RUNS):
+        load = os.getloadavg()[0]
+        done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True)
+        child = json.loads(done.stdout) if done.returncode == 0 else {"exit": done.returncode}
+        code = child.pop("exit")
+        if code != 0:
+            lines = done.stderr.strip().splitlines()
+            return {"case": case, "error": lines[-1] if lines else f"exit {code}", "load": load}
+        if counted:
+            runs.append({"case": case, "items": 1, "load": load, **child})
+    return _summary(case, runs)
+
+
 def _summary(case: str, runs: list[dict]) -> dict:
     """Median time and largest peak RSS of the successful runs (the first error if none succeeded)."""
     ok = [r for r in runs if "error" not in r]
@@ -145,7 +179,7 @@ def print_table(rows: list[dict]) -> None:
         cpu_ratio = f"{r['cpu_ratio']:.2f}x" if r.get("cpu_ratio") else ""
         load = "/".join(f"{max(side['load']) if isinstance(side['load'], list) else side['load']:.1f}"
                         for side in (ours, peer) if side and "load" in side)
-        print(f"{r['comparison']:<44} {r['subjects']:>8} {ours_s:>10} {_cpu(ours):>7} {ours.get('peak_rss_mb', 0):>7.0f} "
+        print(f"{r['comparison']:<44} {r['subjects'] or '':>8} {ours_s:>10} {_cpu(ours):>7} {ours.get('peak_rss_mb', 0):>7.0f} "
               f"{(r['peer_case'] or ''):<26} {peer_s:>8} {_cpu(peer):>7} {peer.get('peak_rss_mb', 0) if peer else 0:>7.0f} "
               f"{ratio:>9} {cpu_ratio:>7} {load:>9}  {r['target']}")
     for r in rows:
@@ -160,7 +194,8 @@ def _cpu(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100 subjects, fhir-msc only, one run each: under a minute.")
+    parser.add_argument("--quick", action="store_true",
+                        help="100 subjects, fhir-msc only, one run each (start-up: median of 3): under a minute.")
     parser.add_argument("--sizes", default="100,1000,10000", help="Cohort sizes (subjects, multiples of 100) for local cases.")
     parser.add_argument("--server-sizes", default="100", help="Cohort sizes for push/pull against the loopback server.")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per case up to 1,000 subjects (once above); median time reported.")
@@ -182,6 +217,12 @@ def main() -> None:
     only = {case for case in args.cases.split(",") if case}
     print(f"machine: {machine()}\n")
     rows = []
+    for label, case, argv, limit in STARTUP:
+        if (only and case not in only) or case in skip:
+            continue
+        ours = measured(case, 0, lambda: whole_process(case, argv))
+        floor = None if args.quick else measured(STARTUP_FLOOR[0], 0, lambda: whole_process(*STARTUP_FLOOR))
+        rows.append(row(label, 0, ours, STARTUP_FLOOR[0] if floor else None, floor, f"median <= {limit} s"))
     for size in sizes:
         tables = scaled_cohort(size)
         store = mapped_store(tables, size)
@@ -225,11 +266,16 @@ def main() -> None:
 
 
 def targets(done: dict[tuple[str, int], dict]) -> list[str]:
-    """Issue 12's analyze targets, computed from this run's results (one line each; only what was run)."""
+    """The start-up targets and issue 12's analyze targets, computed from this run's results (one line each; only what was run)."""
     def get(case: str, size: int, key: str = "seconds") -> float | None:
         return done.get((case, size), {}).get(key)
 
     lines = []
+    for label, case, _, limit in STARTUP:
+        seconds = get(case, 0)
+        if seconds is not None:
+            lines.append(f"{label}: median {seconds:.2f} s of {STARTUP_RUNS} runs (target <= {limit} s): "
+                         f"{'met' if seconds <= limit else 'missed'}")
     projected = get("analyze-duckdb-projected", 100000)
     if projected is not None:
         lines.append(f"analyze M36 at 100k with projection: {projected:.2f} s (target < 2 s): {'met' if projected < 2 else 'missed'}")

@@ -19,63 +19,108 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import jobs
+# Only what the options need is imported here; the jobs, the formatting and what they load (pandas, DuckDB, the
+# HTTP client, the study model) are imported inside the commands, so that --help loads click and the options alone.
 from .account import Account
-from .analysis.adverse_events import incidence_json, incidence_table
-from .analysis.export import account_json, analyze_json, verify_json
-from .analysis.report import (
-    FORMATS,
-    comparison_table,
-    comparisons_summary,
-    forest_plot,
-    render,
-    verification_table,
-)
+from .analysis.options import DEFAULT_ENGINE, DEFAULT_VIEW_ENGINE, ENGINES, EXPORT_FORMATS, FORMATS, VIEW_ENGINES
 from .errors import ExitCode, FhirMscError, NoAccess
-from .fhir.unmapping import NOT_ASKED, NOT_READ
-from .fhir.validate import ValidationReport
 from .fhir.versions import VERSIONS, get_version
 from .progress import Progress
-from .server import hospital as _hospital
-from .server.bulk_pull import BulkPullResult
-from .server.client import connect, load_config
-from .server.sync import METHODS, PREFER
-from .study.definition import DEFAULT_STUDY, Study, load_study
-from .study.problems import InvalidStudyDefinition
+from .server.options import HOSPITAL_PREFER, METHODS, PREFER
+from .study.shipped import DEFAULT_STUDY
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from . import jobs
+    from .fhir.validate import ValidationReport
+    from .study.definition import Study
 
 MAX_SHOWN = 20
 
 
-class _Cli(click.Group):
+class _TakesGlobalOptions(click.Command):
+    """A command that takes the global options (-q, -v, --progress) after its name too, with the same meaning."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
+
+
+class _Group(_TakesGlobalOptions, click.Group):
+    """A group of commands (``view``): it and each of its commands take the global options."""
+
+    command_class = _TakesGlobalOptions
+
+
+class _Cli(_TakesGlobalOptions, click.Group):
     """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors. A file or
     directory fhir-msc may not read or write (permission denied, a read-only file system) is one line too (exit 11).
 
+    With --json, a failure (a FhirMscError, a usage error, Ctrl-C) is also ``{"error": {"code", "message"}}`` on
+    stdout.
     Ctrl-C ends with what was done, how to resume, and exit code 130.
     """
 
+    command_class = _TakesGlobalOptions
+    group_class = _Group
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        as_json = _asks_for_json(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if as_json:
+                _print_error(exc.exit_code, exc.format_message())
+            raise
+        ctx.ensure_object(_Output).as_json = as_json
+        return ctx
+
     def invoke(self, ctx: click.Context) -> Any:
+        output = ctx.ensure_object(_Output)
         try:
             return super().invoke(ctx)
         except FhirMscError as exc:
-            click.echo(f"fhir-msc: error: {exc}", err=True)
-            ctx.exit(int(exc.exit_code))
+            _exit_with(ctx, exc)
         except OSError as exc:
             denied = NoAccess.of(exc)
             if denied is None:
                 raise
-            click.echo(f"fhir-msc: error: {denied}", err=True)
-            ctx.exit(int(denied.exit_code))
+            _exit_with(ctx, denied)
+        except click.UsageError as exc:
+            if output.as_json:
+                _print_error(exc.exit_code, exc.format_message())
+            raise
         except KeyboardInterrupt:
-            output = ctx.find_object(_Output) or _Output()
-            click.echo(f"\nfhir-msc: interrupted{output.bar.done_so_far() if output.bar else ''}.", err=True)
-            click.echo(f"fhir-msc: {output.resume or 'nothing was changed: rerun the same command'}", err=True)
+            done, resume = output.bar.done_so_far() if output.bar else "", output.resume or _RERUN
+            click.echo(f"\nfhir-msc: interrupted{done}.", err=True)
+            click.echo(f"fhir-msc: {resume}", err=True)
+            if output.as_json:
+                _print_error(int(ExitCode.INTERRUPTED), f"interrupted{done}: {resume}")
             ctx.exit(int(ExitCode.INTERRUPTED))
+
+
+def _exit_with(ctx: click.Context, error: FhirMscError) -> NoReturn:
+    """End with the error's one line on stderr (and its --json document on stdout) and its exit code."""
+    click.echo(f"fhir-msc: error: {error}", err=True)
+    if ctx.ensure_object(_Output).as_json:
+        _print_error(int(error.exit_code), str(error))
+    ctx.exit(int(error.exit_code))
+
+
+def _asks_for_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options of a command line (those before a ``--``)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def _print_error(code: int, message: str) -> None:
+    """A failure as the --json document ``{"error": {"code": EXIT_CODE, "message": …}}`` on stdout."""
+    _print_json({"error": {"code": code, "message": message}})
 
 
 class _Bar(Progress):
@@ -91,6 +136,8 @@ class _Bar(Progress):
         self.close()
         self.label, self.total, self.unit, self.done = label, total, unit, 0
         if self.active:
+            from tqdm import tqdm
+
             in_bytes = unit == "B"
             self._bar = tqdm(desc=label, total=total, unit="B" if in_bytes else f" {unit}", unit_scale=in_bytes,
                              unit_divisor=1024, file=sys.stderr, leave=False, dynamic_ncols=True)
@@ -122,7 +169,9 @@ class _Output:
     """The global output options, and the current job's progress and resume hint."""
 
     quiet: bool = False
+    verbose: bool = False
     progress: bool | None = None  # None: shown when stderr is a terminal
+    as_json: bool = False  # --json given: failures are JSON on stdout too
     bar: _Bar | None = None
     resume: str = ""
 
@@ -186,6 +235,8 @@ def _progress(enabled: bool, resume: str) -> Iterator[_Bar]:
 
     ``resume`` tells the user what to do if they interrupt the job.
     """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     output = _output()
     shown = enabled and not output.quiet and (output.progress if output.progress is not None else sys.stderr.isatty())
     output.bar, output.resume = _Bar(shown), resume
@@ -211,6 +262,8 @@ _demo_study_option = click.option(
 
 def _study(study_path: Path | None, store: Path | None = None, *, recording: bool = False) -> Study:
     """The study definition of a command on ``store`` (see jobs.choose_study); its notes on stderr (not with --quiet)."""
+    from . import jobs
+
     choice = jobs.choose_study(study_path, store, recording=recording)
     for note in choice.notes:
         _info(f"note: {note}", err=True)
@@ -223,14 +276,36 @@ _version_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 
 
+def _global_option(ctx: click.Context, param: click.Parameter, value: bool | None) -> None:
+    """Record -q, -v or --progress/--no-progress, given before or after the command (the last one given wins)."""
+    output = ctx.ensure_object(_Output)
+    if value is None or (value is False and param.name != "progress"):
+        return  # not given
+    starts_logging = param.name == "verbose" and not output.verbose
+    setattr(output, str(param.name), value)
+    if output.quiet and output.verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other: give one")
+    if starts_logging:  # until the whole command line is done, even if a later option is refused
+        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        ctx.find_root().call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
+
+
+def _global_options() -> list[click.Option]:
+    return [
+        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, callback=_global_option,
+                     help="Print only errors and the result."),
+        click.Option(["--verbose", "-v"], is_flag=True, expose_value=False, callback=_global_option,
+                     help="Log each step and HTTP request on stderr (never credentials)."),
+        click.Option(["--progress/--no-progress"], default=None, expose_value=False, callback=_global_option,
+                     help="Show or hide the progress bar (total, percent, ETA) on stderr; default: shown on a terminal."),
+    ]
+
+
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fhir-msc")
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the result.")
-@click.option("--verbose", "-v", is_flag=True, help="Log each step and HTTP request on stderr (never credentials).")
-@click.option("--progress/--no-progress", default=None,
-              help="Show or hide the progress bar (total, percent, ETA) on stderr; default: shown on a terminal.")
-@click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) -> None:
+def main() -> None:
     """Clinical-trial tables ↔ FHIR: map, validate, move between servers, and reproduce the paper.
 
     Start with `fhir-msc demo`: it maps the synthetic NCT04288102 cohort into an
@@ -240,6 +315,10 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
     `hospital-pull` for servers, `analyze` / `verify` for the statistics. Ctrl-C stops a
     job, says what was done and how to resume, and exits with 130.
 
+    The options below (-q, -v, --progress) may also follow the command, e.g.
+    `fhir-msc analyze --store DIR -q`, with the same meaning. With --json, a failure
+    prints {"error": {"code": EXIT_CODE, "message": ...}} on stdout too.
+
     Exit codes, the same for every command: 0 ok, 1 internal error (a bug), 2 bad usage,
     3 some rows rejected, 4 input or study definition unusable, 5 FHIR validation failed,
     6 round trip lossy or a published result not reproduced, 7 some resources failed on a
@@ -247,14 +326,6 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool | None) 
     pull kept local data that differs from the server's, 11 a file or directory could not be
     read or written (permissions, a read-only file system), 130 interrupted.
     """
-    if quiet and verbose:
-        raise click.UsageError("--quiet and --verbose contradict each other: give one")
-    ctx.obj = _Output(quiet=quiet, progress=progress)
-    if verbose:
-        logger, handler = logging.getLogger("fhir_msc"), _LogToStderr()
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        ctx.call_on_close(lambda: (logger.removeHandler(handler), logger.setLevel(logging.NOTSET)))
 
 
 @main.command("map")
@@ -276,12 +347,14 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     what to do) and kept in the rejects directory with a REJECT_REASON column. Fix them
     there and replay: `fhir-msc map STORE/rejects --store STORE`. Columns the study does not
     read are named in the account. A store records the study definition: later commands on
-    it need no --study, and refuse another. Mapping the same tables again changes nothing.
-    Exit code 3 means some rows were rejected; 4 that a whole table was unusable (wrong
-    header, empty): its rows are in the rejects, the other tables were mapped; 2 that the
-    store records another study; 9 that another job is writing the store; 11 that a
+    it need no --study, and refuse another study's. Mapping the same tables again changes
+    nothing. Exit code 3 means some rows were rejected; 4 that a whole table was unusable
+    (wrong header, empty): its rows are in the rejects, the other tables were mapped; 2 that
+    the store records another study; 9 that another job is writing the store; 11 that a
     directory cannot be written.
     """
+    from . import jobs
+
     study = _study(study_path, store, recording=True)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
                                 "rerun the same command") as progress:
@@ -352,6 +425,9 @@ def unmap_command(source: Path, out: Path, fmt: str, study_path: Path | None, as
     Every resource read is used or skipped, by reason; the account is printed (and is in
     --json). Exit code 4 means SOURCE or the study definition could not be read.
     """
+    from . import jobs
+    from .fhir.unmapping import NOT_READ
+
     study = _study(study_path, source)
     with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
         result = jobs.unmap(study, source, out, progress, fmt)
@@ -385,6 +461,8 @@ def _echo_skipped(label: str, account: Account, leave_out: tuple[str, ...] = ())
 
 def _echo_observations(account: Account) -> None:
     """The Observations' account on stderr when any was dropped for a reason other than the visits asked for."""
+    from .fhir.unmapping import NOT_ASKED
+
     if any(reason != NOT_ASKED for reason in account.skipped):
         click.echo(f"Observations: {account.describe('in the frame')}", err=True)
         _echo_skipped("  dropped:", account, leave_out=(NOT_ASKED,))
@@ -401,6 +479,8 @@ def validate_command(source: Path, fhir_version: str, as_json: bool) -> None:
 
     Exit code 5 means at least one resource is invalid; 4 that SOURCE could not be read.
     """
+    from . import jobs
+
     if fhir_version.lower() == "auto":
         version, evidence = jobs.detect_version(source)
         _info(f"FHIR {version.name} detected ({evidence})", err=True)
@@ -446,6 +526,9 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path | None, as
     study's tables. Exit code 5 means a resource failed validation; 6 that the round trip
     lost something (rejected rows included) or a published result was not reproduced.
     """
+    from . import jobs
+    from .study.definition import load_study
+
     if tables is not None and study_path is None:
         _info(f"note: no --study given: running {tables} with the bundled definition ({DEFAULT_STUDY}); "
               "pass --study FILE for another study's tables", err=True)
@@ -483,6 +566,8 @@ def _remember_insecure_http(ctx: click.Context, _param: click.Parameter, value: 
 
 def _config_defaults(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """Options that read an environment variable take their default from the config file's key of that name."""
+    from .server.client import load_config
+
     settings = load_config(path)
     defaults = {p.name: settings[p.envvar] for p in ctx.command.params
                 if isinstance(p.envvar, str) and p.envvar in settings and p is not param}
@@ -515,6 +600,8 @@ _state_option = click.option(
 
 
 def _client(server: str, config: str | None, ca_bundle: str | None, timeout: float):
+    from .server.client import connect
+
     insecure_http = click.get_current_context().meta.get(_INSECURE_HTTP, False)
     return connect(server, config=config, ca_bundle=ca_bundle, timeout=timeout, insecure_http=insecure_http)
 
@@ -530,7 +617,7 @@ def _source(source: Path | None, server: str | None, config, ca_bundle, timeout)
 
 
 _engine_option = click.option(
-    "--engine", type=click.Choice(jobs.ENGINES), default=jobs.DEFAULT_ENGINE, show_default=True,
+    "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
     help="What builds the analysis frame: duckdb (the embedded default) runs the shipped SQL-on-FHIR "
          "ViewDefinitions and joins them in SQL, spark runs those views in Spark (local mode unless --spark-master) "
          "and joins them in DuckDB, python (the reference engine) reads the resources one by one; all give the same "
@@ -577,6 +664,11 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     Exit code 4 means the data hold no findings of the study's subjects, or --visit or
     --outcome is unknown; 8 that the server could not be used.
     """
+    from . import jobs
+    from .analysis.adverse_events import incidence_json, incidence_table
+    from .analysis.export import analyze_json
+    from .analysis.report import comparison_table, comparisons_summary, forest_plot, render
+
     where = _source(source, server, config, ca_bundle, timeout)
     study = _study(study_path, source)
     unused: list[str] = []
@@ -627,6 +719,10 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     data hold no findings of the study's subjects, 8 if the server could not be used.
     --json follows fhir_msc/schemas/verify.schema.json.
     """
+    from . import jobs
+    from .analysis.export import verify_json
+    from .analysis.report import render, verification_table
+
     where = _source(source, server, config, ca_bundle, timeout)
     study = _study(study_path, source)
     unused: list[str] = []
@@ -670,6 +766,8 @@ def report_command(source: Path | None, server: str | None, ca_bundle: str | Non
     findings of the study's subjects; 6 that a published result was not reproduced (the
     report is written all the same); 8 that the server could not be used.
     """
+    from . import jobs
+
     where = _source(source, server, config, ca_bundle, timeout)
     study = _study(study_path, source)
     unused: list[str] = []
@@ -709,6 +807,9 @@ def derive_command(store: Path, study_path: Path | None, as_json: bool) -> None:
     if the study declares no derived endpoints or the store holds no findings of its
     subjects, 9 if another job is writing the store.
     """
+    from . import jobs
+    from .analysis.export import account_json
+
     study = _study(study_path, store)
     with _progress(not as_json, _RERUN) as progress:
         result = jobs.derive(study, store, progress)
@@ -727,6 +828,9 @@ def derive_command(store: Path, study_path: Path | None, as_json: bool) -> None:
 
 
 def _echo_demo(result: jobs.DemoResult) -> None:
+    from .analysis.adverse_events import incidence_table
+    from .analysis.report import render, verification_table
+
     _info(f"store: {result.store}")
     _info(f"bundle: {result.bundle}")
     note = " (synthetic data, tagged HTEST)" if result.mapped.synthetic else ""
@@ -762,6 +866,8 @@ def _echo_demo(result: jobs.DemoResult) -> None:
 
 def _demo_json(study: Study, result: jobs.DemoResult) -> dict[str, Any]:
     """Everything the demo did; its ``verify`` part follows verify.schema.json, ``validation`` validate.schema.json."""
+    from .analysis.export import verify_json
+
     return {
         "workdir": str(result.workdir), "store": str(result.store), "bundle": str(result.bundle),
         "mapped": {**_to_jsonable(result.mapped), "total": result.mapped.total},
@@ -892,6 +998,8 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     failed or are still missing, 8 if the server could not be used, 9 if another job holds
     --state.
     """
+    from . import jobs
+
     if dry_run + verify + full > 1:
         raise click.UsageError("give at most one of --dry-run, --verify and --full")
     mode = "dry-run" if dry_run else "verify" if verify else "full" if full else "push"
@@ -936,6 +1044,9 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     instead of paged searches; a killed export resumes. Exit code 8 means the server could
     not be used; 9 that another job is writing the store or holds --state.
     """
+    from . import jobs
+    from .server.bulk_pull import BulkPullResult
+
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
     client = _client(server, config, ca_bundle, timeout)
@@ -991,6 +1102,8 @@ def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_v
     (0), partial failure (7), failure (8) or local data kept in conflicts with the server's
     (10; see pull).
     """
+    from . import jobs
+
     clients = {url: _client(url, config, ca_bundle, timeout) for url in (source, target) if jobs.is_server(url)}
     local = target if not jobs.is_server(target) else source if not jobs.is_server(source) else None
     study = _study(study_path, Path(local) if local else None, recording=local == target)
@@ -1024,6 +1137,8 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
     4 when it does not (with --dry-run: when lines would have to be dropped), 9 when
     another job is writing it.
     """
+    from . import jobs
+
     result = jobs.repair(store, dry_run=dry_run)
     if as_json:
         _print_json(result)
@@ -1049,7 +1164,7 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("hospital-findings"),
               show_default=True, metavar="DIR",
               help="Where the findings tables and conflicts.csv (study and hospital values side by side) are written for review.")
-@click.option("--prefer", type=click.Choice(_hospital.PREFER), default="study", show_default=True,
+@click.option("--prefer", type=click.Choice(HOSPITAL_PREFER), default="study", show_default=True,
               help="Which value wins when the store already holds a value for the subject, outcome and visit.")
 @click.option("--bulk", is_flag=True,
               help="Use one FHIR Bulk Data $export (Patient or system level) when the server declares it; paged search otherwise.")
@@ -1075,6 +1190,8 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     results counted, not used); 8 that the server could not be used (an export without a
     Patient file included); 9 that another job is writing the store.
     """
+    from . import jobs
+
     client = _client(server, config, ca_bundle, timeout)
     study = _study(study_path, store, recording=True)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
@@ -1122,7 +1239,7 @@ def view_group() -> None:
 @_server_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
               help="Output file; its suffix picks the format: .parquet, .csv or .ndjson.")
-@click.option("--engine", type=click.Choice(jobs.VIEW_ENGINES), default=jobs.DEFAULT_VIEW_ENGINE, show_default=True,
+@click.option("--engine", type=click.Choice(VIEW_ENGINES), default=DEFAULT_VIEW_ENGINE, show_default=True,
               help="Engine that runs the view: duckdb (embedded, one SQL query), python (the reference engine) or "
                    "spark (PySpark); all give the same table.")
 @_spark_master_option
@@ -1137,6 +1254,8 @@ def view_run_command(view: Path, source: str | None, server: str | None, ca_bund
     e.g. select[0].column[2].path); 2 that the engine cannot run here; 8 that the server could
     not be used.
     """
+    from . import jobs
+
     if source is not None and "://" not in source and not Path(source).exists():
         raise click.BadParameter(f"{source}: no such store directory or bundle file", param_hint="--store")
     location = None if source is None else source if "://" in source else Path(source)
@@ -1165,7 +1284,7 @@ _view_store_option = click.option(
 @_view_store_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="Directory to write one file per view into (created owner-only if missing).")
-@click.option("--format", "fmt", type=click.Choice(jobs.EXPORT_FORMATS), default="parquet", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="parquet", show_default=True,
               help="File format of the tables; CSV writes a collection column as a JSON array.")
 @_views_option
 @_study_option
@@ -1185,6 +1304,8 @@ def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], st
         fhir-msc export --store fhir-msc-demo/store --out tables --format parquet
         python -c "import pandas; print(pandas.read_parquet('tables/observations.parquet'))"
     """
+    from . import jobs
+
     result = jobs.export(_study(study_path, store), store, out, fmt, views)
     if as_json:
         _print_json(result)
@@ -1205,7 +1326,8 @@ SQL_FORMATS = ("table", "csv", "markdown", "json")
 @_view_store_option
 @_views_option
 @click.option("--format", "fmt", type=click.Choice(SQL_FORMATS), default="table", show_default=True,
-              help="Output format of the result; json is the same document as --json.")
+              help="Output format of the result; csv is that of `export --format csv` (lists and objects as JSON, "
+                   "true/false), json the same document as --json.")
 @_study_option
 @_json_option
 def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path | None,
@@ -1223,16 +1345,22 @@ def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, stud
         fhir-msc sql "SELECT s.assigned_arm, count(*) AS n FROM subjects s GROUP BY 1" \\
             --store fhir-msc-demo/store --format markdown
     """
+    from . import jobs
+    from .analysis.report import render
+    from .analysis.views.output import csv_text
+
     result = jobs.sql(_study(study_path, store), query, store, views)
     table = result.table
     if as_json or fmt == "json":
         _print_json({"columns": table.column_names, "rows": [_to_jsonable_cells(row) for row in table.to_pylist()]})
+    elif fmt == "csv":
+        click.echo(csv_text(table), nl=False)
     else:
         frame = table.to_pandas()
-        for name in frame.columns:  # lists as JSON arrays, as in the exported CSV
+        for name in frame.columns:  # lists as JSON arrays, as in the CSV
             if frame[name].map(lambda v: isinstance(v, (list, dict))).any():
                 frame[name] = frame[name].map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
-        click.echo(render(frame, fmt).rstrip("\n") if len(frame) or fmt == "csv" else " | ".join(table.column_names))
+        click.echo(render(frame, fmt).rstrip("\n") if len(frame) else " | ".join(table.column_names))
     _info(f"{table.num_rows:,} rows", err=True)
 
 
@@ -1254,6 +1382,8 @@ def init_command(directory: Path, as_json: bool) -> None:
     DIR/tables/ (SYNTHETIC tables, marked so by tables/dataset.yaml) that map, analyse and
     verify as written. DIR must be new or empty: exit code 2 otherwise (init never overwrites).
     """
+    from . import jobs
+
     result = jobs.init_study(directory)
     steps = _next_steps(result, directory / "store")
     if as_json:
@@ -1285,6 +1415,9 @@ def check_command(study_file: Path, as_json: bool) -> None:
     exit code 4 if there is any. A valid file gets one line: what it declares (arms, visits,
     outcomes, published results). --json: {"file", "valid", "problems"} or what it declares.
     """
+    from .study.definition import load_study
+    from .study.problems import InvalidStudyDefinition
+
     try:
         study = load_study(study_file)
     except InvalidStudyDefinition as invalid:

@@ -29,6 +29,7 @@ from .analysis.adverse_events import (
     published_pairs,
 )
 from .analysis.frame import Comparison, Verification
+from .analysis.options import DEFAULT_ENGINE, DEFAULT_VIEW_ENGINE, ENGINES, EXPORT_FORMATS, VIEW_ENGINES
 from .analysis.outcomes import time_to_event
 from .analysis.export import analyze_json
 from .analysis.report import write_report
@@ -347,10 +348,6 @@ def validate(source: Path, version: FhirVersion | None = None, progress: Progres
     resources = list(opened.read_all())
     progress.start(f"validating ({version.name})", len(resources))
     return dataclasses.replace(validate_resources(resources, version, progress.advance), not_used=not_used(opened))
-
-
-ENGINES = ("duckdb", "python", "spark")  # the shipped ViewDefinitions in DuckDB or in Spark (joined in DuckDB), or Python
-DEFAULT_ENGINE = "duckdb"  # python: the reference engine the others are tested against
 
 
 def analysis_frame(study: Study, source: Path | FhirClient, visits: list[str] | None = None,
@@ -877,10 +874,6 @@ def demo(study: Study, workdir: Path, tables: Path = DEMO_TABLES, progress: Prog
                       examples=tuple(shown))
 
 
-VIEW_ENGINES = ["duckdb", "python", "spark"]  # --engine choices of `view run`; identical tables
-DEFAULT_VIEW_ENGINE = "duckdb"
-
-
 @dataclass(frozen=True, kw_only=True)
 class ViewRunResult:
     """A view written to a file: its rows and columns, resources read per type, and those skipped with why."""
@@ -960,9 +953,6 @@ def _spark_view(view: ViewDefinition, source: Path | str | FhirClient, out: Path
              else spark_engine.run_view_on_resources(session, view, resources, run))
     write_table(table, out)
     return table.num_rows
-
-
-EXPORT_FORMATS = ("parquet", "csv")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -185,6 +185,23 @@ def test_verbose_logs_steps_and_requests_but_no_credentials(fhir_server, tmp_pat
     assert invoke("-q", "-v", "validate", str(tmp_path)).exit_code == ExitCode.USAGE
 
 
+def test_global_options_after_the_command_mean_the_same_as_before_it(tmp_path):
+    before = invoke("--quiet", "map", str(BAD / "non-numeric"), "--store", str(tmp_path / "s"))
+    after = invoke("map", str(BAD / "non-numeric"), "--store", str(tmp_path / "t"), "-q")
+    assert before.exit_code == after.exit_code == ExitCode.REJECTED
+    assert after.output.replace(str(tmp_path / "t"), str(tmp_path / "s")) == before.output and len(before.output.splitlines()) == 2
+    logged = invoke("map", str(BAD / "good"), "--bundle", str(tmp_path / "b.json"), "--verbose")
+    assert logged.exit_code == 0 and f"fhir-msc: mapping {BAD / 'good'}" in logged.stderr, logged.stderr
+    shown = invoke("map", str(BAD / "good"), "--bundle", str(tmp_path / "c.json"), "--progress")
+    assert shown.exit_code == 0 and re.search(r"mapping .*good: +\d+%\|", shown.stderr), shown.stderr
+    hidden = invoke("--progress", "map", str(BAD / "good"), "--bundle", str(tmp_path / "d.json"), "--no-progress")
+    assert hidden.exit_code == 0 and "%|" not in hidden.stderr  # the last one given wins
+    assert invoke("-q", "validate", str(tmp_path), "-v").exit_code == ExitCode.USAGE
+    silent = invoke("map", str(BAD / "good"), "--bundle", str(tmp_path / "e.json"))
+    assert silent.exit_code == 0 and "fhir-msc: mapping" not in silent.stderr  # the refused -v left no logging behind
+    assert "-q, --quiet" in invoke("view", "run", "--help").output
+
+
 def test_ctrl_c_says_what_was_done_and_how_to_resume_with_exit_130(demo_store, fhir_server, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", "from fhir_msc.cli import main; main()", "--verbose", "--progress", "push",
@@ -240,3 +257,16 @@ def test_config_keys_may_leave_out_the_prefix(tmp_path):
     config.write_text("token: abc\nFHIR_MSC_SCOPE: system/*.read\n")
     config.chmod(0o600)
     assert load_config(str(config)) == {"FHIR_MSC_TOKEN": "abc", "FHIR_MSC_SCOPE": "system/*.read"}
+
+
+def test_sql_csv_is_the_csv_export_writes(demo_store, tmp_path):
+    exported = invoke("export", "--store", str(demo_store.path), "--out", str(tmp_path / "t"), "--format", "csv")
+    assert exported.exit_code == 0, exported.output
+    for view in ("subjects", "observations"):  # observations has a list column, answers
+        queried = invoke("sql", f"SELECT * FROM {view}", "--store", str(demo_store.path), "--format", "csv")
+        written = (tmp_path / "t" / f"{view}.csv").read_text(encoding="utf-8")
+        assert queried.exit_code == 0 and queried.stdout.splitlines()[0] == written.splitlines()[0]
+        assert sorted(queried.stdout.splitlines()) == sorted(written.splitlines())
+    literal = invoke("sql", "SELECT ['a', 'b'] AS codes, true AS done, {'k': 1} AS object FROM subjects LIMIT 1",
+                     "--store", str(demo_store.path), "--format", "csv")
+    assert literal.stdout == '"codes","done","object"\n"[""a"", ""b""]",true,"{""k"": 1}"\n'

@@ -211,3 +211,30 @@ def test_a_corrected_zero_cell_and_an_open_exact_ci_are_said_and_valid(study):
     assert "Haldane-Anscombe" in estimates["odds-ratio"]["note"] and "Haldane-Anscombe" in estimates["relative-risk"]["note"]
     assert (estimates["exact-odds-ratio"]["estimate"], estimates["exact-odds-ratio"]["lower"]) == (0.0, 0.0)
     assert "zero cell" in estimates["exact-odds-ratio"]["note"]
+
+
+def test_a_failure_with_json_is_an_error_document_on_stdout(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed = invoke("analyze", "--store", str(empty), "--json")
+    assert failed.exit_code == ExitCode.BAD_INPUT
+    message = failed.stderr.splitlines()[-1].removeprefix("fhir-msc: error: ")  # after the note naming the study used
+    assert "no findings" in message and json.loads(failed.stdout) == {"error": {"code": 4, "message": message}}
+    misused = invoke("analyze", "--json", "--no-such-option")
+    assert misused.exit_code == ExitCode.USAGE and "No such option" in misused.stderr
+    assert json.loads(misused.stdout)["error"]["code"] == 2 and "--no-such-option" in json.loads(misused.stdout)["error"]["message"]
+    both = invoke("analyze", "--store", str(empty), "--server", "http://127.0.0.1:9", "--json")
+    assert both.exit_code == ExitCode.USAGE
+    assert json.loads(both.stdout) == {"error": {"code": 2, "message": "give exactly one of --store PATH or --server URL"}}
+    assert invoke("analyze", "--store", str(empty)).stdout == ""  # without --json, stdout stays empty
+
+
+def test_ctrl_c_with_json_is_an_error_document_with_exit_130(tmp_path, monkeypatch):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fhir_msc.jobs.validate", interrupted)
+    result = invoke("validate", str(tmp_path), "--json")
+    assert result.exit_code == ExitCode.INTERRUPTED == 130
+    assert json.loads(result.stdout) == {"error": {"code": 130, "message": "interrupted: nothing was changed: rerun the same command"}}
+    assert result.stderr.endswith("\nfhir-msc: interrupted.\nfhir-msc: nothing was changed: rerun the same command\n")

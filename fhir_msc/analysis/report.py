@@ -17,11 +17,9 @@ import pandas as pd
 from ..study.definition import NOT_ESTIMABLE, Study
 from .frame import Comparison, Verification
 from .multiplicity import METHODS
+from .options import FORMATS
 from .stats import BinarySummary, Estimate
 from .survival import TimeToEventSummary
-
-FORMATS = ("table", "csv", "json", "markdown", "html")
-
 
 BASELINE_BALANCE, TREATMENT_EFFECT = "baseline balance", "treatment effect"  # the purpose column's values
 

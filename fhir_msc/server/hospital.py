@@ -55,9 +55,9 @@ from ..study.definition import Outcome, Study, Visit
 from ..tables.sdtm import COMPARATORS, FindingRecord, SubjectRecord, format_number
 from . import bulk
 from .client import FhirClient
+from .options import HOSPITAL_PREFER as PREFER
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
-PREFER = ("study", "hospital")
 CONFLICT = "conflicts with the study value (the study's kept; see the conflicts file)"
 SAME = "same as the study value (nothing to change)"
 SUPERSEDED = "superseded by a result closer to the visit day"

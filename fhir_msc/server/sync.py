@@ -43,6 +43,7 @@ from ..store.ndjson import Store
 from ..study.definition import Study
 from .client import FhirClient, Listing
 from .journal import Journal, content_hash, value_hash
+from .options import METHODS, PREFER
 
 Resource = dict[str, Any]
 Key = tuple[str, str]  # (resource type, local id)
@@ -50,7 +51,6 @@ Advance = Callable[[int], None] | None  # called with the number of resources de
 # Referenced types first, so every reference can be resolved when it is sent.
 PUSH_ORDER = ["Patient", "Group", "ResearchStudy", "ResearchSubject", "Encounter", "MedicationAdministration", "Observation",
               "AdverseEvent"]
-METHODS = ("auto", "id", "conditional")
 PUSH_MODES = ("push", "full", "dry-run", "verify")
 SENDING_MODES = ("push", "full")  # the others only read the server
 ID_CHUNK = 100  # ids per `_id` search when checking the server (keeps URLs under ~4 KB)
@@ -488,8 +488,6 @@ def _held(client: FhirClient, resource_type: str, wanted: set[str]) -> tuple[set
 
 
 # --- pull ---------------------------------------------------------------------------------
-
-PREFER = ("local", "server")  # which version a pull keeps when the store's differs from the server's
 
 
 @dataclass(frozen=True, kw_only=True)

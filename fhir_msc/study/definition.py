@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, get_args
 
@@ -38,22 +37,7 @@ from .fhir_codes import RequiredBinding, check_ucum
 from .model import Coding
 from .model import StudyModel as _Model
 from .problems import InvalidStudyDefinition, problems_of, suggested, unknown
-
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when running from one
-
-
-def package_data(name: str, checkout: str) -> Path:
-    """A data directory shipped in the wheel as ``fhir_msc/_data/NAME``.
-
-    Running from a source checkout or an editable install, where pyproject.toml's mapping
-    of the top-level directories into the package does not apply, it is ``CHECKOUT``
-    under the repository root instead.
-    """
-    shipped = files("fhir_msc").joinpath("_data", name)
-    return shipped if isinstance(shipped, Path) and shipped.is_dir() else REPO_ROOT / checkout
-
-
-DEFAULT_STUDY = package_data("mappings", "mappings") / "msc-covid19.yaml"
+from .shipped import DEFAULT_STUDY, REPO_ROOT, package_data  # noqa: F401  (also imported from here)
 
 
 # Values the study file puts into FHIR code elements with a required binding, and UCUM units.

@@ -35,7 +35,7 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Pat
     """Write the batches (cast to ``schema``) to ``out`` one by one, through a temporary file beside it, then
     renamed: never half-written, never held whole. Returns the rows written.
 
-    CSV has no lists: collection columns are written as JSON arrays there. NDJSON has one JSON
+    CSV has no lists: collection columns are written as JSON there (see :func:`csv_text`). NDJSON has one JSON
     object per row, with the view's columns in order (see :func:`ndjson_line`).
     """
     suffix = output_format(out)
@@ -49,9 +49,9 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Pat
                         writer.write_batch(batch.cast(schema))
                         rows += batch.num_rows
             elif suffix == ".csv":
-                with pa_csv.CSVWriter(handle, _lists_as_json(schema.empty_table()).schema) as writer:
+                with pa_csv.CSVWriter(handle, _collections_as_json(schema.empty_table()).schema) as writer:
                     for batch in batches:
-                        writer.write_table(_lists_as_json(pa.Table.from_batches([batch.cast(schema)])))
+                        writer.write_table(_collections_as_json(pa.Table.from_batches([batch.cast(schema)])))
                         rows += batch.num_rows
             else:
                 for batch in batches:
@@ -62,6 +62,14 @@ def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, out: Pat
     finally:
         partial.unlink(missing_ok=True)
     return rows
+
+
+def csv_text(table: pa.Table) -> str:
+    """The table as the CSV :func:`write_batches` writes: a header line, text quoted, ``true``/``false``, and each
+    list or object (a struct or map column) as JSON."""
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(_collections_as_json(table), sink)
+    return sink.getvalue().to_pybytes().decode("utf-8")
 
 
 def ndjson_line(row: dict[str, Any]) -> str:
@@ -77,13 +85,28 @@ def _json_number(value: Any) -> Any:
         return int(value)
     if type(value) is list:
         return [_json_number(item) for item in value]
+    if type(value) is dict:
+        return {key: _json_number(item) for key, item in value.items()}
     return value
 
 
-def _lists_as_json(table: pa.Table) -> pa.Table:
+def _collections_as_json(table: pa.Table) -> pa.Table:
+    """The table with each list, struct or map column as JSON text (a value JSON has no type for, a date, as text),
+    and a column the CSV writer cannot write (an interval) as the text of its values."""
     columns = []
     for column in table.columns:
-        if pa.types.is_list(column.type):
-            column = pa.array([None if v is None else json.dumps(_json_number(v)) for v in column.to_pylist()], pa.string())
+        if pa.types.is_nested(column.type):
+            column = pa.array([None if v is None else json.dumps(_json_number(v), default=str)
+                               for v in column.to_pylist()], pa.string())
+        elif not _castable_to_text(column.type):
+            column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _castable_to_text(kind: pa.DataType) -> bool:
+    try:
+        pa.array([], kind).cast(pa.string())
+    except pa.ArrowNotImplementedError:
+        return False
+    return True
