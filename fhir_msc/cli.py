@@ -3,7 +3,9 @@
 Exit codes (see fhir_msc.errors.ExitCode): 0 success, 1 internal error, 2 bad usage,
 3 some input rows rejected, 4 input unusable, 5 FHIR validation failed, 6 a round trip
 or verification did not reproduce its source, 7 some resources failed on a server, 8 the
-server could not be used, 9 another job holds the store or --state, 130 interrupted (Ctrl-C).
+server could not be used, 9 another job holds the store or --state, 10 a pull kept local data
+that differs from the server's, 11 a file or directory could not be read or written, 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import click
 # HTTP client, the study model) are imported inside the commands, so that --help loads click and the options alone.
 from .account import Account
 from .analysis.options import DEFAULT_ENGINE, DEFAULT_VIEW_ENGINE, ENGINES, EXPORT_FORMATS, FORMATS, VIEW_ENGINES
-from .errors import ExitCode, FhirMscError
+from .errors import ExitCode, FhirMscError, NoAccess
 from .fhir.versions import VERSIONS, get_version
 from .progress import Progress
 from .server.options import HOSPITAL_PREFER, METHODS, PREFER
@@ -56,7 +58,8 @@ class _Group(_TakesGlobalOptions, click.Group):
 
 
 class _Cli(_TakesGlobalOptions, click.Group):
-    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors.
+    """Turns FhirMscError into one line on stderr and its exit code: no stack traces for user errors. A file or
+    directory fhir-msc may not read or write (permission denied, a read-only file system) is one line too (exit 11).
 
     With --json, a failure (a FhirMscError, a usage error, Ctrl-C) is also ``{"error": {"code", "message"}}`` on
     stdout.
@@ -84,6 +87,11 @@ class _Cli(_TakesGlobalOptions, click.Group):
             return super().invoke(ctx)
         except FhirMscError as exc:
             _exit_with(ctx, exc)
+        except OSError as exc:
+            denied = NoAccess.of(exc)
+            if denied is None:
+                raise
+            _exit_with(ctx, denied)
         except click.UsageError as exc:
             if output.as_json:
                 _print_error(exc.exit_code, exc.format_message())
@@ -243,9 +251,25 @@ _RERUN = "nothing was changed: rerun the same command"
 
 
 _study_option = click.option(
-    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STUDY,
-    envvar="FHIR_MSC_STUDY", show_default=True, metavar="YAML",
-    help="Study definition YAML file, also read from FHIR_MSC_STUDY.")
+    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FHIR_MSC_STUDY", metavar="YAML",
+    help="Study definition YAML file, also read from FHIR_MSC_STUDY. Default: the one the store records (map and pull "
+         "record theirs), else the bundled NCT04288102 definition, with a note; another study's is refused.")
+_demo_study_option = click.option(
+    "--study", "study_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FHIR_MSC_STUDY", metavar="YAML",
+    help="Study definition YAML file of --tables, also read from FHIR_MSC_STUDY. Default: the bundled NCT04288102 "
+         "definition.")
+
+
+def _study(study_path: Path | None, store: Path | None = None, *, recording: bool = False) -> Study:
+    """The study definition of a command on ``store`` (see jobs.choose_study); its notes on stderr (not with --quiet)."""
+    from . import jobs
+
+    choice = jobs.choose_study(study_path, store, recording=recording)
+    for note in choice.notes:
+        _info(f"note: {note}", err=True)
+    return choice.study
+
+
 _version_option = click.option(
     "--fhir-version", type=click.Choice(VERSIONS, case_sensitive=False), default="R4", show_default=True,
     help="FHIR version to write or validate against.")
@@ -299,7 +323,8 @@ def main() -> None:
     3 some rows rejected, 4 input or study definition unusable, 5 FHIR validation failed,
     6 round trip lossy or a published result not reproduced, 7 some resources failed on a
     server, 8 server unusable, 9 another job is writing the same store or --state, 10 a
-    pull kept local data that differs from the server's, 130 interrupted.
+    pull kept local data that differs from the server's, 11 a file or directory could not be
+    read or written (permissions, a read-only file system), 130 interrupted.
     """
 
 
@@ -315,20 +340,22 @@ def main() -> None:
 @_study_option
 @_json_option
 def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: Path | None,
-                fhir_version: str, study_path: Path, as_json: bool) -> None:
-    """Map the trial tables in SOURCE (dm.csv, ex.csv, findings) to FHIR.
+                fhir_version: str, study_path: Path | None, as_json: bool) -> None:
+    """Map the trial tables in SOURCE (dm.csv, ex.csv, findings; names in any case) to FHIR.
 
     Every row read is mapped or rejected: bad rows are reported (file, row, column, value,
     what to do) and kept in the rejects directory with a REJECT_REASON column. Fix them
-    there and replay: `fhir-msc map STORE/rejects --store STORE`. Mapping the same tables
-    again changes nothing. Exit code 3 means some rows were rejected; 4 that a whole table
-    was unusable (wrong header, empty): its rows are in the rejects, the other tables were mapped;
-    9 that another job is writing the store.
+    there and replay: `fhir-msc map STORE/rejects --store STORE`. Columns the study does not
+    read are named in the account. A store records the study definition: later commands on
+    it need no --study, and refuse another study's. Mapping the same tables again changes
+    nothing. Exit code 3 means some rows were rejected; 4 that a whole table was unusable
+    (wrong header, empty): its rows are in the rejects, the other tables were mapped; 2 that
+    the store records another study; 9 that another job is writing the store; 11 that a
+    directory cannot be written.
     """
     from . import jobs
-    from .study.definition import load_study
 
-    study = load_study(study_path)
+    study = _study(study_path, store, recording=True)
     with _progress(not as_json, "mapping upserts by id and rejects are written only when a run completes: "
                                 "rerun the same command") as progress:
         result = jobs.map_tables(study, source, store=store, bundle=bundle, version=get_version(fhir_version),
@@ -336,14 +363,15 @@ def map_command(source: Path, store: Path | None, bundle: Path | None, rejects: 
     if as_json:
         _print_json(result)
     else:
-        _echo_map(result, store, bundle)
+        _echo_map(result, source, store, bundle, rejects, study)
     if result.unusable_files:
         sys.exit(ExitCode.BAD_INPUT)
     if result.rejections:
         sys.exit(ExitCode.REJECTED)
 
 
-def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
+def _echo_map(result: Any, source: Path, store: Path | None, bundle: Path | None, rejects: Path | None,
+              study: Study) -> None:
     _echo_notes([*result.recovered, *result.notes])
     _echo_cut("rejected", result.rejections, where=" (all in the rejects files)")
     target = store or bundle
@@ -359,15 +387,28 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
     if result.accounts:
         _info("rows read = mapped + rejected: " + "; ".join(
             f"{Path(a.file).name} {a.read} = {a.mapped} + {a.rejected}{' (file unusable)' if a.unusable else ''}"
+            + (f" (columns not read: {', '.join(f'{c} with {n} value(s)' for c, n in a.unread_columns.items())})"
+               if a.unread_columns else "")
             for a in result.accounts))
     if result.rejects_files:
         folder = result.rejects_files[0].parent
-        option = f"--store {store}" if store else f"--bundle {bundle}"
         files = ", ".join(f.name for f in result.rejects_files)
-        what = (f"{result.rows_rejected} row(s) rejected; fix them" if result.rows_rejected
-                else "rows rejected by earlier runs are waiting; fix them")
-        _info(f"{what} in {folder}/ ({files}) and replay with:\n"
-              f"  fhir-msc map {folder} {option}")
+        what = (f"{result.rows_rejected} row(s) rejected" if result.rows_rejected
+                else "rows rejected by earlier runs are waiting")
+        if store:  # the store holds their subjects and knows its study: the rejects replay on their own
+            again = ["map", str(folder), "--store", str(store), *(["--rejects", str(rejects)] if rejects else [])]
+            _info(f"{what}; fix them in {folder}/ ({files}) and replay with:\n  {_command(again)}")
+        else:  # a bundle is written whole: the corrected tables are mapped again
+            given = [] if study.file in (None, DEFAULT_STUDY.resolve()) else ["--study", str(study.file)]
+            again = ["map", str(source), "--bundle", str(bundle), *(["--rejects", str(rejects)] if rejects else []),
+                     *given]
+            _info(f"{what}, each with its reason in {folder}/ ({files}); fix them in {source} and map it again "
+                  f"(the bundle is written whole) with:\n  {_command(again)}")
+
+
+def _command(argv: list[str]) -> str:
+    """A fhir-msc command line as a shell reads it back (paths quoted where they need it)."""
+    return shlex.join(["fhir-msc", *argv])
 
 
 @main.command("unmap")
@@ -378,7 +419,7 @@ def _echo_map(result: Any, store: Path | None, bundle: Path | None) -> None:
               help="Table file format: CSV, SAS XPORT v5 (.xpt) or CDISC Dataset-JSON v1.1 (.json).")
 @_study_option
 @_json_option
-def unmap_command(source: Path, out: Path, fmt: str, study_path: Path, as_json: bool) -> None:
+def unmap_command(source: Path, out: Path, fmt: str, study_path: Path | None, as_json: bool) -> None:
     """Turn the FHIR resources in SOURCE (store directory or bundle file) back into trial tables.
 
     Every resource read is used or skipped, by reason; the account is printed (and is in
@@ -386,10 +427,10 @@ def unmap_command(source: Path, out: Path, fmt: str, study_path: Path, as_json: 
     """
     from . import jobs
     from .fhir.unmapping import NOT_READ
-    from .study.definition import load_study
 
+    study = _study(study_path, source)
     with _progress(not as_json, f"the tables in {out} may be incomplete: rerun the same command") as progress:
-        result = jobs.unmap(load_study(study_path), source, out, progress, fmt)
+        result = jobs.unmap(study, source, out, progress, fmt)
     if as_json:
         _print_json(result)
         return
@@ -474,9 +515,9 @@ def _echo_validation(report: ValidationReport) -> None:
               show_default=True, metavar="DIR", help="Where the store, bundle, round-trip files and report go.")
 @click.option("--tables", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
               help="Trial tables to run on instead of the synthetic cohort shipped with fhir-msc (pair with --study).")
-@_study_option
+@_demo_study_option
 @_json_option
-def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: bool) -> None:
+def demo_command(workdir: Path, tables: Path | None, study_path: Path | None, as_json: bool) -> None:
     """Run the whole job on the synthetic cohort: map, validate (R4, R5), round-trip, bundle, analyze, verify.
 
     Writes the store, a transaction bundle and the report (as `fhir-msc report` writes it)
@@ -488,7 +529,10 @@ def demo_command(workdir: Path, tables: Path | None, study_path: Path, as_json: 
     from . import jobs
     from .study.definition import load_study
 
-    study: Study = load_study(study_path)
+    if tables is not None and study_path is None:
+        _info(f"note: no --study given: running {tables} with the bundled definition ({DEFAULT_STUDY}); "
+              "pass --study FILE for another study's tables", err=True)
+    study: Study = load_study(study_path or DEFAULT_STUDY)
     with _progress(not as_json, f"rerun the same command: the demo starts afresh in {workdir}") as progress:
         result = jobs.demo(study, workdir.resolve(), tables or jobs.DEMO_TABLES, progress=progress, examples=tables is None)
     if as_json:
@@ -604,7 +648,7 @@ _spark_master_option = click.option(
 @_json_option
 def analyze_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
                     visits: tuple[str, ...], outcomes: tuple[str, ...], fmt: str, plot: Path | None,
-                    exact_odds_ratio: bool, study_path: Path, engine: str, spark_master: str | None,
+                    exact_odds_ratio: bool, study_path: Path | None, engine: str, spark_master: str | None,
                     as_json: bool) -> None:
     """Compare the arms for every outcome and visit in the FHIR data at --store or --server.
 
@@ -624,13 +668,13 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
     from .analysis.adverse_events import incidence_json, incidence_table
     from .analysis.export import analyze_json
     from .analysis.report import comparison_table, comparisons_summary, forest_plot, render
-    from .study.definition import load_study
 
-    study = load_study(study_path)
+    where = _source(source, server, config, ca_bundle, timeout)
+    study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.analyze(study, _source(source, server, config, ca_bundle, timeout),
+            result = jobs.analyze(study, where,
                                   list(visits) or None, list(outcomes) or None, progress, unused, engine,
                                   exact_odds_ratio=exact_odds_ratio, spark_master=spark_master)
     finally:
@@ -668,7 +712,7 @@ def analyze_command(source: Path | None, server: str | None, ca_bundle: str | No
 @_spark_master_option
 @_json_option
 def verify_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
-                   study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
+                   study_path: Path | None, engine: str, spark_master: str | None, as_json: bool) -> None:
     """Recompute every published result of the study definition from the FHIR data at --store or --server.
 
     Compares at the paper's precision and exits 6 if any result does not match, 4 if the
@@ -678,13 +722,13 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
     from . import jobs
     from .analysis.export import verify_json
     from .analysis.report import render, verification_table
-    from .study.definition import load_study
 
-    study = load_study(study_path)
+    where = _source(source, server, config, ca_bundle, timeout)
+    study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.verify(study, _source(source, server, config, ca_bundle, timeout), progress, unused, engine,
+            result = jobs.verify(study, where, progress, unused, engine,
                                  spark_master=spark_master)
     finally:
         _echo_not_used(unused)
@@ -711,7 +755,7 @@ def verify_command(source: Path | None, server: str | None, ca_bundle: str | Non
 @_spark_master_option
 @_json_option
 def report_command(source: Path | None, server: str | None, ca_bundle: str | None, timeout: float, config: str | None,
-                   out: Path, study_path: Path, engine: str, spark_master: str | None, as_json: bool) -> None:
+                   out: Path, study_path: Path | None, engine: str, spark_master: str | None, as_json: bool) -> None:
     """Write the study's report from the FHIR data at --store or --server into --out.
 
     report.html is one self-contained page (no links out, no local paths): the study and its
@@ -723,13 +767,13 @@ def report_command(source: Path | None, server: str | None, ca_bundle: str | Non
     report is written all the same); 8 that the server could not be used.
     """
     from . import jobs
-    from .study.definition import load_study
 
-    study = load_study(study_path)
+    where = _source(source, server, config, ca_bundle, timeout)
+    study = _study(study_path, source)
     unused: list[str] = []
     try:
         with _progress(not as_json, _RERUN) as progress:
-            result = jobs.report(study, _source(source, server, config, ca_bundle, timeout), out, progress, unused,
+            result = jobs.report(study, where, out, progress, unused,
                                  engine, spark_master=spark_master)
     finally:
         _echo_not_used(unused)
@@ -753,7 +797,7 @@ def report_command(source: Path | None, server: str | None, ca_bundle: str | Non
               help="The NDJSON store to read the Observations from and write the derived Observations to.")
 @_study_option
 @_json_option
-def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
+def derive_command(store: Path, study_path: Path | None, as_json: bool) -> None:
     """Write the study's derived endpoints (analysis.derived) into --store as FHIR Observations.
 
     Each derived value is computed from the store's Observations and upserted as an
@@ -765,9 +809,8 @@ def derive_command(store: Path, study_path: Path, as_json: bool) -> None:
     """
     from . import jobs
     from .analysis.export import account_json
-    from .study.definition import load_study
 
-    study = load_study(study_path)
+    study = _study(study_path, store)
     with _progress(not as_json, _RERUN) as progress:
         result = jobs.derive(study, store, progress)
     changes = result.changes
@@ -945,7 +988,7 @@ _method_option = click.option(
 @_json_option
 def push_command(source: Path, server: str, bundle_size: int, method: str, dry_run: bool, verify: bool, full: bool,
                  fhir_version: str | None, state: Path, ca_bundle: str | None, timeout: float, config: str | None,
-                 study_path: Path, as_json: bool) -> None:
+                 study_path: Path | None, as_json: bool) -> None:
     """Push SOURCE (store directory, bundle file or trial tables) to a FHIR server.
 
     Idempotent and resumable: the journal in --state records what reached the server, so a
@@ -956,15 +999,15 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
     --state.
     """
     from . import jobs
-    from .study.definition import load_study
 
     if dry_run + verify + full > 1:
         raise click.UsageError("give at most one of --dry-run, --verify and --full")
     mode = "dry-run" if dry_run else "verify" if verify else "full" if full else "push"
     client = _client(server, config, ca_bundle, timeout)
+    study = _study(study_path, source)
     with _progress(not as_json, f"the journal in {state} records every bundle the server confirmed: "
                                 "rerun the same command to send the rest") as progress:
-        result = jobs.push(load_study(study_path), source, client, state, bundle_size=bundle_size, method=method,
+        result = jobs.push(study, source, client, state, bundle_size=bundle_size, method=method,
                            mode=mode, fhir_version=fhir_version, progress=progress)
     _print_json(result) if as_json else _echo_push(result)
     _exit_for(result.ok)
@@ -986,7 +1029,7 @@ def push_command(source: Path, server: str, bundle_size: int, method: str, dry_r
 @_json_option
 def pull_command(server: str, store: Path, full: bool, fhir_version: str | None, bulk: bool, since: str | None, prefer: str,
                  state: Path, ca_bundle: str | None,
-                 timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+                 timeout: float, config: str | None, study_path: Path | None, as_json: bool) -> None:
     """Pull the study's ResearchStudy, subjects, Patients, visits, infusions and Observations from a server.
 
     Incremental by default (_lastUpdated since the last successful pull, in the server's clock).
@@ -1003,15 +1046,15 @@ def pull_command(server: str, store: Path, full: bool, fhir_version: str | None,
     """
     from . import jobs
     from .server.bulk_pull import BulkPullResult
-    from .study.definition import load_study
 
     if since and not bulk:
         raise click.UsageError("--since goes with --bulk")
     client = _client(server, config, ca_bundle, timeout)
+    study = _study(study_path, store, recording=True)
     resume = (f"the export job and the files already verified are journaled in {state / 'bulk'}: rerun the same command to resume"
               if bulk else f"what was pulled is in {store}; the next pull starts after the last complete one: rerun the same command")
     with _progress(not as_json, resume) as progress:
-        result = jobs.pull(load_study(study_path), client, store, state, full=full, fhir_version=fhir_version,
+        result = jobs.pull(study, client, store, state, full=full, fhir_version=fhir_version,
                            bulk=bulk, since=since, prefer=prefer, progress=progress)
     if as_json:
         _print_json(result)
@@ -1050,7 +1093,7 @@ def _echo_bulk_pull(result, store: Path) -> None:
 @_study_option
 @_json_option
 def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_version: str | None, prefer: str,
-                 state: Path, ca_bundle: str | None, timeout: float, config: str | None, study_path: Path,
+                 state: Path, ca_bundle: str | None, timeout: float, config: str | None, study_path: Path | None,
                  as_json: bool) -> None:
     """Bring --to up to date with --from: store → server, server → store, or server → server.
 
@@ -1060,12 +1103,13 @@ def sync_command(source: str, target: str, bundle_size: int, method: str, fhir_v
     (10; see pull).
     """
     from . import jobs
-    from .study.definition import load_study
 
+    clients = {url: _client(url, config, ca_bundle, timeout) for url in (source, target) if jobs.is_server(url)}
+    local = target if not jobs.is_server(target) else source if not jobs.is_server(source) else None
+    study = _study(study_path, Path(local) if local else None, recording=local == target)
     with _progress(not as_json, f"the journal in {state} records what reached the target: rerun the same command "
                                 "to move the rest") as progress:
-        result = jobs.sync(load_study(study_path), source, target, state,
-                           lambda url: _client(url, config, ca_bundle, timeout), bundle_size=bundle_size,
+        result = jobs.sync(study, source, target, state, clients.__getitem__, bundle_size=bundle_size,
                            method=method, fhir_version=fhir_version, prefer=prefer, progress=progress)
     if as_json:
         _print_json(result)
@@ -1129,7 +1173,8 @@ def repair_command(store: Path, dry_run: bool, as_json: bool) -> None:
 @_study_option
 @_json_option
 def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path, prefer: str, bulk: bool, state: Path,
-                          ca_bundle: str | None, timeout: float, config: str | None, study_path: Path, as_json: bool) -> None:
+                          ca_bundle: str | None, timeout: float, config: str | None, study_path: Path | None,
+                          as_json: bool) -> None:
     """Fetch enrolled patients' results from a hospital FHIR server and add them at the right study visits.
 
     All Observations of each enrolled patient are read; those with the standard codes of the
@@ -1146,12 +1191,12 @@ def hospital_pull_command(server: str, enrollment: Path, store: Path, out: Path,
     Patient file included); 9 that another job is writing the store.
     """
     from . import jobs
-    from .study.definition import load_study
 
     client = _client(server, config, ca_bundle, timeout)
+    study = _study(study_path, store, recording=True)
     with _progress(not as_json, f"{store} is changed only when the results are mapped at the end: "
                                 "rerun the same command") as progress:
-        result = jobs.hospital_pull(load_study(study_path), client, enrollment, store, out, prefer, progress,
+        result = jobs.hospital_pull(study, client, enrollment, store, out, prefer, progress,
                                     bulk_state=state if bulk else None)
     if as_json:
         _print_json(result)
@@ -1244,7 +1289,8 @@ _view_store_option = click.option(
 @_views_option
 @_study_option
 @_json_option
-def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], study_path: Path, as_json: bool) -> None:
+def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], study_path: Path | None,
+                   as_json: bool) -> None:
     """Write the analysis views of --store as tables for your own tools: one file per view in --out.
 
     The shipped SQL-on-FHIR views are patients, subjects (with arm), visits, observations
@@ -1259,9 +1305,8 @@ def export_command(store: Path, out: Path, fmt: str, views: tuple[Path, ...], st
         python -c "import pandas; print(pandas.read_parquet('tables/observations.parquet'))"
     """
     from . import jobs
-    from .study.definition import load_study
 
-    result = jobs.export(load_study(study_path), store, out, fmt, views)
+    result = jobs.export(_study(study_path, store), store, out, fmt, views)
     if as_json:
         _print_json(result)
         return
@@ -1285,7 +1330,8 @@ SQL_FORMATS = ("table", "csv", "markdown", "json")
                    "true/false), json the same document as --json.")
 @_study_option
 @_json_option
-def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path, as_json: bool) -> None:
+def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, study_path: Path | None,
+                as_json: bool) -> None:
     """Run one SELECT (DuckDB SQL) over the analysis views of --store, each a table named by its view.
 
     Tables: patients, subjects, visits, observations, adverse_events (see `fhir-msc export`), and each --view
@@ -1302,9 +1348,8 @@ def sql_command(query: str, store: Path, views: tuple[Path, ...], fmt: str, stud
     from . import jobs
     from .analysis.report import render
     from .analysis.views.output import csv_text
-    from .study.definition import load_study
 
-    result = jobs.sql(load_study(study_path), query, store, views)
+    result = jobs.sql(_study(study_path, store), query, store, views)
     table = result.table
     if as_json or fmt == "json":
         _print_json({"columns": table.column_names, "rows": [_to_jsonable_cells(row) for row in table.to_pylist()]})
@@ -1351,11 +1396,12 @@ def init_command(directory: Path, as_json: bool) -> None:
 
 
 def _next_steps(result: jobs.InitResult, store: Path) -> list[str]:
-    """The commands that take a new study from its file to its verified results, as they are typed."""
+    """The commands that take a new study from its file to its verified results, as they are typed (the store
+    records the study map was given)."""
     tables, study = str(result.tables[0].parent), str(result.study)
     return [shlex.join(["fhir-msc", *argv]) for argv in (
         ["check", study], ["map", tables, "--study", study, "--store", str(store)],
-        ["analyze", "--store", str(store), "--study", study], ["verify", "--store", str(store), "--study", study])]
+        ["analyze", "--store", str(store)], ["verify", "--store", str(store)])]
 
 
 @main.command("check")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -19,6 +20,7 @@ class ExitCode(IntEnum):
     SERVER = 8  # the server could not be used: unreachable, refused credentials, bad answers
     LOCKED = 9  # another job holds the lock of this store or sync state
     CONFLICTS = 10  # a pull kept local data that differs from the server's (see its conflicts file; --prefer server)
+    NO_ACCESS = 11  # a file or directory could not be read or written: permission denied, or a read-only file system
     INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT); what was done and how to resume are printed
 
 
@@ -110,6 +112,28 @@ class ForeignLinkRefused(ServerError):
 
 class CertificateError(ServerError):
     """The TLS handshake failed (untrusted or mismatched certificate, not TLS at all): never retried."""
+
+
+class NoAccess(FhirMscError):
+    """A file or directory fhir-msc must read or write is not open to it (permissions, a read-only file system)."""
+
+    exit_code = ExitCode.NO_ACCESS
+
+    @classmethod
+    def of(cls, error: OSError, writing: object | None = None) -> NoAccess | None:
+        """The user's error for an OSError about access, with what to do (None for any other OSError).
+
+        ``writing`` is the directory fhir-msc was writing into, named instead of the file it made there.
+        """
+        if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return None
+        problem = "a read-only file system" if error.errno == errno.EROFS else "permission denied"
+        if writing is not None:
+            return cls(f"{writing}: cannot write there ({problem}): give a directory you may write to, "
+                       "or make it writable for you")
+        where = error.filename if error.filename is not None else "a file"
+        return cls(f"{where}: {problem}: give a path you may read (or write, for an output), "
+                   "or change its permissions")
 
 
 class SyncLocked(FhirMscError):

@@ -39,7 +39,7 @@ from .analysis.views.output import output_format, write_table
 from .analysis.views.python_engine import ViewRun, run_view
 from .analysis.views.query import query as query_views
 from .analysis.views.tables import duckdb_table, named_views, spooled
-from .errors import BadUsage, IncompleteSearch, InputError
+from .errors import BadUsage, IncompleteSearch, InputError, StudyDefinitionError
 from .fhir.bundle import not_used, open_resources, write_bundle
 from .fhir.changes import ChangeTracker, ResourceChanges
 from .fhir.mapping import MapResult, reject_keys, tables_to_fhir, tagged_synthetic
@@ -77,9 +77,10 @@ from .store.ndjson import REJECTS_PREFIX, SUFFIX, Prefilter, Resource, Store
 from .store.repair import RepairResult
 from .store.repair import repair as _repair
 from .store.source import ResourceSource
+from .store.study_record import RecordedStudy, forget_study, record_study, recorded_study
 from .study import template as study_template
-from .study.definition import Study, load_study, package_data
-from .tables.formats import count_records, find_table
+from .study.definition import DEFAULT_STUDY, Study, load_study, package_data
+from .tables.formats import count_records, find_table, other_tables
 from .tables.rejects import DATASET_FILE, publish_rejects, waiting_rejects
 from .tables.sdtm import RejectLog, TableWriter, finding_columns, read_dataset
 
@@ -88,6 +89,81 @@ DEMO_TABLES = package_data("cohort", "fixtures/msc-covid19")  # the synthetic NC
 EXAMPLE_STUDIES = tuple((package_data("mappings", "mappings") / f"{name}.yaml",
                          package_data(name.replace("-", "_"), f"fixtures/{name}"))
                         for name in ("example-dose-ranging", "example-zero-cell"))
+
+
+@dataclass(frozen=True)
+class StudyChoice:
+    """The study definition a command runs with, and the notes saying why (printed before it runs)."""
+
+    study: Study
+    notes: tuple[str, ...] = ()
+
+
+def choose_study(given: Path | None, store: Path | None = None, *, recording: bool = False) -> StudyChoice:
+    """The study definition for a command on ``store`` (a store directory, or None): ``given`` (``--study``), else the
+    copy the store records (see ``store.study_record``), else the bundled NCT04288102 definition, with a note.
+
+    A ``given`` definition of another study than the recorded one is refused (:func:`check_study`); ``recording`` is
+    for the jobs that record theirs (map, pull, hospital-pull), which replace the record with an edited definition of
+    the same study.
+    """
+    recorded = _recorded(store)
+    if given is not None:
+        study = load_study(given)
+        return StudyChoice(study, tuple(check_study(study, store, recording=recording)) if store is not None else ())
+    if recorded is not None:
+        return StudyChoice(load_study(recorded.path))
+    study = load_study(DEFAULT_STUDY)
+    if store is not None and not store.exists() and not recording:
+        return StudyChoice(study)  # nothing to read: the command says so
+    where = f" and {store} records none" if store is not None and store.is_dir() else ""
+    return StudyChoice(study, (f"no --study given{where}: using the bundled {study.study.identifier.value} definition "
+                               f"({DEFAULT_STUDY}); pass --study FILE for another study",))
+
+
+def check_study(study: Study, store: Path, *, recording: bool = False) -> list[str]:
+    """Refuse (BadUsage) a definition of another study than the one ``store`` records; notes for what is allowed.
+
+    A store without a recorded definition takes any. An edited definition of the same study (same identifier,
+    other bytes) is used, with a note: it replaces the recorded copy when ``recording`` (a job that records its
+    definition: map, pull, hospital-pull).
+    """
+    recorded = _recorded(store)
+    if recorded is None or recorded.sha256 == study.sha256:
+        return []
+    held, identifier = _identifier(recorded), study.study.identifier.value
+    given = f"{study.file or '(a definition in memory)'} ({identifier}, sha256 {_short(study.sha256)})"
+    if held == identifier:
+        done = ("it replaces the copy recorded there" if recording
+                else f"used for this command; map or pull into {store} with it to record it")
+        return [f"{given} is an edited definition of the study {store} holds (its copy: sha256 "
+                f"{_short(recorded.sha256)}): {done}"]
+    raise BadUsage(f"--study {given} is not the study definition {store} holds data of ({held}, sha256 "
+                   f"{_short(recorded.sha256)}, copied to {recorded.path}): leave out --study to use the store's copy, "
+                   f"or map {identifier}'s tables into a store of its own")
+
+
+def _recorded(store: Path | None) -> RecordedStudy | None:
+    return recorded_study(store) if store is not None and store.is_dir() else None
+
+
+def _identifier(recorded: RecordedStudy) -> str:
+    """The study identifier of a recorded definition (what it is said to be when this version cannot read it)."""
+    try:
+        return load_study(recorded.path).study.identifier.value
+    except StudyDefinitionError:
+        return "a definition this version of fhir-msc cannot read"
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "none"
+
+
+def _record(study: Study, store: Path) -> None:
+    """Record the definition ``study`` was loaded from in ``store`` unless it is there already (hold the lock)."""
+    recorded = recorded_study(store)
+    if study.file is not None and (recorded is None or recorded.sha256 != study.sha256):
+        record_study(store, study.file)
 
 
 def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle: Path | None = None,
@@ -100,11 +176,15 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
     other run keeps the rows waiting there, except those it read again, and adds its own.
     Nothing else in the directory is touched. The store's write lock is held throughout
     (``SyncLocked``, exit 9, if another job writes it); what killed jobs left is completed or
-    removed first and listed in ``recovered``. Progress is counted in input rows.
+    removed first and listed in ``recovered``. Progress is counted in input rows. A store
+    records ``study`` (see :func:`choose_study`); one that records another study refuses it.
+    Files in ``source`` that look like tables but are none of the study's are named in the notes.
     """
     if (store is None) == (bundle is None):
         raise BadUsage("give exactly one target: a store directory (--store) or a bundle file (--bundle)")
     _check_map_paths(study, source, store, bundle)
+    if store is not None:
+        check_study(study, store, recording=True)
     rejects = rejects or (store / "rejects" if store else bundle.with_name(bundle.name + ".rejects"))
     if rejects.exists() and not rejects.is_dir():
         raise InputError(f"{rejects}: is a file; give --rejects a directory")
@@ -113,6 +193,8 @@ def map_tables(study: Study, source: Path, *, store: Path | None = None, bundle:
         recovered += [f"removed {path}: left by a killed job" for path in sweep_debris(rejects.parent, REJECTS_PREFIX)]
         with spool_dir(rejects.parent, REJECTS_PREFIX) as spool:
             result = _map_spooled(study, source, store, bundle, version, rejects, spool, progress)
+        if store is not None:
+            _record(study, store)
     return dataclasses.replace(result, recovered=tuple(recovered))
 
 
@@ -122,6 +204,8 @@ def _map_spooled(study: Study, source: Path, store: Path | None, bundle: Path | 
     keys = reject_keys(study)
     replay = rejects.resolve() == source.resolve()
     log = RejectLog(spool, waiting={} if replay else waiting_rejects(rejects, keys))
+    for path in other_tables(source, _table_names(study)):
+        log.note(f"{path}: not a table of {study.study.identifier.value} ({', '.join(_table_names(study))}): not read")
     changes = {}
     try:
         if store is not None:
@@ -239,6 +323,7 @@ def _opened(source: Path, progress: Progress, verb: str):
 
 def unmap(study: Study, source: Path, out: Path, progress: Progress = NO_PROGRESS, fmt: str = "csv") -> UnmapResult:
     """Write the study's trial tables from a store directory or bundle file into ``out`` (csv, xpt or json)."""
+    check_study(study, source)
     opened = _opened(source, progress, "unmapping")
     return dataclasses.replace(fhir_to_tables(study, opened, out, fmt), not_used=not_used(opened))
 
@@ -300,6 +385,8 @@ def frame_and_account(study: Study, source: Path | FhirClient, visits: list[str]
     builds the frame; all give the same frame and account (``spark_master``: the Spark master URL of
     ``engine="spark"``, local mode if None).
     """
+    if isinstance(source, Path):
+        check_study(study, source)
     if isinstance(source, FhirClient):
         with tempfile.TemporaryDirectory(prefix="fhir-msc-pull-") as tmp:
             with open_journal(Path(tmp) / "state", lock=False) as journal:
@@ -502,6 +589,7 @@ def is_server(location: str) -> bool:
 
 def resources_of(study: Study, source: Path, version: FhirVersion) -> Iterable[dict]:
     """Resources to push from a store directory, a bundle file, or a directory of trial tables."""
+    check_study(study, source)
     if source.is_dir() and find_table(source, study.tables.dm.file).exists():
         log = RejectLog(None)
         resources = list(tables_to_fhir(study, source, version, log))
@@ -548,6 +636,7 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
     keeps local data the server does not have unless ``prefer`` is "server", and lists such
     conflicts in ``state/pull-conflicts.csv``. The store's write lock is held throughout.
     """
+    check_study(study, store, recording=True)
     with Store(store).writing() as recovered, open_journal(state) as journal:
         if bulk:
             result = _bulk_pull.pull(client, study, Store(store), journal, state, full=full, since=since, prefer=prefer,
@@ -555,6 +644,7 @@ def pull(study: Study, client: FhirClient, store: Path, state: Path, *, full: bo
         else:
             result = _sync.pull(client, study, Store(store), journal, full=full, prefer=prefer,
                                 profile=server_profile(client, fhir_version), progress=progress)
+        _record(study, store)
     return dataclasses.replace(_with_conflicts_file(result, state), recovered=tuple(recovered))
 
 
@@ -572,9 +662,11 @@ def sync(study: Study, source: str, target: str, state: Path, connect_to: Callab
         if is_server(source):
             staging = Path(target) if not is_server(target) else state / "staging"
             client = connect_to(source)
+            check_study(study, staging, recording=True)
             with Store(staging).writing() as recovered:
                 pulled = _sync.pull(client, study, Store(staging), journal, prefer=prefer,
                                     profile=server_profile(client, fhir_version), progress=progress)
+                _record(study, staging)
             pulled = dataclasses.replace(_with_conflicts_file(pulled, state), recovered=tuple(recovered))
             source_path = staging
         else:
@@ -621,6 +713,7 @@ def hospital_pull(study: Study, client: FhirClient, enrollment: Path, store: Pat
     With ``bulk_state``, by Bulk Data export when the server declares one (its journal and files
     kept there, so a killed export resumes). Holds the store's write lock throughout.
     """
+    check_study(study, store, recording=True)
     with Store(store).writing() as recovered:
         result = _hospital_pull(study, client, enrollment, store, out, prefer, progress, bulk_state)
     return dataclasses.replace(result, notes=[*recovered, *result.notes])
@@ -883,7 +976,7 @@ def export(study: Study, store: Path, out: Path, fmt: str = "parquet", views: It
     """
     if fmt not in EXPORT_FORMATS:
         raise BadUsage(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
-    source = _view_store(store)
+    source = _view_store(study, store)
     if out.resolve() == store.resolve():
         raise BadUsage(f"--out {out}: is the store itself; give the tables a directory of their own")
     named = named_views(study, views)
@@ -900,9 +993,10 @@ def export(study: Study, store: Path, out: Path, fmt: str = "parquet", views: It
     return ExportResult(out=out, format=fmt, files=files, rows=rows, read=read, skipped=skipped)
 
 
-def _view_store(store: Path) -> Store:
+def _view_store(study: Study, store: Path) -> Store:
     if not store.is_dir():
         raise InputError(f"{store}: no such store directory: give --store the directory `fhir-msc map` or `pull` wrote")
+    check_study(study, store)
     return Store(store)
 
 
@@ -922,7 +1016,7 @@ def sql(study: Study, query: str, store: Path, views: Iterable[Path | dict] = ()
     run is one line (InputError), and nothing is written anywhere.
     """
     named = named_views(study, views)
-    return SqlResult(table=query_views(query, named, _view_store(store)), tables=list(named))
+    return SqlResult(table=query_views(query, named, _view_store(study, store)), tables=list(named))
 
 
 @dataclass(frozen=True, kw_only=True)

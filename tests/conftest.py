@@ -14,6 +14,7 @@ import responses
 
 from fhir_msc import Store, get_version, load_study
 from fhir_msc.fhir.mapping import tables_to_fhir
+from fhir_msc.store.study_record import record_study
 from fhir_msc.study.definition import REPO_ROOT, Study
 from fhir_msc.tables.sdtm import RejectLog
 
@@ -43,12 +44,14 @@ _COHORT_STORES: dict[str, Store] = {}
 
 
 def _mapped_cohort(study, tmp_path_factory, version: str) -> Store:
-    """Map the cohort once per version for the whole session, shared by `mapped` and `demo_store`."""
+    """Map the cohort once per version for the whole session, shared by `mapped` and `demo_store`; the store
+    records its study definition, as `fhir-msc map` does."""
     if version not in _COHORT_STORES:
         store = Store(tmp_path_factory.mktemp(f"store-{version}"))
         log = RejectLog(None)
         store.write(tables_to_fhir(study, COHORT, get_version(version), log))
         assert log.rejections == []
+        record_study(store.path, study.file)
         _COHORT_STORES[version] = store
     return _COHORT_STORES[version]
 

@@ -5,6 +5,7 @@ case.yaml saying where the defect is.
 """
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -15,13 +16,15 @@ from click.testing import CliRunner
 from fhir_msc import Store
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode
+from fhir_msc.study.definition import DEFAULT_STUDY
+from fhir_msc.tables.formats import convert_csv
 
 BAD = Path(__file__).parent / "data" / "bad"
 CASES = sorted(p.name for p in BAD.iterdir() if p.name != "good")
 
 
 def run_map(source: Path, store: Path, *extra: str):
-    return CliRunner().invoke(main, ["map", str(source), "--store", str(store), *extra])
+    return CliRunner().invoke(main, ["map", str(source), "--store", str(store), "--study", str(DEFAULT_STUDY), *extra])
 
 
 def good_counts(tmp_path: Path) -> dict[str, int]:
@@ -67,8 +70,14 @@ def test_a_rejected_row_does_not_make_its_valid_repeat_a_duplicate(tmp_path):
 
 
 def test_rejected_subject_takes_its_rows_with_it(tmp_path):
+    """A bad DM row rejects its own subject's rows (each naming that DM row), and only those."""
     result = run_map(BAD / "unknown-arm", tmp_path / "store")
-    assert "unknown subject" in result.output
+    cascaded = [line for line in result.output.splitlines() if "'NCT04288102-001'" in line]
+    subject_rows = sum(line.split(",")[1] == "NCT04288102-001" for name in ("ex.csv", "qs.csv", "re.csv")
+                       for line in (BAD / "unknown-arm" / name).read_text().splitlines())
+    assert len(cascaded) == subject_rows > 0
+    assert all("the subject's DM row was rejected (dm.csv, row 2, column ARMCD)" in line for line in cascaded)
+    assert "NCT04288102-002" not in result.output and "NCT04288102-003" not in result.output
     assert Store(tmp_path / "store").counts()["Patient"] == 2
 
 
@@ -122,7 +131,8 @@ def test_missing_source_says_it_does_not_exist(tmp_path):
 
 def test_bundle_into_a_missing_directory_is_one_line(tmp_path):
     """Defect: `map --bundle` into a missing directory gave a traceback."""
-    result = CliRunner().invoke(main, ["map", str(BAD / "good"), "--bundle", str(tmp_path / "no" / "b.json")])
+    result = CliRunner().invoke(main, ["map", str(BAD / "good"), "--bundle", str(tmp_path / "no" / "b.json"),
+                                       "--study", str(DEFAULT_STUDY)])
     assert result.exit_code == ExitCode.BAD_INPUT
     assert result.output.startswith(f"fhir-msc: error: {tmp_path / 'no'}: no such directory for the bundle b.json")
     assert len(result.output.splitlines()) == 1 and not (tmp_path / "no").exists()
@@ -203,3 +213,79 @@ def test_replayed_finding_widens_its_visit_instead_of_replacing_it(tmp_path):
     assert run_map(extra, store).exit_code == 0
     widened = next(e for e in Store(store).read("Encounter") if e["id"] == encounter["id"])
     assert widened["period"] == {"start": start, "end": "2099-01-01"}
+
+
+def _good_copy(tmp_path: Path) -> Path:
+    source = tmp_path / "tables"
+    shutil.copytree(BAD / "good", source)
+    return source
+
+
+def test_an_age_written_50_0_is_a_whole_number_of_years(tmp_path):
+    source = _good_copy(tmp_path)
+    dm = (source / "dm.csv").read_text()
+    (source / "dm.csv").write_text(dm.replace(",40,M,", ",40.0,M,").replace(",75,M,", ",75.00,M,"))
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert Store(tmp_path / "store").counts() == good_counts(tmp_path)
+    assert {p["birthDate"] for p in Store(tmp_path / "store").read("Patient")} >= {"1980", "1945"}
+
+
+def test_columns_the_study_does_not_read_are_named_in_the_account(tmp_path):
+    source = _good_copy(tmp_path)
+    lines = (source / "dm.csv").read_text().splitlines()
+    comments = ["DMCOMMENT", "moved abroad", "", "see notes"]
+    (source / "dm.csv").write_text("\n".join(f"{line},{comment}" for line, comment in zip(lines, comments)) + "\n")
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert "dm.csv 3 = 3 + 0 (columns not read: DMCOMMENT with 2 value(s))" in result.stdout
+    document = json.loads(run_map(source, tmp_path / "store", "--json").stdout)
+    assert [a["unread_columns"] for a in document["accounts"]] == [{"DMCOMMENT": 2}, {}, {}, {}]
+
+
+@pytest.mark.parametrize("names", [{"qs.csv": "QS.csv"}, {"dm.csv": "DM.CSV", "re.csv": "Re.Csv"}])
+def test_table_files_are_found_whatever_the_case_of_their_names(tmp_path, names):
+    source = _good_copy(tmp_path)
+    for name, other in names.items():
+        (source / name).rename(source / other)
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert Store(tmp_path / "store").counts() == good_counts(tmp_path)
+    assert all(f"{other} " in result.stdout for other in names.values())  # the account names the file read
+
+
+def test_an_xport_table_named_in_capitals_is_found(tmp_path):
+    source = _good_copy(tmp_path)
+    convert_csv(source / "dm.csv", source / "DM.XPT", numeric={"AGE"}, dataset="dm")
+    (source / "dm.csv").unlink()
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert "DM.XPT: read as SAS XPORT v5" in result.output
+    assert Store(tmp_path / "store").counts() == good_counts(tmp_path)
+
+
+def test_two_files_for_one_table_are_refused_in_one_line(tmp_path):
+    source = _good_copy(tmp_path)
+    shutil.copy(source / "dm.csv", source / "DM.CSV")
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert result.output == (f"fhir-msc: error: {source}: the table dm.csv is there 2 times (DM.CSV, dm.csv): "
+                             "keep one of them and run again\n")
+    assert not Store(tmp_path / "store").counts()
+
+
+def test_a_rejected_row_of_a_table_named_in_capitals_is_kept_under_the_study_s_name(tmp_path):
+    source = _good_copy(tmp_path)
+    (source / "qs.csv").write_text((source / "qs.csv").read_text().replace(",50.9,", ",fifty,"))
+    (source / "qs.csv").rename(source / "QS.CSV")
+    store = tmp_path / "store"
+    assert run_map(source, store).exit_code == ExitCode.REJECTED
+    assert [p.name for p in (store / "rejects").glob("*.csv")] == ["qs.csv"]
+
+
+def test_files_that_look_like_tables_but_are_none_of_the_study_s_are_named(tmp_path):
+    source = _good_copy(tmp_path)
+    (source / "sv.csv").write_text("STUDYID,USUBJID,VISITNUM\n")
+    result = run_map(source, tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert f"note: {source / 'sv.csv'}: not a table of NCT04288102 (dm.csv, ex.csv, fa.csv, " in result.stderr

@@ -53,14 +53,14 @@ def test_demo_prints_store_counts_and_lossless(tmp_path, umask_022):
 def test_map_json_output_is_machine_readable(cohort, tmp_path):
     result = invoke("map", str(cohort), "--bundle", str(tmp_path / "b.json"), "--json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["counts"]["Observation"] > 9000 and data["rejections"] == []
 
 
 def test_unmap_then_validate(cohort, tmp_path):
     assert invoke("map", str(cohort), "--store", str(tmp_path / "s"), "--fhir-version", "R5").exit_code == 0
     result = invoke("validate", str(tmp_path / "s"), "--fhir-version", "R5", "--json")
-    assert result.exit_code == 0 and json.loads(result.output)["error_count"] == 0
+    assert result.exit_code == 0 and json.loads(result.stdout)["error_count"] == 0
     result = invoke("unmap", str(tmp_path / "s"), "--out", str(tmp_path / "t"))
     assert result.exit_code == 0 and "dm.csv 100 rows" in result.output
 

@@ -218,7 +218,7 @@ def test_a_failure_with_json_is_an_error_document_on_stdout(tmp_path):
     empty.mkdir()
     failed = invoke("analyze", "--store", str(empty), "--json")
     assert failed.exit_code == ExitCode.BAD_INPUT
-    message = failed.stderr.removeprefix("fhir-msc: error: ").rstrip("\n")
+    message = failed.stderr.splitlines()[-1].removeprefix("fhir-msc: error: ")  # after the note naming the study used
     assert "no findings" in message and json.loads(failed.stdout) == {"error": {"code": 4, "message": message}}
     misused = invoke("analyze", "--json", "--no-such-option")
     assert misused.exit_code == ExitCode.USAGE and "No such option" in misused.stderr

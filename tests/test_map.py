@@ -48,7 +48,7 @@ def tables(cohort, tmp_path) -> Path:
 def test_account_of_the_fixture_balances_and_covers_every_row(cohort, tmp_path):
     result = run_map(cohort, "--store", str(tmp_path / "store"), "--json")
     assert result.exit_code == 0, result.output
-    accounts = {Path(a["file"]).name: a for a in json.loads(result.output)["accounts"]}
+    accounts = {Path(a["file"]).name: a for a in json.loads(result.stdout)["accounts"]}
     for name, account in accounts.items():
         data_lines = len((cohort / name).read_text().splitlines()) - 1
         assert account["read"] == data_lines == account["mapped"] + account["rejected"], name
@@ -82,7 +82,7 @@ def test_mapping_the_same_tables_twice_is_a_no_op(tables, tmp_path):
     before = {p.name: p.read_bytes() for p in store.glob("*.ndjson")}
     result = run_map(tables, "--store", str(store), "--json")
     assert result.exit_code == 0, result.output
-    changes = json.loads(result.output)["changes"]
+    changes = json.loads(result.stdout)["changes"]
     assert all(c["created"] == c["updated"] == 0 and c["unchanged"] > 0 for c in changes.values())
     assert sum(c["unchanged"] for c in changes.values()) == sum(len(v) for v in contents(store).values())
     assert {p.name: p.read_bytes() for p in store.glob("*.ndjson")} == before

@@ -43,10 +43,10 @@ def test_the_fixture_as_xpt_or_dataset_json_maps_to_the_same_store_byte_for_byte
     assert from_csv.exit_code == 0 == from_other.exit_code, from_other.output
     expected = store_files(tmp_path / "csv-store")
     assert expected and store_files(tmp_path / "other-store") == expected
-    accounts = {Path(a["file"]).name: a for a in json.loads(from_other.output)["accounts"]}
+    accounts = {Path(a["file"]).name: a for a in json.loads(from_other.stdout)["accounts"]}
     assert set(accounts) == {f"{p.stem}.{fmt}" for p in cohort.glob("*.csv")}
     assert all(a["read"] == a["mapped"] and a["rejected"] == 0 for a in accounts.values())
-    notes = json.loads(from_other.output)["notes"]
+    notes = json.loads(from_other.stdout)["notes"]
     assert any("dm." + fmt in n and ("SAS XPORT v5" in n or "Dataset-JSON v1.1" in n) for n in notes), notes
 
 
@@ -58,7 +58,7 @@ def test_rejected_rows_of_an_xpt_or_json_table_are_kept_as_csv_naming_the_file_a
     (tables / "ex.csv").write_text("".join(lines))
     source = converted(study, tables, tmp_path / fmt, fmt)
     result = run("map", str(source), "--store", str(tmp_path / "store"), "--json")
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     [rejection] = out["rejections"]
     assert rejection["file"] == str(source / f"ex.{fmt}") and rejection["row"] == 2
     assert rejection["column"] == "EXROUTE" and rejection["value"] == "ORAL"

@@ -91,7 +91,7 @@ def _map(source: Path, store: Path) -> tuple[int, dict]:
     if result.output.startswith("fhir-msc: error:"):  # input unusable: nothing was done
         assert result.exit_code == 4 and len(result.output.splitlines()) == 1
         return 4, {"accounts": []}
-    return result.exit_code, json.loads(result.output)
+    return result.exit_code, json.loads(result.stdout)
 
 
 def _snapshot(store: Path) -> tuple[dict, dict]:

@@ -94,9 +94,18 @@ def test_the_report_says_the_data_are_synthetic_only_when_they_are_tagged(stores
 
 
 def test_report_of_a_store_without_the_study_is_one_line_exit_4(tmp_path, stores):
-    result = report(stores["zero-cell"], tmp_path / "r", "--study", str(DEFAULT_STUDY), "--engine", "python")
+    older = tmp_path / "older"  # a store that records no study definition (written before stores recorded theirs)
+    shutil.copytree(stores["zero-cell"], older, ignore=shutil.ignore_patterns(".fhir-msc"))
+    result = report(older, tmp_path / "r", "--study", str(DEFAULT_STUDY), "--engine", "python")
     assert result.exit_code == 4 and "no findings of NCT04288102 subjects" in result.stderr, result.output
     assert "Traceback" not in result.output
+
+
+def test_report_with_another_study_than_the_store_records_is_refused(tmp_path, stores):
+    result = report(stores["zero-cell"], tmp_path / "r", "--study", str(DEFAULT_STUDY))
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+    assert f"is not the study definition {stores['zero-cell']} holds data of (EXZC-001" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_demo_writes_the_report_as_report_does(tmp_path):

@@ -1,6 +1,7 @@
 """Jobs that write a store: one at a time (exit 9), killed ones cleaned up after, repair, evil servers, owner-only files."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -17,7 +18,7 @@ from storesafety import lock_held_elsewhere, not_owner_only
 from fhir_msc import Store
 from fhir_msc.cli import main
 from fhir_msc.errors import ExitCode, InputError
-from fhir_msc.study.definition import REPO_ROOT
+from fhir_msc.study.definition import DEFAULT_STUDY, REPO_ROOT
 
 BAD = Path(__file__).parent / "data" / "bad"
 BASE = "http://127.0.0.1:9999/fhir"  # never reached: responses answers, or the job stops before asking
@@ -103,7 +104,7 @@ def test_a_killed_map_leaves_debris_that_the_next_map_reports_and_removes(study,
 def test_a_map_to_a_bundle_removes_a_killed_maps_rejects_spool_beside_it(tmp_path):
     (tmp_path / ".rejects-killed").mkdir()
     (tmp_path / ".rejects-killed" / "qs.csv").write_text("half a row")
-    result = invoke("map", BAD / "good", "--bundle", tmp_path / "bundle.json")
+    result = invoke("map", BAD / "good", "--bundle", tmp_path / "bundle.json", "--study", DEFAULT_STUDY)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"note: removed {tmp_path / '.rejects-killed'}: left by a killed job"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.json"]
@@ -174,3 +175,70 @@ def test_what_map_pull_and_unmap_write_is_owner_only_under_umask_022(study, tmp_
     assert (work / "state" / "journal.sqlite").exists() and (work / "pulled" / "Observation.ndjson").exists()
     assert (work / "out" / "bundle.json.rejects").is_dir()
     assert not_owner_only(work) == []
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+# root passes every permission check; without these capabilities it meets them as a user does
+_AS_A_USER = (["setpriv", "--inh-caps=-dac_override,-dac_read_search,-fowner",
+               "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"] if os.geteuid() == 0 else [])
+
+
+def run_as_a_user(*argv: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*_AS_A_USER, FHIR_MSC, *map(str, argv)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A directory holding a mapped store, both read-only (made writable again afterwards, for pytest to remove)."""
+    directory = tmp_path / "read-only"
+    assert invoke("map", BAD / "good", "--store", directory / "store", "--study", DEFAULT_STUDY).exit_code == 0
+    for path in (directory / "store", directory):
+        path.chmod(0o555)
+    yield directory
+    for path in (directory, directory / "store"):
+        path.chmod(0o700)
+
+
+@pytest.mark.parametrize(("argv", "unwritable"), [
+    (["map", BAD / "good", "--store", "{dir}/store"], "{dir}/store"),  # a read-only store
+    (["map", BAD / "good", "--store", "{dir}/new", "--study", DEFAULT_STUDY], "{dir}"),  # a new store in it
+    (["unmap", "{dir}/store", "--out", "{dir}/tables"], "{dir}"),
+    (["export", "--store", "{dir}/store", "--out", "{dir}/views"], "{dir}"),
+])
+def test_a_directory_that_cannot_be_written_is_one_line_and_exit_11(read_only, argv, unwritable):
+    before = sorted(p.relative_to(read_only) for p in read_only.rglob("*"))
+    result = run_as_a_user(*(str(a).format(dir=read_only) for a in argv))
+    assert result.returncode == ExitCode.NO_ACCESS, result.stderr
+    assert result.stderr == (f"fhir-msc: error: {unwritable.format(dir=read_only)}: cannot write there (permission "
+                             "denied): give a directory you may write to, or make it writable for you\n")
+    assert sorted(p.relative_to(read_only) for p in read_only.rglob("*")) == before
+
+
+def test_an_input_that_cannot_be_read_is_one_line_and_exit_11(tmp_path):
+    tables = tmp_path / "tables"
+    shutil.copytree(BAD / "good", tables)
+    (tables / "dm.csv").chmod(0)
+    result = run_as_a_user("map", tables, "--store", tmp_path / "store", "--study", DEFAULT_STUDY)
+    assert result.returncode == ExitCode.NO_ACCESS, result.stderr
+    assert result.stderr == (f"fhir-msc: error: {tables / 'dm.csv'}: permission denied: give a path you may read "
+                             "(or write, for an output), or change its permissions\n")
+
+
+def test_a_read_only_store_is_still_read_by_every_command_that_reads(tmp_path):
+    mini = Path(__file__).parent / "data" / "mini-study"
+    store = tmp_path / "store"
+    assert invoke("map", mini / "tables", "--store", store, "--study", mini / "study.yaml").exit_code == 0
+    store.chmod(0o555)
+    try:
+        before = sorted(p.relative_to(store) for p in store.rglob("*"))
+        for argv, printed in ((["validate", store], "all valid"), (["analyze", "--store", store], "RESP"),
+                              (["verify", "--store", store], "reproduced 2/2"),
+                              (["unmap", store, "--out", tmp_path / "tables"], "xs.csv 28 rows"),
+                              (["export", "--store", store, "--out", tmp_path / "views"], "subjects: 14 rows"),
+                              (["sql", "SELECT count(*) AS n FROM subjects", "--store", store], "14")):
+            result = run_as_a_user(*argv)
+            assert result.returncode == 0 and printed in result.stdout, (argv, result.stderr)
+        assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    finally:
+        store.chmod(0o700)

@@ -17,6 +17,7 @@ from fhir_msc.analysis.views import query as query_module
 from fhir_msc.analysis.views.python_engine import run_view
 from fhir_msc.analysis.views.tables import SHIPPED, shipped_view
 from fhir_msc.cli import main
+from fhir_msc.study.definition import DEFAULT_STUDY
 
 GENDERS = {"resourceType": "ViewDefinition", "name": "genders", "resource": "Patient",
            "select": [{"column": [{"name": "id", "path": "getResourceKey()", "type": "id"},
@@ -179,5 +180,5 @@ def test_sql_computes_only_the_views_the_query_names(tmp_path):
     result = invoke("sql", "SELECT gender, count(*) AS n FROM patients GROUP BY 1", "--store", str(tmp_path), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["rows"] == [{"gender": "female", "n": 3}]
-    broken = invoke("sql", "SELECT count(*) FROM observations", "--store", str(tmp_path))
+    broken = invoke("sql", "SELECT count(*) FROM observations", "--store", str(tmp_path), "--study", str(DEFAULT_STUDY))
     assert broken.exit_code == 4 and len(broken.stderr.strip().splitlines()) == 1

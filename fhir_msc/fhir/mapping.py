@@ -28,7 +28,7 @@ import uuid
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from ..tables.sdtm import (
     FindingRecord,
     RowError,
     SubjectRecord,
+    UnknownSubject,
     boolean_value,
     parse_dose,
     parse_finding,
@@ -325,7 +326,9 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
     build = FhirBuilder(study, version, dataset.synthetic)
     subjects = dict(known_subjects or {})
     keys = reject_keys(study)
-    new_subjects = list(_read_subjects(study, find_table(source, study.tables.dm.file), log, subjects, keys))
+    rejected: dict[str, str] = {}  # subjects whose DM row was rejected, and where: their other rows name it
+    parse = partial(_parse, dm_rejected=rejected)
+    new_subjects = list(_read_subjects(study, find_table(source, study.tables.dm.file), log, subjects, keys, rejected))
     tick = progress or (lambda n: None)
     if new_subjects:
         yield build.research_study()
@@ -334,13 +337,13 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
             yield build.patient(record)
             yield build.research_subject(record)
         tick(len(new_subjects))
-    for record in _read_doses(study, find_table(source, study.tables.ex.file), log, subjects, keys):
+    for record in _read_doses(study, find_table(source, study.tables.ex.file), log, subjects, keys, parse):
         yield build.administration(record)
         tick(1)
     spans = VisitSpans(study)
     observation = build.observation
     count = 0
-    for record in _read_findings(study, source, log, subjects, keys):
+    for record in _read_findings(study, source, log, subjects, keys, parse):
         count += 1
         spans.add(record.subject, record.visitnum, record.date, record.visit)
         yield observation(record)
@@ -351,7 +354,7 @@ def tables_to_fhir(study: Study, source: Path, version: FhirVersion, log: Reject
         yield build.encounter(subject, visitnum, first, last, name)
     if study.adverse_events:
         path = find_table(source, study.adverse_events.file)
-        for event in read_adverse_events(study, path, log, subjects, _parse):
+        for event in read_adverse_events(study, path, log, subjects, parse):
             yield adverse_event(build, event, treatment_of(study, subjects[event.subject]))
             tick(1)
 
@@ -408,16 +411,22 @@ class VisitSpans:
 
 
 def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
-                   keys: dict[str, list[str]]) -> Iterator[SubjectRecord]:
+                   keys: dict[str, list[str]], rejected: dict[str, str]) -> Iterator[SubjectRecord]:
+    """The valid DM rows; each rejected one is noted in ``rejected`` (subject → where), so only that subject's
+    other rows follow it into the rejects."""
     if not path.exists() and subjects:
         return  # replaying findings against subjects already in the store
     columns = list(study.tables.dm.columns.values())
     required = [c for key, c in study.tables.dm.columns.items() if key not in ("end", "country")]
     seen: set[str] = set()  # subjects of this input: a subject already in the store is updated, not a duplicate
     name = study.tables.dm.file
+    subject_column = study.tables.dm.columns["subject"]
     for number, row, header, raw in read_rows(path, required, log, used=columns, key_columns=keys[name], table=name):
         record = _parse(log, path, number, header, raw, row, lambda: parse_subject(study, {c: row.get(c, "") for c in columns}))
         if record is None:
+            if row.get(subject_column) and row[subject_column] not in subjects:
+                column = log.rejections[-1].column
+                rejected.setdefault(row[subject_column], f"{path.name}, row {number}" + (f", column {column}" if column else ""))
             continue
         if record.subject in seen:
             log.reject(Rejection(file=str(path), row=number, column=study.tables.dm.columns["subject"], value=record.subject,
@@ -432,14 +441,14 @@ def _read_subjects(study: Study, path: Path, log: RejectLog, subjects: dict[str,
 
 
 def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
-                keys: dict[str, list[str]]) -> Iterator[DoseRecord]:
+                keys: dict[str, list[str]], parse: Callable[..., Any]) -> Iterator[DoseRecord]:
     if not path.exists() and subjects:
         return
     required = list(study.tables.ex.columns.values())
     seen: set[tuple[str, str]] = set()
     name = study.tables.ex.file
     for number, row, header, raw in read_rows(path, required, log, key_columns=keys[name], table=name):
-        record = _parse(log, path, number, header, raw, row, lambda: parse_dose(study, subjects, row))
+        record = parse(log, path, number, header, raw, row, lambda: parse_dose(study, subjects, row))
         if record is None:
             continue
         if (record.subject, record.date) in seen:
@@ -452,7 +461,7 @@ def _read_doses(study: Study, path: Path, log: RejectLog, subjects: dict[str, Su
 
 
 def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[str, SubjectRecord],
-                   keys: dict[str, list[str]]) -> Iterator[FindingRecord]:
+                   keys: dict[str, list[str]], parse: Callable[..., Any]) -> Iterator[FindingRecord]:
     for domain, name in study.tables.findings.files.items():
         path = find_table(source, name)
         if not path.exists():
@@ -465,7 +474,7 @@ def _read_findings(study: Study, source: Path, log: RejectLog, subjects: dict[st
         optional = [c for c in (col.test, col.status, col.reason) if c]
         for number, row, header, raw in read_rows(path, required, log, used=[*required, *optional], key_columns=keys[name],
                                                   table=name):
-            record = _parse(log, path, number, header, raw, row, lambda: parse_finding(study, col, subjects, row))
+            record = parse(log, path, number, header, raw, row, lambda: parse_finding(study, col, subjects, row))
             if record is None:
                 continue
             key = (record.subject, record.visitnum, record.testcd)
@@ -492,10 +501,15 @@ def _repeated_finding_keys(path: Path, required: list[str], key_columns: list[st
 
 
 def _parse(log: RejectLog, path: Path, number: int, header: list[str], raw: list[str], row: dict[str, str],
-           parse: Callable[[], Any]) -> Any:
+           parse: Callable[[], Any], dm_rejected: dict[str, str] | None = None) -> Any:
+    """``parse()``, or None with the row rejected; a row of a subject whose DM row was rejected says which row."""
     try:
         return parse()
     except RowError as err:
-        problem = err.problem + row.get(SPANNED, "")
+        problem = err.problem
+        if isinstance(err, UnknownSubject) and dm_rejected and err.value in dm_rejected:
+            problem = (f"the subject's DM row was rejected ({dm_rejected[err.value]}): fix that row; "
+                       "it is in the rejects with this one, replay them together")
+        problem += row.get(SPANNED, "")
         log.reject(Rejection(file=str(path), row=number, column=err.column, value=err.value, problem=problem), header, raw)
         return None

@@ -2,7 +2,8 @@
 
 Files are created 0600 and directories 0700 whatever the process umask, so a store,
 its rejects, the sync journal or hospital findings are never readable by other users.
-Directories that already exist are left as they are (they are the user's).
+Directories that already exist are left as they are (they are the user's). A directory
+that cannot be created for want of permission is a :class:`NoAccess` naming its parent.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import InputError
+from ..errors import InputError, NoAccess
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -31,6 +32,8 @@ def private_dir(path: Path) -> Path:
             if not directory.is_dir():
                 raise InputError(f"{directory}: exists and is not a directory") from None
             continue
+        except OSError as error:
+            raise NoAccess.of(error, directory.parent) or error from None
         os.chmod(directory, DIR_MODE)  # the umask may have taken bits we asked for
     return path
 

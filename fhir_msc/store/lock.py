@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import SyncLocked
+from ..errors import NoAccess, SyncLocked
 from .files import DIR_MODE, private_dir, private_open
 
 LOCK_FILE = ".fhir-msc.lock"
@@ -52,7 +52,11 @@ def store_lock(store: Path) -> Iterator[bool]:
             with _held_guard:
                 _held[key] = (me, depth)
         return
-    with private_open(key / LOCK_FILE, "a+") as handle:
+    try:
+        opened = private_open(key / LOCK_FILE, "a+")
+    except OSError as error:
+        raise NoAccess.of(error, store) or error from None
+    with opened as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -88,7 +92,10 @@ def spool_dir(parent: Path, prefix: str) -> Iterator[Path]:
     """
     private_dir(parent)
     while True:
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        try:
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        except OSError as error:
+            raise NoAccess.of(error, parent) or error from None
         os.chmod(path, DIR_MODE)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -28,6 +28,7 @@ import orjson
 from ..errors import InputError
 from .files import private_open
 from .lock import spool_dir, store_lock, sweep_debris
+from .study_record import forget_study
 
 Resource = dict[str, Any]
 Prefilter = Callable[[bytes], bool]
@@ -243,9 +244,11 @@ class Store:
         return removed
 
     def clear(self) -> None:
+        """Remove every resource, and the study definition recorded with them (``study_record``)."""
         with self.writing():
             for resource_type in self.resource_types():
                 self._file(resource_type).unlink()
+            forget_study(self.path)
 
 
 def _checked(resource: Any) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from ..study.adverse_events import AE_FIELDS, AE_OPTIONAL, AdverseEvents
 from ..study.definition import Study
 from .reading import read_rows
 from .rejects import Rejection, RejectLog
-from .sdtm import RowError, SubjectRecord, TableWriter, check_date, parse_whole_number
+from .sdtm import RowError, SubjectRecord, TableWriter, check_date, known_subject, parse_whole_number
 
 __all__ = ["AdverseEventRecord", "ae_columns", "ae_row", "parse_adverse_event", "read_adverse_events",
            "write_adverse_event"]
@@ -52,9 +52,7 @@ def parse_adverse_event(study: Study, subjects: dict[str, SubjectRecord], row: d
     if row[c["study"]] != study.study.identifier.value:
         raise RowError(c["study"], row[c["study"]],
                        f"row belongs to another study: this definition is {study.study.identifier.value}")
-    subject = row[c["subject"]]
-    if subject not in subjects:
-        raise RowError(c["subject"], subject, "unknown subject: it is not in DM (or was rejected there); fix DM first")
+    subject = known_subject(subjects, c["subject"], row[c["subject"]])
     seq = parse_whole_number(c["seq"], row[c["seq"]], "AESEQ must be a whole number (ASCII digits)")
     if seq < 1:
         raise RowError(c["seq"], row[c["seq"]], "AESEQ must be 1 or more")

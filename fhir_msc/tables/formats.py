@@ -1,7 +1,8 @@
 """Trial tables as submitted: SAS XPORT v5 (``.xpt``) and CDISC Dataset-JSON v1.1 (``.json``) beside CSV.
 
 The study names each table as a CSV file (``dm.csv``); :func:`find_table` also accepts
-the same table as ``dm.xpt`` or ``dm.json`` in the directory, exactly one of them. The
+the same table as ``dm.xpt`` or ``dm.json`` in the directory, its name in any case
+(``DM.CSV``), exactly one of them. The
 format is recognised from the file's first bytes (an XPORT library header, a JSON
 object), not trusted from its name. Values come out as the strings a CSV holds: numbers
 in their shortest form (``40``, ``0.5``), SAS dates as ISO dates, missing values (``.``,
@@ -37,19 +38,36 @@ class TableFormatError(ValueError):
     """A table file that is not what its name or content says; the message says what to do."""
 
 
+SUFFIXES = tuple(f".{kind}" for kind in FORMATS)  # of a file that holds a table
+
+
+def table_names(name: str) -> set[str]:
+    """The names (lower case) a file holding the table the study calls ``name`` may have: ``dm.csv``, ``dm.xpt``,
+    ``dm.json``, in any case (``DM.CSV``, ``QS.csv``)."""
+    stem = Path(name).stem.lower()
+    return {name.lower(), *(stem + suffix for suffix in SUFFIXES)}
+
+
 def find_table(directory: Path, name: str) -> Path:
-    """The file holding the table the study calls ``name``: itself, or its ``.xpt`` / ``.json`` twin.
+    """The file holding the table the study calls ``name``: itself, or its ``.xpt`` / ``.json`` twin, in any case.
 
     The path ``directory / name`` is returned when none exists (so "file not found" names the
-    file the study asks for); more than one is an :class:`InputError`.
+    file the study asks for); more than one (``dm.csv`` and ``DM.CSV``, ``dm.csv`` and
+    ``dm.xpt``) is an :class:`InputError`.
     """
-    stem = Path(name).stem
-    names = dict.fromkeys([name, f"{stem}.xpt", f"{stem}.json"])
-    found = [directory / n for n in names if (directory / n).is_file()]
+    names = table_names(name)
+    found = sorted(p for p in directory.iterdir() if p.name.lower() in names and p.is_file()) if directory.is_dir() else []
     if len(found) > 1:
         raise InputError(f"{directory}: the table {name} is there {len(found)} times "
                          f"({', '.join(p.name for p in found)}): keep one of them and run again")
     return found[0] if found else directory / name
+
+
+def other_tables(directory: Path, names: list[str]) -> list[Path]:
+    """Files of ``directory`` that look like tables (``.csv``, ``.xpt``, ``.json``) but hold none of ``names``."""
+    known = set().union(*map(table_names, names))
+    return sorted(p for p in directory.iterdir()
+                  if p.suffix.lower() in SUFFIXES and p.name.lower() not in known and p.is_file())
 
 
 def detect_format(path: Path) -> str:

@@ -9,6 +9,7 @@
   one, with a note.
 - Header: a required column missing, or a column the study reads appearing twice, makes
   the whole file unusable: one line showing the header found, every row kept in the rejects.
+  Columns the study does not read are counted (rows holding a value) for the account.
 - Values: a value of a column the study reads holding a character no FHIR string can (below
   U+0020 but tab, CR and LF, e.g. NUL) rejects its row, naming the column and the character.
 - Rows: fields of any length (csv's default limit is 131,072 characters); a row that a
@@ -229,7 +230,8 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
         return
     header, width, strip = fmt.header, len(fmt.header), str.strip
     checked = used or required
-    keyed = bool(key_columns and log.waiting.get(path.name))  # keys matter only against rows waiting in the rejects
+    keyed = bool(key_columns and log.waiting.get(log.table(display)))  # keys matter only against rows waiting in the rejects
+    unread = UnreadColumns(header, checked)
     for row in raw_rows(path, fmt):
         raw = row.fields
         log.read(display, row_key(header, raw, key_columns) if keyed else None)
@@ -259,7 +261,9 @@ def read_rows(path: Path, required: list[str], log: RejectLog, *, used: list[str
             continue
         if row.last_line > row.first_line:
             values[SPANNED] = _spanned(row, raw)
+        unread.count(raw)
         yield row.number, values, header, raw
+    log.unread(display, unread.counts)
 
 
 def _read_structured(path: Path, kind: str, required: list[str], used: list[str], log: RejectLog,
@@ -278,6 +282,7 @@ def _read_structured(path: Path, kind: str, required: list[str], used: list[str]
         return
     width, strip = len(header), str.strip
     keyed = bool(key_columns and log.waiting.get(log.table(display)))
+    unread = UnreadColumns(header, used)
     for number, raw in enumerate(rows, start=1):
         log.read(display, row_key(header, raw, key_columns) if keyed else None)
         if len(raw) != width:
@@ -289,7 +294,9 @@ def _read_structured(path: Path, kind: str, required: list[str], used: list[str]
         if CONTROL_CHARACTER.search("".join(raw)) and (control := _control_character(display, number, values, used)):
             log.reject(control, header, raw)
             continue
+        unread.count(raw)
         yield number, values, header, raw
+    log.unread(display, unread.counts)
 
 
 def _control_character(file: str, row: int, values: dict[str, str], columns: list[str]) -> Rejection | None:
@@ -300,6 +307,20 @@ def _control_character(file: str, row: int, values: dict[str, str], columns: lis
             return Rejection(file=file, row=row, column=column, value=value,
                              problem=f"{problem}: remove it and replay the rejects file")
     return None
+
+
+class UnreadColumns:
+    """The columns of a table the study does not read, each with how many rows hold a value there."""
+
+    def __init__(self, header: list[str], used: list[str]):
+        wanted = set(used)
+        self._index = {i: name or f"column {i + 1} (no name)" for i, name in enumerate(header) if name not in wanted}
+        self.counts = dict.fromkeys(self._index.values(), 0)
+
+    def count(self, raw: list[str]) -> None:
+        for index, name in self._index.items():
+            if raw[index].strip():
+                self.counts[name] += 1
 
 
 SPANNED = "\0spanned"  # a key of a row's values: how the row spans physical lines, for messages

@@ -79,7 +79,9 @@ class FileAccount:
     """The rows of one input file: read = mapped + rejected.
 
     Rows are CSV records (a quoted field may span lines); lines with every field empty are
-    not rows. ``unusable`` says why the whole file was rejected, if it was.
+    not rows. ``unusable`` says why the whole file was rejected, if it was;
+    ``unread_columns`` names the columns the study definition does not read, each with how
+    many rows hold a value there.
     """
 
     file: str
@@ -87,6 +89,7 @@ class FileAccount:
     mapped: int
     rejected: int
     unusable: str | None = None
+    unread_columns: dict[str, int] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -99,6 +102,7 @@ class _Tally:
     mapped: int = 0
     rejected: int = 0
     unusable: str | None = None
+    unread_columns: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +150,10 @@ class RejectLog:
     def mapped(self, file: str) -> None:
         self._tally(file).mapped += 1
 
+    def unread(self, file: str, columns: dict[str, int]) -> None:
+        """Columns of ``file`` the study does not read, each with its count of non-empty values."""
+        self._tally(file).unread_columns.update(columns)
+
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
@@ -181,8 +189,8 @@ class RejectLog:
 
     @property
     def accounts(self) -> list[FileAccount]:
-        return [FileAccount(file=file, read=t.read, mapped=t.mapped, rejected=t.rejected, unusable=t.unusable)
-                for file, t in self._tallies.items()]
+        return [FileAccount(file=file, read=t.read, mapped=t.mapped, rejected=t.rejected, unusable=t.unusable,
+                            unread_columns=dict(t.unread_columns)) for file, t in self._tallies.items()]
 
     def close(self) -> None:
         for handle, _ in self._writers.values():

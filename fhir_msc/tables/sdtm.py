@@ -32,7 +32,10 @@ SYNTHETIC_NOTE = ("SYNTHETIC DATA: not real patients. Every FHIR resource made f
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$", re.ASCII)
 _DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2})(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?$", re.ASCII)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
-_DIGITS = re.compile(r"^[+-]?\d+$", re.ASCII)
+_WHOLE = re.compile(r"^[+-]?\d+(\.0*)?$", re.ASCII)  # 50, and 50.0 as spreadsheets and SAS write a whole number
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$", re.ASCII)  # 1,234 1,234,567 1,234.5
+_DOT_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+,\d+$", re.ASCII)  # 1.234,5: a decimal comma, dots grouping
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$", re.ASCII)
 
 
 # --- records: one validated row each ----------------------------------------------
@@ -92,6 +95,13 @@ class RowError(ValueError):
     def __init__(self, column: str | None, value: str | None, problem: str):
         super().__init__(problem)
         self.column, self.value, self.problem = column, value, problem
+
+
+class UnknownSubject(RowError):
+    """A row of a subject that DM does not hold (the mapping names the DM row when it was rejected)."""
+
+    def __init__(self, column: str, value: str):
+        super().__init__(column, value, "unknown subject: it is not in DM (or was rejected there); fix DM first")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,18 +165,36 @@ def _check_datetime(column: str, value: str, moment: re.Match) -> str:
     return value
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a decimal number as fhir-msc reads one (ASCII digits, a decimal point, an exponent)."""
+    return bool(_NUMBER.match(text))
+
+
 def parse_number(column: str, value: str) -> float:
     """A decimal number as written in a table: ASCII digits, a decimal point; nothing else is guessed."""
     if not _NUMBER.match(value):
-        if re.fullmatch(r"[+-]?\d+,\d+", value, re.ASCII):
-            raise RowError(column, value, "decimal comma: write the number with a decimal point "
-                                          f"({value.replace(',', '.')}) and replay the rejects file")
-        raise RowError(column, value, "not a number: enter the numeric result with ASCII digits and a decimal point "
-                                      "(no units, no digit grouping)")
+        raise RowError(column, value, _not_a_number(value))
     number = float(value)
     if number in (float("inf"), float("-inf")):
         raise RowError(column, value, "not a finite number")
     return number
+
+
+def _not_a_number(value: str) -> str:
+    """What to do about a value that is not a number as fhir-msc reads one: digit grouping and decimal commas named."""
+    replay = "and replay the rejects file"
+    integer = value.lstrip("+-").split(",")[0]
+    if _THOUSANDS.match(value) and integer != "0":
+        if value.count(",") == 1 and "." not in value:  # 1,234: one thousand and more, or one and a fraction
+            return (f"ambiguous: {value.replace(',', '')} with a thousands separator, or {value.replace(',', '.')} with "
+                    f"a decimal comma: write the number meant without digit grouping, with a decimal point, {replay}")
+        return f"thousands separator: write {value.replace(',', '')} (no digit grouping) {replay}"
+    if _DOT_THOUSANDS.match(value):
+        return (f"decimal comma with '.' grouping: write {value.replace('.', '').replace(',', '.')} "
+                f"(a decimal point, no digit grouping) {replay}")
+    if _DECIMAL_COMMA.match(value):
+        return f"decimal comma: write the number with a decimal point ({value.replace(',', '.')}) {replay}"
+    return "not a number: enter the numeric result with ASCII digits and a decimal point (no units, no digit grouping)"
 
 
 COMPARATORS = ("<=", ">=", "<", ">")  # FHIR Quantity.comparator of a censored result, as written before the number
@@ -181,9 +209,10 @@ def split_comparator(text: str) -> tuple[str, str]:
 
 
 def parse_whole_number(column: str, value: str, problem: str) -> int:
-    if not _DIGITS.match(value):
+    """A whole number as people write it: ``50``, or ``50.0`` (a whole number a spreadsheet or SAS wrote as a decimal)."""
+    if not _WHOLE.match(value):
         raise RowError(column, value, problem)
-    return int(value)
+    return int(value.split(".")[0])
 
 
 def format_number(value: float) -> str:
@@ -214,7 +243,7 @@ def parse_subject(study: Study, row: dict[str, str]) -> SubjectRecord:
 def parse_dose(study: Study, subjects: dict[str, SubjectRecord], row: dict[str, str]) -> DoseRecord:
     c = study.tables.ex.columns
     _check_study(study, c["study"], row[c["study"]])
-    subject = _known_subject(subjects, c["subject"], row[c["subject"]])
+    subject = known_subject(subjects, c["subject"], row[c["subject"]])
     treatment = row[c["treatment"]]
     if treatment not in study.intervention_by_treatment:
         known = ", ".join(study.intervention_by_treatment)
@@ -261,7 +290,7 @@ class FindingColumns:
 
 def parse_finding(study: Study, col: FindingColumns, subjects: dict[str, SubjectRecord], row: dict[str, str]) -> FindingRecord:
     _check_study(study, col.study, row[col.study])
-    subject = _known_subject(subjects, col.subject, row[col.subject])
+    subject = known_subject(subjects, col.subject, row[col.subject])
     testcd = row[col.testcd]
     outcome = study.outcome_by_code.get(testcd)
     if outcome is None or outcome.domain != col.domain:
@@ -345,7 +374,7 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
         return text, ""
     if outcome.type == "integer":
         number = parse_whole_number(result_column, text, f"{outcome.code} is a count: write a whole number "
-                                                         "(ASCII digits, no decimal point)")
+                                                         "(ASCII digits; 20 or 20.0, not 20.5)")
         if not -2**31 <= number < 2**31:
             raise RowError(result_column, text, "beyond the range of a FHIR integer (32 bits): check the value")
         if not outcome.in_range(number):
@@ -360,7 +389,8 @@ def _result(outcome: Outcome, result_column: str, text: str, unit_column: str, u
     try:
         number = parse_number(result_column, digits)
     except RowError as err:
-        raise RowError(result_column, text, err.problem + " (a censored result is written <0.5, >1000, <= or >=)") from None
+        censored = " (a censored result is written <0.5, >1000, <= or >=)" if err.problem.startswith("not a number") else ""
+        raise RowError(result_column, text, err.problem + censored) from None
     factor = outcome.factor_from(unit)
     if factor is None:
         accepted = ", ".join([outcome.unit, *outcome.unit_aliases])
@@ -387,9 +417,9 @@ def _check_study(study: Study, column: str, value: str) -> None:
         raise RowError(column, value, f"row belongs to another study: this definition is {study.study.identifier.value}")
 
 
-def _known_subject(subjects: dict[str, SubjectRecord], column: str, value: str) -> str:
+def known_subject(subjects: dict[str, SubjectRecord], column: str, value: str) -> str:
     if value not in subjects:
-        raise RowError(column, value, "unknown subject: it is not in DM (or was rejected there); fix DM first")
+        raise UnknownSubject(column, value)
     return value
 
 

@@ -110,7 +110,7 @@ def test_hospital_pull_bulk_finds_the_enrolled_patients_the_server_holds(peer, p
     enrolled = [p["id"] for p in patient_export.resources("Patient")][:len(STUDY_SUBJECTS) - 1]
     result = _hospital_pull(peer.base(), demo_store, tmp_path, enrolled)
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["method"] == "bulk" and (data["enrolled"], data["patients"]["used"]) == (len(STUDY_SUBJECTS), len(enrolled))
     assert data["patients"]["skipped"] == {"no hospital patient has this identifier": 1}
     theirs = sum(1 for o in patient_export.resources("Observation") if ref_id(o["subject"]["reference"]) in enrolled)
@@ -145,7 +145,7 @@ def test_smart_backend_services_token_exchange_and_a_secure_export(peer, patient
     env = {"FHIR_MSC_SMART_CLIENT_ID": registered.text, "FHIR_MSC_SMART_KEY": str(pem), "FHIR_MSC_SMART_KID": "interop-1"}
     result = _hospital_pull(base, demo_store, tmp_path, enrolled, env)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["patients"]["used"] == 2
+    assert json.loads(result.stdout)["patients"]["used"] == 2
 
 
 def test_pull_bulk_needs_a_search_this_server_does_not_answer_and_says_so_in_one_line(peer, tmp_path):

@@ -39,6 +39,7 @@ from fhir_msc.server.auth import (
     scope_syntax,
 )
 from fhir_msc.server.client import FhirClient, RetryPolicy
+from fhir_msc.study.definition import DEFAULT_STUDY
 
 BAD = Path(__file__).parents[1] / "data" / "bad"
 BASE = "https://fhir.hospital.test/fhir"
@@ -288,7 +289,7 @@ def test_wrong_key_is_refused_with_exit_8_and_one_line(smart_server, tmp_path):
     wrong = _pem(tmp_path / "wrong.pem", _ec_key())  # not the registered es-1 key
     env = {"FHIR_MSC_SMART_CLIENT_ID": CLIENT, "FHIR_MSC_SMART_KEY": str(wrong), "FHIR_MSC_SMART_KID": "es-1"}
     result = CliRunner(env=env).invoke(main, ["pull", "--server", smart_server.base, "--store", str(tmp_path / "s"),
-                                              "--state", str(tmp_path / "state")])
+                                              "--state", str(tmp_path / "state"), "--study", str(DEFAULT_STUDY)])
     assert result.exit_code == ExitCode.SERVER, result.output
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert "invalid_client" in result.stderr and "signature does not verify" in result.stderr
@@ -380,7 +381,8 @@ def test_a_pull_from_a_read_only_smart_client_asks_for_read_and_succeeds(scoped_
 def test_a_push_asks_for_write_and_a_refused_scope_is_named_as_such(scoped_server, es_key, tmp_path):
     server = scoped_server(FHIR_TEST_SMART_SCOPES="system/*.read")
     env = _smart_env(_pem(tmp_path / "k.pem", es_key))
-    result = _run(env, "push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "state"))
+    result = _run(env, "push", str(BAD / "good"), "--server", server.base, "--state", str(tmp_path / "state"),
+                  "--study", str(DEFAULT_STUDY))
     assert result.exit_code == ExitCode.SERVER, result.output
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert "refused the scope 'system/*.read system/*.write'" in result.stderr and "invalid_scope" in result.stderr

@@ -250,7 +250,7 @@ def test_pull_bulk_with_a_token_and_fallback_to_paged_without_export(study, tmp_
         pulled = runner.invoke(main, ["pull", "--bulk", "--server", server.base, "--store", str(tmp_path / "a"),
                                       "--state", str(tmp_path / "s1"), "--json"])
         assert pulled.exit_code == 0, pulled.output
-        assert json.loads(pulled.output)["method"] == "bulk" and json.loads(pulled.output)["counts"]["Observation"] == 34
+        assert json.loads(pulled.stdout)["method"] == "bulk" and json.loads(pulled.stdout)["counts"]["Observation"] == 34
         status = requests.get(f"{server.base}/$export", headers={"Prefer": "respond-async"}, timeout=10)
         assert status.status_code == 401  # no token, no export
     finally:
@@ -520,7 +520,7 @@ def test_pull_bulk_keeps_local_data_the_server_lacks_as_a_conflict_unless_the_se
         assert next(local.read("Group")) == group and local.counts() == before
         taken = CliRunner().invoke(main, pull_args(server.base, tmp_path, "--full", "--prefer", "server", "--json"))
         assert taken.exit_code == 0, taken.output
-        assert [(c["id"], c["kept"]) for c in json.loads(taken.output)["conflicts"]] == [(group["id"], "server")]
+        assert [(c["id"], c["kept"]) for c in json.loads(taken.stdout)["conflicts"]] == [(group["id"], "server")]
         assert len(next(local.read("Group"))["member"]) == 2 and local.counts() == before
     finally:
         server.stop()
@@ -539,7 +539,7 @@ def test_pulls_after_a_bulk_pull_take_the_servers_changes_without_calling_them_c
             args = pull_args(server.base, tmp_path, "--json")
             result = CliRunner().invoke(main, args if bulk_pull else [a for a in args if a != "--bulk"])
             assert result.exit_code == 0, result.output
-            assert json.loads(result.output)["conflicts"] == [] and json.loads(result.output)["counts"]["Observation"] == 1
+            assert json.loads(result.stdout)["conflicts"] == [] and json.loads(result.stdout)["counts"]["Observation"] == 1
             assert next(o for o in store.read("Observation") if o["id"] == changed["id"])["valueQuantity"]["value"] == value
     finally:
         server.stop()

@@ -42,6 +42,7 @@ from fhir_msc.server.client import (
 )
 from fhir_msc.server.journal import Journal
 from fhir_msc.server.sync import push
+from fhir_msc.study.definition import DEFAULT_STUDY
 
 BASE = "http://127.0.0.1:9999/fhir"
 OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid",
@@ -519,6 +520,7 @@ def test_tls_handshake_failure_is_reported_not_retried(tls_server, tmp_path):
         client.capabilities()
     assert client.stats.requests == 1 and waits == []
     assert FhirClient(base, verify=str(cert)).capabilities()["resourceType"] == "CapabilityStatement"
-    result = cli("pull", "--server", base, "--store", str(tmp_path / "s"), "--state", str(tmp_path / "state"))
+    result = cli("pull", "--server", base, "--store", str(tmp_path / "s"), "--state", str(tmp_path / "state"),
+                 "--study", str(DEFAULT_STUDY))
     assert result.exit_code == ExitCode.SERVER and result.stderr.count("\n") == 1
     assert "TLS handshake" in result.stderr and "--ca-bundle" in result.stderr and "overloaded" not in result.stderr

@@ -67,7 +67,7 @@ def test_hospital_results_fill_gaps_and_never_overwrite_study_values(hospital, d
     before = Store(store).counts()
     result = _pull(hospital, store, tmp_path / "found")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert (data["enrolled"], data["patients"]["used"]) == (6, 5)
     assert data["patients"]["skipped"] == {"no hospital patient has this identifier": 1}
     observations = data["observations"]
@@ -104,7 +104,7 @@ def test_hospital_results_fill_gaps_and_never_overwrite_study_values(hospital, d
     # again, preferring the hospital: the conflicts are taken, the gaps filled last time are the same now
     again = _pull(hospital, store, tmp_path / "found", "--prefer", "hospital")
     assert again.exit_code == 0, again.output
-    data = json.loads(again.output)
+    data = json.loads(again.stdout)
     assert data["observations"]["skipped"][SAME] == 5 and CONFLICT not in data["observations"]["skipped"]
     assert data["observations"]["used"] == len(data["findings"]) == len(data["conflicts"]) == 15
     assert _stored(store, "NCT04288102-001/M36/FVC")["valueQuantity"]["value"] == 3.25
@@ -192,10 +192,10 @@ def test_hospital_findings_never_go_into_the_trial_tables(cohort, demo_store):
 def test_hospital_pull_bulk_gives_the_paged_findings_conflicts_and_account(hospital, demo_store, tmp_path):
     for name in ("paged", "bulk"):
         shutil.copytree(demo_store.path, tmp_path / name)
-    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").output)
+    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").stdout)
     result = _pull(hospital, tmp_path / "bulk", tmp_path / "found-bulk", "--bulk", "--state", str(tmp_path / "state"))
     assert result.exit_code == 0, result.output
-    by_bulk = json.loads(result.output)
+    by_bulk = json.loads(result.stdout)
     assert (by_bulk["method"], paged["method"]) == ("bulk", "search")
     assert by_bulk["findings"] == paged["findings"] and by_bulk["conflicts"] == paged["conflicts"]
     assert by_bulk["patients"] == paged["patients"]
@@ -215,7 +215,7 @@ def test_hospital_pull_bulk_falls_back_to_paged_search_without_export(demo_store
     try:
         requests.post(server.base, json=json.loads((HOSPITAL / "bundle.json").read_text()), timeout=60).raise_for_status()
         shutil.copytree(demo_store.path, tmp_path / "store")
-        data = json.loads(_pull(server, tmp_path / "store", tmp_path / "found", "--bulk", "--state", str(tmp_path / "s")).output)
+        data = json.loads(_pull(server, tmp_path / "store", tmp_path / "found", "--bulk", "--state", str(tmp_path / "s")).stdout)
         assert data["method"] == "search" and data["observations"]["read"] == 43 and len(data["findings"]) == 4
         assert len(data["notes"]) == 1 and data["notes"][0].endswith("declares no $export: pulled by paged search")
     finally:
@@ -272,10 +272,10 @@ def test_hospital_pull_bulk_without_the_type_filter_applied_gives_the_paged_acco
         shutil.copytree(demo_store.path, tmp_path / name)
     server = _quirky_hospital(quirk)
     try:
-        paged = json.loads(_pull(server, tmp_path / "paged", tmp_path / "found-paged").output)
+        paged = json.loads(_pull(server, tmp_path / "paged", tmp_path / "found-paged").stdout)
         result = _pull(server, tmp_path / "bulk", tmp_path / "found-bulk", "--bulk", "--state", str(tmp_path / "state"))
         assert result.exit_code == 0, result.output
-        by_bulk = json.loads(result.output)
+        by_bulk = json.loads(result.stdout)
         for part in ("patients", "observations", "findings", "conflicts", "unused_codes"):
             assert by_bulk[part] == paged[part], part  # every Observation read and accounted for, as by search
         assert any("did not apply the _typeFilter of Observation" in note for note in by_bulk["notes"])
@@ -311,14 +311,14 @@ def _capped_hospital(cap: int):
 def test_hospital_pull_from_a_capped_server_reads_every_observation_by_the_study_codes(hospital, demo_store, tmp_path):
     for name in ("paged", "capped"):
         shutil.copytree(demo_store.path, tmp_path / name)
-    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").output)
+    paged = json.loads(_pull(hospital, tmp_path / "paged", tmp_path / "found-paged").stdout)
     server = _capped_hospital(5)  # each patient has 8 to 10 Observations, at most 4 with one code
     try:
         result = _pull(server, tmp_path / "capped", tmp_path / "found-capped")
     finally:
         server.stop()
     assert result.exit_code == 0, result.output
-    capped = json.loads(result.output)
+    capped = json.loads(result.stdout)
     values = lambda conflicts: [{k: v for k, v in c.items() if k != "hospital_observation"} for c in conflicts]  # noqa: E731
     assert capped["findings"] == paged["findings"] and values(capped["conflicts"]) == values(paged["conflicts"])
     assert capped["patients"] == paged["patients"] and capped["missed"] == []  # (each server gave its own ids)
@@ -346,7 +346,7 @@ def test_hospital_pull_that_cannot_list_a_code_completely_counts_it_says_so_and_
     assert "incomplete: 2 search(es) fell short of what the server says they match" in result.stderr
     assert "missed: Observation http://loinc.org|2039-6 of Patient/" in result.stderr
     assert "the server listed 3 of the 4 it matches (Bundle.total)" in result.stderr
-    observations = json.loads(as_json.output)["observations"]
+    observations = json.loads(as_json.stdout)["observations"]
     assert observations["read"] == 43 and observations["read"] == observations["used"] + sum(observations["skipped"].values())
     skipped = observations["skipped"]
     assert skipped[PARTLY_LISTED] == 6 and skipped[NOT_LISTED] >= 2  # 3 CEA listed of each 4, and the 2 not listed

@@ -122,7 +122,7 @@ def test_sync_store_to_server_to_store(study, fhir_server, tmp_path):
     assert runner.invoke(main, ["map", str(tmp_path / "tables"), "--store", str(tmp_path / "a")]).exit_code == 0
     up = runner.invoke(main, ["sync", "--from", str(tmp_path / "a"), "--to", fhir_server.base, "--state", str(tmp_path / "s"), "--json"])
     assert up.exit_code == 0, up.output
-    assert json.loads(up.output)["pushed"]["updated"] + json.loads(up.output)["pushed"]["created"] == 54
+    assert json.loads(up.stdout)["pushed"]["updated"] + json.loads(up.stdout)["pushed"]["created"] == 54
     down = runner.invoke(main, ["sync", "--from", fhir_server.base, "--to", str(tmp_path / "b"), "--state", str(tmp_path / "s2")])
     assert down.exit_code == 0, down.output
     runner.invoke(main, ["unmap", str(tmp_path / "b"), "--out", str(tmp_path / "back")])
@@ -238,10 +238,10 @@ def test_restarted_server_is_refilled_by_the_next_push(tmp_path):
     try:
         assert server.count("Observation") == 0
         dry = push_cli("--server", server.base, "--state", str(tmp_path / "s"), "--dry-run", "--json")
-        assert dry.exit_code == 0 and json.loads(dry.output)["restored"] == 54 and server.count("Observation") == 0
+        assert dry.exit_code == 0 and json.loads(dry.stdout)["restored"] == 54 and server.count("Observation") == 0
         second = push_cli("--server", server.base, "--state", str(tmp_path / "s"), "--json")
         assert second.exit_code == 0, second.output
-        result = json.loads(second.output)
+        result = json.loads(second.stdout)
         assert (result["restored"], result["unchanged"], result["failed"]) == (54, 0, [])
         assert result["created"] + result["updated"] == result["total"] == result["checked"] == 54
         for resource_type, count in GOOD_COUNTS.items():
@@ -260,7 +260,7 @@ def test_verify_lists_what_the_server_lacks_and_full_resends_everything(fhir_ser
     assert "holds 53 of the 54 resources, lacks 1" in verify.output and f"Observation/{observation['id']}: not on the server" in verify.output
     full = push_cli(*state, "--full", "--json")
     assert full.exit_code == 0, full.output
-    assert json.loads(full.output)["unchanged"] == 0 and json.loads(full.output)["bundles"] >= 2
+    assert json.loads(full.stdout)["unchanged"] == 0 and json.loads(full.stdout)["bundles"] >= 2
     assert push_cli(*state, "--verify").exit_code == 0 and fhir_server.count("Observation") == 34
 
 
@@ -329,10 +329,10 @@ def test_capped_server_two_pushes_exit_0_and_the_second_sends_nothing(tmp_path):
         state = ["--server", server.base, "--state", str(tmp_path / "s"), "--json"]
         first = push_cli(*state)
         assert first.exit_code == 0, first.output
-        assert json.loads(first.output)["restored"] == 0 and server.count("Observation") == 34
+        assert json.loads(first.stdout)["restored"] == 0 and server.count("Observation") == 34
         second = push_cli(*state)
         assert second.exit_code == 0, second.output
-        body = json.loads(second.output)
+        body = json.loads(second.stdout)
         assert (body["bundles"], body["created"], body["updated"], body["restored"], body["failed"]) == (0, 0, 0, 0, [])
         assert body["unchanged"] == body["checked"] == 54
         assert any(note.startswith("server check, Observation: ") and "listed 15 of the 34" in note for note in body["notes"])
@@ -355,7 +355,7 @@ def test_incremental_pull_from_a_capped_server_removes_what_was_deleted_and_noth
         second = CliRunner().invoke(main, ["pull", "--server", server.base, "--store", str(store.path),
                                            "--state", str(tmp_path / "state"), "--json"])
         assert second.exit_code == 0, second.output
-        body = json.loads(second.output)
+        body = json.loads(second.stdout)
         assert body["since"] and body["removed"] == {"Observation": 1} and body["unconfirmed"] == []
         assert sorted(o["id"] for o in store.read("Observation")) == observations[:20] + observations[21:]
         assert any(note.startswith("Observation: the server listed 15 of the 33") for note in body["notes"])
@@ -386,7 +386,7 @@ def test_pull_keeps_local_data_the_server_lacks_as_a_conflict_unless_the_server_
     assert rows[0]["WHAT_DIFFERS"].startswith("member (3 here, 2 on the server)") and rows[0]["SERVER_LAST_UPDATED"]
     taken = pull("--full", "--prefer", "server", "--json")
     assert taken.exit_code == 0, taken.output
-    assert [(c["id"], c["kept"]) for c in json.loads(taken.output)["conflicts"]] == [(group["id"], "server")]
+    assert [(c["id"], c["kept"]) for c in json.loads(taken.stdout)["conflicts"]] == [(group["id"], "server")]
     assert len(next(local.read("Group"))["member"]) == 2 and local.counts() == before
 
 

@@ -70,7 +70,7 @@ def test_push_exits_7_when_the_server_still_lacks_what_it_accepted(tmp_path, ser
     server_holds(BASE, {})  # ... but holds nothing
     result = CliRunner().invoke(main, ["push", str(GOOD), "--server", BASE, "--state", str(tmp_path / "s"), "--json"])
     assert result.exit_code == ExitCode.PARTIAL, result.output
-    body = json.loads(result.output)
+    body = json.loads(result.stdout)
     assert len(body["failed"]) == 54 and "does not hold it, even when sent again" in body["failed"][0]
     assert sum(posts) == 2 * 54  # sent, found missing, sent again, still missing
     assert Journal(tmp_path / "s").pushed(BASE + "/", "Patient", body["failed"][0].split("/")[1].split(":")[0]) is None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import re
 
 import pytest
 
 from fhir_msc.tables.reading import detect_encoding, inspect_table, raw_rows
-from fhir_msc.tables.sdtm import RowError, check_date, parse_number, visit_number
+from fhir_msc.tables.sdtm import RowError, check_date, parse_number, parse_whole_number, visit_number
 
 HEADER = "STUDYID,USUBJID,AGE\n1,2,3\n"
 
@@ -84,6 +85,33 @@ def test_numbers(text, number):
 def test_numbers_that_are_not_read(text):
     with pytest.raises(RowError):
         parse_number("ORRES", text)
+
+
+@pytest.mark.parametrize(("text", "advice"), [
+    ("1,234", "ambiguous: 1234 with a thousands separator, or 1.234 with a decimal comma: write the number meant"),
+    ("-12,345", "ambiguous: -12345 with a thousands separator, or -12.345 with a decimal comma"),
+    ("1,234,567", "thousands separator: write 1234567 (no digit grouping)"),
+    ("1,234.5", "thousands separator: write 1234.5 (no digit grouping)"),
+    ("1.234,5", "decimal comma with '.' grouping: write 1234.5"),
+    ("12,5", "decimal comma: write the number with a decimal point (12.5)"),
+    ("0,125", "decimal comma: write the number with a decimal point (0.125)"),
+    ("1,2345", "decimal comma: write the number with a decimal point (1.2345)"),
+])
+def test_grouped_and_comma_numbers_get_advice_that_keeps_their_value(text, advice):
+    """"1,234" is never advised as 1.234 alone (a thousand times less than a thousands separator means)."""
+    with pytest.raises(RowError, match=re.escape(advice)):
+        parse_number("ORRES", text)
+
+
+@pytest.mark.parametrize(("text", "number"), [("50", 50), ("50.0", 50), ("50.00", 50), ("+7.", 7), ("-3.0", -3)])
+def test_whole_numbers_as_spreadsheets_write_them(text, number):
+    assert parse_whole_number("AGE", text, "whole") == number
+
+
+@pytest.mark.parametrize("text", ["50.5", "50.01", "5e1", "٥٠", "", ".0", "1,0", "50 years"])
+def test_numbers_that_are_not_whole_are_not_read_as_whole(text):
+    with pytest.raises(RowError, match="whole"):
+        parse_whole_number("AGE", text, "whole")
 
 
 @pytest.mark.parametrize(("text", "number"), [("9", 9), ("9.0", 9), ("3.1", 3.1), ("inf", "inf"), ("١", "١"), ("x", "x")])
