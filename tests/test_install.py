@@ -76,6 +76,9 @@ def test_wheel_holds_every_module_the_data_and_the_license(built):
     assert f"{dist_info}/licenses/LICENSE" in names
     metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
     assert "License-Expression: MIT" in metadata.splitlines()
+    summary = next(line for line in metadata.splitlines() if line.startswith("Summary: "))
+    assert "FHIR" in summary and "NCT04288102" not in summary  # names the tool, not its first trial
+    assert {"Classifier: Operating System :: POSIX :: Linux", "Classifier: Operating System :: MacOS"} <= set(metadata.splitlines())
     warnings = re.findall(r"\b[A-Z]\w*Warning\b.*", log) + re.findall(r".*deprecat.*", log, re.IGNORECASE)
     assert warnings == []  # e.g. SetuptoolsDeprecationWarning for a license table instead of an SPDX expression
 
