@@ -266,7 +266,7 @@ def main() -> None:
 
 
 def targets(done: dict[tuple[str, int], dict]) -> list[str]:
-    """The start-up targets and issue 12's analyze targets, computed from this run's results (one line each; only what was run)."""
+    """The start-up targets and the analysis engines' targets, computed from this run's results (one line each; only what was run)."""
     def get(case: str, size: int, key: str = "seconds") -> float | None:
         return done.get((case, size), {}).get(key)
 
