@@ -37,6 +37,7 @@ from fhir_msc.server.client import (
     ClientCredentialsAuth,
     FhirClient,
     RetryPolicy,
+    _retry_after,
     auth_from_env,
     connect,
 )
@@ -460,14 +461,22 @@ def test_a_malformed_retry_after_counts_as_absent():
     assert len(waits) == 1 and 0.25 <= waits[0] <= 0.5  # the backoff, not a crash
 
 
+def test_an_http_date_retry_after_counts_from_now():
+    now = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+    response = requests.Response()
+    response.headers["Retry-After"] = email.utils.format_datetime(now + timedelta(seconds=4), usegmt=True)
+    assert _retry_after(response, now=now.timestamp()) == 4.0
+    assert _retry_after(response, now=(now + timedelta(seconds=10)).timestamp()) == 0.0  # already past
+
+
 @responses.activate
-def test_an_http_date_retry_after_is_honoured():
-    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=4), usegmt=True)
+def test_an_http_date_retry_after_is_honoured_up_to_the_cap():
+    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(hours=1), usegmt=True)
     responses.get(f"{BASE}/Patient/1", status=429, headers={"Retry-After": when})
     responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
     client, waits = make_client()
     client.read("Patient", "1")
-    assert len(waits) == 1 and 2.5 <= waits[0] <= 4.0
+    assert waits == [5.0]  # an hour ahead, capped (the backoff alone would be at most 0.5)
 
 
 @pytest.fixture
