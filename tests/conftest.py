@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +15,7 @@ import responses
 
 from fhir_msc import Store, get_version, load_study
 from fhir_msc.fhir.mapping import tables_to_fhir
+from fhir_msc.store.columnar import DIRECTORY as COLUMNAR
 from fhir_msc.store.study_record import record_study
 from fhir_msc.study.definition import REPO_ROOT, Study
 from fhir_msc.tables.sdtm import RejectLog
@@ -54,6 +56,16 @@ def _mapped_cohort(study, tmp_path_factory, version: str) -> Store:
         record_study(store.path, study.file)
         _COHORT_STORES[version] = store
     return _COHORT_STORES[version]
+
+
+@pytest.fixture(autouse=True)
+def _shared_stores_as_mapped() -> Iterator[None]:
+    """Each test finds the shared stores as mapped, whatever ran before it: the DuckDB engine keeps its columnar
+    projection (``.columnar/``) in any store it can write, and a store's mode does not stop root, so the
+    projection a test left is removed after it."""
+    yield
+    for store in _COHORT_STORES.values():
+        shutil.rmtree(store.path / COLUMNAR, ignore_errors=True)
 
 
 # --- the real FHIR engine ----------------------------------------------------------------

@@ -5,7 +5,8 @@ Each request is checked against a plan of faults (consumed in order when they ma
 drops the connection without answering; ``("503", method, path_start, retry_after)``
 (any status) answers with that status instead of forwarding; ``("garbage", method,
 path_start)`` answers 200 with a body that is not JSON; ``("slow", method, path_start,
-seconds)`` waits before forwarding. Everything else is forwarded
+seconds)`` waits for the client to give up and close the connection (at most ``seconds``),
+then forwards. Everything else is forwarded
 unchanged (URLs rewritten).
 """
 
@@ -42,10 +43,13 @@ class FaultProxy:
                     self._reply(int(fault[0]), b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}',
                                 {"Retry-After": str(retry_after)} if retry_after is not None else {})
                     return
-                if fault and fault[0] == "slow":
-                    import time
-
-                    time.sleep(fault[3])
+                if fault and fault[0] == "slow":  # held until the client gives up on it (at most `seconds`)
+                    self.connection.settimeout(fault[3])
+                    try:
+                        self.connection.recv(1, socket.MSG_PEEK)  # returns b"" once the client has closed
+                    except TimeoutError:
+                        pass
+                    self.connection.settimeout(None)
                 if fault and fault[0] == "garbage":
                     self._reply(200, b"<html>proxy error</html>", {})
                     return

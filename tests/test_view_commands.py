@@ -17,6 +17,7 @@ from fhir_msc.analysis.views import query as query_module
 from fhir_msc.analysis.views.python_engine import run_view
 from fhir_msc.analysis.views.tables import SHIPPED, shipped_view
 from fhir_msc.cli import main
+from fhir_msc.errors import InputError
 from fhir_msc.study.definition import DEFAULT_STUDY
 
 GENDERS = {"resourceType": "ViewDefinition", "name": "genders", "resource": "Patient",
@@ -145,7 +146,7 @@ def test_sql_reads_no_file_and_no_url_beyond_the_views(demo_store, reader):
 def test_the_database_is_shut_off_even_past_the_statement_check(demo_store, study, tmp_path, monkeypatch):
     monkeypatch.setattr(query_module, "_check_statements", lambda con, text: None)
     out = tmp_path / "leak.csv"
-    with pytest.raises(Exception, match="disabled by configuration|Permission"):
+    with pytest.raises(InputError, match="the query cannot be run: .*(disabled by configuration|Permission)"):
         jobs.sql(study, f"COPY (SELECT * FROM patients) TO '{out}'", demo_store.path)
     assert not out.exists()
 

@@ -92,8 +92,9 @@ class RetryPolicy:
         return min(self.backoff * 2 ** (attempt - 1), self.max_delay) * random.uniform(0.5, 1.0)
 
 
-def _retry_after(response: requests.Response | None) -> float | None:
-    """Seconds to wait from Retry-After (delta-seconds or HTTP-date); None if absent or malformed."""
+def _retry_after(response: requests.Response | None, now: float | None = None) -> float | None:
+    """Seconds to wait from Retry-After (delta-seconds or HTTP-date, counted from `now`, default the clock);
+    None if absent or malformed."""
     value = (response.headers.get("Retry-After") or "").strip() if response is not None else ""
     if value.isdigit():
         return float(value)
@@ -103,7 +104,7 @@ def _retry_after(response: requests.Response | None) -> float | None:
         return None
     if when.tzinfo is None:  # HTTP-dates are GMT
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 # --- the client --------------------------------------------------------------------------

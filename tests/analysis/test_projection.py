@@ -75,3 +75,10 @@ def test_the_projection_is_owner_only_and_a_changed_study_gets_its_own_tables(mi
     other = study.model_copy(update={"study": study.study.model_copy(update={"codesystem": study.study.codesystem + "-other"})})
     engine_frame.frame_and_account(other, store)
     assert _notes(caplog)["observations"] == "rebuilt"  # the view's key holds the study's code system
+
+
+@pytest.mark.parametrize("run", ["first", "second"])
+def test_each_test_finds_the_shared_store_without_a_projection(study, demo_store, caplog, run):
+    caplog.set_level(logging.INFO, logger="fhir_msc")
+    engine_frame.frame_and_account(study, demo_store)
+    assert set(_notes(caplog).values()) == {"rebuilt"}  # the second too: the first's projection went with it

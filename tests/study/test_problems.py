@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fhir_msc.errors import StudyDefinitionError
 from fhir_msc.study.definition import load_study
 from fhir_msc.study.problems import InvalidStudyDefinition, did_you_mean, path_parts, yaml_path
 
@@ -95,7 +96,7 @@ def test_the_message_of_an_invalid_file_has_one_line_per_problem_with_its_line(t
 def test_yaml_syntax_errors_are_one_line_with_their_line(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text("study: [a\nb: c\n")
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(StudyDefinitionError) as raised:
         load_study(path)
     assert str(raised.value).count("\n") == 0 and str(raised.value).startswith(f"{path}:2: not valid YAML: ")
 

@@ -11,6 +11,7 @@ import yaml
 
 from fhir_msc.study import template
 from fhir_msc.study.definition import REPO_ROOT, load_study
+from fhir_msc.study.problems import InvalidStudyDefinition
 from fhir_msc.study.schema import REFERENCE, reference_page, schema_json, study_schema
 
 SHIPPED = REPO_ROOT / "fhir_msc" / "schemas" / template.SCHEMA_FILE
@@ -88,7 +89,7 @@ def test_the_schema_refuses_what_the_loader_refuses(validator, tmp_path, change,
     change(raw)
     assert list(jsonschema.exceptions.best_match(validator.iter_errors(raw)).absolute_path) == where
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(Exception, match="invalid study definition"):
+    with pytest.raises(InvalidStudyDefinition, match="invalid study definition"):
         load_study(tmp_path / "study.yaml")
 
 
